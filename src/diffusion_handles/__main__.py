@@ -1,0 +1,5 @@
+import sys
+
+from diffusion_handles.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The ``handles`` command. Each sub-command lives in its own module of this package.
+
+A sub-command module defines ``register(subparsers)`` which adds its parser and sets
+``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+Modules must import heavy libraries (torch models, diffusers, mitsuba) inside ``func``, not at
+import time, so that ``handles --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from diffusion_handles.errors import HandlesError
+
+# Sub-command modules, in the order ``handles --help`` lists them. A module that is not
+# present in this installation is skipped.
+COMMANDS = ["demo", "preview", "edit", "depth", "segment", "world", "bench", "serve"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="handles", description="3D object edits on images with Diffusion Handles.")
+    from diffusion_handles import __version__
+
+    parser.add_argument("--version", action="version", version=f"diffusion-handles {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"diffusion_handles.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"diffusion_handles.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HandlesError as e:
+        print(f"handles {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"handles {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
