@@ -1,0 +1,296 @@
+"""The 3D edit of Sec. 5.1: lift -> transform -> project, the 3D-aware flow (Eq. 5), the valid
+mask M_v, the edited object mask M'_o and the edited object depth (Eq. 7).
+
+How the inverse of ``P o T o L_d`` is found (Eq. 5): every pixel is lifted with its depth; object
+pixels are moved by ``T``, the rest stay. Object points are forward-splatted into a z-buffer
+(:mod:`.splat`), background points keep their own pixel, and each target pixel takes the point
+nearest the camera (overlaps) or none (a hole: ``M_v = 0``). For a pixel won by the object, its
+source position is recovered *exactly* rather than from the winning splat: the target pixel is
+lifted with the z-buffer's depth and moved back with ``T^-1``, then projected (sub-pixel
+accurate, and valid at any feature resolution). Background pixels are their own source.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry.camera import (
+    Camera,
+    check_depth,
+    lift,
+    lift_at,
+    pixel_grid,
+    pixels_to_normalized,
+    project,
+    ray_distance_to_z,
+)
+from diffusion_handles.geometry.poisson import fill_depth, poisson_composite
+from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
+from diffusion_handles.geometry.transform import HandleEdit, Similarity
+from diffusion_handles.geometry.warp import warp, warp_masked
+
+MAX_FOOTPRINT = 8.0  # pixels; a point may cover at most an 8x8 square when magnified
+
+
+@dataclass(frozen=True)
+class FeatureEdit:
+    """The edit sampled on one grid (image or feature resolution).
+
+    Attributes:
+        source: ``(B, 2, h, w)`` normalised ``[0, 1]^2`` source coordinates ``u - F(u)``.
+        flow: ``(B, 2, h, w)`` the 3D-aware flow ``F`` of Eq. 5, normalised units.
+        valid: ``(B, 1, h, w)`` M_v in ``[0, 1]`` (1 = not a hole; fractional at feature size
+            where a cell is partly a hole).
+        edited_mask: ``(B, 1, h, w)`` M'_o = W[M_o, F] * M_v in ``[0, 1]``.
+    """
+
+    source: torch.Tensor
+    flow: torch.Tensor
+    valid: torch.Tensor
+    edited_mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EditGeometry(FeatureEdit):
+    """Everything the 3D edit produces at image resolution (``H x W`` of the depth map).
+
+    Extra attributes:
+        camera: the intrinsics used.
+        transforms: one resolved :class:`Similarity` per batch item (scene units).
+        object_mask: ``(B, 1, H, W)`` the input object mask M_o in {0, 1}.
+        object_wins: ``(B, 1, H, W)`` bool, pixels where a transformed object point is the
+            nearest surface.
+        zbuffer: ``(B, 1, H, W)`` z-depth of the nearest surface after the edit, ``+inf`` in holes.
+        object_depth: ``(B, 1, H, W)`` d'_o of Eq. 7 as z-depth (0 outside the edited object).
+        object_distance: ``(B, 1, H, W)`` d'_o of Eq. 7 as camera distance ``||p||``.
+        pivots: ``(B, 3)`` the rotation/scale centres (object centroids), scene units.
+    """
+
+    camera: Camera
+    transforms: tuple[Similarity, ...]
+    object_mask: torch.Tensor
+    object_wins: torch.Tensor
+    zbuffer: torch.Tensor
+    object_depth: torch.Tensor
+    object_distance: torch.Tensor
+    pivots: torch.Tensor
+
+    def at_resolution(self, height: int, width: int) -> FeatureEdit:
+        """The same edit on an ``height x width`` feature grid (e.g. a UNet decoder block).
+
+        The flow is evaluated exactly at the feature grid's pixel centres (same normalised
+        coordinates as the image); masks are area-averaged from image resolution.
+        """
+        if (height, width) == (self.camera.height, self.camera.width):
+            return FeatureEdit(self.source, self.flow, self.valid, self.edited_mask)
+        b = self.zbuffer.shape[0]
+        dtype, device = self.source.dtype, self.source.device
+        centres = pixel_grid(height, width, dtype, device)  # (2, h, w) in feature pixels
+        norm = pixels_to_normalized(centres.permute(1, 2, 0), height, width)  # (h, w, 2)
+        img_px = norm * torch.tensor([self.camera.width, self.camera.height], dtype=dtype, device=device)
+        # nearest image pixel under each feature centre
+        ix = img_px[..., 0].floor().long().clamp(0, self.camera.width - 1)
+        iy = img_px[..., 1].floor().long().clamp(0, self.camera.height - 1)
+        wins = self.object_wins[:, 0, iy, ix]  # (B, h, w)
+        z = self.zbuffer[:, 0, iy, ix].to(dtype)
+        source = norm.expand(b, -1, -1, -1).clone()  # (B, h, w, 2)
+        for i, t in enumerate(self.transforms):
+            sel = wins[i]
+            if sel.any():
+                src_px = _inverse_map(img_px[sel], z[i][sel], t, self.camera)
+                source[i][sel] = pixels_to_normalized(src_px, self.camera.height, self.camera.width)
+        source = source.permute(0, 3, 1, 2).contiguous()  # (B, 2, h, w)
+        flow = norm.permute(2, 0, 1)[None] - source
+        valid = F.interpolate(self.valid, size=(height, width), mode="area")
+        edited = F.interpolate(self.edited_mask, size=(height, width), mode="area")
+        return FeatureEdit(source, flow, valid, edited)
+
+
+def _inverse_map(pixels: torch.Tensor, z: torch.Tensor, transform: Similarity, camera: Camera) -> torch.Tensor:
+    """Source pixel positions ``(N, 2)`` of target pixels ``(N, 2)`` with z-depths ``(N,)``:
+    ``P(T^-1(lift(u', z')))``."""
+    pts = lift_at(pixels.double(), z.double(), camera)
+    src, _ = project(transform.inverse().apply(pts), camera)
+    return src.to(pixels.dtype)
+
+
+def object_centroid(points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the lifted object points: the pivot for rotation and scale.
+
+    Args:
+        points: ``(B, 3, H, W)`` lifted points; mask: ``(B, 1, H, W)`` in {0, 1}.
+
+    Returns:
+        ``(B, 3)`` centroids in scene units (float64).
+    """
+    m = mask.double()
+    return (points.double() * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1.0)
+
+
+def compute_edit(
+    depth: torch.Tensor,
+    mask: torch.Tensor,
+    edit: HandleEdit | Similarity,
+    camera: Camera | None = None,
+    *,
+    pivot: torch.Tensor | None = None,
+    close_radius: int = 1,
+) -> EditGeometry:
+    """Apply a 3D edit to the object ``mask`` of a scene with z-depth ``depth`` (Sec. 5.1).
+
+    Args:
+        depth: ``(B, 1, H, W)`` or ``(H, W)`` z-depth in scene units, finite and > 0.
+        mask: same size, the object mask M_o (> 0.5 = object). An all-ones mask with a
+            :func:`~diffusion_handles.geometry.transform.camera_move` transform is a camera move.
+        edit: a :class:`HandleEdit` (rotation and scale about ``pivot``) or a resolved
+            :class:`Similarity` (used as is, ``pivot`` ignored).
+        camera: intrinsics; default 55 degree horizontal field of view for this size.
+        pivot: ``(B, 3)`` or ``(3,)`` rotation/scale centre; default the object's centroid.
+        close_radius: radius of the morphological closing that fills splatting pinholes.
+
+    Returns:
+        :class:`EditGeometry` at image resolution.
+
+    Raises:
+        HandlesError: the object is empty, moves behind the camera, or is not visible after
+            the edit (out of frame or fully hidden).
+    """
+    depth = check_depth(depth)
+    mask = check_depth(mask.to(depth.dtype), "mask")
+    b, _, h, w = depth.shape
+    if mask.shape != depth.shape:
+        raise HandlesError(f"mask: expected shape {tuple(depth.shape)} (same as depth), got {tuple(mask.shape)}")
+    camera = camera or Camera(h, w)
+    obj = mask > 0.5  # (B, 1, H, W)
+    if not bool(obj.flatten(1).any(1).all()):
+        raise HandlesError("mask: expected at least one object pixel in every image, got an empty mask")
+    points = lift(depth, camera)  # (B, 3, H, W)
+
+    if isinstance(edit, Similarity):
+        transforms = tuple(edit for _ in range(b))
+        pivots = object_centroid(points, obj)
+    else:
+        pivots = object_centroid(points, obj) if pivot is None else torch.as_tensor(pivot, dtype=torch.float64).reshape(-1, 3).expand(b, 3)
+        transforms = tuple(edit.resolve(pivots[i]) for i in range(b))
+
+    # Step 2: transform the object's points, (N, 3) with their batch index
+    bi, _, yi, xi = torch.nonzero(obj, as_tuple=True)
+    src_pts = points.permute(0, 2, 3, 1)[bi, yi, xi]  # (N, 3)
+    moved = torch.empty_like(src_pts)
+    for i, t in enumerate(transforms):
+        sel = bi == i
+        moved[sel] = t.apply(src_pts[sel])
+    if bool((moved[:, 2] <= 1e-6).any()):
+        n_behind = int((moved[:, 2] <= 1e-6).sum())
+        raise HandlesError(
+            f"transform: puts {n_behind} of {moved.shape[0]} object pixels at or behind the camera (z <= 0); "
+            "use a smaller translation towards the camera"
+        )
+
+    # Step 3: project and splat into a z-buffer; footprint = local magnification s * z / z'
+    proj, z_new = project(moved, camera)  # (N, 2), (N,)
+    scales = torch.tensor([t.scale for t in transforms], dtype=depth.dtype, device=depth.device)[bi]
+    footprint = (scales * src_pts[:, 2] / z_new).clamp(1.0, MAX_FOOTPRINT)
+    in_frame = (proj[:, 0] > 0) & (proj[:, 0] < w) & (proj[:, 1] > 0) & (proj[:, 1] < h)
+    if not bool(in_frame.any()):
+        raise HandlesError("transform: moves the object completely out of the frame")
+    z_obj = zbuffer_splat(proj, z_new, bi, footprint, b, h, w)
+    z_obj = close_zbuffer(z_obj, close_radius)
+    z_bg = torch.where(obj, torch.full_like(depth, math.inf), depth)
+    object_wins = torch.isfinite(z_obj) & (z_obj < z_bg)
+    zbuffer = torch.where(object_wins, z_obj, z_bg)
+    valid = torch.isfinite(zbuffer)
+    if not bool(object_wins.flatten(1).any(1).all()):
+        raise HandlesError("transform: the object is not visible after the edit (out of frame or hidden behind the scene)")
+
+    # Eq. 5: inverse correspondence. Background pixels are their own source.
+    grid = pixel_grid(h, w, depth.dtype, depth.device)  # (2, H, W)
+    target = grid.permute(1, 2, 0).expand(b, h, w, 2)  # (B, H, W, 2) pixels
+    source_px = target.clone()
+    wb, _, wy, wx = torch.nonzero(object_wins, as_tuple=True)
+    for i, t in enumerate(transforms):
+        sel = wb == i
+        source_px[i, wy[sel], wx[sel]] = _inverse_map(target[i, wy[sel], wx[sel]], zbuffer[i, 0, wy[sel], wx[sel]], t, camera)
+    source = pixels_to_normalized(source_px, h, w).permute(0, 3, 1, 2).contiguous()  # (B, 2, H, W)
+    flow = pixels_to_normalized(target, h, w).permute(0, 3, 1, 2) - source
+    valid_f = valid.to(depth.dtype)
+
+    # M'_o = W[M_o, F] * M_v (Sec. 5.2, below Eq. 8)
+    edited_mask = warp(obj.to(depth.dtype), source) * valid_f
+
+    # Eq. 7: d'_o(u) = || W[T o L_d, F](u) ||, the transformed points warped back; the warp is
+    # restricted to the object so its edge does not mix in background points.
+    moved_map = torch.zeros_like(points)
+    moved_map.permute(0, 2, 3, 1)[bi, yi, xi] = moved
+    warped_pts, weight = warp_masked(moved_map, obj.to(depth.dtype), source)
+    on_object = object_wins & (weight > 1e-3)
+    object_distance = torch.where(on_object, warped_pts.norm(dim=1, keepdim=True), torch.zeros_like(depth))
+    object_depth = torch.where(on_object, ray_distance_to_z(object_distance, camera), torch.zeros_like(depth))
+
+    return EditGeometry(
+        source=source,
+        flow=flow,
+        valid=valid_f,
+        edited_mask=edited_mask,
+        camera=camera,
+        transforms=transforms,
+        object_mask=obj.to(depth.dtype),
+        object_wins=object_wins,
+        zbuffer=zbuffer,
+        object_depth=object_depth,
+        object_distance=object_distance,
+        pivots=pivots,
+    )
+
+
+def compute_camera_move(depth: torch.Tensor, transform: Similarity, camera: Camera | None = None) -> EditGeometry:
+    """A viewpoint change: ``transform`` (see :func:`~.transform.camera_move`) applied to *every*
+    point of the scene, with the same machinery as an object edit."""
+    depth = check_depth(depth)
+    return compute_edit(depth, torch.ones_like(depth), transform, camera)
+
+
+def edited_depth(geometry: EditGeometry, background_depth: torch.Tensor, band_px: int = 3) -> torch.Tensor:
+    """The edited depth d' (Sec. 5.1): d'_o composited over the object-free depth d'_b with
+    Poisson image editing; holes of d'_b (if any are non-finite) are filled first.
+
+    Args:
+        geometry: the edit; background_depth: ``(B, 1, H, W)`` z-depth d'_b.
+
+    Returns:
+        ``(B, 1, H, W)`` z-depth d'.
+    """
+    background_depth = check_depth(background_depth, "background_depth")
+    holes = ~torch.isfinite(background_depth) | (background_depth <= 0)
+    if bool(holes.any()):
+        background_depth = fill_depth(torch.where(holes, torch.ones_like(background_depth), background_depth), holes)
+    inside = geometry.object_wins & (geometry.object_depth > 0)
+    return poisson_composite(geometry.object_depth, background_depth, inside, band_px)
+
+
+def camera_move_depth(geometry: EditGeometry) -> torch.Tensor:
+    """Edited depth after a camera move: the z-buffer with disocclusion holes filled."""
+    z = geometry.zbuffer
+    holes = ~torch.isfinite(z)
+    return fill_depth(torch.where(holes, torch.ones_like(z), z), holes)
+
+
+def render_preview(image: torch.Tensor, geometry: FeatureEdit, hole_color=(1.0, 0.0, 1.0)) -> torch.Tensor:
+    """The image re-rendered after the edit by warping it with the flow; holes get ``hole_color``.
+
+    Args:
+        image: ``(B, 3, H, W)`` in [0, 1]; geometry: the edit at the image's resolution.
+
+    Returns:
+        ``(B, 3, H, W)`` preview.
+    """
+    warped = warp(image, geometry.source)
+    hole = torch.tensor(hole_color, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    v = geometry.valid.to(image.dtype)
+    return warped * v + hole * (1.0 - v)
+

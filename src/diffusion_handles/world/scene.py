@@ -1,0 +1,243 @@
+"""TinyWorld scenes: a floor, a back wall, one to three textured primitives, a sun.
+
+A :class:`Scene` is a small JSON document. Frames:
+
+* **world**: y up, floor is the plane ``y = 0``; the camera looks roughly along world ``-z``.
+* **camera**: the project's convention (OpenCV axes: x right, y down, z forward), see
+  :mod:`diffusion_handles.geometry.camera`. ``camera_to_world`` (4x4, rigid) maps camera-frame
+  points to world points.
+
+Each object is a canonical shape (sphere of radius 1, cube ``[-1, 1]^3``, cylinder of radius
+``aspect`` with its axis along local y from -1 to 1) placed by a 4x4 *similarity* ``to_world``
+(rotation, uniform scale, translation). Edits (:class:`~diffusion_handles.geometry.transform.HandleEdit`)
+are given in camera axes and applied by conjugating with ``camera_to_world``, so a scene can be
+re-rendered with any object moved, rotated or scaled, or with the camera moved.
+
+Captions list the objects **from left to right in the image** (by the horizontal position of
+their centre), e.g. "a red striped cube and a blue sphere on a wooden floor by a grey wall".
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
+from diffusion_handles.geometry.transform import HandleEdit, Similarity
+
+SCENE_VERSION = 1
+
+# Named colours (sRGB, 0-1). Chosen to stay distinguishable under coloured light.
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.12, 0.10),
+    "orange": (0.95, 0.50, 0.08),
+    "yellow": (0.95, 0.85, 0.15),
+    "green": (0.15, 0.65, 0.20),
+    "cyan": (0.10, 0.75, 0.80),
+    "blue": (0.12, 0.25, 0.85),
+    "purple": (0.50, 0.18, 0.70),
+    "pink": (0.95, 0.50, 0.70),
+    "white": (0.92, 0.92, 0.90),
+}
+PATTERNS = ("solid", "checkered", "striped", "dotted")
+SHAPES = ("sphere", "cube", "cylinder")
+FLOORS = ("wooden", "tiled", "grey", "sandy", "grassy")
+WALLS = {
+    "white": (0.88, 0.88, 0.86),
+    "grey": (0.55, 0.56, 0.58),
+    "beige": (0.85, 0.76, 0.60),
+    "dark": (0.22, 0.22, 0.25),
+    "teal": (0.35, 0.60, 0.62),
+}
+
+# Every word a caption can contain (the tokenizer's vocabulary is built from this).
+CAPTION_WORDS = sorted(
+    {"a", "an", "and", "on", "by", "floor", "wall", *COLOURS, *PATTERNS, *SHAPES, *FLOORS, *WALLS}
+)
+
+
+@dataclass
+class SceneObject:
+    """One primitive. ``to_world`` is a 4x4 similarity (list of lists) from the canonical shape."""
+
+    shape: str
+    colour: str
+    pattern: str
+    to_world: list[list[float]]
+    aspect: float = 1.0  # cylinder radius in local units (height is always 2)
+
+    def describe(self) -> str:
+        words = [self.colour] + ([] if self.pattern == "solid" else [self.pattern]) + [self.shape]
+        return " ".join(words)
+
+    def centre_world(self) -> np.ndarray:
+        return np.asarray(self.to_world, dtype=np.float64)[:3, 3]
+
+
+@dataclass
+class Scene:
+    """A TinyWorld scene (JSON-serialisable). Units: scene units (think metres)."""
+
+    seed: int
+    height: int
+    width: int
+    fov_deg: float
+    camera_to_world: list[list[float]]
+    floor: str
+    wall: str
+    wall_z: float  # the back wall is the plane z = wall_z (world), facing +z
+    sun_direction: list[float]  # world direction the light travels (pointing down)
+    sun_irradiance: float
+    ambient: list[float]  # constant environment radiance (linear RGB)
+    objects: list[SceneObject] = field(default_factory=list)
+    version: int = SCENE_VERSION
+
+    # ---------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @staticmethod
+    def from_dict(d: dict) -> Scene:
+        d = dict(d)
+        if d.get("version") != SCENE_VERSION:
+            raise ValueError(f"scene version: expected {SCENE_VERSION}, got {d.get('version')}")
+        d["objects"] = [SceneObject(**o) for o in d.get("objects", [])]
+        return Scene(**d)
+
+    @staticmethod
+    def from_json(text: str) -> Scene:
+        return Scene.from_dict(json.loads(text))
+
+    def copy(self) -> Scene:
+        return copy.deepcopy(self)
+
+    # ---------------------------------------------------------------- frames
+    def c2w(self) -> np.ndarray:
+        return np.asarray(self.camera_to_world, dtype=np.float64)
+
+    def w2c(self) -> np.ndarray:
+        return np.linalg.inv(self.c2w())
+
+    def object_centre_camera(self, k: int) -> np.ndarray:
+        """Centre of object ``k``'s canonical shape in camera coordinates, shape (3,)."""
+        c = self.objects[k].centre_world()
+        return (self.w2c() @ np.append(c, 1.0))[:3]
+
+    def left_to_right(self) -> list[int]:
+        """Object indices sorted by the horizontal image position of their centres."""
+        xs = []
+        for k in range(len(self.objects)):
+            p = self.object_centre_camera(k)
+            xs.append(p[0] / max(p[2], 1e-6))
+        return sorted(range(len(self.objects)), key=lambda k: xs[k])
+
+    def caption(self) -> str:
+        objs = [self.objects[k].describe() for k in self.left_to_right()]
+        parts = [("an " if o[0] in "aeiou" else "a ") + o for o in objs]
+        return " and ".join(parts) + f" on {_article(self.floor)} {self.floor} floor by {_article(self.wall)} {self.wall} wall"
+
+    # ---------------------------------------------------------------- edits
+    def with_object_edit(self, k: int, edit: HandleEdit, pivot_camera) -> Scene:
+        """A copy with object ``k`` moved by ``edit`` (camera axes) about ``pivot_camera``.
+
+        ``pivot_camera`` (3,) is in camera coordinates, scene units; the project uses the
+        centroid of the object's visible lifted depth pixels (see :func:`render.object_pivot`).
+        """
+        if not 0 <= k < len(self.objects):
+            raise IndexError(f"object: expected an index in [0, {len(self.objects) - 1}], got {k}")
+        s_cam = edit.resolve(list(map(float, pivot_camera))).matrix.numpy()  # 4x4 in camera frame
+        m = self.c2w() @ s_cam @ self.w2c()  # the same similarity in the world frame
+        out = self.copy()
+        out.objects[k].to_world = (m @ np.asarray(self.objects[k].to_world)).tolist()
+        return out
+
+    def with_camera_edit(self, edit: HandleEdit, pivot_camera=(0.0, 0.0, 0.0)) -> Scene:
+        """A copy seen from a moved camera (``edit`` moves the camera; camera axes).
+
+        Consistent with :func:`diffusion_handles.geometry.transform.camera_move`: the scene
+        points in the new camera frame are ``camera_move(edit, pivot) @ p_old``.
+        """
+        if edit.scale != 1.0:
+            raise ValueError(f"scale: a camera move cannot scale, expected 1, got {edit.scale}")
+        move = edit.resolve(list(map(float, pivot_camera))).matrix.numpy()
+        out = self.copy()
+        out.camera_to_world = (self.c2w() @ move).tolist()
+        return out
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+# -------------------------------------------------------------------- sampling
+def _yaw(deg: float) -> np.ndarray:
+    t = math.radians(deg)
+    c, s = math.cos(t), math.sin(t)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=np.float64)
+
+
+def camera_pose(height: float, pitch_deg: float) -> np.ndarray:
+    """``camera_to_world`` of a camera at ``(0, height, 0)`` pitched down by ``pitch_deg``."""
+    p = math.radians(pitch_deg)
+    forward = np.array([0.0, -math.sin(p), -math.cos(p)])
+    right = np.array([1.0, 0.0, 0.0])
+    down = np.cross(forward, right)  # camera y (OpenCV: z = x cross y  =>  y = z cross x)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, down, forward, (0.0, height, 0.0)
+    return m
+
+
+def sample_scene(seed: int, height: int = 128, width: int = 128, fov_deg: float = DEFAULT_FOV_DEG,
+                 n_objects: int | None = None) -> Scene:
+    """A random scene, fully determined by ``seed`` (numpy PCG64).
+
+    Objects stand on the floor inside the camera's view, do not intersect, and are at least
+    partly visible (the renderer checks visibility; see :func:`render.sample_visible_scene`).
+    """
+    rng = np.random.default_rng(seed)
+    cam_h = rng.uniform(1.8, 2.8)
+    pitch = rng.uniform(14.0, 26.0)
+    c2w = camera_pose(cam_h, pitch)
+    n = int(n_objects if n_objects is not None else rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    tan_half = math.tan(math.radians(fov_deg) / 2.0)
+    objects: list[SceneObject] = []
+    placed: list[tuple[float, float, float]] = []  # (x, z, radius) on the floor
+    colours = list(COLOURS)
+    tries = 0
+    while len(objects) < n and tries < 200:
+        tries += 1
+        shape = str(rng.choice(SHAPES))
+        size = rng.uniform(0.45, 0.85)
+        dist = rng.uniform(3.8, 7.0)  # along the floor, in front of the camera
+        lateral = rng.uniform(-0.75, 0.75) * tan_half * dist
+        x, z = lateral, -dist
+        radius = size * (1.45 if shape == "cube" else 1.05)
+        if any(math.hypot(x - px, z - pz) < radius + pr + 0.1 for px, pz, pr in placed):
+            continue
+        aspect = float(rng.uniform(0.55, 1.0)) if shape == "cylinder" else 1.0
+        m = np.eye(4)
+        m[:3, :3] = _yaw(rng.uniform(0, 360)) * size
+        m[:3, 3] = (x, size, z)  # rests on the floor (canonical shapes span y in [-1, 1])
+        objects.append(SceneObject(shape, str(rng.choice(colours)), str(rng.choice(PATTERNS)), m.tolist(), aspect))
+        placed.append((x, z, radius))
+    elev = math.radians(rng.uniform(35, 65))
+    azim = math.radians(rng.uniform(-150, 150))
+    sun = [-math.cos(elev) * math.sin(azim), -math.sin(elev), -math.cos(elev) * math.cos(azim)]
+    return Scene(
+        seed=int(seed), height=int(height), width=int(width), fov_deg=float(fov_deg),
+        camera_to_world=c2w.tolist(), floor=str(rng.choice(FLOORS)), wall=str(rng.choice(list(WALLS))),
+        wall_z=float(-rng.uniform(10.0, 13.0)), sun_direction=sun, sun_irradiance=float(rng.uniform(2.2, 3.2)),
+        ambient=[float(v) for v in rng.uniform(0.25, 0.4) * (1.0 + rng.uniform(-0.08, 0.08, 3))],
+        objects=objects,
+    )
+
+
+def similarity_of(to_world) -> Similarity:
+    return Similarity(np.asarray(to_world, dtype=np.float64))
