@@ -1,0 +1,225 @@
+"""The depth-conditioned latent diffusion backbone (Stable Diffusion 2 depth layout, Sec. 4).
+
+Components, all standard diffusers/transformers classes: ``UNet2DConditionModel`` whose input is
+the noisy latent concatenated with one depth channel (``in_channels = latent + 1``),
+``AutoencoderKL``, ``CLIPTextModel`` + ``CLIPTokenizer`` and a DDIM scheduler built from the
+model's scheduler config. Constants (latent scaling factor, sizes, channels) are read from the
+component configs. Every UNet evaluation goes through :meth:`Backbone.unet_eval`, which counts
+forward and backward passes per stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_handles.diffusion.ddim import Schedule, make_schedule
+from diffusion_handles.errors import HandlesError
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
+TINYWORLD_NAME = "tinyworld"
+
+
+@dataclass
+class EvalCounter:
+    """UNet evaluations per stage. One *evaluation* is one sample through the network: a
+    classifier-free-guidance call on a batch of 2 counts 2 forward evaluations; one backward
+    pass through a batch-1 call counts 1 backward evaluation. ``calls`` counts UNet calls."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    stage: str = "other"
+
+    def _entry(self) -> dict[str, int]:
+        return self.counts.setdefault(self.stage, {"forward": 0, "backward": 0, "calls": 0})
+
+    def add_forward(self, n: int) -> None:
+        e = self._entry()
+        e["forward"] += n
+        e["calls"] += 1
+
+    def add_backward(self, n: int) -> None:
+        self._entry()["backward"] += n
+
+    @contextlib.contextmanager
+    def in_stage(self, name: str) -> Iterator[None]:
+        prev, self.stage = self.stage, name
+        try:
+            yield
+        finally:
+            self.stage = prev
+
+
+def _resolve_tinyworld() -> str:
+    """Path of the embedded miniature model, via the world layer (imported lazily: higher layer)."""
+    try:
+        world = importlib.import_module("diffusion_handles.world")
+    except ModuleNotFoundError:
+        raise HandlesError(f"--model: {TINYWORLD_NAME!r} needs the miniature-world package diffusion_handles.world, which is not installed") from None
+    for name in ("tinyworld_model_path", "model_path", "resolve_model"):
+        fn = getattr(world, name, None)
+        if callable(fn):
+            try:
+                return str(fn())
+            except HandlesError:
+                raise
+            except Exception as e:
+                raise HandlesError(f"--model: could not resolve {TINYWORLD_NAME!r}: {e}") from None
+    raise HandlesError(f"--model: {TINYWORLD_NAME!r} is not available in this installation (diffusion_handles.world has no model path helper)")
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move to device/dtype only where needed (frozen, eval mode)."""
+    p = next(module.parameters())
+    if p.device != device:
+        module = module.to(device)
+    if p.dtype != dtype:
+        module = module.to(dtype)
+    return module.eval().requires_grad_(False)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+class Backbone:
+    """UNet + VAE + text encoder + tokenizer + scheduler of a depth-conditioned model.
+
+    Build with :meth:`from_pretrained` (hub id or local folder) or from components directly.
+    """
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *, model_id: str = "custom",
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        from diffusers import DDIMScheduler
+
+        self.device = torch.device(device)
+        self.dtype = dtype
+        if self.device.type == "cpu" and dtype != torch.float32:
+            raise HandlesError(f"--dtype: expected float32 on cpu (float16/bfloat16 need a GPU), got {str(dtype).replace('torch.', '')}")
+        self.unet = _place(unet, self.device, dtype)
+        self.vae = _place(vae, self.device, dtype)
+        self.text_encoder = _place(text_encoder, self.device, dtype)
+        self.tokenizer = tokenizer
+        # DDIM on the model's own noise schedule (Sec. 4 sampler; SD2-depth ships a PNDM config).
+        self.scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.model_id = model_id
+        self.counter = EvalCounter()
+        latent_ch = int(self.vae.config.latent_channels)
+        if int(self.unet.config.in_channels) != latent_ch + 1:
+            raise HandlesError(f"--model: expected a depth-conditioned UNet with in_channels = {latent_ch} latent + 1 depth, got in_channels={self.unet.config.in_channels} ({model_id})")
+
+    # ---- constants read from the model -------------------------------------------------
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (VAE factor x UNet downsampling)."""
+        return self.vae_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    @property
+    def default_size(self) -> int:
+        return int(self.unet.config.sample_size) * self.vae_factor
+
+    @property
+    def num_up_blocks(self) -> int:
+        return len(self.unet.up_blocks)
+
+    def schedule(self, num_steps: int) -> Schedule:
+        return make_schedule(self.scheduler, num_steps)
+
+    # ---- loading -----------------------------------------------------------------------
+    @staticmethod
+    def from_pretrained(model: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, local_files_only: bool = False) -> Backbone:
+        """Load from a hub id, a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
+        scheduler/``, with or without ``model_index.json``), or the name ``"tinyworld"``.
+
+        Raises :class:`HandlesError` (one line naming the model and ``--model``) when the model
+        cannot be loaded (no network, no cached weights, wrong layout).
+        """
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        name = str(model)
+        source = _resolve_tinyworld() if name == TINYWORLD_NAME else name
+        path = Path(source)
+        if path.exists():
+            if not path.is_dir():
+                raise HandlesError(f"--model: expected a diffusers model folder or hub id, got a file: {path}")
+            missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / s).is_dir()]
+            if missing:
+                raise HandlesError(f"--model: folder {path} lacks the diffusers sub-folders {', '.join(missing)}/ (expected unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
+        kw = {"local_files_only": local_files_only}
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
+            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
+            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+            scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
+        except HandlesError:
+            raise
+        except Exception as e:  # OSError (offline / missing), ValueError (bad config), ...
+            raise HandlesError(f"--model: could not load {name!r} ({type(e).__name__}: {_one_line(e)}); no network or weights here? pass --model a local diffusers folder") from None
+        return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype)
+
+    # ---- encoders ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text to CLIP embeddings ``(1, L, D)`` (last hidden state, as SD2 uses)."""
+        tok = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """``(1, 3, H, W)`` in ``[0, 1]`` to the scaled latent ``(1, c, H/f, W/f)`` (posterior mode)."""
+        x = image.to(self.device, self.dtype) * 2.0 - 1.0
+        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Scaled latent to ``(1, 3, H, W)`` float32 in ``[0, 1]``."""
+        x = self.vae.decode(latent.to(self.dtype) / self.scaling_factor).sample
+        return ((x.float() + 1.0) / 2.0).clamp(0, 1)
+
+    def latent_hw(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        return image_hw[0] // self.vae_factor, image_hw[1] // self.vae_factor
+
+    # ---- the one UNet entry point ------------------------------------------------------
+    def unet_eval(self, latent: torch.Tensor, timestep: int, text: torch.Tensor, depth_cond: torch.Tensor) -> torch.Tensor:
+        """``eps_theta(x_t; t, y, d)`` for a batch. ``latent (B, c, h, w)``, ``text (B, L, D)``,
+        ``depth_cond (1 or B, 1, h, w)`` from :func:`depth_to_condition`. Counted in
+        :attr:`counter` as ``B`` forward evaluations; callers that back-propagate through the
+        call add its backward evaluations with ``counter.add_backward``."""
+        b = latent.shape[0]
+        if depth_cond.shape[0] != b:
+            depth_cond = depth_cond.expand(b, -1, -1, -1)
+        x = torch.cat([latent, depth_cond.to(latent.dtype)], dim=1)  # (B, c + 1, h, w)
+        t = torch.full((b,), timestep, device=self.device, dtype=torch.long)
+        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
+        self.counter.add_forward(b)
+        return out
+
+    def resize_to_work(self, x: torch.Tensor, hw: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(hw):
+            return x
+        if mode == "nearest":
+            return F.interpolate(x, size=hw, mode="nearest")
+        return F.interpolate(x, size=hw, mode=mode, align_corners=False, antialias=True)
+
+    def work_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """The nearest image size the model accepts (each side a multiple of :attr:`size_multiple`)."""
+        m = self.size_multiple
+        return tuple(max(m, int(round(s / m)) * m) for s in hw)  # type: ignore[return-value]

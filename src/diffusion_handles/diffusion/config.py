@@ -1,0 +1,145 @@
+"""Typed configuration of inversion and guided generation, defaults from the paper.
+
+Sources cited per field: the paper's sections/equations, and the figures reported for the
+authors' release in ``DESIGN.md`` ("release"). Null-text inversion constants are those of
+Mokady et al. 2023 (NTI), which the paper uses (Sec. 5, "Inverting the Input Image").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+INVERSION_METHODS = ("null-text", "ddim", "negative-prompt")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """How an image is inverted into the depth-conditioned model (Sec. 5, first paragraph).
+
+    Attributes:
+        method: ``"null-text"`` (the paper's choice, Sec. 5: Null-Text Inversion [31]);
+            ``"ddim"`` (plain DDIM inversion, the baseline NTI improves on); or
+            ``"negative-prompt"`` (Miyake et al. 2023: use the prompt embedding as the null
+            text, no optimisation, one UNet evaluation per step).
+        num_steps: DDIM steps (Sec. 5 / release: 50).
+        guidance_scale: classifier-free guidance scale ``1 + mu`` of Eq. 3 (release: 7.5).
+        null_inner_steps: at most this many Adam steps on the null embedding per timestep
+            (release: up to 5).
+        null_lr: Adam learning rate, decayed linearly as ``lr * (1 - i / 100)`` (NTI).
+        null_early_stop: stop the inner loop when the latent loss drops below
+            ``null_early_stop + i * 2e-5`` (NTI, epsilon = 1e-5).
+    """
+
+    method: str = "null-text"
+    num_steps: int = 50
+    guidance_scale: float = 7.5
+    null_inner_steps: int = 5
+    null_lr: float = 1e-2
+    null_early_stop: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.method not in INVERSION_METHODS:
+            raise ValueError(f"inversion method: expected one of {', '.join(INVERSION_METHODS)}, got {self.method!r}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps: expected >= 1, got {self.num_steps}")
+        if self.null_inner_steps < 0:
+            raise ValueError(f"null_inner_steps: expected >= 0, got {self.null_inner_steps}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Guided generation of the edited image (Sec. 5.2, Eqs. 3, 8, 9).
+
+    Attributes:
+        layers: indices into ``unet.up_blocks`` whose *outputs* are the activations ``Psi_i``.
+            ``None`` means the last two decoder blocks: the paper's "layers 2 and 3" of SD2-depth's
+            decoder (Sec. 5), i.e. ``up_blocks[2]`` and ``up_blocks[3]``.
+        layer_cycle: per guided step, positions into ``layers`` to guide, cycled (Sec. 5.2
+            schedule (ii): layer 3, then layer 2, then both, repeat).
+        guide_until: guide steps ``0 .. guide_until-1`` of ``num_steps`` and none after
+            (Sec. 5.2 schedule (i): "up until time step 38/50"). ``None`` scales 38/50 to
+            ``num_steps``.
+        w_object: weight ``w^o`` of G_o, Eq. 8 (release: 1.5 x 30).
+        w_background: weight ``w^b`` of G_b, Eq. 9 (release: 1.25 x 30).
+        grad_steps: gradient steps on the latent per guided timestep (release: 3).
+        step_size: size of each gradient step on the latent (release: 0.1).
+        noise_guidance_scale: ``lambda`` of Eq. 3, adding ``lambda * grad G`` to the noise
+            estimate. 0 by default because the release applies the gradient as the latent steps
+            above (for a DDIM step the two differ only by a per-step factor).
+        guidance_scale: ``1 + mu`` of Eq. 3 (release: 7.5).
+        record_dtype: dtype name of the recorded activations ("float32" or "float16").
+    """
+
+    layers: tuple[int, ...] | None = None
+    layer_cycle: tuple[tuple[int, ...], ...] = ((1,), (0,), (0, 1))
+    guide_until: int | None = None
+    w_object: float = 1.5 * 30
+    w_background: float = 1.25 * 30
+    grad_steps: int = 3
+    step_size: float = 0.1
+    noise_guidance_scale: float = 0.0
+    guidance_scale: float = 7.5
+    record_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
+            if len(self.layers) == 0:
+                raise ValueError("layers: expected at least one up-block index, got none")
+        object.__setattr__(self, "layer_cycle", tuple(tuple(int(v) for v in c) for c in self.layer_cycle))
+        if not self.layer_cycle or any(len(c) == 0 for c in self.layer_cycle):
+            raise ValueError(f"layer_cycle: expected non-empty groups, got {self.layer_cycle}")
+        if self.grad_steps < 0:
+            raise ValueError(f"grad_steps: expected >= 0, got {self.grad_steps}")
+        if self.guide_until is not None and self.guide_until < 0:
+            raise ValueError(f"guide_until: expected >= 0, got {self.guide_until}")
+        if self.record_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"record_dtype: expected float32, float16 or bfloat16, got {self.record_dtype!r}")
+
+    def resolved_guide_until(self, num_steps: int) -> int:
+        """Number of guided steps for a ``num_steps`` schedule (38 of 50 scaled, Sec. 5.2)."""
+        if self.guide_until is None:
+            return int(round(38 * num_steps / 50))
+        return min(self.guide_until, num_steps)
+
+    def resolved_layers(self, num_up_blocks: int) -> tuple[int, ...]:
+        layers = self.layers if self.layers is not None else (num_up_blocks - 2, num_up_blocks - 1)
+        layers = tuple(l if l >= 0 else num_up_blocks + l for l in layers)
+        bad = [l for l in layers if not 0 <= l < num_up_blocks]
+        if bad:
+            raise ValueError(f"layers: expected up-block indices in [0, {num_up_blocks}), got {list(self.layers or ())}")
+        for c in self.layer_cycle:
+            if any(not 0 <= p < len(layers) for p in c):
+                raise ValueError(f"layer_cycle: positions must index layers {layers}, got {self.layer_cycle}")
+        return layers
+
+    def schedule(self, num_steps: int, num_up_blocks: int) -> list[tuple[int, ...]]:
+        """Up-block indices guided at each step ``0..num_steps-1`` (empty = unguided), Sec. 5.2."""
+        layers = self.resolved_layers(num_up_blocks)
+        until = self.resolved_guide_until(num_steps)
+        out: list[tuple[int, ...]] = []
+        for i in range(num_steps):
+            if i < until and self.grad_steps > 0:
+                out.append(tuple(layers[p] for p in self.layer_cycle[i % len(self.layer_cycle)]))
+            else:
+                out.append(())
+        return out
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers) if self.layers is not None else None
+        d["layer_cycle"] = [list(c) for c in self.layer_cycle]
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> GuidanceConfig:
+        d = dict(d)
+        if d.get("layers") is not None:
+            d["layers"] = tuple(d["layers"])
+        if "layer_cycle" in d:
+            d["layer_cycle"] = tuple(tuple(c) for c in d["layer_cycle"])
+        return GuidanceConfig(**d)

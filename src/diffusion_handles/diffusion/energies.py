@@ -1,0 +1,74 @@
+"""Guidance energies of Sec. 5.2: G_o (Eq. 8) and G_b (Eq. 9), and G = G_o + G_b.
+
+Both are written as *means* rather than sums (Eq. 8 divides by the mask area and the channel
+count; Eq. 9 compares masked means, as the paper's text describes), so the weights ``w^o``,
+``w^b`` mean the same at every resolution and for every layer width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+
+def object_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_object: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 for one layer and step, unweighted: local L2 inside ``M'_o``.
+
+    Args:
+        psi: ``(B, C, h, w)`` activations ``Psi^e`` of the current denoising pass.
+        psi_edited: ``(B, C, h, w)`` edited activations ``Psi' = W[rho(Psi), F]`` (Eq. 6).
+        mask_object: ``(B, 1, h, w)`` ``M'_o = W[M_o, F] * M_v`` in ``[0, 1]``.
+
+    Returns:
+        scalar ``sum_u M'_o(u) mean_c (Psi^e - Psi')^2(u) / sum_u M'_o(u)`` (0 for an empty mask).
+    """
+    sq = (psi.float() - psi_edited.float()).pow(2).mean(dim=1, keepdim=True)  # (B, 1, h, w)
+    m = mask_object.float()
+    return (m * sq).sum() / m.sum().clamp(min=1.0)
+
+
+def background_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_background: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 for one layer and step, unweighted: squared difference of masked means over ``M'_b``.
+
+    Args:
+        psi, psi_edited: ``(B, C, h, w)`` as in :func:`object_energy`.
+        mask_background: ``(B, 1, h, w)`` ``M'_b`` in ``[0, 1]``.
+
+    Returns:
+        scalar ``mean_c (mean_{M'_b} Psi^e - mean_{M'_b} Psi')^2``.
+    """
+    m = mask_background.float()
+    area = m.sum(dim=(2, 3)).clamp(min=1.0)  # (B, 1)
+    mean_e = (psi.float() * m).sum(dim=(2, 3)) / area  # (B, C)
+    mean_t = (psi_edited.float() * m).sum(dim=(2, 3)) / area
+    return (mean_e - mean_t).pow(2).mean()
+
+
+def guidance_energy(
+    activations: Mapping[int, torch.Tensor],
+    edited: Mapping[int, torch.Tensor],
+    mask_object: Mapping[int, torch.Tensor],
+    mask_background: Mapping[int, torch.Tensor],
+    layers: Sequence[int],
+    w_object: float,
+    w_background: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``G = sum_i w^o G_o,i + w^b G_b,i`` over the guided ``layers`` of one step (Sec. 5.2).
+
+    All mappings are keyed by up-block index; masks are at that layer's resolution.
+    Returns ``(G, parts)`` with the float values of each term for logging.
+    """
+    total = None
+    parts: dict[str, float] = {}
+    for i in layers:
+        go = object_energy(activations[i], edited[i], mask_object[i])
+        gb = background_energy(activations[i], edited[i], mask_background[i])
+        term = w_object * go + w_background * gb
+        total = term if total is None else total + term
+        parts[f"G_o[{i}]"] = float(go.detach())
+        parts[f"G_b[{i}]"] = float(gb.detach())
+    if total is None:
+        raise ValueError("guidance_energy: expected at least one guided layer, got none")
+    parts["G"] = float(total.detach())
+    return total, parts

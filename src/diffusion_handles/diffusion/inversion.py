@@ -1,0 +1,139 @@
+"""Inverting an image into the depth-conditioned model (Sec. 5, "Inverting the Input Image").
+
+Three methods (``InversionConfig.method``):
+
+* ``"ddim"``: deterministic DDIM inversion with the prompt (no CFG); the reconstruction then
+  runs with CFG and the empty prompt's embedding, which drifts at high guidance scale.
+* ``"null-text"``: Null-Text Inversion (Mokady et al. 2023), the paper's choice: after DDIM
+  inversion, optimise one null embedding per step so that the CFG trajectory follows the
+  inversion trajectory. The reconstruction pass is a by-product (the activations are recorded
+  during the optimisation's forward passes at the reconstruction latents).
+* ``"negative-prompt"``: Negative-Prompt Inversion (Miyake et al. 2023): use the prompt
+  embedding as the null text; CFG then reduces to the conditional estimate, so reconstruction
+  costs one UNet evaluation per step and needs no optimisation.
+
+All functions return :class:`InversionResult`; UNet evaluations are counted by the backbone's
+counter in stages ``"inversion"``, ``"null_text"`` and ``"reconstruction"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from diffusion_handles.diffusion.config import InversionConfig
+from diffusion_handles.diffusion.ddim import Schedule, ddim_step, to_eps_x0
+from diffusion_handles.diffusion.hooks import capture_activations
+from diffusion_handles.diffusion.sampler import generate
+
+
+@dataclass
+class InversionResult:
+    """``x_T (1, c, h, w)``; ``null_embeddings (N, L, D)`` or ``None`` (null = prompt);
+    ``latent_0`` the reconstruction's final latent; ``activations {(layer, step): tensor}``;
+    ``null_losses`` per step, the null-text loss after optimisation (empty for other methods)."""
+
+    x_T: torch.Tensor
+    null_embeddings: torch.Tensor | None
+    latent_0: torch.Tensor
+    activations: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    null_losses: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def ddim_inversion(backbone, z0: torch.Tensor, text: torch.Tensor, depth_cond: torch.Tensor,
+                   schedule: Schedule, *, progress: bool = True) -> list[torch.Tensor]:
+    """DDIM inversion with the prompt (guidance 1): ``[z_0, ..., z_N]``.
+
+    ``z_k`` is the latent at the *start* of generation step ``N - k`` (``z_N`` is ``x_T``,
+    ``z_0`` the clean latent). Each step costs one forward evaluation.
+    """
+    n = len(schedule)
+    traj = [z0]
+    z = z0
+    for k in tqdm(range(n), desc="DDIM inversion", disable=not progress, leave=False):
+        i = n - 1 - k  # generation step this inversion step undoes
+        out = backbone.unet_eval(z, schedule.timesteps[i], text, depth_cond)
+        eps, _ = to_eps_x0(out.float(), z.float(), schedule.alpha_prev[i], schedule.prediction_type)
+        z = ddim_step(eps, z.float(), schedule.alpha_prev[i], schedule.alpha[i]).to(z0.dtype)
+        traj.append(z)
+    return traj
+
+
+def null_text_optimisation(backbone, traj: Sequence[torch.Tensor], text: torch.Tensor, null: torch.Tensor,
+                           depth_cond: torch.Tensor, schedule: Schedule, config: InversionConfig, *,
+                           record: Mapping[int, Sequence[int]] | None = None,
+                           record_dtype: torch.dtype = torch.float32,
+                           progress: bool = True) -> InversionResult:
+    """Null-Text Inversion: per step, Adam on the null embedding so the CFG step lands on ``traj``.
+
+    Per step: one conditional forward (no gradient; the activations to record are read here,
+    at the reconstruction latent), up to ``null_inner_steps`` unconditional forward+backward
+    passes, and one unconditional forward with the final embedding to take the step.
+    """
+    n = len(schedule)
+    s = config.guidance_scale
+    record = record or {}
+    x = traj[n].detach()
+    emb = null.detach().float().clone()  # (1, L, D), warm-started from the previous step
+    embeddings, losses, acts = [], [], {}
+    for i in tqdm(range(n), desc="null-text inversion", disable=not progress, leave=False):
+        t, a, a_prev = schedule.timesteps[i], schedule.alpha[i], schedule.alpha_prev[i]
+        target = traj[n - i - 1].float()
+        rec_layers = tuple(record.get(i, ()))
+        with torch.no_grad(), capture_activations(backbone.unet, rec_layers, detach=True) as cap:
+            out_c = backbone.unet_eval(x, t, text, depth_cond).float()
+        for lay in rec_layers:
+            acts[(lay, i)] = cap.outputs[lay].to(record_dtype).clone()
+        emb = emb.detach().requires_grad_(True)
+        opt = torch.optim.Adam([emb], lr=config.null_lr * (1.0 - i / 100.0))
+        loss_value = float("nan")
+        for _ in range(config.null_inner_steps):
+            with torch.enable_grad():
+                out_u = backbone.unet_eval(x, t, emb.to(text.dtype), depth_cond).float()
+                model_out = out_u + s * (out_c - out_u)
+                eps, _ = to_eps_x0(model_out, x.float(), a, schedule.prediction_type)
+                loss = F.mse_loss(ddim_step(eps, x.float(), a, a_prev), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            backbone.counter.add_backward(1)
+            opt.step()
+            loss_value = float(loss.detach())
+            if loss_value < config.null_early_stop + i * 2e-5:  # NTI's early stop
+                break
+        emb = emb.detach()
+        with torch.no_grad():
+            out_u = backbone.unet_eval(x, t, emb.to(text.dtype), depth_cond).float()
+            model_out = out_u + s * (out_c - out_u)
+            eps, _ = to_eps_x0(model_out, x.float(), a, schedule.prediction_type)
+            x = ddim_step(eps, x.float(), a, a_prev).to(traj[0].dtype)
+            losses.append(float(F.mse_loss(x.float(), target)))
+        embeddings.append(emb.to(text.dtype))
+    return InversionResult(x_T=traj[n], null_embeddings=torch.cat(embeddings), latent_0=x,
+                           activations=acts, null_losses=losses)
+
+
+def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, depth_cond: torch.Tensor,
+           config: InversionConfig, *, record: Mapping[int, Sequence[int]] | None = None,
+           record_dtype: torch.dtype = torch.float32, progress: bool = True) -> InversionResult:
+    """Invert latent ``z0`` (1, c, h, w) with prompt embedding ``text`` and empty-prompt
+    embedding ``empty`` (both (1, L, D)); record ``{step: layers}`` on the reconstruction pass."""
+    schedule = backbone.schedule(config.num_steps)
+    counter = backbone.counter
+    with counter.in_stage("inversion"):
+        traj = ddim_inversion(backbone, z0, text, depth_cond, schedule, progress=progress)
+    if config.method == "null-text":
+        with counter.in_stage("null_text"):
+            res = null_text_optimisation(backbone, traj, text, empty, depth_cond, schedule, config,
+                                         record=record, record_dtype=record_dtype, progress=progress)
+        return res
+    nulls = None if config.method == "negative-prompt" else empty.expand(len(schedule), -1, -1).contiguous()
+    with counter.in_stage("reconstruction"):
+        rec = generate(backbone, traj[-1], text, nulls, depth_cond, schedule,
+                       guidance_scale=config.guidance_scale, record=record, record_dtype=record_dtype,
+                       progress=progress, desc="reconstruction")
+    return InversionResult(x_T=traj[-1], null_embeddings=nulls, latent_0=rec.latent, activations=rec.activations)
