@@ -27,7 +27,6 @@ from diffusion_handles.geometry.camera import (
     pixel_grid,
     pixels_to_normalized,
     project,
-    ray_distance_to_z,
 )
 from diffusion_handles.geometry.poisson import fill_depth, poisson_composite
 from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
@@ -93,11 +92,16 @@ class EditGeometry(FeatureEdit):
         centres = pixel_grid(height, width, dtype, device)  # (2, h, w) in feature pixels
         norm = pixels_to_normalized(centres.permute(1, 2, 0), height, width)  # (h, w, 2)
         img_px = norm * torch.tensor([self.camera.width, self.camera.height], dtype=dtype, device=device)
-        # nearest image pixel under each feature centre
+        # which surface is under each feature centre: the nearest image pixel decides
         ix = img_px[..., 0].floor().long().clamp(0, self.camera.width - 1)
         iy = img_px[..., 1].floor().long().clamp(0, self.camera.height - 1)
         wins = self.object_wins[:, 0, iy, ix]  # (B, h, w)
-        z = self.zbuffer[:, 0, iy, ix].to(dtype)
+        # its depth: inverse depth (affine in pixels on a plane) interpolated over object pixels
+        won = self.object_wins.to(dtype)
+        inv = torch.where(self.object_wins, 1.0 / self.zbuffer.to(dtype), torch.zeros_like(won))
+        inv_at, weight = warp_masked(inv, won, norm.permute(2, 0, 1)[None].expand(b, -1, -1, -1))
+        wins = wins & (weight[:, 0] > 1e-6)
+        z = 1.0 / inv_at[:, 0].clamp(min=1e-12)  # (B, h, w)
         source = norm.expand(b, -1, -1, -1).clone()  # (B, h, w, 2)
         for i, t in enumerate(self.transforms):
             sel = wins[i]
@@ -230,7 +234,9 @@ def compute_edit(
     warped_pts, weight = warp_masked(moved_map, obj.to(depth.dtype), source)
     on_object = object_wins & (weight > 1e-3)
     object_distance = torch.where(on_object, warped_pts.norm(dim=1, keepdim=True), torch.zeros_like(depth))
-    object_depth = torch.where(on_object, ray_distance_to_z(object_distance, camera), torch.zeros_like(depth))
+    # the z-depth form of Eq. 7: the warped points' z (equal to ||.|| / ray norm in the interior,
+    # and exact at the edge where renormalised taps need not lie on the target pixel's ray)
+    object_depth = torch.where(on_object, warped_pts[:, 2:3], torch.zeros_like(depth))
 
     return EditGeometry(
         source=source,

@@ -65,7 +65,7 @@ def poisson_solve(known: np.ndarray, unknown: np.ndarray, guide: np.ndarray | No
         if g is not None:
             rhs[pp] += g[ys[inside], xs[inside]] - g[qy, qx]
     # a tiny pull towards the guide (or 0) keeps components with no known neighbour solvable
-    reg = 1e-9
+    reg = 1e-12
     diag += reg
     if g is not None:
         rhs += reg * g[ys, xs]

@@ -146,7 +146,7 @@ class HandleEdit:
     def resolve(self, pivot: Sequence[float] | torch.Tensor) -> Similarity:
         """The matrix of this edit with rotation and scale about ``pivot`` (scene units)."""
         rot = rotation_matrix(self.rotate_axis, self.rotate_deg) if self.rotate_deg else None
-        return Similarity.from_parts(rot, self.translate, self.scale, [float(v) for v in torch.as_tensor(pivot).tolist()])
+        return Similarity.from_parts(rot, self.translate, self.scale, torch.as_tensor(pivot, dtype=torch.float64).tolist())
 
     def inverse(self) -> HandleEdit:
         """The edit that undoes this one about the *moved* pivot (the object's new centroid).
