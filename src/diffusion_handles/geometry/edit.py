@@ -22,7 +22,6 @@ from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import (
     Camera,
     check_depth,
-    lift,
     lift_at,
     pixel_grid,
     pixels_to_normalized,
@@ -170,88 +169,133 @@ def compute_edit(
     if mask.shape != depth.shape:
         raise HandlesError(f"mask: expected shape {tuple(depth.shape)} (same as depth), got {tuple(mask.shape)}")
     camera = camera or Camera(h, w)
+    if (camera.height, camera.width) != (h, w):
+        raise HandlesError(f"camera: expected size {h}x{w} (the depth's), got {camera.height}x{camera.width}")
     obj = mask > 0.5  # (B, 1, H, W)
     if not bool(obj.flatten(1).any(1).all()):
         raise HandlesError("mask: expected at least one object pixel in every image, got an empty mask")
-    points = lift(depth, camera)  # (B, 3, H, W)
+    dtype, device = depth.dtype, depth.device
 
+    # Step 1, lift: only the object's pixels move, so only they are lifted. (N,) indices
+    bi, _, yi, xi = torch.nonzero(obj, as_tuple=True)
+    src_px = torch.stack([xi, yi], dim=-1).to(dtype) + 0.5  # (N, 2) pixel centres
+    src_pts = lift_at(src_px, depth[bi, 0, yi, xi], camera)  # (N, 3)
+
+    counts = torch.bincount(bi, minlength=b).to(torch.float64)  # object pixels per image
+    centroids = torch.zeros(b, 3, dtype=torch.float64, device=device).index_add_(0, bi, src_pts.double())
+    centroids = centroids / counts[:, None]
     if isinstance(edit, Similarity):
         transforms = tuple(edit for _ in range(b))
-        pivots = object_centroid(points, obj)
+        pivots = centroids
     else:
-        pivots = object_centroid(points, obj) if pivot is None else torch.as_tensor(pivot, dtype=torch.float64).reshape(-1, 3).expand(b, 3)
+        pivots = centroids if pivot is None else torch.as_tensor(pivot, dtype=torch.float64).reshape(-1, 3).expand(b, 3)
         transforms = tuple(edit.resolve(pivots[i]) for i in range(b))
 
-    # Step 2: transform the object's points, (N, 3) with their batch index
-    bi, _, yi, xi = torch.nonzero(obj, as_tuple=True)
-    src_pts = points.permute(0, 2, 3, 1)[bi, yi, xi]  # (N, 3)
-    moved = torch.empty_like(src_pts)
-    for i, t in enumerate(transforms):
-        sel = bi == i
-        moved[sel] = t.apply(src_pts[sel])
-    if bool((moved[:, 2] <= 1e-6).any()):
-        n_behind = int((moved[:, 2] <= 1e-6).sum())
+    # Step 2, transform
+    if b == 1:
+        moved = transforms[0].apply(src_pts)
+    else:
+        moved = torch.empty_like(src_pts)
+        for i, t in enumerate(transforms):
+            sel = bi == i
+            moved[sel] = t.apply(src_pts[sel])
+    behind = moved[:, 2] <= 1e-6
+    if bool(behind.any()):
         raise HandlesError(
-            f"transform: puts {n_behind} of {moved.shape[0]} object pixels at or behind the camera (z <= 0); "
+            f"transform: puts {int(behind.sum())} of {moved.shape[0]} object pixels at or behind the camera (z <= 0); "
             "use a smaller translation towards the camera"
         )
 
-    # Step 3: project and splat into a z-buffer; footprint = local magnification s * z / z'
+    # Step 3, project and splat into a z-buffer over the object's projected bounding box only;
+    # footprint = local magnification s * z / z' (pixels)
     proj, z_new = project(moved, camera)  # (N, 2), (N,)
-    scales = torch.tensor([t.scale for t in transforms], dtype=depth.dtype, device=depth.device)[bi]
+    scales = torch.tensor([t.scale for t in transforms], dtype=dtype, device=device)[bi]
     footprint = (scales * src_pts[:, 2] / z_new).clamp(1.0, MAX_FOOTPRINT)
     in_frame = (proj[:, 0] > 0) & (proj[:, 0] < w) & (proj[:, 1] > 0) & (proj[:, 1] < h)
     if not bool(in_frame.any()):
         raise HandlesError("transform: moves the object completely out of the frame")
-    z_obj = zbuffer_splat(proj, z_new, bi, footprint, b, h, w)
-    z_obj = close_zbuffer(z_obj, close_radius)
-    z_bg = torch.where(obj, torch.full_like(depth, math.inf), depth)
-    object_wins = torch.isfinite(z_obj) & (z_obj < z_bg)
-    zbuffer = torch.where(object_wins, z_obj, z_bg)
-    valid = torch.isfinite(zbuffer)
-    if not bool(object_wins.flatten(1).any(1).all()):
+    margin = int(MAX_FOOTPRINT) + 2 * close_radius + 2
+    lo = proj[in_frame].amin(0).floor().long() - margin
+    hi = proj[in_frame].amax(0).ceil().long() + margin
+    x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
+    x1, y1 = min(int(hi[0]), w), min(int(hi[1]), h)
+    origin = torch.tensor([x0, y0], dtype=dtype, device=device)
+    z_obj = zbuffer_splat(proj - origin, z_new, bi, footprint, b, y1 - y0, x1 - x0)
+    z_obj = close_zbuffer(z_obj, close_radius)  # (B, 1, hc, wc)
+    depth_crop = depth[:, :, y0:y1, x0:x1]
+    z_bg = torch.where(obj[:, :, y0:y1, x0:x1], torch.full_like(depth_crop, math.inf), depth_crop)
+    wins_crop = torch.isfinite(z_obj) & (z_obj < z_bg)
+    if not bool(wins_crop.flatten(1).any(1).all()):
         raise HandlesError("transform: the object is not visible after the edit (out of frame or hidden behind the scene)")
+    object_wins = torch.zeros_like(obj)
+    object_wins[:, :, y0:y1, x0:x1] = wins_crop
+    zbuffer = torch.where(obj, torch.full_like(depth, math.inf), depth)
+    zbuffer[:, :, y0:y1, x0:x1] = torch.where(wins_crop, z_obj, z_bg)
+    valid = (~obj | object_wins).to(dtype)  # background keeps its pixel; the object's old place is a hole unless covered
 
-    # Eq. 5: inverse correspondence. Background pixels are their own source.
-    grid = pixel_grid(h, w, depth.dtype, depth.device)  # (2, H, W)
-    target = grid.permute(1, 2, 0).expand(b, h, w, 2)  # (B, H, W, 2) pixels
-    source_px = target.clone()
-    wb, _, wy, wx = torch.nonzero(object_wins, as_tuple=True)
+    # Eq. 5: inverse correspondence at the pixels the object won; elsewhere the source is the
+    # pixel itself (identity flow).
+    wb, _, wy, wx = torch.nonzero(object_wins, as_tuple=True)  # (M,)
+    target_px = torch.stack([wx, wy], dim=-1).to(dtype) + 0.5  # (M, 2)
+    z_win = zbuffer[wb, 0, wy, wx]
+    source_win = torch.empty_like(target_px)
     for i, t in enumerate(transforms):
         sel = wb == i
-        source_px[i, wy[sel], wx[sel]] = _inverse_map(target[i, wy[sel], wx[sel]], zbuffer[i, 0, wy[sel], wx[sel]], t, camera)
-    source = pixels_to_normalized(source_px, h, w).permute(0, 3, 1, 2).contiguous()  # (B, 2, H, W)
-    flow = pixels_to_normalized(target, h, w).permute(0, 3, 1, 2) - source
-    valid_f = valid.to(depth.dtype)
+        source_win[sel] = _inverse_map(target_px[sel], z_win[sel], t, camera)
+    scale_hw = torch.tensor([w, h], dtype=dtype, device=device)
+    grid = pixel_grid(h, w, dtype, device)  # (2, H, W)
+    identity = (grid / scale_hw[:, None, None]).expand(b, 2, h, w)  # (B, 2, H, W) normalised
+    flow = torch.zeros(b, 2, h, w, dtype=dtype, device=device)
+    flow.permute(0, 2, 3, 1)[wb, wy, wx] = (target_px - source_win) / scale_hw
+    source = identity - flow
 
-    # M'_o = W[M_o, F] * M_v (Sec. 5.2, below Eq. 8)
-    edited_mask = warp(obj.to(depth.dtype), source) * valid_f
+    # Sample the object's signals at the winners' sources only (bilinear, Eq. 4): M_o for
+    # M'_o = W[M_o, F] * M_v, and the transformed points T o L_d for Eq. 7.
+    moved_map = torch.zeros(b, 4, h, w, dtype=dtype, device=device)  # (x', y', z', 1) on the object
+    moved_map.permute(0, 2, 3, 1)[bi, yi, xi] = torch.cat([moved, torch.ones_like(moved[:, :1])], dim=1)
+    sampled = _sample_points(moved_map, source_win / scale_hw, wb)  # (M, 4)
+    weight = sampled[:, 3]
+    edited_mask = torch.zeros_like(depth)
+    edited_mask[wb, 0, wy, wx] = weight  # W[M_o, F] at the winners; zero elsewhere (holes or background)
 
-    # Eq. 7: d'_o(u) = || W[T o L_d, F](u) ||, the transformed points warped back; the warp is
-    # restricted to the object so its edge does not mix in background points.
-    moved_map = torch.zeros_like(points)
-    moved_map.permute(0, 2, 3, 1)[bi, yi, xi] = moved
-    warped_pts, weight = warp_masked(moved_map, obj.to(depth.dtype), source)
-    on_object = object_wins & (weight > 1e-3)
-    object_distance = torch.where(on_object, warped_pts.norm(dim=1, keepdim=True), torch.zeros_like(depth))
+    # Eq. 7: d'_o(u) = || W[T o L_d, F](u) ||, the warp restricted to object taps (renormalised)
+    # so the object's edge does not mix in background points.
+    ok = weight > 1e-3
+    pts = sampled[:, :3] / weight.clamp(min=1e-3)[:, None]
+    object_distance = torch.zeros_like(depth)
+    object_depth = torch.zeros_like(depth)
+    object_distance[wb[ok], 0, wy[ok], wx[ok]] = pts[ok].norm(dim=1)
     # the z-depth form of Eq. 7: the warped points' z (equal to ||.|| / ray norm in the interior,
     # and exact at the edge where renormalised taps need not lie on the target pixel's ray)
-    object_depth = torch.where(on_object, warped_pts[:, 2:3], torch.zeros_like(depth))
+    object_depth[wb[ok], 0, wy[ok], wx[ok]] = pts[ok, 2]
+    object_wins &= object_depth > 0
 
     return EditGeometry(
         source=source,
         flow=flow,
-        valid=valid_f,
+        valid=valid,
         edited_mask=edited_mask,
         camera=camera,
         transforms=transforms,
-        object_mask=obj.to(depth.dtype),
+        object_mask=obj.to(dtype),
         object_wins=object_wins,
         zbuffer=zbuffer,
         object_depth=object_depth,
         object_distance=object_distance,
         pivots=pivots,
     )
+
+
+def _sample_points(x: torch.Tensor, coords: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``x`` (B, C, H, W) at normalised ``coords`` (M, 2) of images
+    ``batch_index`` (M,); returns ``(M, C)`` (zero outside the image)."""
+    out = torch.zeros(coords.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+    for i in range(x.shape[0]):
+        sel = batch_index == i
+        if bool(sel.any()):
+            grid = coords[sel].to(x.dtype)[None, None] * 2.0 - 1.0  # (1, 1, m, 2)
+            out[sel] = F.grid_sample(x[i : i + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, :, 0].T
+    return out
 
 
 def compute_camera_move(depth: torch.Tensor, transform: Similarity, camera: Camera | None = None) -> EditGeometry:
