@@ -1,0 +1,55 @@
+"""``handles serve``: the local web app (3D gizmo, instant preview, full render with progress)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the local web app",
+        description="Serve the web app: open an image or a built-in scene, select the object, move it with a 3D "
+        "gizmo while the instant preview follows, then render with a live progress bar. The JSON API is described "
+        "at /openapi.json (interactive docs at /docs).",
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--model", default="tinyworld",
+                   help="diffusion model for renders: hub id, local diffusers folder, or 'tinyworld' (default)")
+    p.add_argument("--device", default="cpu", help="torch device for renders (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="model dtype (default float32)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="default DDIM steps of a render (default: the pipeline's, 50 as in the paper)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: keeps the preview responsive on a shared CPU)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload per file (default 10)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffusion_handles.errors import HandlesError
+
+    if not 0 < args.port < 65536:
+        raise HandlesError(f"--port: expected 1..65535, got {args.port}")
+    if args.threads < 1:
+        raise HandlesError(f"--threads: expected >= 1, got {args.threads}")
+    if not 0 < args.max_upload_mb <= 1024:
+        raise HandlesError(f"--max-upload-mb: expected a number in (0, 1024], got {args.max_upload_mb}")
+    if args.steps is not None and not 1 <= args.steps <= 200:
+        raise HandlesError(f"--steps: expected 1..200, got {args.steps}")
+
+    import torch
+    import uvicorn
+
+    from diffusion_handles.web.app import WebConfig, create_app
+    from diffusion_handles.web.uploads import UploadLimits
+
+    torch.set_num_threads(args.threads)
+    cfg = WebConfig(model=args.model, device=args.device, dtype=args.dtype, default_steps=args.steps,
+                    limits=UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024)))
+    app = create_app(cfg)
+    print(f"handles serve: http://{args.host}:{args.port}/  (API: /openapi.json, docs: /docs; Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,203 @@
+"""The render job: run the Diffusion Handles facade on a session's image, with progress.
+
+This is the only module of the web app that talks to :mod:`diffusion_handles.pipeline`; it
+loads the model lazily (once), caches inverted images by content (image, depth, mask, prompt,
+model), and writes PNG results into the job's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry import HandleEdit
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Per-render settings chosen in the page.
+
+    Attributes:
+        num_steps: DDIM steps for inversion and generation (None: the facade's default, 50 as
+            in Sec. 5).
+        seed: seed of any randomness in the edit.
+    """
+
+    num_steps: int | None = None
+    seed: int = 0  # seeds the VAE posterior sample of the inversion
+
+
+@dataclass
+class RenderInput:
+    """A frozen copy of what a render needs, taken from the session at submit time."""
+
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1]
+    depth: torch.Tensor  # (1, 1, H, W) z-depth, scene units
+    mask: torch.Tensor  # (1, 1, H, W) in {0, 1}
+    prompt: str
+    fov_deg: float
+    key: str  # inversion cache key (content hash)
+
+
+Progress = Callable[[str, int, int, str], None]
+
+
+class TqdmMonitor:
+    """Turns the facade's tqdm bars into job progress, without changing the facade.
+
+    The diffusion layer draws one tqdm bar per pass (``DDIM inversion``, ``null-text
+    inversion`` or ``reconstruction``, ``guided generation``), each of ``num_steps`` steps. A
+    polling thread reads the live bars (``tqdm._instances``: ``desc``, ``n``, ``total``) and
+    reports overall progress ``done + n`` of ``expected`` steps (extended if more bars appear).
+    Only the single render worker draws bars while a render runs.
+    """
+
+    def __init__(self, report: Progress, expected_total: int, interval_s: float = 0.1):
+        self.report = report
+        self.expected = expected_total
+        self.interval = interval_s
+        self.done = 0  # steps of bars that have finished
+        self._live: dict[int, tuple[str, int, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="handles-progress", daemon=True)
+        self._last: tuple | None = None
+
+    def __enter__(self) -> TqdmMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def poll(self) -> None:
+        from tqdm import tqdm
+
+        with tqdm.get_lock():
+            bars = list(getattr(tqdm, "_instances", ()))
+        now = {id(b): (str(getattr(b, "desc", "") or "working"), int(getattr(b, "n", 0) or 0), int(getattr(b, "total", 0) or 0))
+               for b in bars}
+        for key, (_, _, total) in list(self._live.items()):
+            if key not in now:  # finished (bars are created with leave=False)
+                self.done += total
+                del self._live[key]
+        self._live.update(now)
+        if not self._live:
+            return
+        desc, n, total = list(self._live.values())[-1]
+        step = self.done + sum(v[1] for v in self._live.values())
+        self.expected = max(self.expected, self.done + sum(v[2] for v in self._live.values()))
+        state = (desc, step, self.expected)
+        if state != self._last:
+            self._last = state
+            self.report(desc, step, self.expected, f"{desc}: {n} of {total}")
+
+
+class RenderService:
+    """Loads ``DiffusionHandles`` once and runs renders (called from the single job worker).
+
+    Args:
+        model: hub id, diffusers folder or ``"tinyworld"``.
+        device, dtype: where the model runs.
+        cache_size: inverted images kept in memory (keyed by content, steps and seed).
+    """
+
+    def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32, cache_size: int = 4):
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.cache_size = cache_size
+        self._pipe = None
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def available() -> str | None:
+        """``None`` when the diffusion facade imports, else why not."""
+        try:
+            from diffusion_handles.pipeline import DiffusionHandles  # noqa: F401
+        except Exception as e:
+            return f"the diffusion pipeline is not available in this installation ({type(e).__name__}: {e})"
+        return None
+
+    def pipeline(self, report: Progress):
+        if self._pipe is None:
+            reason = self.available()
+            if reason:
+                raise HandlesError(f"render: {reason}")
+            from diffusion_handles.pipeline import DiffusionHandles
+
+            report("loading model", 0, 0, self.model)
+            self._pipe = DiffusionHandles.from_pretrained(self.model, device=self.device, dtype=self.dtype)
+        return self._pipe
+
+    def run(self, inp: RenderInput, edit: HandleEdit, opts: RenderOptions, report: Progress) -> dict:
+        """Invert (or reuse the cached inversion) and edit; returns the facade's output and info."""
+        from diffusion_handles.diffusion.config import InversionConfig
+
+        with self._lock:
+            pipe = self.pipeline(report)
+            inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
+            n = inv_cfg.num_steps
+            key = f"{inp.key}:{inv_cfg.to_dict()}:{opts.seed}"
+            timings: dict[str, float] = {}
+            inverted = self._cache.get(key)
+            reused = inverted is not None
+            # inversion draws two bars of n steps (DDIM + null-text or reconstruction), the edit one
+            with TqdmMonitor(report, n if reused else 3 * n):
+                if inverted is None:
+                    t0 = time.perf_counter()
+                    report("inversion", 0, 3 * n, "starting the inversion")
+                    inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
+                                           seed=opts.seed, progress=True)
+                    timings["invert_s"] = time.perf_counter() - t0
+                    self._cache[key] = inverted
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+                else:
+                    self._cache.move_to_end(key)
+                    report("editing", 0, n, "inversion reused from the cache")
+                t1 = time.perf_counter()
+                out = pipe.edit(inverted, edit, fov_deg=inp.fov_deg, progress=True)
+                timings["edit_s"] = time.perf_counter() - t1
+        return {"output": out, "reused_inversion": reused, "timings": timings}
+
+
+def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str]:
+    """Save the render's pictures into ``folder``; return ``{result name: file name}``.
+
+    Files: ``edited.png`` (x'_0), ``input.png``, ``reconstruction.png`` (the inversion's),
+    ``preview.png`` (the geometric preview, holes magenta), ``edited_depth.png`` (colour-mapped
+    d') and ``edited_depth.npy`` (z-depth, scene units), ``info.json``.
+    """
+    from diffusion_handles.io import save_image
+    from diffusion_handles.viz import colorize_depth
+
+    out = result["output"]  # diffusion_handles.pipeline.EditOutput
+    files = {"edited": "edited.png", "input": "input.png", "reconstruction": "reconstruction.png",
+             "preview": "preview.png", "edited_depth": "edited_depth.png", "edited_depth_npy": "edited_depth.npy"}
+    save_image(folder / files["edited"], out.edited)
+    save_image(folder / files["input"], inp.image)
+    save_image(folder / files["reconstruction"], out.reconstruction)
+    save_image(folder / files["preview"], out.preview)
+    save_image(folder / files["edited_depth"], colorize_depth(out.edited_depth))
+    np.save(folder / files["edited_depth_npy"], out.edited_depth.detach().float().cpu()[0, 0].numpy())
+    timings = dict(result.get("timings", {}))
+    timings.update({f"pipeline_{k}_s": float(v) for k, v in out.timings.items()})
+    info = {"reused_inversion": result["reused_inversion"], "timings": timings, "unet_evals": out.unet_evals}
+    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    return files

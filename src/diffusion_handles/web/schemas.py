@@ -1,0 +1,159 @@
+"""Pydantic schemas of the JSON API (they make up the OpenAPI document at ``/openapi.json``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from diffusion_handles.geometry import HandleEdit
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Vec3 = tuple[Finite, Finite, Finite]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Transform(Strict):
+    """A 3D edit of the selected object. Camera axes: x right, y down, z forward (away from
+    the camera); scene units are the depth map's units. Rotation and scale are about the
+    object's centroid; applied as scale and rotate, then translate."""
+
+    translate: Vec3 = (0.0, 0.0, 0.0)
+    rotate_axis: Vec3 = (0.0, 1.0, 0.0)
+    rotate_deg: Finite = Field(0.0, ge=-3600, le=3600)
+    scale: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False, description="uniform scale, > 0")
+
+    @model_validator(mode="after")
+    def _axis_nonzero(self) -> Transform:
+        if self.rotate_deg != 0 and math.sqrt(sum(a * a for a in self.rotate_axis)) < 1e-12:
+            raise ValueError(f"rotate_axis: expected a non-zero axis when rotate_deg != 0, got {list(self.rotate_axis)}")
+        return self
+
+    def to_edit(self) -> HandleEdit:
+        return HandleEdit(tuple(self.translate), tuple(self.rotate_axis), self.rotate_deg, self.scale)
+
+
+class Error(BaseModel):
+    """Every 4xx/5xx answer: ``detail`` is one line naming the field, what was expected and
+    what arrived."""
+
+    detail: str
+
+
+class SceneInfo(BaseModel):
+    id: str
+    title: str
+    source: Literal["builtin", "tinyworld"]
+
+
+class Limits(BaseModel):
+    max_upload_mb: float
+    max_side: int
+    work_side: int
+
+
+class Info(BaseModel):
+    version: str
+    model: str
+    render_unavailable: str | None = Field(None, description="why rendering is unavailable, or null")
+    selection_modes: list[str] = Field(description="mask selection modes: scene, upload, and click/text when a segmenter is installed")
+    depth_estimation: bool = Field(description="whether an uploaded image may come without a depth map")
+    scenes: list[SceneInfo]
+    limits: Limits
+    default_fov_deg: float
+
+
+class MaskInfo(BaseModel):
+    index: int
+    name: str
+    pixels: int
+
+
+class SessionInfo(BaseModel):
+    id: str = Field(description="server-generated random token")
+    width: int
+    height: int
+    prompt: str
+    fov_deg: float
+    source: str
+    masks: list[MaskInfo]
+    selected: int | None
+    image_url: str
+    depth_url: str
+    points_url: str
+    mask_url: str | None
+
+
+class SceneRequest(Strict):
+    scene: str = Field("demo", max_length=64, description="an id from GET /api/scenes")
+
+
+class SelectRequest(Strict):
+    """Choose the object to edit: ``scene`` (index into the session's masks), ``click`` (pixel
+    x, y for a point-prompted segmenter) or ``text`` (a query such as "the red cube")."""
+
+    mode: Literal["mask", "click", "text"]
+    index: int | None = Field(None, ge=0)
+    x: Finite | None = None
+    y: Finite | None = None
+    query: str | None = Field(None, max_length=200)
+
+
+class PointCloud(BaseModel):
+    """The session's depth lifted to 3D, sub-sampled every ``stride`` pixels, in three.js axes
+    (x right, y up, z towards the viewer, i.e. camera axes with y and z negated). Arrays are
+    base64: ``positions`` float32 xyz, ``colors`` uint8 rgb, ``object`` uint8 (1 = selected)."""
+
+    count: int
+    stride: int
+    grid_width: int
+    grid_height: int
+    positions: str
+    colors: str
+    object: str
+    pivot: Vec3 | None = Field(description="object centroid, three.js axes")
+    pivot_camera: Vec3 | None = Field(description="object centroid, camera axes (x right, y down, z forward)")
+    vertical_fov_deg: float
+    aspect: float
+    point_size: float = Field(description="world size of one sample at unit depth")
+
+
+class PreviewRequest(Strict):
+    transform: Transform
+    with_depth: bool = Field(False, description="also composite the edited depth (slower)")
+
+
+class PreviewResponse(BaseModel):
+    image: str = Field(description="the re-rendered image as a PNG data URL (holes magenta)")
+    depth: str | None = Field(None, description="colour-mapped edited depth as a PNG data URL")
+    width: int
+    height: int
+    object_pixels: int
+    hole_pixels: int
+    timings_ms: dict[str, float]
+
+
+class RenderRequest(Strict):
+    session_id: str = Field(max_length=64)
+    transform: Transform
+    prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
+    num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: Literal["queued", "running", "done", "error"]
+    stage: str
+    step: int
+    total: int
+    fraction: float = Field(description="0..1, reaches 1 when the job is done")
+    queue_position: int
+    message: str
+    error: str | None
+    results: dict[str, str] = Field(description="name -> download URL")
+    info: dict

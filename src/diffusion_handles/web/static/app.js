@@ -1,0 +1,422 @@
+// The Diffusion Handles page: open an image, pick the object, move it with a 3D gizmo on the
+// lifted point cloud, watch the instant preview, render with a live progress bar.
+// Every request failure is shown in the page (error box or preview status); nothing fails silently.
+import { editFromPose, poseFromEdit, uniformScale } from './convert.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { info: null, session: null, cloud: null, previewCount: 0, job: null, three: null, lastScale: 1 };
+window.__handles = state;  // read by the browser tests
+
+// ---------------------------------------------------------------- errors and requests
+function showError(msg) {
+  $('error-text').textContent = msg;
+  $('error').hidden = false;
+}
+function clearError() { $('error').hidden = true; $('error-text').textContent = ''; }
+$('error-close').addEventListener('click', clearError);
+window.addEventListener('unhandledrejection', (e) => showError(`unexpected error: ${e.reason && e.reason.message ? e.reason.message : e.reason}`));
+
+async function api(path, opts = {}) {
+  let res;
+  try {
+    res = await fetch(path, opts);
+  } catch (e) {
+    throw new Error(`network error (${path}): ${e.message}; is the server running?`);
+  }
+  const type = res.headers.get('content-type') || '';
+  const body = type.includes('application/json') ? await res.json().catch(() => null) : null;
+  if (!res.ok) {
+    const detail = body && body.detail ? body.detail : `${res.status} ${res.statusText}`;
+    const err = new Error(`${detail} (HTTP ${res.status})`);
+    err.status = res.status;
+    throw err;
+  }
+  return body;
+}
+const postJSON = (path, data) => api(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(data) });
+
+// ---------------------------------------------------------------- 3D view
+let THREE = null;
+async function initThree() {
+  const box = $('view3d');
+  try {
+    THREE = await import('./vendor/three.bundle.min.js');
+    const canvas = document.createElement('canvas');
+    const ctx = canvas.getContext('webgl2') || canvas.getContext('webgl');
+    if (!ctx) throw new Error('WebGL is not available in this browser');
+    const renderer = new THREE.WebGLRenderer({ canvas, context: ctx, antialias: false, preserveDrawingBuffer: true });
+    renderer.setPixelRatio(window.devicePixelRatio || 1);
+    box.appendChild(renderer.domElement);
+    const scene = new THREE.Scene();
+    scene.background = new THREE.Color(0x0d0e11);
+    const camera = new THREE.PerspectiveCamera(42, 4 / 3, 0.01, 1000);
+    const orbit = new THREE.OrbitControls(camera, renderer.domElement);
+    orbit.enableDamping = false;
+    const handle = new THREE.Group();
+    scene.add(handle);
+    const gizmo = new THREE.TransformControls(camera, renderer.domElement);
+    gizmo.setSize(0.9);
+    gizmo.addEventListener('dragging-changed', (e) => { orbit.enabled = !e.value; });
+    gizmo.addEventListener('objectChange', onGizmoChange);
+    scene.add(gizmo.getHelper());
+    const t = { renderer, scene, camera, orbit, gizmo, handle, background: null, object: null };
+    state.three = t;
+    const resize = () => {
+      const w = box.clientWidth, h = box.clientHeight;
+      renderer.setSize(w, h, false);
+      renderer.domElement.style.width = '100%';
+      renderer.domElement.style.height = '100%';
+      camera.aspect = w / h;
+      camera.updateProjectionMatrix();
+      updatePointSize();
+    };
+    new ResizeObserver(resize).observe(box);
+    resize();
+    renderer.setAnimationLoop(() => { orbit.update(); renderer.render(scene, camera); });
+  } catch (e) {
+    state.three = null;
+    box.innerHTML = `<p class="error" style="padding:1em">3D view unavailable: ${e.message}. Use the number fields to edit the transform.</p>`;
+  }
+}
+
+function decode(b64, Type) {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return new Type(bytes.buffer);
+}
+
+function updatePointSize() {
+  const t = state.three;
+  if (!t || !state.cloud) return;
+  // one sample covers `stride` image pixels; the view shows the image height on the canvas height
+  const px = (1.4 * state.cloud.stride * t.renderer.domElement.clientHeight) / state.session.height;
+  for (const p of [t.background, t.object]) if (p) p.material.size = Math.max(1, px);
+}
+
+function buildCloud(cloud) {
+  state.cloud = cloud;
+  const t = state.three;
+  if (!t) return;
+  for (const key of ['background', 'object']) {
+    if (t[key]) { t[key].parent.remove(t[key]); t[key].geometry.dispose(); t[key].material.dispose(); t[key] = null; }
+  }
+  const pos = decode(cloud.positions, Float32Array);
+  const col = decode(cloud.colors, Uint8Array);
+  const obj = decode(cloud.object, Uint8Array);
+  const pivot = cloud.pivot || [0, 0, 0];
+  const bg = [], bgc = [], ob = [], obc = [];
+  for (let i = 0; i < cloud.count; i++) {
+    const r = col[3 * i] / 255, g = col[3 * i + 1] / 255, b = col[3 * i + 2] / 255;
+    if (obj[i]) {
+      ob.push(pos[3 * i] - pivot[0], pos[3 * i + 1] - pivot[1], pos[3 * i + 2] - pivot[2]);
+      obc.push(0.6 * r + 0.4, 0.6 * g + 0.34, 0.6 * b + 0.05);  // highlighted: tinted yellow
+    } else {
+      bg.push(pos[3 * i], pos[3 * i + 1], pos[3 * i + 2]);
+      bgc.push(r, g, b);
+    }
+  }
+  const make = (p, c) => {
+    const geo = new THREE.BufferGeometry();
+    geo.setAttribute('position', new THREE.Float32BufferAttribute(p, 3));
+    geo.setAttribute('color', new THREE.Float32BufferAttribute(c, 3));
+    return new THREE.Points(geo, new THREE.PointsMaterial({ size: 2, vertexColors: true, sizeAttenuation: false }));
+  };
+  t.background = make(bg, bgc);
+  t.scene.add(t.background);
+  t.handle.position.set(...pivot);
+  t.handle.quaternion.identity();
+  t.handle.scale.setScalar(1);
+  if (ob.length) {
+    t.object = make(ob, obc);
+    t.handle.add(t.object);
+    t.gizmo.attach(t.handle);
+  } else {
+    t.gizmo.detach();
+  }
+  // start at the image's own camera: the cloud looks like the photo; orbit about the object
+  t.camera.fov = cloud.vertical_fov_deg;
+  t.camera.position.set(0, 0, 0.001);
+  t.camera.updateProjectionMatrix();
+  t.orbit.target.set(0, 0, cloud.pivot ? cloud.pivot[2] : -5);  // on the optical axis, at the object's depth
+  t.orbit.update();
+  updatePointSize();
+}
+
+// ---------------------------------------------------------------- transform <-> fields <-> gizmo
+const FIELDS = ['tx', 'ty', 'tz', 'ax', 'ay', 'az', 'deg', 'scale'];
+function num(id) {
+  const v = Number($(id).value);
+  return Number.isFinite(v) ? v : NaN;
+}
+function editFromFields() {
+  return {
+    translate: [num('tx'), num('ty'), num('tz')],
+    rotate_axis: [num('ax'), num('ay'), num('az')],
+    rotate_deg: num('deg'),
+    scale: num('scale'),
+  };
+}
+const round = (v, k = 4) => Number(v.toFixed(k));
+function setFields(e) {
+  [$('tx').value, $('ty').value, $('tz').value] = e.translate.map((v) => round(v));
+  [$('ax').value, $('ay').value, $('az').value] = e.rotate_axis.map((v) => round(v));
+  $('deg').value = round(e.rotate_deg, 2);
+  $('scale').value = round(e.scale);
+}
+function applyEditToGizmo(e) {
+  const t = state.three;
+  if (!t || !state.cloud || !state.cloud.pivot) return;
+  const p = poseFromEdit(state.cloud.pivot, e);
+  t.handle.position.set(...p.position);
+  t.handle.quaternion.set(...p.quaternion);
+  t.handle.scale.setScalar(p.scale);
+  state.lastScale = p.scale;
+}
+function onGizmoChange() {
+  const t = state.three;
+  if (t.gizmo.mode === 'scale') {
+    const s = uniformScale(t.handle.scale.x, t.handle.scale.y, t.handle.scale.z, state.lastScale);
+    t.handle.scale.setScalar(s);
+    state.lastScale = s;
+  }
+  const h = t.handle;
+  const e = editFromPose(state.cloud.pivot, h.position.toArray(), h.quaternion.toArray(), h.scale.x,
+    [num('ax'), num('ay'), num('az')]);
+  setFields(e);
+  requestPreview();
+}
+for (const id of FIELDS) {
+  $(id).addEventListener('input', () => {
+    const e = editFromFields();
+    if ([...e.translate, ...e.rotate_axis, e.rotate_deg, e.scale].some((v) => !Number.isFinite(v))) {
+      setPreviewStatus('fill every transform field with a number', true);
+      return;
+    }
+    applyEditToGizmo(e);
+    requestPreview();
+  });
+}
+for (const mode of ['translate', 'rotate', 'scale']) {
+  $(`mode-${mode}`).addEventListener('click', () => {
+    if (state.three) state.three.gizmo.setMode(mode);
+    for (const m of ['translate', 'rotate', 'scale']) $(`mode-${m}`).classList.toggle('active', m === mode);
+  });
+}
+function resetTransform() {
+  setFields({ translate: [0, 0, 0], rotate_axis: [0, 1, 0], rotate_deg: 0, scale: 1 });
+  applyEditToGizmo(editFromFields());
+}
+$('reset-transform').addEventListener('click', () => { resetTransform(); requestPreview(); });
+
+// ---------------------------------------------------------------- preview (latest wins)
+let previewInFlight = false, previewPending = false;
+function setPreviewStatus(text, isError = false) {
+  const el = $('preview-status');
+  el.textContent = text;
+  el.classList.toggle('error', isError);
+  el.classList.toggle('muted', !isError);
+}
+async function requestPreview() {
+  const s = state.session;
+  if (!s || s.selected === null) return;
+  if (previewInFlight) { previewPending = true; return; }
+  previewInFlight = true;
+  previewPending = false;
+  const t0 = performance.now();
+  try {
+    const r = await postJSON(`/api/sessions/${s.id}/preview`, { transform: editFromFields() });
+    $('preview-img').src = r.image;
+    state.previewCount += 1;
+    $('preview-img').dataset.count = String(state.previewCount);
+    setPreviewStatus(`preview ${Math.round(performance.now() - t0)} ms (server ${Math.round(r.timings_ms.server_total)} ms) · ${r.object_pixels} object px · ${r.hole_pixels} hole px (magenta)`);
+  } catch (e) {
+    setPreviewStatus(`preview: ${e.message}`, true);
+  } finally {
+    previewInFlight = false;
+    if (previewPending) requestPreview();
+  }
+}
+
+// ---------------------------------------------------------------- sessions and selection
+async function loadSession(info) {
+  state.session = info;
+  $('input-img').src = info.image_url;
+  $('prompt').value = info.prompt;
+  const sel = $('mask-select');
+  sel.innerHTML = '';
+  if (!info.masks.length) sel.add(new Option('(no object yet: upload a mask or select one)', ''));
+  for (const m of info.masks) sel.add(new Option(`${m.name} (${m.pixels} px)`, String(m.index)));
+  if (info.selected !== null) sel.value = String(info.selected);
+  $('results').hidden = true;
+  resetTransform();
+  const cloud = await api(info.points_url);
+  buildCloud(cloud);
+  updateRenderButton();
+  if (info.selected !== null) {
+    $('preview-img').src = info.image_url;
+    await requestPreview();
+  } else {
+    $('preview-img').removeAttribute('src');
+    setPreviewStatus('select the object to edit (step 2)');
+  }
+}
+async function guarded(fn) {
+  clearError();
+  try { await fn(); } catch (e) { showError(e.message); }
+}
+$('scene-open').addEventListener('click', () => guarded(async () => {
+  const info = await postJSON('/api/sessions/scene', { scene: $('scene-select').value });
+  await loadSession(info);
+}));
+$('upload-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  guarded(async () => {
+    const fd = new FormData();
+    const img = $('upload-image').files[0];
+    if (!img) throw new Error('image: choose an image file to upload');
+    fd.append('image', img);
+    if ($('upload-depth').files[0]) fd.append('depth', $('upload-depth').files[0]);
+    if ($('upload-mask').files[0]) fd.append('mask', $('upload-mask').files[0]);
+    fd.append('prompt', $('prompt').value);
+    fd.append('fov_deg', $('upload-fov').value || '55');
+    await loadSession(await api('/api/sessions', { method: 'POST', body: fd }));
+  });
+});
+$('mask-select').addEventListener('change', () => guarded(async () => {
+  if (!state.session || $('mask-select').value === '') return;
+  await loadSession(await postJSON(`/api/sessions/${state.session.id}/select`, { mode: 'mask', index: Number($('mask-select').value) }));
+}));
+$('mask-file').addEventListener('change', () => guarded(async () => {
+  const f = $('mask-file').files[0];
+  if (!f) return;
+  if (!state.session) throw new Error('mask: open an image first (step 1)');
+  const fd = new FormData();
+  fd.append('mask', f);
+  $('mask-file').value = '';
+  await loadSession(await api(`/api/sessions/${state.session.id}/mask`, { method: 'POST', body: fd }));
+}));
+$('click-toggle').addEventListener('change', () => $('input-img').classList.toggle('clickable', $('click-toggle').checked));
+$('input-img').addEventListener('click', (ev) => {
+  if (!$('click-toggle').checked || !state.session) return;
+  const r = ev.target.getBoundingClientRect();
+  const x = ((ev.clientX - r.left) / r.width) * state.session.width;
+  const y = ((ev.clientY - r.top) / r.height) * state.session.height;
+  guarded(async () => {
+    setPreviewStatus('segmenting the clicked object…');
+    await loadSession(await postJSON(`/api/sessions/${state.session.id}/select`, { mode: 'click', x, y }));
+  });
+});
+$('text-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  guarded(async () => {
+    if (!state.session) throw new Error('text selection: open an image first (step 1)');
+    setPreviewStatus('finding the object…');
+    await loadSession(await postJSON(`/api/sessions/${state.session.id}/select`, { mode: 'text', query: $('text-query').value }));
+  });
+});
+
+// ---------------------------------------------------------------- render with progress
+function updateRenderButton() {
+  const why = state.info && state.info.render_unavailable;
+  const ready = state.session && state.session.selected !== null;
+  $('render-btn').disabled = Boolean(why) || !ready || Boolean(state.job);
+  $('render-note').textContent = why ? `Rendering unavailable: ${why}` : (ready ? '' : 'open an image and select an object first');
+  $('render-note').classList.toggle('error', Boolean(why));
+}
+function setProgress(frac, text, failed = false) {
+  const pct = Math.round(100 * Math.max(0, Math.min(1, frac)));
+  $('progress-fill').style.width = `${pct}%`;
+  $('progress').setAttribute('aria-valuenow', String(pct));
+  $('progress').classList.toggle('failed', failed);
+  $('progress-text').textContent = text;
+}
+function describe(st) {
+  if (st.state === 'queued') return st.queue_position > 0 ? `queued (${st.queue_position} ahead)` : 'queued';
+  if (st.state === 'done') return `done · ${st.info && st.info.reused_inversion ? 'inversion reused from cache' : 'inverted and edited'}`;
+  if (st.state === 'error') return `failed: ${st.error}`;
+  return st.total ? `${st.stage}: step ${st.step} of ${st.total}` : st.stage;
+}
+function onJobUpdate(st) {
+  setProgress(st.fraction, describe(st), st.state === 'error');
+  if (st.state === 'done') { finishJob(); showResults(st); }
+  if (st.state === 'error') { finishJob(); showError(`render: ${st.error}`); }
+  return st.state === 'done' || st.state === 'error';
+}
+function finishJob() { state.job = null; updateRenderButton(); }
+function watchJob(id) {
+  const es = new EventSource(`/api/jobs/${id}/events`);
+  let ended = false;
+  es.onmessage = (m) => { if (onJobUpdate(JSON.parse(m.data))) { ended = true; es.close(); } };
+  es.onerror = () => { es.close(); if (!ended) pollJob(id); };
+}
+async function pollJob(id) {
+  try {
+    while (true) {
+      const st = await api(`/api/jobs/${id}`);
+      if (onJobUpdate(st)) return;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  } catch (e) {
+    finishJob();
+    setProgress(0, `failed: ${e.message}`, true);
+    showError(`render: ${e.message}`);
+  }
+}
+$('render-btn').addEventListener('click', () => guarded(async () => {
+  const s = state.session;
+  const steps = $('steps').value.trim();
+  const body = { session_id: s.id, transform: editFromFields(), prompt: $('prompt').value, seed: Number($('seed').value || 0) };
+  if (steps) body.num_steps = Number(steps);
+  setProgress(0, 'submitting…');
+  $('results').hidden = true;
+  try {
+    const st = await postJSON('/api/jobs', body);
+    state.job = st.id;
+    updateRenderButton();
+    onJobUpdate(st);
+    watchJob(st.id);
+  } catch (e) {
+    setProgress(0, `failed: ${e.message}`, true);
+    throw e;
+  }
+}));
+function showResults(st) {
+  const r = st.results;
+  $('compare-before').src = r.input;
+  $('compare-after').src = r.edited;
+  if (r.edited_depth) $('result-depth').src = r.edited_depth;
+  const tm = (st.info && st.info.timings) || {};
+  $('result-info').textContent = Object.entries(tm).map(([k, v]) => `${k} ${Number(v).toFixed(2)}`).join(' · ');
+  const dl = $('downloads');
+  dl.innerHTML = '';
+  for (const [name, url] of Object.entries(r)) {
+    const a = document.createElement('a');
+    a.href = url; a.download = ''; a.textContent = name.endsWith('_npy') ? `${name.slice(0, -4)}.npy` : `${name}.png`;
+    dl.appendChild(a);
+  }
+  $('results').hidden = false;
+}
+$('compare-range').addEventListener('input', () => {
+  $('compare-after-wrap').style.clipPath = `inset(0 0 0 ${$('compare-range').value}%)`;
+});
+
+// ---------------------------------------------------------------- start
+async function start() {
+  await initThree();
+  try {
+    state.info = await api('/api/info');
+  } catch (e) {
+    showError(`could not reach the server: ${e.message}`);
+    $('server-info').textContent = 'offline';
+    return;
+  }
+  const i = state.info;
+  $('server-info').textContent = `v${i.version} · model ${i.model}${i.render_unavailable ? ' (render unavailable)' : ''} · uploads ≤ ${i.limits.max_upload_mb} MB`;
+  for (const sc of i.scenes) $('scene-select').add(new Option(sc.title, sc.id));
+  $('click-mode').hidden = !i.selection_modes.includes('click');
+  $('text-form').hidden = !i.selection_modes.includes('text');
+  updateRenderButton();
+  document.body.dataset.ready = '1';
+}
+start();

@@ -1,0 +1,149 @@
+"""Checks on uploaded files: size, declared content type, magic bytes, decodability, dimensions.
+
+Every check raises :class:`UploadError` carrying the HTTP status the API answers with
+(413 too large, 415 wrong type, 422 decodable but unusable) and a one-line message naming the
+form field. Nothing here touches the file system: uploads are decoded from memory.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+DEPTH_TYPES = {"application/octet-stream", "application/x-npy", "application/npy", "image/png"}
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class UploadError(Exception):
+    """A rejected upload: ``status`` is the HTTP status code, ``message`` one line for the user."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Limits on uploads.
+
+    Attributes:
+        max_bytes: largest accepted file, per field (10 MB).
+        max_side: largest accepted image width or height in pixels, checked from the header
+            before decoding (guards against decompression bombs).
+        min_side: smallest accepted width or height.
+    """
+
+    max_bytes: int = 10 * 1024 * 1024
+    max_side: int = 4096
+    min_side: int = 16
+
+
+def sniff(data: bytes) -> str | None:
+    """The format named by the file's magic bytes: ``PNG``, ``JPEG``, ``WEBP``, ``NPY`` or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(NPY_MAGIC):
+        return "NPY"
+    return None
+
+
+def _base_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def check_size(data: bytes, field: str, limits: UploadLimits) -> None:
+    if len(data) > limits.max_bytes:
+        raise UploadError(413, f"{field}: expected at most {limits.max_bytes // (1024 * 1024)} MB, got {len(data) / 1e6:.1f} MB")
+    if not data:
+        raise UploadError(422, f"{field}: expected a file, got an empty upload")
+
+
+def _open_image(data: bytes, field: str, limits: UploadLimits) -> Image.Image:
+    try:
+        im = Image.open(io.BytesIO(data))  # reads the header only
+    except Exception as e:
+        raise UploadError(415, f"{field}: expected a PNG, JPEG or WebP image, could not decode it ({type(e).__name__})") from None
+    w, h = im.size
+    if max(w, h) > limits.max_side or min(w, h) < limits.min_side:
+        raise UploadError(422, f"{field}: expected width and height between {limits.min_side} and {limits.max_side} pixels, got {w}x{h}")
+    try:
+        im.load()
+    except Exception as e:
+        raise UploadError(415, f"{field}: the image is truncated or corrupt ({type(e).__name__}: {e})") from None
+    return im
+
+
+def read_image(data: bytes, content_type: str | None, field: str, limits: UploadLimits) -> np.ndarray:
+    """Decode an uploaded RGB image to ``(H, W, 3)`` uint8."""
+    check_size(data, field, limits)
+    ct = _base_type(content_type)
+    fmt = sniff(data)
+    if ct not in IMAGE_TYPES:
+        raise UploadError(415, f"{field}: expected content type image/png, image/jpeg or image/webp, got {ct or 'none'}")
+    if fmt not in ("PNG", "JPEG", "WEBP"):
+        raise UploadError(415, f"{field}: expected PNG, JPEG or WebP file contents, got bytes that are not an image")
+    im = _open_image(data, field, limits)
+    if im.mode in ("I;16", "I;16B", "I", "F"):
+        raise UploadError(422, f"{field}: expected an 8-bit colour or grey image, got a {im.mode} image (a depth map?)")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_mask(data: bytes, content_type: str | None, field: str, limits: UploadLimits) -> np.ndarray:
+    """Decode an uploaded mask to ``(H, W)`` bool: pixels >= 128 (or alpha >= 128) are the object."""
+    check_size(data, field, limits)
+    ct = _base_type(content_type)
+    if ct not in IMAGE_TYPES or sniff(data) not in ("PNG", "JPEG", "WEBP"):
+        raise UploadError(415, f"{field}: expected a PNG mask image (content type image/png), got {ct or 'none'} with {'image' if sniff(data) else 'non-image'} contents")
+    im = _open_image(data, field, limits)
+    if im.mode in ("RGBA", "LA") and np.ptp(np.asarray(im.convert("L"))) == 0:
+        arr = np.asarray(im.getchannel("A"))
+    elif im.mode in ("I;16", "I;16B", "I"):
+        arr = (np.asarray(im) > 0).astype(np.uint8) * 255
+    else:
+        arr = np.asarray(im.convert("L"))
+    return arr >= 128
+
+
+def read_depth(data: bytes, content_type: str | None, field: str, limits: UploadLimits,
+               png_scale: float = 1000.0) -> np.ndarray:
+    """Decode an uploaded z-depth map to ``(H, W)`` float32 scene units, positive and finite.
+
+    Accepts a ``.npy`` float/int array (scene units; loaded without pickle) or a 16-bit PNG in
+    millimetres (``value / png_scale``).
+    """
+    check_size(data, field, limits)
+    ct = _base_type(content_type)
+    fmt = sniff(data)
+    if ct not in DEPTH_TYPES or fmt not in ("NPY", "PNG"):
+        raise UploadError(415, f"{field}: expected a .npy array or a 16-bit PNG depth map, got content type {ct or 'none'} with {fmt or 'unrecognised'} contents")
+    if fmt == "NPY":
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as e:
+            raise UploadError(415, f"{field}: could not read the .npy array ({type(e).__name__}: {e})") from None
+        arr = np.squeeze(arr)
+        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise UploadError(422, f"{field}: expected a real (H, W) array, got shape {arr.shape} dtype {arr.dtype}")
+        h, w = arr.shape
+        if max(h, w) > limits.max_side or min(h, w) < limits.min_side:
+            raise UploadError(422, f"{field}: expected width and height between {limits.min_side} and {limits.max_side}, got {w}x{h}")
+        arr = arr.astype(np.float32)
+    else:
+        im = _open_image(data, field, limits)
+        if im.mode not in ("I;16", "I;16B", "I"):
+            raise UploadError(422, f"{field}: expected a 16-bit PNG (depth in millimetres), got a PNG of mode {im.mode}")
+        arr = np.asarray(im).astype(np.float32) / float(png_scale)
+    if not np.isfinite(arr).all():
+        raise UploadError(422, f"{field}: expected finite depth everywhere, got {int((~np.isfinite(arr)).sum())} non-finite values")
+    if (arr <= 0).any():
+        raise UploadError(422, f"{field}: expected positive z-depth everywhere, got {int((arr <= 0).sum())} pixels <= 0")
+    return arr
