@@ -14,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import (
     Camera,
     EditGeometry,
     HandleEdit,
     background_depth_fill,
+    camera_move,
+    camera_move_depth,
+    compute_camera_move,
     compute_edit,
     edited_depth,
     render_preview,
@@ -50,6 +54,7 @@ def preview_edit(
     fov_deg: float = 55.0,
     background_depth: torch.Tensor | None = None,
     with_depth: bool = True,
+    move_camera: bool = False,
 ) -> PreviewResult:
     """Compute the 3D edit and re-render the image.
 
@@ -60,6 +65,8 @@ def preview_edit(
             filled harmonically (:func:`~diffusion_handles.geometry.background_depth_fill`).
         with_depth: skip the Poisson composite (the slow part) when False; ``edited_depth``
             is then the z-buffer with holes left at 0.
+        move_camera: apply ``edit`` to the camera instead (a viewpoint change: every scene
+            point moves by the inverse; rotation about the camera centre); ``mask`` is ignored.
 
     Raises:
         HandlesError: see :func:`~diffusion_handles.geometry.compute_edit`.
@@ -67,13 +74,19 @@ def preview_edit(
     t = {}
     t0 = time.perf_counter()
     cam = Camera(depth.shape[-2], depth.shape[-1], fov_deg)
-    geom = compute_edit(depth, mask, edit, cam)
+    if move_camera:
+        geom = compute_camera_move(depth, camera_move(edit), cam)
+    else:
+        geom = compute_edit(depth, mask, edit, cam)
     t["geometry"] = (time.perf_counter() - t0) * 1e3
     t1 = time.perf_counter()
     preview = render_preview(image, geom)
     t["render"] = (time.perf_counter() - t1) * 1e3
     t2 = time.perf_counter()
-    if with_depth:
+    if with_depth and move_camera:
+        bg = depth
+        d_edit = camera_move_depth(geom)
+    elif with_depth:
         bg = background_depth if background_depth is not None else background_depth_fill(depth, mask)
         d_edit = edited_depth(geom, bg)
     else:
@@ -92,6 +105,7 @@ def make_preview(
     fov_deg: float,
     out_dir: str | Path,
     depth_scale: float = 1000.0,
+    move_camera: bool = False,
 ) -> dict:
     """Read the inputs, run :func:`preview_edit` and write ``out_dir`` (all files or none).
 
@@ -111,13 +125,18 @@ def make_preview(
     t_load = time.perf_counter()
     image = load_image(image_path, "IMAGE")
     depth = load_depth(depth_path, "--depth", depth_scale)
-    mask = load_mask(mask_path, "--mask")
     check_same_size("IMAGE", image, "--depth", depth)
-    check_same_size("IMAGE", image, "--mask", mask)
-    check_mask_not_empty(mask)
+    if mask_path is None:
+        if not move_camera:
+            raise HandlesError("--mask: expected an object mask PNG (only --camera edits need none), got nothing")
+        mask = torch.ones_like(depth)
+    else:
+        mask = load_mask(mask_path, "--mask")
+        check_same_size("IMAGE", image, "--mask", mask)
+        check_mask_not_empty(mask)
     load_ms = (time.perf_counter() - t_load) * 1e3
 
-    res = preview_edit(image, depth, mask, edit, fov_deg)
+    res = preview_edit(image, depth, mask, edit, fov_deg, move_camera=move_camera)
     geom = res.geometry
     cam = geom.camera
     summary = {
@@ -125,7 +144,8 @@ def make_preview(
         "inputs": {
             "image": str(image_path),
             "depth": str(depth_path),
-            "mask": str(mask_path),
+            "mask": None if mask_path is None else str(mask_path),
+            "move_camera": move_camera,
             "size_hw": [cam.height, cam.width],
             "depth_range": [float(depth.min()), float(depth.max())],
             "object_pixels": int(mask.sum()),

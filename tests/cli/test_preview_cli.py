@@ -170,3 +170,17 @@ def test_console_script_reports_without_traceback(scene, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "handles preview: error: --rotate-deg: expected numbers, got 'abc'"
     assert not out.exists()
+
+
+def test_camera_move_needs_no_mask_and_shifts_everything(scene, tmp_path, capsys):
+    out = tmp_path / "cam"
+    # camera 0.2 units to the right: the wall (z = 6) moves left by fx * 0.2 / 6 pixels
+    code, _, err = run(capsys, "preview", scene["image"], "--depth", scene["depth"], "--camera",
+                       "--translate", 0.2, 0, 0, "--out", out)
+    assert code == 0, err
+    fx = W / (2 * math.tan(math.radians(27.5)))
+    valid = np.asarray(Image.open(out / "valid_mask.png")) >= 128
+    # the right edge is disoccluded by about fx * 0.2 / 6 pixels
+    assert abs((~valid[5]).sum() - fx * 0.2 / Z_WALL) <= 1.5
+    code, _, err = run(capsys, "preview", scene["image"], "--depth", scene["depth"], "--out", tmp_path / "x")
+    assert code == 2 and "--mask" in err

@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", required=True, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres")
     p.add_argument("--depth-scale", type=float, default=1000.0,
                    help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
-    p.add_argument("--mask", required=True, help="object mask PNG (pixels >= 128 are the object), same size as IMAGE")
+    p.add_argument("--mask", help="object mask PNG (pixels >= 128 are the object), same size as IMAGE")
     add_transform_args(p)
+    p.add_argument("--camera", action="store_true",
+                   help="move the camera instead of the object (viewpoint change; --mask not needed)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=run)
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     edit = edit_from_args(args)
     fov = fov_from_args(args)
-    result = make_preview(args.image, args.depth, args.mask, edit, fov, args.out, depth_scale=args.depth_scale)
+    result = make_preview(args.image, args.depth, args.mask, edit, fov, args.out, depth_scale=args.depth_scale,
+                          move_camera=args.camera)
     print(f"preview written to {args.out} ({result['timings_ms']['total']:.0f} ms): preview.png, comparison.png, "
           f"edited_mask.png, valid_mask.png, edited_depth.npy/.png, summary.json")
     return 0
