@@ -29,8 +29,8 @@ from diffusion_handles import __version__
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import Camera, lift, object_centroid
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
-from diffusion_handles.web import perception
 from diffusion_handles.web.jobs import DONE, FAILED, Job, JobQueue, QueueFull
+from diffusion_handles.web.perception import Perception
 from diffusion_handles.web.render import RenderInput, RenderOptions, RenderService, write_results
 from diffusion_handles.web.scenes import SceneCatalog
 from diffusion_handles.web.schemas import (
@@ -185,6 +185,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     sessions = SessionStore()
     catalog = SceneCatalog(size=cfg.scene_size)
     renderer = RenderService(cfg.model, cfg.device, dtype)
+    perception = Perception()
     state: dict = {}
     preview_lock = threading.Lock()
     preview_waiting = [0]
@@ -266,6 +267,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
             id=job.id, state=job.state, stage=job.stage, step=job.step, total=job.total, fraction=frac,
             queue_position=jobs.position(job), message=job.message, error=job.error,
             results={k: f"/api/jobs/{job.id}/results/{k}" for k in snap["results"]}, info=snap["info"],
+            created=job.created, started=job.started, finished=job.finished,
         )
 
     # ------------------------------------------------------------------ page

@@ -1,15 +1,18 @@
 """Optional selection and depth tools from :mod:`diffusion_handles.perception`, if installed.
 
-The page offers click (point-prompted segmenter) and text-query selection, and accepts
-uploads without a depth map, only when the perception layer provides them. Every failure
-(not installed, weights not available offline) is a :class:`HandlesError` with a clear message.
+The page offers click (SAM) and text-query (detector + SAM) selection, and accepts uploads
+without a depth map (depth estimator), only when the perception layer imports. Models load on
+first use and are kept; a failure (e.g. weights not available offline) is the perception
+layer's :class:`HandlesError`, shown in the page.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 
 import numpy as np
+import torch
 
 from diffusion_handles.errors import HandlesError
 
@@ -17,59 +20,68 @@ from diffusion_handles.errors import HandlesError
 def _module():
     try:
         return importlib.import_module("diffusion_handles.perception")
-    except ModuleNotFoundError:
+    except ImportError:
         return None
 
 
-def capabilities() -> dict[str, bool]:
-    """Which tools exist: ``click``, ``text`` (segmenters), ``depth`` (estimator)."""
-    mod = _module()
-    if mod is None:
-        return {"click": False, "text": False, "depth": False}
-    return {
-        "click": callable(getattr(mod, "segment_click", None)),
-        "text": callable(getattr(mod, "segment_text", None)),
-        "depth": callable(getattr(mod, "estimate_depth", None)),
-    }
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(1, 3, H, W)`` float in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
 
 
-def _call(name: str, what: str, *args):
-    mod = _module()
-    fn = getattr(mod, name, None) if mod is not None else None
-    if not callable(fn):
-        raise HandlesError(f"{what}: not available in this installation (diffusion_handles.perception.{name} is missing)")
-    try:
-        return fn(*args)
-    except HandlesError:
-        raise
-    except Exception as e:
-        raise HandlesError(f"{what}: failed ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+class Perception:
+    """Lazily loaded segmenters and depth estimator (one instance per app; thread-safe)."""
 
+    def __init__(self):
+        self._mod = _module()
+        self._models: dict[str, object] = {}
+        self._lock = threading.Lock()
 
-def _as_mask(m, shape) -> np.ndarray:
-    arr = m.detach().cpu().numpy() if hasattr(m, "detach") else np.asarray(m)
-    arr = np.squeeze(arr)
-    if arr.shape != shape:
-        raise HandlesError(f"segmenter: expected a mask of shape {shape}, got {arr.shape}")
-    return arr > 0.5
+    def capabilities(self) -> dict[str, bool]:
+        """Which tools are installed: ``click``, ``text`` (segmenters), ``depth`` (estimator)."""
+        ok = self._mod is not None
+        return {"click": ok, "text": ok, "depth": ok}
 
+    def _require(self, what: str):
+        if self._mod is None:
+            raise HandlesError(f"{what}: not available in this installation (diffusion_handles.perception is missing); upload a mask instead")
+        return self._mod
 
-def segment_click(image: np.ndarray, x: float, y: float) -> np.ndarray:
-    """Mask ``(H, W)`` bool of the object at pixel ``(x, y)`` of ``image`` ``(H, W, 3)`` uint8."""
-    return _as_mask(_call("segment_click", "click selection", image, (float(x), float(y))), image.shape[:2])
+    def _load(self, name: str, factory):
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = factory()
+            return self._models[name]
 
+    def _select(self, image: np.ndarray, what: str, **prompt) -> np.ndarray:
+        p = self._require(what)
+        cfg = p.SegmentConfig()
+        try:
+            sam = self._load("sam", lambda: p.SamSegmenter.load(cfg, bypass="upload a mask instead"))
+            detector = None
+            if "text" in prompt:
+                detector = self._load("detector", lambda: p.TextDetector.load(cfg))
+            sel = p.select_object(_tensor(image), config=cfg, sam=sam, detector=detector, **prompt)
+        except HandlesError as e:
+            raise HandlesError(f"{what}: {e}") from None
+        return sel.mask[0, 0].cpu().numpy() > 0.5
 
-def segment_text(image: np.ndarray, query: str) -> np.ndarray:
-    """Mask ``(H, W)`` bool of the object described by ``query``."""
-    return _as_mask(_call("segment_text", "text selection", image, query), image.shape[:2])
+    def segment_click(self, image: np.ndarray, x: float, y: float) -> np.ndarray:
+        """Mask ``(H, W)`` bool of the object at pixel ``(x, y)`` of ``image`` ``(H, W, 3)`` uint8."""
+        return self._select(image, "click selection", clicks=[(float(x), float(y))])
 
+    def segment_text(self, image: np.ndarray, query: str) -> np.ndarray:
+        """Mask ``(H, W)`` bool of the object described by ``query``."""
+        return self._select(image, "text selection", text=query)
 
-def estimate_depth(image: np.ndarray) -> np.ndarray:
-    """Z-depth ``(H, W)`` float32 for an image ``(H, W, 3)`` uint8, if an estimator is installed."""
-    if not capabilities()["depth"]:
-        raise HandlesError("depth: expected a depth map upload (.npy z-depth or 16-bit PNG in mm); no depth estimator is installed")
-    d = _call("estimate_depth", "depth estimation", image)
-    arr = np.squeeze(d.detach().cpu().numpy() if hasattr(d, "detach") else np.asarray(d)).astype(np.float32)
-    if arr.ndim != 2 or not np.isfinite(arr).all() or (arr <= 0).any():
-        raise HandlesError(f"depth estimation: expected positive finite (H, W) depth, got shape {arr.shape}")
-    return arr
+    def estimate_depth(self, image: np.ndarray) -> np.ndarray:
+        """Z-depth ``(H, W)`` float32 (scene units) of ``image`` ``(H, W, 3)`` uint8."""
+        p = self._require("depth")
+        try:
+            est = self._load("depth", lambda: p.DepthEstimator.load(p.DepthConfig(), bypass="upload a depth map (.npy z-depth or 16-bit PNG in mm) with the image"))
+            d = est.estimate(_tensor(image)).depth[0, 0].cpu().numpy().astype(np.float32)
+        except HandlesError as e:
+            raise HandlesError(f"depth: no depth map was uploaded and the estimator is unavailable: {e}") from None
+        if not np.isfinite(d).all() or (d <= 0).any():
+            raise HandlesError("depth: the estimator returned non-positive or non-finite depth; upload a depth map instead")
+        return d

@@ -157,3 +157,6 @@ class JobStatus(BaseModel):
     error: str | None
     results: dict[str, str] = Field(description="name -> download URL")
     info: dict
+    created: float = Field(description="unix time the job was queued")
+    started: float | None = None
+    finished: float | None = None

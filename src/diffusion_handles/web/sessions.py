@@ -121,7 +121,7 @@ def make_session(image: np.ndarray, depth: np.ndarray, prompt: str, fov_deg: flo
         depth = cv2.resize(depth, (W, H), interpolation=cv2.INTER_NEAREST)
     if not 0 < fov_deg < 180:
         raise HandlesError(f"fov_deg: expected degrees in (0, 180), got {fov_deg}")
-    return Session(new_id(), np.ascontiguousarray(image), np.ascontiguousarray(depth, dtype=np.float32),
+    return Session(new_id(), np.array(image, dtype=np.uint8), np.array(depth, dtype=np.float32),
                    prompt, float(fov_deg), source)
 
 
