@@ -84,7 +84,8 @@ def dilate_mask(mask: torch.Tensor, radius_px: int) -> torch.Tensor:
 
     if radius_px <= 0:
         return (mask > 0.5).float()
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+    r = np.arange(-radius_px, radius_px + 1)
+    kernel = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius_px**2).astype(np.uint8)  # a discrete disk
     out = torch.empty_like(mask, dtype=torch.float32)
     for b in range(mask.shape[0]):  # batch loop; the dilation itself is one OpenCV call
         m = (mask[b, 0].detach().cpu().numpy() > 0.5).astype(np.uint8)
