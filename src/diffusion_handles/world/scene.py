@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
-from diffusion_handles.geometry.transform import HandleEdit, Similarity
+from diffusion_handles.geometry.transform import HandleEdit
 
 SCENE_VERSION = 1
 
@@ -138,8 +138,10 @@ class Scene:
             xs.append(p[0] / max(p[2], 1e-6))
         return sorted(range(len(self.objects)), key=lambda k: xs[k])
 
-    def caption(self) -> str:
-        objs = [self.objects[k].describe() for k in self.left_to_right()]
+    def caption(self, mirrored: bool = False) -> str:
+        """The caption; ``mirrored=True`` gives the caption of the left-right mirrored image."""
+        order = self.left_to_right()
+        objs = [self.objects[k].describe() for k in (order[::-1] if mirrored else order)]
         parts = [("an " if o[0] in "aeiou" else "a ") + o for o in objs]
         return " and ".join(parts) + f" on {_article(self.floor)} {self.floor} floor by {_article(self.wall)} {self.wall} wall"
 
@@ -194,7 +196,7 @@ def camera_pose(height: float, pitch_deg: float) -> np.ndarray:
     return m
 
 
-def sample_scene(seed: int, height: int = 128, width: int = 128, fov_deg: float = DEFAULT_FOV_DEG,
+def sample_scene(seed: int, height: int = 64, width: int = 64, fov_deg: float = DEFAULT_FOV_DEG,
                  n_objects: int | None = None) -> Scene:
     """A random scene, fully determined by ``seed`` (numpy PCG64).
 
@@ -214,9 +216,9 @@ def sample_scene(seed: int, height: int = 128, width: int = 128, fov_deg: float 
     while len(objects) < n and tries < 200:
         tries += 1
         shape = str(rng.choice(SHAPES))
-        size = rng.uniform(0.45, 0.85)
-        dist = rng.uniform(3.8, 7.0)  # along the floor, in front of the camera
-        lateral = rng.uniform(-0.75, 0.75) * tan_half * dist
+        size = rng.uniform(0.5, 0.85)
+        dist = rng.uniform(3.2, 6.0)  # along the floor, in front of the camera
+        lateral = rng.uniform(-0.7, 0.7) * tan_half * dist
         x, z = lateral, -dist
         radius = size * (1.45 if shape == "cube" else 1.05)
         if any(math.hypot(x - px, z - pz) < radius + pr + 0.1 for px, pz, pr in placed):
@@ -238,6 +240,3 @@ def sample_scene(seed: int, height: int = 128, width: int = 128, fov_deg: float 
         objects=objects,
     )
 
-
-def similarity_of(to_world) -> Similarity:
-    return Similarity(np.asarray(to_world, dtype=np.float64))

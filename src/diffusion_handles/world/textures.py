@@ -30,12 +30,12 @@ def object_texture(colour: str, pattern: str, size: int = 64) -> np.ndarray:
     if pattern == "solid":
         sel = np.zeros((size, size), bool)
     elif pattern == "checkered":
-        sel = ((np.floor(u * 8) + np.floor(v * 4)) % 2) == 1
+        sel = ((np.floor(u * 6) + np.floor(v * 3)) % 2) == 1
     elif pattern == "striped":
-        sel = (np.floor(v * 8) % 2) == 1
+        sel = (np.floor(v * 6) % 2) == 1
     elif pattern == "dotted":
-        cu, cv = (u * 8) % 1.0 - 0.5, (v * 4) % 1.0 - 0.5
-        sel = cu * cu + cv * cv < 0.28**2
+        cu, cv = (u * 6) % 1.0 - 0.5, (v * 3) % 1.0 - 0.5
+        sel = cu * cu + cv * cv < 0.3**2
     else:
         raise ValueError(f"pattern: expected one of solid/checkered/striped/dotted, got {pattern!r}")
     img = np.where(sel[..., None], second, main)

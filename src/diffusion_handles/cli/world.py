@@ -1,0 +1,190 @@
+"""``handles world``: render TinyWorld scenes, build the training set, train and evaluate the model.
+
+    handles world render --seed N [--object K | --camera] [transform flags] --out DIR
+    handles world dataset --out FILE.npz [--seeds A:B] [--workers 2]
+    handles world train [--data FILE.npz] [--run-dir DIR] [--max-minutes M] [--export DIR]
+    handles world export --run-dir DIR --out DIR
+    handles world eval [--model tinyworld] [--n 32] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from diffusion_handles.cli.common import add_transform_args, edit_from_args, fov_from_args
+from diffusion_handles.errors import HandlesError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("world", help="the offline miniature world: render scenes, train and evaluate the model",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="world_command", required=True, parser_class=type(p))
+
+    r = sub.add_parser("render", help="render one scene (optionally with an object or the camera moved)")
+    r.add_argument("--seed", type=int, default=None, help="scene seed (default 0 unless --scene is given)")
+    r.add_argument("--scene", default=None, help="render this scene.json instead of a seed's scene")
+    r.add_argument("--object", type=int, default=None, metavar="K", help="index of the object to transform (as in mask_K.png)")
+    r.add_argument("--camera", action="store_true", help="apply the transform to the camera instead of an object")
+    r.add_argument("--size", type=int, default=64, help="image width and height in pixels (default 64)")
+    r.add_argument("--spp", type=int, default=64, help="samples per pixel (default 64)")
+    r.add_argument("--out", required=True, help="output folder")
+    add_transform_args(r)
+    r.set_defaults(func=_render)
+
+    d = sub.add_parser("dataset", help="render a training (or held-out) set into one .npz file")
+    d.add_argument("--out", default="runs/world/train.npz", help="output .npz (default runs/world/train.npz)")
+    d.add_argument("--seeds", default="0:1000", help="seed range A:B (default 0:1000; held-out seeds start at 1000000)")
+    d.add_argument("--size", type=int, default=64)
+    d.add_argument("--spp", type=int, default=64)
+    d.add_argument("--workers", type=int, default=2, help="render processes (default 2, the most this machine allows)")
+    d.set_defaults(func=_dataset)
+
+    t = sub.add_parser("train", help="train (or resume) the miniature model; seeded, checkpointed")
+    t.add_argument("--data", default="runs/world/train.npz")
+    t.add_argument("--run-dir", default="runs/world/train", help="checkpoints and train.log (resumes from here)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--vae-steps", type=int, default=None)
+    t.add_argument("--unet-steps", type=int, default=None)
+    t.add_argument("--unet-batch", type=int, default=None)
+    t.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this many minutes (0: no limit)")
+    t.add_argument("--export", default=None, metavar="DIR", help="afterwards write the diffusers model folder here")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("export", help="write the diffusers model folder from a training run")
+    e.add_argument("--run-dir", default="runs/world/train")
+    e.add_argument("--out", required=True)
+    e.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    e.set_defaults(func=_export)
+
+    v = sub.add_parser("eval", help="quality on held-out seeds: PSNR/SSIM, silhouette IoU, colour error, grid.png")
+    v.add_argument("--model", default="tinyworld")
+    v.add_argument("--n", type=int, default=32, help="number of held-out scenes (default 32)")
+    v.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    v.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    v.add_argument("--out", default="runs/world/eval")
+    v.set_defaults(func=_eval)
+
+
+def _render(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.world.render import depth_and_masks, object_pivot, render, scene_for_seed
+    from diffusion_handles.world.scene import Scene
+
+    edit = edit_from_args(args)
+    fov = fov_from_args(args)
+    if args.size < 16 or args.size > 1024:
+        raise HandlesError(f"--size: expected pixels in [16, 1024], got {args.size}")
+    if args.spp < 1:
+        raise HandlesError(f"--spp: expected a positive number, got {args.spp}")
+    if args.scene is not None:
+        try:
+            scene = Scene.from_json(Path(args.scene).read_text())
+        except (OSError, ValueError, TypeError) as e:
+            raise HandlesError(f"--scene: expected a TinyWorld scene.json, could not read {args.scene}: {e}") from None
+    else:
+        seed = 0 if args.seed is None else args.seed
+        if seed < 0:
+            raise HandlesError(f"--seed: expected a non-negative integer, got {seed}")
+        scene = scene_for_seed(seed, args.size, args.size)
+    scene.fov_deg = fov
+    if args.object is not None and args.camera:
+        raise HandlesError("--camera: expected either --object K or --camera, got both")
+    info: dict = {"edit": edit.to_dict()}
+    if args.object is not None:
+        if not 0 <= args.object < len(scene.objects):
+            raise HandlesError(f"--object: expected an index in [0, {len(scene.objects) - 1}] (this scene has {len(scene.objects)} objects), got {args.object}")
+        depth0, masks0 = depth_and_masks(scene)
+        if not masks0[args.object].any():
+            raise HandlesError(f"--object: object {args.object} is not visible in this scene, so it has no pivot")
+        pivot = object_pivot(depth0, masks0[args.object], scene)
+        info.update(object=args.object, pivot_camera=pivot.tolist(), transform=edit.resolve(pivot.tolist()).to_list())
+        scene = scene.with_object_edit(args.object, edit, pivot)
+    elif args.camera:
+        if edit.scale != 1.0:
+            raise HandlesError(f"--scale: a camera move cannot scale, expected 1, got {args.scale}")
+        scene = scene.with_camera_edit(edit)
+        info.update(camera=True)
+    elif not edit.is_identity():
+        raise HandlesError("--object: a transform was given but no --object K (or --camera) to apply it to")
+    out = render(scene, spp=args.spp, seed=scene.seed)
+    with atomic_output_dir(args.out) as tmp:
+        Image.fromarray(out.rgb).save(tmp / "rgb.png")
+        np.save(tmp / "depth.npy", out.depth.astype(np.float32))
+        for k, m in enumerate(out.masks):
+            Image.fromarray(m.astype(np.uint8) * 255).save(tmp / f"mask_{k}.png")
+        (tmp / "caption.txt").write_text(out.caption + "\n")
+        (tmp / "scene.json").write_text(scene.to_json())
+        if len(info) > 1:
+            (tmp / "edit.json").write_text(json.dumps(info, indent=1))
+    print(f"handles world render: wrote {args.out}/rgb.png depth.npy mask_*.png caption.txt scene.json")
+    print(f"caption: {out.caption}")
+    return 0
+
+
+def _seed_range(text: str) -> range:
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise HandlesError(f"--seeds: expected A:B (e.g. 0:1000), got {text!r}") from None
+    if not 0 <= a < b:
+        raise HandlesError(f"--seeds: expected 0 <= A < B, got {text!r}")
+    return range(a, b)
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from diffusion_handles.world.dataset import build_dataset
+
+    if not 1 <= args.workers <= 2:
+        raise HandlesError(f"--workers: expected 1 or 2 (this machine has 2 shared cores), got {args.workers}")
+    out = build_dataset(args.out, _seed_range(args.seeds), size=args.size, spp=args.spp, workers=args.workers)
+    print(f"handles world dataset: wrote {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffusion_handles.world.train import TrainConfig, export, train
+
+    if not Path(args.data).is_file():
+        raise HandlesError(f"--data: file not found: {args.data} (make it with `handles world dataset`)")
+    cfg = TrainConfig(data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device, max_minutes=args.max_minutes)
+    for name in ("vae_steps", "unet_steps", "unet_batch"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    run = train(cfg)
+    if args.export:
+        export(run, args.export)
+        print(f"handles world train: exported the model to {args.export}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffusion_handles.world.train import export
+
+    if not (Path(args.run_dir) / "unet.pt").is_file():
+        raise HandlesError(f"--run-dir: expected a training run with unet.pt, got {args.run_dir}")
+    export(args.run_dir, args.out, use_ema=not args.no_ema)
+    print(f"handles world export: wrote {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from diffusion_handles.world.evaluate import evaluate
+
+    if args.n < 2:
+        raise HandlesError(f"--n: expected at least 2 scenes, got {args.n}")
+    res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance)
+    for name, m in res["summary"].items():
+        print(f"{name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    print(f"handles world eval: wrote {args.out}/metrics.json and grid.png")
+    return 0

@@ -1,0 +1,157 @@
+"""The miniature depth-to-image model: diffusers' own classes, SD2-depth layout, tiny sizes.
+
+* ``vae``: :class:`diffusers.AutoencoderKL`, 3 levels (downsampling factor 4), 4 latent
+  channels: 64x64 images <-> 16x16x4 latents.
+* ``unet``: :class:`diffusers.UNet2DConditionModel` with ``in_channels = 4 latent + 1 depth``
+  (the depth channel is SD2-depth's: relative inverse depth normalised to [-1, 1] at latent
+  resolution, :func:`diffusion_handles.diffusion.conditioning.depth_to_condition`), 3 levels,
+  cross-attention on the two lower levels, epsilon prediction.
+* ``text_encoder`` / ``tokenizer``: :class:`transformers.CLIPTextModel` (tiny) and a
+  :class:`transformers.CLIPTokenizer` whose BPE vocabulary holds every caption word as one token.
+* ``scheduler``: :class:`diffusers.DDIMScheduler` with SD2's noise schedule
+  (scaled-linear betas 0.00085 to 0.012, 1000 steps).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diffusion_handles.world.scene import CAPTION_WORDS
+
+MAX_TOKENS = 32  # captions have at most ~24 words; CLIP adds <|startoftext|>, <|endoftext|>
+LATENT_CHANNELS = 4
+IMAGE_SIZE = 64  # images are IMAGE_SIZE x IMAGE_SIZE; latents IMAGE_SIZE / 4
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's byte -> printable-unicode table (GPT-2 BPE convention)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def _bpe(word: tuple[str, ...], ranks: dict[tuple[str, str], int]) -> tuple[str, ...]:
+    while len(word) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(word[:-1], word[1:], strict=True))]
+        r, i = min(pairs)
+        if r == 1 << 30:
+            break
+        a, b = word[i], word[i + 1]
+        out, j = [], 0
+        while j < len(word):
+            if j < len(word) - 1 and word[j] == a and word[j + 1] == b:
+                out.append(a + b)
+                j += 2
+            else:
+                out.append(word[j])
+                j += 1
+        word = tuple(out)
+    return word
+
+
+def build_tokenizer_files(folder: str | Path, words=CAPTION_WORDS) -> None:
+    """Write ``vocab.json`` + ``merges.txt`` (+ configs) of a CLIP BPE over ``words``.
+
+    The vocabulary has every byte symbol (with and without the end-of-word marker, as CLIP's),
+    every intermediate merge, and each word as a single token; merges are generated so that
+    every word in ``words`` encodes to exactly one token.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab: list[str] = symbols + [s + "</w>" for s in symbols]
+    ranks: dict[tuple[str, str], int] = {}
+    merges: list[tuple[str, str]] = []
+    for w in words:
+        while True:
+            parts = _bpe(tuple(w[:-1]) + (w[-1] + "</w>",), ranks)
+            if len(parts) == 1:
+                break
+            pair = (parts[0], parts[1])  # merge left to right
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            if pair[0] + pair[1] not in vocab:
+                vocab.append(pair[0] + pair[1])
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>"}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "do_lower_case": True,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "errors": "replace"}))
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+def build_components(tokenizer, seed: int = 0) -> dict:
+    """Fresh (randomly initialised, seeded) vae, unet, text_encoder and scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
+        scaling_factor=1.0,  # replaced by 1 / std of the training latents after VAE training
+    )
+    text_cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=64,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_act="gelu",
+    )
+    text_encoder = CLIPTextModel(text_cfg)
+    unet = UNet2DConditionModel(
+        sample_size=IMAGE_SIZE // 4, in_channels=LATENT_CHANNELS + 1, out_channels=LATENT_CHANNELS,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(48, 96, 128), layers_per_block=1, cross_attention_dim=64,
+        attention_head_dim=8, norm_num_groups=16,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "scheduler": scheduler}
+
+
+def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler) -> Path:
+    """Save in diffusers layout (safetensors) with a ``model_index.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    scheduler.save_pretrained(folder / "scheduler")
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusionDepth2ImgPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "depth_estimator": [None, None],
+        "feature_extractor": [None, None],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder
