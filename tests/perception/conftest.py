@@ -154,3 +154,21 @@ def photo() -> torch.Tensor:
     img = torch.stack([0.2 + 0.5 * x, 0.3 + 0.4 * y, 0.5 * (1 - x)], 0)
     img[:, 12:28, 20:36] = torch.tensor([0.9, 0.2, 0.1])[:, None, None]
     return img[None].contiguous()
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_pipeline(tmp_path_factory) -> str:
+    """Folder of a tiny random ``StableDiffusionInpaintPipeline`` (UNet with 9 input channels:
+    4 latent + 1 mask + 4 masked-image latent, as SD2 inpainting)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from diffusion_handles.diffusion.random_models import build_backbone_components, tiny_configs
+
+    configs = tiny_configs()
+    configs["unet"] = {**configs["unet"], "in_channels": 9}
+    parts = build_backbone_components(configs, seed=0)
+    pipe = StableDiffusionInpaintPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    path = tmp_path_factory.mktemp("tiny-models") / "sd-inpaint"
+    pipe.save_pretrained(path)
+    return str(path)

@@ -158,3 +158,17 @@ def test_stage_commands_write_viewable_outputs(tiny_models, tmp_path, capsys, ph
     assert main(["segment", str(img), "--click", "10,10", "--click", "200,5", "--out", str(sg),
                  "--sam-model", tiny_models["sam"]]) == 2
     assert "--click: expected X,Y inside the 56x40 image" in capsys.readouterr().err
+
+
+def test_diffusion_inpainter_loads_from_folder_and_only_changes_the_masked_region(tiny_inpaint_pipeline, photo):
+    from diffusion_handles.perception.inpaint import DiffusionInpainter
+
+    cfg = InpaintConfig(model=tiny_inpaint_pipeline, steps=2, resolution=32, dilation_frac=0.05)
+    inpainter, notes = load_inpainter(cfg)
+    assert isinstance(inpainter, DiffusionInpainter) and notes == []
+    removal = remove_object(photo, _square_mask(), cfg, inpainter)
+    assert removal.method == tiny_inpaint_pipeline and removal.image.shape == photo.shape
+    inside = (removal.mask_dilated > 0.5).expand_as(photo)
+    assert torch.equal(removal.image[~inside], photo[~inside])
+    assert not torch.allclose(removal.image[inside], photo[inside], atol=0.05)
+    assert float(removal.image.min()) >= 0 and float(removal.image.max()) <= 1
