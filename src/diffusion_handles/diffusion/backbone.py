@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,21 +57,24 @@ class EvalCounter:
 
 
 def _resolve_tinyworld() -> str:
-    """Path of the embedded miniature model, via the world layer (imported lazily: higher layer)."""
-    try:
-        world = importlib.import_module("diffusion_handles.world")
-    except ModuleNotFoundError:
-        raise HandlesError(f"--model: {TINYWORLD_NAME!r} needs the miniature-world package diffusion_handles.world, which is not installed") from None
-    for name in ("tinyworld_model_path", "model_path", "resolve_model"):
-        fn = getattr(world, name, None)
-        if callable(fn):
-            try:
-                return str(fn())
-            except HandlesError:
-                raise
-            except Exception as e:
-                raise HandlesError(f"--model: could not resolve {TINYWORLD_NAME!r}: {e}") from None
-    raise HandlesError(f"--model: {TINYWORLD_NAME!r} is not available in this installation (diffusion_handles.world has no model path helper)")
+    """Folder of the embedded miniature model, asked of the world layer (a higher layer, so it is
+    imported lazily by name). The world package provides one of the helpers named below."""
+    helpers = ("tinyworld_model_path", "model_path", "resolve_model")
+    for module_name in ("diffusion_handles.world", "diffusion_handles.world.model"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        for name in helpers:
+            fn = getattr(module, name, None)
+            if callable(fn):
+                try:
+                    return str(fn())
+                except HandlesError:
+                    raise
+                except Exception as e:
+                    raise HandlesError(f"--model: could not resolve {TINYWORLD_NAME!r}: {_one_line(e)}") from None
+    raise HandlesError(f"--model: {TINYWORLD_NAME!r} is not available in this installation (no model helper in diffusion_handles.world); pass --model a diffusers folder")
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -81,6 +85,37 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     if p.dtype != dtype:
         module = module.to(dtype)
     return module.eval().requires_grad_(False)
+
+
+def _load_components(source: str, local_files_only: bool) -> tuple:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw = {"local_files_only": local_files_only}
+    return (
+        UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
+        AutoencoderKL.from_pretrained(source, subfolder="vae", **kw),
+        CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw),
+        CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
+        DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
+    )
+
+
+def _load_or_fail(name: str, source: str, local_files_only: bool) -> tuple:
+    """Load, quieting the hub client's retry chatter; any failure becomes one HandlesError line."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _load_components(source, local_files_only)
+    except Exception as e:  # OSError (offline / missing), ValueError (bad config), ...
+        raise HandlesError(f"--model: could not load {name!r} ({type(e).__name__}: {_one_line(e)}); no network or weights here? pass --model a local diffusers folder") from None
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _one_line(e: BaseException) -> str:
@@ -149,9 +184,6 @@ class Backbone:
         Raises :class:`HandlesError` (one line naming the model and ``--model``) when the model
         cannot be loaded (no network, no cached weights, wrong layout).
         """
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
         name = str(model)
         source = _resolve_tinyworld() if name == TINYWORLD_NAME else name
         path = Path(source)
@@ -161,17 +193,18 @@ class Backbone:
             missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (path / s).is_dir()]
             if missing:
                 raise HandlesError(f"--model: folder {path} lacks the diffusers sub-folders {', '.join(missing)}/ (expected unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
-        kw = {"local_files_only": local_files_only}
-        try:
-            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw)
-            vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
-            text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
-            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-            scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw)
-        except HandlesError:
-            raise
-        except Exception as e:  # OSError (offline / missing), ValueError (bad config), ...
-            raise HandlesError(f"--model: could not load {name!r} ({type(e).__name__}: {_one_line(e)}); no network or weights here? pass --model a local diffusers folder") from None
+        elif source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source:
+            raise HandlesError(f"--model: folder not found: {name} (expected a diffusers model folder or a hub id like {DEFAULT_MODEL})")
+        if path.exists():
+            parts = _load_or_fail(name, source, local_files_only=True)
+        else:
+            try:  # the hub id may already be in the local cache: no network needed
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    parts = _load_components(source, local_files_only=True)
+            except Exception:
+                parts = _load_or_fail(name, source, local_files_only=local_files_only)
+        unet, vae, text_encoder, tokenizer, scheduler = parts
         return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype)
 
     # ---- encoders ----------------------------------------------------------------------
@@ -183,10 +216,16 @@ class Backbone:
         return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
 
     @torch.no_grad()
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """``(1, 3, H, W)`` in ``[0, 1]`` to the scaled latent ``(1, c, H/f, W/f)`` (posterior mode)."""
+    def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(1, 3, H, W)`` in ``[0, 1]`` to the scaled latent ``(1, c, H/f, W/f)``.
+
+        With a ``generator`` the VAE posterior is sampled (as diffusers' depth2img pipeline
+        does); without one its mode is taken.
+        """
         x = image.to(self.device, self.dtype) * 2.0 - 1.0
-        return self.vae.encode(x).latent_dist.mode() * self.scaling_factor
+        dist = self.vae.encode(x).latent_dist
+        z = dist.mode() if generator is None else dist.sample(generator)
+        return z * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

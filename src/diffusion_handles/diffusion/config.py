@@ -69,8 +69,9 @@ class GuidanceConfig:
         step_size: size of each gradient step on the latent (release: 0.1).
         noise_guidance_scale: ``lambda`` of Eq. 3, adding ``lambda * grad G`` to the noise
             estimate. 0 by default because the release applies the gradient as the latent steps
-            above (for a DDIM step the two differ only by a per-step factor).
-        guidance_scale: ``1 + mu`` of Eq. 3 (release: 7.5).
+            above (for a DDIM step the two differ only by a per-step factor). The CFG scale
+            ``1 + mu`` is the inversion's (``InversionConfig.guidance_scale``): the null text
+            was optimised for it.
         record_dtype: dtype name of the recorded activations ("float32" or "float16").
     """
 
@@ -82,7 +83,6 @@ class GuidanceConfig:
     grad_steps: int = 3
     step_size: float = 0.1
     noise_guidance_scale: float = 0.0
-    guidance_scale: float = 7.5
     record_dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -108,8 +108,8 @@ class GuidanceConfig:
 
     def resolved_layers(self, num_up_blocks: int) -> tuple[int, ...]:
         layers = self.layers if self.layers is not None else (num_up_blocks - 2, num_up_blocks - 1)
-        layers = tuple(l if l >= 0 else num_up_blocks + l for l in layers)
-        bad = [l for l in layers if not 0 <= l < num_up_blocks]
+        layers = tuple(i if i >= 0 else num_up_blocks + i for i in layers)
+        bad = [i for i in layers if not 0 <= i < num_up_blocks]
         if bad:
             raise ValueError(f"layers: expected up-block indices in [0, {num_up_blocks}), got {list(self.layers or ())}")
         for c in self.layer_cycle:

@@ -23,7 +23,8 @@ META_FILE = "meta.json"
 
 
 def inversion_key(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, prompt: str, model_id: str,
-                  config: InversionConfig, record_plan: dict[int, tuple[int, ...]], dtype: torch.dtype) -> str:
+                  config: InversionConfig, record_plan: dict[int, tuple[int, ...]], dtype: torch.dtype,
+                  seed: int | None = None) -> str:
     """SHA-256 (hex, 24 chars) of every input that changes an inversion's result."""
     h = hashlib.sha256()
     for t in (image, depth, mask):
@@ -31,7 +32,7 @@ def inversion_key(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, 
         h.update(str(tuple(a.shape)).encode())
         h.update(a.numpy().tobytes())
     meta = {"prompt": prompt, "model": model_id, "config": config.to_dict(), "dtype": str(dtype),
-            "record": sorted((int(s), list(v)) for s, v in record_plan.items()), "version": FORMAT_VERSION}
+            "record": sorted((int(s), list(v)) for s, v in record_plan.items()), "version": FORMAT_VERSION, "seed": seed}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
@@ -68,6 +69,8 @@ class InvertedImage:
     timings: dict[str, float] = field(default_factory=dict)
     unet_evals: dict[str, dict[str, int]] = field(default_factory=dict)
     null_losses: list[float] = field(default_factory=list)
+    seed: int | None = None
+    cache_hit: bool = False  # set when loaded from a cache instead of computed (not saved)
 
     @property
     def activation_bytes(self) -> int:
@@ -100,6 +103,7 @@ class InvertedImage:
             "config": self.config.to_dict(), "input_hw": list(self.input_hw), "key": self.key,
             "record_plan": {str(s): list(v) for s, v in self.record_plan.items()},
             "timings": self.timings, "unet_evals": self.unet_evals, "null_losses": self.null_losses,
+            "seed": self.seed,
         }
         with atomic_output_dir(folder) as tmp:
             save_file(tensors, str(tmp / TENSOR_FILE))
@@ -134,4 +138,5 @@ class InvertedImage:
             null_embeddings=tensors.get("null_embeddings"), reconstruction=tensors["reconstruction"],
             activations=acts, key=meta.get("key", ""), timings=meta.get("timings", {}),
             unet_evals=meta.get("unet_evals", {}), null_losses=meta.get("null_losses", []),
+            seed=meta.get("seed"),
         )

@@ -1,0 +1,265 @@
+"""The facade: ``DiffusionHandles.from_pretrained(model).invert(...)`` once, ``.edit(...)`` many times.
+
+Stages, as in Fig. 2 of the paper:
+
+1. ``invert`` (Sec. 5, step (i)): encode the image, DDIM-invert it with the depth condition,
+   (null-text) optimise, record the guided activations ``Psi_{i,t}`` on the reconstruction pass.
+   The result is an :class:`~diffusion_handles.diffusion.inverted.InvertedImage`, optionally
+   cached on disk by a hash of its inputs.
+2. ``edit`` (Sec. 5.1-5.2): the 3D edit's flow, masks and edited depth (``geometry``), the edited
+   activations ``Psi' = W[rho(Psi), F]`` (Eq. 6), then the guided generation (Eqs. 3, 8, 9)
+   conditioned on the edited depth ``d'``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from diffusion_handles.diffusion.backbone import DEFAULT_MODEL, Backbone
+from diffusion_handles.diffusion.conditioning import depth_to_condition
+from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
+from diffusion_handles.diffusion.inversion import invert as run_inversion
+from diffusion_handles.diffusion.inverted import InvertedImage, inversion_key
+from diffusion_handles.diffusion.sampler import GuidanceTargets, generate
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry import (
+    DEFAULT_FOV_DEG,
+    Camera,
+    HandleEdit,
+    Similarity,
+    background_depth_fill,
+    compute_edit,
+    edited_depth,
+    render_preview,
+    warp,
+)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class EditOutput:
+    """Result of :meth:`DiffusionHandles.edit`, at the input image's size ``H x W``.
+
+    Attributes:
+        edited: ``(1, 3, H, W)`` the edited image x'_0 in [0, 1].
+        reconstruction: ``(1, 3, H, W)`` the inversion's reconstruction in [0, 1].
+        preview: ``(1, 3, H, W)`` the input warped by the 3D flow (holes magenta).
+        edited_depth: ``(1, 1, H, W)`` d', z-depth in scene units.
+        edited_mask: ``(1, 1, H, W)`` M'_o in [0, 1]; valid_mask: ``(1, 1, H, W)`` M_v.
+        timings: seconds per stage of this edit; unet_evals: UNet evaluations of this edit.
+        energies: ``{step: [ {"G": ..., "G_o[i]": ..., ...} per gradient step ]}``.
+        config: the resolved guidance configuration (layers, guide_until filled in).
+    """
+
+    edited: torch.Tensor
+    reconstruction: torch.Tensor
+    preview: torch.Tensor
+    edited_depth: torch.Tensor
+    edited_mask: torch.Tensor
+    valid_mask: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)
+    unet_evals: dict[str, dict[str, int]] = field(default_factory=dict)
+    energies: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def _check_inputs(image, depth, mask) -> None:
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise HandlesError(f"image: expected a tensor (1, 3, H, W) in [0, 1], got {getattr(image, 'shape', type(image))}")
+    h, w = image.shape[-2:]
+    for name, t in (("depth", depth), ("mask", mask)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[:2] != (1, 1):
+            raise HandlesError(f"{name}: expected a tensor (1, 1, H, W), got {getattr(t, 'shape', type(t))}")
+        if tuple(t.shape[-2:]) != (h, w):
+            raise HandlesError(f"{name}: expected size {w}x{h} (W x H, same as the image), got {t.shape[-1]}x{t.shape[-2]}")
+    if not bool(torch.isfinite(depth).all()) or bool((depth <= 0).any()):
+        raise HandlesError("depth: expected positive, finite z-depth everywhere")
+    if not bool((mask > 0.5).any()):
+        raise HandlesError("mask: expected at least one object pixel, got an empty mask")
+
+
+class DiffusionHandles:
+    """3D object edits with a depth-conditioned diffusion model (the paper's method)."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | str = torch.float32, local_files_only: bool = False) -> DiffusionHandles:
+        """Load the backbone from a hub id, a local diffusers folder, or ``"tinyworld"``."""
+        if isinstance(dtype, str):
+            if dtype not in _DTYPES:
+                raise HandlesError(f"--dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
+            dtype = _DTYPES[dtype]
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise HandlesError("--device: cuda was asked for but no CUDA GPU is available; use --device cpu")
+        return cls(Backbone.from_pretrained(model, device=device, dtype=dtype, local_files_only=local_files_only))
+
+    # ------------------------------------------------------------------------------------
+    def record_plan(self, guidance: GuidanceConfig, num_steps: int) -> dict[int, tuple[int, ...]]:
+        """``{step: up-block indices}`` that the guidance schedule will use (Sec. 5.2)."""
+        try:
+            sched = guidance.schedule(num_steps, self.backbone.num_up_blocks)
+        except ValueError as e:
+            raise HandlesError(str(e)) from None
+        return {i: layers for i, layers in enumerate(sched) if layers}
+
+    def invert(self, image: torch.Tensor, prompt: str, depth: torch.Tensor, mask: torch.Tensor, *,
+               inversion: InversionConfig | None = None, guidance: GuidanceConfig | None = None,
+               seed: int | None = 0, cache_dir: str | Path | None = None,
+               progress: bool = True) -> InvertedImage:
+        """Invert ``image`` with ``prompt`` and z-depth ``depth`` (Sec. 5, step (i)).
+
+        Args:
+            image: ``(1, 3, H, W)`` in [0, 1]; depth: ``(1, 1, H, W)`` z-depth, scene units;
+            mask: ``(1, 1, H, W)`` object mask M_o (> 0.5 = object).
+            inversion: method and steps; guidance: decides which (layer, step) activations are
+                recorded (only those the edit will guide).
+            seed: seeds the VAE posterior sample (``None``: posterior mode).
+            cache_dir: if given, look up / store the result under ``cache_dir/<input hash>``.
+        """
+        inversion = inversion or InversionConfig()
+        guidance = guidance or GuidanceConfig()
+        if not isinstance(prompt, str):
+            raise HandlesError(f"prompt: expected text, got {type(prompt).__name__}")
+        _check_inputs(image, depth, mask)
+        bb = self.backbone
+        input_hw = tuple(int(v) for v in image.shape[-2:])
+        work = bb.work_size(input_hw)
+        image_w = bb.resize_to_work(image.float().clamp(0, 1), work)
+        depth_w = bb.resize_to_work(depth.float(), work)
+        mask_w = (bb.resize_to_work((mask > 0.5).float(), work, mode="nearest") > 0.5).float()
+        plan = self.record_plan(guidance, inversion.num_steps)
+        record_dtype = _DTYPES[guidance.record_dtype]
+        key = inversion_key(image_w, depth_w, mask_w, prompt, bb.model_id, inversion, plan, bb.dtype, seed)
+        if cache_dir is not None:
+            folder = Path(cache_dir) / key
+            if folder.is_dir():
+                inv = InvertedImage.load(folder, device=bb.device)
+                inv.cache_hit = True
+                return inv
+
+        timings: dict[str, float] = {}
+        counter = bb.counter
+        counter.counts.clear()
+        t0 = time.perf_counter()
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        z0 = bb.encode_image(image_w, gen)
+        text = bb.encode_prompt(prompt)
+        empty = bb.encode_prompt("")
+        dcond = depth_to_condition(depth_w.to(bb.device), z0.shape[-2:])
+        timings["encode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res = run_inversion(bb, z0, text, empty, dcond, inversion, record=plan, record_dtype=record_dtype,
+                            progress=progress)
+        timings["inversion"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        recon = bb.decode(res.latent_0)
+        timings["decode"] = time.perf_counter() - t0
+        evals = {k: dict(v) for k, v in counter.counts.items()}
+        inv = InvertedImage(
+            model_id=bb.model_id, prompt=prompt, config=inversion, record_plan=plan, input_hw=input_hw,
+            image=image_w.to(bb.device), depth=depth_w.to(bb.device), mask=mask_w.to(bb.device),
+            x_T=res.x_T, latent_0=z0, text_embedding=text, null_embeddings=res.null_embeddings,
+            reconstruction=recon, activations=res.activations, key=key, timings=timings,
+            unet_evals=evals, null_losses=res.null_losses, seed=seed,
+        )
+        if cache_dir is not None:
+            inv.save(Path(cache_dir) / key)
+        return inv
+
+    # ------------------------------------------------------------------------------------
+    def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity, *,
+             guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
+             fov_deg: float = DEFAULT_FOV_DEG, progress: bool = True) -> EditOutput:
+        """Generate the edited image for a 3D ``transform`` of the object (Sec. 5.1-5.2).
+
+        Args:
+            inverted: from :meth:`invert` (same model).
+            transform: a :class:`HandleEdit` (about the object's centroid) or a :class:`Similarity`.
+            guidance: the guidance schedule and weights; must guide only recorded (layer, step)s.
+            background_depth: ``(1, 1, H, W)`` z-depth of the object-free scene d'_b (e.g. from
+                an inpainter + depth estimator); default: a harmonic fill of the object region.
+            fov_deg: horizontal field of view (Sec. 5.1: 55 degrees).
+        """
+        guidance = guidance or GuidanceConfig()
+        bb = self.backbone
+        if inverted.model_id != bb.model_id:
+            raise HandlesError(f"inverted: was made with model {inverted.model_id!r}, this pipeline runs {bb.model_id!r}; invert again")
+        inverted = inverted.to(bb.device)
+        n = inverted.config.num_steps
+        try:
+            schedule_layers = guidance.schedule(n, bb.num_up_blocks)
+        except ValueError as e:
+            raise HandlesError(str(e)) from None
+        missing = sorted({(lay, i) for i, ls in enumerate(schedule_layers) for lay in ls} - set(inverted.activations))
+        if missing:
+            raise HandlesError(f"guidance: needs activations (layer, step) {missing[:3]}... that the inversion did not record; invert with the same guidance configuration")
+        timings: dict[str, float] = {}
+        counter = bb.counter
+        counter.counts.clear()
+
+        # 1. geometry of the 3D edit (Sec. 5.1) at the work size
+        t0 = time.perf_counter()
+        h, w = inverted.depth.shape[-2:]
+        camera = Camera(h, w, fov_deg)
+        depth = inverted.depth.float()
+        geom = compute_edit(depth, inverted.mask, transform, camera)
+        if background_depth is None:
+            bg = background_depth_fill(depth, inverted.mask)
+        else:
+            if background_depth.dim() != 4 or background_depth.shape[:2] != (1, 1):
+                raise HandlesError(f"background_depth: expected a tensor (1, 1, H, W), got {tuple(background_depth.shape)}")
+            bg = bb.resize_to_work(background_depth.float().to(depth.device), (h, w))
+        d_edit = edited_depth(geom, bg)  # (1, 1, H, W) z-depth d'
+        # 2. edited activations Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
+        edited, m_obj, m_bg, per_res = {}, {}, {}, {}
+        for (lay, step), psi in inverted.activations.items():
+            if lay not in schedule_layers[step]:
+                continue
+            hw = tuple(psi.shape[-2:])
+            if hw not in per_res:
+                per_res[hw] = geom.at_resolution(*hw)
+            fe = per_res[hw]
+            edited[(lay, step)] = warp(psi.float(), fe.source.float())
+            m_obj[lay] = fe.edited_mask.float()
+            m_bg[lay] = (1.0 - fe.edited_mask.float()) * fe.valid.float()  # M'_b = 1 - M'_o, holes excluded (Sec. 5.1)
+        timings["geometry"] = time.perf_counter() - t0
+
+        # 3. guided generation (Eq. 3) conditioned on the edited depth d'
+        t0 = time.perf_counter()
+        dcond = depth_to_condition(d_edit.to(bb.device), inverted.x_T.shape[-2:])
+        with counter.in_stage("edit"):
+            res = generate(
+                bb, inverted.x_T, inverted.text_embedding, inverted.null_embeddings, dcond,
+                bb.schedule(n), guidance_scale=inverted.config.guidance_scale, guide=schedule_layers,
+                targets=GuidanceTargets(edited, m_obj, m_bg), w_object=guidance.w_object,
+                w_background=guidance.w_background, grad_steps=guidance.grad_steps,
+                step_size=guidance.step_size, noise_guidance_scale=guidance.noise_guidance_scale,
+                progress=progress, desc="guided generation",
+            )
+        timings["guided_generation"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        image = bb.decode(res.latent)
+        timings["decode"] = time.perf_counter() - t0
+
+        def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+            return bb.resize_to_work(x.float().cpu(), inverted.input_hw, mode)
+
+        resolved = guidance.to_dict()
+        resolved["layers"] = list(guidance.resolved_layers(bb.num_up_blocks))
+        resolved["guide_until"] = guidance.resolved_guide_until(n)
+        return EditOutput(
+            edited=back(image), reconstruction=back(inverted.reconstruction),
+            preview=back(render_preview(inverted.image.float(), geom)), edited_depth=back(d_edit),
+            edited_mask=back(geom.edited_mask), valid_mask=back(geom.valid, "nearest"),
+            timings=timings, unet_evals={k: dict(v) for k, v in counter.counts.items()},
+            energies=res.energies, config=resolved,
+        )
