@@ -61,6 +61,12 @@ async function initThree() {
     scene.add(gizmo.getHelper());
     const t = { renderer, scene, camera, orbit, gizmo, handle, background: null, object: null };
     state.three = t;
+    // where the gizmo's centre is on screen (client pixels); used by the browser tests to drag it
+    state.gizmoScreen = () => {
+      const v = handle.getWorldPosition(new THREE.Vector3()).project(camera);
+      const r = renderer.domElement.getBoundingClientRect();
+      return { x: r.left + ((v.x + 1) / 2) * r.width, y: r.top + ((1 - v.y) / 2) * r.height };
+    };
     const resize = () => {
       const w = box.clientWidth, h = box.clientHeight;
       renderer.setSize(w, h, false);
@@ -223,6 +229,7 @@ async function requestPreview() {
   if (previewInFlight) { previewPending = true; return; }
   previewInFlight = true;
   previewPending = false;
+  state.previewBusy = true;
   const t0 = performance.now();
   try {
     const r = await postJSON(`/api/sessions/${s.id}/preview`, { transform: editFromFields() });
@@ -235,6 +242,7 @@ async function requestPreview() {
   } finally {
     previewInFlight = false;
     if (previewPending) requestPreview();
+    else state.previewBusy = false;
   }
 }
 
