@@ -124,10 +124,38 @@ def _build_owlv2(path):
     Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(path)
 
 
+def _build_grounding_dino(path):
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessorPil,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    backbone = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1], num_heads=[1, 1, 2],
+                          window_size=2, out_indices=[2, 3])
+    text = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=16, max_position_embeddings=32)
+    cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, num_queries=10, encoder_layers=1,
+                              decoder_layers=2, encoder_ffn_dim=16, decoder_ffn_dim=16, encoder_attention_heads=2,
+                              decoder_attention_heads=2, d_model=32, num_feature_levels=2, encoder_n_points=2,
+                              decoder_n_points=2, max_text_len=32)
+    GroundingDinoForObjectDetection(cfg).save_pretrained(path)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *"abcdefghijklmnopqrstuvwxyz",
+                                "mug", "red", "square", "the"]))
+    tok = BertTokenizer(str(vocab))
+    proc = GroundingDinoImageProcessorPil(size={"shortest_edge": 32, "longest_edge": 48})
+    GroundingDinoProcessor(image_processor=proc, tokenizer=tok).save_pretrained(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """Folders of tiny random models: ``dpt``, ``depth_anything``, ``depth_anything_metric``,
-    ``zoedepth``, ``sam``, ``owlv2``."""
+    ``zoedepth``, ``sam``, ``owlv2``, ``grounding_dino``."""
     root = tmp_path_factory.mktemp("tiny-models")
     torch.manual_seed(0)
     builders = {
@@ -137,9 +165,11 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
         "zoedepth": _build_zoedepth,
         "sam": _build_sam,
         "owlv2": _build_owlv2,
+        "grounding_dino": _build_grounding_dino,
     }
     out = {}
     for name, build in builders.items():
+        (root / name).mkdir()
         build(root / name)
         out[name] = str(root / name)
     return out

@@ -68,6 +68,17 @@ def test_owlv2_boxes_are_in_image_pixels(tiny_models, photo):
     assert np.allclose((interior - 7) / 14.0, np.round((interior - 7) / 14.0), atol=0.01)
 
 
+def test_grounding_dino_boxes_are_in_image_pixels(tiny_models, photo):
+    det = TextDetector.load(SegmentConfig(detector_model=tiny_models["grounding_dino"]))
+    assert det.family == "grounding-dino" and det.threshold == 0.3
+    cands = det.detect(photo, "The red mug")
+    assert 1 <= len(cands) <= 10 and all(c.label == "The red mug" for c in cands)
+    b = np.array([c.box for c in cands])
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 56).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 40).all()
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    assert [c.score for c in cands] == sorted((c.score for c in cands), reverse=True)
+
+
 # SamProcessor resizes the 56x40 test image to 64x46 (longest side 64): per-axis scale of prompts
 SAM_XY = torch.tensor([64 / 56, 46 / 40])
 

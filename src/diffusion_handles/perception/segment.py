@@ -234,8 +234,8 @@ class TextDetector:
             inputs = {k: (v.to(dev, self.model.dtype) if v.is_floating_point() else v.to(dev)) for k, v in inputs.items()}
             outputs = self.model(**inputs)
             res = self.processor.post_process_grounded_object_detection(
-                outputs, input_ids=inputs["input_ids"], threshold=-1.0, text_threshold=0.0, target_sizes=[(h, w)])[0]
-            labels = [str(t) or text for t in res["text_labels"]]
+                outputs, input_ids=inputs["input_ids"], threshold=-1.0, target_sizes=[(h, w)])[0]
+            labels = [text] * len(res["scores"])  # one query: every box is a candidate for it
         scores = res["scores"].float().cpu()
         boxes = res["boxes"].float().cpu()  # (N, 4) x0, y0, x1, y1 in pixels
         boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
