@@ -290,13 +290,15 @@ def test_render_job_progress_results_and_inversion_cache(client, demo_session):
     assert all(e["total"] in (0, 9) for e in events)
     assert [e["fraction"] for e in events] == sorted(e["fraction"] for e in events)
     assert st["info"]["reused_inversion"] is False
+    rh, rw = st["info"]["render_size_hw"]
+    assert max(rh, rw) == 32 and rw / rh == demo_session["width"] / demo_session["height"]  # the tiny model's 32 px
     for name in ("edited", "input", "reconstruction", "preview", "edited_depth"):
         r = client.get(st["results"][name])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        assert Image.open(io.BytesIO(r.content)).size == (demo_session["width"], demo_session["height"])
+        assert Image.open(io.BytesIO(r.content)).size == (rw, rh)
     assert client.get(f"/api/jobs/{jid}/results/nothing").status_code == 404
     depth = np.load(io.BytesIO(client.get(st["results"]["edited_depth_npy"]).content))
-    assert depth.shape == (demo_session["height"], demo_session["width"]) and (depth > 0).all()
+    assert depth.shape == (rh, rw) and (depth > 0).all()
 
     second = wait_job(client, client.post("/api/jobs", json={**body, "transform": {"translate": [-0.3, 0, 0]}}).json()["id"])
     assert second["state"] == "done" and second["info"]["reused_inversion"] is True

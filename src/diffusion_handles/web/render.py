@@ -125,13 +125,23 @@ class RenderService:
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def available() -> str | None:
-        """``None`` when the diffusion facade imports, else why not."""
+    def available(self) -> str | None:
+        """``None`` when renders can run here, else why not (facade missing, model not found).
+
+        Hub ids are assumed available (checked when the model loads, on the first render)."""
         try:
             from diffusion_handles.pipeline import DiffusionHandles  # noqa: F401
         except Exception as e:
             return f"the diffusion pipeline is not available in this installation ({type(e).__name__}: {e})"
+        if self.model == "tinyworld":
+            try:
+                from diffusion_handles.world import model_path
+
+                model_path()
+            except Exception as e:
+                return f"the embedded TinyWorld model is not available ({e}); start with --model FOLDER_OR_HUB_ID"
+        elif self.model.startswith((".", "/", "~")) and not Path(self.model).expanduser().is_dir():
+            return f"--model: no model folder at {self.model}"
         return None
 
     def pipeline(self, report: Progress):
@@ -151,6 +161,7 @@ class RenderService:
 
         with self._lock:
             pipe = self.pipeline(report)
+            inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
             n = inv_cfg.num_steps
             key = f"{inp.key}:{inv_cfg.to_dict()}:{opts.seed}"
@@ -174,7 +185,25 @@ class RenderService:
                 t1 = time.perf_counter()
                 out = pipe.edit(inverted, edit, fov_deg=inp.fov_deg, progress=True)
                 timings["edit_s"] = time.perf_counter() - t1
-        return {"output": out, "reused_inversion": reused, "timings": timings}
+        return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
+
+
+def fit_to_model(inp: RenderInput, side: int) -> RenderInput:
+    """``inp`` scaled down so its longer side is at most ``side`` (the model's native size:
+    512 for SD2-depth, 64 for TinyWorld); image area-averaged, depth and mask nearest."""
+    import torch.nn.functional as F
+
+    h, w = inp.image.shape[-2:]
+    if max(h, w) <= side:
+        return inp
+    s = side / max(h, w)
+    hw = (max(1, round(h * s)), max(1, round(w * s)))
+    return RenderInput(
+        image=F.interpolate(inp.image, size=hw, mode="area"),
+        depth=F.interpolate(inp.depth, size=hw, mode="nearest"),
+        mask=F.interpolate(inp.mask, size=hw, mode="nearest"),
+        prompt=inp.prompt, fov_deg=inp.fov_deg, key=f"{inp.key}@{hw[0]}x{hw[1]}",
+    )
 
 
 def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str]:
@@ -188,6 +217,7 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
     from diffusion_handles.viz import colorize_depth
 
     out = result["output"]  # diffusion_handles.pipeline.EditOutput
+    inp = result.get("input", inp)  # what was rendered (scaled to the model's size)
     files = {"edited": "edited.png", "input": "input.png", "reconstruction": "reconstruction.png",
              "preview": "preview.png", "edited_depth": "edited_depth.png", "edited_depth_npy": "edited_depth.npy"}
     save_image(folder / files["edited"], out.edited)
@@ -198,6 +228,7 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
     np.save(folder / files["edited_depth_npy"], out.edited_depth.detach().float().cpu()[0, 0].numpy())
     timings = dict(result.get("timings", {}))
     timings.update({f"pipeline_{k}_s": float(v) for k, v in out.timings.items()})
-    info = {"reused_inversion": result["reused_inversion"], "timings": timings, "unet_evals": out.unet_evals}
+    info = {"reused_inversion": result["reused_inversion"], "render_size_hw": list(out.edited.shape[-2:]),
+            "timings": timings, "unet_evals": out.unet_evals}
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     return files
