@@ -13,6 +13,7 @@ import json
 import math
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,8 @@ class WebConfig:
             preview interactive and renders bounded).
         max_points: the 3D view's point cloud is sub-sampled to about this many points.
         max_waiting_jobs: renders allowed to wait in the queue (more get HTTP 429).
-        max_waiting_previews: preview requests allowed to wait for the preview lock (more get
-            HTTP 429; previews run one at a time so a burst cannot starve the machine).
+        max_waiting_previews: preview requests allowed in the preview queue (more get HTTP 429;
+            previews run one at a time on one thread, so a burst cannot starve the machine).
         default_steps: DDIM steps of a render when the request gives none (None: the model's).
         results_dir: parent folder for job results (None: a fresh temporary folder).
         scene_size: ``(height, width)`` of the built-in and TinyWorld scenes.
@@ -87,7 +88,7 @@ class WebConfig:
     work_side: int = 512
     max_points: int = 60000
     max_waiting_jobs: int = 8
-    max_waiting_previews: int = 16
+    max_waiting_previews: int = 64
     default_steps: int | None = None
     results_dir: Path | None = None
     scene_size: tuple[int, int] = (192, 256)
@@ -187,13 +188,14 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     renderer = RenderService(cfg.model, cfg.device, dtype)
     perception = Perception()
     state: dict = {}
-    preview_lock = threading.Lock()
+    preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handles-preview")
     preview_waiting = [0]
     preview_count_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        preview_pool.shutdown(wait=False, cancel_futures=True)
         if "jobs" in state:
             state["jobs"].close()
 
@@ -413,32 +415,14 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         )
 
     # ------------------------------------------------------------------ preview
-    def run_preview(s: Session, req: PreviewRequest):
+    def compute_preview(s: Session, req: PreviewRequest, t0: float) -> PreviewResponse:
+        """The preview and its PNG encoding (runs on the single preview thread)."""
         from diffusion_handles.preview import preview_edit
-
-        image, depth, mask = s.tensors()
-        edit = req.transform.to_edit()
-        with preview_count_lock:
-            if preview_waiting[0] >= cfg.max_waiting_previews:
-                raise ApiError(429, f"preview: {preview_waiting[0]} previews are already waiting; slow down")
-            preview_waiting[0] += 1
-        try:
-            with preview_lock:
-                return preview_edit(image, depth, mask, edit, s.fov_deg, with_depth=req.with_depth)
-        finally:
-            with preview_count_lock:
-                preview_waiting[0] -= 1
-
-    @app.post("/api/sessions/{sid}/preview", response_model=PreviewResponse, responses=ERRORS, tags=["edit"])
-    def preview(sid: str, req: PreviewRequest) -> PreviewResponse:
-        """Instant geometric preview of the transform (no diffusion): the re-rendered image,
-        holes (disocclusions) in magenta. Impossible edits (behind the camera, out of frame)
-        answer 422 with the reason."""
         from diffusion_handles.viz import colorize_depth
 
-        t0 = time.perf_counter()
-        s = sessions.get(sid)
-        res = run_preview(s, req)
+        with s.lock:
+            image, depth, mask = s.tensors()
+        res = preview_edit(image, depth, mask, req.transform.to_edit(), s.fov_deg, with_depth=req.with_depth)
         png = _png(res.preview)
         depth_url = _data_url(_png(colorize_depth(res.edited_depth))) if req.with_depth else None
         timings = {**res.timings_ms, "server_total": (time.perf_counter() - t0) * 1e3}
@@ -447,6 +431,31 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
             object_pixels=int((res.edited_mask > 0.5).sum()), hole_pixels=int((res.valid < 0.5).sum()),
             timings_ms=timings,
         )
+
+    def submit_preview(s: Session, req: PreviewRequest) -> Future:
+        """Queue a preview on the preview thread; refuse (429) beyond ``max_waiting_previews``.
+
+        Waiting requests hold no server thread, so a burst cannot starve other endpoints."""
+        t0 = time.perf_counter()
+        with preview_count_lock:
+            if preview_waiting[0] >= cfg.max_waiting_previews:
+                raise ApiError(429, f"preview: {preview_waiting[0]} previews are already waiting; slow down")
+            preview_waiting[0] += 1
+
+        def done(_):
+            with preview_count_lock:
+                preview_waiting[0] -= 1
+
+        fut = preview_pool.submit(compute_preview, s, req, t0)
+        fut.add_done_callback(done)
+        return fut
+
+    @app.post("/api/sessions/{sid}/preview", response_model=PreviewResponse, responses=ERRORS, tags=["edit"])
+    async def preview(sid: str, req: PreviewRequest) -> PreviewResponse:
+        """Instant geometric preview of the transform (no diffusion): the re-rendered image,
+        holes (disocclusions) in magenta. Impossible edits (behind the camera, out of frame)
+        answer 422 with the reason. Previews run one at a time in arrival order."""
+        return await asyncio.wrap_future(submit_preview(sessions.get(sid), req))
 
     # ------------------------------------------------------------------ render jobs
     @app.post("/api/jobs", response_model=JobStatus, status_code=202, responses=ERRORS, tags=["render"])
@@ -463,7 +472,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
             image, depth, mask = s.tensors()
             key = s.content_key(prompt, cfg.model)
         fov = s.fov_deg
-        run_preview(s, PreviewRequest(transform=req.transform))  # impossible edits answer 422 now
+        submit_preview(s, PreviewRequest(transform=req.transform)).result()  # impossible edits answer 422 now
         inp = RenderInput(image, depth, mask, prompt, fov, key)
         opts = RenderOptions(num_steps=req.num_steps or cfg.default_steps, seed=req.seed)
 
