@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 
 from diffusion_handles.cli.common import add_transform_args, edit_from_args, fov_from_args
+from diffusion_handles.cli.perception_args import (
+    add_object_args,
+    add_perception_args,
+    check_one_object_source,
+    clicks_from_args,
+    perception_config_from_args,
+)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"  # same as diffusion.backbone.DEFAULT_MODEL
 
@@ -18,10 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="text prompt describing the image")
-    p.add_argument("--depth", required=True, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres")
+    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres "
+                   "(default: estimated with --depth-model)")
     p.add_argument("--depth-scale", default="1000",
                    help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
-    p.add_argument("--mask", required=True, help="object mask PNG (pixels >= 128 are the object), same size as IMAGE")
+    p.add_argument("--mask", default=None, help="object mask PNG (pixels >= 128 are the object), same size as IMAGE "
+                   "(or --object TEXT / --click X,Y)")
+    add_object_args(p, mask=False)
+    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
     p.add_argument("--background-depth", default=None,
                    help="optional z-depth of the scene without the object (d'_b); default: harmonic fill of the object region")
     add_transform_args(p)
@@ -58,6 +69,7 @@ def _int(value: str, arg: str, minimum: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import sys
     import time
 
     import numpy as np
@@ -73,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         save_image,
     )
     from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.perception import prepare_inputs
     from diffusion_handles.pipeline import DiffusionHandles
     from diffusion_handles.viz import colorize_depth, side_by_side
 
@@ -92,16 +105,28 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise HandlesError("--prompt: expected a text describing the image, got an empty string")
 
+    check_one_object_source(args)
     image = load_image(args.image, "IMAGE")
-    depth = load_depth(args.depth, "--depth", depth_scale)
-    mask = load_mask(args.mask, "--mask")
-    check_same_size("IMAGE", image, "--depth", depth)
-    check_same_size("IMAGE", image, "--mask", mask)
-    check_mask_not_empty(mask)
+    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
+    mask = None if args.mask is None else load_mask(args.mask, "--mask")
+    if depth is not None:
+        check_same_size("IMAGE", image, "--depth", depth)
+    if mask is not None:
+        check_same_size("IMAGE", image, "--mask", mask)
+        check_mask_not_empty(mask)
     background = None
     if args.background_depth is not None:
         background = load_depth(args.background_depth, "--background-depth", depth_scale)
         check_same_size("IMAGE", image, "--background-depth", background)
+    prepared = None
+    if depth is None or mask is None:  # perception stages (Sec. 5): all models load before any runs
+        prepared = prepare_inputs(image, depth=depth, mask=mask, object_text=args.object,
+                                  clicks=clicks_from_args(args), models=perception_config_from_args(args),
+                                  need_background=background is None)
+        for note in prepared.info["notes"]:
+            print(f"handles edit: note: {note}", file=sys.stderr)
+        depth, mask = prepared.depth, prepared.mask
+        background = prepared.background_depth if background is None else background
     t_load = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
@@ -145,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         },
         "energies": {str(k): v for k, v in out.energies.items()},
     }
+    if prepared is not None:
+        summary["perception"] = {**prepared.info, "depth_kind": prepared.depth_kind, "candidates": prepared.candidates}
     with atomic_output_dir(args.out) as tmp:
         save_image(tmp / "edited.png", out.edited)
         save_image(tmp / "reconstruction.png", out.reconstruction)
@@ -155,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
         save_image(tmp / "comparison.png", side_by_side([
             ("input", image), ("3D preview", out.preview), ("edited", out.edited),
         ]))
+        if prepared is not None:  # what the perception stages produced, reusable as --depth / --mask
+            np.save(tmp / "depth.npy", prepared.depth[0, 0].numpy().astype(np.float32))
+            save_image(tmp / "mask.png", prepared.mask)
+            np.save(tmp / "background_depth.npy", prepared.background_depth[0, 0].numpy().astype(np.float32))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({args.inversion})"
     print(f"edit written to {args.out} ({state}; edit {sum(out.timings.values()):.1f} s): edited.png, "

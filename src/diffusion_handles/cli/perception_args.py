@@ -39,7 +39,7 @@ def add_perception_args(parser: argparse.ArgumentParser, *, depth: bool = True, 
         g.add_argument("--inpaint-model", default=DEFAULT_INPAINT_MODEL, metavar="ID|DIR|opencv-telea|opencv-ns",
                        help=f"object removal for the background depth: a diffusers inpainting pipeline (default "
                             f"{DEFAULT_INPAINT_MODEL}, falls back to opencv-telea when unavailable) or OpenCV")
-        g.add_argument("--background-depth", default="auto", choices=["auto", "estimate", "fill"],
+        g.add_argument("--background-mode", default="auto", choices=["auto", "estimate", "fill"],
                        help="d'_b: auto (inpaint+estimate when depth is estimated, harmonic fill when --depth is "
                             "given), estimate, or fill")
     if device:
@@ -93,5 +93,5 @@ def perception_config_from_args(args: argparse.Namespace):
     background = "auto"
     if hasattr(args, "inpaint_model"):
         inpaint = InpaintConfig(model=args.inpaint_model, device=device)
-        background = args.background_depth
+        background = args.background_mode
     return PerceptionConfig(depth=depth, segment=segment, inpaint=inpaint, background=background)

@@ -53,7 +53,7 @@ class PerceptionConfig:
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUND_MODES:
-            raise HandlesError(f"--background-depth: expected one of {', '.join(BACKGROUND_MODES)}, got {self.background!r}")
+            raise HandlesError(f"--background-mode: expected one of {', '.join(BACKGROUND_MODES)}, got {self.background!r}")
 
     def to_json(self) -> dict:
         def clean(d: dict) -> dict:
@@ -128,7 +128,7 @@ def prepare_inputs(
     # 1. load every model this request needs, so a missing one fails before any work is done
     estimator = None
     if depth is None or estimate_background:
-        bypass = "give --depth FILE to skip depth estimation" if depth is None else "pass --background-depth fill"
+        bypass = "give --depth FILE to skip depth estimation" if depth is None else "pass --background-mode fill"
         estimator = DepthEstimator.load(cfg.depth, bypass=bypass)
     detector = sam = None
     if object_text is not None:
