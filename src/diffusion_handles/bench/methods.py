@@ -1,0 +1,105 @@
+"""The methods a benchmark run compares, by name: ours, baselines and the Fig. 8 ablations.
+
+Every diffusion method is *one* pipeline (:class:`~diffusion_handles.pipeline.DiffusionHandles`)
+with a different :class:`~diffusion_handles.diffusion.config.GuidanceConfig`; the image is
+inverted once per scene and the inversion is reused by all of them. Methods whose resolved
+configurations coincide (e.g. ``layers_cyclic`` and ``stop38`` are ``ours``) are computed once.
+
+Step counts in names refer to the paper's 50-step schedule; with fewer steps they are scaled
+(``stop20`` guides the first ``round(20 * N / 50)`` of ``N`` steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from diffusion_handles.errors import HandlesError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmark method.
+
+    Attributes:
+        name: the name used on the command line and in the tables.
+        kind: ``"diffusion"`` (the pipeline with :attr:`guidance`) or ``"warp"`` (no diffusion).
+        description: one line for the report.
+        overrides: ``num_steps -> dict`` of GuidanceConfig fields that differ from the defaults.
+        group: where it sits in the table ("main", "ablation: ...").
+    """
+
+    name: str
+    kind: str
+    description: str
+    overrides: Callable[[int], dict] = lambda n: {}
+    group: str = "main"
+
+    def guidance(self, num_steps: int):
+        """The :class:`GuidanceConfig` of this method for a ``num_steps`` schedule.
+
+        Raises:
+            HandlesError: the method needs a configuration field this build does not have.
+        """
+        from diffusion_handles.diffusion.config import GuidanceConfig
+
+        if self.kind != "diffusion":
+            raise HandlesError(f"method {self.name}: is not a diffusion method, it has no guidance configuration")
+        over = self.overrides(num_steps)
+        known = {f.name for f in dataclasses.fields(GuidanceConfig)}
+        missing = sorted(set(over) - known)
+        if missing:
+            raise HandlesError(f"method {self.name}: needs GuidanceConfig field(s) {missing}, which this build does not have")
+        return GuidanceConfig(**over)
+
+
+def _stop(k: int) -> Callable[[int], dict]:
+    return lambda n: {"guide_until": int(round(k * n / 50))}
+
+
+_DEFAULT_WB = 1.25 * 30  # GuidanceConfig.w_background default (release value)
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("ours", "diffusion", "paper defaults: local G_o + G_b, cyclic layers 3/2/both, guide until step 38/50"),
+    Method("warp_only", "warp", "the 3D preview (image warped by the 3D flow), holes filled by OpenCV Telea inpainting"),
+    Method("depth_only", "diffusion", "regenerate from the inverted noise with the edited depth, no activation guidance",
+           lambda n: {"grad_steps": 0}),
+    Method("averaged_guidance", "diffusion", "G_o on masked means of the activations (stand-in for Diffusion Self-Guidance)",
+           lambda n: {"object_guidance": "averaged"}),
+    Method("layer2_only", "diffusion", "guide decoder layer 2 only, every guided step",
+           lambda n: {"layer_cycle": ((0,),)}, "ablation: layers"),
+    Method("layer3_only", "diffusion", "guide decoder layer 3 only, every guided step",
+           lambda n: {"layer_cycle": ((1,),)}, "ablation: layers"),
+    Method("layers_both", "diffusion", "guide layers 2 and 3 at every guided step",
+           lambda n: {"layer_cycle": ((0, 1),)}, "ablation: layers"),
+    Method("layers_cyclic", "diffusion", "cycle layer 3, layer 2, both (= ours)", lambda n: {}, "ablation: layers"),
+    Method("stop20", "diffusion", "guide until step 20/50", _stop(20), "ablation: guidance stop"),
+    Method("stop28", "diffusion", "guide until step 28/50", _stop(28), "ablation: guidance stop"),
+    Method("stop38", "diffusion", "guide until step 38/50 (= ours)", _stop(38), "ablation: guidance stop"),
+    Method("stop50", "diffusion", "guide every step", _stop(50), "ablation: guidance stop"),
+    Method("wb_low", "diffusion", "background weight w_b / 4", lambda n: {"w_background": _DEFAULT_WB / 4},
+           "ablation: background weight"),
+    Method("wb_high", "diffusion", "background weight w_b x 4", lambda n: {"w_background": _DEFAULT_WB * 4},
+           "ablation: background weight"),
+]}
+
+FAST_METHODS = ("ours", "warp_only")
+
+
+def resolve_methods(names: list[str] | None) -> list[Method]:
+    """Methods by name (``None`` or ``["all"]``: every method), in registry order."""
+    if not names or names == ["all"]:
+        return list(METHODS.values())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise HandlesError(f"--methods: expected names from {', '.join(METHODS)} (or 'all'), got {', '.join(unknown)}")
+    return [m for m in METHODS.values() if m.name in names]
+
+
+def record_all_guidance(num_steps: int):
+    """A GuidanceConfig whose recording plan covers every (layer, step) any method guides:
+    both guided layers at every step. Used for the one inversion per scene."""
+    from diffusion_handles.diffusion.config import GuidanceConfig
+
+    return GuidanceConfig(layer_cycle=((0, 1),), guide_until=num_steps)

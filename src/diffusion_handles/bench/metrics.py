@@ -1,0 +1,227 @@
+"""Benchmark metrics (Table 2 of the paper, plus ground-truth image metrics).
+
+All images are ``(H, W, 3)`` float arrays in ``[0, 1]`` (sRGB); masks are ``(H, W)`` bool.
+
+Edit adherence (``S_edit``, Sec. 6 / Table 2)
+    ``IoU(seg(O), M_gt) = |seg(O) & M_gt| / |seg(O) | M_gt|`` where ``O`` is the method's output,
+    ``M_gt`` the ground-truth mask of the moved object (ray-cast in the re-rendered scene) and
+    ``seg`` segments the object in ``O`` **without looking at the method's own masks**.
+
+    ``seg`` is a 1-nearest-neighbour colour classifier in CIELAB. Its labelled examples are the
+    pixels of three renders we have exactly: the ground-truth render (object = ``M_gt``), the input
+    render (object = ``M_src``) and the clean plate (the scene rendered without the object, all
+    background). A pixel of ``O`` is *object* when its nearest object example is strictly
+    closer than its nearest background example. Why this and not a learned segmenter: the paper
+    used SAM, which needs weights we do not have; TinyWorld objects have known, distinctive
+    colours and textures, and with the three renders as examples the classifier reproduces the
+    known answers exactly (output = ground truth gives ``seg = M_gt`` up to exact colour
+    collisions; output = clean plate gives an empty segmentation, IoU 0), while a method that
+    leaves the object at its old place is penalised by the object colours found there. Its
+    limit: background pixels whose colour a method changes towards the object's colours count
+    as object (we report the IoU of ``seg`` on the ground truth itself, the metric's ceiling,
+    next to each result).
+
+Identity preservation (cycle consistency, Table 2)
+    Apply the edit, then its inverse (about the moved pivot) to the edited image with its edited
+    depth, giving ``C``. ``E_L1 = 10 * mean_{u,c} |C(u) - I(u)|`` over the whole image (the
+    paper's "L1 (x10)"); we also report it inside the input object mask ``M_src``. LPIPS needs
+    pretrained AlexNet/VGG weights: it is computed only when those are on disk
+    (:func:`lpips_status`), otherwise reported as ``None`` ("n/a"), never with a random backbone.
+
+Fidelity to the ground-truth render ``G``
+    ``PSNR_R = 10 log10(1 / MSE_R)`` with ``MSE_R`` the mean over pixels of region ``R`` and
+    the three channels of ``(O - G)^2``; capped at :data:`PSNR_CAP` dB when ``MSE_R = 0``.
+    ``SSIM_R`` = mean over ``R`` of skimage's SSIM map (7x7 window, data range 1, per channel,
+    averaged over channels). Regions: object ``R = M_gt``; background
+    ``R = ~(M_gt | M_src)`` (the background visible both before and after the edit).
+
+Aggregates: mean over edits with a percentile-bootstrap 95% confidence interval
+(:func:`bootstrap_ci`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_handles.errors import HandlesError
+
+PSNR_CAP = 100.0  # dB, reported when the region is reproduced exactly (MSE = 0)
+
+
+def _check_image(x: np.ndarray, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise HandlesError(f"{name}: expected an (H, W, 3) image, got shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float64) / 255.0
+    return x.astype(np.float64)
+
+
+def _check_mask(m: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarray:
+    m = np.asarray(m)
+    if m.shape != shape:
+        raise HandlesError(f"{name}: expected a mask of shape {shape}, got {m.shape}")
+    return m.astype(bool)
+
+
+def iou(pred: np.ndarray, target: np.ndarray) -> float:
+    """``|pred & target| / |pred | target|`` of two bool masks; 1.0 when both are empty."""
+    pred, target = np.asarray(pred, bool), np.asarray(target, bool)
+    if pred.shape != target.shape:
+        raise HandlesError(f"pred: expected a mask of shape {target.shape}, got {pred.shape}")
+    union = np.logical_or(pred, target).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, target).sum() / union)
+
+
+def segment_object(output: np.ndarray, examples: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Object pixels of ``output`` by 1-nearest-neighbour colour classification (CIELAB).
+
+    Args:
+        output: ``(H, W, 3)`` image to segment, in ``[0, 1]`` (or uint8).
+        examples: ``(image (h, w, 3), object_mask (h, w) bool)`` pairs of labelled renders; a
+            pixel is an object example where the mask is set and a background example elsewhere.
+
+    Returns:
+        ``(H, W)`` bool: nearest object example strictly closer than nearest background example.
+    """
+    from scipy.spatial import cKDTree
+    from skimage.color import rgb2lab
+
+    out = _check_image(output, "output")
+    obj_cols, bg_cols = [], []
+    for i, (img, m) in enumerate(examples):
+        lab = rgb2lab(_check_image(img, f"examples[{i}].image"))
+        m = _check_mask(m, lab.shape[:2], f"examples[{i}].mask")
+        obj_cols.append(lab[m])
+        bg_cols.append(lab[~m])
+    obj = np.unique(np.concatenate(obj_cols), axis=0) if obj_cols else np.zeros((0, 3))
+    bg = np.unique(np.concatenate(bg_cols), axis=0) if bg_cols else np.zeros((0, 3))
+    h, w = out.shape[:2]
+    if len(obj) == 0:
+        return np.zeros((h, w), bool)
+    if len(bg) == 0:
+        return np.ones((h, w), bool)
+    query = rgb2lab(out).reshape(-1, 3)  # (H*W, 3)
+    d_obj, _ = cKDTree(obj).query(query, k=1)
+    d_bg, _ = cKDTree(bg).query(query, k=1)
+    return (d_obj < d_bg).reshape(h, w)
+
+
+def masked_psnr(output: np.ndarray, target: np.ndarray, region: np.ndarray) -> float | None:
+    """PSNR (dB, data range 1) over ``region`` pixels; :data:`PSNR_CAP` if exact; None if empty."""
+    o, t = _check_image(output, "output"), _check_image(target, "target")
+    region = _check_mask(region, t.shape[:2], "region")
+    if o.shape != t.shape:
+        raise HandlesError(f"output: expected shape {t.shape} (the target's), got {o.shape}")
+    if not region.any():
+        return None
+    mse = float(((o - t) ** 2)[region].mean())
+    if mse <= 10 ** (-PSNR_CAP / 10):
+        return PSNR_CAP
+    return float(10.0 * math.log10(1.0 / mse))
+
+
+def masked_ssim(output: np.ndarray, target: np.ndarray, region: np.ndarray) -> float | None:
+    """Mean of skimage's SSIM map (7x7, data range 1, channels averaged) over ``region``."""
+    from skimage.metrics import structural_similarity
+
+    o, t = _check_image(output, "output"), _check_image(target, "target")
+    region = _check_mask(region, t.shape[:2], "region")
+    if o.shape != t.shape:
+        raise HandlesError(f"output: expected shape {t.shape} (the target's), got {o.shape}")
+    if not region.any():
+        return None
+    win = min(7, *(s - (1 - s % 2) for s in t.shape[:2]))  # odd, <= image side
+    _, smap = structural_similarity(o, t, channel_axis=2, data_range=1.0, full=True, win_size=win)
+    return float(smap.mean(axis=2)[region].mean())
+
+
+def cycle_l1(cycled: np.ndarray, original: np.ndarray, region: np.ndarray | None = None) -> float | None:
+    """The paper's identity error ``10 * mean |C - I|`` (images in [0, 1]), optionally in ``region``."""
+    c, i = _check_image(cycled, "cycled"), _check_image(original, "original")
+    if c.shape != i.shape:
+        raise HandlesError(f"cycled: expected shape {i.shape} (the input's), got {c.shape}")
+    diff = np.abs(c - i)
+    if region is not None:
+        region = _check_mask(region, i.shape[:2], "region")
+        if not region.any():
+            return None
+        diff = diff[region]
+    return float(10.0 * diff.mean())
+
+
+def lpips_status() -> tuple[bool, str]:
+    """Whether LPIPS can be computed with *real* weights: the ``lpips`` package (its linear
+    heads ship inside it) and torchvision's pretrained AlexNet in the torch hub cache."""
+    try:
+        import lpips  # noqa: F401
+        import torch
+    except ImportError:
+        return False, "the lpips package is not installed"
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints"
+    if not any(ckpt.glob("alexnet-owt-*.pth")):
+        return False, f"no pretrained AlexNet weights in {ckpt}"
+    return True, "lpips (AlexNet) with pretrained weights"
+
+
+class LPIPS:
+    """LPIPS distance with pretrained weights only; construct after :func:`lpips_status` is True."""
+
+    def __init__(self) -> None:
+        ok, why = lpips_status()
+        if not ok:
+            raise HandlesError(f"lpips: expected pretrained weights on disk, got none ({why})")
+        import lpips
+
+        self.net = lpips.LPIPS(net="alex", pretrained=True, verbose=False).eval()
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
+        import torch
+
+        def t(x):
+            return torch.from_numpy(_check_image(x, "image")).float().permute(2, 0, 1)[None] * 2 - 1
+
+        with torch.no_grad():
+            return float(self.net(t(a), t(b)).item())
+
+
+def bootstrap_ci(values: Sequence[float | None], n_resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Mean and percentile-bootstrap confidence interval of ``values`` (None/NaN dropped).
+
+    Returns ``{"mean", "lo", "hi", "n"}`` (``None`` entries when no value is left).
+    """
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, v.size, size=(n_resamples, v.size))  # (R, n) resample indices
+    means = v[idx].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi), "n": int(v.size)}
+
+
+def edit_metrics(output: np.ndarray, gt: np.ndarray, mask_gt: np.ndarray, mask_src: np.ndarray,
+                 examples: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Adherence and ground-truth fidelity of one output (see the module docstring).
+
+    Returns ``{"iou", "psnr_obj", "ssim_obj", "psnr_bg", "ssim_bg"}``.
+    """
+    gt_f = _check_image(gt, "gt")
+    shape = gt_f.shape[:2]
+    mask_gt = _check_mask(mask_gt, shape, "mask_gt")
+    mask_src = _check_mask(mask_src, shape, "mask_src")
+    seg = segment_object(output, examples)
+    bg = ~(mask_gt | mask_src)
+    return {
+        "iou": iou(seg, mask_gt),
+        "psnr_obj": masked_psnr(output, gt_f, mask_gt),
+        "ssim_obj": masked_ssim(output, gt_f, mask_gt),
+        "psnr_bg": masked_psnr(output, gt_f, bg),
+        "ssim_bg": masked_ssim(output, gt_f, bg),
+    }

@@ -1,0 +1,157 @@
+"""Aggregates, the printed table and ``report.html`` of a benchmark run."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from diffusion_handles.bench.metrics import bootstrap_ci
+
+# (key, header, higher is better)
+COLUMNS = (
+    ("cycle_l1", "E_L1 cycle x10 ↓", False),
+    ("lpips", "LPIPS ↓", False),
+    ("iou", "IoU (S_edit) ↑", True),
+    ("psnr_obj", "PSNR obj ↑", True),
+    ("ssim_obj", "SSIM obj ↑", True),
+    ("psnr_bg", "PSNR bg ↑", True),
+    ("ssim_bg", "SSIM bg ↑", True),
+    ("cycle_l1_obj", "E_L1 cycle obj x10 ↓", False),
+)
+REFERENCES = ("ground_truth", "input")
+
+
+def aggregate(records: list[dict], method_names: list[str]) -> dict:
+    """``{row: {metric: {"mean","lo","hi","n"}, "ok": int, "failed": int, "seconds": float}}``
+    over edits, for every method and the two reference rows."""
+    out: dict[str, dict] = {}
+    for name in list(method_names) + list(REFERENCES):
+        entries = []
+        failed = 0
+        seconds = 0.0
+        for r in records:
+            e = (r.get("references") or {}).get(name) if name in REFERENCES else r.get("methods", {}).get(name)
+            if e is None:
+                if r.get("error"):
+                    failed += 1
+                continue
+            seconds += float(e.get("seconds") or 0.0)
+            if e.get("error"):
+                failed += 1
+            else:
+                entries.append(e)
+        row = {key: bootstrap_ci([e.get(key) for e in entries]) for key, _, _ in COLUMNS}
+        row.update(ok=len(entries), failed=failed, seconds=seconds)
+        out[name] = row
+    return out
+
+
+def _fmt(ci: dict, digits: int = 3) -> str:
+    if not ci or ci.get("mean") is None:
+        return "n/a"
+    return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
+
+
+def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (strings) of the Table-2-like summary."""
+    agg = results["aggregate"]
+    header = ["method", *[h for _, h, _ in COLUMNS], "ok/failed"]
+    rows = []
+    for name in list(results["methods"]) + list(REFERENCES):
+        if name not in agg:
+            continue
+        a = agg[name]
+        label = name if name not in REFERENCES else f"({name.replace('_', ' ')})"
+        digits = {"psnr_obj": 2, "psnr_bg": 2}
+        cells = []
+        for key, _, _ in COLUMNS:
+            if key == "lpips" and a[key]["mean"] is None:
+                cells.append("n/a")
+            else:
+                cells.append(_fmt(a[key], digits.get(key, 3)))
+        rows.append([label, *cells, f"{a['ok']}/{a['failed']}"])
+    return header, rows
+
+
+def format_table(results: dict) -> str:
+    """The summary as a plain-text (Markdown) table plus a line of settings."""
+    header, rows = table_rows(results)
+    s = results["settings"]
+    n_edits = sum(1 for r in results["edits"] if not r.get("error"))
+    lines = [
+        f"Diffusion Handles benchmark: {n_edits} edits, model {s['model']}, {s['size']}x{s['size']}, "
+        f"{s['steps']} steps, {s['inversion']} inversion; mean [95% bootstrap CI]; LPIPS: "
+        f"{'computed' if results['lpips']['available'] else 'n/a (' + results['lpips']['note'] + ')'}",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _img(path: str, title: str) -> str:
+    return (f'<figure><img src="{html.escape(path)}" alt="{html.escape(title)}" width="128" height="128">'
+            f"<figcaption>{html.escape(title)}</figcaption></figure>")
+
+
+def write_report(results: dict, out: str | Path) -> Path:
+    """Write ``out/report.html``: the table, then per edit input | preview | methods | ground truth.
+
+    Images are referenced by relative paths under ``images/`` so the folder is viewable offline.
+    """
+    out = Path(out)
+    header, rows = table_rows(results)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Diffusion Handles benchmark</title>",
+        "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+        "figure{display:inline-block;margin:2px;text-align:center}figcaption{font-size:11px}"
+        "img{image-rendering:pixelated}.err{color:#a00;font-size:11px}</style></head><body>",
+        "<h1>Diffusion Handles benchmark</h1>",
+        f"<p>{html.escape(format_table(results).splitlines()[0])}</p>",
+        "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+    ]
+    for r in rows:
+        parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+    parts.append("</table>")
+    parts.append("<p>Metric definitions: see <code>diffusion_handles/bench/metrics.py</code> and the README. "
+                 "(ground truth) = the metric on the ground-truth render itself (its ceiling); "
+                 "(input) = the unedited input.</p><h2>Edits</h2>")
+    names = list(results["methods"])
+    for rec in results["edits"]:
+        cid = rec["case_id"]
+        parts.append(f"<h3>{html.escape(cid)}: {html.escape(str(rec.get('kind', '')))}</h3>")
+        if rec.get("error"):
+            parts.append(f"<p class='err'>case failed: {html.escape(rec['error'])}</p>")
+            continue
+        parts.append(f"<p>{html.escape(rec.get('caption', ''))}; edit {html.escape(str(rec.get('edit')))}</p><div>")
+        parts.append(_img(f"images/{cid}/input.png", "input"))
+        parts.append(_img(f"images/{cid}/preview.png", "target preview"))
+        for name in names:
+            e = rec["methods"].get(name)
+            if e is None:
+                continue
+            if e.get("error"):
+                parts.append(f"<figure><figcaption>{html.escape(name)}</figcaption>"
+                             f"<div class='err'>{html.escape(e['error'][:160])}</div></figure>")
+                continue
+            img_name = e.get("same_as") or name
+            iou = e.get("iou")
+            cap = f"{name} IoU {iou:.2f}" if iou is not None else name
+            parts.append(_img(f"images/{cid}/{img_name}.png", cap))
+        parts.append(_img(f"images/{cid}/gt.png", "ground truth"))
+        parts.append("</div>")
+        cyc = [n for n in names if rec["methods"].get(n, {}).get("cycle_l1") is not None]
+        if cyc:
+            parts.append("<div>")
+            for name in cyc:
+                e = rec["methods"][name]
+                parts.append(_img(f"images/{cid}/{e.get('same_as') or name}_cycle.png",
+                                  f"{name} cycle L1x10 {e['cycle_l1']:.2f}"))
+            parts.append("</div>")
+    parts.append("</body></html>")
+    path = out / "report.html"
+    tmp = path.with_name("report.html.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,357 @@
+"""Running a benchmark: cases -> every method -> metrics -> ``results.json`` + ``report.html``.
+
+Output folder layout (``--out DIR``)::
+
+    DIR/cases/<id>/        the rendered case (input, ground truth, clean plate, arrays, case.json)
+    DIR/edits/<id>.json    per-edit results (one entry per method, errors included)
+    DIR/images/<id>/*.png  input, preview (holes magenta), gt, <method>, <method>_cycle
+    DIR/results.json       run settings, per-edit results and aggregates with 95% bootstrap CIs
+    DIR/report.html        Table-2-like table + one row of images per edit (relative links)
+
+Resuming: a case folder or an edit's JSON that exists is reused; rerunning the same command
+only does the work that is missing (methods missing from an edit's JSON are run and merged).
+Per-edit files are written atomically (temp file + rename), so an interrupted run never leaves
+a half-written one. A failing case or method is recorded with its error message and the run
+goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_handles.bench.cases import Case, bench_seeds, make_case
+from diffusion_handles.bench.methods import Method, record_all_guidance, resolve_methods
+from diffusion_handles.bench.metrics import (
+    cycle_l1,
+    edit_metrics,
+    iou,
+    lpips_status,
+    segment_object,
+)
+from diffusion_handles.errors import HandlesError
+
+RESULTS_VERSION = 1
+
+
+@dataclass
+class BenchConfig:
+    """Settings of a benchmark run (saved in ``results.json``).
+
+    Attributes:
+        model: ``"tinyworld"``, a diffusers folder or a hub id (the depth-to-image backbone).
+        scenes: number of scenes (one edit each); seed: first scene seed (see ``bench_seeds``).
+        methods: method names (None: all).
+        size: image side in pixels (the model's native size for tinyworld: 64).
+        steps: DDIM steps of inversion and generation (paper: 50).
+        inversion: ``"null-text"`` (paper), ``"ddim"`` or ``"negative-prompt"``.
+        null_inner_steps: Adam steps per timestep of null-text inversion (release: up to 5).
+        cycle: also run the inverse edit for the cycle-consistency metric.
+        spp: path-tracer samples per pixel of the renders; device: torch device.
+        shard: ``(i, k)``: this process does scenes ``i, i+k, i+2k, ...`` (several processes can
+            share one GPU and one ``--out``; a final run without sharding aggregates them all).
+    """
+
+    model: str = "tinyworld"
+    scenes: int = 50
+    seed: int = 1_000_500
+    methods: list[str] | None = None
+    size: int = 64
+    steps: int = 50
+    inversion: str = "null-text"
+    null_inner_steps: int = 5
+    cycle: bool = True
+    spp: int = 64
+    device: str = "cpu"
+    max_holes: float = 0.05
+    shard: tuple[int, int] = (0, 1)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
+    tmp.replace(path)
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(arr).save(tmp)
+    tmp.replace(path)
+
+
+def _to_uint8(t) -> np.ndarray:
+    """``(1, 3, H, W)`` tensor in [0, 1] -> ``(H, W, 3)`` uint8."""
+    a = t.detach().float().cpu()[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    return (a * 255.0 + 0.5).astype(np.uint8)
+
+
+def _tensors(image: np.ndarray, depth: np.ndarray, mask: np.ndarray):
+    import torch
+
+    img = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None].contiguous()
+    d = torch.from_numpy(np.asarray(depth, np.float32))[None, None]
+    m = torch.from_numpy(np.asarray(mask, np.float32))[None, None]
+    return img, d, m
+
+
+def _pivot(depth, mask, fov_deg: float):
+    """The pivot the pipeline uses: centroid of the lifted object pixels (``(3,)`` float64)."""
+    from diffusion_handles.geometry import Camera, lift, object_centroid
+
+    cam = Camera(depth.shape[-2], depth.shape[-1], fov_deg)
+    return object_centroid(lift(depth.double(), cam), (mask > 0.5).double())[0]
+
+
+# ---------------------------------------------------------------------- warp only
+def warp_only(image, depth, mask, transform, background_depth, fov_deg: float):
+    """The "warp only" baseline: the 3D preview with its holes inpainted (OpenCV Telea, radius 3).
+
+    Args:
+        image: ``(1, 3, H, W)`` in [0, 1]; depth, background_depth: ``(1, 1, H, W)`` z-depth;
+        mask: ``(1, 1, H, W)`` object mask; transform: HandleEdit or Similarity.
+
+    Returns:
+        ``(edited (1, 3, H, W), preview with magenta holes, edited depth (1, 1, H, W), edited mask)``.
+    """
+    import cv2
+    import torch
+
+    from diffusion_handles.geometry import Camera, compute_edit, edited_depth, render_preview
+
+    cam = Camera(image.shape[-2], image.shape[-1], fov_deg)
+    geom = compute_edit(depth.float(), mask, transform, cam)
+    preview = render_preview(image.float(), geom)
+    holes = (geom.valid[0, 0] < 0.5).numpy().astype(np.uint8)
+    filled = cv2.inpaint(_to_uint8(preview), holes, 3, cv2.INPAINT_TELEA)
+    edited = torch.from_numpy(filled.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    d_edit = edited_depth(geom, background_depth.float())
+    return edited, preview, d_edit, (geom.edited_mask > 0.5).float()
+
+
+# ---------------------------------------------------------------------- one case
+class CaseRunner:
+    """Runs methods on cases with one loaded pipeline (loaded lazily: warp-only runs need none)."""
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self._pipe = None
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            from diffusion_handles.pipeline import DiffusionHandles
+
+            self._pipe = DiffusionHandles.from_pretrained(self.cfg.model, device=self.cfg.device)
+        return self._pipe
+
+    def _inversion_config(self):
+        from diffusion_handles.diffusion.config import InversionConfig
+
+        return InversionConfig(method=self.cfg.inversion, num_steps=self.cfg.steps,
+                               null_inner_steps=self.cfg.null_inner_steps)
+
+    def _invert(self, image, prompt, depth, mask):
+        return self.pipe.invert(image, prompt, depth, mask, inversion=self._inversion_config(),
+                                guidance=record_all_guidance(self.cfg.steps), seed=0, progress=False)
+
+    def run(self, case: Case, methods: list[Method], done: dict, img_dir: Path) -> dict:
+        """Results of ``methods`` on ``case`` not already in ``done`` (``{name: entry}``)."""
+        import torch
+
+        image, depth, mask = _tensors(case.image, case.depth, case.mask_src)
+        clean_depth = torch.from_numpy(case.clean_depth.astype(np.float32))[None, None]
+        examples = [(case.gt, case.mask_gt), (case.image, case.mask_src),
+                    (case.clean, np.zeros_like(case.mask_src))]
+        pivot = _pivot(depth, mask, case.fov_deg)
+        inverse = case.edit.resolve(pivot).inverse()  # = HandleEdit.inverse() about the moved pivot
+        out: dict[str, dict] = {}
+        inverted = None
+        by_config: dict[str, str] = {}  # resolved config -> first method name that ran it
+        for name, entry in done.items():
+            if entry.get("config_key"):
+                by_config.setdefault(entry["config_key"], name)
+        for m in methods:
+            if m.name in done:
+                continue
+            t0 = time.perf_counter()
+            entry: dict = {"method": m.name, "error": None}
+            try:
+                if m.kind == "warp":
+                    edited, _, d_edit, m_edit = warp_only(image, depth, mask, case.edit, clean_depth, case.fov_deg)
+                    cycled = None
+                    if self.cfg.cycle:
+                        cycled = warp_only(edited, d_edit, m_edit, inverse, clean_depth, case.fov_deg)[0]
+                    entry["config_key"] = "warp"
+                else:
+                    guidance = m.guidance(self.cfg.steps)
+                    resolved = guidance.to_dict()
+                    resolved["guide_until"] = guidance.resolved_guide_until(self.cfg.steps)
+                    key = json.dumps(resolved, sort_keys=True)
+                    entry["config_key"] = key
+                    entry["config"] = guidance.to_dict()
+                    if key in by_config and by_config[key] in {**done, **out}:
+                        src = {**done, **out}[by_config[key]]
+                        entry.update({k: v for k, v in src.items() if k not in ("method", "seconds")})
+                        entry["same_as"] = by_config[key]
+                        entry["seconds"] = 0.0
+                        out[m.name] = entry
+                        continue
+                    if inverted is None:
+                        inverted = self._invert(image, case.caption, depth, mask)
+                    res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
+                                         fov_deg=case.fov_deg, progress=False)
+                    edited, cycled = res.edited, None
+                    if self.cfg.cycle:
+                        m_edit = (res.edited_mask > 0.5).float()
+                        if not bool(m_edit.any()):
+                            raise HandlesError("cycle: the edited object mask is empty, the inverse edit has no object")
+                        inv2 = self._invert(edited.clamp(0, 1), case.caption, res.edited_depth, m_edit)
+                        back = self.pipe.edit(inv2, inverse, guidance=guidance, background_depth=clean_depth,
+                                              fov_deg=case.fov_deg, progress=False)
+                        cycled = back.edited
+                    by_config.setdefault(key, m.name)
+                out_img = _to_uint8(edited)
+                entry.update(edit_metrics(out_img, case.gt, case.mask_gt, case.mask_src, examples))
+                _save_png(out_img, img_dir / f"{m.name}.png")
+                if cycled is not None:
+                    cyc = _to_uint8(cycled)
+                    entry["cycle_l1"] = cycle_l1(cyc, case.image)
+                    entry["cycle_l1_obj"] = cycle_l1(cyc, case.image, case.mask_src)
+                    _save_png(cyc, img_dir / f"{m.name}_cycle.png")
+                entry["lpips"] = None
+            except Exception as e:  # recorded, not fatal
+                entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                entry["traceback"] = traceback.format_exc(limit=3)
+            entry["seconds"] = time.perf_counter() - t0
+            out[m.name] = entry
+        return out
+
+
+def reference_rows(case: Case) -> dict:
+    """Metrics of two references that need no method: the ground truth itself (the metric's
+    ceiling) and the unedited input (a method that does nothing)."""
+    examples = [(case.gt, case.mask_gt), (case.image, case.mask_src), (case.clean, np.zeros_like(case.mask_src))]
+    gt = edit_metrics(case.gt, case.gt, case.mask_gt, case.mask_src, examples)
+    gt["cycle_l1"] = 0.0
+    gt["cycle_l1_obj"] = 0.0
+    inp = edit_metrics(case.image, case.gt, case.mask_gt, case.mask_src, examples)
+    inp["cycle_l1"] = 0.0
+    inp["cycle_l1_obj"] = 0.0
+    for r in (gt, inp):
+        r["lpips"] = None
+        r["error"] = None
+    return {"ground_truth": gt, "input": inp}
+
+
+# ---------------------------------------------------------------------- the whole run
+def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=print) -> dict:
+    """Run (or resume) a benchmark into ``out``; returns the results dict also saved as JSON."""
+    from tqdm import tqdm
+
+    from diffusion_handles.bench.report import aggregate, format_table, write_report
+
+    out = Path(out)
+    if cfg.scenes < 1:
+        raise HandlesError(f"--scenes: expected >= 1, got {cfg.scenes}")
+    if cfg.steps < 1:
+        raise HandlesError(f"--steps: expected >= 1, got {cfg.steps}")
+    methods = resolve_methods(cfg.methods)
+    i_shard, k_shard = cfg.shard
+    if not (k_shard >= 1 and 0 <= i_shard < k_shard):
+        raise HandlesError(f"--shard: expected I/K with 0 <= I < K, got {i_shard}/{k_shard}")
+    from diffusion_handles.world.dataset import HELDOUT_SEED0
+
+    if cfg.seed < HELDOUT_SEED0:
+        log(f"handles bench: warning: --seed {cfg.seed} is below the held-out range (>= {HELDOUT_SEED0}); "
+            "scenes may overlap TinyWorld training scenes")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = out / "settings.json"
+    if settings.exists():
+        prev = json.loads(settings.read_text())
+        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "cycle", "spp", "max_holes")
+        diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
+        if diff:
+            raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
+    _write_json(settings, cfg.to_dict())
+    ok_lpips, lpips_why = lpips_status()
+    seeds = bench_seeds(cfg.scenes, cfg.seed)
+    runner = CaseRunner(cfg)
+    t_start = time.perf_counter()
+    records = []
+    seeds = seeds[i_shard::k_shard]
+    bar = tqdm(seeds, desc="bench", unit="edit", disable=not progress)
+    for seed in bar:
+        cid = f"s{seed}"
+        bar.set_postfix_str(cid)
+        rec_path = out / "edits" / f"{cid}.json"
+        rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        done = rec["methods"] if rec else {}
+        todo = [m for m in methods if m.name not in done]
+        if rec is not None and not todo:
+            records.append(rec)
+            continue
+        case_dir = out / "cases" / cid
+        try:
+            if (case_dir / "case.json").exists():
+                case = Case.load(case_dir)
+            else:
+                case = make_case(seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
+                case.save(case_dir)
+        except Exception as e:
+            rec = {"case_id": cid, "seed": seed, "error": f"{type(e).__name__}: {e}", "methods": {}}
+            _write_json(rec_path, rec)
+            records.append(rec)
+            continue
+        img_dir = out / "images" / cid
+        for name, arr in (("input", case.image), ("gt", case.gt), ("clean", case.clean)):
+            if not (img_dir / f"{name}.png").exists():
+                _save_png(arr, img_dir / f"{name}.png")
+        if not (img_dir / "preview.png").exists():
+            try:
+                image, depth, mask = _tensors(case.image, case.depth, case.mask_src)
+                prev_img = warp_only(image, depth, mask, case.edit, _tensors(case.image, case.clean_depth, case.mask_src)[1],
+                                     case.fov_deg)[1]
+                _save_png(_to_uint8(prev_img), img_dir / "preview.png")
+            except Exception:
+                pass
+        new = runner.run(case, todo, done, img_dir)
+        rec = {
+            "case_id": cid, "seed": seed, "kind": case.kind, "edit": case.edit.to_dict(),
+            "object_index": case.object_index, "caption": case.caption, "stats": case.stats, "error": None,
+            "references": reference_rows(case), "methods": {**done, **new},
+        }
+        _write_json(rec_path, rec)
+        records.append(rec)
+    wall = time.perf_counter() - t_start
+    results = {
+        "version": RESULTS_VERSION,
+        "settings": cfg.to_dict(),
+        "lpips": {"available": ok_lpips, "note": lpips_why},
+        "wall_time_s_this_invocation": wall,
+        "methods": {m.name: {"kind": m.kind, "group": m.group, "description": m.description} for m in methods},
+        "aggregate": aggregate(records, [m.name for m in methods]),
+        "edits": records,
+    }
+    _write_json(out / "results.json", results)
+    write_report(results, out)
+    log(format_table(results))
+    return results
+
+
+__all__ = ["BenchConfig", "CaseRunner", "run_benchmark", "warp_only", "reference_rows", "iou", "segment_object"]

@@ -1,0 +1,91 @@
+"""The fast CI split of ``handles bench``: 2 scenes x 2 methods on a tiny random model, 32x32,
+3 DDIM steps. Checks outputs, resuming and that failures are recorded, not fatal."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from diffusion_handles.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from diffusion_handles.diffusion.random_models import (
+        build_backbone_components,
+        save_model_folder,
+        tiny_configs,
+    )
+
+    return save_model_folder(build_backbone_components(tiny_configs(), seed=0), tmp_path_factory.mktemp("tiny-model"))
+
+
+ARGS = ["--scenes", "2", "--size", "32", "--steps", "3", "--inversion", "ddim", "--spp", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "run"
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "warp_only", "--out", str(out)]) == 0
+    return out
+
+
+def test_fast_split_writes_results_report_and_table(run_dir, capsys):
+    res = json.loads((run_dir / "results.json").read_text())
+    assert [e["case_id"] for e in res["edits"]] == ["s1000500", "s1000501"]
+    for e in res["edits"]:
+        assert e["error"] is None
+        for name in ("ours", "warp_only"):
+            m = e["methods"][name]
+            assert m["error"] is None, m["error"]
+            assert 0.0 <= m["iou"] <= 1.0 and m["cycle_l1"] >= 0.0 and m["lpips"] is None
+    agg = res["aggregate"]
+    assert agg["ours"]["ok"] == 2 and agg["warp_only"]["ok"] == 2
+    assert agg["ground_truth"]["psnr_obj"]["mean"] == 100.0
+    ci = agg["warp_only"]["iou"]
+    assert ci["lo"] <= ci["mean"] <= ci["hi"]
+    # warp only on true depth places the object well; the reference row "input" does not move it
+    assert agg["warp_only"]["iou"]["mean"] > agg["input"]["iou"]["mean"]
+    assert res["lpips"]["available"] is False
+    html = (run_dir / "report.html").read_text()
+    links = re.findall(r'src="([^"]+)"', html)
+    assert links and all(not Path(p).is_absolute() and (run_dir / p).is_file() for p in links)
+    for needed in ("input.png", "preview.png", "ours.png", "warp_only.png", "gt.png", "ours_cycle.png"):
+        assert any(p.endswith(needed) for p in links)
+
+
+def test_rerun_resumes_and_adds_missing_methods(run_dir, tiny_model, capsys):
+    edit_file = run_dir / "edits" / "s1000500.json"
+    before = edit_file.stat().st_mtime_ns
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "warp_only", "--out", str(run_dir)]) == 0
+    assert edit_file.stat().st_mtime_ns == before  # nothing redone
+    table = capsys.readouterr().out
+    assert "| ours |" in table and "| warp_only |" in table and "n/a" in table
+    # a method the build cannot run (or that fails) is recorded with its error; the run goes on
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "warp_only", "stop38",
+                 "--out", str(run_dir)]) == 0
+    rec = json.loads(edit_file.read_text())
+    assert rec["methods"]["stop38"]["same_as"] == "ours"  # same resolved configuration: computed once
+    assert rec["methods"]["stop38"]["iou"] == rec["methods"]["ours"]["iou"]
+
+
+def test_failures_are_recorded_not_fatal(tmp_path, run_dir):
+    out = tmp_path / "bad"
+    out.mkdir()
+    # reuse the rendered cases; a model that does not exist fails every diffusion method
+    (out / "cases").symlink_to(run_dir / "cases")
+    assert main(["bench", "--model", str(tmp_path / "no-such-model"), *ARGS, "--methods", "ours", "warp_only",
+                 "--out", str(out)]) == 0
+    rec = json.loads((out / "edits" / "s1000500.json").read_text())
+    assert "no-such-model" in rec["methods"]["ours"]["error"]
+    assert rec["methods"]["warp_only"]["error"] is None
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "--methods" in capsys.readouterr().err
+    assert main(["bench", "--shard", "3/2", "--scenes", "1", "--out", str(tmp_path / "y")]) == 2
+    assert "--shard" in capsys.readouterr().err
