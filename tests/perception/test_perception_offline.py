@@ -120,3 +120,17 @@ def test_cli_offline_exits_2_with_one_line_and_writes_nothing(monkeypatch, no_ne
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "google/owlv2-base-patch16-ensemble" in err and "--mask FILE" in err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+def test_a_cached_model_of_the_wrong_kind_is_one_line(no_network):
+    def load(name, local_only):
+        raise ValueError("Unrecognized configuration class <Owlv2Config> for AutoModelForDepthEstimation.\nmore")
+
+    with pytest.raises(HandlesError, match=r"^--depth-model: could not load a depth model 'a/b' from the local cache: "
+                                           r"Unrecognized configuration class <Owlv2Config>[^\n]*$"):
+        hub.load_pretrained(load, "a/b", what="depth", option="--depth-model")
+
+
+def test_a_folder_with_the_wrong_model_family_is_one_line(tiny_models, no_network):
+    with pytest.raises(HandlesError, match=r"^--depth-model: could not load a depth model from folder .*owlv2"):
+        DepthEstimator.load(DepthConfig(model=tiny_models["owlv2"]))

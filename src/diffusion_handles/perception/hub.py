@@ -128,7 +128,10 @@ def load_pretrained(
     try:
         return load(source, True)  # the local cache only: never touches the network
     except load_errors:
-        pass
+        pass  # not cached (or only partly)
+    except (ValueError, KeyError) as e:  # cached, but not a model of the expected kind
+        raise HandlesError(f"{option}: could not load a {what} model {source!r} from the local cache: "
+                           f"{_first_line(e)}") from None
     if is_offline():
         raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
                                                reason="HF_HUB_OFFLINE is set and it is not in the local cache"))
