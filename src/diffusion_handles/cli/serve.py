@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default DDIM steps of a render (default: the pipeline's, 50 as in the paper)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: keeps the preview responsive on a shared CPU)")
+    p.add_argument("--sam-model", default=None, help="SAM for click/text selection: hub id or local folder (default: the perception layer's)")
+    p.add_argument("--detector-model", default=None, help="zero-shot detector for text queries: hub id or local folder")
+    p.add_argument("--depth-model", default=None, help="depth estimator for uploads without a depth map: hub id or local folder")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload per file (default 10)")
     p.set_defaults(func=run)
 
@@ -48,7 +51,10 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = WebConfig(model=args.model, device=args.device, dtype=args.dtype, default_steps=args.steps,
-                    limits=UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024)))
+                    limits=UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024)),
+                    perception_models=tuple((k, v) for k, v in (("sam_model", args.sam_model),
+                                                                ("detector_model", args.detector_model),
+                                                                ("depth_model", args.depth_model)) if v))
     app = create_app(cfg)
     print(f"handles serve: http://{args.host}:{args.port}/  (API: /openapi.json, docs: /docs; Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

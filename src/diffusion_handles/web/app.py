@@ -79,6 +79,8 @@ class WebConfig:
         default_steps: DDIM steps of a render when the request gives none (None: the model's).
         results_dir: parent folder for job results (None: a fresh temporary folder).
         scene_size: ``(height, width)`` of the built-in and TinyWorld scenes.
+        perception_models: overrides of the perception models, keys ``sam_model``,
+            ``detector_model``, ``depth_model`` (hub ids or local folders).
     """
 
     model: str = "tinyworld"
@@ -92,6 +94,7 @@ class WebConfig:
     default_steps: int | None = None
     results_dir: Path | None = None
     scene_size: tuple[int, int] = (192, 256)
+    perception_models: tuple[tuple[str, str], ...] = ()
 
 
 class ApiError(Exception):
@@ -186,7 +189,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     sessions = SessionStore()
     catalog = SceneCatalog(size=cfg.scene_size)
     renderer = RenderService(cfg.model, cfg.device, dtype)
-    perception = Perception()
+    perception = Perception(dict(cfg.perception_models))
     state: dict = {}
     preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handles-preview")
     preview_waiting = [0]

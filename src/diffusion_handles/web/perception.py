@@ -30,9 +30,15 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class Perception:
-    """Lazily loaded segmenters and depth estimator (one instance per app; thread-safe)."""
+    """Lazily loaded segmenters and depth estimator (one instance per app; thread-safe).
 
-    def __init__(self):
+    Args:
+        models: optional overrides ``{"sam_model", "detector_model", "depth_model"}`` (hub ids or
+            local folders); the perception layer's defaults otherwise.
+    """
+
+    def __init__(self, models: dict[str, str] | None = None):
+        self.models = {k: v for k, v in (models or {}).items() if v}
         self._mod = _module()
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
@@ -55,7 +61,7 @@ class Perception:
 
     def _select(self, image: np.ndarray, what: str, **prompt) -> np.ndarray:
         p = self._require(what)
-        cfg = p.SegmentConfig()
+        cfg = p.SegmentConfig(**{k: v for k, v in self.models.items() if k in ("sam_model", "detector_model")})
         try:
             sam = self._load("sam", lambda: p.SamSegmenter.load(cfg, bypass="upload a mask instead"))
             detector = None
@@ -74,11 +80,14 @@ class Perception:
         """Mask ``(H, W)`` bool of the object described by ``query``."""
         return self._select(image, "text selection", text=query)
 
+    def _depth_config(self, p):
+        return p.DepthConfig(model=self.models["depth_model"]) if "depth_model" in self.models else p.DepthConfig()
+
     def estimate_depth(self, image: np.ndarray) -> np.ndarray:
         """Z-depth ``(H, W)`` float32 (scene units) of ``image`` ``(H, W, 3)`` uint8."""
         p = self._require("depth")
         try:
-            est = self._load("depth", lambda: p.DepthEstimator.load(p.DepthConfig(), bypass="upload a depth map (.npy z-depth or 16-bit PNG in mm) with the image"))
+            est = self._load("depth", lambda: p.DepthEstimator.load(self._depth_config(p), bypass="upload a depth map (.npy z-depth or 16-bit PNG in mm) with the image"))
             d = est.estimate(_tensor(image)).depth[0, 0].cpu().numpy().astype(np.float32)
         except HandlesError as e:
             raise HandlesError(f"depth: no depth map was uploaded and the estimator is unavailable: {e}") from None
