@@ -141,6 +141,31 @@ def test_mask_upload_selects_a_new_object(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "07-mask-upload.png"))
 
 
+def test_upload_image_depth_and_mask_in_the_form(page, tmp_path):
+    from diffusion_handles.web.scenes import demo_scene
+
+    sc = demo_scene(60, 80)
+    Image.fromarray(sc.image).save(tmp_path / "photo.png")
+    np.save(tmp_path / "depth.npy", sc.depth)
+    Image.fromarray(sc.masks[0][1].astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    page.click("#upload-details summary")
+    page.set_input_files("#upload-image", str(tmp_path / "photo.png"))
+    page.set_input_files("#upload-depth", str(tmp_path / "depth.npy"))
+    page.set_input_files("#upload-mask", str(tmp_path / "mask.png"))
+    page.fill("#prompt", "a box on a floor")
+    page.click("#upload-submit")
+    page.wait_for_function("window.__handles.previewCount >= 1 && !window.__handles.previewBusy", timeout=30000)
+    assert page.evaluate("[window.__handles.session.width, window.__handles.session.height]") == [80, 60]
+    assert page.input_value("#prompt") == "a box on a floor"
+    assert np.abs(preview_pixels(page) - sc.image.astype(int)).max() <= 1  # identity preview = the photo
+    n = preview_count(page)
+    page.fill("#deg", "35")
+    wait_preview_after(page, n)
+    assert changed_fraction(sc.image.astype(int), preview_pixels(page)) > 0.01
+    assert page.is_hidden("#error")
+    page.screenshot(path=str(ARTIFACTS / "08-upload-rotate.png"))
+
+
 def test_gizmo_pose_conversion_matches_handle_edit(page):
     """convert.js (three.js axes, y up, z to the viewer) against the Python HandleEdit (camera axes)."""
     poses = page.evaluate(

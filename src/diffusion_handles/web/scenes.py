@@ -109,7 +109,8 @@ def _world_available() -> str | None:
 class SceneCatalog:
     """The scenes offered by the page: ``demo`` always, ``tinyworld-<seed>`` when available.
 
-    Scenes are computed on first use and kept (they are small). Thread-safe.
+    ``size`` is ``(height, width)`` of the demo; TinyWorld scenes are square with the longer
+    side. Scenes are computed on first use and kept (they are small). Thread-safe.
     """
 
     def __init__(self, world_seeds: tuple[int, ...] = (0, 1, 2, 3), size: tuple[int, int] = (192, 256)):
@@ -140,6 +141,7 @@ class SceneCatalog:
         if scene_id == "demo":
             return demo_scene(h, w)
         seed = int(scene_id.split("-", 1)[1])
+        h = w = max(h, w)  # square, like the TinyWorld model's 64x64 training images
         world = importlib.import_module("diffusion_handles.world.render")
         try:
             scene = world.scene_for_seed(seed, h, w)

@@ -269,14 +269,23 @@ async function loadSession(info) {
     setPreviewStatus('select the object to edit (step 2)');
   }
 }
-async function guarded(fn) {
+async function guarded(fn, button = null, status = null) {
   clearError();
-  try { await fn(); } catch (e) { showError(e.message); }
+  if (button) button.disabled = true;
+  if (status) setPreviewStatus(status);
+  try {
+    await fn();
+  } catch (e) {
+    showError(e.message);
+    if (status) setPreviewStatus(`failed: ${e.message}`, true);
+  } finally {
+    if (button) button.disabled = false;
+  }
 }
 $('scene-open').addEventListener('click', () => guarded(async () => {
   const info = await postJSON('/api/sessions/scene', { scene: $('scene-select').value });
   await loadSession(info);
-}));
+}, $('scene-open'), 'opening the scene…'));
 $('upload-form').addEventListener('submit', (ev) => {
   ev.preventDefault();
   guarded(async () => {
@@ -289,7 +298,7 @@ $('upload-form').addEventListener('submit', (ev) => {
     fd.append('prompt', $('prompt').value);
     fd.append('fov_deg', $('upload-fov').value || '55');
     await loadSession(await api('/api/sessions', { method: 'POST', body: fd }));
-  });
+  }, $('upload-submit'), 'uploading…');
 });
 $('mask-select').addEventListener('change', () => guarded(async () => {
   if (!state.session || $('mask-select').value === '') return;
