@@ -6,13 +6,17 @@ import pytest
 import torch
 
 from diffusion_handles.diffusion.backbone import Backbone
-from diffusion_handles.diffusion.random_models import build_backbone_components, save_model_folder, tiny_configs
+from diffusion_handles.diffusion.random_models import (
+    build_backbone_components,
+    save_model_folder,
+    tiny_configs,
+)
 from diffusion_handles.pipeline import DiffusionHandles
 
 SIZE = 16  # image side; latent 8x8 with the tiny 2x VAE
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """Tiny models run fastest single-threaded; intra-op threads only fight over the shared cores."""
     before = torch.get_num_threads()

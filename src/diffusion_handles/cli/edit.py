@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
             **{f"edit_{k}": v for k, v in out.timings.items()},
         },
         "unet_evals": {
-            "counting": "forward = samples through the UNet (a CFG batch of 2 counts 2); backward = backward passes",
+            "counting": "forward = samples through the UNet (classifier-free guidance counts 2 per step, conditional and unconditional); backward = backward passes",
             "inversion": {} if inv.cache_hit else inv.unet_evals,
             "edit": out.unet_evals,
         },

@@ -29,9 +29,9 @@ TINYWORLD_NAME = "tinyworld"
 
 @dataclass
 class EvalCounter:
-    """UNet evaluations per stage. One *evaluation* is one sample through the network: a
-    classifier-free-guidance call on a batch of 2 counts 2 forward evaluations; one backward
-    pass through a batch-1 call counts 1 backward evaluation. ``calls`` counts UNet calls."""
+    """UNet evaluations per stage. One *evaluation* is one sample through the network (a call on
+    a batch of B counts B forward evaluations); one backward pass through a batch-1 call counts
+    1 backward evaluation. ``calls`` counts UNet calls."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     stage: str = "other"

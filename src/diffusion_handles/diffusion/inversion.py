@@ -89,7 +89,7 @@ def null_text_optimisation(backbone, traj: Sequence[torch.Tensor], text: torch.T
             out_c = backbone.unet_eval(x, t, text, depth_cond).float()
         for lay in rec_layers:
             acts[(lay, i)] = cap.outputs[lay].to(record_dtype).clone()
-        emb = emb.detach().requires_grad_(True)
+        emb = emb.detach().clone().requires_grad_(True)  # Adam updates it in place: never alias
         opt = torch.optim.Adam([emb], lr=config.null_lr * (1.0 - i / 100.0))
         loss_value = float("nan")
         for _ in range(config.null_inner_steps):
@@ -112,7 +112,7 @@ def null_text_optimisation(backbone, traj: Sequence[torch.Tensor], text: torch.T
             eps, _ = to_eps_x0(model_out, x.float(), a, schedule.prediction_type)
             x = ddim_step(eps, x.float(), a, a_prev).to(traj[0].dtype)
             losses.append(float(F.mse_loss(x.float(), target)))
-        embeddings.append(emb.to(text.dtype))
+        embeddings.append(emb.clone().to(text.dtype))
     return InversionResult(x_T=traj[n], null_embeddings=torch.cat(embeddings), latent_0=x,
                            activations=acts, null_losses=losses)
 

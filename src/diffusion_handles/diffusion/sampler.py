@@ -121,15 +121,16 @@ def generate(
             result.energies[i] = history
         rec_layers = tuple(record.get(i, ()))
         with torch.no_grad():
+            # The conditional and unconditional branches run as two batch-1 calls rather than
+            # one batch of 2: bit-identical to the null-text optimisation's passes, so an
+            # identity edit reproduces the reconstruction exactly (batched kernels differ in
+            # the last bits, and CFG at 7.5 amplifies such differences over the steps).
+            with capture_activations(unet, rec_layers, detach=True) as cap:
+                out_c = backbone.unet_eval(x, t, text, depth_cond)
             if null_embeddings is None:
-                with capture_activations(unet, rec_layers, detach=True) as cap:
-                    out = backbone.unet_eval(x, t, text, depth_cond)
-                model_out = out
+                model_out = out_c
             else:
-                null = null_embeddings[i : i + 1].to(text.dtype)
-                with capture_activations(unet, rec_layers, detach=True, batch_slice=slice(1, 2)) as cap:
-                    out = backbone.unet_eval(torch.cat([x, x]), t, torch.cat([null, text]), depth_cond)
-                out_u, out_c = out.chunk(2)
+                out_u = backbone.unet_eval(x, t, null_embeddings[i : i + 1].to(text.dtype), depth_cond)
                 model_out = out_u + guidance_scale * (out_c - out_u)  # (1 + mu) c - mu u, mu = s - 1
             for lay in rec_layers:
                 result.activations[(lay, i)] = cap.outputs[lay].to(record_dtype).clone()

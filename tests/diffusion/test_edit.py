@@ -1,0 +1,93 @@
+"""Guided generation through the facade: identity edits, G decreases, schedule, Eq. 3, sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry import HandleEdit
+
+from .conftest import make_scene
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene()
+
+
+@pytest.fixture(scope="module")
+def inverted(handles, scene):
+    image, depth, mask = scene
+    return handles.invert(image, "a box in front of a wall", depth, mask, progress=False,
+                          inversion=InversionConfig(num_steps=N, null_inner_steps=2))
+
+
+def test_identity_edit_reproduces_the_reconstruction(handles, inverted, scene):
+    _, depth, _ = scene
+    out = handles.edit(inverted, HandleEdit(), background_depth=depth, progress=False)
+    torch.testing.assert_close(out.edited_depth, depth)
+    torch.testing.assert_close(out.edited, out.reconstruction, atol=1e-4, rtol=0)
+    assert all(e["G"] < 1e-8 for steps in out.energies.values() for e in steps)
+    assert out.edited.shape == (1, 3, 16, 16)
+
+
+def test_each_guidance_step_lowers_G(handles, inverted):
+    out = handles.edit(inverted, HandleEdit(translate=(0.25, 0.0, 0.0)), progress=False)
+    assert out.energies, "no guided steps ran"
+    for step, history in out.energies.items():
+        g = [e["G"] for e in history]
+        assert len(g) == 3
+        assert all(b < a for a, b in zip(g, g[1:], strict=False)), (step, g)
+    assert not torch.allclose(out.edited, out.reconstruction, atol=1e-3)
+
+
+def test_schedule_guides_the_intended_layers_at_the_intended_steps(handles, inverted):
+    out = handles.edit(inverted, HandleEdit(translate=(0.25, 0.0, 0.0)), progress=False)
+    # tiny UNet: 2 up blocks, so the paper's "layer 2, layer 3" are up_blocks[0], up_blocks[1]
+    expected = {0: [1], 1: [0], 2: [0, 1], 3: [1], 4: [0]}  # guide until round(38/50 * 6) = 5
+    seen = {s: sorted(int(k[4:-1]) for k in h[0] if k.startswith("G_o[")) for s, h in out.energies.items()}
+    assert seen == expected
+    assert out.config["layers"] == [0, 1] and out.config["guide_until"] == 5
+    # UNet evaluations of the edit: CFG (2) every step + (forward, backward) per gradient step
+    assert out.unet_evals["edit"]["forward"] == 2 * N + 3 * 5
+    assert out.unet_evals["edit"]["backward"] == 3 * 5
+
+
+def test_eq3_noise_term_and_weights_change_the_result(handles, inverted):
+    edit = HandleEdit(translate=(0.25, 0.0, 0.0))
+    base = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1))
+    lam = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1, noise_guidance_scale=0.5))
+    none = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1, w_object=0.0, w_background=0.0))
+    assert not torch.allclose(base.edited, lam.edited, atol=1e-4)
+    assert not torch.allclose(base.edited, none.edited, atol=1e-4)
+
+
+def test_unrecorded_layers_are_refused(handles, inverted):
+    with pytest.raises(HandlesError, match="did not record"):
+        handles.edit(inverted, HandleEdit(), guidance=GuidanceConfig(guide_until=N), progress=False)
+
+
+def test_any_size_and_fast_inversion(handles):
+    image, depth, mask = make_scene(size=24)
+    image, depth, mask = image[..., :18, :22], depth[..., :18, :22], mask[..., :18, :22]
+    inv = handles.invert(image, "a box", depth, mask, progress=False,
+                         inversion=InversionConfig(method="negative-prompt", num_steps=4))
+    assert tuple(inv.image.shape[-2:]) == (16, 24)  # a multiple of 4 (what the tiny model accepts) nearby
+    out = handles.edit(inv, HandleEdit(rotate_deg=20.0, scale=1.1), progress=False)
+    assert out.edited.shape == (1, 3, 18, 22) and out.edited_depth.shape == (1, 1, 18, 22)
+    assert inv.unet_evals["reconstruction"]["forward"] == 4  # null text = prompt: one pass per step
+    assert out.unet_evals["edit"]["forward"] == 4 + 3 * 3
+
+
+def test_bad_inputs_raise_one_line_errors(handles):
+    image, depth, mask = make_scene()
+    with pytest.raises(HandlesError, match="depth: expected size"):
+        handles.invert(image, "a box", depth[..., :8, :], mask)
+    with pytest.raises(HandlesError, match="empty mask"):
+        handles.invert(image, "a box", depth, torch.zeros_like(mask))
+    with pytest.raises(HandlesError, match="positive"):
+        handles.invert(image, "a box", -depth, mask)
