@@ -110,3 +110,25 @@ def test_colorize_depth_is_rgb_and_near_is_bright():
     assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
     assert rgb[0, 0].astype(int).sum() > rgb[-1, -1].astype(int).sum()
     assert math.isfinite(float(rgb.mean()))
+
+
+def test_zoedepth_padding_is_cropped(tiny_models, photo, monkeypatch):
+    """ZoeDepth predicts depth for the reflect-padded image; only the image's own part is kept."""
+    from types import SimpleNamespace
+
+    est = DepthEstimator.load(DepthConfig(model=tiny_models["zoedepth"]))
+    h, w = photo.shape[-2:]
+    ph, pw = int(np.sqrt(h / 2) * 3), int(np.sqrt(w / 2) * 3)  # 13, 15 for 40x56
+    interior = torch.linspace(1, 2, w).expand(h, w)
+    padded = torch.full((1, h + 2 * ph, w + 2 * pw), 100.0)
+    padded[0, ph:ph + h, pw:pw + w] = interior
+    est.model = type("FakeZoe", (), {"config": est.model.config, "dtype": torch.float32,
+                                     "__call__": lambda self, **kw: SimpleNamespace(predicted_depth=padded)})()
+    out = est.estimate(photo)
+    assert torch.allclose(out.raw[0, 0], interior, atol=1e-5)
+
+
+def test_huge_relative_maps_convert():
+    raw = torch.rand(1, 1, 1100, 1000, generator=torch.Generator().manual_seed(0))
+    z = to_z_depth(raw, RELATIVE_DISPARITY, near=1, far=10)
+    assert z.shape == raw.shape and float(z.min()) >= 1 - 1e-4 and float(z.max()) <= 10 + 1e-3

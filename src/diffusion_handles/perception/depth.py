@@ -110,6 +110,8 @@ def to_z_depth(raw: torch.Tensor, kind: str, *, near: float = 1.0, far: float = 
     if kind not in (RELATIVE_DISPARITY, RELATIVE_DEPTH):
         raise ValueError(f"kind: expected one of {DEPTH_KINDS}, got {kind!r}")
     flat = raw.flatten(1)  # (B, H*W)
+    if flat.shape[1] > 1_000_000:  # torch.quantile has a size limit; a strided sample is plenty
+        flat = flat[:, :: -(-flat.shape[1] // 1_000_000)]
     q = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device), dim=1)  # (2, B)
     lo, hi = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
     span = hi - lo
