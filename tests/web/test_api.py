@@ -214,6 +214,14 @@ def test_oversized_request_body_is_413_before_parsing(client):
     r = client.post("/api/sessions", content=bytes(40 * 1024 * 1024), headers={"content-type": "multipart/form-data; boundary=x"})
     assert r.status_code == 413 and "MB" in r.json()["detail"]
 
+    def chunks():  # streamed without Content-Length: counted as it arrives
+        yield b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+        for _ in range(40):
+            yield bytes(1024 * 1024)
+
+    r = client.post("/api/sessions", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "MB" in r.json()["detail"]
+
 
 @pytest.mark.parametrize(
     ("data", "ctype", "needle"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -129,7 +129,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge()
+                    raise _TooLarge(msg)
             return message
 
         async def tracking_send(message):
@@ -145,8 +145,12 @@ class BodyLimit:
                 await _send_json(send, 413, msg)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit; an HTTPException, so
+    FastAPI's body parsing lets it through and it is answered as 413 JSON."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=413, detail=detail)
 
 
 async def _send_json(send, status: int, detail: str) -> None:
@@ -237,6 +241,11 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):
         return JSONResponse({"detail": str(exc)}, status_code=429)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {first}"[:300]}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
