@@ -1,0 +1,103 @@
+"""``handles edit`` end to end on a tiny diffusers-layout model folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffusion_handles.cli import main
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    s = 20  # not a multiple of 8: the work size is chosen by the model
+    Image.fromarray((rng.random((s, s, 3)) * 255).astype(np.uint8)).save(d / "image.png")
+    depth = np.full((s, s), 3.0, np.float32)
+    depth[5:14, 6:13] = 2.0
+    np.save(d / "depth.npy", depth)
+    mask = np.zeros((s, s), np.uint8)
+    mask[5:14, 6:13] = 255
+    Image.fromarray(mask).save(d / "mask.png")
+    Image.fromarray(np.zeros((s, s), np.uint8)).save(d / "empty.png")
+    return d
+
+
+def _args(inputs, model, out, *extra):
+    return ["edit", str(inputs / "image.png"), "--prompt", "a box in front of a wall",
+            "--depth", str(inputs / "depth.npy"), "--mask", str(inputs / "mask.png"),
+            "--model", str(model), "--steps", "5", "--translate", "0.2", "0", "0", "--rotate-deg", "15",
+            "--quiet", "--out", str(out), *extra]
+
+
+def test_edit_then_cached_edit(inputs, tiny_model_dir, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    assert main(_args(inputs, tiny_model_dir, out1, "--cache", str(cache), "--inversion", "null-text")) == 0
+    for name in ("edited.png", "reconstruction.png", "edited_depth.png", "comparison.png", "summary.json"):
+        assert (out1 / name).is_file(), name
+    with Image.open(out1 / "edited.png") as im:
+        assert im.size == (20, 20)
+    s1 = json.loads((out1 / "summary.json").read_text())
+    n, until, k = 5, 4, 3  # guide until round(38/50 * 5) = 4 steps, 3 gradient steps each
+    assert s1["config"]["guidance"]["guide_until"] == until
+    assert s1["inversion"]["cache_hit"] is False
+    inv = s1["unet_evals"]["inversion"]
+    assert inv["inversion"]["forward"] == n
+    assert inv["null_text"]["forward"] == 2 * n + inv["null_text"]["backward"]
+    assert inv["null_text"]["backward"] <= 5 * n
+    assert s1["unet_evals"]["edit"]["edit"] == {"forward": 2 * n + k * until, "backward": k * until, "calls": 2 * n + k * until}
+
+    assert main(_args(inputs, tiny_model_dir, out2, "--cache", str(cache), "--inversion", "null-text")) == 0
+    s2 = json.loads((out2 / "summary.json").read_text())
+    assert s2["inversion"]["cache_hit"] is True and s2["inversion"]["skipped"] is True
+    assert s2["unet_evals"]["inversion"] == {} and s2["timings_s"]["inversion"] == 0.0
+    assert s2["unet_evals"]["edit"] == s1["unet_evals"]["edit"]
+    assert (out1 / "edited.png").read_bytes() == (out2 / "edited.png").read_bytes()
+    assert "loaded from cache" in capsys.readouterr().out
+
+
+def test_fast_configuration_counts(inputs, tiny_model_dir, tmp_path):
+    out = tmp_path / "fast"
+    assert main(_args(inputs, tiny_model_dir, out, "--inversion", "negative-prompt", "--grad-steps", "1",
+                      "--guidance-steps", "2")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["unet_evals"]["inversion"]["reconstruction"] == {"forward": 5, "backward": 0, "calls": 5}
+    assert s["unet_evals"]["edit"]["edit"]["forward"] == 5 + 1 * 2
+    assert s["unet_evals"]["edit"]["edit"]["backward"] == 2
+
+
+@pytest.mark.parametrize("change, needle", [
+    (("--mask", "empty.png"), "--mask"),
+    (("--depth", "mask.png"), "--depth"),
+    (("--steps", "zero"), "--steps"),
+    (("--scale", "-1"), "--scale"),
+    (("--model", "does/not/exist/here"), "--model"),
+])
+def test_broken_inputs_exit_2_with_one_line(inputs, tiny_model_dir, tmp_path, capsys, change, needle):
+    args = _args(inputs, tiny_model_dir, tmp_path / "out")
+    flag, value = change
+    if flag in args:
+        args[args.index(flag) + 1] = str(inputs / value) if value.endswith(".png") else value
+    else:
+        args[-2:-2] = [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("handles edit: error:") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_entry_point_subprocess(inputs, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "diffusion_handles", *_args(inputs, tiny_model_dir, out)[:-2],
+                           "--mask", str(inputs / "missing.png"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("handles edit: error: --mask")
+    assert not out.exists()
