@@ -155,6 +155,14 @@ def test_stage_commands_write_viewable_outputs(tiny_models, tmp_path, capsys, ph
         assert load_mask(sg / "mask.png").shape == (1, 1, 40, 56) and (sg / "overlay.png").exists()
     else:
         assert "SAM returned an empty mask" in captured.err
+    nm = tmp_path / "nomatch"
+    assert main(["segment", str(img), "--object", "a red square", "--out", str(nm), "--detector-model",
+                 tiny_models["owlv2"], "--sam-model", tiny_models["sam"], "--box-threshold", "1"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # (after the weight-loading progress bars)
+    assert err.startswith("handles segment: error: --object: no object matched 'a red square'") and "summary.json" in err
+    s = json.loads((nm / "summary.json").read_text())
+    assert s["matched"] == 0 and len(s["candidates"]) > 1 and s["chosen"] is None
+    assert (nm / "overlay.png").exists() and not (nm / "mask.png").exists()
     assert main(["segment", str(img), "--click", "10,10", "--click", "200,5", "--out", str(sg),
                  "--sam-model", tiny_models["sam"]]) == 2
     assert "--click: expected X,Y inside the 56x40 image" in capsys.readouterr().err

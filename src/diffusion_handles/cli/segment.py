@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Select an object by --object TEXT (zero-shot detector -> best box -> SAM) or by one or more "
         "--click X,Y (SAM). Writes mask.png (usable as --mask), overlay.png (mask, every candidate box with its "
         "score, clicks) and summary.json (candidates with scores). When several objects match, the best is used "
-        "and the others are listed; --pick N chooses another.",
+        "and the others are listed; --pick N chooses another. When none matches, the command fails but still writes "
+        "summary.json and overlay.png with every candidate.",
     )
     p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -34,12 +35,16 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    import torch
     from PIL import Image
 
+    from diffusion_handles.errors import HandlesError
     from diffusion_handles.io import load_image, save_image
     from diffusion_handles.outputs import atomic_output_dir
     from diffusion_handles.perception.segment import (
+        NoMatchError,
         SamSegmenter,
+        Selection,
         TextDetector,
         overlay_image,
         select_object,
@@ -54,7 +59,18 @@ def run(args: argparse.Namespace) -> int:
     bypass = "give --mask FILE to the edit instead of " + ("--object" if args.object is not None else "--click")
     sam = SamSegmenter.load(cfg, bypass=bypass)
     t1 = time.perf_counter()
-    sel = select_object(image, text=args.object, clicks=clicks, config=cfg, detector=detector, sam=sam)
+    try:
+        sel = select_object(image, text=args.object, clicks=clicks, config=cfg, detector=detector, sam=sam)
+    except NoMatchError as e:
+        # nothing matched: still show what the detector saw (boxes, scores), but no mask.png
+        sel = Selection(mask=torch.zeros(1, 1, *image.shape[-2:]), source="text", candidates=e.candidates,
+                        threshold=e.threshold, notes=[str(e)])
+        with atomic_output_dir(args.out) as out:
+            Image.fromarray(overlay_image(image, sel.mask, sel)).save(out / "overlay.png")
+            summary = {"image": str(args.image), "query": args.object, **sel.summary(),
+                       "detector_model": detector.source, "sam_model": sam.source}
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        raise HandlesError(f"{e} (every candidate with its score: {args.out}/summary.json, overlay.png)") from None
     t2 = time.perf_counter()
     for note in sel.notes:
         print(f"handles segment: note: {note}", file=sys.stderr)

@@ -141,18 +141,27 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, keep_max: int) ->
     return torch.tensor(keep, dtype=torch.long)
 
 
+class NoMatchError(HandlesError):
+    """No detector box reached the threshold; carries the candidates for the record."""
+
+    def __init__(self, message: str, candidates: list[Candidate], threshold: float):
+        super().__init__(message)
+        self.candidates = candidates
+        self.threshold = threshold
+
+
 def choose_candidate(candidates: list[Candidate], threshold: float, query: str, pick: int | None = None) -> tuple[int, list[str]]:
     """The candidate to segment and notes for the user.
 
     Raises:
-        HandlesError: when no candidate reaches ``threshold`` (listing the best scores), or
-            when ``pick`` is out of range.
+        NoMatchError: when no candidate reaches ``threshold`` (listing the best scores).
+        HandlesError: when ``pick`` is out of range.
     """
     matched = [i for i, c in enumerate(candidates) if c.score >= threshold]
     if not matched:
         best = ", ".join(f"{c.score:.3f}" for c in candidates[:3]) or "none"
-        raise HandlesError(f"--object: no object matched {query!r} (best scores {best}, threshold {threshold:g}); "
-                           f"try other words, a lower --box-threshold, --click X,Y or --mask FILE")
+        raise NoMatchError(f"--object: no object matched {query!r} (best scores {best}, threshold {threshold:g}); "
+                           f"try other words, a lower --box-threshold, --click X,Y or --mask FILE", candidates, threshold)
     notes: list[str] = []
     if pick is not None:
         if not 0 <= pick < len(matched):
