@@ -156,10 +156,9 @@ class DiffusionHandles:
         empty = bb.encode_prompt("")
         dcond = depth_to_condition(depth_w.to(bb.device), z0.shape[-2:])
         timings["encode"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
         res = run_inversion(bb, z0, text, empty, dcond, inversion, record=plan, record_dtype=record_dtype,
                             progress=progress)
-        timings["inversion"] = time.perf_counter() - t0
+        timings.update(res.timings)  # ddim_inversion, then null_text or reconstruction
         t0 = time.perf_counter()
         recon = bb.decode(res.latent_0)
         timings["decode"] = time.perf_counter() - t0

@@ -18,6 +18,7 @@ counter in stages ``"inversion"``, ``"null_text"`` and ``"reconstruction"``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class InversionResult:
     latent_0: torch.Tensor
     activations: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     null_losses: list[float] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
@@ -124,16 +126,22 @@ def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, 
     embedding ``empty`` (both (1, L, D)); record ``{step: layers}`` on the reconstruction pass."""
     schedule = backbone.schedule(config.num_steps)
     counter = backbone.counter
+    t0 = time.perf_counter()
     with counter.in_stage("inversion"):
         traj = ddim_inversion(backbone, z0, text, depth_cond, schedule, progress=progress)
+    timings = {"ddim_inversion": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     if config.method == "null-text":
         with counter.in_stage("null_text"):
             res = null_text_optimisation(backbone, traj, text, empty, depth_cond, schedule, config,
                                          record=record, record_dtype=record_dtype, progress=progress)
+        res.timings = {**timings, "null_text": time.perf_counter() - t0}
         return res
     nulls = None if config.method == "negative-prompt" else empty.expand(len(schedule), -1, -1).contiguous()
     with counter.in_stage("reconstruction"):
         rec = generate(backbone, traj[-1], text, nulls, depth_cond, schedule,
                        guidance_scale=config.guidance_scale, record=record, record_dtype=record_dtype,
                        progress=progress, desc="reconstruction")
-    return InversionResult(x_T=traj[-1], null_embeddings=nulls, latent_0=rec.latent, activations=rec.activations)
+    timings["reconstruction"] = time.perf_counter() - t0
+    return InversionResult(x_T=traj[-1], null_embeddings=nulls, latent_0=rec.latent, activations=rec.activations,
+                           timings=timings)
