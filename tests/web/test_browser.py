@@ -37,6 +37,23 @@ def wait_preview_after(page, count: int) -> None:
     page.wait_for_function(f"window.__handles.previewCount > {count} && !window.__handles.previewBusy", timeout=30000)
 
 
+def grab_handle(page, axis: str, direction: tuple[int, int]) -> tuple[float, float]:
+    """Hover outwards from the gizmo's centre along ``direction`` and return the farthest point
+    (client pixels) where the gizmo highlights ``axis`` (e.g. "XYZ": the centre handle)."""
+    c = page.evaluate("window.__handles.gizmoScreen()")
+    hits = []
+    for r in range(0, 80, 2):
+        x, y = c["x"] + direction[0] * r, c["y"] + direction[1] * r
+        page.mouse.move(x, y)
+        if page.evaluate("window.__handles.three.gizmo.axis") == axis:
+            hits.append((x, y))
+        elif hits:
+            break
+    assert hits, f"no {axis} handle found from the gizmo centre towards {direction}"
+    page.mouse.move(*hits[-1])
+    return hits[-1]
+
+
 def open_demo(page) -> None:
     page.select_option("#scene-select", "demo")
     page.click("#scene-open")
@@ -70,14 +87,32 @@ def test_open_select_move_with_gizmo_and_fields_then_render(page):
     assert changed_fraction(before, dragged) > 0.02
     page.screenshot(path=str(ARTIFACTS / "02-gizmo-dragged.png"))
 
+    # scale mode: drag the centre box outwards (uniform scale); rotate mode: drag the free ring
+    for mode, axis, direction, move in [("scale", "XYZ", (1, -1), (3, -3)), ("rotate", "XYZE", (1, 0), (0, 6))]:
+        n = preview_count(page)
+        page.click(f"#mode-{mode}")
+        x, y = grab_handle(page, axis, direction)
+        page.mouse.down()
+        for k in range(1, 9):
+            page.mouse.move(x + move[0] * k, y + move[1] * k, steps=2)
+        page.mouse.up()
+        wait_preview_after(page, n)
+        assert "error" not in page.get_attribute("#preview-status", "class")
+    assert 1.05 < float(page.input_value("#scale")) <= 20
+    assert abs(float(page.input_value("#deg"))) > 1
+    assert float(page.input_value("#tx")) == pytest.approx(tx, abs=1e-3)  # untouched by scale/rotate
+    page.screenshot(path=str(ARTIFACTS / "03-gizmo-scaled-rotated.png"))
+
     # number fields drive the preview and the gizmo
+    page.click("#reset-transform")
+    page.fill("#tx", str(tx))
     n = preview_count(page)
     page.fill("#scale", "1.4")
     wait_preview_after(page, n)
     assert page.evaluate("window.__handles.three.handle.scale.x") == pytest.approx(1.4)
     scaled = preview_pixels(page)
     assert changed_fraction(dragged, scaled) > 0.01
-    page.screenshot(path=str(ARTIFACTS / "03-fields-scaled.png"))
+    page.screenshot(path=str(ARTIFACTS / "04-fields-scaled.png"))
 
     # full render on the tiny model: progress reaches 100 %, before/after and depth shown
     page.click("#render-btn")
@@ -92,7 +127,7 @@ def test_open_select_move_with_gizmo_and_fields_then_render(page):
     links = page.eval_on_selector_all("#downloads a", "as => as.map(a => a.textContent)")
     assert {"edited.png", "edited_depth.png", "edited_depth.npy"} <= set(links)
     assert page.is_hidden("#error")
-    page.screenshot(path=str(ARTIFACTS / "04-render-done.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "05-render-done.png"), full_page=True)
 
 
 def test_errors_are_shown_in_the_page(page, tmp_path):
@@ -102,7 +137,7 @@ def test_errors_are_shown_in_the_page(page, tmp_path):
     page.wait_for_function("document.querySelector('#preview-status').classList.contains('error')", timeout=30000)
     assert "behind the camera" in page.inner_text("#preview-status")
     assert preview_count(page) == n  # the last good preview stays
-    page.screenshot(path=str(ARTIFACTS / "05-impossible-edit.png"))
+    page.screenshot(path=str(ARTIFACTS / "06-impossible-edit.png"))
 
     # the render button refuses the impossible edit with the server's message
     page.click("#render-btn")
@@ -118,7 +153,7 @@ def test_errors_are_shown_in_the_page(page, tmp_path):
     page.click("#upload-submit")
     page.wait_for_function("document.querySelector('#error-text').textContent.includes('415')", timeout=30000)
     assert "image:" in page.inner_text("#error-text")
-    page.screenshot(path=str(ARTIFACTS / "06-bad-upload.png"))
+    page.screenshot(path=str(ARTIFACTS / "07-bad-upload.png"))
 
 
 def test_mask_upload_selects_a_new_object(page, tmp_path):
@@ -138,7 +173,7 @@ def test_mask_upload_selects_a_new_object(page, tmp_path):
     n = preview_count(page)
     page.fill("#ty", "-0.3")  # lift the floor patch
     wait_preview_after(page, n)
-    page.screenshot(path=str(ARTIFACTS / "07-mask-upload.png"))
+    page.screenshot(path=str(ARTIFACTS / "08-mask-upload.png"))
 
 
 def test_upload_image_depth_and_mask_in_the_form(page, tmp_path):
@@ -163,7 +198,7 @@ def test_upload_image_depth_and_mask_in_the_form(page, tmp_path):
     wait_preview_after(page, n)
     assert changed_fraction(sc.image.astype(int), preview_pixels(page)) > 0.01
     assert page.is_hidden("#error")
-    page.screenshot(path=str(ARTIFACTS / "08-upload-rotate.png"))
+    page.screenshot(path=str(ARTIFACTS / "09-upload-rotate.png"))
 
 
 def test_gizmo_pose_conversion_matches_handle_edit(page):

@@ -97,7 +97,8 @@ function updatePointSize() {
   if (!t || !state.cloud) return;
   // one sample covers `stride` image pixels; the view shows the image height on the canvas height
   const px = (1.4 * state.cloud.stride * t.renderer.domElement.clientHeight) / state.session.height;
-  for (const p of [t.background, t.object]) if (p) p.material.size = Math.max(1, px);
+  if (t.background) t.background.material.size = Math.max(1, px);
+  if (t.object) t.object.material.size = Math.max(1, px * t.handle.scale.x);  // scaled object: bigger points
 }
 
 function buildCloud(cloud) {
@@ -178,6 +179,7 @@ function applyEditToGizmo(e) {
   t.handle.quaternion.set(...p.quaternion);
   t.handle.scale.setScalar(p.scale);
   state.lastScale = p.scale;
+  updatePointSize();
 }
 function onGizmoChange() {
   const t = state.three;
@@ -185,6 +187,7 @@ function onGizmoChange() {
     const s = uniformScale(t.handle.scale.x, t.handle.scale.y, t.handle.scale.z, state.lastScale);
     t.handle.scale.setScalar(s);
     state.lastScale = s;
+    updatePointSize();
   }
   const h = t.handle;
   const e = editFromPose(state.cloud.pivot, h.position.toArray(), h.quaternion.toArray(), h.scale.x,

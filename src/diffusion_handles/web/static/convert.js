@@ -54,10 +54,14 @@ export function poseFromEdit(pivot3, edit) {
   return { position, quaternion, scale: edit.scale };
 }
 
-/** Make a scale vector uniform: keep the component that moved furthest from `previous`. */
+/**
+ * Make a scale vector uniform: keep the component that moved furthest from `previous`, clamped
+ * to [0.05, 20] (a drag that starts on the gizmo's exact centre divides by ~0 in three.js).
+ */
 export function uniformScale(sx, sy, sz, previous) {
   const c = [sx, sy, sz];
   let best = c[0];
   for (const v of c) if (Math.abs(v - previous) > Math.abs(best - previous)) best = v;
-  return Math.max(0.01, Math.abs(best));
+  const s = Math.abs(best);
+  return Number.isFinite(s) ? Math.min(20, Math.max(0.05, s)) : previous;
 }
