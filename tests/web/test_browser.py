@@ -130,7 +130,8 @@ def test_open_select_move_with_gizmo_and_fields_then_render(page):
     page.screenshot(path=str(ARTIFACTS / "05-render-done.png"), full_page=True)
 
 
-def test_errors_are_shown_in_the_page(page, tmp_path):
+def test_errors_are_shown_in_the_page(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the live server runs in this process
     open_demo(page)
     n = preview_count(page)
     page.fill("#tz", "-20")  # behind the camera
@@ -154,6 +155,15 @@ def test_errors_are_shown_in_the_page(page, tmp_path):
     page.wait_for_function("document.querySelector('#error-text').textContent.includes('415')", timeout=30000)
     assert "image:" in page.inner_text("#error-text")
     page.screenshot(path=str(ARTIFACTS / "07-bad-upload.png"))
+
+    # click selection without SAM weights (offline): the reason and the way out are shown
+    if page.is_visible("#click-mode"):
+        page.check("#click-toggle")
+        page.click("#input-img", position={"x": 30, "y": 30})
+        page.wait_for_function("document.querySelector('#error-text').textContent.includes('click selection')", timeout=60000)
+        assert "upload a mask" in page.inner_text("#error-text")
+        assert page.inner_text("#preview-status").startswith("failed: click selection")  # no stale "working…"
+        page.screenshot(path=str(ARTIFACTS / "07b-click-offline.png"))
 
 
 def test_mask_upload_selects_a_new_object(page, tmp_path):

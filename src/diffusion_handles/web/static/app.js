@@ -323,17 +323,15 @@ $('input-img').addEventListener('click', (ev) => {
   const x = ((ev.clientX - r.left) / r.width) * state.session.width;
   const y = ((ev.clientY - r.top) / r.height) * state.session.height;
   guarded(async () => {
-    setPreviewStatus('segmenting the clicked object…');
     await loadSession(await postJSON(`/api/sessions/${state.session.id}/select`, { mode: 'click', x, y }));
-  });
+  }, null, 'segmenting the clicked object…');
 });
 $('text-form').addEventListener('submit', (ev) => {
   ev.preventDefault();
   guarded(async () => {
     if (!state.session) throw new Error('text selection: open an image first (step 1)');
-    setPreviewStatus('finding the object…');
     await loadSession(await postJSON(`/api/sessions/${state.session.id}/select`, { mode: 'text', query: $('text-query').value }));
-  });
+  }, null, 'finding the object…');
 });
 
 // ---------------------------------------------------------------- render with progress
