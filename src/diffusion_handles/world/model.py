@@ -108,6 +108,7 @@ def build_components(tokenizer, seed: int = 0) -> dict:
         in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
+        mid_block_add_attention=False,
         scaling_factor=1.0,  # replaced by 1 / std of the training latents after VAE training
     )
     text_cfg = CLIPTextConfig(
@@ -121,7 +122,7 @@ def build_components(tokenizer, seed: int = 0) -> dict:
         sample_size=IMAGE_SIZE // 4, in_channels=LATENT_CHANNELS + 1, out_channels=LATENT_CHANNELS,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(48, 96, 128), layers_per_block=1, cross_attention_dim=64,
+        block_out_channels=(48, 96, 96), layers_per_block=1, cross_attention_dim=64,
         attention_head_dim=8, norm_num_groups=16,
     )
     scheduler = DDIMScheduler(
