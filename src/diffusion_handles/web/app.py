@@ -194,7 +194,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     catalog = SceneCatalog(size=cfg.scene_size)
     renderer = RenderService(cfg.model, cfg.device, dtype)
     perception = Perception(dict(cfg.perception_models))
-    state: dict = {}
+    jobs = JobQueue(cfg.results_dir, max_waiting=cfg.max_waiting_jobs)
     preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handles-preview")
     preview_waiting = [0]
     preview_count_lock = threading.Lock()
@@ -203,8 +203,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         yield
         preview_pool.shutdown(wait=False, cancel_futures=True)
-        if "jobs" in state:
-            state["jobs"].close()
+        jobs.close()
 
     app = FastAPI(
         title="Diffusion Handles",
@@ -213,8 +212,6 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         "Camera axes: x right, y down, z forward; scene units are the depth map's units.",
         lifespan=lifespan,
     )
-    state["jobs"] = JobQueue(cfg.results_dir, max_waiting=cfg.max_waiting_jobs)
-    jobs: JobQueue = state["jobs"]
     app.state.jobs = jobs
     app.state.sessions = sessions
     app.state.renderer = renderer
