@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default DDIM steps of a render (default: the pipeline's, 50 as in the paper)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch CPU threads (default 1: keeps the preview responsive on a shared CPU)")
+    p.add_argument("--inversion-cache", type=int, default=2, metavar="N",
+                   help="inverted images kept in memory, so re-rendering the same image skips the inversion (default 2; 0 disables)")
     p.add_argument("--sam-model", default=None, help="SAM for click/text selection: hub id or local folder (default: the perception layer's)")
     p.add_argument("--detector-model", default=None, help="zero-shot detector for text queries: hub id or local folder")
     p.add_argument("--depth-model", default=None, help="depth estimator for uploads without a depth map: hub id or local folder")
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise HandlesError(f"--threads: expected >= 1, got {args.threads}")
     if not 0 < args.max_upload_mb <= 1024:
         raise HandlesError(f"--max-upload-mb: expected a number in (0, 1024], got {args.max_upload_mb}")
+    if args.inversion_cache < 0:
+        raise HandlesError(f"--inversion-cache: expected >= 0, got {args.inversion_cache}")
     if args.steps is not None and not 1 <= args.steps <= 200:
         raise HandlesError(f"--steps: expected 1..200, got {args.steps}")
 
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = WebConfig(model=args.model, device=args.device, dtype=args.dtype, default_steps=args.steps,
+                    inversion_cache=args.inversion_cache,
                     limits=UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024)),
                     perception_models=tuple((k, v) for k, v in (("sam_model", args.sam_model),
                                                                 ("detector_model", args.detector_model),

@@ -79,6 +79,8 @@ class WebConfig:
         default_steps: DDIM steps of a render when the request gives none (None: the model's).
         results_dir: parent folder for job results (None: a fresh temporary folder).
         scene_size: ``(height, width)`` of the built-in and TinyWorld scenes.
+        inversion_cache: inverted images kept in memory so a second render of the same image
+            skips the inversion (each can take hundreds of MB for SD2-depth).
         perception_models: overrides of the perception models, keys ``sam_model``,
             ``detector_model``, ``depth_model`` (hub ids or local folders).
     """
@@ -94,6 +96,7 @@ class WebConfig:
     default_steps: int | None = None
     results_dir: Path | None = None
     scene_size: tuple[int, int] = (192, 256)
+    inversion_cache: int = 2
     perception_models: tuple[tuple[str, str], ...] = ()
 
 
@@ -192,7 +195,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         raise HandlesError(f"--dtype: expected float32, float16 or bfloat16, got {cfg.dtype!r}")
     sessions = SessionStore()
     catalog = SceneCatalog(size=cfg.scene_size)
-    renderer = RenderService(cfg.model, cfg.device, dtype)
+    renderer = RenderService(cfg.model, cfg.device, dtype, cache_size=cfg.inversion_cache)
     perception = Perception(dict(cfg.perception_models))
     jobs = JobQueue(cfg.results_dir, max_waiting=cfg.max_waiting_jobs)
     preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handles-preview")
