@@ -171,7 +171,7 @@ def test_stage_commands_write_viewable_outputs(tiny_models, tmp_path, capsys, ph
 def test_diffusion_inpainter_loads_from_folder_and_only_changes_the_masked_region(tiny_inpaint_pipeline, photo):
     from diffusion_handles.perception.inpaint import DiffusionInpainter
 
-    cfg = InpaintConfig(model=tiny_inpaint_pipeline, steps=2, resolution=32, dilation_frac=0.05)
+    cfg = InpaintConfig(model=tiny_inpaint_pipeline, steps=1, resolution=16, dilation_frac=0.05)
     inpainter, notes = load_inpainter(cfg)
     assert isinstance(inpainter, DiffusionInpainter) and notes == []
     removal = remove_object(photo, _square_mask(), cfg, inpainter)

@@ -117,9 +117,15 @@ class DiffusionInpainter:
     @classmethod
     def load(cls, config: InpaintConfig, *, bypass: str | None = "pass --inpaint-model opencv-telea (offline)") -> DiffusionInpainter:
         def _load(name: str, local_only: bool):
+            import warnings
+
             from diffusers import AutoPipelineForInpainting
 
-            return AutoPipelineForInpainting.from_pretrained(name, local_files_only=local_only, torch_dtype=config.dtype)
+            with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype to dtype; older lack dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")  # diffusers -> hf_hub noise
+                return AutoPipelineForInpainting.from_pretrained(name, local_files_only=local_only,
+                                                                 torch_dtype=config.dtype)
 
         pipe = load_pretrained(_load, config.model, what="inpainting", option="--inpaint-model", bypass=bypass)
         pipe = pipe.to(config.device)
