@@ -112,7 +112,7 @@ def prepare_inputs(
             weights that cannot be had (before any model runs).
     """
     cfg = models or PerceptionConfig()
-    given = sum(x is not None and x != [] for x in (mask, object_text, clicks))
+    given = (mask is not None) + (object_text is not None) + bool(clicks)
     if given != 1:
         raise HandlesError(f"--mask/--object/--click: expected exactly one way to pick the object, got {given}")
     if image.dim() != 4 or image.shape[:2] != (1, 3):
