@@ -18,9 +18,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 SCENE_SIZE = (48, 64)  # small built-in scenes keep previews and tiny-model renders fast
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
-    """One torch thread, as ``handles serve`` uses by default (2 shared cores: more threads thrash)."""
+    """One torch thread, as ``handles serve`` uses by default (2 shared cores: more threads thrash);
+    restored after each module so other test folders keep their setting."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -70,7 +71,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server(web_config):
     """The app served by uvicorn on a free loopback port, in a background thread."""
     import uvicorn
@@ -91,7 +92,7 @@ def live_server(web_config):
     thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
