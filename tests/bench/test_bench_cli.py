@@ -70,6 +70,13 @@ def test_rerun_resumes_and_adds_missing_methods(run_dir, tiny_model, capsys):
     rec = json.loads(edit_file.read_text())
     assert rec["methods"]["stop38"]["same_as"] == "ours"  # same resolved configuration: computed once
     assert rec["methods"]["stop38"]["iou"] == rec["methods"]["ours"]["iou"]
+    # --report-only aggregates what is there and runs nothing (depth_only was never run)
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "depth_only",
+                 "--report-only", "--out", str(run_dir)]) == 0
+    assert edit_file.stat().st_mtime_ns != before
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["aggregate"]["ours"]["ok"] == 2 and res["aggregate"]["depth_only"]["ok"] == 0
+    assert "depth_only" not in json.loads(edit_file.read_text())["methods"]
 
 
 def test_failures_are_recorded_not_fatal(tmp_path, run_dir):

@@ -56,6 +56,7 @@ class BenchConfig:
         spp: path-tracer samples per pixel of the renders; device: torch device.
         shard: ``(i, k)``: this process does scenes ``i, i+k, i+2k, ...`` (several processes can
             share one GPU and one ``--out``; a final run without sharding aggregates them all).
+        report_only: run nothing; aggregate the edits already in ``out`` (missing ones are left out).
     """
 
     model: str = "tinyworld"
@@ -71,6 +72,7 @@ class BenchConfig:
     device: str = "cpu"
     max_holes: float = 0.05
     shard: tuple[int, int] = (0, 1)
+    report_only: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -170,8 +172,12 @@ class CaseRunner:
         return self.pipe.invert(image, prompt, depth, mask, inversion=self._inversion_config(),
                                 guidance=record_all_guidance(self.cfg.steps), seed=0, progress=False)
 
-    def run(self, case: Case, methods: list[Method], done: dict, img_dir: Path) -> dict:
-        """Results of ``methods`` on ``case`` not already in ``done`` (``{name: entry}``)."""
+    def run(self, case: Case, methods: list[Method], done: dict, img_dir: Path, on_method=None) -> dict:
+        """Results of ``methods`` on ``case`` not already in ``done`` (``{name: entry}``).
+
+        ``on_method(name, entry)`` is called after each method (the runner saves there, so an
+        interrupted edit keeps the methods it finished).
+        """
         import torch
 
         image, depth, mask = _tensors(case.image, case.depth, case.mask_src)
@@ -211,6 +217,8 @@ class CaseRunner:
                         entry["same_as"] = by_config[key]
                         entry["seconds"] = 0.0
                         out[m.name] = entry
+                        if on_method is not None:
+                            on_method(m.name, entry)
                         continue
                     if inverted is None:
                         inverted = self._invert(image, case.caption, depth, mask)
@@ -240,6 +248,8 @@ class CaseRunner:
                 entry["traceback"] = traceback.format_exc(limit=3)
             entry["seconds"] = time.perf_counter() - t0
             out[m.name] = entry
+            if on_method is not None:
+                on_method(m.name, entry)
         return out
 
 
@@ -288,7 +298,8 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
         if diff:
             raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
-    _write_json(settings, cfg.to_dict())
+    if not cfg.report_only:
+        _write_json(settings, cfg.to_dict())
     ok_lpips, lpips_why = lpips_status()
     seeds = bench_seeds(cfg.scenes, cfg.seed)
     runner = CaseRunner(cfg)
@@ -303,6 +314,10 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
         done = rec["methods"] if rec else {}
         todo = [m for m in methods if m.name not in done]
+        if cfg.report_only:
+            if rec is not None:
+                records.append(rec)
+            continue
         if rec is not None and not todo:
             records.append(rec)
             continue
@@ -330,12 +345,18 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
                 _save_png(_to_uint8(prev_img), img_dir / "preview.png")
             except Exception:
                 pass
-        new = runner.run(case, todo, done, img_dir)
         rec = {
             "case_id": cid, "seed": seed, "kind": case.kind, "edit": case.edit.to_dict(),
             "object_index": case.object_index, "caption": case.caption, "stats": case.stats, "error": None,
-            "references": reference_rows(case), "methods": {**done, **new},
+            "references": reference_rows(case), "methods": dict(done),
         }
+
+        def save(name: str, entry: dict, rec=rec, rec_path=rec_path, cid=cid) -> None:
+            rec["methods"][name] = entry
+            _write_json(rec_path, rec)
+            bar.set_postfix_str(f"{cid} {name}")
+
+        runner.run(case, todo, done, img_dir, on_method=save)
         _write_json(rec_path, rec)
         records.append(rec)
     wall = time.perf_counter() - t_start

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="do only scenes I, I+K, I+2K, ... (parallel processes sharing --out; default 0/1 = all)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (reused to resume)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: aggregate the edits already in --out into results.json / report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, scenes=args.scenes, seed=args.seed, methods=args.methods, size=args.size,
                       steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps,
                       cycle=not args.no_cycle, spp=args.spp, device=args.device,
-                      shard=(i_shard, k_shard))
+                      shard=(i_shard, k_shard), report_only=args.report_only)
     run_benchmark(cfg, args.out, progress=not args.quiet)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/, cases/")
     return 0
