@@ -49,9 +49,10 @@ def test_real_depth_models(model):
     assert out.depth[0, 0, :20].median() > out.depth[0, 0, -20:].median()
 
 
-def test_real_text_selection_finds_the_disk():
+@pytest.mark.parametrize("detector", ["google/owlv2-base-patch16-ensemble", "IDEA-Research/grounding-dino-tiny"])
+def test_real_text_selection_finds_the_disk(detector):
     img, disk = _scene()
-    sel = select_object(img, text="a red circle", config=SegmentConfig())
+    sel = select_object(img, text="a red circle", config=SegmentConfig(detector_model=detector))
     iou = (sel.mask * disk).sum() / ((sel.mask + disk) > 0).sum()
     assert iou > 0.8, sel.summary()
 
