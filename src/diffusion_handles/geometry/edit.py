@@ -305,12 +305,18 @@ def compute_camera_move(depth: torch.Tensor, transform: Similarity, camera: Came
     return compute_edit(depth, torch.ones_like(depth), transform, camera)
 
 
-def edited_depth(geometry: EditGeometry, background_depth: torch.Tensor, band_px: int = 3) -> torch.Tensor:
+def seam_band_px(height: int, width: int) -> int:
+    """Width of the Poisson blending band around the object: 3 pixels at 512, at least 1."""
+    return max(1, round(min(height, width) / 170))
+
+
+def edited_depth(geometry: EditGeometry, background_depth: torch.Tensor, band_px: int | None = None) -> torch.Tensor:
     """The edited depth d' (Sec. 5.1): d'_o composited over the object-free depth d'_b with
     Poisson image editing; holes of d'_b (if any are non-finite) are filled first.
 
     Args:
         geometry: the edit; background_depth: ``(B, 1, H, W)`` z-depth d'_b.
+        band_px: blending band width; default :func:`seam_band_px` (scales with image size).
 
     Returns:
         ``(B, 1, H, W)`` z-depth d'.
@@ -320,6 +326,8 @@ def edited_depth(geometry: EditGeometry, background_depth: torch.Tensor, band_px
     if bool(holes.any()):
         background_depth = fill_depth(torch.where(holes, torch.ones_like(background_depth), background_depth), holes)
     inside = geometry.object_wins & (geometry.object_depth > 0)
+    if band_px is None:
+        band_px = seam_band_px(geometry.camera.height, geometry.camera.width)
     return poisson_composite(geometry.object_depth, background_depth, inside, band_px)
 
 
