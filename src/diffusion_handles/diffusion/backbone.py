@@ -217,7 +217,10 @@ class Backbone:
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(1, 3, H, W)`` in ``[0, 1]`` to the scaled latent ``(1, c, H/f, W/f)``.
+        """``(1, 3, H, W)`` in ``[0, 1]`` to the scaled latent ``(1, c, H/f, W/f)``, float32.
+
+        Latents stay float32 through inversion and sampling whatever the model dtype; only the
+        networks run in ``dtype``.
 
         With a ``generator`` the VAE posterior is sampled (as diffusers' depth2img pipeline
         does); without one its mode is taken.
@@ -225,7 +228,7 @@ class Backbone:
         x = image.to(self.device, self.dtype) * 2.0 - 1.0
         dist = self.vae.encode(x).latent_dist
         z = dist.mode() if generator is None else dist.sample(generator)
-        return z * self.scaling_factor
+        return z.float() * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
