@@ -52,7 +52,7 @@ def test_make_case_ground_truth_and_round_trip(tmp_path):
     case = make_case(bench_seeds(1)[0], size=32, spp=8)
     assert case.image.shape == case.gt.shape == case.clean.shape == (32, 32, 3)
     assert case.mask_src.any() and case.mask_gt.sum() >= 30
-    assert case.stats["holes_fraction"] <= 0.05
+    assert case.stats["holes_fraction"] <= 0.06
     assert (case.depth > 0).all() and (case.clean_depth >= case.depth - 1e-4).all()  # removing can only reveal farther
     ex = [(case.gt, case.mask_gt), (case.image, case.mask_src), (case.clean, np.zeros_like(case.mask_src))]
     assert iou(segment_object(case.gt, ex), case.mask_gt) > 0.9

@@ -8,10 +8,12 @@ re-drawn with seed ``seed * 1000 + j`` (``j < 50``, :func:`~diffusion_handles.wo
 skipping ``s % 1000 < 100`` keeps benchmark scenes disjoint from those re-draws too.
 
 Edits (as the paper's Sec. 6: within the view frustum, limited disocclusion), drawn with
-``numpy.random.default_rng([seed, 6])``, one of:
+``numpy.random.default_rng([seed, 6])``: the kind uniformly once per scene (kept for the first
+half of the draws, then any kind), the object uniformly among those covering >= 1% of the image,
+the parameters as follows:
 
-* ``translate``: along the floor (world ``x``/``z``, so with a change of depth), 0.3-1.2 units
-  sideways and 0.3-1.5 units in depth, each with a random sign;
+* ``translate``: along the floor (world ``x``/``z``, so with a change of depth), 0.25-0.9 units
+  sideways and 0.3-1.2 units in depth, each with a random sign;
 * ``rotate_vertical``: 20-90 degrees about the world's vertical axis;
 * ``rotate_tilted``: 15-35 degrees about an axis tilted 20-45 degrees from the vertical;
 * ``scale``: by 0.7-0.85 or 1.15-1.4, with a vertical translation that keeps the object on the floor.
@@ -41,6 +43,11 @@ from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.transform import HandleEdit
 
 BENCH_SEED0 = 1_000_500
+
+
+class NoEditFound(HandlesError):
+    """A scene with no acceptable edit (the benchmark skips its seed and draws the next one)."""
+
 EDIT_KINDS = ("translate", "rotate_vertical", "rotate_tilted", "scale")
 
 
@@ -133,7 +140,7 @@ def draw_edit(rng: np.random.Generator, kind: str, w2c: np.ndarray, pivot_world:
     r = w2c[:3, :3]  # world -> camera rotation
     up_cam = r @ np.array([0.0, 1.0, 0.0])
     if kind == "translate":
-        t_world = np.array([_uniform_signed(rng, 0.3, 1.2), 0.0, _uniform_signed(rng, 0.3, 1.5)])
+        t_world = np.array([_uniform_signed(rng, 0.25, 0.9), 0.0, _uniform_signed(rng, 0.3, 1.2)])
         return HandleEdit(translate=tuple(r @ t_world))
     if kind == "rotate_vertical":
         return HandleEdit(rotate_axis=tuple(up_cam), rotate_deg=_uniform_signed(rng, 20.0, 90.0))
@@ -167,7 +174,7 @@ def _bbox_in_frustum(scene, k: int, margin_px: float = 1.0) -> bool:
                 and (v >= margin_px).all() and (v <= scene.height - margin_px).all())
 
 
-def make_case(seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.05, min_pixels: int = 30,
+def make_case(seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.06, min_pixels: int = 30,
               min_object_fraction: float = 0.01, max_tries: int = 60) -> Case:
     """Render the scene of ``seed``, draw an acceptable edit, render its ground truth.
 
@@ -178,7 +185,7 @@ def make_case(seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.05,
             min_object_fraction: smallest edited object (fraction of the image) before the edit.
 
     Raises:
-        HandlesError: no acceptable object or edit was found in ``max_tries`` draws.
+        NoEditFound: no acceptable object or edit was found in ``max_tries`` draws.
     """
     import torch
 
@@ -190,14 +197,17 @@ def make_case(seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.05,
     areas = src.masks.reshape(len(scene.objects), -1).sum(1) if scene.objects else np.zeros(0)
     candidates = [k for k, a in enumerate(areas) if a >= max(min_object_fraction * size * size, min_pixels)]
     if not candidates:
-        raise HandlesError(f"seed {seed}: expected an object covering >= {min_object_fraction:.0%} of the image, got none")
+        raise NoEditFound(f"seed {seed}: expected an object covering >= {min_object_fraction:.0%} of the image, got none")
     rng = np.random.default_rng([seed, 6])
     camera = Camera(size, size, scene.fov_deg)
     depth_t = torch.from_numpy(src.depth.astype(np.float64))[None, None]
     rejected: dict[str, int] = {}
+    first_kind = str(rng.choice(EDIT_KINDS))  # the scene's edit kind, uniform over EDIT_KINDS ...
     for attempt in range(max_tries):
         k = int(rng.choice(candidates))
-        kind = str(rng.choice(EDIT_KINDS))
+        # ... kept for the first half of the draws, so that hard kinds (translations leave the
+        # frame and disocclude more) are not under-represented; then any kind
+        kind = first_kind if attempt < max_tries // 2 else str(rng.choice(EDIT_KINDS))
         pivot = object_pivot(src.depth, src.masks[k], scene)
         pivot_world = (scene.c2w() @ np.append(pivot, 1.0))[:3]
         edit = draw_edit(rng, kind, scene.w2c(), pivot_world)
@@ -236,4 +246,4 @@ def make_case(seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.05,
             gt_depth=gt.depth.astype(np.float32), mask_gt=gt.masks[k].copy(), clean=clean.rgb,
             clean_depth=clean.depth.astype(np.float32), stats=stats, scene=scene.to_dict(),
         )
-    raise HandlesError(f"seed {seed}: no acceptable edit in {max_tries} draws (rejected: {rejected})")
+    raise NoEditFound(f"seed {seed}: no acceptable edit in {max_tries} draws (rejected: {rejected})")

@@ -89,6 +89,27 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def kind_table(results: dict, key: str = "iou") -> tuple[list[str], list[list[str]]]:
+    """Mean of one metric per method (rows) and edit kind (columns), with the number of edits."""
+    by_kind = results.get("aggregate_by_kind", {})
+    kinds = sorted(by_kind)
+    header = ["method", *[f"{k} (n={by_kind[k].get('ground_truth', {}).get('ok', 0)})" for k in kinds]]
+    rows = []
+    for name in list(results["methods"]) + list(REFERENCES):
+        cells = []
+        for k in kinds:
+            ci = by_kind[k].get(name, {}).get(key)
+            cells.append("n/a" if not ci or ci.get("mean") is None else f"{ci['mean']:.3f}")
+        rows.append([name if name not in REFERENCES else f"({name.replace('_', ' ')})", *cells])
+    return header, rows
+
+
+def format_kind_table(results: dict, key: str = "iou") -> str:
+    header, rows = kind_table(results, key)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def _img(path: str, title: str) -> str:
     return (f'<figure><img src="{html.escape(path)}" alt="{html.escape(title)}" width="128" height="128">'
             f"<figcaption>{html.escape(title)}</figcaption></figure>")
@@ -114,6 +135,15 @@ def write_report(results: dict, out: str | Path) -> Path:
     for r in rows:
         parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
     parts.append("</table>")
+    for key, title in (("iou", "IoU by edit kind"), ("cycle_l1", "Cycle L1 x10 by edit kind")):
+        kh, kr = kind_table(results, key)
+        parts.append(f"<h3>{title}</h3><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in kh) + "</tr>")
+        for r in kr:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+        parts.append("</table>")
+    if results.get("skipped_seeds"):
+        parts.append("<p>Skipped seeds (no acceptable edit): "
+                     + html.escape(", ".join(str(r["seed"]) for r in results["skipped_seeds"])) + "</p>")
     parts.append("<p>Metric definitions: see <code>diffusion_handles/bench/metrics.py</code> and the README. "
                  "(ground truth) = the metric on the ground-truth render itself (its ceiling); "
                  "(input) = the unedited input.</p><h2>Edits</h2>")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_handles.bench.cases import Case, bench_seeds, make_case
+from diffusion_handles.bench.cases import Case, NoEditFound, bench_seeds, make_case
 from diffusion_handles.bench.methods import Method, record_all_guidance, resolve_methods
 from diffusion_handles.bench.metrics import (
     cycle_l1,
@@ -70,7 +70,7 @@ class BenchConfig:
     cycle: bool = True
     spp: int = 64
     device: str = "cpu"
-    max_holes: float = 0.05
+    max_holes: float = 0.06
     shard: tuple[int, int] = (0, 1)
     report_only: bool = False
     extra: dict = field(default_factory=dict)
@@ -301,25 +301,34 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     if not cfg.report_only:
         _write_json(settings, cfg.to_dict())
     ok_lpips, lpips_why = lpips_status()
-    seeds = bench_seeds(cfg.scenes, cfg.seed)
+    # Scenes are drawn from the seed sequence until ``scenes`` of them have an acceptable edit;
+    # seeds without one are skipped (recorded, not counted). A shard takes every k-th seed.
+    candidates = bench_seeds(cfg.scenes * 4, cfg.seed)[i_shard::k_shard]
+    target = -(-cfg.scenes // k_shard) if k_shard > 1 else cfg.scenes
     runner = CaseRunner(cfg)
     t_start = time.perf_counter()
-    records = []
-    seeds = seeds[i_shard::k_shard]
-    bar = tqdm(seeds, desc="bench", unit="edit", disable=not progress)
-    for seed in bar:
+    records, skipped = [], []
+    bar = tqdm(total=target, desc="bench", unit="edit", disable=not progress)
+    for seed in candidates:
+        if len(records) >= target:
+            break
         cid = f"s{seed}"
         bar.set_postfix_str(cid)
         rec_path = out / "edits" / f"{cid}.json"
         rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        if rec is not None and rec.get("skipped"):
+            skipped.append(rec)
+            continue
         done = rec["methods"] if rec else {}
         todo = [m for m in methods if m.name not in done]
         if cfg.report_only:
             if rec is not None:
                 records.append(rec)
+                bar.update(1)
             continue
         if rec is not None and not todo:
             records.append(rec)
+            bar.update(1)
             continue
         case_dir = out / "cases" / cid
         try:
@@ -328,10 +337,16 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
             else:
                 case = make_case(seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
                 case.save(case_dir)
+        except NoEditFound as e:
+            rec = {"case_id": cid, "seed": seed, "error": str(e), "skipped": True, "methods": {}}
+            _write_json(rec_path, rec)
+            skipped.append(rec)
+            continue
         except Exception as e:
             rec = {"case_id": cid, "seed": seed, "error": f"{type(e).__name__}: {e}", "methods": {}}
             _write_json(rec_path, rec)
             records.append(rec)
+            bar.update(1)
             continue
         img_dir = out / "images" / cid
         for name, arr in (("input", case.image), ("gt", case.gt), ("clean", case.clean)):
@@ -359,6 +374,8 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         runner.run(case, todo, done, img_dir, on_method=save)
         _write_json(rec_path, rec)
         records.append(rec)
+        bar.update(1)
+    bar.close()
     wall = time.perf_counter() - t_start
     results = {
         "version": RESULTS_VERSION,
@@ -367,6 +384,11 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         "wall_time_s_this_invocation": wall,
         "methods": {m.name: {"kind": m.kind, "group": m.group, "description": m.description} for m in methods},
         "aggregate": aggregate(records, [m.name for m in methods]),
+        "aggregate_by_kind": {
+            kind: aggregate([r for r in records if r.get("kind") == kind], [m.name for m in methods])
+            for kind in sorted({r["kind"] for r in records if r.get("kind")})
+        },
+        "skipped_seeds": [{"seed": r["seed"], "reason": r["error"]} for r in skipped],
         "edits": records,
     }
     _write_json(out / "results.json", results)
