@@ -55,8 +55,9 @@ def test_make_case_ground_truth_and_round_trip(tmp_path):
     assert case.stats["holes_fraction"] <= 0.06
     assert (case.depth > 0).all() and (case.clean_depth >= case.depth - 1e-4).all()  # removing can only reveal farther
     ex = [(case.gt, case.mask_gt), (case.image, case.mask_src), (case.clean, np.zeros_like(case.mask_src))]
-    assert iou(segment_object(case.gt, ex), case.mask_gt) > 0.9
+    assert iou(segment_object(case.gt, ex), case.mask_gt) > 0.97
     assert iou(segment_object(case.clean, ex), case.mask_gt) == 0.0
+    assert iou(segment_object(case.image, ex), case.mask_gt) == pytest.approx(iou(case.mask_src, case.mask_gt), abs=0.03)
     back = Case.load(case.save(tmp_path / case.case_id))
     assert back.edit == case.edit and back.caption == case.caption
     np.testing.assert_array_equal(back.gt, case.gt)
