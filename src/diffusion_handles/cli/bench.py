@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cycle", action="store_true", help="skip the inverse edit (no cycle-consistency metric)")
     p.add_argument("--spp", type=int, default=64, help="path-tracer samples per pixel of the renders (default 64)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is best on a busy machine)")
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="do only scenes I, I+K, I+2K, ... (parallel processes sharing --out; default 0/1 = all)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (reused to resume)")
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = BenchConfig(model=args.model, scenes=args.scenes, seed=args.seed, methods=args.methods, size=args.size,
                       steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps,
                       cycle=not args.no_cycle, spp=args.spp, device=args.device,
-                      shard=(i_shard, k_shard), report_only=args.report_only)
+                      shard=(i_shard, k_shard), report_only=args.report_only,
+                      threads=args.threads)
     run_benchmark(cfg, args.out, progress=not args.quiet)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/, cases/")
     return 0
