@@ -52,9 +52,9 @@ def _fmt(ci: dict, digits: int = 3) -> str:
     return f"{ci['mean']:.{digits}f} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"
 
 
-def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (strings) of the Table-2-like summary."""
-    agg = results["aggregate"]
+def table_rows(results: dict, key: str = "aggregate") -> tuple[list[str], list[list[str]]]:
+    """Header and rows (strings) of the Table-2-like summary of ``results[key]``."""
+    agg = results[key]
     header = ["method", *[h for _, h, _ in COLUMNS], "ok/failed"]
     rows = []
     for name in list(results["methods"]) + list(REFERENCES):
@@ -73,9 +73,9 @@ def table_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def format_table(results: dict) -> str:
+def format_table(results: dict, key: str = "aggregate") -> str:
     """The summary as a plain-text (Markdown) table plus a line of settings."""
-    header, rows = table_rows(results)
+    header, rows = table_rows(results, key)
     s = results["settings"]
     n_edits = sum(1 for r in results["edits"] if not r.get("error"))
     lines = [
@@ -135,6 +135,14 @@ def write_report(results: dict, out: str | Path) -> Path:
     for r in rows:
         parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
     parts.append("</table>")
+    if "aggregate_common" in results:
+        ch, cr = table_rows(results, "aggregate_common")
+        n = results["aggregate_common"].get("ground_truth", {}).get("ok", 0)
+        parts.append(f"<h3>On the {n} edits that every method has run</h3><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in ch) + "</tr>")
+        for r in cr:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>")
+        parts.append("</table>")
     for key, title in (("iou", "IoU by edit kind"), ("cycle_l1", "Cycle L1 x10 by edit kind")):
         kh, kr = kind_table(results, key)
         parts.append(f"<h3>{title}</h3><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in kh) + "</tr>")

@@ -395,6 +395,10 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         "wall_time_s_this_invocation": wall,
         "methods": {m.name: {"kind": m.kind, "group": m.group, "description": m.description} for m in methods},
         "aggregate": aggregate(records, [m.name for m in methods]),
+        # the edits on which every requested method has a result (ok or failed): a like-for-like
+        # comparison when a run was stopped before the slower methods covered every edit
+        "aggregate_common": aggregate(
+            [r for r in records if all(m.name in r.get("methods", {}) for m in methods)], [m.name for m in methods]),
         "aggregate_by_kind": {
             kind: aggregate([r for r in records if r.get("kind") == kind], [m.name for m in methods])
             for kind in sorted({r["kind"] for r in records if r.get("kind")})
@@ -405,6 +409,10 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     _write_json(out / "results.json", results)
     write_report(results, out)
     log(format_table(results))
+    n_common = sum(1 for r in records if all(m.name in r.get("methods", {}) for m in methods) and not r.get("error"))
+    if 0 < n_common < sum(1 for r in records if not r.get("error")):
+        log(f"\nOn the {n_common} edits that every method has run:")
+        log(format_table(results, key="aggregate_common"))
     return results
 
 
