@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/edit_cost.py --size 256 --steps 50 --device cpu        # this CPU
     python benchmarks/edit_cost.py --size 512 --steps 50 --device cuda       # a GPU
+    python benchmarks/edit_cost.py --table benchmarks/results/edit_cost_cpu256.json
 
 ``--steps`` smaller than 50 keeps the paper's ratios (guidance until round(38/50 * steps)); the
 time of every stage is linear in the number of steps.
@@ -125,7 +126,7 @@ def _fmt_evals(evals: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| config | device, dtype | size | steps | inversion: time (UNet fwd / bwd) | edit: time (UNet fwd / bwd) | peak memory |",
+        "| config | device, dtype | size | steps | inversion: wall / CPU time, stages (UNet fwd / bwd) | edit: wall / CPU time (UNet fwd / bwd) | peak memory |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -135,8 +136,8 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"| {r['config']} ({inv['method']}, {ed['grad_steps']} grad step{'s' if ed['grad_steps'] != 1 else ''}) "
             f"| {r['device']}, {r['dtype']} | {r['size']} | {r['steps']} (guided {ed['guide_until']}) "
-            f"| {inv['wall_s']:.0f} s ({stages}; {_fmt_evals(inv['unet_evals'])}) "
-            f"| {ed['wall_s']:.0f} s ({_fmt_evals(ed['unet_evals'])}) | {mem} |"
+            f"| {inv['wall_s']:.0f} s / {inv['cpu_s']:.0f} s ({stages}; {_fmt_evals(inv['unet_evals'])}) "
+            f"| {ed['wall_s']:.0f} s / {ed['cpu_s']:.0f} s ({_fmt_evals(ed['unet_evals'])}) | {mem} |"
         )
     return "\n".join(lines)
 
@@ -149,8 +150,13 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--table", default=None, metavar="JSON", help="only print the table of a saved --json file")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(table(json.load(f)))
+        return 0
     if args._child:
         print("RESULT " + json.dumps(run_one(args._child, args.size, args.steps, args.device, args.progress)), flush=True)
         return 0
