@@ -49,7 +49,7 @@ def test_edit_then_cached_edit(inputs, tiny_model_dir, tmp_path, capsys):
     assert s1["config"]["guidance"]["guide_until"] == until
     assert s1["inversion"]["cache_hit"] is False
     inv = s1["unet_evals"]["inversion"]
-    assert inv["inversion"]["forward"] == n
+    assert inv["ddim_inversion"]["forward"] == n
     assert inv["null_text"]["forward"] == 2 * n + inv["null_text"]["backward"]
     assert inv["null_text"]["backward"] <= 5 * n
     assert s1["unet_evals"]["edit"]["edit"] == {"forward": 2 * n + k * until, "backward": k * until, "calls": 2 * n + k * until}

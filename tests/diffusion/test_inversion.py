@@ -33,7 +33,7 @@ def test_unet_counts_per_stage_match_the_configuration(handles):
     guidance = GuidanceConfig(grad_steps=2)
     inv = handles.invert(image, "a box", depth, mask, guidance=guidance, progress=False,
                          inversion=InversionConfig(num_steps=n, null_inner_steps=inner, null_early_stop=0.0))
-    assert inv.unet_evals["inversion"] == {"forward": n, "backward": 0, "calls": n}
+    assert inv.unet_evals["ddim_inversion"] == {"forward": n, "backward": 0, "calls": n}
     # per step: 1 conditional + `inner` unconditional with backward + 1 unconditional
     assert inv.unet_evals["null_text"] == {"forward": n * (2 + inner), "backward": n * inner, "calls": n * (2 + inner)}
     assert "reconstruction" not in inv.unet_evals  # recorded during the null-text passes

@@ -211,8 +211,8 @@ class Backbone:
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text to CLIP embeddings ``(1, L, D)`` (last hidden state, as SD2 uses)."""
-        tok = self.tokenizer([prompt], padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
+        max_len = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
+        tok = self.tokenizer([prompt], padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
 
     @torch.no_grad()

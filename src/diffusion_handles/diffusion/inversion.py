@@ -13,7 +13,7 @@ Three methods (``InversionConfig.method``):
   costs one UNet evaluation per step and needs no optimisation.
 
 All functions return :class:`InversionResult`; UNet evaluations are counted by the backbone's
-counter in stages ``"inversion"``, ``"null_text"`` and ``"reconstruction"``.
+counter in stages ``"ddim_inversion"``, ``"null_text"`` and ``"reconstruction"``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, 
     schedule = backbone.schedule(config.num_steps)
     counter = backbone.counter
     t0 = time.perf_counter()
-    with counter.in_stage("inversion"):
+    with counter.in_stage("ddim_inversion"):
         traj = ddim_inversion(backbone, z0, text, depth_cond, schedule, progress=progress)
     timings = {"ddim_inversion": time.perf_counter() - t0}
     t0 = time.perf_counter()
