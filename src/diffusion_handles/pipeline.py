@@ -242,6 +242,7 @@ class DiffusionHandles:
                 targets=GuidanceTargets(edited, m_obj, m_bg), w_object=guidance.w_object,
                 w_background=guidance.w_background, grad_steps=guidance.grad_steps,
                 step_size=guidance.step_size, noise_guidance_scale=guidance.noise_guidance_scale,
+                object_guidance=guidance.object_guidance,
                 progress=progress, desc="guided generation",
             )
         timings["guided_generation"] = time.perf_counter() - t0

@@ -62,7 +62,9 @@ def test_eq3_noise_term_and_weights_change_the_result(handles, inverted):
     base = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1))
     lam = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1, noise_guidance_scale=0.5))
     none = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1, w_object=0.0, w_background=0.0))
+    avg = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=1, object_guidance="averaged"))
     assert not torch.allclose(base.edited, lam.edited, atol=1e-4)
+    assert not torch.allclose(base.edited, avg.edited, atol=1e-4)
     assert not torch.allclose(base.edited, none.edited, atol=1e-4)
 
 

@@ -73,6 +73,8 @@ class GuidanceConfig:
             ``1 + mu`` is the inversion's (``InversionConfig.guidance_scale``): the null text
             was optimised for it.
         record_dtype: dtype name of the recorded activations ("float32" or "float16").
+        object_guidance: ``"local"`` (Eq. 8, the paper's) or ``"averaged"`` (masked means over
+            M'_o, the global alternative the paper's local term improves on, Sec. 6).
     """
 
     layers: tuple[int, ...] | None = None
@@ -84,8 +86,11 @@ class GuidanceConfig:
     step_size: float = 0.1
     noise_guidance_scale: float = 0.0
     record_dtype: str = "float32"
+    object_guidance: str = "local"
 
     def __post_init__(self) -> None:
+        if self.object_guidance not in ("local", "averaged"):
+            raise ValueError(f"object_guidance: expected 'local' or 'averaged', got {self.object_guidance!r}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
             if len(self.layers) == 0:

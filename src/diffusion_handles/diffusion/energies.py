@@ -53,16 +53,22 @@ def guidance_energy(
     layers: Sequence[int],
     w_object: float,
     w_background: float,
+    object_guidance: str = "local",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``G = sum_i w^o G_o,i + w^b G_b,i`` over the guided ``layers`` of one step (Sec. 5.2).
 
     All mappings are keyed by up-block index; masks are at that layer's resolution.
+    ``object_guidance="averaged"`` replaces Eq. 8's local L2 by a comparison of masked means
+    over ``M'_o`` (the global, Self-Guidance-like term the paper contrasts with, Sec. 6).
     Returns ``(G, parts)`` with the float values of each term for logging.
     """
+    if object_guidance not in ("local", "averaged"):
+        raise ValueError(f"object_guidance: expected 'local' or 'averaged', got {object_guidance!r}")
+    object_term = object_energy if object_guidance == "local" else background_energy
     total = None
     parts: dict[str, float] = {}
     for i in layers:
-        go = object_energy(activations[i], edited[i], mask_object[i])
+        go = object_term(activations[i], edited[i], mask_object[i])
         gb = background_energy(activations[i], edited[i], mask_background[i])
         term = w_object * go + w_background * gb
         total = term if total is None else total + term

@@ -68,6 +68,7 @@ def generate(
     grad_steps: int = 0,
     step_size: float = 0.0,
     noise_guidance_scale: float = 0.0,
+    object_guidance: str = "local",
     progress: bool = True,
     desc: str = "sampling",
     callback: Callable[[int, torch.Tensor], None] | None = None,
@@ -86,7 +87,7 @@ def generate(
         guidance_scale: ``1 + mu`` of Eq. 3.
         record: ``{step: up-block indices}`` to record from the conditional branch.
         guide: per step, up-block indices to guide (empty = unguided); needs ``targets``.
-        w_object, w_background, grad_steps, step_size, noise_guidance_scale: see
+        w_object, w_background, grad_steps, step_size, noise_guidance_scale, object_guidance: see
             :class:`~diffusion_handles.diffusion.config.GuidanceConfig`.
         callback: called as ``callback(step, x_prev)`` after each step.
     """
@@ -113,7 +114,8 @@ def generate(
                 with torch.enable_grad(), capture_activations(unet, layers) as cap:
                     backbone.unet_eval(x, t, text, depth_cond)  # activations leave through hooks
                     energy, parts = guidance_energy(cap.outputs, edited, targets.mask_object,
-                                                    targets.mask_background, layers, w_object, w_background)
+                                                    targets.mask_background, layers, w_object, w_background,
+                                                    object_guidance)
                     (grad,) = torch.autograd.grad(energy, x)
                 counter.add_backward(1)
                 history.append(parts)
