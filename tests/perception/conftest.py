@@ -2,7 +2,7 @@
 
 Each family (DPT, Depth Anything, ZoeDepth, OWLv2, SAM) gets a config with tiny hidden sizes,
 is saved with ``save_pretrained`` and is loaded back by the tests through the project's real
-loading path (:func:`diffusion_handles.perception.hub.load_pretrained` with a folder).
+loading path (:func:`diffusion_handles.hub.load_pretrained` with a folder).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
+from diffusion_handles import hub
 from diffusion_handles.cli import main
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.perception import hub
 from diffusion_handles.perception.depth import DepthConfig, DepthEstimator
 from diffusion_handles.perception.segment import SamSegmenter, SegmentConfig, TextDetector
 

@@ -197,13 +197,16 @@ class Backbone:
             raise HandlesError(f"--model: folder not found: {name} (expected a diffusers model folder or a hub id like {DEFAULT_MODEL})")
         if path.exists():
             parts = _load_or_fail(name, source, local_files_only=True)
-        else:
-            try:  # the hub id may already be in the local cache: no network needed
+        else:  # a hub id: the local cache first, the network only when it is reachable
+            from diffusion_handles.hub import load_pretrained
+
+            def load(src: str, local_only: bool) -> tuple:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    parts = _load_components(source, local_files_only=True)
-            except Exception:
-                parts = _load_or_fail(name, source, local_files_only=local_files_only)
+                    return _load_components(src, local_only or local_files_only)
+
+            parts = load_pretrained(load, source, what="depth-to-image", option="--model",
+                                    bypass="use --model tinyworld (the embedded offline model)")
         unet, vae, text_encoder, tokenizer, scheduler = parts
         return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype)
 

@@ -5,6 +5,7 @@ makes sense. Models are loaded from a hub id or a local folder by :mod:`.hub`, w
 once with one clear line when weights are missing. Heavy libraries are imported lazily.
 """
 
+from diffusion_handles.hub import is_offline, load_pretrained
 from diffusion_handles.perception.depth import (
     DEFAULT_DEPTH_MODEL,
     DEPTH_KINDS,
@@ -18,7 +19,6 @@ from diffusion_handles.perception.depth import (
     colorize_depth,
     to_z_depth,
 )
-from diffusion_handles.perception.hub import is_offline, load_pretrained
 from diffusion_handles.perception.inpaint import (
     DEFAULT_INPAINT_MODEL,
     InpaintConfig,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.perception.hub import load_pretrained
+from diffusion_handles.hub import load_pretrained
 
 METRIC_DEPTH = "metric-depth"
 RELATIVE_DISPARITY = "relative-disparity"

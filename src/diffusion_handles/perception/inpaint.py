@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.hub import load_pretrained
 from diffusion_handles.perception.depth import (
     METRIC_DEPTH,
     DepthEstimator,
     align_scale_shift,
     image_to_pil,
 )
-from diffusion_handles.perception.hub import load_pretrained
 
 OPENCV_METHODS = ("opencv-telea", "opencv-ns")
 DEFAULT_INPAINT_MODEL = "stabilityai/stable-diffusion-2-inpainting"

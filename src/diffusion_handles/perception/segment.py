@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.hub import load_pretrained
 from diffusion_handles.perception.depth import image_to_pil
-from diffusion_handles.perception.hub import load_pretrained
 
 DEFAULT_DETECTOR_MODEL = "google/owlv2-base-patch16-ensemble"
 DEFAULT_SAM_MODEL = "facebook/sam-vit-base"

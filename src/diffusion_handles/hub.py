@@ -1,6 +1,7 @@
-"""Loading pretrained perception models: a local folder, the local hub cache, or the hub.
+"""Loading pretrained models (perception models and the diffusion backbone): a local folder,
+the local hub cache, or the hub.
 
-Every perception model (depth estimator, detector, SAM, inpainter) is named by one string, a
+Every model (depth estimator, detector, SAM, inpainter, depth-to-image backbone) is named by one string, a
 Hugging Face hub id (``Intel/zoedepth-nyu-kitti``) or a local folder written by
 ``save_pretrained``. :func:`load_pretrained` resolves it in this order and never waits on a
 network that is not there:
