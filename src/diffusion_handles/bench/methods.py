@@ -24,7 +24,8 @@ class Method:
 
     Attributes:
         name: the name used on the command line and in the tables.
-        kind: ``"diffusion"`` (the pipeline with :attr:`guidance`) or ``"warp"`` (no diffusion).
+        kind: ``"diffusion"`` (the pipeline with :attr:`guidance`), ``"warp"`` (no diffusion) or
+            ``"reconstruction"`` (the shared inversion's reconstruction, no edit: a reference).
         description: one line for the report.
         overrides: ``num_steps -> dict`` of GuidanceConfig fields that differ from the defaults.
         group: where it sits in the table ("main", "ablation: ...").
@@ -63,6 +64,9 @@ _DEFAULT_WB = 1.25 * 30  # GuidanceConfig.w_background default (release value)
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours", "diffusion", "paper defaults: local G_o + G_b, cyclic layers 3/2/both, guide until step 38/50"),
     Method("warp_only", "warp", "the 3D preview (image warped by the 3D flow), holes filled by OpenCV Telea inpainting"),
+    Method("reconstruction", "reconstruction",
+           "no edit: the inversion's reconstruction of the input (what the model keeps of the image; "
+           "its cycle error is the identity floor of every diffusion method)"),
     Method("depth_only", "diffusion", "regenerate from the inverted noise with the edited depth, no activation guidance",
            lambda n: {"grad_steps": 0}),
     Method("averaged_guidance", "diffusion", "G_o on masked means of the activations (stand-in for Diffusion Self-Guidance)",

@@ -190,7 +190,7 @@ class CaseRunner:
         inverse = case.edit.resolve(pivot).inverse()  # = HandleEdit.inverse() about the moved pivot
         out: dict[str, dict] = {}
         inverted = None
-        if any(m.kind == "diffusion" and m.name not in done for m in methods):
+        if any(m.kind != "warp" and m.name not in done for m in methods):
             try:
                 _ = self.pipe  # load once, outside the per-method timers
             except Exception:
@@ -211,6 +211,12 @@ class CaseRunner:
                     if self.cfg.cycle:
                         cycled = warp_only(edited, d_edit, m_edit, inverse, clean_depth, case.fov_deg)[0]
                     entry["config_key"] = "warp"
+                elif m.kind == "reconstruction":
+                    if inverted is None:
+                        inverted = self._invert(image, case.caption, depth, mask)
+                    edited = self.pipe.backbone.resize_to_work(inverted.reconstruction.float().cpu(), tuple(image.shape[-2:]))
+                    cycled = edited if self.cfg.cycle else None  # the identity edit's "cycle"
+                    entry["config_key"] = "reconstruction"
                 else:
                     guidance = m.guidance(self.cfg.steps)
                     resolved = guidance.to_dict()
