@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--unet-batch", type=int, default=None)
+    t.add_argument("--stage", default="all", choices=["all", "decoder"],
+                   help="all: VAE, UNet, decoder fine-tuning (default); decoder: only the decoder stage (needs the VAE stage done)")
+    t.add_argument("--decoder-steps", type=int, default=None)
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this many minutes (0: no limit)")
     t.add_argument("--export", default=None, metavar="DIR", help="afterwards write the diffusers model folder here")
     t.set_defaults(func=_train)
@@ -156,7 +159,8 @@ def _train(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise HandlesError(f"--data: file not found: {args.data} (make it with `handles world dataset`)")
     cfg = TrainConfig(data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device, max_minutes=args.max_minutes)
-    for name in ("vae_steps", "unet_steps", "unet_batch"):
+    cfg.stage = args.stage
+    for name in ("vae_steps", "unet_steps", "unet_batch", "decoder_steps"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     run = train(cfg)

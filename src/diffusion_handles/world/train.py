@@ -45,12 +45,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int = 1  # one thread: on a shared, oversubscribed CPU this was ~10x faster than two
-    vae_steps: int = 400
+    vae_steps: int = 700
     vae_batch: int = 24
     vae_crop: int = 32
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    unet_steps: int = 3000
+    unet_steps: int = 6479
     unet_batch: int = 32
     unet_lr: float = 5e-4
     warmup: int = 100
@@ -60,6 +60,10 @@ class TrainConfig:
     ckpt_every: int = 50
     log_every: int = 10
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time per call; 0 = no limit
+    decoder_steps: int = 200  # stage 3: decoder-only fine-tuning (encoder frozen, so latents stay valid)
+    decoder_batch: int = 16
+    decoder_lr: float = 5e-4
+    stage: str = "all"  # "all" (vae, unet, decoder) or "decoder" (stage 3 alone, e.g. beside a unet run)
 
 
 class _Log:
@@ -182,6 +186,10 @@ def train(cfg: TrainConfig) -> Path:
     ids = torch.stack(ids, 1)  # (N, 2, L)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
 
+    if cfg.stage == "decoder":
+        finetune_decoder(cfg, vae, rgb, run, log, out_of_time)
+        return run
+
     # ------------------------------------------------------------------ stage 2: UNet + text
     sched = comps["scheduler"]
     acp = sched.alphas_cumprod.to(dev)  # (1000,)
@@ -246,7 +254,67 @@ def train(cfg: TrainConfig) -> Path:
             log(f"unet: stopping at step {ustep} (time limit); resume with the same command")
             break
     bar.close()
+    if not out_of_time():
+        finetune_decoder(cfg, vae, rgb, run, log, out_of_time)
     return run
+
+
+def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time) -> None:
+    """Stage 3: train only the VAE decoder (``post_quant_conv`` + ``decoder``) on full images.
+
+    The encoder is frozen, so the cached latents the UNet learned stay exactly valid. Input:
+    the posterior mean plus a little Gaussian noise (robustness to generated latents); loss
+    L1 + L2 on full 64x64 images. Checkpoint ``decoder.pt``; :func:`export` uses it if present.
+    """
+    from tqdm import tqdm
+
+    dev = torch.device(cfg.device)
+    ckpt = run / "decoder.pt"
+    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    step = 0
+    if ckpt.exists():
+        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
+        vae.decoder.load_state_dict(st["decoder"])
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+        log(f"decoder: resumed at step {step}")
+    if step >= cfg.decoder_steps:
+        return
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 13 + step)
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    n = len(rgb)
+    bar = tqdm(range(step, cfg.decoder_steps), desc="decoder", initial=step, total=cfg.decoder_steps)
+    for i in bar:
+        idx = torch.randint(0, n, (cfg.decoder_batch,), generator=gen)
+        x = rgb[idx].float().div(127.5).sub(1.0).to(dev)  # (B, 3, H, W)
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+            z = z + 0.05 * z.std() * torch.randn(z.shape, generator=gen).to(dev)
+        rec = vae.decode(z).sample
+        l1 = (rec - x).abs().mean()
+        loss = l1 + (rec - x).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step = i + 1
+        if step % cfg.log_every == 0:
+            log(f"decoder step {step} l1 {l1.item():.4f} loss {loss.item():.4f}")
+            bar.set_postfix(l1=f"{l1.item():.4f}")
+        if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps or out_of_time():
+            _save({"post_quant_conv": vae.post_quant_conv.state_dict(), "decoder": vae.decoder.state_dict(),
+                   "opt": opt.state_dict(), "step": step}, ckpt)
+        if out_of_time():
+            log(f"decoder: stopping at step {step} (time limit); resume with the same command")
+            break
+    bar.close()
+    vae.eval().requires_grad_(False)
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> Path:
@@ -257,6 +325,11 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> Path:
     vae, unet, text_encoder = comps["vae"], comps["unet"], comps["text_encoder"]
     vae.load_state_dict(torch.load(run / "vae.pt", map_location="cpu", weights_only=False)["model"])
     vae.register_to_config(scaling_factor=torch.load(run / "latents.pt", weights_only=False)["scaling_factor"])
+    dec = run / "decoder.pt"
+    if dec.exists():  # stage 3: fine-tuned decoder (encoder unchanged)
+        st = torch.load(dec, map_location="cpu", weights_only=False)
+        vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
+        vae.decoder.load_state_dict(st["decoder"])
     st = torch.load(run / "unet.pt", map_location="cpu", weights_only=False)
     unet.load_state_dict(st["ema_unet" if use_ema else "unet"])
     text_encoder.load_state_dict(st["ema_text" if use_ema else "text"])
