@@ -35,7 +35,6 @@ def test_shipped_model_loads_through_the_backbone_path():
         assert len(bb.tokenizer(w, add_special_tokens=False).input_ids) == 1
 
 
-@pytest.mark.slow
 def test_shipped_model_silhouettes_follow_the_depth():
     """Generated objects cover the true masks much better than with another scene's depth.
 
