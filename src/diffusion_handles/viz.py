@@ -8,7 +8,10 @@ import torch
 
 
 def colorize_depth(depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Colour-map a z-depth map (near = warm, far = cool; turbo on inverse depth).
+    """Colour-map a z-depth map: turbo on inverse depth, near = warm (red), far = cool (blue).
+
+    The colour range is the 1st-99th percentile of inverse depth over the shown pixels, so a few
+    outliers (a pixel at the horizon, a flying pixel) do not wash out the picture.
 
     Args:
         depth: ``(H, W)`` / ``(1, 1, H, W)`` z-depth; non-finite or <= 0 pixels are shown black.
@@ -24,9 +27,9 @@ def colorize_depth(depth: torch.Tensor, valid: torch.Tensor | None = None) -> to
     inv = np.zeros_like(d)
     inv[ok] = 1.0 / d[ok]
     if ok.any():
-        lo, hi = inv[ok].min(), inv[ok].max()
+        lo, hi = np.quantile(inv[ok], [0.01, 0.99])
         inv = (inv - lo) / max(hi - lo, 1e-12)
-    u8 = (np.clip(inv, 0, 1) * 255).astype(np.uint8)
+    u8 = (np.clip(inv, 0, 1) * 255 + 0.5).astype(np.uint8)
     rgb = cv2.applyColorMap(u8, cv2.COLORMAP_TURBO)[..., ::-1].astype(np.float32) / 255.0
     rgb[~ok] = 0.0
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -16,7 +14,6 @@ from diffusion_handles.perception.depth import (
     DepthConfig,
     DepthEstimator,
     align_scale_shift,
-    colorize_depth,
     kind_of_model,
     to_z_depth,
 )
@@ -102,14 +99,6 @@ def test_kind_override_and_unknown_family():
         DepthConfig(kind="inverse")
     with pytest.raises(HandlesError, match="--depth-range"):
         DepthConfig(near=5, far=1)
-
-
-def test_colorize_depth_is_rgb_and_near_is_bright():
-    z = torch.linspace(1, 10, 64).reshape(1, 1, 8, 8)
-    rgb = colorize_depth(z)
-    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
-    assert rgb[0, 0].astype(int).sum() > rgb[-1, -1].astype(int).sum()
-    assert math.isfinite(float(rgb.mean()))
 
 
 def test_zoedepth_padding_is_cropped(tiny_models, photo, monkeypatch):

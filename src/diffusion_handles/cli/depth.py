@@ -26,11 +26,11 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     import numpy as np
-    from PIL import Image
 
-    from diffusion_handles.io import load_image, save_depth_png16
+    from diffusion_handles.io import load_image, save_depth_png16, save_image
     from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.perception.depth import DepthEstimator, colorize_depth
+    from diffusion_handles.perception.depth import DepthEstimator
+    from diffusion_handles.viz import colorize_depth
 
     cfg = perception_config_from_args(args)
     image = load_image(args.image)
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         np.save(out / "depth.npy", z)
         np.save(out / "raw.npy", est.raw[0, 0].numpy().astype(np.float32))
         save_depth_png16(out / "depth16.png", est.depth)
-        Image.fromarray(colorize_depth(est.depth)).save(out / "depth.png")
+        save_image(out / "depth.png", colorize_depth(est.depth))
         summary = {
             "image": str(args.image),
             "size": {"width": int(z.shape[1]), "height": int(z.shape[0])},

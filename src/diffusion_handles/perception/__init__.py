@@ -16,7 +16,6 @@ from diffusion_handles.perception.depth import (
     DepthEstimate,
     DepthEstimator,
     align_scale_shift,
-    colorize_depth,
     to_z_depth,
 )
 from diffusion_handles.perception.inpaint import (
@@ -46,7 +45,7 @@ __all__ = [
     "DEPTH_KINDS", "METRIC_DEPTH", "RELATIVE_DEPTH", "RELATIVE_DISPARITY",
     "Candidate", "DepthConfig", "DepthEstimate", "DepthEstimator", "InpaintConfig", "PerceptionConfig",
     "PreparedInputs", "SamSegmenter", "SegmentConfig", "Selection", "TextDetector",
-    "align_scale_shift", "background_depth", "choose_candidate", "colorize_depth", "dilate_mask",
+    "align_scale_shift", "background_depth", "choose_candidate", "dilate_mask",
     "is_offline", "load_pretrained", "overlay_image", "parse_click", "prepare_inputs", "remove_object",
     "select_object", "to_z_depth",
 ]

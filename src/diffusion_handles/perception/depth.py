@@ -254,19 +254,3 @@ class DepthEstimator:
         depth = to_z_depth(raw, self.kind, near=self.config.near, far=self.config.far)
         return DepthEstimate(depth=depth, raw=raw, kind=self.kind, model=self.source)
 
-
-def colorize_depth(depth: torch.Tensor) -> np.ndarray:
-    """A ``(H, W, 3)`` uint8 RGB picture of z-depth (near = bright/yellow, far = dark/purple).
-
-    Colours follow inverse depth over its 1st-99th percentile range (the way people read
-    depth maps: detail near the camera), with the perceptually uniform ``inferno`` colour map.
-    """
-    import cv2
-
-    z = depth.detach().float().cpu().squeeze().numpy()
-    inv = 1.0 / np.maximum(z, 1e-6)
-    lo, hi = np.quantile(inv, [0.01, 0.99])
-    t = np.clip((inv - lo) / max(hi - lo, 1e-12), 0, 1)
-    u8 = (t * 255 + 0.5).astype(np.uint8)
-    bgr = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)
-    return bgr[..., ::-1].copy()
