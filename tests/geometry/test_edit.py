@@ -188,3 +188,12 @@ def test_batched_edit_matches_single():
         gs = compute_edit(d, m, e)
         assert torch.allclose(gb.flow[i : i + 1], gs.flow)
         assert torch.equal(gb.object_wins[i : i + 1], gs.object_wins)
+
+
+def test_pivot_is_the_centroid_of_the_lifted_object_everywhere():
+    from diffusion_handles.geometry import lift, object_centroid
+
+    depth, mask = box_on_wall(z_box=3.0)
+    depth[..., 40:50, 50:60] = 2.5  # a non-planar object
+    g = compute_edit(depth, mask, HandleEdit(rotate_deg=10))
+    assert torch.allclose(g.pivots, object_centroid(lift(depth, Camera(96, 128)), mask), atol=1e-12)

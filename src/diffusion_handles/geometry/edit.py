@@ -131,8 +131,16 @@ def object_centroid(points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B, 3)`` centroids in scene units (float64).
     """
-    m = mask.double()
-    return (points.double() * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp(min=1.0)
+    bi, _, yi, xi = torch.nonzero(mask > 0.5, as_tuple=True)
+    return _centroids(points.permute(0, 2, 3, 1)[bi, yi, xi], bi, points.shape[0])
+
+
+def _centroids(points: torch.Tensor, batch_index: torch.Tensor, batch: int) -> torch.Tensor:
+    """Per-image mean of object points ``(N, 3)`` with batch indices ``(N,)``: ``(B, 3)`` float64.
+    The one definition of the rotation/scale pivot."""
+    counts = torch.bincount(batch_index, minlength=batch).to(torch.float64).clamp(min=1.0)
+    sums = torch.zeros(batch, 3, dtype=torch.float64, device=points.device).index_add_(0, batch_index, points.double())
+    return sums / counts[:, None]
 
 
 def compute_edit(
@@ -181,9 +189,7 @@ def compute_edit(
     src_px = torch.stack([xi, yi], dim=-1).to(dtype) + 0.5  # (N, 2) pixel centres
     src_pts = lift_at(src_px, depth[bi, 0, yi, xi], camera)  # (N, 3)
 
-    counts = torch.bincount(bi, minlength=b).to(torch.float64)  # object pixels per image
-    centroids = torch.zeros(b, 3, dtype=torch.float64, device=device).index_add_(0, bi, src_pts.double())
-    centroids = centroids / counts[:, None]
+    centroids = _centroids(src_pts, bi, b)
     if isinstance(edit, Similarity):
         transforms = tuple(edit for _ in range(b))
         pivots = centroids
