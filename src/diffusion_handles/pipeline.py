@@ -6,9 +6,11 @@ Stages, as in Fig. 2 of the paper:
    (null-text) optimise, record the guided activations ``Psi_{i,t}`` on the reconstruction pass.
    The result is an :class:`~diffusion_handles.diffusion.inverted.InvertedImage`, optionally
    cached on disk by a hash of its inputs.
-2. ``edit`` (Sec. 5.1-5.2): the 3D edit's flow, masks and edited depth (``geometry``), the edited
-   activations ``Psi' = W[rho(Psi), F]`` (Eq. 6), then the guided generation (Eqs. 3, 8, 9)
-   conditioned on the edited depth ``d'``.
+2. ``edit`` (Sec. 5.1-5.2), in numbered stages: (1) the 3D edit's flow, masks and edited depth
+   (``geometry``); (2) the guidance targets: edited activations ``Psi' = W[rho(Psi), F]`` (Eq. 6)
+   and masks per layer (:func:`guidance_targets`); (3) the guided generation (Eqs. 3, 8, 9)
+   conditioned on the edited depth ``d'``; (4) decoding and, optionally, the pixel composite that
+   keeps the input outside the edit region.
 """
 
 from __future__ import annotations
@@ -22,18 +24,23 @@ import torch
 from diffusion_handles.diffusion.backbone import DEFAULT_MODEL, Backbone
 from diffusion_handles.diffusion.conditioning import depth_to_condition
 from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
+from diffusion_handles.diffusion.energies import activation_scale
+from diffusion_handles.diffusion.guidance import GuidePlan
 from diffusion_handles.diffusion.inversion import invert as run_inversion
 from diffusion_handles.diffusion.inverted import InvertedImage, inversion_key
-from diffusion_handles.diffusion.sampler import GuidanceTargets, generate
+from diffusion_handles.diffusion.sampler import Denoiser, sample
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import (
     DEFAULT_FOV_DEG,
     Camera,
+    EditGeometry,
     HandleEdit,
     Similarity,
     background_depth_fill,
     compute_edit,
+    edit_region,
     edited_depth,
+    latent_region,
     render_preview,
     warp,
 )
@@ -51,8 +58,13 @@ class EditOutput:
         preview: ``(1, 3, H, W)`` the input warped by the 3D flow (holes magenta).
         edited_depth: ``(1, 1, H, W)`` d', z-depth in scene units.
         edited_mask: ``(1, 1, H, W)`` M'_o in [0, 1]; valid_mask: ``(1, 1, H, W)`` M_v.
+        region: ``(1, 1, H, W)`` the soft edit region (1 = generated, 0 = input), whether or
+            not the composite was applied (:func:`diffusion_handles.geometry.region.edit_region`).
+        generated: ``(1, 3, H, W)`` the decoded generation before any composite.
         timings: seconds per stage of this edit; unet_evals: UNet evaluations of this edit.
         energies: ``{step: [ {"G": ..., "G_o[i]": ..., ...} per gradient step ]}``.
+        monitor: ``{step: {"G": ..., "G_o[i]": ...}}`` the energies of the latent each step
+            starts from, for every recorded (layer, step), guided or not.
         config: the resolved guidance configuration (layers, guide_until filled in).
     """
 
@@ -62,9 +74,12 @@ class EditOutput:
     edited_depth: torch.Tensor
     edited_mask: torch.Tensor
     valid_mask: torch.Tensor
+    region: torch.Tensor | None = None
+    generated: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
     unet_evals: dict[str, dict[str, int]] = field(default_factory=dict)
     energies: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    monitor: dict[int, dict[str, float]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
 
@@ -81,6 +96,59 @@ def _check_inputs(image, depth, mask) -> None:
         raise HandlesError("depth: expected positive, finite z-depth everywhere")
     if not bool((mask > 0.5).any()):
         raise HandlesError("mask: expected at least one object pixel, got an empty mask")
+
+
+def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: GuidanceConfig,
+                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int]) -> GuidePlan:
+    """Stage 2 of an edit: what the guided generation follows (Sec. 5.1-5.2).
+
+    For every recorded ``(layer, step)``: ``Psi' = W[rho(Psi), F]`` (Eq. 6, bilinear ``rho``, the
+    flow evaluated at that layer's resolution); per layer ``M'_o = W[M_o, F] * M_v`` and
+    ``M'_b = (1 - M'_o) * M_v`` (holes excluded from both energies); per target the energy divisor
+    (the activation variance of ``Psi`` in the normalized mode, 1 in the paper's). Also the
+    latent preservation the configuration asks for (blending mask and trajectory, identity
+    transfer target).
+
+    Args:
+        inverted: the inverted image (activations, trajectory, work-size masks).
+        geom: the edit's geometry at the work size (:func:`compute_edit`).
+        guidance: the configuration; schedule_layers: per step, the up-blocks to guide.
+        latent_hw: the latent grid ``(h, w)``.
+    """
+    edited, m_obj, m_bg, scale, per_res = {}, {}, {}, {}, {}
+    for (lay, step), psi in inverted.activations.items():
+        hw = tuple(psi.shape[-2:])
+        if hw not in per_res:
+            per_res[hw] = geom.at_resolution(*hw)
+        fe = per_res[hw]
+        edited[(lay, step)] = warp(psi.float(), fe.source.to(psi.device).float())
+        m_obj[lay] = fe.edited_mask.float().to(psi.device)
+        m_bg[lay] = ((1.0 - fe.edited_mask.float()) * fe.valid.float()).to(psi.device)  # M'_b, Sec. 5.1
+        scale[(lay, step)] = activation_scale(psi) if guidance.mode == "normalized" else 1.0
+    plan = GuidePlan(
+        layers=schedule_layers, edited=edited, mask_object=m_obj, mask_background=m_bg, scale=scale,
+        w_object=guidance.w_object, w_background=guidance.w_background, object_guidance=guidance.object_guidance,
+        mode=guidance.mode, grad_steps=guidance.grad_steps, step_size=guidance.step_size,
+        relative_step=guidance.relative_step, noise_guidance_scale=guidance.noise_guidance_scale,
+    )
+    device = inverted.x_T.device
+    traj = inverted.trajectory
+    if guidance.blend_latents or guidance.identity_transfer_step is not None:
+        if traj is None:
+            raise HandlesError("guidance: latent blending and identity transfer need the inversion's trajectory; invert again")
+    if guidance.blend_latents:
+        hard, _ = edit_region(geom.object_mask, geom.edited_mask, geom.valid)
+        plan.blend_mask = latent_region(hard, latent_hw).float().to(device)
+        plan.blend_trajectory = [t[None].float() for t in traj.to(device)]
+        plan.blend_until = len(schedule_layers)
+    k = guidance.identity_transfer_step
+    if k is not None and k < len(schedule_layers):
+        fe = geom.at_resolution(*latent_hw)
+        start = inverted.x_T if k == 0 else traj[k - 1][None]  # the latent step k starts from
+        plan.transfer = warp(start.float().to(device), fe.source.float().to(device))
+        plan.transfer_mask = (fe.edited_mask.float() > 0.5).float().to(device)
+        plan.transfer_step = k
+    return plan
 
 
 class DiffusionHandles:
@@ -169,6 +237,7 @@ class DiffusionHandles:
             x_T=res.x_T, latent_0=z0, text_embedding=text, null_embeddings=res.null_embeddings,
             reconstruction=recon, activations=res.activations, key=key, timings=timings,
             unet_evals=evals, null_losses=res.null_losses, seed=seed,
+            trajectory=torch.cat(res.trajectory) if res.trajectory else None,
         )
         if cache_dir is not None:
             inv.save(Path(cache_dir) / key)
@@ -177,16 +246,21 @@ class DiffusionHandles:
     # ------------------------------------------------------------------------------------
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity, *,
              guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
-             fov_deg: float = DEFAULT_FOV_DEG, progress: bool = True) -> EditOutput:
+             fov_deg: float = DEFAULT_FOV_DEG, source_image: torch.Tensor | None = None,
+             progress: bool = True, callback=None) -> EditOutput:
         """Generate the edited image for a 3D ``transform`` of the object (Sec. 5.1-5.2).
 
         Args:
             inverted: from :meth:`invert` (same model).
             transform: a :class:`HandleEdit` (about the object's centroid) or a :class:`Similarity`.
-            guidance: the guidance schedule and weights; must guide only recorded (layer, step)s.
+            guidance: the guidance schedule, weights, mode and preservation options; must guide
+                only recorded (layer, step)s.
             background_depth: ``(1, 1, H, W)`` z-depth of the object-free scene d'_b (e.g. from
                 an inpainter + depth estimator); default: a harmonic fill of the object region.
             fov_deg: horizontal field of view (Sec. 5.1: 55 degrees).
+            source_image: ``(1, 3, H, W)`` the input at its own size, for the pixel composite
+                (default: the work-size image resized back, exact when the sizes agree).
+            callback: called with ``{"step", "total", "x", "energies"}`` after each step.
         """
         guidance = guidance or GuidanceConfig()
         bb = self.backbone
@@ -218,48 +292,44 @@ class DiffusionHandles:
                 raise HandlesError(f"background_depth: expected a tensor (1, 1, H, W), got {tuple(background_depth.shape)}")
             bg = bb.resize_to_work(background_depth.float().to(depth.device), (h, w))
         d_edit = edited_depth(geom, bg)  # (1, 1, H, W) z-depth d'
-        # 2. edited activations Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
-        edited, m_obj, m_bg, per_res = {}, {}, {}, {}
-        for (lay, step), psi in inverted.activations.items():
-            if lay not in schedule_layers[step]:
-                continue
-            hw = tuple(psi.shape[-2:])
-            if hw not in per_res:
-                per_res[hw] = geom.at_resolution(*hw)
-            fe = per_res[hw]
-            edited[(lay, step)] = warp(psi.float(), fe.source.float())
-            m_obj[lay] = fe.edited_mask.float()
-            m_bg[lay] = (1.0 - fe.edited_mask.float()) * fe.valid.float()  # M'_b = 1 - M'_o, holes excluded (Sec. 5.1)
+        # 2. guidance targets: Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
+        plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]))
         timings["geometry"] = time.perf_counter() - t0
 
         # 3. guided generation (Eq. 3) conditioned on the edited depth d'
         t0 = time.perf_counter()
         dcond = depth_to_condition(d_edit.to(bb.device), inverted.x_T.shape[-2:])
+        den = Denoiser(bb, inverted.text_embedding, inverted.null_embeddings, dcond, bb.schedule(n),
+                       inverted.config.guidance_scale)
         with counter.in_stage("edit"):
-            res = generate(
-                bb, inverted.x_T, inverted.text_embedding, inverted.null_embeddings, dcond,
-                bb.schedule(n), guidance_scale=inverted.config.guidance_scale, guide=schedule_layers,
-                targets=GuidanceTargets(edited, m_obj, m_bg), w_object=guidance.w_object,
-                w_background=guidance.w_background, grad_steps=guidance.grad_steps,
-                step_size=guidance.step_size, noise_guidance_scale=guidance.noise_guidance_scale,
-                object_guidance=guidance.object_guidance,
-                progress=progress, desc="guided generation",
-            )
+            res = sample(den, inverted.x_T, plan=plan, progress=progress, desc="guided generation", callback=callback)
         timings["guided_generation"] = time.perf_counter() - t0
+
+        # 4. decode; keep the input's pixels outside the edit region (optional, not in the paper)
         t0 = time.perf_counter()
         image = bb.decode(res.latent)
-        timings["decode"] = time.perf_counter() - t0
 
         def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
             return bb.resize_to_work(x.float().cpu(), inverted.input_hw, mode)
+
+        _, soft = edit_region(geom.object_mask, geom.edited_mask, geom.valid)
+        region = back(soft).clamp(0, 1)
+        generated = back(image)
+        edited = generated
+        if guidance.composite:
+            src = back(inverted.image) if source_image is None else source_image.float().cpu()
+            if tuple(src.shape[-2:]) != tuple(inverted.input_hw):
+                raise HandlesError(f"source_image: expected size {inverted.input_hw[1]}x{inverted.input_hw[0]} (W x H), got {src.shape[-1]}x{src.shape[-2]}")
+            edited = region * generated + (1.0 - region) * src
+        timings["decode"] = time.perf_counter() - t0
 
         resolved = guidance.to_dict()
         resolved["layers"] = list(guidance.resolved_layers(bb.num_up_blocks))
         resolved["guide_until"] = guidance.resolved_guide_until(n)
         return EditOutput(
-            edited=back(image), reconstruction=back(inverted.reconstruction),
+            edited=edited, reconstruction=back(inverted.reconstruction),
             preview=back(render_preview(inverted.image.float(), geom)), edited_depth=back(d_edit),
-            edited_mask=back(geom.edited_mask), valid_mask=back(geom.valid, "nearest"),
-            timings=timings, unet_evals={k: dict(v) for k, v in counter.counts.items()},
-            energies=res.energies, config=resolved,
+            edited_mask=back(geom.edited_mask), valid_mask=back(geom.valid, "nearest"), region=region,
+            generated=generated, timings=timings, unet_evals={k: dict(v) for k, v in counter.counts.items()},
+            energies=res.energies, monitor=res.monitor, config=resolved,
         )

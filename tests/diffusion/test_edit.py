@@ -30,19 +30,32 @@ def test_identity_edit_reproduces_the_reconstruction(handles, inverted, scene):
     _, depth, _ = scene
     out = handles.edit(inverted, HandleEdit(), background_depth=depth, progress=False)
     torch.testing.assert_close(out.edited_depth, depth)
-    torch.testing.assert_close(out.edited, out.reconstruction, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.generated, out.reconstruction, atol=1e-4, rtol=0)
     assert all(e["G"] < 1e-8 for steps in out.energies.values() for e in steps)
     assert out.edited.shape == (1, 3, 16, 16)
 
 
-def test_each_guidance_step_lowers_G(handles, inverted):
-    out = handles.edit(inverted, HandleEdit(translate=(0.25, 0.0, 0.0)), progress=False)
+def test_each_guidance_step_lowers_G_in_the_paper_mode(handles, inverted):
+    out = handles.edit(inverted, HandleEdit(translate=(0.25, 0.0, 0.0)), progress=False,
+                       guidance=GuidanceConfig(mode="paper"))
     assert out.energies, "no guided steps ran"
     for step, history in out.energies.items():
         g = [e["G"] for e in history]
         assert len(g) == 3
         assert all(b < a for a, b in zip(g, g[1:], strict=False)), (step, g)
     assert not torch.allclose(out.edited, out.reconstruction, atol=1e-3)
+
+
+def test_normalized_guidance_lowers_G_and_ends_below_depth_only(handles, inverted):
+    """The default (normalized) rule: each guided timestep ends with a lower G than it started
+    with, and the energy the generation reaches is well below the unguided one's."""
+    edit = HandleEdit(translate=(0.25, 0.0, 0.0))
+    out = handles.edit(inverted, edit, progress=False)
+    for step, history in out.energies.items():
+        assert min(e["G"] for e in history) < 0.9 * history[0]["G"], (step, history)
+    free = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=0, guide_until=5))
+    last = max(out.energies)  # the last guided step: G of the latent it starts from, both runs
+    assert out.monitor[last]["G"] < 0.5 * free.monitor[last]["G"]
 
 
 def test_schedule_guides_the_intended_layers_at_the_intended_steps(handles, inverted):

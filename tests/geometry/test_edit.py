@@ -197,3 +197,29 @@ def test_pivot_is_the_centroid_of_the_lifted_object_everywhere():
     depth[..., 40:50, 50:60] = 2.5  # a non-planar object
     g = compute_edit(depth, mask, HandleEdit(rotate_deg=10))
     assert torch.allclose(g.pivots, object_centroid(lift(depth, Camera(96, 128)), mask), atol=1e-12)
+
+
+def test_splat_footprint_covers_its_square():
+    """A point with footprint 3 covers the 3x3 pixels around it; footprint 1 only its own pixel."""
+    from diffusion_handles.geometry.splat import zbuffer_splat
+
+    pix = torch.tensor([[5.5, 4.5], [1.5, 1.5]], dtype=torch.float64)  # centres of pixels (4, 5), (1, 1)
+    z = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    zb = zbuffer_splat(pix, z, torch.zeros(2, dtype=torch.long), torch.tensor([3.0, 1.0], dtype=torch.float64), 1, 8, 10)
+    covered = torch.isfinite(zb[0, 0])
+    assert bool(covered[3:6, 4:7].all()) and int(covered.sum()) == 9 + 1
+    assert float(zb[0, 0, 1, 1]) == 3.0 and float(zb[0, 0, 5, 6]) == 2.0
+
+
+def test_strong_magnification_leaves_no_pinholes():
+    """Brought 4.5x closer, each source pixel must cover ~4.5x4.5 target pixels (the footprint);
+    the closing alone (radius 1) cannot fill gaps of 3-4 pixels. (4.5, not 4: at exactly 4x the
+    points land on pixel corners and each touches 2x2 pixels.)"""
+    h, w = 160, 160
+    depth, mask = box_on_wall(h, w, z_wall=40.0, z_box=8.0, box=(74, 86, 74, 86))
+    c = compute_edit(depth, mask, HandleEdit()).pivots[0]
+    g = compute_edit(depth, mask, HandleEdit(translate=(c * (1 / 4.5 - 1.0)).tolist()), Camera(h, w))
+    y0, y1, x0, x1 = bbox(g.edited_mask)
+    assert (x1 - x0) == pytest.approx(12 * 4.5, abs=4)
+    inner = g.edited_mask[0, 0, y0 + 2 : y1 - 2, x0 + 2 : x1 - 2]
+    assert bool((inner > 0.5).all())

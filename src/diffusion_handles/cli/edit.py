@@ -42,12 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_transform_args(p)
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                    help=f"hub id, local diffusers folder, or 'tinyworld' (default {DEFAULT_MODEL})")
-    p.add_argument("--steps", default="50", metavar="N", help="DDIM steps (default 50, Sec. 5)")
+    p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
+                   help="default: null-text inversion, normalized guidance, input kept outside the edit region; "
+                        "paper: the paper's settings exactly; fast: negative-prompt inversion, 20 steps, one gradient "
+                        "step (65 UNet forward-equivalents per edit)")
+    p.add_argument("--guidance-mode", default=None, choices=["normalized", "paper"],
+                   help="gradient-step rule (default: the preset's): normalized (scale-free energies, steps relative "
+                        "to the noise level) or paper (raw energies, step 0.1 on the latent)")
+    p.add_argument("--composite", default=None, choices=["on", "off"],
+                   help="keep the input's pixels outside the edit region, feathered seam (default: the preset's)")
+    p.add_argument("--blend-latents", action="store_true",
+                   help="replace the latent outside the edit region by the inversion's during guidance")
+    p.add_argument("--identity-transfer", default=None, metavar="STEP",
+                   help="at this step, set the object's latents to the inversion's warped by the 3D flow")
+    p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's, 50 (Sec. 5); fast: 20)")
     p.add_argument("--guidance-steps", default=None, metavar="N",
                    help="guide steps 0..N-1 (default 38 of 50, scaled to --steps; Sec. 5.2)")
-    p.add_argument("--grad-steps", default="3", metavar="K", help="gradient steps on the latent per guided step (default 3)")
-    p.add_argument("--inversion", default="null-text", choices=["null-text", "ddim", "negative-prompt"],
-                   help="inversion method (default null-text, the paper's; negative-prompt is the fast one)")
+    p.add_argument("--grad-steps", default=None, metavar="K",
+                   help="gradient steps on the latent per guided step (default: the preset's, 3; fast: 1)")
+    p.add_argument("--inversion", default=None, choices=["null-text", "ddim", "negative-prompt"],
+                   help="inversion method (default: the preset's, null-text as the paper; fast: negative-prompt)")
     p.add_argument("--seed", default="0", metavar="S", help="seed of the VAE posterior sample (default 0)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -75,6 +89,7 @@ def _int(value: str, arg: str, minimum: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
     import sys
     import time
@@ -82,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
+    from diffusion_handles.diffusion.config import preset
     from diffusion_handles.errors import HandlesError
     from diffusion_handles.io import (
         check_mask_not_empty,
@@ -100,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     edit = edit_from_args(args)
     fov = fov_from_args(args)
-    steps = _int(args.steps, "--steps", 1)
-    grad_steps = _int(args.grad_steps, "--grad-steps", 0)
+    steps = None if args.steps is None else _int(args.steps, "--steps", 1)
+    inversion, guidance = preset(args.preset, steps)
+    steps = inversion.num_steps
     seed = _int(args.seed, "--seed", 0)
     guide_until = None if args.guidance_steps is None else _int(args.guidance_steps, "--guidance-steps", 0)
     if guide_until is not None and guide_until > steps:
@@ -145,14 +161,30 @@ def run(args: argparse.Namespace) -> int:
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
-    inversion = InversionConfig(method=args.inversion, num_steps=steps)
-    guidance = GuidanceConfig(guide_until=guide_until, grad_steps=grad_steps)
+    if args.inversion is not None:
+        inversion = dataclasses.replace(inversion, method=args.inversion)
+    over: dict = {"guide_until": guide_until}
+    if args.grad_steps is not None:
+        over["grad_steps"] = _int(args.grad_steps, "--grad-steps", 0)
+    if args.guidance_mode is not None:
+        over["mode"] = args.guidance_mode
+    if args.composite is not None:
+        over["composite"] = args.composite == "on"
+    if args.blend_latents:
+        over["blend_latents"] = True
+    if args.identity_transfer is not None:
+        k = _int(args.identity_transfer, "--identity-transfer", 0)
+        if k >= steps:
+            raise HandlesError(f"--identity-transfer: expected a step below --steps ({steps}), got {k}")
+        over["identity_transfer_step"] = k
+    guidance = dataclasses.replace(guidance, **over)
 
     t0 = time.perf_counter()
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                     cache_dir=args.cache, progress=not args.quiet)
     t_invert = time.perf_counter() - t0
-    out = dh.edit(inv, edit, guidance=guidance, background_depth=background, fov_deg=fov, progress=not args.quiet)
+    out = dh.edit(inv, edit, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
+                  progress=not args.quiet)
 
     bb = dh.backbone
     summary = {
@@ -164,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                   "cpu_threads": torch.get_num_threads(),
                   "scaling_factor": bb.scaling_factor, "up_blocks": bb.num_up_blocks},
         "transform": {"edit": edit.to_dict(), "fov_deg": fov},
-        "config": {"inversion": inversion.to_dict(), "guidance": out.config, "seed": seed},
+        "config": {"preset": args.preset, "inversion": inversion.to_dict(), "guidance": out.config, "seed": seed},
         "inversion": {
             "cache_hit": inv.cache_hit, "skipped": inv.cache_hit, "key": inv.key,
             "cache_dir": args.cache, "null_losses": inv.null_losses,
@@ -183,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             "edit": out.unet_evals,
         },
         "energies": {str(k): v for k, v in out.energies.items()},
+        "energy_monitor": {str(k): v for k, v in out.monitor.items()},
     }
     if prepared is not None:
         summary["perception"] = {**prepared.info, "depth_kind": prepared.depth_kind, "candidates": prepared.candidates}

@@ -43,7 +43,13 @@ def register(subparsers) -> None:
     t.add_argument("--data", default="runs/world/train.npz")
     t.add_argument("--run-dir", default="runs/world/train", help="checkpoints and train.log (resumes from here)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"],
+                   help="cpu: the shipped model's recipe (default); gpu: a larger model in about 9 minutes on one "
+                        "H100/H200 with --device cuda; tiny: a few steps of every stage (smoke test)")
+    t.add_argument("--device", default=None, help="torch device (default: the preset's, cpu or cuda)")
+    t.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="warm start of a new run: a model folder, 'tinyworld' (the shipped model, the cpu preset's "
+                        "default) or '' (random); a run with checkpoints resumes from them instead")
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--unet-batch", type=int, default=None)
@@ -63,6 +69,11 @@ def register(subparsers) -> None:
     v = sub.add_parser("eval", help="quality on held-out seeds: PSNR/SSIM, silhouette IoU, colour error, grid.png")
     v.add_argument("--model", default="tinyworld")
     v.add_argument("--n", type=int, default=32, help="number of held-out scenes (default 32)")
+    v.add_argument("--first-seed", type=int, default=None, metavar="S",
+                   help="first held-out seed (default 1000000; training seeds are below it)")
+    v.add_argument("--recon-n", type=int, default=8,
+                   help="scenes (the first ones) that also get the null-text reconstruction figure (default 8; 0: none)")
+    v.add_argument("--size", type=int, default=None, help="render size (default: the model's native size)")
     v.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     v.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
     v.add_argument("--out", default="runs/world/eval")
@@ -154,15 +165,24 @@ def _dataset(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from diffusion_handles.world.train import TrainConfig, export, train
+    import torch
+
+    from diffusion_handles.world.train import config_from_preset, export, train
 
     if not Path(args.data).is_file():
         raise HandlesError(f"--data: file not found: {args.data} (make it with `handles world dataset`)")
-    cfg = TrainConfig(data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device, max_minutes=args.max_minutes)
-    cfg.stage = args.stage
-    for name in ("vae_steps", "unet_steps", "unet_batch", "decoder_steps"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
+    if args.init_from and args.init_from != "tinyworld" and not (Path(args.init_from) / "unet").is_dir():
+        raise HandlesError(f"--init-from: expected a model folder with unet/ vae/ text_encoder/, 'tinyworld' or '', got {args.init_from!r}")
+    cfg = config_from_preset(args.preset, data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device,
+                             init_from=args.init_from, stage=args.stage, vae_steps=args.vae_steps,
+                             unet_steps=args.unet_steps, unet_batch=args.unet_batch, decoder_steps=args.decoder_steps,
+                             max_minutes=args.max_minutes or None)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise HandlesError(f"--device: expected an available device, got {cfg.device!r} (torch sees no CUDA GPU)")
+    try:
+        torch.device(cfg.device)
+    except RuntimeError:
+        raise HandlesError(f"--device: expected a torch device such as cpu or cuda, got {cfg.device!r}") from None
     run = train(cfg)
     if args.export:
         export(run, args.export)
@@ -183,12 +203,24 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from diffusion_handles.world.dataset import HELDOUT_SEED0
     from diffusion_handles.world.evaluate import evaluate
 
     if args.n < 2:
         raise HandlesError(f"--n: expected at least 2 scenes, got {args.n}")
-    res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance)
+    if args.first_seed is not None and not HELDOUT_SEED0 <= args.first_seed < 2**31 - args.n:
+        raise HandlesError(f"--first-seed: expected a held-out seed in [{HELDOUT_SEED0}, {2**31 - args.n}) "
+                           f"(seeds below {HELDOUT_SEED0} are training seeds), got {args.first_seed}")
+    if args.recon_n < 0:
+        raise HandlesError(f"--recon-n: expected a non-negative number of scenes, got {args.recon_n}")
+    if args.size is not None and not 16 <= args.size <= 1024:
+        raise HandlesError(f"--size: expected pixels in [16, 1024], got {args.size}")
+    if args.steps < 1:
+        raise HandlesError(f"--steps: expected at least 1, got {args.steps}")
+    res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance,
+                   first_seed=args.first_seed, recon_n=args.recon_n, size=args.size)
     for name, m in res["summary"].items():
         print(f"{name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
+    print("figures  " + " ".join(f"{k} {v:.3f}" for k, v in res["figures"].items() if v is not None))
     print(f"handles world eval: wrote {args.out}/metrics.json and grid.png")
     return 0

@@ -75,6 +75,21 @@ class GuidanceConfig:
         record_dtype: dtype name of the recorded activations ("float32" or "float16").
         object_guidance: ``"local"`` (Eq. 8, the paper's) or ``"averaged"`` (masked means over
             M'_o, the global alternative the paper's local term improves on, Sec. 6).
+        mode: ``"normalized"`` (ours: energies divided by each layer's activation variance,
+            gradient steps of ``relative_step`` times the noise level along the normalised
+            gradient, backtracking when G rises) or ``"paper"`` (the energies as written and
+            ``step_size`` steps on the raw gradient, the release's form);
+            :mod:`diffusion_handles.diffusion.guidance`.
+        relative_step: normalized mode: each gradient step moves the latent by this fraction of
+            the noise level ``sqrt(1 - alpha_t)`` (RMS over the latent); ignored by ``paper``.
+        composite: after decoding, keep the input's pixels outside the edit region (source and
+            target object, holes, a margin for contact shadows) with a feathered seam
+            (:func:`diffusion_handles.geometry.region.edit_region`). Not in the paper.
+        blend_latents: during the guided steps, replace the latent outside the edit region by
+            the inversion's trajectory (latent blending). Not in the paper.
+        identity_transfer_step: at this step, set the object's latents (inside M'_o) to the
+            inversion's latents of that step warped by the 3D flow; ``None``: off. Not in the
+            paper.
     """
 
     layers: tuple[int, ...] | None = None
@@ -87,8 +102,21 @@ class GuidanceConfig:
     noise_guidance_scale: float = 0.0
     record_dtype: str = "float32"
     object_guidance: str = "local"
+    mode: str = "normalized"
+    relative_step: float = 0.3
+    composite: bool = True
+    blend_latents: bool = False
+    identity_transfer_step: int | None = None
 
     def __post_init__(self) -> None:
+        if self.mode not in ("normalized", "paper"):
+            raise ValueError(f"mode: expected 'normalized' or 'paper', got {self.mode!r}")
+        if not 0.0 <= self.relative_step <= 2.0:
+            raise ValueError(f"relative_step: expected a value in [0, 2], got {self.relative_step}")
+        if self.step_size < 0:
+            raise ValueError(f"step_size: expected >= 0, got {self.step_size}")
+        if self.identity_transfer_step is not None and self.identity_transfer_step < 0:
+            raise ValueError(f"identity_transfer_step: expected >= 0 or None, got {self.identity_transfer_step}")
         if self.object_guidance not in ("local", "averaged"):
             raise ValueError(f"object_guidance: expected 'local' or 'averaged', got {self.object_guidance!r}")
         if self.layers is not None:
@@ -148,3 +176,33 @@ class GuidanceConfig:
         if "layer_cycle" in d:
             d["layer_cycle"] = tuple(tuple(c) for c in d["layer_cycle"])
         return GuidanceConfig(**d)
+
+
+def paper_guidance(**overrides) -> GuidanceConfig:
+    """The paper's guidance exactly (Sec. 5.2, release values): raw energies, ``step_size``
+    steps, no preservation beyond the paper."""
+    return GuidanceConfig(**{"mode": "paper", "composite": False, "blend_latents": False,
+                             "identity_transfer_step": None, **overrides})
+
+
+# Named settings of inversion + guidance (``handles edit --preset``).
+PRESETS = ("default", "paper", "fast")
+
+
+def preset(name: str, num_steps: int | None = None) -> tuple[InversionConfig, GuidanceConfig]:
+    """``(InversionConfig, GuidanceConfig)`` of a named preset.
+
+    * ``default``: null-text inversion, 50 steps, the normalized guidance, pixel composite.
+    * ``paper``: the paper's settings exactly (:func:`paper_guidance`).
+    * ``fast``: negative-prompt inversion (one UNet call per step, no null-text optimisation),
+      20 steps, one gradient step per guided step: 20 + 15 x 3 = 65 UNet forward-equivalents
+      per edit (a backward counts 2) and 40 for the inversion.
+    """
+    if name == "default":
+        return InversionConfig(num_steps=num_steps or 50), GuidanceConfig()
+    if name == "paper":
+        return InversionConfig(num_steps=num_steps or 50), paper_guidance()
+    if name == "fast":
+        return (InversionConfig(method="negative-prompt", num_steps=num_steps or 20),
+                GuidanceConfig(grad_steps=1, relative_step=0.6))
+    raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")

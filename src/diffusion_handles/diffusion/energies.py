@@ -2,7 +2,9 @@
 
 Both are written as *means* rather than sums (Eq. 8 divides by the mask area and the channel
 count; Eq. 9 compares masked means, as the paper's text describes), so the weights ``w^o``,
-``w^b`` mean the same at every resolution and for every layer width.
+``w^b`` mean the same at every resolution. Dividing each layer's terms by that layer's
+activation variance (:func:`activation_scale`, the normalized guidance mode) makes them mean
+the same for every layer width and activation scale too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ def background_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_backgrou
     return (mean_e - mean_t).pow(2).mean()
 
 
+def activation_scale(psi: torch.Tensor) -> float:
+    """Variance of activations ``psi`` ``(B, C, h, w)`` about their per-channel means, averaged
+    over channels: the squared size of a typical activation difference in that layer."""
+    x = psi.float()
+    return float(x.var(dim=(0, 2, 3), unbiased=False).mean().clamp(min=1e-12))
+
+
 def guidance_energy(
     activations: Mapping[int, torch.Tensor],
     edited: Mapping[int, torch.Tensor],
@@ -54,8 +63,11 @@ def guidance_energy(
     w_object: float,
     w_background: float,
     object_guidance: str = "local",
+    scales: Mapping[int, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``G = sum_i w^o G_o,i + w^b G_b,i`` over the guided ``layers`` of one step (Sec. 5.2).
+    """``G = sum_i (w^o G_o,i + w^b G_b,i) / s_i`` over the guided ``layers`` of one step (Sec. 5.2).
+
+    ``scales[i]`` (default 1) divides layer ``i``'s terms (see :func:`activation_scale`).
 
     All mappings are keyed by up-block index; masks are at that layer's resolution.
     ``object_guidance="averaged"`` replaces Eq. 8's local L2 by a comparison of masked means
@@ -68,8 +80,9 @@ def guidance_energy(
     total = None
     parts: dict[str, float] = {}
     for i in layers:
-        go = object_term(activations[i], edited[i], mask_object[i])
-        gb = background_energy(activations[i], edited[i], mask_background[i])
+        s = 1.0 if scales is None else float(scales.get(i, 1.0))
+        go = object_term(activations[i], edited[i], mask_object[i]) / s
+        gb = background_energy(activations[i], edited[i], mask_background[i]) / s
         term = w_object * go + w_background * gb
         total = term if total is None else total + term
         parts[f"G_o[{i}]"] = float(go.detach())

@@ -19,7 +19,7 @@ counter in stages ``"ddim_inversion"``, ``"null_text"`` and ``"reconstruction"``
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,19 +28,23 @@ from tqdm.auto import tqdm
 
 from diffusion_handles.diffusion.config import InversionConfig
 from diffusion_handles.diffusion.ddim import Schedule, ddim_step, to_eps_x0
+from diffusion_handles.diffusion.guidance import scaled_grad
 from diffusion_handles.diffusion.hooks import capture_activations
-from diffusion_handles.diffusion.sampler import generate
+from diffusion_handles.diffusion.sampler import Denoiser, sample
 
 
 @dataclass
 class InversionResult:
     """``x_T (1, c, h, w)``; ``null_embeddings (N, L, D)`` or ``None`` (null = prompt);
-    ``latent_0`` the reconstruction's final latent; ``activations {(layer, step): tensor}``;
-    ``null_losses`` per step, the null-text loss after optimisation (empty for other methods)."""
+    ``latent_0`` the reconstruction's final latent; ``trajectory`` the reconstruction's latent
+    after every step (``N`` tensors, float32; the last is ``latent_0``); ``activations
+    {(layer, step): tensor}``; ``null_losses`` per step, the null-text loss after optimisation
+    (empty for other methods)."""
 
     x_T: torch.Tensor
     null_embeddings: torch.Tensor | None
     latent_0: torch.Tensor
+    trajectory: list[torch.Tensor] = field(default_factory=list)
     activations: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     null_losses: list[float] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -66,82 +70,92 @@ def ddim_inversion(backbone, z0: torch.Tensor, text: torch.Tensor, depth_cond: t
     return traj
 
 
-def null_text_optimisation(backbone, traj: Sequence[torch.Tensor], text: torch.Tensor, null: torch.Tensor,
-                           depth_cond: torch.Tensor, schedule: Schedule, config: InversionConfig, *,
-                           record: Mapping[int, Sequence[int]] | None = None,
-                           record_dtype: torch.dtype = torch.float32,
-                           progress: bool = True) -> InversionResult:
+def null_text_lr(config: InversionConfig, step: int) -> float:
+    """Adam learning rate of null-text optimisation at generation step ``step``:
+    ``null_lr * (1 - step / 100)`` (Mokady et al. 2023)."""
+    return config.null_lr * (1.0 - step / 100.0)
+
+
+def null_text_optimisation(denoiser: Denoiser, traj: Sequence[torch.Tensor], null: torch.Tensor,
+                           config: InversionConfig, *, record: Mapping[int, Sequence[int]] | None = None,
+                           record_dtype: torch.dtype = torch.float32, progress: bool = True,
+                           callback: Callable[[dict], None] | None = None) -> InversionResult:
     """Null-Text Inversion: per step, Adam on the null embedding so the CFG step lands on ``traj``.
 
-    Per step: one conditional forward (no gradient; the activations to record are read here,
-    at the reconstruction latent), up to ``null_inner_steps`` unconditional forward+backward
-    passes, and one unconditional forward with the final embedding to take the step.
+    ``denoiser`` carries the prompt, depth, schedule and CFG scale (its null embeddings are
+    unused). Per step: one conditional forward (no gradient; the activations to record are read
+    here, at the reconstruction latent), up to ``null_inner_steps`` unconditional
+    forward+backward passes, and one unconditional forward with the final embedding to take the
+    step. The CFG mix and the DDIM step are the sampler's (:class:`Denoiser`).
     """
-    n = len(schedule)
-    s = config.guidance_scale
+    bb = denoiser.backbone
+    n = len(denoiser)
     record = record or {}
-    x = traj[n].detach()
+    x = traj[n].detach().float()
     emb = null.detach().float().clone()  # (1, L, D), warm-started from the previous step
-    embeddings, losses, acts = [], [], {}
+    embeddings, losses, acts, steps = [], [], {}, []
     for i in tqdm(range(n), desc="null-text inversion", disable=not progress, leave=False):
-        t, a, a_prev = schedule.timesteps[i], schedule.alpha[i], schedule.alpha_prev[i]
         target = traj[n - i - 1].float()
         rec_layers = tuple(record.get(i, ()))
-        with torch.no_grad(), capture_activations(backbone.unet, rec_layers, detach=True) as cap:
-            out_c = backbone.unet_eval(x, t, text, depth_cond).float()
+        with torch.no_grad(), capture_activations(bb.unet, rec_layers, detach=True) as cap:
+            out_c = denoiser.conditional(x, i)
         for lay in rec_layers:
             acts[(lay, i)] = cap.outputs[lay].to(record_dtype).clone()
         emb = emb.detach().clone().requires_grad_(True)  # Adam updates it in place: never alias
-        opt = torch.optim.Adam([emb], lr=config.null_lr * (1.0 - i / 100.0))
+        opt = torch.optim.Adam([emb], lr=null_text_lr(config, i))
         loss_value = float("nan")
         for _ in range(config.null_inner_steps):
             with torch.enable_grad():
-                out_u = backbone.unet_eval(x, t, emb.to(text.dtype), depth_cond).float()
-                model_out = out_u + s * (out_c - out_u)
-                eps, _ = to_eps_x0(model_out, x.float(), a, schedule.prediction_type)
-                loss = F.mse_loss(ddim_step(eps, x.float(), a, a_prev), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            backbone.counter.add_backward(1)
+                out_u = denoiser.conditional(x, i, emb)
+                loss = F.mse_loss(denoiser.ddim(x, i, denoiser.cfg(out_u, out_c)), target)
+                emb.grad = scaled_grad(loss, emb, bb.dtype)
+            bb.counter.add_backward(1)
             opt.step()
             loss_value = float(loss.detach())
             if loss_value < config.null_early_stop + i * 2e-5:  # NTI's early stop
                 break
         emb = emb.detach()
         with torch.no_grad():
-            out_u = backbone.unet_eval(x, t, emb.to(text.dtype), depth_cond).float()
-            model_out = out_u + s * (out_c - out_u)
-            eps, _ = to_eps_x0(model_out, x.float(), a, schedule.prediction_type)
-            x = ddim_step(eps, x.float(), a, a_prev).to(traj[0].dtype)
-            losses.append(float(F.mse_loss(x.float(), target)))
-        embeddings.append(emb.clone().to(text.dtype))
-    return InversionResult(x_T=traj[n], null_embeddings=torch.cat(embeddings), latent_0=x,
-                           activations=acts, null_losses=losses)
+            x = denoiser.ddim(x, i, denoiser.cfg(denoiser.conditional(x, i, emb), out_c))
+            losses.append(float(F.mse_loss(x, target)))
+        steps.append(x.clone())
+        embeddings.append(emb.clone().to(denoiser.text.dtype))
+        if callback is not None:
+            callback({"step": i, "total": n, "x": x, "loss": loss_value})
+    return InversionResult(x_T=traj[n], null_embeddings=torch.cat(embeddings), latent_0=x.to(traj[0].dtype),
+                           trajectory=steps, activations=acts, null_losses=losses)
 
 
 def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, depth_cond: torch.Tensor,
            config: InversionConfig, *, record: Mapping[int, Sequence[int]] | None = None,
-           record_dtype: torch.dtype = torch.float32, progress: bool = True) -> InversionResult:
+           record_dtype: torch.dtype = torch.float32, progress: bool = True,
+           callback: Callable[[dict], None] | None = None) -> InversionResult:
     """Invert latent ``z0`` (1, c, h, w) with prompt embedding ``text`` and empty-prompt
-    embedding ``empty`` (both (1, L, D)); record ``{step: layers}`` on the reconstruction pass."""
+    embedding ``empty`` (both (1, L, D)); record ``{step: layers}`` on the reconstruction pass.
+    ``callback`` receives ``{"stage", "step", "total", ...}`` after every step of every pass."""
     schedule = backbone.schedule(config.num_steps)
     counter = backbone.counter
+
+    def staged(stage: str):
+        return None if callback is None else (lambda info: callback({"stage": stage, **info}))
+
     t0 = time.perf_counter()
     with counter.in_stage("ddim_inversion"):
         traj = ddim_inversion(backbone, z0, text, depth_cond, schedule, progress=progress)
     timings = {"ddim_inversion": time.perf_counter() - t0}
     t0 = time.perf_counter()
     if config.method == "null-text":
+        den = Denoiser(backbone, text, None, depth_cond, schedule, config.guidance_scale)
         with counter.in_stage("null_text"):
-            res = null_text_optimisation(backbone, traj, text, empty, depth_cond, schedule, config,
-                                         record=record, record_dtype=record_dtype, progress=progress)
+            res = null_text_optimisation(den, traj, empty, config, record=record, record_dtype=record_dtype,
+                                         progress=progress, callback=staged("null_text"))
         res.timings = {**timings, "null_text": time.perf_counter() - t0}
         return res
     nulls = None if config.method == "negative-prompt" else empty.expand(len(schedule), -1, -1).contiguous()
+    den = Denoiser(backbone, text, nulls, depth_cond, schedule, config.guidance_scale)
     with counter.in_stage("reconstruction"):
-        rec = generate(backbone, traj[-1], text, nulls, depth_cond, schedule,
-                       guidance_scale=config.guidance_scale, record=record, record_dtype=record_dtype,
-                       progress=progress, desc="reconstruction")
+        rec = sample(den, traj[-1], record=record, record_dtype=record_dtype, keep_trajectory=True,
+                     progress=progress, desc="reconstruction", callback=staged("reconstruction"))
     timings["reconstruction"] = time.perf_counter() - t0
-    return InversionResult(x_T=traj[-1], null_embeddings=nulls, latent_0=rec.latent, activations=rec.activations,
-                           timings=timings)
+    return InversionResult(x_T=traj[-1], null_embeddings=nulls, latent_0=rec.latent, trajectory=rec.trajectory,
+                           activations=rec.activations, timings=timings)

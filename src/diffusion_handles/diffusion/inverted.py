@@ -17,7 +17,7 @@ import torch
 from diffusion_handles.diffusion.config import InversionConfig
 from diffusion_handles.errors import HandlesError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the reconstruction trajectory is stored (latent blending)
 TENSOR_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
 
@@ -48,7 +48,8 @@ class InvertedImage:
         null_embeddings ``(N, L, D)`` per-step null text, or ``None`` when the null text is
         the prompt (negative-prompt inversion); reconstruction ``(1, 3, H, W)`` the decoded
         reconstruction; activations ``{(layer, step): (1, C, h_l, w_l)}`` (model dtype or the
-        record dtype).
+        record dtype); trajectory ``(N, c, h, w)`` the reconstruction's latent after each step
+        (``None`` if not kept).
     """
 
     model_id: str
@@ -70,6 +71,7 @@ class InvertedImage:
     unet_evals: dict[str, dict[str, int]] = field(default_factory=dict)
     null_losses: list[float] = field(default_factory=list)
     seed: int | None = None
+    trajectory: torch.Tensor | None = None
     cache_hit: bool = False  # set when loaded from a cache instead of computed (not saved)
 
     @property
@@ -82,6 +84,7 @@ class InvertedImage:
         for name in ("image", "depth", "mask", "x_T", "latent_0", "text_embedding", "reconstruction"):
             d[name] = getattr(self, name).to(device)
         d["null_embeddings"] = None if self.null_embeddings is None else self.null_embeddings.to(device)
+        d["trajectory"] = None if self.trajectory is None else self.trajectory.to(device)
         d["activations"] = {k: v.to(device) for k, v in self.activations.items()}
         return InvertedImage(**d)
 
@@ -96,6 +99,8 @@ class InvertedImage:
                    for name in ("image", "depth", "mask", "x_T", "latent_0", "text_embedding", "reconstruction")}
         if self.null_embeddings is not None:
             tensors["null_embeddings"] = self.null_embeddings.detach().cpu().contiguous()
+        if self.trajectory is not None:
+            tensors["trajectory"] = self.trajectory.detach().cpu().contiguous()
         for (layer, step), t in self.activations.items():
             tensors[f"act.{layer}.{step}"] = t.detach().cpu().contiguous()
         meta = {
@@ -138,5 +143,5 @@ class InvertedImage:
             null_embeddings=tensors.get("null_embeddings"), reconstruction=tensors["reconstruction"],
             activations=acts, key=meta.get("key", ""), timings=meta.get("timings", {}),
             unet_evals=meta.get("unet_evals", {}), null_losses=meta.get("null_losses", []),
-            seed=meta.get("seed"),
+            seed=meta.get("seed"), trajectory=tensors.get("trajectory"),
         )

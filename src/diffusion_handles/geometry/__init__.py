@@ -30,6 +30,7 @@ from diffusion_handles.geometry.poisson import (
     poisson_composite,
     poisson_solve,
 )
+from diffusion_handles.geometry.region import edit_region, latent_region
 from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
 from diffusion_handles.geometry.transform import (
     HandleEdit,
@@ -40,6 +41,7 @@ from diffusion_handles.geometry.transform import (
 from diffusion_handles.geometry.warp import warp, warp_masked
 
 __all__ = [
+    "edit_region", "latent_region",
     "DEFAULT_FOV_DEG",
     "Camera",
     "EditGeometry",

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_handles.world.render import DEFAULT_SPP
+from diffusion_handles.world.scene import DEFAULT_SIZE
+
 HELDOUT_SEED0 = 1_000_000  # evaluation seeds: HELDOUT_SEED0, HELDOUT_SEED0 + 1, ...
 
 
@@ -35,7 +38,7 @@ def render_seed(args: tuple[int, int, int]) -> dict:
             "caption_mirrored": scene.caption(mirrored=True), "seed": seed, "scene": scene.to_json()}
 
 
-def build_dataset(out: str | Path, seeds, size: int = 64, spp: int = 64, workers: int = 2) -> Path:
+def build_dataset(out: str | Path, seeds, size: int = DEFAULT_SIZE, spp: int = DEFAULT_SPP, workers: int = 2) -> Path:
     """Render ``seeds`` into ``out`` (.npz). At most ``workers`` processes (default 2)."""
     from tqdm import tqdm
 

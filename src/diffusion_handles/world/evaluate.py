@@ -14,6 +14,12 @@ For every held-out scene the model generates an image from the *true* z-depth an
 
 Baselines in the same table: ``vae`` (the rendered image through the VAE, the model's ceiling)
 and ``other`` (the render of a different held-out scene: what "ignores the input" scores).
+
+``metrics.json`` also carries ``figures``, stable keys for the model's headline numbers:
+``vae_psnr``, ``reconstruction_psnr`` (null-text inversion at 50 steps, an identity edit, vs the
+input; over the first ``recon_n`` scenes), ``generation_psnr``, ``generation_ssim``,
+``generation_iou_obj``, ``generation_iou_fg``, ``generation_colour_err`` and ``object_cells``
+(mean number of cells an object covers on the finest guided feature map, the latent grid).
 """
 
 from __future__ import annotations
@@ -88,33 +94,72 @@ def image_metrics(gen: np.ndarray, ref: np.ndarray, ids: np.ndarray, n_obj: int)
     }
 
 
-def evaluate(model: str = "tinyworld", heldout: str | Path | None = None, n: int = 32, out: str | Path = "runs/world/eval",
-             steps: int = 25, guidance: float = 4.0, seed: int = 0) -> dict:
-    """Evaluate on ``n`` held-out seeds; writes ``metrics.json`` and ``grid.png`` into ``out``."""
+def reconstruct(handles, image: torch.Tensor, caption: str, depth: torch.Tensor, mask: torch.Tensor,
+                steps: int = 50) -> torch.Tensor:
+    """The identity edit: null-text inversion at ``steps`` (Sec. 5) and its reconstruction.
+
+    ``image (1, 3, H, W)`` in [0, 1], ``depth (1, 1, H, W)`` z-depth, ``mask (1, 1, H, W)``.
+    Returns the reconstruction ``(1, 3, H, W)`` in [0, 1] at the input's size.
+    """
+    from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
+
+    inv = handles.invert(image, caption, depth, mask, inversion=InversionConfig(num_steps=steps),
+                         guidance=GuidanceConfig(grad_steps=0), progress=False)
+    return handles.backbone.resize_to_work(inv.reconstruction.float().cpu(), tuple(image.shape[-2:]))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12)))
+
+
+def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/world/eval", steps: int = 25,
+             guidance: float = 4.0, seed: int = 0, first_seed: int | None = None, recon_n: int = 8,
+             size: int | None = None) -> dict:
+    """Evaluate on held-out seeds ``first_seed .. first_seed + n - 1``; writes ``metrics.json``, ``grid.png``
+    and ``recon_grid.png`` (input | reconstruction) into ``out``.
+
+    ``recon_n`` scenes (the first ones) also get the null-text reconstruction figure (0: none).
+    ``size`` renders at another size than the model's native one (the images are processed at
+    the size the model accepts).
+    """
     from PIL import Image
     from tqdm import tqdm
 
-    from diffusion_handles.diffusion.backbone import Backbone
+    from diffusion_handles.pipeline import DiffusionHandles
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
-    from diffusion_handles.world.render import render, scene_for_seed
+    from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
 
+    first = HELDOUT_SEED0 if first_seed is None else int(first_seed)
     torch.manual_seed(seed)
-    bb = Backbone.from_pretrained(model)
-    size = bb.default_size
-    rows, grid = [], []
+    handles = DiffusionHandles.from_pretrained(model)
+    bb = handles.backbone
+    size = size or bb.default_size
+    rows, grid, rgrid, recon, cells = [], [], [], [], []
     for j in tqdm(range(n), desc="eval"):
-        s = HELDOUT_SEED0 + j
-        r = render_seed((s, size, 64))
+        s = first + j
+        r = render_seed((s, size, DEFAULT_SPP))
         ref = r["rgb"].astype(np.float32) / 255.0
         depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
         n_obj = int((r["ids"] != 255).any() and r["ids"][r["ids"] != 255].max() + 1)
-        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance)[0].permute(1, 2, 0).numpy()
-        rerender = render(scene_for_seed(s, size, size), spp=64, seed=s + 12345).rgb.astype(np.float32) / 255.0
-        vae = bb.decode(bb.encode_image(torch.from_numpy(ref).permute(2, 0, 1)[None]))[0].permute(1, 2, 0).numpy()
-        other = render_seed((HELDOUT_SEED0 + (j + 1) % max(n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
+        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance)
+        gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+        rerender = render(scene_for_seed(s, size, size), spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
+        x = torch.from_numpy(ref).permute(2, 0, 1)[None]
+        vae = bb.decode(bb.encode_image(bb.resize_to_work(x, bb.work_size((size, size)))))
+        vae = bb.resize_to_work(vae.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+        other = render_seed((first + (j + 1) % max(n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
         row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
                "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
                "other": image_metrics(other, ref, r["ids"], n_obj)}
+        lh, lw = bb.latent_hw((size, size))
+        cells += [float((r["ids"] == k).sum()) * lh * lw / (size * size) for k in range(n_obj)]
+        if j < recon_n and n_obj:
+            mask = torch.from_numpy((r["ids"] == 0).astype(np.float32))[None, None]
+            rec = reconstruct(handles, x, r["caption"], depth, mask)[0].permute(1, 2, 0).numpy()
+            row["reconstruction_psnr"] = _psnr(rec, ref)
+            recon.append(row["reconstruction_psnr"])
+            if j < 8:
+                rgrid.append(np.concatenate([ref, rec], 1))
         rows.append(row)
         if j < 8:
             inv = 1.0 / r["depth"].astype(np.float32)
@@ -122,11 +167,19 @@ def evaluate(model: str = "tinyworld", heldout: str | Path | None = None, n: int
             grid.append(np.concatenate([dimg, gen, ref], 1))
     summary = {name: {m: float(np.nanmean([r[name][m] for r in rows])) for m in rows[0]["model"]}
                for name in ("model", "ceiling", "vae", "other")}
-    result = {"model": model, "n": n, "steps": steps, "guidance": guidance, "first_seed": HELDOUT_SEED0,
-              "summary": summary, "scenes": rows}
+    gm = summary["model"]
+    figures = {"vae_psnr": summary["vae"]["psnr"], "reconstruction_psnr": float(np.mean(recon)) if recon else None,
+               "generation_psnr": gm["psnr"], "generation_ssim": gm["ssim"], "generation_iou_obj": gm["iou_obj"],
+               "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
+               "object_cells": float(np.mean(cells)) if cells else None}
+    result = {"model": model, "n": n, "steps": steps, "guidance": guidance, "first_seed": first, "size": size,
+              "recon_n": len(recon), "figures": figures, "summary": summary, "scenes": rows}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    g = (np.clip(np.concatenate(grid, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
-    Image.fromarray(g).resize((g.shape[1] * 2, g.shape[0] * 2), Image.NEAREST).save(out / "grid.png")
+    for name, tiles in (("grid.png", grid), ("recon_grid.png", rgrid)):
+        if tiles:
+            g = (np.clip(np.concatenate(tiles, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
+            scale = max(1, 256 // size)  # nearest-neighbour upscale so tiles are at least 256 px
+            Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST).save(out / name)
     return result

@@ -1,7 +1,8 @@
 """The miniature depth-to-image model: diffusers' own classes, SD2-depth layout, tiny sizes.
 
-* ``vae``: :class:`diffusers.AutoencoderKL`, 3 levels (downsampling factor 4), 4 latent
-  channels: 64x64 images <-> 16x16x4 latents.
+* ``vae``: :class:`diffusers.AutoencoderKL`, 3 levels (downsampling factor 4), 8 latent
+  channels: 128x128 images <-> 32x32x8 latents (v2; v1 had 64x64 images and 4 channels, and
+  its round trip stopped near 26 dB).
 * ``unet``: :class:`diffusers.UNet2DConditionModel` with ``in_channels = 4 latent + 1 depth``
   (the depth channel is SD2-depth's: relative inverse depth normalised to [-1, 1] at latent
   resolution, :func:`diffusion_handles.diffusion.conditioning.depth_to_condition`), 3 levels,
@@ -20,8 +21,9 @@ from pathlib import Path
 from diffusion_handles.world.scene import CAPTION_WORDS
 
 MAX_TOKENS = 32  # captions have at most ~24 words; CLIP adds <|startoftext|>, <|endoftext|>
-LATENT_CHANNELS = 4
-IMAGE_SIZE = 64  # images are IMAGE_SIZE x IMAGE_SIZE; latents IMAGE_SIZE / 4
+LATENT_CHANNELS = 8
+IMAGE_SIZE = 128  # images are IMAGE_SIZE x IMAGE_SIZE; latents IMAGE_SIZE / 4
+UNET_CHANNELS = (48, 96, 96)  # block_out_channels of the CPU-trained UNet
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -97,17 +99,23 @@ def load_tokenizer(folder: str | Path):
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def build_components(tokenizer, seed: int = 0) -> dict:
-    """Fresh (randomly initialised, seeded) vae, unet, text_encoder and scheduler."""
+def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
+                     unet_channels: tuple[int, int, int] = UNET_CHANNELS,
+                     latent_channels: int = LATENT_CHANNELS) -> dict:
+    """Fresh (randomly initialised, seeded) vae, unet, text_encoder and scheduler.
+
+    ``image_size`` is the native image side (latents are ``image_size / 4``), ``unet_channels``
+    the UNet's three ``block_out_channels``.
+    """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=IMAGE_SIZE,
+        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16, sample_size=image_size,
         mid_block_add_attention=False,
         scaling_factor=1.0,  # replaced by 1 / std of the training latents after VAE training
     )
@@ -119,10 +127,10 @@ def build_components(tokenizer, seed: int = 0) -> dict:
     )
     text_encoder = CLIPTextModel(text_cfg)
     unet = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4, in_channels=LATENT_CHANNELS + 1, out_channels=LATENT_CHANNELS,
+        sample_size=image_size // 4, in_channels=latent_channels + 1, out_channels=latent_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(48, 96, 96), layers_per_block=1, cross_attention_dim=64,
+        block_out_channels=tuple(unet_channels), layers_per_block=1, cross_attention_dim=64,
         attention_head_dim=8, norm_num_groups=16,
     )
     scheduler = DDIMScheduler(
@@ -132,13 +140,18 @@ def build_components(tokenizer, seed: int = 0) -> dict:
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "scheduler": scheduler}
 
 
-def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler) -> Path:
-    """Save in diffusers layout (safetensors) with a ``model_index.json``."""
+def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler,
+               max_shard_size: str = "16MB") -> Path:
+    """Save in diffusers layout (safetensors) with a ``model_index.json``.
+
+    Weight files larger than ``max_shard_size`` are split into shards with an index file (the
+    layout ``from_pretrained`` reads), so no single file exceeds it.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vae.save_pretrained(folder / "vae", safe_serialization=True)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True, max_shard_size=max_shard_size)
+    unet.save_pretrained(folder / "unet", safe_serialization=True, max_shard_size=max_shard_size)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(folder / "tokenizer")
     scheduler.save_pretrained(folder / "scheduler")
     import diffusers

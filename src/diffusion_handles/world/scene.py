@@ -30,6 +30,7 @@ from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
 from diffusion_handles.geometry.transform import HandleEdit
 
 SCENE_VERSION = 1
+DEFAULT_SIZE = 128  # the world's native image side in pixels (v2; v1 was 64)
 
 # Named colours (sRGB, 0-1). Chosen to stay distinguishable under coloured light.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -196,7 +197,7 @@ def camera_pose(height: float, pitch_deg: float) -> np.ndarray:
     return m
 
 
-def sample_scene(seed: int, height: int = 64, width: int = 64, fov_deg: float = DEFAULT_FOV_DEG,
+def sample_scene(seed: int, height: int = DEFAULT_SIZE, width: int = DEFAULT_SIZE, fov_deg: float = DEFAULT_FOV_DEG,
                  n_objects: int | None = None) -> Scene:
     """A random scene, fully determined by ``seed`` (numpy PCG64).
 
@@ -207,7 +208,7 @@ def sample_scene(seed: int, height: int = 64, width: int = 64, fov_deg: float = 
     cam_h = rng.uniform(1.8, 2.8)
     pitch = rng.uniform(14.0, 26.0)
     c2w = camera_pose(cam_h, pitch)
-    n = int(n_objects if n_objects is not None else rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    n = int(n_objects if n_objects is not None else rng.choice([1, 2, 3], p=[0.35, 0.45, 0.2]))
     tan_half = math.tan(math.radians(fov_deg) / 2.0)
     objects: list[SceneObject] = []
     placed: list[tuple[float, float, float]] = []  # (x, z, radius) on the floor
@@ -217,7 +218,7 @@ def sample_scene(seed: int, height: int = 64, width: int = 64, fov_deg: float = 
         tries += 1
         shape = str(rng.choice(SHAPES))
         size = rng.uniform(0.5, 0.85)
-        dist = rng.uniform(3.2, 6.0)  # along the floor, in front of the camera
+        dist = rng.uniform(3.0, 5.4)  # along the floor, in front of the camera
         lateral = rng.uniform(-0.7, 0.7) * tan_half * dist
         x, z = lateral, -dist
         radius = size * (1.45 if shape == "cube" else 1.05)

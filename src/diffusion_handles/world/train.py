@@ -2,8 +2,8 @@
 
 Two stages, each resumable from its checkpoint in ``run_dir``:
 
-1. **VAE** (``vae.pt``): random 64x64 crops (the VAE is convolutional), L1 reconstruction plus
-   a small KL term. Afterwards the whole set (and its mirror images) is encoded once
+1. **VAE** (``vae.pt``): random ``vae_crop`` crops (the VAE is convolutional), L1 + L2
+   reconstruction plus a small KL term. Afterwards the whole set (and its mirror images) is encoded once
    (posterior mean) into ``latents.pt`` and ``scaling_factor = 1 / std(latents)`` is stored
    in the VAE config, as SD's VAEs carry theirs.
 2. **UNet + text encoder** (``unet.pt``): epsilon prediction on the cached latents with the
@@ -12,8 +12,17 @@ Two stages, each resumable from its checkpoint in ``run_dir``:
    inversion), left-right flip augmentation (image, depth and the mirrored caption), an EMA of
    the weights (exported).
 
+3. **Decoder** (``decoder.pt``): the decoder alone on full images, the encoder frozen.
+
 ``export`` writes the diffusers folder (:func:`diffusion_handles.world.model.save_model`).
 Every stage logs ``step, loss, seconds`` lines to ``run_dir/train.log``.
+
+Training accumulates over sittings: a stage resumes from its checkpoint in ``run_dir``; when a
+run folder has no checkpoint yet, every weight whose name and shape match is taken from
+``init_from`` (by default the shipped model), with a fresh optimizer. Checkpoints hold tensors
+and numbers only and are read with ``torch.load(weights_only=True)`` (no pickled code).
+The cumulative steps and seconds of every sitting are carried into the exported
+``training.json`` (``history``).
 """
 
 from __future__ import annotations
@@ -21,13 +30,14 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffusion_handles.world.dataset import load_dataset
 from diffusion_handles.world.model import (
     build_components,
     build_tokenizer_files,
@@ -38,20 +48,23 @@ from diffusion_handles.world.model import (
 
 @dataclass
 class TrainConfig:
-    """Training settings (defaults: what the shipped model used; see MODEL_CARD.md)."""
+    """Training settings (defaults: the CPU recipe of the shipped v2 model; see MODEL_CARD.md)."""
 
     data: str = "runs/world/train.npz"
     run_dir: str = "runs/world/train"
     seed: int = 0
     device: str = "cpu"
     threads: int = 1  # one thread: on a shared, oversubscribed CPU this was ~10x faster than two
-    vae_steps: int = 700
-    vae_batch: int = 24
-    vae_crop: int = 32
+    init_from: str = "tinyworld"  # warm start of a new run: a model folder, "tinyworld" (shipped) or "" (random)
+    image_size: int = 128  # native image side; latents are image_size / 4
+    unet_channels: tuple[int, int, int] = (48, 96, 96)
+    vae_steps: int = 1500
+    vae_batch: int = 16
+    vae_crop: int = 64
     vae_lr: float = 1e-3
     vae_kl: float = 1e-6
-    unet_steps: int = 6479
-    unet_batch: int = 32
+    unet_steps: int = 3000
+    unet_batch: int = 16
     unet_lr: float = 5e-4
     warmup: int = 100
     ema: float = 0.995
@@ -60,10 +73,27 @@ class TrainConfig:
     ckpt_every: int = 50
     log_every: int = 10
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time per call; 0 = no limit
-    decoder_steps: int = 200  # stage 3: decoder-only fine-tuning (encoder frozen, so latents stay valid)
-    decoder_batch: int = 16
+    decoder_steps: int = 300  # stage 3: decoder-only fine-tuning (encoder frozen, so latents stay valid)
+    decoder_batch: int = 8
     decoder_lr: float = 5e-4
     stage: str = "all"  # "all" (vae, unet, decoder) or "decoder" (stage 3 alone, e.g. beside a unet run)
+    stage_minutes: dict = field(default_factory=dict)  # {"vae": m, ...}: a stage ends (as done) after m minutes
+
+
+# Named settings for ``handles world train --preset``; each overrides TrainConfig fields.
+PRESETS: dict[str, dict] = {
+    # The CPU recipe (TrainConfig's defaults).
+    "cpu": {},
+    # One H100/H200 with 16 cores: a larger UNet from scratch, everything within ~8.5 minutes
+    # (the stages share ``max_minutes``; the caller exports afterwards).
+    "gpu": {"device": "cuda", "threads": 8, "init_from": "", "unet_channels": (64, 128, 256),
+            "vae_steps": 3000, "vae_batch": 32, "vae_lr": 1e-3, "unet_steps": 12000, "unet_batch": 128,
+            "unet_lr": 4e-4, "decoder_steps": 1000, "decoder_batch": 32, "ckpt_every": 500,
+            "log_every": 100, "max_minutes": 8.5, "stage_minutes": {"vae": 1.5, "unet": 6.0, "decoder": 1.0}},
+    # A few steps of everything (tests, smoke runs).
+    "tiny": {"init_from": "", "image_size": 32, "unet_channels": (16, 32, 32), "vae_steps": 2, "vae_batch": 2, "vae_crop": 32, "unet_steps": 2,
+             "unet_batch": 2, "decoder_steps": 1, "decoder_batch": 1, "ckpt_every": 1, "log_every": 1},
+}
 
 
 class _Log:
@@ -83,82 +113,178 @@ def _save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
+def _load(path: Path, dev) -> dict:
+    """A checkpoint of this module: tensors, numbers, lists and dicts only (no pickled code)."""
+    return torch.load(path, map_location=dev, weights_only=True)
+
+
 def _lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
 
+def config_from_preset(preset: str = "cpu", **overrides) -> TrainConfig:
+    """``TrainConfig`` with a named preset (:data:`PRESETS`) applied, then ``overrides``."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
+    cfg = TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+    cfg.unet_channels = tuple(int(c) for c in cfg.unet_channels)
+    return cfg
+
+
+def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy every tensor of ``state`` whose name and shape match ``module``'s.
+
+    Returns ``(copied, total)`` parameter/buffer counts of ``module``. Used to warm-start a new
+    architecture (other latent channels, image size) from an earlier model.
+    """
+    own = module.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    module.load_state_dict(keep, strict=False)
+    return len(keep), len(own)
+
+
+def _init_from(cfg: TrainConfig, comps: dict, log) -> dict:
+    """Warm-start ``comps`` from ``cfg.init_from`` (matching tensors); returns its history."""
+    if not cfg.init_from:
+        return {"history": []}
+    from safetensors.torch import load_file
+
+    from diffusion_handles.world import MODEL_NAME, model_path
+
+    folder = model_path() if cfg.init_from == MODEL_NAME else Path(cfg.init_from)
+    for name in ("vae", "unet", "text_encoder"):
+        files = sorted((folder / name).glob("*.safetensors"))
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        got, total = load_matching(comps[name], state)
+        log(f"init {name} from {folder}: {got}/{total} tensors match")
+    info = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+    if "history" not in info and "unet_steps" in info:  # v1 recorded no history: one entry for it
+        info["history"] = [{"model": str(folder), "stages": {"unet": {"steps": info["unet_steps"]}},
+                            "hours": None, "note": "v1, trained before histories were recorded (MODEL_CARD.md)"}]
+    return {"history": info.get("history", [])}
+
+
+def _stage_clock(cfg: TrainConfig, t_start: float):
+    """``(out_of_time(), stage_over(name, t0))``: the call's and a stage's time limits."""
+    def out_of_time() -> bool:
+        return cfg.max_minutes > 0 and (time.time() - t_start) > cfg.max_minutes * 60
+
+    def stage_over(name: str, t0: float) -> bool:
+        m = cfg.stage_minutes.get(name, 0)
+        return m > 0 and (time.time() - t0) > m * 60
+
+    return out_of_time, stage_over
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) both stages; returns ``run_dir``."""
-    from tqdm import tqdm
-
-    from diffusion_handles.diffusion.conditioning import depth_to_condition
-    from diffusion_handles.world.dataset import load_dataset
-
+    """Run (or resume) the three stages; returns ``run_dir``."""
     torch.set_num_threads(cfg.threads)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     log = _Log(run / "train.log")
     (run / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     t_start = time.time()
-
-    def out_of_time() -> bool:
-        return cfg.max_minutes > 0 and (time.time() - t_start) > cfg.max_minutes * 60
+    out_of_time, stage_over = _stage_clock(cfg, t_start)
 
     dev = torch.device(cfg.device)
     tok_dir = run / "tokenizer_files"
     if not (tok_dir / "vocab.json").exists():
         build_tokenizer_files(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
-    comps = build_components(tokenizer, seed=cfg.seed)
-    vae, unet, text_encoder = comps["vae"].to(dev), comps["unet"].to(dev), comps["text_encoder"].to(dev)
+    comps = build_components(tokenizer, seed=cfg.seed, image_size=cfg.image_size, unet_channels=cfg.unet_channels)
+    if not any((run / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt", "init.json")):
+        (run / "init.json").write_text(json.dumps(_init_from(cfg, comps, log), indent=1))
+        for name in ("vae", "unet", "text_encoder"):  # the warm start is step 0 of this run
+            _save({"model": comps[name].state_dict()}, run / f"init_{name}.pt")
+    else:
+        for name in ("vae", "unet", "text_encoder"):
+            if (run / f"init_{name}.pt").exists():
+                comps[name].load_state_dict(_load(run / f"init_{name}.pt", "cpu")["model"])
+    for name in ("vae", "unet", "text_encoder"):
+        comps[name].to(dev)
+    vae = comps["vae"]
     data = load_dataset(cfg.data)
     n = len(data["rgb"])
     log(f"data {cfg.data}: {n} scenes, {data['rgb'].shape[1]}x{data['rgb'].shape[2]}")
-
-    # ------------------------------------------------------------------ stage 1: VAE
-    vae_ckpt = run / "vae.pt"
-    vopt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    vstep = 0
-    if vae_ckpt.exists():
-        st = torch.load(vae_ckpt, map_location=dev, weights_only=False)
-        vae.load_state_dict(st["model"])
-        vopt.load_state_dict(st["opt"])
-        vstep = st["step"]
-        log(f"vae: resumed at step {vstep}")
+    if data["rgb"].shape[1] != cfg.image_size:
+        raise ValueError(f"data: expected {cfg.image_size}x{cfg.image_size} images (image_size), got {data['rgb'].shape[1]}")
     rgb = torch.from_numpy(data["rgb"]).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + vstep)
-    if vstep < cfg.vae_steps:
-        vae.train()
-        bar = tqdm(range(vstep, cfg.vae_steps), desc="vae", initial=vstep, total=cfg.vae_steps)
-        for step in bar:
-            idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
-            cs = cfg.vae_crop
-            oy, ox = (torch.randint(0, rgb.shape[2] - cs + 1, (2,), generator=gen)).tolist()
-            x = rgb[idx, :, oy:oy + cs, ox:ox + cs].float().div(127.5).sub(1.0).to(dev)  # (B, 3, cs, cs) in [-1, 1]
-            if torch.rand((), generator=gen) < 0.5:
-                x = x.flip(-1)
-            post = vae.encode(x).latent_dist
-            rec = vae.decode(post.sample(generator=None)).sample
-            l1 = (rec - x).abs().mean()
-            loss = l1 + cfg.vae_kl * post.kl().mean()
-            for g in vopt.param_groups:
-                g["lr"] = _lr(step, cfg.vae_lr, cfg.warmup)
-            vopt.zero_grad(set_to_none=True)
-            loss.backward()
-            vopt.step()
-            vstep = step + 1
-            if vstep % cfg.log_every == 0:
-                log(f"vae step {vstep} l1 {l1.item():.4f} loss {loss.item():.4f} t {time.time() - t_start:.0f}s")
-                bar.set_postfix(l1=f"{l1.item():.4f}")
-            if vstep % cfg.ckpt_every == 0 or vstep == cfg.vae_steps or out_of_time():
-                _save({"model": vae.state_dict(), "opt": vopt.state_dict(), "step": vstep}, vae_ckpt)
-            if out_of_time():
-                log(f"vae: stopping at step {vstep} (time limit); resume with the same command")
-                return run
-        bar.close()
-    vae.eval().requires_grad_(False)
 
-    # ------------------------------------------------------------------ cache latents
+    train_vae(cfg, vae, rgb, run, log, out_of_time, stage_over)
+    if out_of_time():
+        return run
+    vae.eval().requires_grad_(False)
+    batches = _unet_data(cfg, vae, rgb, data, tokenizer, run, log)
+    if cfg.stage != "decoder":
+        train_unet(cfg, comps, batches, run, log, out_of_time, stage_over)
+    if not out_of_time():
+        finetune_decoder(cfg, vae, rgb, run, log, out_of_time, stage_over)
+    return run
+
+
+def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
+    """Stage 1: the VAE on random crops, L1 + L2 + ``vae_kl`` * KL; checkpoint ``vae.pt``."""
+    from tqdm import tqdm
+
+    dev = next(vae.parameters()).device
+    ckpt = run / "vae.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    step, secs, done = 0, 0.0, False
+    if ckpt.exists():
+        st = _load(ckpt, dev)
+        vae.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, secs, done = st["step"], float(st.get("seconds", 0.0)), bool(st.get("done", False))
+        log(f"vae: resumed at step {step}")
+    if done or step >= cfg.vae_steps:
+        return
+    n, cs = len(rgb), min(cfg.vae_crop, rgb.shape[2])
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    vae.train()
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.vae_steps), desc="vae", initial=step, total=cfg.vae_steps)
+    for i in bar:
+        idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
+        oy, ox = (torch.randint(0, rgb.shape[2] - cs + 1, (2,), generator=gen)).tolist()
+        x = rgb[idx, :, oy:oy + cs, ox:ox + cs].float().div(127.5).sub(1.0).to(dev)  # (B, 3, cs, cs) in [-1, 1]
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        l1 = (rec - x).abs().mean()
+        loss = l1 + (rec - x).pow(2).mean() + cfg.vae_kl * post.kl().mean()
+        for g in opt.param_groups:
+            g["lr"] = _lr(i, cfg.vae_lr, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step = i + 1
+        over = out_of_time() or stage_over("vae", t0)
+        if step % cfg.log_every == 0:
+            log(f"vae step {step} l1 {l1.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
+            bar.set_postfix(l1=f"{l1.item():.4f}")
+        if step % cfg.ckpt_every == 0 or step == cfg.vae_steps or over:
+            _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                   "seconds": secs + time.time() - t0, "done": stage_over("vae", t0)}, ckpt)
+        if over:
+            log(f"vae: stopping at step {step} (time limit)")
+            break
+    bar.close()
+
+
+def _unet_data(cfg: TrainConfig, vae, rgb: torch.Tensor, data: dict, tokenizer, run: Path, log) -> dict:
+    """Encode every image and its mirror once (posterior mean): latents, depth conditions, tokens.
+
+    Stores ``scaling_factor = 1 / std(latents)`` in the VAE config (as SD's VAEs carry theirs).
+    """
+    from tqdm import tqdm
+
+    from diffusion_handles.diffusion.conditioning import depth_to_condition
+
+    dev = next(vae.parameters()).device
+    n = len(rgb)
     lat_path = run / "latents.pt"
     if not lat_path.exists():
         lats = []
@@ -166,16 +292,16 @@ def train(cfg: TrainConfig) -> Path:
             for i in tqdm(range(0, n, 32), desc="encode"):
                 x = rgb[i:i + 32].float().div(127.5).sub(1.0).to(dev)
                 both = torch.cat([x, x.flip(-1)])  # original + mirror
-                m = vae.encode(both).latent_dist.mean  # (2b, 4, h, w)
-                lats.append(torch.stack([m[: len(x)], m[len(x):]], 1).cpu())  # (b, 2, 4, h, w)
+                m = vae.encode(both).latent_dist.mean  # (2b, C, h, w)
+                lats.append(torch.stack([m[: len(x)], m[len(x):]], 1).cpu())  # (b, 2, C, h, w)
         lat = torch.cat(lats)
         scale = float(1.0 / lat.float().std())
         _save({"latents": lat.half(), "scaling_factor": scale}, lat_path)
         log(f"latents cached: {tuple(lat.shape)}, scaling_factor {scale:.4f}")
-    cache = torch.load(lat_path, weights_only=False)
-    scale = cache["scaling_factor"]
+    cache = _load(lat_path, "cpu")
+    scale = float(cache["scaling_factor"])
     vae.register_to_config(scaling_factor=scale)
-    latents = cache["latents"]  # (N, 2, 4, h, w) float16, unscaled
+    latents = cache["latents"]  # (N, 2, C, h, w) float16, unscaled
     lh, lw = latents.shape[-2:]
     depth = torch.from_numpy(data["depth"].astype(np.float32))[:, None]  # (N, 1, H, W) z-depth
     dcond = torch.cat([depth_to_condition(depth[i:i + 256], (lh, lw)) for i in range(0, n, 256)])  # (N, 1, h, w)
@@ -183,42 +309,48 @@ def train(cfg: TrainConfig) -> Path:
     caps = [list(data["caption"]), list(data["caption_mirrored"])]
     ids = [tokenizer(c, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids for c in caps]
-    ids = torch.stack(ids, 1)  # (N, 2, L)
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+    return {"latents": latents, "scale": scale, "dcond": dcond, "ids": torch.stack(ids, 1), "empty": empty}
 
-    if cfg.stage == "decoder":
-        finetune_decoder(cfg, vae, rgb, run, log, out_of_time)
-        return run
 
-    # ------------------------------------------------------------------ stage 2: UNet + text
-    sched = comps["scheduler"]
+def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out_of_time, stage_over) -> None:
+    """Stage 2: UNet + text encoder, epsilon prediction, min-SNR weighting, EMA; ``unet.pt``."""
+    from tqdm import tqdm
+
+    unet, text_encoder, sched = comps["unet"], comps["text_encoder"], comps["scheduler"]
+    dev = next(unet.parameters()).device
+    latents, scale, dcond, ids, empty = (batches[k] for k in ("latents", "scale", "dcond", "ids", "empty"))
+    n = len(latents)
     acp = sched.alphas_cumprod.to(dev)  # (1000,)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-4)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
-    ustep = 0
-    unet_ckpt = run / "unet.pt"
-    if unet_ckpt.exists():
-        st = torch.load(unet_ckpt, map_location=dev, weights_only=False)
+    step, secs, done = 0, 0.0, False
+    ckpt = run / "unet.pt"
+    if ckpt.exists():
+        st = _load(ckpt, dev)
         unet.load_state_dict(st["unet"])
         text_encoder.load_state_dict(st["text"])
         ema_unet.load_state_dict(st["ema_unet"])
         ema_text.load_state_dict(st["ema_text"])
         opt.load_state_dict(st["opt"])
-        ustep = st["step"]
-        log(f"unet: resumed at step {ustep}")
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + ustep)
+        step, secs, done = st["step"], float(st.get("seconds", 0.0)), bool(st.get("done", False))
+        log(f"unet: resumed at step {step}")
+    if done or step >= cfg.unet_steps:
+        return
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + step)
     unet.train()
     text_encoder.train()
     ema_pairs = [(e, p) for m, em in ((unet, ema_unet), (text_encoder, ema_text))
                  for e, p in zip(em.parameters(), m.parameters(), strict=True)]
-    bar = tqdm(range(ustep, cfg.unet_steps), desc="unet", initial=ustep, total=cfg.unet_steps)
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.unet_steps), desc="unet", initial=step, total=cfg.unet_steps)
     run_loss = None
-    for step in bar:
+    for i in bar:
         b = cfg.unet_batch
         idx = torch.randint(0, n, (b,), generator=gen)
         flip = torch.randint(0, 2, (b,), generator=gen)
-        x0 = latents[idx, flip].float().to(dev) * scale  # (B, 4, h, w)
+        x0 = latents[idx, flip].float().to(dev) * scale  # (B, C, h, w)
         d = dcond[idx, flip].to(dev)  # (B, 1, h, w)
         tok = ids[idx, flip]  # (B, L)
         drop = torch.rand(b, generator=gen) < cfg.caption_dropout
@@ -233,54 +365,53 @@ def train(cfg: TrainConfig) -> Path:
         w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting for epsilon targets
         loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg.unet_lr, cfg.warmup)
+            g["lr"] = _lr(i, cfg.unet_lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            decay = min(cfg.ema, (1 + step) / (10 + step))
+            decay = min(cfg.ema, (1 + i) / (10 + i))
             for e, p in ema_pairs:
                 e.lerp_(p, 1 - decay)
-        ustep = step + 1
+        step = i + 1
         run_loss = loss.item() if run_loss is None else 0.98 * run_loss + 0.02 * loss.item()
-        if ustep % cfg.log_every == 0:
-            log(f"unet step {ustep} loss {loss.item():.4f} avg {run_loss:.4f} t {time.time() - t_start:.0f}s")
+        over = out_of_time() or stage_over("unet", t0)
+        if step % cfg.log_every == 0:
+            log(f"unet step {step} loss {loss.item():.4f} avg {run_loss:.4f} t {secs + time.time() - t0:.0f}s")
             bar.set_postfix(loss=f"{run_loss:.4f}")
-        if ustep % cfg.ckpt_every == 0 or ustep == cfg.unet_steps or out_of_time():
+        if step % cfg.ckpt_every == 0 or step == cfg.unet_steps or over:
             _save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                   "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": ustep}, unet_ckpt)
-        if out_of_time():
-            log(f"unet: stopping at step {ustep} (time limit); resume with the same command")
+                   "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step,
+                   "seconds": secs + time.time() - t0, "done": stage_over("unet", t0)}, ckpt)
+        if over:
+            log(f"unet: stopping at step {step} (time limit)")
             break
     bar.close()
-    if not out_of_time():
-        finetune_decoder(cfg, vae, rgb, run, log, out_of_time)
-    return run
 
 
-def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time) -> None:
+def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
     """Stage 3: train only the VAE decoder (``post_quant_conv`` + ``decoder``) on full images.
 
     The encoder is frozen, so the cached latents the UNet learned stay exactly valid. Input:
     the posterior mean plus a little Gaussian noise (robustness to generated latents); loss
-    L1 + L2 on full 64x64 images. Checkpoint ``decoder.pt``; :func:`export` uses it if present.
+    L1 + L2 on full images. Checkpoint ``decoder.pt``; :func:`export` uses it if present.
     """
     from tqdm import tqdm
 
-    dev = torch.device(cfg.device)
+    dev = next(vae.parameters()).device
     ckpt = run / "decoder.pt"
     params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    step = 0
+    step, secs, done = 0, 0.0, False
     if ckpt.exists():
-        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        st = _load(ckpt, dev)
         vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
         vae.decoder.load_state_dict(st["decoder"])
         opt.load_state_dict(st["opt"])
-        step = st["step"]
+        step, secs, done = st["step"], float(st.get("seconds", 0.0)), bool(st.get("done", False))
         log(f"decoder: resumed at step {step}")
-    if step >= cfg.decoder_steps:
+    if done or step >= cfg.decoder_steps:
         return
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 13 + step)
     vae.requires_grad_(False)
@@ -288,6 +419,7 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
         p.requires_grad_(True)
     vae.decoder.train()
     n = len(rgb)
+    t0 = time.time()
     bar = tqdm(range(step, cfg.decoder_steps), desc="decoder", initial=step, total=cfg.decoder_steps)
     for i in bar:
         idx = torch.randint(0, n, (cfg.decoder_batch,), generator=gen)
@@ -304,38 +436,59 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
         loss.backward()
         opt.step()
         step = i + 1
+        over = out_of_time() or stage_over("decoder", t0)
         if step % cfg.log_every == 0:
-            log(f"decoder step {step} l1 {l1.item():.4f} loss {loss.item():.4f}")
+            log(f"decoder step {step} l1 {l1.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
             bar.set_postfix(l1=f"{l1.item():.4f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps or out_of_time():
+        if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps or over:
             _save({"post_quant_conv": vae.post_quant_conv.state_dict(), "decoder": vae.decoder.state_dict(),
-                   "opt": opt.state_dict(), "step": step}, ckpt)
-        if out_of_time():
-            log(f"decoder: stopping at step {step} (time limit); resume with the same command")
+                   "opt": opt.state_dict(), "step": step, "seconds": secs + time.time() - t0,
+                   "done": stage_over("decoder", t0)}, ckpt)
+        if over:
+            log(f"decoder: stopping at step {step} (time limit)")
             break
     bar.close()
     vae.eval().requires_grad_(False)
 
 
-def export(run_dir: str | Path, out: str | Path, use_ema: bool = True) -> Path:
-    """Write the diffusers folder from the checkpoints in ``run_dir``."""
+def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware: str | None = None) -> Path:
+    """Write the diffusers folder from the checkpoints in ``run_dir``.
+
+    ``training.json`` records this run's steps and seconds per stage, appended to the
+    ``history`` of the model the run was warm-started from (cumulative training).
+    """
+    import platform
+
     run = Path(run_dir)
+    cfg = json.loads((run / "config.json").read_text())
     tokenizer = load_tokenizer(run / "tokenizer_files")
-    comps = build_components(tokenizer)
+    comps = build_components(tokenizer, image_size=int(cfg.get("image_size", 128)),
+                             unet_channels=tuple(cfg.get("unet_channels", (48, 96, 96))))
     vae, unet, text_encoder = comps["vae"], comps["unet"], comps["text_encoder"]
-    vae.load_state_dict(torch.load(run / "vae.pt", map_location="cpu", weights_only=False)["model"])
-    vae.register_to_config(scaling_factor=torch.load(run / "latents.pt", weights_only=False)["scaling_factor"])
+    vst = _load(run / "vae.pt", "cpu")
+    vae.load_state_dict(vst["model"])
+    vae.register_to_config(scaling_factor=float(_load(run / "latents.pt", "cpu")["scaling_factor"]))
+    stages = {"vae": {"steps": vst["step"], "seconds": float(vst.get("seconds", 0.0))}}
     dec = run / "decoder.pt"
     if dec.exists():  # stage 3: fine-tuned decoder (encoder unchanged)
-        st = torch.load(dec, map_location="cpu", weights_only=False)
+        st = _load(dec, "cpu")
         vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
         vae.decoder.load_state_dict(st["decoder"])
-    st = torch.load(run / "unet.pt", map_location="cpu", weights_only=False)
+        stages["decoder"] = {"steps": st["step"], "seconds": float(st.get("seconds", 0.0))}
+    st = _load(run / "unet.pt", "cpu")
     unet.load_state_dict(st["ema_unet" if use_ema else "unet"])
     text_encoder.load_state_dict(st["ema_text" if use_ema else "text"])
+    stages["unet"] = {"steps": st["step"], "seconds": float(st.get("seconds", 0.0))}
     out = Path(out)
     save_model(out, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=comps["scheduler"])
-    (out / "training.json").write_text(json.dumps({"unet_steps": st["step"], "ema": use_ema,
-                                                   "config": json.loads((run / "config.json").read_text())}, indent=1))
+    init = json.loads((run / "init.json").read_text()) if (run / "init.json").is_file() else {"history": []}
+    if hardware is None:
+        hardware = (torch.cuda.get_device_name(0) if cfg.get("device", "cpu").startswith("cuda") and torch.cuda.is_available()
+                    else f"CPU ({platform.processor() or platform.machine()}), {cfg.get('threads', 1)} thread(s)")
+    entry = {"date": time.strftime("%Y-%m-%d"), "hardware": hardware, "init_from": cfg.get("init_from", ""),
+             "stages": stages, "hours": round(sum(s["seconds"] for s in stages.values()) / 3600, 3)}
+    history = list(init.get("history", [])) + [entry]
+    (out / "training.json").write_text(json.dumps({
+        "unet_steps": st["step"], "ema": use_ema, "config": cfg, "history": history,
+        "cumulative_hours": round(sum(h.get("hours") or 0.0 for h in history), 3)}, indent=1))
     return out
-
