@@ -115,7 +115,7 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
         guidance: the configuration; schedule_layers: per step, the up-blocks to guide.
         latent_hw: the latent grid ``(h, w)``.
     """
-    edited, m_obj, m_bg, scale, per_res = {}, {}, {}, {}, {}
+    edited, m_obj, m_bg, scale, norm, per_res = {}, {}, {}, {}, {}, {}
     for (lay, step), psi in inverted.activations.items():
         hw = tuple(psi.shape[-2:])
         if hw not in per_res:
@@ -124,9 +124,10 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
         edited[(lay, step)] = warp(psi.float(), fe.source.to(psi.device).float())
         m_obj[lay] = fe.edited_mask.float().to(psi.device)
         m_bg[lay] = ((1.0 - fe.edited_mask.float()) * fe.valid.float()).to(psi.device)  # M'_b, Sec. 5.1
-        scale[(lay, step)] = activation_scale(psi) if guidance.mode == "normalized" else 1.0
+        norm[(lay, step)] = activation_scale(psi)
+        scale[(lay, step)] = norm[(lay, step)] if guidance.mode == "normalized" else 1.0
     plan = GuidePlan(
-        layers=schedule_layers, edited=edited, mask_object=m_obj, mask_background=m_bg, scale=scale,
+        layers=schedule_layers, edited=edited, mask_object=m_obj, mask_background=m_bg, scale=scale, norm=norm,
         w_object=guidance.w_object, w_background=guidance.w_background, object_guidance=guidance.object_guidance,
         mode=guidance.mode, grad_steps=guidance.grad_steps, step_size=guidance.step_size,
         relative_step=guidance.relative_step, noise_guidance_scale=guidance.noise_guidance_scale,
@@ -182,7 +183,7 @@ class DiffusionHandles:
     def invert(self, image: torch.Tensor, prompt: str, depth: torch.Tensor, mask: torch.Tensor, *,
                inversion: InversionConfig | None = None, guidance: GuidanceConfig | None = None,
                seed: int | None = 0, cache_dir: str | Path | None = None,
-               progress: bool = True) -> InvertedImage:
+               progress: bool = True, callback=None) -> InvertedImage:
         """Invert ``image`` with ``prompt`` and z-depth ``depth`` (Sec. 5, step (i)).
 
         Args:
@@ -192,6 +193,8 @@ class DiffusionHandles:
                 recorded (only those the edit will guide).
             seed: seeds the VAE posterior sample (``None``: posterior mode).
             cache_dir: if given, look up / store the result under ``cache_dir/<input hash>``.
+            callback: called with ``{"stage", "step", "total", ...}`` after every step of every
+                pass (``ddim_inversion``, then ``null_text`` or ``reconstruction``).
         """
         inversion = inversion or InversionConfig()
         guidance = guidance or GuidanceConfig()
@@ -225,7 +228,7 @@ class DiffusionHandles:
         dcond = depth_to_condition(depth_w.to(bb.device), z0.shape[-2:])
         timings["encode"] = time.perf_counter() - t0
         res = run_inversion(bb, z0, text, empty, dcond, inversion, record=plan, record_dtype=record_dtype,
-                            progress=progress)
+                            progress=progress, callback=callback)
         timings.update(res.timings)  # ddim_inversion, then null_text or reconstruction
         t0 = time.perf_counter()
         recon = bb.decode(res.latent_0)

@@ -35,7 +35,10 @@ Fidelity to the ground-truth render ``G``
     the three channels of ``(O - G)^2``; capped at :data:`PSNR_CAP` dB when ``MSE_R = 0``.
     ``SSIM_R`` = mean over ``R`` of skimage's SSIM map (7x7 window, data range 1, per channel,
     averaged over channels). Regions: object ``R = M_gt``; background
-    ``R = ~(M_gt | M_src)`` (the background visible both before and after the edit).
+    ``R = ~(M_gt | M_src)`` (the background visible both before and after the edit); full
+    image; *effects* ``R = ~(M_gt | M_src) & (max_c |G - I| > 0.03)``: background pixels the
+    edit changes in the truth (moved shadows, contact shading, interreflections); *disocclusion*
+    ``R = M_src & ~M_gt``: where the object was and the truth now shows what was behind it.
 
 Aggregates: mean over edits with a percentile-bootstrap 95% confidence interval
 (:func:`bootstrap_ci`).
@@ -52,6 +55,7 @@ import numpy as np
 from diffusion_handles.errors import HandlesError
 
 PSNR_CAP = 100.0  # dB, reported when the region is reproduced exactly (MSE = 0)
+EFFECT_THRESHOLD = 0.03  # an effects pixel: truth and input differ by more than this (~8/255) in a channel
 
 
 def _check_image(x: np.ndarray, name: str) -> np.ndarray:
@@ -216,22 +220,39 @@ def bootstrap_ci(values: Sequence[float | None], n_resamples: int = 2000, seed: 
     return {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi), "n": int(v.size)}
 
 
+def effects_region(gt: np.ndarray, source: np.ndarray, mask_gt: np.ndarray, mask_src: np.ndarray) -> np.ndarray:
+    """Background pixels the edit changes in the truth: ``~(M_gt | M_src) & max_c |G - I| > 0.03``."""
+    g, i = _check_image(gt, "gt"), _check_image(source, "source")
+    if g.shape != i.shape:
+        raise HandlesError(f"source: expected shape {g.shape} (the truth's), got {i.shape}")
+    m_gt, m_src = _check_mask(mask_gt, g.shape[:2], "mask_gt"), _check_mask(mask_src, g.shape[:2], "mask_src")
+    return ~(m_gt | m_src) & (np.abs(g - i).max(axis=2) > EFFECT_THRESHOLD)
+
+
 def edit_metrics(output: np.ndarray, gt: np.ndarray, mask_gt: np.ndarray, mask_src: np.ndarray,
-                 examples: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
+                 examples: Sequence[tuple[np.ndarray, np.ndarray]], source: np.ndarray | None = None) -> dict:
     """Adherence and ground-truth fidelity of one output (see the module docstring).
 
-    Returns ``{"iou", "psnr_obj", "ssim_obj", "psnr_bg", "ssim_bg"}``.
+    ``source`` is the unedited input (for the effects region; default ``examples[1][0]``).
+    Returns ``{"iou", "psnr_obj", "ssim_obj", "psnr_bg", "ssim_bg", "psnr_full", "ssim_full",
+    "psnr_effects", "psnr_disocc"}`` (``None`` for an empty region).
     """
     gt_f = _check_image(gt, "gt")
     shape = gt_f.shape[:2]
     mask_gt = _check_mask(mask_gt, shape, "mask_gt")
     mask_src = _check_mask(mask_src, shape, "mask_src")
+    source = examples[1][0] if source is None else source
     seg = segment_object(output, examples)
     bg = ~(mask_gt | mask_src)
+    full = np.ones(shape, bool)
     return {
         "iou": iou(seg, mask_gt),
         "psnr_obj": masked_psnr(output, gt_f, mask_gt),
         "ssim_obj": masked_ssim(output, gt_f, mask_gt),
         "psnr_bg": masked_psnr(output, gt_f, bg),
         "ssim_bg": masked_ssim(output, gt_f, bg),
+        "psnr_full": masked_psnr(output, gt_f, full),
+        "ssim_full": masked_ssim(output, gt_f, full),
+        "psnr_effects": masked_psnr(output, gt_f, effects_region(gt_f, source, mask_gt, mask_src)),
+        "psnr_disocc": masked_psnr(output, gt_f, mask_src & ~mask_gt),
     }

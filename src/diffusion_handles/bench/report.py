@@ -9,12 +9,17 @@ from diffusion_handles.bench.metrics import bootstrap_ci
 
 # (key, header, higher is better)
 COLUMNS = (
+    ("psnr_full", "PSNR full ↑", True),
+    ("ssim_full", "SSIM full ↑", True),
+    ("psnr_obj", "PSNR obj ↑", True),
+    ("psnr_effects", "PSNR effects ↑", True),
+    ("psnr_disocc", "PSNR disocc ↑", True),
+    ("psnr_bg", "PSNR bg ↑", True),
+    ("iou", "IoU (S_edit) ↑", True),
+    ("g_o_end", "G_o end ↓", False),
     ("cycle_l1", "E_L1 cycle x10 ↓", False),
     ("lpips", "LPIPS ↓", False),
-    ("iou", "IoU (S_edit) ↑", True),
-    ("psnr_obj", "PSNR obj ↑", True),
     ("ssim_obj", "SSIM obj ↑", True),
-    ("psnr_bg", "PSNR bg ↑", True),
     ("ssim_bg", "SSIM bg ↑", True),
     ("cycle_l1_obj", "E_L1 cycle obj x10 ↓", False),
 )
@@ -62,7 +67,7 @@ def table_rows(results: dict, key: str = "aggregate") -> tuple[list[str], list[l
             continue
         a = agg[name]
         label = name if name not in REFERENCES else f"({name.replace('_', ' ')})"
-        digits = {"psnr_obj": 2, "psnr_bg": 2}
+        digits = {k: 2 for k in ("psnr_obj", "psnr_bg", "psnr_full", "psnr_effects", "psnr_disocc")}
         cells = []
         for key, _, _ in COLUMNS:
             if key == "lpips" and a[key]["mean"] is None:

@@ -48,7 +48,7 @@ class BenchConfig:
         model: ``"tinyworld"``, a diffusers folder or a hub id (the depth-to-image backbone).
         scenes: number of scenes (one edit each); seed: first scene seed (see ``bench_seeds``).
         methods: method names (None: all).
-        size: image side in pixels (the model's native size for tinyworld: 64).
+        size: image side in pixels (the TinyWorld model's native size: 128).
         steps: DDIM steps of inversion and generation (paper: 50).
         inversion: ``"null-text"`` (paper), ``"ddim"`` or ``"negative-prompt"``.
         null_inner_steps: Adam steps per timestep of null-text inversion (release: up to 5).
@@ -58,23 +58,27 @@ class BenchConfig:
             share one GPU and one ``--out``; a final run without sharding aggregates them all).
         report_only: run nothing; aggregate the edits already in ``out`` (missing ones are left out).
         threads: torch CPU threads (None: torch's default; 1 is fastest on a busy machine).
+        depth: ``"exact"`` (the renderer's z-depth) or ``"estimated"`` (the same degraded the way
+            monocular estimators err, :func:`diffusion_handles.bench.depth_noise.degrade_depth`);
+            the ground truth is the same on both tracks.
     """
 
     model: str = "tinyworld"
     scenes: int = 50
     seed: int = 1_000_500
     methods: list[str] | None = None
-    size: int = 64
+    size: int = 128
     steps: int = 50
     inversion: str = "null-text"
     null_inner_steps: int = 5
     cycle: bool = True
-    spp: int = 64
+    spp: int = 128
     device: str = "cpu"
     max_holes: float = 0.06
     shard: tuple[int, int] = (0, 1)
     report_only: bool = False
     threads: int | None = None
+    depth: str = "exact"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -182,8 +186,14 @@ class CaseRunner:
         """
         import torch
 
-        image, depth, mask = _tensors(case.image, case.depth, case.mask_src)
-        clean_depth = torch.from_numpy(case.clean_depth.astype(np.float32))[None, None]
+        given_depth, given_clean = case.depth, case.clean_depth
+        if self.cfg.depth == "estimated":
+            from diffusion_handles.bench.depth_noise import degrade_depth
+
+            given_depth = degrade_depth(case.depth, seed=case.seed)
+            given_clean = degrade_depth(case.clean_depth, seed=case.seed)
+        image, depth, mask = _tensors(case.image, given_depth, case.mask_src)
+        clean_depth = torch.from_numpy(given_clean.astype(np.float32))[None, None]
         examples = [(case.gt, case.mask_gt), (case.image, case.mask_src),
                     (case.clean, np.zeros_like(case.mask_src))]
         pivot = _pivot(depth, mask, case.fov_deg)
@@ -236,15 +246,19 @@ class CaseRunner:
                     if inverted is None:
                         inverted = self._invert(image, case.caption, depth, mask)
                     res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
-                                         fov_deg=case.fov_deg, progress=False)
+                                         fov_deg=case.fov_deg, source_image=image, progress=False)
                     edited, cycled = res.edited, None
+                    end = guidance.resolved_guide_until(self.cfg.steps) - 1  # the last step the default guides
+                    if end in res.monitor:
+                        entry["g_o_end"] = res.monitor[end]["G_o_rel"]
+                    entry["unet_evals"] = res.unet_evals.get("edit", {})
                     if self.cfg.cycle:
                         m_edit = (res.edited_mask > 0.5).float()
                         if not bool(m_edit.any()):
                             raise HandlesError("cycle: the edited object mask is empty, the inverse edit has no object")
                         inv2 = self._invert(edited.clamp(0, 1), case.caption, res.edited_depth, m_edit)
                         back = self.pipe.edit(inv2, inverse, guidance=guidance, background_depth=clean_depth,
-                                              fov_deg=case.fov_deg, progress=False)
+                                              fov_deg=case.fov_deg, source_image=edited.clamp(0, 1), progress=False)
                         cycled = back.edited
                     by_config.setdefault(key, m.name)
                 out_img = _to_uint8(edited)
@@ -307,7 +321,7 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     settings = out / "settings.json"
     if settings.exists():
         prev = json.loads(settings.read_text())
-        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "cycle", "spp", "max_holes")
+        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "cycle", "spp", "max_holes", "depth")
         diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
         if diff:
             raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")

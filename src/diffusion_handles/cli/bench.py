@@ -20,15 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=_BENCH_SEED0,
                    help=f"first scene seed (default {_BENCH_SEED0}, the held-out range TinyWorld training never uses)")
     p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
-                   help="methods to run (default all): ours warp_only depth_only averaged_guidance layer2_only "
-                   "layer3_only layers_both layers_cyclic stop20 stop28 stop38 stop50 wb_low wb_high")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (tinyworld's native size: 64)")
+                   help="methods to run (default all): ours paper warp_only reconstruction depth_only ours_no_composite "
+                   "ours_blend ours_transfer averaged_guidance layer2_only layer3_only layers_both layers_cyclic "
+                   "stop20 stop28 stop38 stop50 wb_low wb_high")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (tinyworld's native size: 128)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps of inversion and generation (paper: 50)")
     p.add_argument("--inversion", default="null-text", choices=("null-text", "ddim", "negative-prompt"),
                    help="inversion method (paper: null-text)")
     p.add_argument("--null-inner-steps", type=int, default=5, help="null-text Adam steps per timestep (default 5)")
     p.add_argument("--no-cycle", action="store_true", help="skip the inverse edit (no cycle-consistency metric)")
-    p.add_argument("--spp", type=int, default=64, help="path-tracer samples per pixel of the renders (default 64)")
+    p.add_argument("--spp", type=int, default=128, help="path-tracer samples per pixel of the renders (default 128)")
+    p.add_argument("--depth", default="exact", choices=("exact", "estimated"),
+                   help="depth given to the methods: exact (the renderer's) or estimated (degraded the way monocular "
+                        "estimators err: edges blurred, smooth scale/shift drift, thin structures lost)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is best on a busy machine)")
     p.add_argument("--shard", default="0/1", metavar="I/K",
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                       steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps,
                       cycle=not args.no_cycle, spp=args.spp, device=args.device,
                       shard=(i_shard, k_shard), report_only=args.report_only,
-                      threads=args.threads)
+                      threads=args.threads, depth=args.depth)
     run_benchmark(cfg, args.out, progress=not args.quiet)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/, cases/")
     return 0

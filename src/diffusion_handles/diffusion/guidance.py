@@ -46,6 +46,8 @@ class GuidePlan:
         mask_object: ``{layer: M'_o (1, 1, h, w)}``; mask_background: ``{layer: M'_b}``.
         scale: ``{(layer, step): s}`` energy divisor per target (activation variance in the
             normalized mode, 1 in the paper's).
+        norm: ``{(layer, step): variance}`` the activation variance whatever the mode: the
+            monitor reports ``G_o_rel`` = G_o / variance, comparable across modes and models.
         w_object, w_background, object_guidance, mode, grad_steps, step_size, relative_step,
         noise_guidance_scale: see :class:`~diffusion_handles.diffusion.config.GuidanceConfig`.
         blend_mask: ``(1, 1, h, w)`` at latent size, 1 where generation is free, 0 where the
@@ -60,6 +62,7 @@ class GuidePlan:
     mask_object: dict[int, torch.Tensor]
     mask_background: dict[int, torch.Tensor]
     scale: dict[tuple[int, int], float] = field(default_factory=dict)
+    norm: dict[tuple[int, int], float] = field(default_factory=dict)
     w_object: float = 45.0
     w_background: float = 37.5
     object_guidance: str = "local"
@@ -90,7 +93,12 @@ class GuidePlan:
         return tuple(sorted(lay for (lay, s) in self.edited if s == step))
 
     def energy_parts(self, acts: Mapping[int, torch.Tensor], step: int, layers: Sequence[int]) -> dict[str, float]:
-        return self.energy(acts, step, layers)[1]
+        """The energy parts, plus ``G_o_rel``: the mean over ``layers`` of G_o / activation variance."""
+        parts = self.energy(acts, step, layers)[1]
+        rel = [parts[f"G_o[{lay}]"] * self.scale.get((lay, step), 1.0) / self.norm.get((lay, step), 1.0)
+               for lay in layers]
+        parts["G_o_rel"] = float(sum(rel) / len(rel)) if rel else 0.0
+        return parts
 
     def blend(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """Latent blending after step ``step``: keep the inversion's latent outside the edit region."""

@@ -52,7 +52,8 @@ class InversionResult:
 
 @torch.no_grad()
 def ddim_inversion(backbone, z0: torch.Tensor, text: torch.Tensor, depth_cond: torch.Tensor,
-                   schedule: Schedule, *, progress: bool = True) -> list[torch.Tensor]:
+                   schedule: Schedule, *, progress: bool = True,
+                   callback: Callable[[dict], None] | None = None) -> list[torch.Tensor]:
     """DDIM inversion with the prompt (guidance 1): ``[z_0, ..., z_N]``.
 
     ``z_k`` is the latent at the *start* of generation step ``N - k`` (``z_N`` is ``x_T``,
@@ -67,6 +68,8 @@ def ddim_inversion(backbone, z0: torch.Tensor, text: torch.Tensor, depth_cond: t
         eps, _ = to_eps_x0(out.float(), z.float(), schedule.alpha_prev[i], schedule.prediction_type)
         z = ddim_step(eps, z.float(), schedule.alpha_prev[i], schedule.alpha[i]).to(z0.dtype)
         traj.append(z)
+        if callback is not None:
+            callback({"step": k, "total": n, "x": z})
     return traj
 
 
@@ -141,7 +144,8 @@ def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, 
 
     t0 = time.perf_counter()
     with counter.in_stage("ddim_inversion"):
-        traj = ddim_inversion(backbone, z0, text, depth_cond, schedule, progress=progress)
+        traj = ddim_inversion(backbone, z0, text, depth_cond, schedule, progress=progress,
+                              callback=staged("ddim_inversion"))
     timings = {"ddim_inversion": time.perf_counter() - t0}
     t0 = time.perf_counter()
     if config.method == "null-text":

@@ -51,60 +51,35 @@ class RenderInput:
 Progress = Callable[[str, int, int, str], None]
 
 
-class TqdmMonitor:
-    """Turns the facade's tqdm bars into job progress, without changing the facade.
+class StepProgress:
+    """Job progress from the facade's step callbacks (no polling of progress bars).
 
-    The diffusion layer draws one tqdm bar per pass (``DDIM inversion``, ``null-text
-    inversion`` or ``reconstruction``, ``guided generation``), each of ``num_steps`` steps. A
-    polling thread reads the live bars (``tqdm._instances``: ``desc``, ``n``, ``total``) and
-    reports overall progress ``done + n`` of ``expected`` steps (extended if more bars appear).
-    Only the single render worker draws bars while a render runs.
+    An inversion reports two passes of ``n`` steps (DDIM inversion, then null-text optimisation
+    or the reconstruction), an edit one pass (guided generation); each callback carries
+    ``{"stage", "step", "total"}``. Overall progress is the number of steps done of
+    ``expected`` (extended if a pass reports more steps than expected).
     """
 
-    def __init__(self, report: Progress, expected_total: int, interval_s: float = 0.1):
+    LABELS = {"ddim_inversion": "DDIM inversion", "null_text": "null-text inversion",
+              "reconstruction": "reconstruction", "guided_generation": "guided generation"}
+
+    def __init__(self, report: Progress, expected_total: int):
         self.report = report
         self.expected = expected_total
-        self.interval = interval_s
-        self.done = 0  # steps of bars that have finished
-        self._live: dict[int, tuple[str, int, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="handles-progress", daemon=True)
-        self._last: tuple | None = None
+        self.done = 0  # steps of passes that have finished
+        self._stage: str | None = None
+        self._stage_total = 0
 
-    def __enter__(self) -> TqdmMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.poll()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def poll(self) -> None:
-        from tqdm import tqdm
-
-        with tqdm.get_lock():
-            bars = list(getattr(tqdm, "_instances", ()))
-        now = {id(b): (str(getattr(b, "desc", "") or "working"), int(getattr(b, "n", 0) or 0), int(getattr(b, "total", 0) or 0))
-               for b in bars}
-        for key, (_, _, total) in list(self._live.items()):
-            if key not in now:  # finished (bars are created with leave=False)
-                self.done += total
-                del self._live[key]
-        self._live.update(now)
-        if not self._live:
-            return
-        desc, n, total = list(self._live.values())[-1]
-        step = self.done + sum(v[1] for v in self._live.values())
-        self.expected = max(self.expected, self.done + sum(v[2] for v in self._live.values()))
-        state = (desc, step, self.expected)
-        if state != self._last:
-            self._last = state
-            self.report(desc, step, self.expected, f"{desc}: {n} of {total}")
+    def __call__(self, info: dict) -> None:
+        stage, step, total = str(info.get("stage", "working")), int(info["step"]), int(info["total"])
+        if stage != self._stage:
+            if self._stage is not None:
+                self.done += self._stage_total
+            self._stage, self._stage_total = stage, total
+        current = self.done + step + 1
+        self.expected = max(self.expected, self.done + total)
+        label = self.LABELS.get(stage, stage)
+        self.report(label, current, self.expected, f"{label}: {step + 1} of {total}")
 
 
 class RenderService:
@@ -170,29 +145,30 @@ class RenderService:
             timings: dict[str, float] = {}
             inverted = self._cache.get(key)
             reused = inverted is not None
-            # inversion draws two bars of n steps (DDIM + null-text or reconstruction), the edit one
-            with TqdmMonitor(report, n if reused else 3 * n):
-                if inverted is None:
-                    t0 = time.perf_counter()
-                    report("inversion", 0, 3 * n, "starting the inversion")
-                    inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
-                                           seed=opts.seed, progress=True)
-                    timings["invert_s"] = time.perf_counter() - t0
-                    self._cache[key] = inverted
-                    while self._cache and len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
-                else:
-                    self._cache.move_to_end(key)
-                    report("editing", 0, n, "inversion reused from the cache")
-                t1 = time.perf_counter()
-                out = pipe.edit(inverted, edit, fov_deg=inp.fov_deg, progress=True)
-                timings["edit_s"] = time.perf_counter() - t1
+            # an inversion reports two passes of n steps (DDIM + null-text or reconstruction), the edit one
+            progress = StepProgress(report, n if reused else 3 * n)
+            if inverted is None:
+                t0 = time.perf_counter()
+                report("inversion", 0, 3 * n, "starting the inversion")
+                inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
+                                       seed=opts.seed, progress=False, callback=progress)
+                timings["invert_s"] = time.perf_counter() - t0
+                self._cache[key] = inverted
+                while self._cache and len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            else:
+                self._cache.move_to_end(key)
+                report("editing", 0, n, "inversion reused from the cache")
+            t1 = time.perf_counter()
+            out = pipe.edit(inverted, edit, fov_deg=inp.fov_deg, progress=False,
+                            callback=lambda info: progress({"stage": "guided_generation", **info}))
+            timings["edit_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
 
 def fit_to_model(inp: RenderInput, side: int) -> RenderInput:
     """``inp`` scaled down so its longer side is at most ``side`` (the model's native size:
-    512 for SD2-depth, 64 for TinyWorld); image area-averaged, depth and mask nearest."""
+    512 for SD2-depth, 128 for TinyWorld); image area-averaged, depth and mask nearest."""
     import torch.nn.functional as F
 
     h, w = inp.image.shape[-2:]
