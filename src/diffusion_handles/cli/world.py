@@ -50,6 +50,7 @@ def register(subparsers) -> None:
     t.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start of a new run: a model folder, 'tinyworld' (the shipped model, the cpu preset's "
                         "default) or '' (random); a run with checkpoints resumes from them instead")
+    t.add_argument("--image-size", type=int, default=None, help="the dataset's image side (default: the preset's, 128)")
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--unet-batch", type=int, default=None)
@@ -175,6 +176,7 @@ def _train(args: argparse.Namespace) -> int:
         raise HandlesError(f"--init-from: expected a model folder with unet/ vae/ text_encoder/, 'tinyworld' or '', got {args.init_from!r}")
     cfg = config_from_preset(args.preset, data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device,
                              init_from=args.init_from, stage=args.stage, vae_steps=args.vae_steps,
+                             image_size=args.image_size,
                              unet_steps=args.unet_steps, unet_batch=args.unet_batch, decoder_steps=args.decoder_steps,
                              max_minutes=args.max_minutes or None)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():

@@ -179,8 +179,17 @@ def _stage_clock(cfg: TrainConfig, t_start: float):
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) the three stages; returns ``run_dir``."""
+    """Run (or resume) the three stages; returns ``run_dir``. Uses ``cfg.threads`` torch
+    threads while it runs (restored afterwards)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig) -> Path:
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     log = _Log(run / "train.log")
