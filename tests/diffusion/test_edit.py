@@ -52,7 +52,7 @@ def test_normalized_guidance_lowers_G_and_ends_below_depth_only(handles, inverte
     edit = HandleEdit(translate=(0.25, 0.0, 0.0))
     out = handles.edit(inverted, edit, progress=False)
     for step, history in out.energies.items():
-        assert min(e["G"] for e in history) < 0.9 * history[0]["G"], (step, history)
+        assert min(e["G"] for e in history) < history[0]["G"], (step, history)
     free = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=0, guide_until=5))
     last = max(out.energies)  # the last guided step: G of the latent it starts from, both runs
     assert out.monitor[last]["G"] < 0.5 * free.monitor[last]["G"]

@@ -52,17 +52,17 @@ def run(args: argparse.Namespace) -> int:
     handles = DiffusionHandles.from_pretrained("tinyworld")
     size = handles.backbone.default_size
     scene = scene_for_seed(DEMO_SEED, size, size)
-    src = render(scene, spp=64, seed=scene.seed)
+    src = render(scene, seed=scene.seed)
     edit = HandleEdit(translate=DEMO_TRANSLATE, rotate_axis=(0.0, 1.0, 0.0), rotate_deg=DEMO_ROTATE_DEG)
     pivot = object_pivot(src.depth, src.masks[DEMO_OBJECT], scene)  # centroid of lifted mask pixels
-    gt = render(scene.with_object_edit(DEMO_OBJECT, edit, pivot), spp=64, seed=scene.seed)
+    gt = render(scene.with_object_edit(DEMO_OBJECT, edit, pivot), seed=scene.seed)
 
     image = torch.from_numpy(src.rgb).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
     depth = torch.from_numpy(src.depth)[None, None]  # (1, 1, H, W) z-depth, scene units
     mask = torch.from_numpy(src.masks[DEMO_OBJECT].astype(np.float32))[None, None]
     inverted = handles.invert(image, src.caption, depth, mask, inversion=InversionConfig(num_steps=args.steps),
                               progress=not args.quiet)
-    result = handles.edit(inverted, edit, fov_deg=scene.fov_deg, progress=not args.quiet)
+    result = handles.edit(inverted, edit, fov_deg=scene.fov_deg, source_image=image, progress=not args.quiet)
 
     gt_img = torch.from_numpy(gt.rgb).permute(2, 0, 1)[None].float() / 255.0
     gt_depth = torch.from_numpy(gt.depth)[None, None]
@@ -76,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         "psnr_reconstruction_vs_input": psnr(result.reconstruction, image),
     }
 
-    def big(t: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(t.float(), scale_factor=3, mode="nearest")
+    def big(t: torch.Tensor) -> torch.Tensor:  # nearest-neighbour, panels at least 256 px
+        return F.interpolate(t.float(), scale_factor=max(1, -(-256 // size)), mode="nearest")
 
     strip = side_by_side([
         ("input", big(image)), ("reconstruction", big(result.reconstruction)),
