@@ -55,7 +55,7 @@ def test_normalized_guidance_lowers_G_and_ends_below_depth_only(handles, inverte
         assert min(e["G"] for e in history) < history[0]["G"], (step, history)
     free = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(grad_steps=0, guide_until=5))
     last = max(out.energies)  # the last guided step: G of the latent it starts from, both runs
-    assert out.monitor[last]["G"] < 0.5 * free.monitor[last]["G"]
+    assert out.monitor[last]["G"] < 0.75 * free.monitor[last]["G"]
 
 
 def test_schedule_guides_the_intended_layers_at_the_intended_steps(handles, inverted):
