@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -404,7 +405,8 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
 
     The encoder is frozen, so the cached latents the UNet learned stay exactly valid. Input:
     the posterior mean plus a little Gaussian noise (robustness to generated latents); loss
-    L1 + L2 on full images. Checkpoint ``decoder.pt``; :func:`export` uses it if present.
+    L1 + L2 on full images, learning rate decayed (cosine) to a tenth. Checkpoint ``decoder.pt``;
+    :func:`export` uses it if present.
     """
     from tqdm import tqdm
 
@@ -441,6 +443,8 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
         rec = vae.decode(z).sample
         l1 = (rec - x).abs().mean()
         loss = l1 + (rec - x).pow(2).mean()
+        for g in opt.param_groups:  # cosine decay to a tenth over the stage
+            g["lr"] = cfg.decoder_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / max(1, cfg.decoder_steps))))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
