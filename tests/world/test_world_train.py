@@ -72,7 +72,7 @@ def test_gpu_preset_command_on_cpu_with_tiny_settings(data, tmp_path, capsys):
     assert gpu["device"] == "cuda" and gpu["max_minutes"] <= 9 and sum(gpu["stage_minutes"].values()) <= gpu["max_minutes"]
     rc = main(["world", "train", "--preset", "gpu", "--device", "cpu", "--data", str(data), "--run-dir", str(tmp_path / "g"),
                "--vae-steps", "1", "--unet-steps", "1", "--decoder-steps", "1", "--unet-batch", "2",
-               "--image-size", "32", "--export", str(tmp_path / "gm")])
+               "--image-size", "32", "--threads", "1", "--export", str(tmp_path / "gm")])
     assert rc == 0
     cfg = json.loads((tmp_path / "gm" / "training.json").read_text())["config"]
     assert cfg["unet_channels"] == [64, 128, 256] and cfg["init_from"] == ""
@@ -86,3 +86,29 @@ def test_train_cli_refuses_bad_arguments(data, tmp_path, capsys):
     assert "--init-from" in capsys.readouterr().err
     assert main(["world", "train", "--data", str(data), "--device", "cuda:7"]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_gpu_script_runs_end_to_end_with_tiny_settings(data, tmp_path):
+    """``world/gpu_train.sh``, the prepared device-machine command, on the CPU with tiny settings."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import diffusion_handles
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    script = Path(diffusion_handles.__file__).parent / "world" / "gpu_train.sh"
+    repo = Path(diffusion_handles.__file__).parents[2]
+    packed = tmp_path / "packed.npz"
+    from diffusion_handles.world.dataset import load_dataset, save_dataset
+
+    save_dataset(packed, load_dataset(data))
+    res = subprocess.run(
+        ["bash", str(script), str(packed), str(tmp_path / "wheels"), str(tmp_path / "model"), "--device", "cpu",
+         "--vae-steps", "1", "--unet-steps", "1", "--decoder-steps", "1", "--unet-batch", "2", "--image-size", "32", "--threads", "1"],
+        cwd=repo, env={**__import__("os").environ, "RUN_DIR": str(tmp_path / "run")}, capture_output=True, text=True,
+        timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "trained and exported in" in res.stdout
+    assert (tmp_path / "model" / "model_index.json").is_file()

@@ -2,6 +2,7 @@
 
     handles world render --seed N [--object K | --camera] [transform flags] --out DIR
     handles world dataset --out FILE.npz [--seeds A:B] [--workers 2]
+    handles world pack IN.npz OUT.npz
     handles world train [--data FILE.npz] [--run-dir DIR] [--max-minutes M] [--export DIR]
     handles world export --run-dir DIR --out DIR
     handles world eval [--model tinyworld] [--n 32] --out DIR
@@ -39,6 +40,11 @@ def register(subparsers) -> None:
     d.add_argument("--workers", type=int, default=2, help="render processes (default 2, the most this machine allows)")
     d.set_defaults(func=_dataset)
 
+    k = sub.add_parser("pack", help="rewrite a training set compactly (16-bit inverse depth, compressed)")
+    k.add_argument("data", metavar="IN.npz")
+    k.add_argument("out", metavar="OUT.npz")
+    k.set_defaults(func=_pack)
+
     t = sub.add_parser("train", help="train (or resume) the miniature model; seeded, checkpointed")
     t.add_argument("--data", default="runs/world/train.npz")
     t.add_argument("--run-dir", default="runs/world/train", help="checkpoints and train.log (resumes from here)")
@@ -50,6 +56,7 @@ def register(subparsers) -> None:
     t.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start of a new run: a model folder, 'tinyworld' (the shipped model, the cpu preset's "
                         "default) or '' (random); a run with checkpoints resumes from them instead")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's; cpu: 1)")
     t.add_argument("--image-size", type=int, default=None, help="the dataset's image side (default: the preset's, 128)")
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
@@ -163,6 +170,25 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffusion_handles.world.dataset import load_dataset, save_dataset
+
+    src, dst = Path(args.data), Path(args.out)
+    if not src.is_file():
+        raise HandlesError(f"IN.npz: file not found: {src}")
+    if dst.exists():
+        raise HandlesError(f"OUT.npz: {dst} exists; choose a new file (nothing is overwritten)")
+    try:
+        data = load_dataset(src)
+    except (OSError, ValueError, KeyError) as e:
+        raise HandlesError(f"IN.npz: expected a TinyWorld training set, could not read {src}: {e}") from None
+    save_dataset(dst, data)
+    print(f"handles world pack: wrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB, from {src.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -176,7 +202,7 @@ def _train(args: argparse.Namespace) -> int:
         raise HandlesError(f"--init-from: expected a model folder with unet/ vae/ text_encoder/, 'tinyworld' or '', got {args.init_from!r}")
     cfg = config_from_preset(args.preset, data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device,
                              init_from=args.init_from, stage=args.stage, vae_steps=args.vae_steps,
-                             image_size=args.image_size,
+                             image_size=args.image_size, threads=args.threads,
                              unet_steps=args.unet_steps, unet_batch=args.unet_batch, decoder_steps=args.decoder_steps,
                              max_minutes=args.max_minutes or None)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():

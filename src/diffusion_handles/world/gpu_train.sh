@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Train a larger TinyWorld v2 model on one H100/H200 (16 cores) in at most ~9 minutes and export
+# it in diffusers layout, every file <= 16 MiB (the preset shards larger weight files).
+#
+# Prepared for the device machine, which has Python 3.12, torch and transformers but neither
+# diffusers nor Mitsuba: the training set is rendered beforehand on the CPU machine and carried
+# packed (`handles world pack`, ~29 MiB for 1000 scenes at 128 px), with the diffusers wheel:
+#
+#   pip download diffusers==$(python -c "import diffusers; print(diffusers.__version__)") --no-deps \
+#       --only-binary=:all: --python-version 3.12 -d runs/wheels          # 6.4 MB, once
+#   handles world pack runs/world2/train.npz runs/world2/train_packed.npz
+#   # then, on the device machine (carry runs/wheels and runs/world2/train_packed.npz):
+#   bash src/diffusion_handles/world/gpu_train.sh runs/world2/train_packed.npz runs/wheels "$OUT/model"
+#
+# Afterwards, on the CPU machine: `handles world eval --model DIR --first-seed S` on held-out
+# seeds, and ship the model if it beats the one in src/diffusion_handles/world/model/.
+# Extra arguments go to `handles world train` (e.g. --device cpu --unet-steps 1 for a smoke test).
+set -euo pipefail
+data=${1:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}
+wheels=${2:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}
+out=${3:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}
+shift 3  # anything else goes to `handles world train` (the tests shrink the run with it)
+python -c "import diffusers" 2>/dev/null || pip install -q --no-deps --no-index "$wheels"/diffusers-*.whl
+export PYTHONPATH="$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+start=$(date +%s)
+timeout 570 python -m diffusion_handles world train --preset gpu --data "$data" \
+    --run-dir "${RUN_DIR:-/tmp/tinyworld-gpu}" --export "$out" "$@"
+echo "trained and exported in $(( $(date +%s) - start )) s"
+find "$out" -type f -printf '%s %p\n' | sort -n | tail -3
