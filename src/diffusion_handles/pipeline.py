@@ -134,7 +134,8 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
     )
     device = inverted.x_T.device
     traj = inverted.trajectory
-    if guidance.blend_latents or guidance.identity_transfer_step is not None:
+    k = guidance.resolved_transfer_step(len(schedule_layers))
+    if guidance.blend_latents or k is not None:
         if traj is None:
             raise HandlesError("guidance: latent blending and identity transfer need the inversion's trajectory; invert again")
     if guidance.blend_latents:
@@ -142,8 +143,7 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
         plan.blend_mask = latent_region(hard, latent_hw).float().to(device)
         plan.blend_trajectory = [t[None].float() for t in traj.to(device)]
         plan.blend_until = len(schedule_layers)
-    k = guidance.identity_transfer_step
-    if k is not None and k < len(schedule_layers):
+    if k is not None:
         fe = geom.at_resolution(*latent_hw)
         start = inverted.x_T if k == 0 else traj[k - 1][None]  # the latent step k starts from
         plan.transfer = warp(start.float().to(device), fe.source.float().to(device))

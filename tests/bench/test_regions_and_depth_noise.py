@@ -66,8 +66,9 @@ def test_paper_and_default_methods_differ_as_documented():
     paper, ours, depth_only = METHODS["paper"].guidance(50), METHODS["ours"].guidance(50), METHODS["depth_only"].guidance(50)
     assert paper.mode == "paper" and not paper.composite
     assert ours.mode == "normalized" and ours.composite
-    assert depth_only.grad_steps == 0 and not depth_only.composite
-    assert METHODS["ours_transfer"].guidance(50).identity_transfer_step == 10
+    assert depth_only.grad_steps == 0 and not depth_only.composite and depth_only.identity_transfer is None
+    assert ours.resolved_transfer_step(50) == 30 and paper.identity_transfer is None
+    assert METHODS["ours_no_transfer"].guidance(50).identity_transfer is None
 
 
 def test_degrade_depth_rejects_bad_input():

@@ -141,3 +141,22 @@ def test_composite_keeps_the_input_outside_the_edit_region(handles):
     # the region covers where the object was and where it went
     assert bool((out.region[0, 0][scene[2][0, 0] > 0.5] == 1).all())
     assert bool((out.region[0, 0][out.edited_mask[0, 0] > 0.5] == 1).all())
+
+
+def test_identity_transfer_copies_the_warped_inversion_into_the_object(handles, inverted):
+    """At the transfer step the latent inside M'_o is the inversion's latent of that step moved by
+    the flow (a translation of whole latent cells: an exact copy of shifted cells)."""
+    geom = _shift_edit(inverted, 2)
+    cfg = GuidanceConfig(identity_transfer=0.5)
+    sched = cfg.schedule(N, handles.backbone.num_up_blocks)
+    plan = guidance_targets(inverted, geom, cfg, sched, tuple(inverted.x_T.shape[-2:]))
+    k = cfg.resolved_transfer_step(N)
+    assert plan.transfer_step == k == 3
+    start = inverted.trajectory[k - 1][None]  # the latent step k starts from
+    inside = plan.transfer_mask[0, 0] > 0.5
+    ys, xs = torch.nonzero(inside, as_tuple=True)
+    assert len(ys) > 0
+    x = torch.zeros_like(start)
+    moved = plan.transfer_identity(x, k)
+    torch.testing.assert_close(moved[0][:, ys, xs], start[0][:, ys, xs - 2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moved[0][:, ~inside], x[0][:, ~inside])

@@ -61,27 +61,26 @@ def _stop(k: int) -> Callable[[int], dict]:
 
 _DEFAULT_WB = 1.25 * 30  # GuidanceConfig.w_background default (release value)
 
-def _transfer(n: int) -> dict:
-    return {"identity_transfer_step": int(round(10 * n / 50))}
-
-
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours", "diffusion", "the default: normalized guidance (scale-free energies, noise-relative steps), "
-           "local G_o + G_b, cyclic layers 3/2/both until step 38/50, input kept outside the edit region"),
+           "local G_o + G_b, cyclic layers 3/2/both until step 38/50, identity transfer at step 30/50, "
+           "input kept outside the edit region"),
     Method("paper", "diffusion", "the paper exactly: raw energies, 3 steps of 0.1 on the latent, no composite",
-           lambda n: {"mode": "paper", "composite": False}),
+           lambda n: {"mode": "paper", "composite": False, "identity_transfer": None}),
     Method("ours_no_composite", "diffusion", "ours without the pixel composite (the generation everywhere)",
            lambda n: {"composite": False}, "preservation"),
     Method("ours_blend", "diffusion", "ours + latent blending with the inversion outside the edit region",
            lambda n: {"blend_latents": True}, "preservation"),
-    Method("ours_transfer", "diffusion", "ours + identity transfer: object latents from the warped inversion at step 10/50",
-           _transfer, "preservation"),
+    Method("ours_no_transfer", "diffusion", "ours without the identity transfer",
+           lambda n: {"identity_transfer": None}, "preservation"),
+    Method("ours_normalized_only", "diffusion", "the normalized guidance alone: no transfer, no composite",
+           lambda n: {"identity_transfer": None, "composite": False}, "preservation"),
     Method("warp_only", "warp", "the 3D preview (image warped by the 3D flow), holes filled by OpenCV Telea inpainting"),
     Method("reconstruction", "reconstruction",
            "no edit: the inversion's reconstruction of the input (what the model keeps of the image; "
            "its cycle error is the identity floor of every diffusion method)"),
     Method("depth_only", "diffusion", "regenerate from the inverted noise with the edited depth, no activation guidance",
-           lambda n: {"grad_steps": 0, "composite": False}),
+           lambda n: {"grad_steps": 0, "composite": False, "identity_transfer": None}),
     Method("averaged_guidance", "diffusion", "G_o on masked means of the activations (stand-in for Diffusion Self-Guidance)",
            lambda n: {"object_guidance": "averaged"}),
     Method("layer2_only", "diffusion", "guide decoder layer 2 only, every guided step",
@@ -103,7 +102,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 FAST_METHODS = ("ours", "warp_only")
 MAIN_METHODS = ("ours", "paper", "warp_only", "depth_only", "reconstruction", "ours_no_composite", "ours_blend",
-                "ours_transfer")
+                "ours_no_transfer", "ours_normalized_only")
 
 
 def resolve_methods(names: list[str] | None) -> list[Method]:

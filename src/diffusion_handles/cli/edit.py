@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the input's pixels outside the edit region, feathered seam (default: the preset's)")
     p.add_argument("--blend-latents", action="store_true",
                    help="replace the latent outside the edit region by the inversion's during guidance")
-    p.add_argument("--identity-transfer", default=None, metavar="STEP",
-                   help="at this step, set the object's latents to the inversion's warped by the 3D flow")
+    p.add_argument("--identity-transfer", default=None, metavar="F",
+                   help="after this fraction of the steps, set the object's latents to the inversion's warped by the "
+                        "3D flow, or 'off' (default: the preset's, 0.6; paper: off)")
     p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's, 50 (Sec. 5); fast: 20)")
     p.add_argument("--guidance-steps", default=None, metavar="N",
                    help="guide steps 0..N-1 (default 38 of 50, scaled to --steps; Sec. 5.2)")
@@ -173,10 +174,16 @@ def run(args: argparse.Namespace) -> int:
     if args.blend_latents:
         over["blend_latents"] = True
     if args.identity_transfer is not None:
-        k = _int(args.identity_transfer, "--identity-transfer", 0)
-        if k >= steps:
-            raise HandlesError(f"--identity-transfer: expected a step below --steps ({steps}), got {k}")
-        over["identity_transfer_step"] = k
+        if args.identity_transfer == "off":
+            over["identity_transfer"] = None
+        else:
+            try:
+                f = float(args.identity_transfer)
+            except ValueError:
+                f = -1.0
+            if not 0.0 <= f < 1.0:
+                raise HandlesError(f"--identity-transfer: expected a fraction of the steps in [0, 1) or 'off', got {args.identity_transfer!r}")
+            over["identity_transfer"] = f
     guidance = dataclasses.replace(guidance, **over)
 
     t0 = time.perf_counter()
