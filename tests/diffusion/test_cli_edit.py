@@ -73,12 +73,36 @@ def test_fast_configuration_counts(inputs, tiny_model_dir, tmp_path):
     assert s["unet_evals"]["edit"]["edit"]["backward"] == 2
 
 
+def test_presets_and_guidance_flags(inputs, tiny_model_dir, tmp_path):
+    out = tmp_path / "paper"
+    assert main(_args(inputs, tiny_model_dir, out, "--preset", "paper")) == 0
+    g = json.loads((out / "summary.json").read_text())["config"]["guidance"]
+    assert g["mode"] == "paper" and g["composite"] is False and g["identity_transfer"] is None
+    out = tmp_path / "mixed"
+    assert main(_args(inputs, tiny_model_dir, out, "--guidance-mode", "paper", "--composite", "off",
+                      "--identity-transfer", "off", "--blend-latents")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    g = s["config"]["guidance"]
+    assert g["mode"] == "paper" and not g["composite"] and g["identity_transfer"] is None and g["blend_latents"]
+    assert s["energy_monitor"], "the energies of every recorded step are logged"
+    out = tmp_path / "fast"
+    args = _args(inputs, tiny_model_dir, out, "--preset", "fast")
+    del args[args.index("--steps"):args.index("--steps") + 2]  # the preset's 20 steps
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["config"]["inversion"]["method"] == "negative-prompt" and s["config"]["inversion"]["num_steps"] == 20
+    ev = s["unet_evals"]["edit"]["edit"]
+    assert ev["forward"] + 2 * ev["backward"] <= 100  # the fast preset's budget per edit
+
+
 @pytest.mark.parametrize("change, needle", [
     (("--mask", "empty.png"), "--mask"),
     (("--depth", "mask.png"), "--depth"),
     (("--steps", "zero"), "--steps"),
     (("--scale", "-1"), "--scale"),
     (("--model", "does/not/exist/here"), "--model"),
+    (("--identity-transfer", "1.5"), "--identity-transfer"),
+    (("--grad-steps", "-1"), "--grad-steps"),
 ])
 def test_broken_inputs_exit_2_with_one_line(inputs, tiny_model_dir, tmp_path, capsys, change, needle):
     args = _args(inputs, tiny_model_dir, tmp_path / "out")

@@ -130,6 +130,33 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise HandlesError("--prompt: expected a text describing the image, got an empty string")
 
+    if args.inversion is not None:
+        inversion = dataclasses.replace(inversion, method=args.inversion)
+    over: dict = {"guide_until": guide_until}
+    if args.grad_steps is not None:
+        over["grad_steps"] = _int(args.grad_steps, "--grad-steps", 0)
+    if args.guidance_mode is not None:
+        over["mode"] = args.guidance_mode
+    if args.composite is not None:
+        over["composite"] = args.composite == "on"
+    if args.blend_latents:
+        over["blend_latents"] = True
+    if args.identity_transfer is not None:
+        if args.identity_transfer == "off":
+            over["identity_transfer"] = None
+        else:
+            try:
+                f = float(args.identity_transfer)
+            except ValueError:
+                f = -1.0
+            if not 0.0 <= f < 1.0:
+                raise HandlesError(f"--identity-transfer: expected a fraction of the steps in [0, 1) or 'off', got {args.identity_transfer!r}")
+            over["identity_transfer"] = f
+    try:
+        guidance = dataclasses.replace(guidance, **over)
+    except ValueError as e:
+        raise HandlesError(f"guidance: {e}") from None
+
     check_one_object_source(args)
     image = load_image(args.image, "IMAGE")
     depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
@@ -162,29 +189,6 @@ def run(args: argparse.Namespace) -> int:
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
-    if args.inversion is not None:
-        inversion = dataclasses.replace(inversion, method=args.inversion)
-    over: dict = {"guide_until": guide_until}
-    if args.grad_steps is not None:
-        over["grad_steps"] = _int(args.grad_steps, "--grad-steps", 0)
-    if args.guidance_mode is not None:
-        over["mode"] = args.guidance_mode
-    if args.composite is not None:
-        over["composite"] = args.composite == "on"
-    if args.blend_latents:
-        over["blend_latents"] = True
-    if args.identity_transfer is not None:
-        if args.identity_transfer == "off":
-            over["identity_transfer"] = None
-        else:
-            try:
-                f = float(args.identity_transfer)
-            except ValueError:
-                f = -1.0
-            if not 0.0 <= f < 1.0:
-                raise HandlesError(f"--identity-transfer: expected a fraction of the steps in [0, 1) or 'off', got {args.identity_transfer!r}")
-            over["identity_transfer"] = f
-    guidance = dataclasses.replace(guidance, **over)
 
     t0 = time.perf_counter()
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
