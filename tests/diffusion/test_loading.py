@@ -68,4 +68,5 @@ def test_tinyworld_name_resolves_through_the_world_layer_or_fails_clearly():
     except HandlesError as e:
         assert "tinyworld" in str(e) and "\n" not in str(e)
     else:
-        assert bb.model_id == "tinyworld" and int(bb.unet.config.in_channels) == 5
+        assert bb.model_id == "tinyworld"
+        assert int(bb.unet.config.in_channels) == int(bb.vae.config.latent_channels) + 1  # latent + depth
