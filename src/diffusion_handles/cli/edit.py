@@ -245,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
             save_image(tmp / "mask.png", prepared.mask)
             np.save(tmp / "background_depth.npy", prepared.background_depth[0, 0].numpy().astype(np.float32))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({args.inversion})"
+    state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({inversion.method})"
     print(f"edit written to {args.out} ({state}; edit {sum(out.timings.values()):.1f} s): edited.png, "
           "reconstruction.png, edited_depth.png, comparison.png, summary.json")
     return 0
