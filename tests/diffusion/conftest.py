@@ -47,6 +47,12 @@ def tiny_model_dir(tiny_components, tmp_path_factory):
     return save_model_folder(tiny_components, tmp_path_factory.mktemp("tiny-sd2-depth"))
 
 
+@pytest.fixture(scope="session")
+def scene():
+    """The default :func:`make_scene` (16x16 box in front of a wall)."""
+    return make_scene()
+
+
 def make_scene(size: int = SIZE, seed: int = 0):
     """``(image (1,3,S,S), depth (1,1,S,S) z-depth, mask (1,1,S,S))``: a box in front of a wall."""
     g = torch.Generator().manual_seed(seed)

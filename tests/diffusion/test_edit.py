@@ -15,11 +15,6 @@ N = 6
 
 
 @pytest.fixture(scope="module")
-def scene():
-    return make_scene()
-
-
-@pytest.fixture(scope="module")
 def inverted(handles, scene):
     image, depth, mask = scene
     return handles.invert(image, "a box in front of a wall", depth, mask, progress=False,

@@ -26,11 +26,6 @@ N = 6
 
 
 @pytest.fixture(scope="module")
-def scene():
-    return make_scene()
-
-
-@pytest.fixture(scope="module")
 def inverted(handles, scene):
     image, depth, mask = scene
     return handles.invert(image, "a box in front of a wall", depth, mask, progress=False,
@@ -160,3 +155,21 @@ def test_identity_transfer_copies_the_warped_inversion_into_the_object(handles, 
     moved = plan.transfer_identity(x, k)
     torch.testing.assert_close(moved[0][:, ys, xs], start[0][:, ys, xs - 2], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moved[0][:, ~inside], x[0][:, ~inside])
+
+
+def test_normalized_step_is_bounded_by_the_noise_level_and_the_polyak_step():
+    from diffusion_handles.diffusion.guidance import GuidePlan, latent_update
+
+    plan = GuidePlan(layers=[], edited={}, mask_object={}, mask_background={}, relative_step=0.2)
+    x = torch.zeros(1, 1, 2, 2)
+    g = torch.tensor([[[[2.0, 1.0], [0.0, -1.0]]]])
+    alpha = 0.75  # noise level sqrt(1 - alpha) = 0.5
+    big = latent_update(x, g, 1e9, plan, alpha)
+    assert float(big.abs().max()) == pytest.approx(0.2 * 0.5)  # no element moves more than 0.2 x noise
+    torch.testing.assert_close(big, -0.05 * g)  # the gradient's shape is kept
+    small = latent_update(x, g, 0.06, plan, alpha)  # Polyak: G / |g|^2 = 0.06 / 6
+    torch.testing.assert_close(small, -0.01 * g)
+    torch.testing.assert_close(latent_update(x, g, 1e9, plan, alpha, shrink=0.5), -0.025 * g)
+    torch.testing.assert_close(latent_update(x, g, 0.0, plan, alpha), x)  # G = 0: not moved
+    paper = GuidePlan(layers=[], edited={}, mask_object={}, mask_background={}, mode="paper", step_size=0.1)
+    torch.testing.assert_close(latent_update(x, g, 1e9, paper, alpha), -0.1 * g)

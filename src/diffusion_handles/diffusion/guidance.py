@@ -135,21 +135,21 @@ def scaled_grad(energy: torch.Tensor, wrt: torch.Tensor, dtype: torch.dtype) -> 
 
 
 def latent_update(x: torch.Tensor, grad: torch.Tensor, energy: float, plan: GuidePlan, alpha: float,
-                  eta: float) -> torch.Tensor:
+                  shrink: float = 1.0) -> torch.Tensor:
     """One gradient step on the latent ``x`` ``(1, c, h, w)`` under the plan's rule.
 
     ``paper``: ``x - step_size * grad``. ``normalized``:
-    ``x - min(eta * sqrt(1 - alpha) / max|grad|, energy / |grad|^2) * grad`` (``eta`` is
-    ``relative_step``, or a fraction of it after a backtrack; ``energy`` is G at ``x``).
+    ``x - shrink * min(relative_step * sqrt(1 - alpha) / max|grad|, energy / |grad|^2) * grad``
+    (``energy`` is G at ``x``; ``shrink`` halves with each backtrack).
     """
     if plan.mode == "paper":
         return x - plan.step_size * grad
     g2 = grad.float().pow(2)
     if float(g2.sum()) <= 0.0:
         return x
-    noise_bound = eta * (1.0 - alpha) ** 0.5 / float(grad.abs().max())
+    noise_bound = plan.relative_step * (1.0 - alpha) ** 0.5 / float(grad.abs().max())
     polyak = max(float(energy), 0.0) / float(g2.sum())
-    return x - min(noise_bound, polyak) * grad
+    return x - shrink * min(noise_bound, polyak) * grad
 
 
 def guided_update(denoiser, x: torch.Tensor, step: int, plan: GuidePlan):
@@ -162,7 +162,7 @@ def guided_update(denoiser, x: torch.Tensor, step: int, plan: GuidePlan):
     bb = denoiser.backbone
     layers = plan.layers[step]
     alpha = denoiser.schedule.alpha[step]
-    eta = plan.relative_step
+    shrink = 1.0
     history: list[dict[str, float]] = []
     grad = None
     prev = None  # (x, grad, G) before the last sub-step
@@ -175,10 +175,10 @@ def guided_update(denoiser, x: torch.Tensor, step: int, plan: GuidePlan):
         bb.counter.add_backward(1)
         history.append(parts)
         if plan.mode == "normalized" and prev is not None and parts["G"] > prev[2]:
-            eta *= 0.5  # overshoot: back to the previous latent, half the step along its gradient
-            x = latent_update(prev[0], prev[1], prev[2] * 0.5, plan, alpha, eta).detach()
+            shrink *= 0.5  # overshoot: back to the previous latent, half the step along its gradient
+            x = latent_update(prev[0], prev[1], prev[2], plan, alpha, shrink).detach()
             continue
         prev = (x.detach(), g, parts["G"])
         grad = g
-        x = latent_update(x.detach(), g, parts["G"], plan, alpha, eta).detach()
+        x = latent_update(x.detach(), g, parts["G"], plan, alpha, shrink).detach()
     return x, history, grad

@@ -119,6 +119,25 @@ def _load(path: Path, dev) -> dict:
     return torch.load(path, map_location=dev, weights_only=True)
 
 
+def _resume(ckpt: Path, dev, parts: dict, opt, log, stage: str) -> tuple[int, float, bool]:
+    """Load a stage checkpoint into ``parts`` (``{key: module}``) and ``opt`` if it exists;
+    returns ``(step, seconds, done)`` (``(0, 0.0, False)`` for a fresh stage)."""
+    if not ckpt.exists():
+        return 0, 0.0, False
+    st = _load(ckpt, dev)
+    for key, module in parts.items():
+        module.load_state_dict(st[key])
+    opt.load_state_dict(st["opt"])
+    log(f"{stage}: resumed at step {st['step']}")
+    return int(st["step"]), float(st.get("seconds", 0.0)), bool(st.get("done", False))
+
+
+def _checkpoint(ckpt: Path, parts: dict, opt, step: int, seconds: float, done: bool) -> None:
+    """Write a stage checkpoint: the state dicts of ``parts``, the optimiser, step, seconds, done."""
+    _save({**{k: m.state_dict() for k, m in parts.items()}, "opt": opt.state_dict(), "step": step,
+           "seconds": seconds, "done": done}, ckpt)
+
+
 def _lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
@@ -241,13 +260,8 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
     dev = next(vae.parameters()).device
     ckpt = run / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    step, secs, done = 0, 0.0, False
-    if ckpt.exists():
-        st = _load(ckpt, dev)
-        vae.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step, secs, done = st["step"], float(st.get("seconds", 0.0)), bool(st.get("done", False))
-        log(f"vae: resumed at step {step}")
+    parts = {"model": vae}
+    step, secs, done = _resume(ckpt, dev, parts, opt, log, "vae")
     if done or step >= cfg.vae_steps:
         return
     n, cs = len(rgb), min(cfg.vae_crop, rgb.shape[2])
@@ -276,8 +290,7 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
             log(f"vae step {step} l1 {l1.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
             bar.set_postfix(l1=f"{l1.item():.4f}")
         if step % cfg.ckpt_every == 0 or step == cfg.vae_steps or over:
-            _save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
-                   "seconds": secs + time.time() - t0, "done": stage_over("vae", t0)}, ckpt)
+            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("vae", t0))
         if over:
             log(f"vae: stopping at step {step} (time limit)")
             break
@@ -335,17 +348,9 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-4)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
-    step, secs, done = 0, 0.0, False
     ckpt = run / "unet.pt"
-    if ckpt.exists():
-        st = _load(ckpt, dev)
-        unet.load_state_dict(st["unet"])
-        text_encoder.load_state_dict(st["text"])
-        ema_unet.load_state_dict(st["ema_unet"])
-        ema_text.load_state_dict(st["ema_text"])
-        opt.load_state_dict(st["opt"])
-        step, secs, done = st["step"], float(st.get("seconds", 0.0)), bool(st.get("done", False))
-        log(f"unet: resumed at step {step}")
+    parts = {"unet": unet, "text": text_encoder, "ema_unet": ema_unet, "ema_text": ema_text}
+    step, secs, done = _resume(ckpt, dev, parts, opt, log, "unet")
     if done or step >= cfg.unet_steps:
         return
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + step)
@@ -391,9 +396,7 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
             log(f"unet step {step} loss {loss.item():.4f} avg {run_loss:.4f} t {secs + time.time() - t0:.0f}s")
             bar.set_postfix(loss=f"{run_loss:.4f}")
         if step % cfg.ckpt_every == 0 or step == cfg.unet_steps or over:
-            _save({"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
-                   "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "step": step,
-                   "seconds": secs + time.time() - t0, "done": stage_over("unet", t0)}, ckpt)
+            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("unet", t0))
         if over:
             log(f"unet: stopping at step {step} (time limit)")
             break
@@ -414,14 +417,8 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
     ckpt = run / "decoder.pt"
     params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    step, secs, done = 0, 0.0, False
-    if ckpt.exists():
-        st = _load(ckpt, dev)
-        vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
-        vae.decoder.load_state_dict(st["decoder"])
-        opt.load_state_dict(st["opt"])
-        step, secs, done = st["step"], float(st.get("seconds", 0.0)), bool(st.get("done", False))
-        log(f"decoder: resumed at step {step}")
+    parts = {"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}
+    step, secs, done = _resume(ckpt, dev, parts, opt, log, "decoder")
     if done or step >= cfg.decoder_steps:
         return
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 13 + step)
@@ -454,9 +451,7 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
             log(f"decoder step {step} l1 {l1.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
             bar.set_postfix(l1=f"{l1.item():.4f}")
         if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps or over:
-            _save({"post_quant_conv": vae.post_quant_conv.state_dict(), "decoder": vae.decoder.state_dict(),
-                   "opt": opt.state_dict(), "step": step, "seconds": secs + time.time() - t0,
-                   "done": stage_over("decoder", t0)}, ckpt)
+            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("decoder", t0))
         if over:
             log(f"decoder: stopping at step {step} (time limit)")
             break
