@@ -15,6 +15,8 @@ Stages, as in Fig. 2 of the paper:
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
 from diffusion_handles.diffusion.energies import activation_scale
 from diffusion_handles.diffusion.guidance import GuidePlan
 from diffusion_handles.diffusion.inversion import invert as run_inversion
-from diffusion_handles.diffusion.inverted import InvertedImage, inversion_key
+from diffusion_handles.diffusion.inverted import CacheEntryError, InvertedImage, inversion_key
 from diffusion_handles.diffusion.sampler import Denoiser, sample
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import (
@@ -81,6 +83,24 @@ class EditOutput:
     energies: dict[int, list[dict[str, float]]] = field(default_factory=dict)
     monitor: dict[int, dict[str, float]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+
+
+def _cached(folder: Path, key: str, bb) -> InvertedImage | None:
+    """The verified cache entry ``folder``, or ``None`` when there is none; an entry that fails
+    verification is reported in one line on stderr and deleted, so the caller rebuilds it."""
+    if not (folder.exists() or folder.is_symlink()):
+        return None
+    try:
+        inv = InvertedImage.load(folder, device=bb.device, key=key, weights_digest=bb.weights_digest)
+    except CacheEntryError as e:
+        print(f"handles: inversion cache: discarding a bad entry and inverting again: {e}", file=sys.stderr)
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            folder.unlink(missing_ok=True)
+        return None
+    inv.cache_hit = True
+    return inv
 
 
 def _check_inputs(image, depth, mask) -> None:
@@ -209,12 +229,11 @@ class DiffusionHandles:
         mask_w = (bb.resize_to_work((mask > 0.5).float(), work, mode="nearest") > 0.5).float()
         plan = self.record_plan(guidance, inversion.num_steps)
         record_dtype = _DTYPES[guidance.record_dtype]
-        key = inversion_key(image_w, depth_w, mask_w, prompt, bb.model_id, inversion, plan, bb.dtype, seed)
+        key = inversion_key(image_w, depth_w, mask_w, prompt, bb.model_id, inversion, plan, bb.dtype, seed,
+                            weights_digest=bb.weights_digest)
         if cache_dir is not None:
-            folder = Path(cache_dir) / key
-            if folder.is_dir():
-                inv = InvertedImage.load(folder, device=bb.device)
-                inv.cache_hit = True
+            inv = _cached(Path(cache_dir) / key, key, bb)
+            if inv is not None:
                 return inv
 
         timings: dict[str, float] = {}
@@ -240,8 +259,12 @@ class DiffusionHandles:
             x_T=res.x_T, latent_0=z0, text_embedding=text, null_embeddings=res.null_embeddings,
             reconstruction=recon, activations=res.activations, key=key, timings=timings,
             unet_evals=evals, null_losses=res.null_losses, seed=seed,
-            trajectory=torch.cat(res.trajectory) if res.trajectory else None,
+            trajectory=torch.cat(res.trajectory) if res.trajectory else None, weights_digest=bb.weights_digest,
         )
+        problem = inv.problem()
+        if problem is not None:
+            raise HandlesError(f"inversion: the model produced an unusable result ({problem}); "
+                               "try float32 (--dtype) or another seed")
         if cache_dir is not None:
             inv.save(Path(cache_dir) / key)
         return inv
@@ -269,6 +292,11 @@ class DiffusionHandles:
         bb = self.backbone
         if inverted.model_id != bb.model_id:
             raise HandlesError(f"inverted: was made with model {inverted.model_id!r}, this pipeline runs {bb.model_id!r}; invert again")
+        if inverted.weights_digest and inverted.weights_digest != bb.weights_digest:
+            raise HandlesError(f"inverted: was made with other weights of model {bb.model_id!r}; invert again")
+        problem = inverted.problem()
+        if problem is not None:
+            raise HandlesError(f"inverted: unusable ({problem}); invert again")
         inverted = inverted.to(bb.device)
         n = inverted.config.num_steps
         try:
@@ -311,6 +339,9 @@ class DiffusionHandles:
         # 4. decode; keep the input's pixels outside the edit region (optional, not in the paper)
         t0 = time.perf_counter()
         image = bb.decode(res.latent)
+        if not bool(torch.isfinite(res.latent).all()):
+            raise HandlesError("guided generation: the model produced non-finite values (NaN or inf); "
+                               "try float32 (--dtype), fewer guidance steps or a smaller transform")
 
         def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
             return bb.resize_to_work(x.float().cpu(), inverted.input_hw, mode)

@@ -11,7 +11,9 @@ forward and backward passes per stage.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -145,6 +147,7 @@ class Backbone:
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.model_id = model_id
         self.counter = EvalCounter()
+        self._weights_digest: str | None = None
         latent_ch = int(self.vae.config.latent_channels)
         if int(self.unet.config.in_channels) != latent_ch + 1:
             raise HandlesError(f"--model: expected a depth-conditioned UNet with in_channels = {latent_ch} latent + 1 depth, got in_channels={self.unet.config.in_channels} ({model_id})")
@@ -170,6 +173,26 @@ class Backbone:
     @property
     def num_up_blocks(self) -> int:
         return len(self.unet.up_blocks)
+
+    @property
+    def weights_digest(self) -> str:
+        """SHA-256 (hex) of the weights themselves, computed once per loaded model.
+
+        Covers every parameter and buffer of the UNet, VAE and text encoder (name, dtype, shape,
+        bytes) and the scheduler's config, so a model retrained in place (same path, same id)
+        gets a new digest and inversions cached with the old weights are never reused.
+        """
+        if self._weights_digest is None:
+            h = hashlib.sha256()
+            for part, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
+                for name, t in module.state_dict().items():
+                    a = t.detach().cpu().contiguous().reshape(-1)
+                    h.update(f"{part}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                    h.update(a.view(torch.uint8).numpy().tobytes())
+            extra = {"scheduler": dict(self.scheduler.config), "scaling_factor": self.scaling_factor}
+            h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+            self._weights_digest = h.hexdigest()
+        return self._weights_digest
 
     def schedule(self, num_steps: int) -> Schedule:
         return make_schedule(self.scheduler, num_steps)
