@@ -37,6 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is best on a busy machine)")
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="do only scenes I, I+K, I+2K, ... (parallel processes sharing --out; default 0/1 = all)")
+    p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="schedule on Ray, one task per scene (3deditbench: per file): auto ($RAY_ADDRESS or a local "
+                        "instance), local, or a cluster's address (default: no Ray, this process)")
+    p.add_argument("--gpus-per-job", type=float, default=0.0, metavar="F",
+                   help="with --ray: GPUs each task reserves (fractions share a GPU; > 0 runs on cuda)")
+    p.add_argument("--suite", default="tinyworld", choices=("tinyworld", "3deditbench"),
+                   help="tinyworld (rendered scenes, default) or 3deditbench (HDF5 cases from --data)")
+    p.add_argument("--data", default=None, metavar="DIR", help="3deditbench: folder of .hdf5 cases")
+    p.add_argument("--gt-mask", action="store_true",
+                   help="3deditbench: select the object by the files' GT_segment (default: SAM at point_prompt)")
+    p.add_argument("--prompt", default="", metavar="TEXT",
+                   help="3deditbench: text prompt for files without a caption (default empty)")
+    p.add_argument("--sam-model", default=None, metavar="ID|DIR",
+                   help="3deditbench: SAM for point_prompt and for edit adherence (default facebook/sam-vit-base)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (reused to resume)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: aggregate the edits already in --out into results.json / report.html")
@@ -49,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_handles.bench.runner import BenchConfig, run_benchmark
     from diffusion_handles.errors import HandlesError
 
+    if args.suite == "3deditbench":
+        from diffusion_handles.bench.editbench3d import run_cli
+
+        return run_cli(args)
     if args.size < 16:
         raise HandlesError(f"--size: expected >= 16 pixels, got {args.size}")
     if args.spp < 1:
@@ -63,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
                       cycle=not args.no_cycle, spp=args.spp, device=args.device,
                       shard=(i_shard, k_shard), report_only=args.report_only,
                       threads=args.threads, depth=args.depth)
-    run_benchmark(cfg, args.out, progress=not args.quiet)
+    if args.ray is not None:  # the same path as `handles batch`: Ray schedules one task per scene
+        from diffusion_handles.batch.bench_ray import run_benchmark_on_ray
+
+        if k_shard > 1 or args.report_only:
+            raise HandlesError("--ray: expected without --shard I/K or --report-only (Ray does the sharding)")
+        run_benchmark_on_ray(cfg, args.out, ray_address=args.ray, gpus_per_job=args.gpus_per_job,
+                             progress=not args.quiet)
+    else:
+        run_benchmark(cfg, args.out, progress=not args.quiet)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/, cases/")
     return 0
