@@ -44,11 +44,19 @@ def to_rgb(x: torch.Tensor) -> torch.Tensor:
     return x.expand(1, 3, *x.shape[-2:]) if x.shape[1] == 1 else x
 
 
-def side_by_side(panels: list[tuple[str, torch.Tensor]], label_height: int = 18) -> torch.Tensor:
-    """Panels ``[(label, (1, C, H, W))]`` of equal height in one labelled strip ``(1, 3, H', W')``."""
+def side_by_side(panels: list[tuple[str, torch.Tensor]], label_height: int = 18, min_side: int = 256) -> torch.Tensor:
+    """Panels ``[(label, (1, C, H, W))]`` of equal height in one labelled strip ``(1, 3, H', W')``.
+
+    Panels whose long side is below ``min_side`` pixels are enlarged by the smallest integer
+    factor that reaches it, nearest neighbour (a small model's pixels stay visible as blocks,
+    not blurred); ``min_side=0`` keeps every panel's size.
+    """
     imgs = []
     for label, t in panels:
         arr = (to_rgb(t)[0].permute(1, 2, 0).numpy() * 255).clip(0, 255).astype(np.uint8)
+        if min_side and max(arr.shape[:2]) < min_side:
+            f = -(-min_side // max(arr.shape[:2]))
+            arr = np.repeat(np.repeat(arr, f, 0), f, 1)
         bar = np.full((label_height, arr.shape[1], 3), 255, np.uint8)
         scale = 0.4 if arr.shape[1] < 200 else 0.5
         cv2.putText(bar, label, (3, label_height - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
