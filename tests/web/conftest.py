@@ -3,6 +3,7 @@ uvicorn server and headless Chromium (Debian's /usr/bin/chromium driven by Playw
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -44,8 +45,10 @@ def tiny_model(tmp_path_factory) -> Path:
 def web_config(tiny_model, tmp_path_factory):
     from diffusion_handles.web.app import WebConfig
 
+    # TestClient sends "Host: testserver": the in-process tests name it explicitly (the app's
+    # default answers only the loopback names)
     return WebConfig(model=str(tiny_model), default_steps=3, scene_size=SCENE_SIZE,
-                     results_dir=tmp_path_factory.mktemp("web-results"))
+                     results_dir=tmp_path_factory.mktemp("web-results"), allowed_hosts=("testserver",))
 
 
 @pytest.fixture
@@ -79,7 +82,8 @@ def live_server(web_config):
     from diffusion_handles.web.app import create_app
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(web_config), host="127.0.0.1", port=port, log_level="warning"))
+    cfg = dataclasses.replace(web_config, allowed_hosts=(f"127.0.0.1:{port}",))  # as ``handles serve`` does
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -64,6 +64,22 @@ def test_page_and_vendored_three_are_served(client):
     assert "cdn" not in client.get("/static/app.js").text.lower()
 
 
+def test_page_loads_nothing_from_outside(client):
+    """Offline: no script, style, font or image from another host in the page or its code, and
+    no CDN-backed API docs pages (/openapi.json itself is served)."""
+    import re
+
+    from diffusion_handles.web.app import STATIC
+
+    for f in [STATIC / "index.html", STATIC / "app.js", STATIC / "convert.js", STATIC / "style.css"]:
+        text = f.read_text()
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.I), f.name
+        assert not re.search(r"""(import|url)\s*\(?\s*["']?(https?:)?//""", text, re.I), f.name
+    for url in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert client.get(url).status_code == 404, url
+    assert client.get("/openapi.json").status_code == 200
+
+
 def test_info_lists_the_builtin_scene_and_modes(client):
     info = client.get("/api/info").json()
     assert info["scenes"][0]["id"] == "demo"
@@ -143,24 +159,97 @@ def test_burst_of_concurrent_previews(client, demo_session):
 
 
 def test_preview_queue_is_bounded(web_config):
+    """Deterministic: the preview thread is held by a gate, so the queue's state does not
+    depend on how fast previews run or how requests overlap in time."""
     import dataclasses
+    import threading
 
     from fastapi.testclient import TestClient
 
     from diffusion_handles.web.app import create_app
 
-    # a bigger scene and the depth composite make each preview take tens of ms: the burst overlaps
-    cfg = dataclasses.replace(web_config, max_waiting_previews=2, scene_size=(192, 256))
-    with TestClient(create_app(cfg)) as c:
+    cfg = dataclasses.replace(web_config, max_waiting_previews=2)
+    app = create_app(cfg)
+    previews = app.state.previews
+    with TestClient(app) as c, ThreadPoolExecutor(max_workers=1) as ex:
         sid = c.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
-        with ThreadPoolExecutor(max_workers=16) as ex:
-            answers = list(ex.map(lambda i: preview(c, sid, {"rotate_deg": i}, with_depth=True), range(32)))
-        codes = [r.status_code for r in answers]
-        assert set(codes) == {200, 429}, codes
-        for r in answers:
-            if r.status_code == 429:
-                assert "waiting" in r.json()["detail"]
-        assert preview(c, sid, {}).status_code == 200  # still serving afterwards
+        gate = threading.Event()
+        held = previews.submit(gate.wait, 60)  # occupies the one preview thread: 1 of 2 places
+        try:
+            queued = ex.submit(preview, c, sid, {"rotate_deg": 10})  # waits behind it: 2 of 2
+            deadline = time.monotonic() + 30
+            while previews.waiting < 2:  # a state to reach, not a time to wait
+                assert time.monotonic() < deadline and not queued.done(), "the second preview never queued"
+                time.sleep(0.01)
+            refused = preview(c, sid, {"rotate_deg": 20})
+            assert refused.status_code == 429, refused.text
+            assert "2 previews are already waiting" in refused.json()["detail"]
+        finally:
+            gate.set()
+        assert held.result(timeout=60) is True
+        assert queued.result(timeout=60).status_code == 200  # the queued one was served, not dropped
+        assert preview(c, sid, {}).status_code == 200  # and places free up again
+        assert previews.waiting == 0
+
+
+def test_render_queue_is_bounded(tmp_path):
+    """The job queue refuses (QueueFull, HTTP 429) beyond ``max_waiting``; the worker is held."""
+    import threading
+
+    from diffusion_handles.web.jobs import JobQueue, QueueFull
+
+    q = JobQueue(tmp_path, max_waiting=2)
+    gate, running = threading.Event(), threading.Event()
+
+    def hold(job):
+        running.set()
+        gate.wait(60)
+        return {}
+
+    try:
+        first = q.submit(hold)
+        assert running.wait(60)  # the worker runs it: no longer waiting
+        waiting = [q.submit(lambda job: {}) for _ in range(2)]
+        with pytest.raises(QueueFull, match="2 jobs are already waiting"):
+            q.submit(lambda job: {})
+        assert [q.position(j) for j in waiting] == [1, 2]
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 60
+    while not all(j.state == "done" for j in [first, *waiting]):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    q.close()
+
+
+def test_finished_and_failed_jobs_leave_no_running_stage(tmp_path):
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.web.jobs import JobQueue
+
+    def ok(job):
+        job.report("guided generation", 0, 3, "guided generation: 0 of 3")
+        return {}
+
+    def bad(job):
+        job.report("guided generation", 1, 3, "guided generation: 1 of 3")
+        raise HandlesError("mask: expected background, got none")
+
+    def crash(job):
+        raise RuntimeError(f"boom at {tmp_path}/secret\nTraceback line")
+
+    q = JobQueue(tmp_path, scrub=lambda text: text.replace(str(tmp_path), "<folder>"))
+    jobs = [q.submit(f) for f in (ok, bad, crash)]
+    deadline = time.monotonic() + 60
+    while not all(j.state in ("done", "error") for j in jobs):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    q.close()
+    done, failed, crashed = jobs
+    assert (done.state, done.stage, done.message, done.step, done.total) == ("done", "done", "done", 3, 3)
+    assert (failed.state, failed.stage) == ("error", "failed")
+    assert failed.message == "failed during guided generation, step 1 of 3"
+    assert failed.error == "mask: expected background, got none"
+    assert crashed.stage == "failed" and crashed.error == "render failed: RuntimeError: boom at <folder>/secret"
 
 
 # ---------------------------------------------------------------------------- uploads
@@ -271,15 +360,25 @@ def test_unknown_ids_are_404(client, demo_session):
     assert r.status_code == 422 and "scene" in r.json()["detail"]
 
 
-def test_selection_tools_fail_with_a_clear_message_offline(client, demo_session, monkeypatch):
+def test_selection_tools_are_not_offered_without_weights(web_config, tmp_path, monkeypatch):
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from diffusion_handles.web.app import create_app
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    info = client.get("/api/info").json()
-    if "click" not in info["selection_modes"]:
-        pytest.skip("perception layer not installed")
-    r = client.post(f"/api/sessions/{demo_session['id']}/select", json={"mode": "click", "x": 20, "y": 40})
-    assert r.status_code == 422 and "mask" in r.json()["detail"]
-    r = client.post(f"/api/sessions/{demo_session['id']}/select", json={"mode": "click", "x": 999, "y": 40})
-    assert r.status_code == 422 and "inside" in r.json()["detail"]
+    missing = tuple((k, str(tmp_path / f"no-{k}")) for k in ("sam_model", "detector_model", "depth_model"))
+    with TestClient(create_app(dataclasses.replace(web_config, perception_models=missing))) as c:
+        info = c.get("/api/info").json()
+        assert info["selection_modes"] == ["mask", "upload"] and info["depth_estimation"] is False
+        sid = c.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+        r = c.post(f"/api/sessions/{sid}/select", json={"mode": "click", "x": 20, "y": 40})
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and "mask" in detail  # asked anyway: one line, with the way round
+        assert str(tmp_path) not in detail and "no-sam_model" in detail  # named, not located
+        r = c.post(f"/api/sessions/{sid}/select", json={"mode": "click", "x": 999, "y": 40})
+        assert r.status_code == 422 and "inside" in r.json()["detail"]
 
 
 def test_point_cloud_matches_the_depth(client, demo_session):

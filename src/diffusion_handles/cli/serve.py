@@ -11,11 +11,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start the local web app",
         description="Serve the web app: open an image or a built-in scene, select the object, move it with a 3D "
         "gizmo while the instant preview follows, then render with a live progress bar. The JSON API is described "
-        "at /openapi.json (interactive docs at /docs).",
+        "at /openapi.json. The server answers only requests addressed to it (the Host header: 127.0.0.1, localhost, [::1] "
+        "or --host, at --port; add names with --allow-host) and refuses writes from other sites' pages.",
     )
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another name clients may use to reach the server (the Host header), e.g. this machine's "
+                   "network name with --host 0.0.0.0; repeatable. Requests naming any other host get 400")
     p.add_argument("--model", default="tinyworld",
                    help="diffusion model for renders: hub id, local diffusers folder, or 'tinyworld' (default)")
     p.add_argument("--device", default="cpu", help="torch device for renders (default cpu)")
@@ -47,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and not 1 <= args.steps <= 200:
         raise HandlesError(f"--steps: expected 1..200, got {args.steps}")
 
+    allowed = served_hosts(args.host, args.port, args.allow_host)
+
     import torch
     import uvicorn
 
@@ -59,8 +65,38 @@ def run(args: argparse.Namespace) -> int:
                     limits=UploadLimits(max_bytes=int(args.max_upload_mb * 1024 * 1024)),
                     perception_models=tuple((k, v) for k, v in (("sam_model", args.sam_model),
                                                                 ("detector_model", args.detector_model),
-                                                                ("depth_model", args.depth_model)) if v))
+                                                                ("depth_model", args.depth_model)) if v),
+                    allowed_hosts=allowed)
     app = create_app(cfg)
-    print(f"handles serve: http://{args.host}:{args.port}/  (API: /openapi.json, docs: /docs; Ctrl+C stops)", flush=True)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"handles serve: http://{shown}:{args.port}/  (API: /openapi.json; Ctrl+C stops)", flush=True)
+    if args.host in ("0.0.0.0", "::", ""):
+        print(f"handles serve: answering requests addressed to {', '.join(allowed)}; add names with --allow-host", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def served_hosts(host: str, port: int, extra: list[str]) -> tuple[str, ...]:
+    """The ``Host`` header values the server answers: the loopback names and ``host`` at
+    ``port``, plus ``extra`` names (at ``port`` unless they give one); a wildcard bind
+    (0.0.0.0, ::) adds this machine's host name."""
+    import socket
+
+    from diffusion_handles.errors import HandlesError
+
+    def bracket(name: str) -> str:
+        return f"[{name}]" if ":" in name and not name.startswith("[") else name
+
+    names = ["127.0.0.1", "localhost", "[::1]"]
+    if host in ("0.0.0.0", "::", ""):
+        names.append(socket.gethostname())
+    else:
+        names.append(bracket(host))
+    out = [f"{n.lower()}:{port}" for n in names]
+    for e in extra:
+        e = e.strip()
+        if not e or any(c in e for c in "/@?# "):
+            raise HandlesError(f"--allow-host: expected a host name or address such as myhost.local or 192.168.1.5, got {e!r}")
+        e = bracket(e) if e.count(":") > 1 else e
+        out.append(e.lower() if e.rsplit(":", 1)[-1].isdigit() and not e.endswith("]") else f"{e.lower()}:{port}")
+    return tuple(dict.fromkeys(out))

@@ -2,6 +2,11 @@
 
 Build it with :func:`create_app`; ``handles serve`` runs it with uvicorn. All state (sessions,
 jobs, result files in a server-owned temporary folder) belongs to the app instance.
+
+The app answers only requests addressed to it (the ``Host`` header names one of
+:attr:`WebConfig.allowed_hosts`: no DNS rebinding) and refuses writes from other origins (an
+``Origin`` header other than the page's own); it loads nothing from outside (no CDN: the
+interactive ``/docs`` pages are off, the JSON document ``/openapi.json`` is served).
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import base64
 import io
 import json
 import math
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -32,7 +39,15 @@ from diffusion_handles.geometry import Camera, lift, object_centroid
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
 from diffusion_handles.web.jobs import DONE, FAILED, Job, JobQueue, QueueFull
 from diffusion_handles.web.perception import Perception
-from diffusion_handles.web.render import RenderInput, RenderOptions, RenderService, write_results
+from diffusion_handles.web.render import (
+    RenderInput,
+    RenderOptions,
+    RenderService,
+    check_background,
+    geometry_errors,
+    model_name,
+    write_results,
+)
 from diffusion_handles.web.scenes import SceneCatalog
 from diffusion_handles.web.schemas import (
     Error,
@@ -60,6 +75,8 @@ from diffusion_handles.web.uploads import (
 
 STATIC = Path(__file__).parent / "static"
 ERRORS = {code: {"model": Error} for code in (404, 413, 415, 422, 429)}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,12 @@ class WebConfig:
             skips the inversion (each can take hundreds of MB for SD2-depth).
         perception_models: overrides of the perception models, keys ``sam_model``,
             ``detector_model``, ``depth_model`` (hub ids or local folders).
+        allowed_hosts: the ``Host`` header values the app answers (anything else gets 400):
+            ``name`` (any port) or ``name:port``; IPv6 addresses in brackets (``[::1]:7860``).
+            The default, the loopback names on any port, suits an app on 127.0.0.1; ``handles
+            serve`` passes the exact ``host:port`` it serves. Writes (POST, PUT, PATCH, DELETE)
+            carrying an ``Origin`` header are answered only when that origin is the request's
+            own host (the app's page), else 403.
     """
 
     model: str = "tinyworld"
@@ -98,6 +121,7 @@ class WebConfig:
     scene_size: tuple[int, int] = (192, 256)
     inversion_cache: int = 2
     perception_models: tuple[tuple[str, str], ...] = ()
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
 
 
 class ApiError(Exception):
@@ -148,6 +172,89 @@ class BodyLimit:
                 await _send_json(send, 413, msg)
 
 
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``"name:port"`` -> ``("name", port)``, ``"name"`` -> ``("name", None)``, IPv6 in brackets
+    (``"[::1]:80"``); lower-cased; None when malformed."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0:
+            return None
+        name, rest = v[: end + 1], v[end + 1:]
+    else:
+        name, sep, port = v.partition(":")
+        rest = sep + port
+    if not name or any(c in name for c in "/@?#\\ "):
+        return None
+    if not rest:
+        return name, None
+    if rest[0] != ":" or not rest[1:].isdigit() or not 0 < int(rest[1:]) < 65536:
+        return None
+    return name, int(rest[1:])
+
+
+def parse_allowed_hosts(hosts: tuple[str, ...]) -> tuple[tuple[str, int | None], ...]:
+    out = []
+    for h in hosts:
+        parsed = split_host(h) if isinstance(h, str) else None
+        if parsed is None:
+            raise HandlesError(f"allowed_hosts: expected entries like 'localhost', '127.0.0.1:7860' or '[::1]:7860', got {h!r}")
+        out.append(parsed)
+    if not out:
+        raise HandlesError("allowed_hosts: expected at least one host name, got none")
+    return tuple(out)
+
+
+class HostGuard:
+    """ASGI middleware: answer only requests addressed to this server, and refuse cross-origin writes.
+
+    * ``Host`` must match one of ``allowed`` (a DNS-rebinding page reaches a loopback server
+      under its own name: refused with 400).
+    * A write (POST, PUT, PATCH, DELETE) carrying ``Origin`` must come from the request's own
+      origin (``scheme://host``), i.e. the app's page; another site's form or fetch (including
+      multipart uploads) is refused with 403. Requests without ``Origin`` (curl, scripts)
+      pass: browsers always send it on cross-origin writes.
+    """
+
+    def __init__(self, app, allowed: tuple[tuple[str, int | None], ...]):
+        self.app = app
+        self.allowed = allowed
+
+    def host_ok(self, host: str) -> bool:
+        parsed = split_host(host)
+        if parsed is None:
+            return False
+        name, port = parsed
+        return any(name == an and (ap is None or ap == port) for an, ap in self.allowed)
+
+    def expected(self) -> str:
+        return ", ".join(n if p is None else f"{n}:{p}" for n, p in self.allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # the app has no websocket routes: none is accepted
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {}
+        for k, v in scope.get("headers") or []:
+            headers.setdefault(k.lower(), v.decode("latin-1"))
+        host = headers.get(b"host")
+        if host is None or not self.host_ok(host):
+            got = "no Host header" if host is None else json.dumps(host[:100])
+            return await _send_json(send, 400, f"Host: expected this server's address ({self.expected()}), got {got}; "
+                                               "open the page at the address the server printed")
+        origin = headers.get(b"origin")
+        if scope.get("method", "GET").upper() in WRITE_METHODS and origin is not None:
+            parts = urlsplit(origin.strip()) if origin.strip().lower() != "null" else None
+            same = (parts is not None and parts.scheme in ("http", "https") and not parts.path.strip("/")
+                    and parts.netloc.lower() == host.strip().lower())
+            if not same:
+                return await _send_json(send, 403, f"Origin: expected a request from this server's own page "
+                                                   f"(http://{host.strip()[:100]}), got a cross-origin {scope.get('method')} "
+                                                   f"from {json.dumps(origin[:100])}; refused")
+        return await self.app(scope, receive, send)
+
+
 class _TooLarge(HTTPException):
     """Raised from ``receive`` when a streamed body passes the limit; an HTTPException, so
     FastAPI's body parsing lets it through and it is answered as 413 JSON."""
@@ -161,6 +268,40 @@ async def _send_json(send, status: int, detail: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class PreviewQueue:
+    """Previews run one at a time on one thread, in arrival order; at most ``max_waiting`` may be
+    queued or running (more get 429), so a burst cannot starve the machine or hold server threads."""
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handles-preview")
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Previews queued or running."""
+        with self._lock:
+            return self._waiting
+
+    def submit(self, fn, *args) -> Future:
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                raise ApiError(429, f"preview: {self._waiting} previews are already waiting; slow down")
+            self._waiting += 1
+
+        def done(_):
+            with self._lock:
+                self._waiting -= 1
+
+        fut = self.pool.submit(fn, *args)
+        fut.add_done_callback(done)
+        return fut
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _png(arr_or_tensor) -> bytes:
@@ -193,19 +334,30 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(cfg.dtype)
     if dtype is None:
         raise HandlesError(f"--dtype: expected float32, float16 or bfloat16, got {cfg.dtype!r}")
+    allowed_hosts = parse_allowed_hosts(cfg.allowed_hosts)
     sessions = SessionStore()
     catalog = SceneCatalog(size=cfg.scene_size)
     renderer = RenderService(cfg.model, cfg.device, dtype, cache_size=cfg.inversion_cache)
     perception = Perception(dict(cfg.perception_models))
-    jobs = JobQueue(cfg.results_dir, max_waiting=cfg.max_waiting_jobs)
-    preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handles-preview")
-    preview_waiting = [0]
-    preview_count_lock = threading.Lock()
+    tools = ToolAvailability(perception)
+    folders = {}  # configured folders -> the name shown instead (answers never show a path)
+    for src in (cfg.model, *(v for _, v in cfg.perception_models)):
+        if _looks_like_folder(src):
+            folder = Path(src).expanduser()
+            folders.update(dict.fromkeys({src, str(folder), str(folder.resolve())}, model_name(src)))
+
+    def hide_paths(text: str) -> str:
+        for path in sorted(folders, key=len, reverse=True):
+            text = text.replace(path, folders[path])
+        return renderer.hide_paths(text)
+
+    jobs = JobQueue(cfg.results_dir, max_waiting=cfg.max_waiting_jobs, scrub=hide_paths)
+    previews = PreviewQueue(cfg.max_waiting_previews)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        preview_pool.shutdown(wait=False, cancel_futures=True)
+        previews.close()
         jobs.close()
 
     app = FastAPI(
@@ -214,12 +366,16 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         description="3D object edits on images: instant geometric preview and full diffusion renders. "
         "Camera axes: x right, y down, z forward; scene units are the depth map's units.",
         lifespan=lifespan,
+        docs_url=None,  # the Swagger / ReDoc pages load their scripts from a CDN: the app works offline
+        redoc_url=None,
     )
     app.state.jobs = jobs
     app.state.sessions = sessions
     app.state.renderer = renderer
+    app.state.previews = previews
     # the biggest legitimate request: image + depth + mask uploads plus form fields
     app.add_middleware(BodyLimit, max_bytes=3 * cfg.limits.max_bytes + 64 * 1024)
+    app.add_middleware(HostGuard, allowed=allowed_hosts)  # added last: runs first
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(ApiError)
@@ -228,7 +384,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
 
     @app.exception_handler(HandlesError)
     async def _handles_error(request: Request, exc: HandlesError):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": hide_paths(str(exc))}, status_code=422)
 
     @app.exception_handler(UploadError)
     async def _upload_error(request: Request, exc: UploadError):
@@ -245,7 +401,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {first}"[:300]}, status_code=500)
+        return JSONResponse({"detail": hide_paths(f"internal error: {type(exc).__name__}: {first}")[:300]}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -294,10 +450,10 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     # ------------------------------------------------------------------ info
     @app.get("/api/info", response_model=Info, tags=["info"])
     def info() -> Info:
-        caps = perception.capabilities()
+        caps = tools.capabilities()
         modes = ["mask", "upload"] + [m for m in ("click", "text") if caps.get(m)]
         return Info(
-            version=__version__, model=cfg.model, render_unavailable=renderer.available(),
+            version=__version__, model=renderer.name, render_unavailable=renderer.available(),
             selection_modes=modes, depth_estimation=bool(caps.get("depth")),
             scenes=[SceneInfo(**s) for s in catalog.list()],
             limits=Limits(max_upload_mb=cfg.limits.max_bytes / (1024 * 1024), max_side=cfg.limits.max_side,
@@ -326,9 +482,10 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         depth: UploadFile | None = File(None, description=".npy z-depth (scene units) or 16-bit PNG (millimetres)"),
         mask: UploadFile | None = File(None, description="object mask PNG, same aspect as the image"),
         prompt: str = Form("", max_length=500),
-        fov_deg: float = Form(DEFAULT_FOV_DEG, gt=0, lt=180),
+        fov_deg: float = Form(DEFAULT_FOV_DEG, description="horizontal field of view, degrees in (0, 180)"),
     ) -> SessionInfo:
         """Upload an image (with its depth, unless a depth estimator is installed) and optionally a mask."""
+        check_fov(fov_deg)
         lim = cfg.limits
         img = read_image(await _read(image, lim, "image"), image.content_type, "image", lim)
         if depth is not None and depth.filename:
@@ -372,12 +529,14 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
             h, w = s.size_hw
             if not (0 <= req.x < w and 0 <= req.y < h):
                 raise ApiError(422, f"x, y: expected a pixel inside the {w}x{h} image, got ({req.x}, {req.y})")
-            m = perception.segment_click(s.image, req.x, req.y)
+            with _way_round():
+                m = perception.segment_click(s.image, req.x, req.y)
             name = f"click ({req.x:.0f}, {req.y:.0f})"
         else:
             if not req.query or not req.query.strip():
                 raise ApiError(422, "query: expected a text query such as 'the red cube', got nothing")
-            m = perception.segment_text(s.image, req.query.strip())
+            with _way_round():
+                m = perception.segment_text(s.image, req.query.strip())
             name = f"text: {req.query.strip()[:40]}"
         with s.lock:
             s.add_mask(name, m)
@@ -434,7 +593,10 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
 
         with s.lock:
             image, depth, mask = s.tensors()
-        res = preview_edit(image, depth, mask, req.transform.to_edit(), s.fov_deg, with_depth=req.with_depth)
+        h, w = s.size_hw
+        with geometry_errors("preview", h, w):
+            check_background(mask)  # the render fills the background from it: refuse now, not after minutes
+            res = preview_edit(image, depth, mask, req.transform.to_edit(), s.fov_deg, with_depth=req.with_depth)
         png = _png(res.preview)
         depth_url = _data_url(_png(colorize_depth(res.edited_depth))) if req.with_depth else None
         timings = {**res.timings_ms, "server_total": (time.perf_counter() - t0) * 1e3}
@@ -448,19 +610,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         """Queue a preview on the preview thread; refuse (429) beyond ``max_waiting_previews``.
 
         Waiting requests hold no server thread, so a burst cannot starve other endpoints."""
-        t0 = time.perf_counter()
-        with preview_count_lock:
-            if preview_waiting[0] >= cfg.max_waiting_previews:
-                raise ApiError(429, f"preview: {preview_waiting[0]} previews are already waiting; slow down")
-            preview_waiting[0] += 1
-
-        def done(_):
-            with preview_count_lock:
-                preview_waiting[0] -= 1
-
-        fut = preview_pool.submit(compute_preview, s, req, t0)
-        fut.add_done_callback(done)
-        return fut
+        return previews.submit(compute_preview, s, req, time.perf_counter())
 
     @app.post("/api/sessions/{sid}/preview", response_model=PreviewResponse, responses=ERRORS, tags=["edit"])
     async def preview(sid: str, req: PreviewRequest) -> PreviewResponse:
@@ -484,8 +634,11 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
             image, depth, mask = s.tensors()
             key = s.content_key(prompt, cfg.model)
         fov = s.fov_deg
-        submit_preview(s, PreviewRequest(transform=req.transform)).result()  # impossible edits answer 422 now
+        # the preview's checks, with the depth composite the render computes: an edit that cannot
+        # be rendered answers 422 now instead of being accepted (202) and failing later
+        submit_preview(s, PreviewRequest(transform=req.transform, with_depth=True)).result()
         inp = RenderInput(image, depth, mask, prompt, fov, key)
+        renderer.check(inp, edit)  # at the model's render size, once the model is loaded
         opts = RenderOptions(num_steps=req.num_steps or cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:
@@ -552,6 +705,89 @@ async def _read(f: UploadFile, limits: UploadLimits, field: str) -> bytes:
     if len(data) > limits.max_bytes:
         raise UploadError(413, f"{field}: expected a file of at most {limits.max_bytes // (1024 * 1024)} MB, got more")
     return data
+
+
+@contextmanager
+def _way_round():
+    """A selection tool's failure (e.g. its weights are missing) says how to do without it."""
+    try:
+        yield
+    except HandlesError as e:
+        msg = str(e)
+        if "mask" not in msg:
+            msg += "; select a scene object or upload a mask instead"
+        raise HandlesError(msg) from None
+
+
+def check_fov(fov_deg: float) -> None:
+    """The field of view of an upload: a finite number of degrees in (0, 180)."""
+    if not (math.isfinite(fov_deg) and 0 < fov_deg < 180):
+        raise HandlesError(f"fov_deg: expected a finite number of degrees in (0, 180), got {fov_deg}")
+
+
+def _looks_like_folder(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or Path(source).expanduser().exists()
+
+
+def weights_present(source: str) -> bool:
+    """Whether the weights of ``source`` (a local folder or a hub id) are on this machine: the
+    folder, or the hub cache's snapshot, holds ``config.json`` and a non-empty weight file."""
+    def has_weights(folder: Path) -> bool:
+        return (folder / "config.json").is_file() and any(
+            f.is_file() and f.stat().st_size > 0 for pat in ("*.safetensors", "*.bin") for f in folder.glob(pat))
+
+    if _looks_like_folder(source):
+        folder = Path(source).expanduser()
+        return folder.is_dir() and has_weights(folder)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return has_weights(Path(snapshot_download(source, local_files_only=True)))
+    except Exception:
+        return False
+
+
+class ToolAvailability:
+    """Which perception tools the page may offer: the perception layer is installed and the
+    model's weights are on this machine, or (a hub id) can be downloaded now: offline mode off
+    and the hub reachable. The answer is kept for a minute (one hub probe a minute at most).
+
+    ``click`` needs SAM; ``text`` needs SAM and the text detector; ``depth`` the depth estimator.
+    """
+
+    TTL_S = 60.0
+
+    def __init__(self, perception: Perception):
+        self.perception = perception
+        self._lock = threading.Lock()
+        self._cached: tuple[float, tuple[str, ...], dict[str, bool]] | None = None
+
+    def capabilities(self) -> dict[str, bool]:
+        from diffusion_handles.hub import hub_reachable, is_offline
+
+        installed = self.perception.capabilities()
+        if not any(installed.values()):
+            return {"click": False, "text": False, "depth": False}
+        env = tuple(os.environ.get(v, "") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_HOME"))
+        with self._lock:
+            if self._cached is not None and self._cached[1] == env and time.monotonic() - self._cached[0] < self.TTL_S:
+                return dict(self._cached[2])
+        from diffusion_handles import perception as p
+
+        models = self.perception.models
+        sources = {"sam": models.get("sam_model", p.DEFAULT_SAM_MODEL),
+                   "detector": models.get("detector_model", p.DEFAULT_DETECTOR_MODEL),
+                   "depth": models.get("depth_model", p.DEFAULT_DEPTH_MODEL)}
+        ok = {k: weights_present(v) for k, v in sources.items()}
+        missing_hub_ids = [k for k, v in ok.items() if not v and not _looks_like_folder(sources[k])]
+        if missing_hub_ids and not is_offline() and hub_reachable(timeout_s=1.0):
+            ok.update(dict.fromkeys(missing_hub_ids, True))
+        caps = {"click": bool(installed.get("click")) and ok["sam"],
+                "text": bool(installed.get("text")) and ok["sam"] and ok["detector"],
+                "depth": bool(installed.get("depth")) and ok["depth"]}
+        with self._lock:
+            self._cached = (time.monotonic(), env, caps)
+        return dict(caps)
 
 
 def _check_aspect(mask: np.ndarray, image: np.ndarray, field: str) -> None:

@@ -79,9 +79,15 @@ class JobQueue:
             removed by :meth:`close`).
         max_waiting: jobs allowed to wait; more are refused with :class:`QueueFull`.
         keep: finished jobs kept (the oldest are forgotten and their files deleted).
+        scrub: applied to a failed job's error message before it is shown (e.g. to hide paths).
+
+    A job that ends leaves no running stage behind: a finished job reads stage ``done`` with
+    message ``done``, a failed one stage ``failed`` with a message naming the stage it failed in.
     """
 
-    def __init__(self, root: Path | None = None, max_waiting: int = 8, keep: int = 64):
+    def __init__(self, root: Path | None = None, max_waiting: int = 8, keep: int = 64,
+                 scrub: Callable[[str], str] | None = None):
+        self._scrub = scrub or (lambda text: text)
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="handles-web-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -107,6 +113,11 @@ class JobQueue:
             self._forget_old()
         self._q.put(job)
         return job
+
+    def __len__(self) -> int:
+        """Jobs known (waiting, running or kept after they ended)."""
+        with self._lock:
+            return len(self._jobs)
 
     def get(self, jid: str) -> Job:
         with self._lock:
@@ -145,11 +156,16 @@ class JobQueue:
             job._bump()
             try:
                 job.results = job.task(job)
-                job.state, job.stage, job.step = DONE, "done", job.total
-            except HandlesError as e:
-                job.error, job.state = str(e), FAILED
+                job.state, job.stage, job.step, job.message = DONE, "done", job.total, "done"
             except Exception as e:  # keep the worker alive; report one line
-                log.error("render job %s failed:\n%s", job.id, traceback.format_exc())
-                job.error, job.state = f"render failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", FAILED
+                if isinstance(e, HandlesError):
+                    error = str(e).strip()
+                else:
+                    log.error("render job %s failed:\n%s", job.id, traceback.format_exc())
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    error = f"render failed: {type(e).__name__}: {first}"
+                where = job.stage + (f", step {job.step} of {job.total}" if job.total else "")
+                job.error = self._scrub(error.splitlines()[0] if error else "render failed")[:500]
+                job.state, job.stage, job.message = FAILED, "failed", f"failed during {where}"
             job.finished = time.time()
             job._bump()

@@ -7,11 +7,14 @@ model), and writes PNG results into the job's folder.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,62 @@ import numpy as np
 import torch
 
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.geometry import HandleEdit
+from diffusion_handles.geometry import Camera, HandleEdit, background_depth_fill, compute_edit
+from diffusion_handles.geometry.poisson import dilate
+
+log = logging.getLogger(__name__)
+
+# the dilation background_depth_fill applies to the object mask before filling it in
+FILL_DILATE_PX = int(inspect.signature(background_depth_fill).parameters["dilate_px"].default)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def check_background(mask: torch.Tensor) -> None:
+    """Refuse a mask that leaves no background to fill the object's region from.
+
+    The background depth behind the object is filled in (Poisson, inverse depth) from the
+    pixels outside the mask dilated by :data:`FILL_DILATE_PX`; with none left (a mask covering
+    the whole image, a 1x1 image) there is nothing to fill from.
+
+    Args:
+        mask: ``(1, 1, H, W)`` object mask in {0, 1}.
+
+    Raises:
+        HandlesError: one line naming the mask, what is needed and what arrived.
+    """
+    h, w = mask.shape[-2:]
+    if bool(dilate(mask, FILL_DILATE_PX).all()):
+        n = int((mask > 0.5).sum())
+        raise HandlesError(
+            f"mask: expected some background more than {FILL_DILATE_PX} px away from the object (the depth "
+            f"behind the object is filled in from it), got a mask of {n} of the {h * w} pixels that leaves "
+            f"none in the {w}x{h} image; select a smaller object or use a larger image")
+
+
+@contextlib.contextmanager
+def geometry_errors(what: str, h: int, w: int) -> Iterator[None]:
+    """Turn a raw error of the geometry code into a one-line :class:`HandlesError`
+    (a :class:`HandlesError` passes unchanged)."""
+    try:
+        yield
+    except HandlesError:
+        raise
+    except (ValueError, RuntimeError, ArithmeticError, IndexError) as e:
+        raise HandlesError(f"{what}: expected an edit that can be computed for this {w}x{h} image and its mask, "
+                           f"got an error from the geometry ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def model_name(model: str) -> str:
+    """What the app shows of ``model``: a hub id or ``tinyworld`` as given, a local folder by
+    its name only (never its path)."""
+    p = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1 or p.is_dir():
+        return p.resolve().name or model.strip("/\\") or "model"
+    return model
 
 
 @dataclass(frozen=True)
@@ -95,6 +153,7 @@ class RenderService:
 
     def __init__(self, model: str, device: str = "cpu", dtype: torch.dtype = torch.float32, cache_size: int = 2):
         self.model = model
+        self.name = model_name(model)
         self.device = device
         self.dtype = dtype
         self.cache_size = cache_size
@@ -102,23 +161,38 @@ class RenderService:
         self._cache: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
 
+    def hide_paths(self, text: str) -> str:
+        """``text`` with the model's folder path replaced by its name (messages reach the page)."""
+        paths = {self.model}
+        p = Path(self.model).expanduser()
+        paths |= {str(p), str(p.resolve())}
+        if self.model == "tinyworld":
+            with contextlib.suppress(Exception):
+                from diffusion_handles.world import model_path
+
+                paths |= {str(model_path()), str(model_path().resolve())}
+        for path in sorted((q for q in paths if q and q != self.name), key=len, reverse=True):
+            text = text.replace(path, self.name)
+        return text
+
     def available(self) -> str | None:
         """``None`` when renders can run here, else why not (facade missing, model not found).
 
         Hub ids are assumed available (checked when the model loads, on the first render)."""
         try:
             from diffusion_handles.pipeline import DiffusionHandles  # noqa: F401
-        except Exception as e:
-            return f"the diffusion pipeline is not available in this installation ({type(e).__name__}: {e})"
+        except Exception as e:  # the message may name files: logged, not shown
+            log.warning("the diffusion pipeline does not import: %s: %s", type(e).__name__, e)
+            return f"the diffusion pipeline is not available in this installation ({type(e).__name__})"
         if self.model == "tinyworld":
             try:
                 from diffusion_handles.world import model_path
 
                 model_path()
-            except Exception as e:
-                return f"the embedded TinyWorld model is not available ({e}); start with --model FOLDER_OR_HUB_ID"
+            except Exception:
+                return "the embedded TinyWorld model is missing from this installation; start with --model FOLDER_OR_HUB_ID"
         elif self.model.startswith((".", "/", "~")) and not Path(self.model).expanduser().is_dir():
-            return f"--model: no model folder at {self.model}"
+            return f"--model: no model folder named {self.name!r}"
         return None
 
     def pipeline(self, report: Progress):
@@ -128,9 +202,34 @@ class RenderService:
                 raise HandlesError(f"render: {reason}")
             from diffusion_handles.pipeline import DiffusionHandles
 
-            report("loading model", 0, 0, self.model)
+            report("loading model", 0, 0, self.name)
             self._pipe = DiffusionHandles.from_pretrained(self.model, device=self.device, dtype=self.dtype)
         return self._pipe
+
+    def check(self, inp: RenderInput, edit: HandleEdit) -> None:
+        """Validate ``edit`` at the size the model renders ``inp`` at, as the facade will compute it
+        (scaled to the model's size and snapped to its work size, mask nearest); a no-op until
+        the model is loaded (the size is the model's).
+
+        Raises:
+            HandlesError: the edit cannot be rendered (one line).
+        """
+        pipe = self._pipe
+        if pipe is None:
+            return
+        bb = pipe.backbone
+        fit = fit_to_model(inp, int(bb.default_size))
+        work = bb.work_size(tuple(int(v) for v in fit.image.shape[-2:]))
+        depth = bb.resize_to_work(fit.depth.float(), work)
+        mask = (bb.resize_to_work((fit.mask > 0.5).float(), work, mode="nearest") > 0.5).float()
+        h, w = work
+        if not bool(mask.any()):
+            raise HandlesError(f"mask: expected an object that stays visible at the model's {w}x{h} render size, "
+                               f"got one that vanishes when the image is scaled down; select a larger object")
+        with geometry_errors("render", h, w):
+            check_background(mask)
+            compute_edit(depth, mask, edit, Camera(h, w, inp.fov_deg))
+            background_depth_fill(depth, mask)
 
     def run(self, inp: RenderInput, edit: HandleEdit, opts: RenderOptions, report: Progress) -> dict:
         """Invert (or reuse the cached inversion) and edit; returns the facade's output and info."""
@@ -138,6 +237,7 @@ class RenderService:
 
         with self._lock:
             pipe = self.pipeline(report)
+            self.check(inp, edit)  # before the inversion: an impossible edit fails at once
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
             n = inv_cfg.num_steps

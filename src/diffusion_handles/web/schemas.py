@@ -58,10 +58,13 @@ class Limits(BaseModel):
 
 class Info(BaseModel):
     version: str
-    model: str
+    model: str = Field(description="the diffusion model: a hub id, 'tinyworld', or a local folder's name (never its path)")
     render_unavailable: str | None = Field(None, description="why rendering is unavailable, or null")
-    selection_modes: list[str] = Field(description="mask selection modes: scene, upload, and click/text when a segmenter is installed")
-    depth_estimation: bool = Field(description="whether an uploaded image may come without a depth map")
+    selection_modes: list[str] = Field(description="mask selection modes: mask (scene objects), upload, and click / text "
+                                       "only when the segmenter's weights (and, for text, the detector's) are on this "
+                                       "machine or can be downloaded now")
+    depth_estimation: bool = Field(description="whether an uploaded image may come without a depth map (the depth "
+                                   "estimator's weights are on this machine or can be downloaded now)")
     scenes: list[SceneInfo]
     limits: Limits
     default_fov_deg: float

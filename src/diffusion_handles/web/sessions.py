@@ -8,6 +8,7 @@ dropped).
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import threading
 import time
@@ -119,8 +120,8 @@ def make_session(image: np.ndarray, depth: np.ndarray, prompt: str, fov_deg: flo
         image = cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)
     if (H, W) != (dh, dw):
         depth = cv2.resize(depth, (W, H), interpolation=cv2.INTER_NEAREST)
-    if not 0 < fov_deg < 180:
-        raise HandlesError(f"fov_deg: expected degrees in (0, 180), got {fov_deg}")
+    if not (math.isfinite(fov_deg) and 0 < fov_deg < 180):
+        raise HandlesError(f"fov_deg: expected a finite number of degrees in (0, 180), got {fov_deg}")
     return Session(new_id(), np.array(image, dtype=np.uint8), np.array(depth, dtype=np.float32),
                    prompt, float(fov_deg), source)
 
@@ -139,6 +140,10 @@ class SessionStore:
             while len(self._items) > self.max_sessions:
                 self._items.popitem(last=False)
         return s
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def get(self, sid: str) -> Session:
         with self._lock:
