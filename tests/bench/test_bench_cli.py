@@ -1,5 +1,6 @@
 """The fast CI split of ``handles bench``: 2 scenes x 2 methods on a tiny random model, 32x32,
-3 DDIM steps. Checks outputs, resuming and that failures are recorded, not fatal."""
+3 DDIM steps, built once per module. Checks outputs, resuming, and that failures are recorded
+(the run goes on) and give exit status 1. (Hostile arguments: tests/hostile/test_cli_outputs.py.)"""
 
 from __future__ import annotations
 
@@ -79,16 +80,21 @@ def test_rerun_resumes_and_adds_missing_methods(run_dir, tiny_model, capsys):
     assert "depth_only" not in json.loads(edit_file.read_text())["methods"]
 
 
-def test_failures_are_recorded_not_fatal(tmp_path, run_dir):
+def test_failures_are_recorded_and_exit_1(tmp_path, run_dir, capsys):
     out = tmp_path / "bad"
     out.mkdir()
     # reuse the rendered cases; a model that does not exist fails every diffusion method
     (out / "cases").symlink_to(run_dir / "cases")
+    capsys.readouterr()
     assert main(["bench", "--model", str(tmp_path / "no-such-model"), *ARGS, "--methods", "ours", "warp_only",
-                 "--out", str(out)]) == 0
+                 "--out", str(out)]) == 1  # the run goes on, but it did not succeed
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("handles bench: error: 2 of 2 edits failed (ours: 2)"), err
     rec = json.loads((out / "edits" / "s1000500.json").read_text())
     assert "no-such-model" in rec["methods"]["ours"]["error"]
     assert rec["methods"]["warp_only"]["error"] is None
+    res = json.loads((out / "results.json").read_text())
+    assert res["aggregate"]["ours"]["failed"] == 2 and res["aggregate"]["warp_only"]["ok"] == 2
 
 
 def test_bad_arguments(tmp_path, capsys):
@@ -96,3 +102,15 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--methods" in capsys.readouterr().err
     assert main(["bench", "--shard", "3/2", "--scenes", "1", "--out", str(tmp_path / "y")]) == 2
     assert "--shard" in capsys.readouterr().err
+    assert main(["bench", "--size", "4096", "--out", str(tmp_path / "z")]) == 2
+    assert "--size: expected an integer in [16, 1024]" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_refuses_a_folder_that_is_not_a_bench_run(run_dir, tmp_path, capsys):
+    out = tmp_path / "edit-output"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    assert main(["bench", *ARGS, "--methods", "warp_only", "--out", str(out)]) == 2
+    assert "--out: expected a new or empty folder or a bench run to resume" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["summary.json"]

@@ -154,10 +154,14 @@ def test_failed_run_leaves_existing_output_untouched(scene, tmp_path, capsys):
     out = tmp_path / "keep"
     out.mkdir()
     (out / "mine.txt").write_text("precious")
-    code, _, _ = run(capsys, "preview", scene["image"], "--depth", scene["depth"], "--mask", scene["mask"],
-                     "--translate", 0, 0, -10, "--out", out)
-    assert code == 2
-    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    code, _, err = run(capsys, "preview", scene["image"], "--depth", scene["depth"], "--mask", scene["mask"],
+                       "--translate", 0, 0, -10, "--out", out)
+    assert code == 2 and "--out: expected a new or empty folder" in err  # not replaced without --overwrite
+    code, _, err = run(capsys, "preview", scene["image"], "--depth", scene["depth"], "--mask", scene["mask"],
+                       "--translate", 0, 0, -10, "--overwrite", "--out", out)
+    assert code == 2 and "behind the camera" in err  # the edit itself fails: the old folder stays
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["depth.npy", "img.png", "keep", "mask.png"]
 
 
 def test_console_script_reports_without_traceback(scene, tmp_path):

@@ -163,7 +163,7 @@ def test_stage_commands_write_viewable_outputs(tiny_models, tmp_path, capsys, ph
     s = json.loads((nm / "summary.json").read_text())
     assert s["matched"] == 0 and len(s["candidates"]) > 1 and s["chosen"] is None
     assert (nm / "overlay.png").exists() and not (nm / "mask.png").exists()
-    assert main(["segment", str(img), "--click", "10,10", "--click", "200,5", "--out", str(sg),
+    assert main(["segment", str(img), "--click", "10,10", "--click", "200,5", "--out", str(tmp_path / "seg_clicks"),
                  "--sam-model", tiny_models["sam"]]) == 2
     assert "--click: expected X,Y inside the 56x40 image" in capsys.readouterr().err
 

@@ -198,3 +198,22 @@ def write_report(results: dict, out: str | Path) -> Path:
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def failures(results: dict) -> dict:
+    """The failed edits of a run: ``{"failed": n, "edits": n, "by_method": {name: n}, "first": text}``.
+
+    An edit failed when its case could not be made, or when any method asked for in this run
+    recorded an error on it. Skipped seeds (no acceptable edit) are not edits.
+    """
+    names = list(results.get("methods", {}))
+    failed, by_method, first = 0, {}, None
+    for rec in results.get("edits", []):
+        bad = [n for n in names if (rec.get("methods", {}).get(n) or {}).get("error")]
+        if rec.get("error") or bad:
+            failed += 1
+            first = first or (f"{rec.get('case_id')}: {rec['error']}" if rec.get("error")
+                              else f"{bad[0]} on {rec.get('case_id')}: {rec['methods'][bad[0]]['error']}")
+        for n in bad:
+            by_method[n] = by_method.get(n, 0) + 1
+    return {"failed": failed, "edits": len(results.get("edits", [])), "by_method": by_method, "first": first}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -92,6 +93,61 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
     tmp.replace(path)
+
+
+# What ``handles bench`` writes into ``--out`` (plus ``*.tmp`` files of a write in progress).
+BENCH_ENTRIES = frozenset({"settings.json", "results.json", "report.html", "cases", "edits", "images"})
+
+
+def is_bench_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder that holds only what a bench run writes (so it can be resumed)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    names = [p.name for p in path.iterdir()]
+    return any(n in BENCH_ENTRIES for n in names) and all(n in BENCH_ENTRIES or n.endswith(".tmp") for n in names)
+
+
+def _number_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _record_problem(rec, cid: str) -> str | None:
+    """Why an ``edits/<id>.json`` cannot be used (None when it can): the fields the report reads."""
+    from diffusion_handles.bench.report import COLUMNS
+
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    if rec.get("case_id") != cid:
+        return f"expected case_id {cid!r}, got {rec.get('case_id')!r}"
+    for group in ("methods", "references"):
+        entries = rec.get(group, {} if group == "references" else None)
+        if entries is None and group == "references":
+            continue
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            return f"expected {group!r} to map names to objects"
+        for name, e in entries.items():
+            for key in ("seconds", "cycle_l1", *(k for k, _, _ in COLUMNS)):
+                if not _number_or_none(e.get(key)):
+                    return f"{group}.{name}.{key}: expected a number, got {e.get(key)!r}"
+            for key in ("error", "same_as"):
+                if not (e.get(key) is None or isinstance(e.get(key), str)):
+                    return f"{group}.{name}.{key}: expected text, got {e.get(key)!r}"
+    for key in ("error", "caption", "kind"):
+        if not (rec.get(key) is None or isinstance(rec.get(key), str)):
+            return f"{key}: expected text, got {rec.get(key)!r}"
+    return None
+
+
+def _read_record(path: Path, cid: str) -> tuple[dict | None, str | None]:
+    """``(record, None)``, ``(None, None)`` when there is none, or ``(None, why)`` when it is corrupt."""
+    if not path.exists():
+        return None, None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    return (None, why) if (why := _record_problem(rec, cid)) else (rec, None)
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
@@ -317,10 +373,20 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     if cfg.seed < HELDOUT_SEED0:
         log(f"handles bench: warning: --seed {cfg.seed} is below the held-out range (>= {HELDOUT_SEED0}); "
             "scenes may overlap TinyWorld training scenes")
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.report_only and not (out / "edits").is_dir():
+        raise HandlesError(f"--report-only: expected a bench folder with edits/ to aggregate, got {str(out)!r} "
+                           f"({'no edits/ in it' if out.is_dir() else 'no such folder'}); nothing written")
+    if not cfg.report_only:
+        out.mkdir(parents=True, exist_ok=True)
     settings = out / "settings.json"
     if settings.exists():
-        prev = json.loads(settings.read_text())
+        try:
+            prev = json.loads(settings.read_text())
+            if not isinstance(prev, dict):
+                raise ValueError(f"expected a JSON object, got {type(prev).__name__}")
+        except (OSError, ValueError) as e:
+            raise HandlesError(f"--out: {settings} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                               "delete it to resume with these settings, or use a new folder") from None
         keys = ("model", "size", "steps", "inversion", "null_inner_steps", "cycle", "spp", "max_holes", "depth")
         diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
         if diff:
@@ -346,7 +412,12 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         cid = f"s{seed}"
         bar.set_postfix_str(cid)
         rec_path = out / "edits" / f"{cid}.json"
-        rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        rec, corrupt = _read_record(rec_path, cid)
+        if corrupt:
+            if cfg.report_only:
+                raise HandlesError(f"--report-only: {rec_path} is corrupt ({corrupt}); rerun without --report-only "
+                                   "to recompute that edit; nothing written")
+            print(f"handles bench: note: {rec_path} is corrupt ({corrupt}); recomputing that edit", file=sys.stderr)
         if rec is not None and rec.get("skipped"):
             skipped.append(rec)
             continue
@@ -363,9 +434,15 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
             continue
         case_dir = out / "cases" / cid
         try:
+            case = None
             if (case_dir / "case.json").exists():
-                case = Case.load(case_dir)
-            else:
+                try:
+                    case = Case.load(case_dir)
+                except Exception as e:  # a damaged case folder is rendered again
+                    print(f"handles bench: note: {case_dir} is corrupt ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); rendering it again",
+                          file=sys.stderr)
+            if case is None:
                 case = make_case(seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
                 case.save(case_dir)
         except NoEditFound as e:
@@ -407,6 +484,9 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         records.append(rec)
         bar.update(1)
     bar.close()
+    if cfg.report_only and not records:
+        raise HandlesError(f"--report-only: {str(out)!r} holds no edits of these scenes (--seed {cfg.seed}, "
+                           f"--scenes {cfg.scenes}); nothing written")
     wall = time.perf_counter() - t_start
     results = {
         "version": RESULTS_VERSION,
@@ -436,4 +516,4 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     return results
 
 
-__all__ = ["BenchConfig", "CaseRunner", "run_benchmark", "warp_only", "reference_rows", "iou", "segment_object"]
+__all__ = ["BenchConfig", "CaseRunner", "run_benchmark", "is_bench_folder", "warp_only", "reference_rows", "iou", "segment_object"]

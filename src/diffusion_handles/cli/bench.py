@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles.cli.common import (
+    add_out_args,
+    check_device,
+    check_out,
+    parse_seed,
+    restore_progress_bars,
+    silence_progress_bars,
+)
+
 _BENCH_SEED0 = 1_000_500  # = diffusion_handles.bench.cases.BENCH_SEED0 (not imported: keep --help fast)
+# Upper bounds (a larger value is a typo, or a run that cannot fit in memory or time).
+MAX_SIZE = 1024  # pixels per side; the path tracer and the UNet scale with its square
+MAX_SCENES = 10_000
+MAX_STEPS = 1000  # the schedulers' training timesteps: more DDIM steps do not exist
+MAX_SPP = 4096
+MAX_NULL_INNER = 100
+MAX_THREADS = 1024
+MAX_SEED = 2**62  # seeds walk upwards from --seed; this keeps every one a 63-bit integer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,28 +30,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmark every method on random TinyWorld edits with rendered ground truth",
         description="Render N random TinyWorld scenes with one random 3D edit each (and the re-rendered ground "
         "truth), run every method, write results.json, report.html and print a Table-2-like summary. "
-        "Resumable: rerun the same command to finish an interrupted run.",
+        "Resumable: rerun the same command to finish an interrupted run. Exit status: 0 when every edit "
+        "succeeded, 1 when any failed (the count is printed; the errors are in results.json), 2 for bad "
+        "arguments.",
     )
     p.add_argument("--model", default="tinyworld", help="depth-to-image model: 'tinyworld', a diffusers folder or a hub id")
-    p.add_argument("--scenes", type=int, default=50, help="number of scenes, one edit each (default 50)")
-    p.add_argument("--seed", type=int, default=_BENCH_SEED0,
-                   help=f"first scene seed (default {_BENCH_SEED0}, the held-out range TinyWorld training never uses)")
+    p.add_argument("--scenes", type=int, default=50, help=f"number of scenes, one edit each, in [1, {MAX_SCENES}] (default 50)")
+    p.add_argument("--seed", default=str(_BENCH_SEED0), metavar="S",
+                   help=f"first scene seed, in [0, {MAX_SEED}] (default {_BENCH_SEED0}, the held-out range TinyWorld "
+                        "training never uses)")
     p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
                    help="methods to run (default all): ours paper warp_only reconstruction depth_only ours_no_composite "
                    "ours_blend ours_transfer averaged_guidance layer2_only layer3_only layers_both layers_cyclic "
                    "stop20 stop28 stop38 stop50 wb_low wb_high")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (tinyworld's native size: 128)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps of inversion and generation (paper: 50)")
+    p.add_argument("--size", type=int, default=128,
+                   help=f"image side in pixels, in [16, {MAX_SIZE}] (tinyworld's native size: 128)")
+    p.add_argument("--steps", type=int, default=50,
+                   help=f"DDIM steps of inversion and generation, in [1, {MAX_STEPS}] (paper: 50)")
     p.add_argument("--inversion", default="null-text", choices=("null-text", "ddim", "negative-prompt"),
                    help="inversion method (paper: null-text)")
-    p.add_argument("--null-inner-steps", type=int, default=5, help="null-text Adam steps per timestep (default 5)")
+    p.add_argument("--null-inner-steps", type=int, default=5,
+                   help=f"null-text Adam steps per timestep, in [0, {MAX_NULL_INNER}] (default 5)")
     p.add_argument("--no-cycle", action="store_true", help="skip the inverse edit (no cycle-consistency metric)")
-    p.add_argument("--spp", type=int, default=128, help="path-tracer samples per pixel of the renders (default 128)")
+    p.add_argument("--spp", type=int, default=128,
+                   help=f"path-tracer samples per pixel of the renders, in [1, {MAX_SPP}] (default 128)")
     p.add_argument("--depth", default="exact", choices=("exact", "estimated"),
                    help="depth given to the methods: exact (the renderer's) or estimated (degraded the way monocular "
                         "estimators err: edges blurred, smooth scale/shift drift, thin structures lost)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 is best on a busy machine)")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N",
+                   help="torch device (default cpu); checked before anything runs")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch CPU threads, in [1, {MAX_THREADS}] (default: torch's; 1 is best on a busy machine)")
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="do only scenes I, I+K, I+2K, ... (parallel processes sharing --out; default 0/1 = all)")
     p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
@@ -51,44 +77,99 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="3deditbench: text prompt for files without a caption (default empty)")
     p.add_argument("--sam-model", default=None, metavar="ID|DIR",
                    help="3deditbench: SAM for point_prompt and for edit adherence (default facebook/sam-vit-base)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (reused to resume)")
+    add_out_args(p, help="output folder; a folder holding a bench run of the same settings is resumed")
     p.add_argument("--report-only", action="store_true",
-                   help="run nothing: aggregate the edits already in --out into results.json / report.html")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="run nothing: aggregate the edits already in --out into results.json / report.html "
+                        "(an error when --out holds no edits of these scenes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from diffusion_handles.bench.methods import resolve_methods
-    from diffusion_handles.bench.runner import BenchConfig, run_benchmark
+def _bounded(value: int | None, arg: str, lo: int, hi: int) -> None:
     from diffusion_handles.errors import HandlesError
+
+    if value is not None and not lo <= value <= hi:
+        raise HandlesError(f"{arg}: expected an integer in [{lo}, {hi}], got {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    finally:
+        restore_progress_bars()  # --quiet lasts for this command only (main() may run in-process)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from diffusion_handles.bench.methods import resolve_methods
+    from diffusion_handles.bench.report import failures
+    from diffusion_handles.bench.runner import BenchConfig, is_bench_folder, run_benchmark
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.outputs import atomic_output_dir
 
     if args.suite == "3deditbench":
         from diffusion_handles.bench.editbench3d import run_cli
 
         return run_cli(args)
-    if args.size < 16:
-        raise HandlesError(f"--size: expected >= 16 pixels, got {args.size}")
-    if args.spp < 1:
-        raise HandlesError(f"--spp: expected >= 1, got {args.spp}")
-    resolve_methods(args.methods)  # validate names before any work
+    # --out first: nothing is computed (or loaded) for a folder that cannot be used
+    if args.report_only:
+        if args.overwrite:
+            raise HandlesError("--overwrite: expected without --report-only (it would discard the edits to report)")
+        out = check_out(args, reusable=lambda _: True)  # only the path: any existing folder is looked into
+        if not is_bench_folder(out) or not (out / "edits").is_dir():
+            raise HandlesError(f"--report-only: expected a bench folder with edits/ to aggregate, got {args.out!r} "
+                               f"({'no bench run in it' if out.is_dir() else 'no such folder'}); nothing written")
+    else:
+        out = check_out(args, reusable=is_bench_folder, reuse_what="a bench run to resume")
+    _bounded(args.scenes, "--scenes", 1, MAX_SCENES)
+    seed = parse_seed(args.seed, maximum=MAX_SEED)
+    _bounded(args.size, "--size", 16, MAX_SIZE)
+    _bounded(args.steps, "--steps", 1, MAX_STEPS)
+    _bounded(args.null_inner_steps, "--null-inner-steps", 0, MAX_NULL_INNER)
+    _bounded(args.spp, "--spp", 1, MAX_SPP)
+    _bounded(args.threads, "--threads", 1, MAX_THREADS)
+    methods = resolve_methods(args.methods)  # validate names before any work
     try:
         i_shard, k_shard = (int(v) for v in args.shard.split("/"))
     except ValueError:
         raise HandlesError(f"--shard: expected I/K (two integers), got {args.shard!r}") from None
-    cfg = BenchConfig(model=args.model, scenes=args.scenes, seed=args.seed, methods=args.methods, size=args.size,
+    if not (k_shard >= 1 and 0 <= i_shard < k_shard):
+        raise HandlesError(f"--shard: expected I/K with 0 <= I < K, got {args.shard}")
+    if args.overwrite and k_shard > 1:
+        raise HandlesError("--overwrite: expected without --shard I/K (parallel shards share one folder)")
+    if args.ray is not None and (k_shard > 1 or args.report_only):
+        raise HandlesError("--ray: expected without --shard I/K or --report-only (Ray does the sharding)")
+    check_device(args.device)
+    if args.quiet and any(m.kind != "warp" for m in methods):  # warp-only runs load no weights
+        silence_progress_bars()
+    cfg = BenchConfig(model=args.model, scenes=args.scenes, seed=seed, methods=args.methods, size=args.size,
                       steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps,
                       cycle=not args.no_cycle, spp=args.spp, device=args.device,
                       shard=(i_shard, k_shard), report_only=args.report_only,
                       threads=args.threads, depth=args.depth)
-    if args.ray is not None:  # the same path as `handles batch`: Ray schedules one task per scene
-        from diffusion_handles.batch.bench_ray import run_benchmark_on_ray
 
-        if k_shard > 1 or args.report_only:
-            raise HandlesError("--ray: expected without --shard I/K or --report-only (Ray does the sharding)")
-        run_benchmark_on_ray(cfg, args.out, ray_address=args.ray, gpus_per_job=args.gpus_per_job,
-                             progress=not args.quiet)
+    def execute(target):
+        if args.ray is not None:  # the same path as `handles batch`: Ray schedules one task per scene
+            from diffusion_handles.batch.bench_ray import run_benchmark_on_ray
+
+            return run_benchmark_on_ray(cfg, target, ray_address=args.ray, gpus_per_job=args.gpus_per_job,
+                                        progress=not args.quiet)
+        return run_benchmark(cfg, target, progress=not args.quiet)
+
+    if args.overwrite and out.is_dir() and any(out.iterdir()):
+        with atomic_output_dir(out) as tmp:  # a fresh run, swapped in whole when it is done
+            results = execute(tmp)
     else:
-        run_benchmark(cfg, args.out, progress=not args.quiet)
+        results = execute(out)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/, cases/")
+    f = failures(results)
+    if f["failed"]:
+        per = ", ".join(f"{n}: {k}" for n, k in f["by_method"].items())
+        first = " ".join(str(f["first"]).split())
+        first = first if len(first) <= 200 else first[:200] + "..."
+        print(f"handles bench: error: {f['failed']} of {f['edits']} edits failed ({per or 'case errors'}); "
+              f"first: {first}; every error is in {Path(args.out) / 'results.json'}", file=sys.stderr)
+        return 1
     return 0

@@ -8,6 +8,125 @@ from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
 from diffusion_handles.geometry.transform import HandleEdit
 
+# Uniform scale about the object's centroid: a factor outside this range is a typo (an object
+# a thousand times larger or smaller than itself leaves the frame or vanishes).
+SCALE_RANGE = (1e-3, 1e3)
+# Seeds: non-negative 63-bit integers (torch generators take 64 bits; numpy takes more; 63 keeps
+# every consumer, including signed 64-bit ones, exact).
+SEED_MAX = 2**63 - 1
+
+
+def add_out_args(parser: argparse.ArgumentParser, *, required: bool = True, default: str | None = None,
+                 help: str = "output folder", overwrite: bool = True) -> None:
+    """``--out DIR`` (a new or empty folder) and, with ``overwrite``, ``--overwrite``."""
+    rule = "must not exist or be empty" + ("; --overwrite replaces a non-empty one whole" if overwrite else "")
+    text = f"{help} ({rule})" if default is None else f"{help} (default {default}; {rule})"
+    parser.add_argument("--out", required=required, default=default, metavar="DIR", help=text)
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace an existing non-empty --out folder (the new one is written aside "
+                                 "and swapped in; the old one is deleted only after success)")
+
+
+def check_out(args: argparse.Namespace, **kwargs):
+    """:func:`~diffusion_handles.outputs.check_output_dir` on ``args.out`` / ``args.overwrite``."""
+    from diffusion_handles.outputs import check_output_dir
+
+    return check_output_dir(args.out, getattr(args, "overwrite", None), **kwargs)
+
+
+def parse_seed(value, arg: str = "--seed", maximum: int = SEED_MAX) -> int:
+    """A seed: an integer in ``[0, maximum]``."""
+    text = str(value)
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        raise HandlesError(f"{arg}: expected an integer in [0, {maximum}], got {shown!r}") from None
+    if not 0 <= v <= maximum:
+        raise HandlesError(f"{arg}: expected an integer in [0, {maximum}], got {shown}")
+    return v
+
+
+def check_device(name: str, arg: str = "--device") -> str:
+    """Refuse a torch device that does not exist here, before any model loads."""
+    import torch
+
+    shown = repr(name if len(str(name)) <= 40 else str(name)[:40] + "...")
+    try:
+        dev = torch.device(str(name))
+    except (RuntimeError, TypeError, ValueError):
+        raise HandlesError(f"{arg}: expected cpu, cuda or cuda:N, got {shown}") from None
+    if dev.type == "cpu":
+        return str(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HandlesError(f"{arg}: expected an available device, got {shown} (torch sees no CUDA GPU; use cpu)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise HandlesError(f"{arg}: expected cuda:0..cuda:{n - 1} ({n} CUDA GPU{'s' if n != 1 else ''}), got {shown}")
+        return str(name)
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise HandlesError(f"{arg}: expected an available device, got {shown} (torch sees no MPS device)")
+        return str(name)
+    raise HandlesError(f"{arg}: expected cpu, cuda or cuda:N, got {shown}")
+
+
+# (library module, is-enabled check, enable, disable) of every weight-loading / download bar
+_BAR_SWITCHES = (
+    ("huggingface_hub.utils", lambda m: not m.are_progress_bars_disabled(), "enable_progress_bars", "disable_progress_bars"),
+    ("transformers.utils.logging", lambda m: m.is_progress_bar_enabled(), "enable_progress_bar", "disable_progress_bar"),
+    ("diffusers.utils.logging", lambda m: m.is_progress_bar_enabled(), "enable_progress_bar", "disable_progress_bar"),
+)
+_BARS_TO_RESTORE: list = []
+
+
+def silence_progress_bars() -> None:
+    """``--quiet``: no weight-loading or download bars from huggingface_hub, transformers, diffusers.
+
+    Lasts until :func:`restore_progress_bars` (the commands call it when they return, so that
+    ``main()`` called in-process leaves the libraries as it found them).
+    """
+    import contextlib
+    import importlib
+    import os
+    import warnings
+
+    saved = {"env": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"), "on": []}
+    switches = []
+    for module, enabled, enable, disable in _BAR_SWITCHES:  # every state first: some follow huggingface_hub's
+        with contextlib.suppress(Exception):  # not installed: no bars to hide
+            mod = importlib.import_module(module)
+            switches.append((mod, disable))
+            if enabled(mod):
+                saved["on"].append((mod, enable))
+    for mod, disable in switches:
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            getattr(mod, disable)()
+    # after the imports (they read it once): subprocesses and libraries imported later see it too
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    _BARS_TO_RESTORE.append(saved)
+
+
+def restore_progress_bars() -> None:
+    """Undo :func:`silence_progress_bars` (no-op when it was not called)."""
+    import contextlib
+    import os
+    import warnings
+
+    while _BARS_TO_RESTORE:
+        saved = _BARS_TO_RESTORE.pop()
+        for mod, enable in saved["on"]:
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                getattr(mod, enable)()
+        if saved["env"] is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = saved["env"]
+
 
 def add_transform_args(parser: argparse.ArgumentParser) -> None:
     """``--translate X Y Z --rotate-axis X Y Z --rotate-deg A --scale S --fov DEG``."""
@@ -17,7 +136,8 @@ def add_transform_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rotate-axis", nargs=3, metavar=("X", "Y", "Z"), default=["0", "1", "0"],
                    help="rotation axis through the object's centroid (default 0 1 0, vertical)")
     g.add_argument("--rotate-deg", metavar="A", default="0", help="rotation angle in degrees (default 0)")
-    g.add_argument("--scale", metavar="S", default="1", help="uniform scale about the centroid (default 1)")
+    g.add_argument("--scale", metavar="S", default="1",
+                   help=f"uniform scale about the centroid, in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] (default 1)")
     g.add_argument("--fov", metavar="DEG", default=str(DEFAULT_FOV_DEG),
                    help=f"horizontal field of view in degrees (default {DEFAULT_FOV_DEG:g}, Sec. 5.1)")
 
@@ -40,6 +160,9 @@ def edit_from_args(args: argparse.Namespace) -> HandleEdit:
     (scale,) = _floats([args.scale], "--scale")
     if scale <= 0:
         raise HandlesError(f"--scale: expected a positive number, got {args.scale}")
+    lo, hi = SCALE_RANGE
+    if not lo <= scale <= hi:
+        raise HandlesError(f"--scale: expected a factor in [{lo:g}, {hi:g}], got {args.scale} (out of range)")
     if deg != 0 and sum(a * a for a in axis) < 1e-24:
         raise HandlesError(f"--rotate-axis: expected a non-zero axis, got {' '.join(args.rotate_axis)}")
     return HandleEdit(tuple(translate), tuple(axis), deg, scale)

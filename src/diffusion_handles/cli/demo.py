@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles.cli.common import (
+    add_out_args,
+    check_out,
+    restore_progress_bars,
+    silence_progress_bars,
+)
+
 # The built-in scene: a held-out seed (training seeds are 0..999, held-out ones >= 1000000),
 # the object to move (index as in mask_K.png) and the 3D edit (camera axes, scene units).
 DEMO_SEED = 1_000_024  # "an orange dotted cube and a green checkered sphere on a grey floor by a teal wall"
 DEMO_OBJECT = 1  # the green checkered sphere: moved back, uncovering the cube, and turned 45 degrees
 DEMO_TRANSLATE = (-0.1, 0.0, 0.7)
 DEMO_ROTATE_DEG = 45.0
+MAX_STEPS = 1000  # the scheduler's training timesteps: more DDIM steps than this do not exist
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the whole method offline on the embedded miniature world",
                               description=__doc__)
-    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    add_out_args(p, required=False, default="out/demo")
     p.add_argument("--steps", type=int, default=50,
-                   help="DDIM steps (default 50, Sec. 5)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help=f"DDIM steps in [2, {MAX_STEPS}] (default 50, Sec. 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    finally:
+        restore_progress_bars()  # --quiet lasts for this command only (main() may run in-process)
+
+
+def _run(args: argparse.Namespace) -> int:
     import json
     import time
     from pathlib import Path
@@ -45,8 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_handles.viz import colorize_depth, side_by_side
     from diffusion_handles.world.render import object_pivot, render, scene_for_seed
 
-    if args.steps < 2:
-        raise HandlesError(f"--steps: expected at least 2, got {args.steps}")
+    check_out(args)
+    if not 2 <= args.steps <= MAX_STEPS:
+        raise HandlesError(f"--steps: expected an integer in [2, {MAX_STEPS}], got {args.steps}")
+    if args.quiet:
+        silence_progress_bars()
     t_all = time.perf_counter()
     torch.manual_seed(0)
     handles = DiffusionHandles.from_pretrained("tinyworld")

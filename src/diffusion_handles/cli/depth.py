@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles.cli.common import add_out_args, check_out
 from diffusion_handles.cli.perception_args import add_perception_args, perception_config_from_args
 
 
@@ -16,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "depth.png (colour map, near = bright) and summary.json.",
     )
     p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_out_args(p)
     add_perception_args(p, depth=True, segment=False)
     p.set_defaults(func=run)
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_handles.perception.depth import DepthEstimator
     from diffusion_handles.viz import colorize_depth
 
+    check_out(args)
     cfg = perception_config_from_args(args)
     image = load_image(args.image)
     t0 = time.perf_counter()

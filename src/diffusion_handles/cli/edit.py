@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from diffusion_handles.cli.common import add_transform_args, edit_from_args, fov_from_args
+from diffusion_handles.cli.common import (
+    SEED_MAX,
+    add_out_args,
+    add_transform_args,
+    check_device,
+    check_out,
+    edit_from_args,
+    fov_from_args,
+    parse_seed,
+    restore_progress_bars,
+    silence_progress_bars,
+)
 from diffusion_handles.cli.perception_args import (
     add_object_args,
     add_perception_args,
@@ -63,8 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient steps on the latent per guided step (default: the preset's, 3; fast: 1)")
     p.add_argument("--inversion", default=None, choices=["null-text", "ddim", "negative-prompt"],
                    help="inversion method (default: the preset's, null-text as the paper; fast: negative-prompt)")
-    p.add_argument("--seed", default="0", metavar="S", help="seed of the VAE posterior sample (default 0)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
+    p.add_argument("--seed", default="0", metavar="S",
+                   help=f"seed of the VAE posterior sample, an integer in [0, {SEED_MAX}] (default 0)")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N",
+                   help="torch device of every model (default cpu); checked before any model loads")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="model precision (default float32; half precision needs cuda)")
     p.add_argument("--cache", default=None, metavar="DIR",
@@ -72,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", default="auto", metavar="N",
                    help="CPU threads for torch (default auto: 1 for small models, where intra-op "
                         "threads only contend, else torch's default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
+    add_out_args(p)
     p.set_defaults(func=run)
 
 
@@ -90,9 +103,15 @@ def _int(value: str, arg: str, minimum: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    finally:
+        restore_progress_bars()  # --quiet lasts for this command only (main() may run in-process)
+
+
+def _run(args: argparse.Namespace) -> int:
     import dataclasses
     import json
-    import sys
     import time
 
     import numpy as np
@@ -100,33 +119,22 @@ def run(args: argparse.Namespace) -> int:
 
     from diffusion_handles.diffusion.config import preset
     from diffusion_handles.errors import HandlesError
-    from diffusion_handles.io import (
-        check_mask_not_empty,
-        check_same_size,
-        load_depth,
-        load_image,
-        load_mask,
-        save_image,
-    )
+    from diffusion_handles.io import save_image
     from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.perception import prepare_inputs
     from diffusion_handles.pipeline import DiffusionHandles
     from diffusion_handles.viz import colorize_depth, side_by_side
 
     t_start = time.perf_counter()
+    check_out(args)  # before any work: a bad --out is refused at once, not after the edit
     edit = edit_from_args(args)
     fov = fov_from_args(args)
     steps = None if args.steps is None else _int(args.steps, "--steps", 1)
     inversion, guidance = preset(args.preset, steps)
     steps = inversion.num_steps
-    seed = _int(args.seed, "--seed", 0)
+    seed = parse_seed(args.seed)
     guide_until = None if args.guidance_steps is None else _int(args.guidance_steps, "--guidance-steps", 0)
     if guide_until is not None and guide_until > steps:
         raise HandlesError(f"--guidance-steps: expected at most --steps ({steps}), got {guide_until}")
-    try:
-        depth_scale = float(args.depth_scale)
-    except ValueError:
-        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
     if not args.prompt.strip():
         raise HandlesError("--prompt: expected a text describing the image, got an empty string")
 
@@ -157,31 +165,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise HandlesError(f"guidance: {e}") from None
 
-    check_one_object_source(args)
-    image = load_image(args.image, "IMAGE")
-    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
-    mask = None if args.mask is None else load_mask(args.mask, "--mask")
-    if depth is not None:
-        check_same_size("IMAGE", image, "--depth", depth)
-    if mask is not None:
-        check_same_size("IMAGE", image, "--mask", mask)
-        check_mask_not_empty(mask)
-    background = None
-    if args.background_depth is not None:
-        background = load_depth(args.background_depth, "--background-depth", depth_scale)
-        check_same_size("IMAGE", image, "--background-depth", background)
-    prepared = None
-    if depth is None or mask is None:  # perception stages (Sec. 5): all models load before any runs
-        prepared = prepare_inputs(image, depth=depth, mask=mask, object_text=args.object,
-                                  clicks=clicks_from_args(args), models=perception_config_from_args(args),
-                                  need_background=background is None)
-        for note in prepared.info["notes"]:
-            print(f"handles edit: note: {note}", file=sys.stderr)
-        depth, mask = prepared.depth, prepared.mask
-        background = prepared.background_depth if background is None else background
+    check_device(args.device)
+    threads = None if args.threads == "auto" else _int(args.threads, "--threads", 1)
+    if args.quiet:
+        silence_progress_bars()
+    image, depth, mask, background, prepared = load_edit_inputs(args, "edit")
     t_load = time.perf_counter() - t_start
 
-    threads = None if args.threads == "auto" else _int(args.threads, "--threads", 1)
     t0 = time.perf_counter()
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     t_model = time.perf_counter() - t0
@@ -249,3 +239,55 @@ def run(args: argparse.Namespace) -> int:
     print(f"edit written to {args.out} ({state}; edit {sum(out.timings.values()):.1f} s): edited.png, "
           "reconstruction.png, edited_depth.png, comparison.png, summary.json")
     return 0
+
+
+def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
+    """IMAGE, ``--depth``, ``--mask`` (or ``--object``/``--click``) and ``--background-depth`` of an
+    edit-like command, validated; missing depth or mask come from the perception stages (Sec. 5).
+
+    Checks ``--depth-scale`` and that exactly one object source is given first.
+
+    Returns:
+        ``(image (1,3,H,W), depth (1,1,H,W), mask (1,1,H,W), background (1,1,H,W) or None,
+        prepared)``; ``prepared`` is the :func:`~diffusion_handles.perception.prepare_inputs`
+        result when a perception stage ran, else ``None``.
+    """
+    import sys
+
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.io import (
+        check_mask_not_empty,
+        check_same_size,
+        load_depth,
+        load_image,
+        load_mask,
+    )
+    from diffusion_handles.perception import prepare_inputs
+
+    try:
+        depth_scale = float(args.depth_scale)
+    except ValueError:
+        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+    check_one_object_source(args)
+    image = load_image(args.image, "IMAGE")
+    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
+    mask = None if args.mask is None else load_mask(args.mask, "--mask")
+    if depth is not None:
+        check_same_size("IMAGE", image, "--depth", depth)
+    if mask is not None:
+        check_same_size("IMAGE", image, "--mask", mask)
+        check_mask_not_empty(mask)
+    background = None
+    if getattr(args, "background_depth", None) is not None:
+        background = load_depth(args.background_depth, "--background-depth", depth_scale)
+        check_same_size("IMAGE", image, "--background-depth", background)
+    prepared = None
+    if depth is None or mask is None:  # perception stages (Sec. 5): all models load before any runs
+        prepared = prepare_inputs(image, depth=depth, mask=mask, object_text=args.object,
+                                  clicks=clicks_from_args(args), models=perception_config_from_args(args),
+                                  need_background=background is None)
+        for note in prepared.info["notes"]:
+            print(f"handles {command}: note: {note}", file=sys.stderr)
+        depth, mask = prepared.depth, prepared.mask
+        background = prepared.background_depth if background is None else background
+    return image, depth, mask, background, prepared

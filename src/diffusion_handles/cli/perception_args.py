@@ -43,7 +43,8 @@ def add_perception_args(parser: argparse.ArgumentParser, *, depth: bool = True, 
                        help="d'_b: auto (inpaint+estimate when depth is estimated, harmonic fill when --depth is "
                             "given), estimate, or fill")
     if device:
-        g.add_argument("--device", default="cpu", help="torch device for the perception models (default cpu)")
+        g.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N",
+                       help="torch device for the perception models (default cpu); checked before any model loads")
 
 
 def add_object_args(parser: argparse.ArgumentParser, *, mask: bool = True, required: bool = False) -> None:
@@ -63,14 +64,16 @@ def clicks_from_args(args: argparse.Namespace) -> list[tuple[float, float]] | No
 
 
 def check_one_object_source(args: argparse.Namespace) -> None:
-    given = [name for name, v in (("--mask", getattr(args, "mask", None)), ("--object", getattr(args, "object", None)),
-                                  ("--click", getattr(args, "click", None))) if v]
+    # only the flags this command has (``handles segment`` has no --mask)
+    flags = [f"--{name}" for name in ("mask", "object", "click") if hasattr(args, name)]
+    given = [flag for flag in flags if getattr(args, flag[2:])]
     if len(given) != 1:
-        raise HandlesError(f"--mask/--object/--click: expected exactly one, got {', '.join(given) or 'none'}")
+        raise HandlesError(f"{'/'.join(flags)}: expected exactly one, got {', '.join(given) or 'none'}")
 
 
 def perception_config_from_args(args: argparse.Namespace):
     """A :class:`~diffusion_handles.perception.PerceptionConfig` from the flags present in ``args``."""
+    from diffusion_handles.cli.common import check_device
     from diffusion_handles.perception import (
         DepthConfig,
         InpaintConfig,
@@ -78,7 +81,7 @@ def perception_config_from_args(args: argparse.Namespace):
         SegmentConfig,
     )
 
-    device = getattr(args, "device", "cpu")
+    device = check_device(getattr(args, "device", "cpu"))
     depth = DepthConfig(device=device)
     if hasattr(args, "depth_model"):
         near, far = args.depth_range

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from diffusion_handles.cli.common import add_transform_args, edit_from_args, fov_from_args
+from diffusion_handles.cli.common import (
+    add_out_args,
+    add_transform_args,
+    check_out,
+    edit_from_args,
+    fov_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,13 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_transform_args(p)
     p.add_argument("--camera", action="store_true",
                    help="move the camera instead of the object (viewpoint change; --mask not needed)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_out_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from diffusion_handles.preview import make_preview
 
+    check_out(args)
     edit = edit_from_args(args)
     fov = fov_from_args(args)
     result = make_preview(args.image, args.depth, args.mask, edit, fov, args.out, depth_scale=args.depth_scale,

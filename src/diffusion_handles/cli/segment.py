@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 
+from diffusion_handles.cli.common import add_out_args, check_out
 from diffusion_handles.cli.perception_args import (
     add_object_args,
     add_perception_args,
@@ -24,13 +26,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         "summary.json and overlay.png with every candidate.",
     )
     p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_out_args(p)
     add_object_args(p, mask=False)
     add_perception_args(p, depth=False, segment=True)
     p.set_defaults(func=run)
 
 
+# The perception library's messages suggest ``--mask FILE``, a flag of ``handles edit``; this
+# command has none, so say where a hand-made mask goes instead.
+_MASK_HINT = re.compile(r"(give )?(?<!handles edit )--mask FILE")
+
+
+def for_segment(message: str) -> str:
+    """``message`` with every ``--mask FILE`` suggestion pointed at ``handles edit``."""
+    return _MASK_HINT.sub(lambda m: ("draw " if m.group(1) else "") + "a mask of your own (handles edit --mask FILE)",
+                          message)
+
+
 def run(args: argparse.Namespace) -> int:
+    from diffusion_handles.errors import HandlesError
+
+    try:
+        return _run(args)
+    except HandlesError as e:
+        raise HandlesError(for_segment(str(e))) from None
+
+
+def _run(args: argparse.Namespace) -> int:
     import json
     import sys
     import time
@@ -50,13 +72,14 @@ def run(args: argparse.Namespace) -> int:
         select_object,
     )
 
+    check_out(args)
     check_one_object_source(args)
     cfg = perception_config_from_args(args).segment
     image = load_image(args.image)
     clicks = clicks_from_args(args)
     t0 = time.perf_counter()
     detector = TextDetector.load(cfg) if args.object is not None else None
-    bypass = "give --mask FILE to the edit instead of " + ("--object" if args.object is not None else "--click")
+    bypass = "give --mask FILE instead of " + ("--object" if args.object is not None else "--click")  # see for_segment
     sam = SamSegmenter.load(cfg, bypass=bypass)
     t1 = time.perf_counter()
     try:
@@ -73,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise HandlesError(f"{e} (every candidate with its score: {args.out}/summary.json, overlay.png)") from None
     t2 = time.perf_counter()
     for note in sel.notes:
-        print(f"handles segment: note: {note}", file=sys.stderr)
+        print(f"handles segment: note: {for_segment(note)}", file=sys.stderr)
     with atomic_output_dir(args.out) as out:
         save_image(out / "mask.png", sel.mask)
         Image.fromarray(overlay_image(image, sel.mask, sel)).save(out / "overlay.png")

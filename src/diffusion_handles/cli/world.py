@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import argparse
 
-from diffusion_handles.cli.common import add_transform_args, edit_from_args, fov_from_args
+from diffusion_handles.cli.common import (
+    add_out_args,
+    add_transform_args,
+    check_out,
+    edit_from_args,
+    fov_from_args,
+)
 from diffusion_handles.errors import HandlesError
 
 
@@ -28,7 +34,7 @@ def register(subparsers) -> None:
     r.add_argument("--camera", action="store_true", help="apply the transform to the camera instead of an object")
     r.add_argument("--size", type=int, default=128, help="image width and height in pixels (default 128, the world's native size)")
     r.add_argument("--spp", type=int, default=128, help="samples per pixel (default 128)")
-    r.add_argument("--out", required=True, help="output folder")
+    add_out_args(r)
     add_transform_args(r)
     r.set_defaults(func=_render)
 
@@ -108,6 +114,7 @@ def _render(args: argparse.Namespace) -> int:
     from diffusion_handles.world.render import depth_and_masks, object_pivot, render, scene_for_seed
     from diffusion_handles.world.scene import Scene
 
+    check_out(args)
     edit = edit_from_args(args)
     fov = fov_from_args(args)
     if args.size < 16 or args.size > 1024:
@@ -232,6 +239,7 @@ def _export(args: argparse.Namespace) -> int:
 
     from diffusion_handles.world.train import export
 
+    check_out(args)
     if not (Path(args.run_dir) / "unet.pt").is_file():
         raise HandlesError(f"--run-dir: expected a training run with unet.pt, got {args.run_dir}")
     export(args.run_dir, args.out, use_ema=not args.no_ema)
@@ -243,6 +251,7 @@ def _eval(args: argparse.Namespace) -> int:
     from diffusion_handles.world.dataset import HELDOUT_SEED0
     from diffusion_handles.world.evaluate import evaluate
 
+    check_out(args)
     if args.n < 2:
         raise HandlesError(f"--n: expected at least 2 scenes, got {args.n}")
     if args.first_seed is not None and not HELDOUT_SEED0 <= args.first_seed < 2**31 - args.n:
@@ -266,6 +275,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _export_3deditbench(args: argparse.Namespace) -> int:
     from diffusion_handles.bench.editbench3d import export_tinyworld
 
+    check_out(args)
     files = export_tinyworld(args.scenes, args.out, first_seed=args.first_seed, size=args.size, spp=args.spp, log=print)
     print(f"handles world export-3deditbench: wrote {len(files)} case(s) to {args.out}")
     return 0
