@@ -16,16 +16,6 @@ from diffusion_handles.pipeline import DiffusionHandles
 SIZE = 16  # image side; latent 8x8 with the tiny 2x VAE
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded; intra-op threads only fight over the shared cores.
-    Package-scoped: restored when this folder's tests are done."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_components():
     return build_backbone_components(tiny_configs(), seed=0)

@@ -19,21 +19,22 @@ from PIL import Image
 from diffusion_handles.cli import main
 from diffusion_handles.diffusion.backbone import Backbone
 from diffusion_handles.diffusion.config import InversionConfig
-from diffusion_handles.diffusion.inverted import TENSOR_FILE, CacheEntryError, InvertedImage, tensor_checksum
-from diffusion_handles.diffusion.random_models import build_backbone_components, save_model_folder, tiny_configs
+from diffusion_handles.diffusion.inverted import (
+    TENSOR_FILE,
+    CacheEntryError,
+    InvertedImage,
+    tensor_checksum,
+)
+from diffusion_handles.diffusion.random_models import (
+    build_backbone_components,
+    save_model_folder,
+    tiny_configs,
+)
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.pipeline import DiffusionHandles
 
 S = 16
 CFG = InversionConfig(method="null-text", num_steps=3, null_inner_steps=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

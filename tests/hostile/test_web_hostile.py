@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 SCENE_SIZE = (48, 64)
@@ -67,14 +66,6 @@ def wait_job(c, jid: str, timeout: float = 180.0) -> dict:
 
 
 # ---------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

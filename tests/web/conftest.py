@@ -10,23 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 SCENE_SIZE = (48, 64)  # small built-in scenes keep previews and tiny-model renders fast
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One torch thread, as ``handles serve`` uses by default (2 shared cores: more threads thrash);
-    restored after each module so other test folders keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
