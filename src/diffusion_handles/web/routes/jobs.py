@@ -1,0 +1,102 @@
+"""Render jobs: submit a full render, watch its progress (JSON or Server-Sent Events), fetch
+its result files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, StreamingResponse
+
+from diffusion_handles.web.context import ERRORS, ApiError, WebContext
+from diffusion_handles.web.jobs import DONE, FAILED, Job
+from diffusion_handles.web.render import RenderInput, RenderOptions, write_results
+from diffusion_handles.web.routes.preview import submit_preview
+from diffusion_handles.web.schemas import JobStatus, PreviewRequest, RenderRequest, Transform
+from diffusion_handles.web.sessions import Session
+
+
+def render_input(ctx: WebContext, s: Session, transform: Transform, prompt: str | None, what: str) -> RenderInput:
+    """A frozen copy of the session for a job, after the checks a render needs: renders are
+    available, and the edit passes the preview's checks (with the depth composite the render
+    computes) and, once the model is loaded, those at its render size. An edit that cannot be
+    rendered answers 422 now instead of being accepted (202) and failing later."""
+    reason = ctx.renderer.available()
+    if reason:
+        raise ApiError(422, f"{what}: {reason}")
+    text = (prompt if prompt is not None else s.prompt).strip()
+    with s.lock:
+        image, depth, mask = s.tensors()
+        key = s.content_key(text, ctx.cfg.model)
+    submit_preview(ctx, s, PreviewRequest(transform=transform, with_depth=True)).result()
+    inp = RenderInput(image, depth, mask, text, s.fov_deg, key)
+    ctx.renderer.check(inp, transform.to_edit())
+    return inp
+
+
+def router(ctx: WebContext) -> APIRouter:
+    r = APIRouter(tags=["render"], responses=ERRORS)
+    cfg, jobs, renderer = ctx.cfg, ctx.jobs, ctx.renderer
+
+    @r.post("/api/jobs", response_model=JobStatus, status_code=202)
+    def submit(req: RenderRequest) -> JobStatus:
+        """Queue a full render (inversion, cached per image, then the guided edit). One worker
+        runs renders in order; watch progress with GET /api/jobs/{id} or its /events stream."""
+        s = ctx.sessions.get(req.session_id)
+        inp = render_input(ctx, s, req.transform, req.prompt, "render")
+        edit = req.transform.to_edit()
+        opts = RenderOptions(num_steps=req.num_steps or cfg.default_steps, seed=req.seed)
+
+        def task(job: Job) -> dict[str, str]:
+            result = renderer.run(inp, edit, opts, job.report)
+            files = write_results(job.folder, inp, result)
+            job.info = json.loads((job.folder / "info.json").read_text())
+            return files
+
+        return ctx.job_status(jobs.submit(task))
+
+    @r.get("/api/jobs/{jid}", response_model=JobStatus)
+    def get_job(jid: str) -> JobStatus:
+        return ctx.job_status(jobs.get(jid))
+
+    @r.get("/api/jobs/{jid}/events", responses={200: {"content": {"text/event-stream": {}}}})
+    async def job_events(jid: str, request: Request):
+        """Server-Sent Events: one ``data:`` JobStatus JSON per change until the job ends."""
+        job = jobs.get(jid)
+
+        async def stream():
+            last, idle = -1, 0.0
+            while True:
+                if job.version != last:
+                    last = job.version
+                    yield f"data: {ctx.job_status(job).model_dump_json()}\n\n"
+                    idle = 0.0
+                    if job.state in (DONE, FAILED):
+                        return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+                idle += 0.1
+                if idle >= 15:
+                    idle = 0.0
+                    yield ": keep-alive\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @r.get("/api/jobs/{jid}/results/{name}", response_class=FileResponse)
+    def job_result(jid: str, name: str):
+        """A result file of a finished job (``name`` from the job's ``results``)."""
+        job = jobs.get(jid)
+        fname = job.results.get(name)
+        if fname is None:
+            raise ApiError(404, f"result: job {jid} has no result {name!r}; available: {', '.join(job.results) or 'none yet'}")
+        media = MEDIA.get(Path(fname).suffix, "application/octet-stream")
+        return FileResponse(job.folder / fname, media_type=media, filename=f"{name}-{jid[:8]}{Path(fname).suffix}")
+
+    return r
+
+
+MEDIA = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4", ".json": "application/json"}
