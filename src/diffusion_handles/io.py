@@ -1,14 +1,29 @@
 """Reading user inputs (image, depth, mask) with checks that name what is wrong.
 
 Every loader raises :class:`~diffusion_handles.errors.HandlesError` with one line naming the
-argument, what was expected and what arrived.
+argument, what was expected and what arrived. The decoding functions (:func:`image_to_rgb`,
+:func:`depth_from_array`, :func:`depth_from_png16`) work on data already in memory and are
+shared by the command line (files) and the web app (uploads), so both read every input the
+same way.
 
-Depth files:
+Images: any size from :data:`MIN_SIDE` pixels per side. 8-bit grey, palette, RGB, CMYK and
+YCbCr images are converted to RGB; 16-bit grey (PNG ``I;16``, or ``I`` with values in
+0..65535) is scaled by 1/65535 (not clipped at 255); 32-bit float grey (``F``) is accepted with
+values in [0, 1]. Images with transparency (an alpha channel or a transparent palette entry)
+are accepted only if every pixel is opaque: what lies under a transparent pixel is undefined.
 
-* ``.npy``: a float array ``(H, W)`` of z-depth in scene units (any unit; transforms use it).
+Depth files (the file's contents decide, not its name):
+
+* ``.npy``: a real (integer or float) array ``(H, W)`` of z-depth in scene units (any unit;
+  transforms use it); singleton axes around it (``(1, H, W)``, ``(H, W, 1)``) are dropped.
+  Loaded without pickle. ``.npz`` archives and complex arrays are refused.
 * 16-bit PNG: z-depth in millimetres, i.e. ``depth = value / 1000`` scene units (metres); the
   divisor is ``depth_scale`` (``--depth-scale`` on the command line). Value 0 means "no depth"
   and is rejected, since every pixel needs a depth to be lifted.
+
+After conversion every depth value must lie in :data:`DEPTH_RANGE` = [1e-6, 1e6] scene units:
+beyond it float32 geometry and the inverse-depth Poisson solves lose all precision (a depth
+scaled by 1e30 would give a constant edited depth), so such a map is refused rather than used.
 """
 
 from __future__ import annotations
@@ -22,6 +37,13 @@ from PIL import Image
 from diffusion_handles.errors import HandlesError
 
 PNG16_DEPTH_SCALE = 1000.0  # 16-bit PNG depth: millimetres -> scene units (metres)
+MIN_SIDE = 16  # smallest image / depth width or height (the web app's limit too)
+MAX_DEPTH_SIDE = 16384  # largest depth width or height (checked from the .npy header, before loading)
+DEPTH_RANGE = (1e-6, 1e6)  # accepted z-depth in scene units, after conversion
+NPY_MAGIC = b"\x93NUMPY"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"  # .npz archives are zip files
+_GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _existing(path: str | Path, arg: str) -> Path:
@@ -31,45 +53,180 @@ def _existing(path: str | Path, arg: str) -> Path:
     return p
 
 
+def check_side(width: int, height: int, arg: str, min_side: int = MIN_SIDE) -> None:
+    """Refuse an image or depth smaller than ``min_side`` pixels in width or height."""
+    if min(width, height) < min_side:
+        raise HandlesError(f"{arg}: expected width and height of at least {min_side} pixels, got {width}x{height}")
+
+
+def _opaque(alpha: np.ndarray, what: str, arg: str) -> None:
+    n = int((alpha < 255).sum())
+    if n:
+        raise HandlesError(f"{arg}: expected an opaque image, got {n} transparent or semi-transparent pixels in "
+                           f"{what} (what lies under them is undefined); flatten it onto a background first")
+
+
+def image_to_rgb(im: Image.Image, arg: str = "IMAGE") -> np.ndarray:
+    """Decode a loaded PIL image to ``(H, W, 3)`` float32 RGB in ``[0, 1]`` (see the module docstring).
+
+    Raises:
+        HandlesError: a mode that cannot be read as colour (32-bit integers beyond 16 bits,
+            floats outside [0, 1], transparency, unknown modes).
+    """
+    mode = im.mode
+    if mode in _GREY16_MODES or mode == "I":
+        a = np.asarray(im)
+        if a.ndim != 2:
+            raise HandlesError(f"{arg}: expected a single-channel {mode} image, got shape {a.shape}")
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise HandlesError(f"{arg}: expected 8- or 16-bit colour or grey, got a 32-bit integer image with values "
+                               f"in [{lo}, {hi}] (a depth map?)")
+        grey = a.astype(np.float32) / 65535.0
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        finite = bool(np.isfinite(a).all())
+        if not finite or (a.size and (a.min() < 0.0 or a.max() > 1.0)):
+            shown = "non-finite values" if not finite else f"values in [{a.min():g}, {a.max():g}]"
+            raise HandlesError(f"{arg}: expected 8- or 16-bit colour or grey (or float grey in [0, 1]), got a 32-bit "
+                               f"float image with {shown} (a depth map?)")
+        return np.repeat(a[..., None], 3, axis=2)
+    try:
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info) \
+                or (mode in ("L", "RGB") and "transparency" in im.info):
+            rgba = np.asarray(im.convert("RGBA"))
+            what = f"an {mode} image" if mode in ("RGBA", "LA", "RGBa", "La") else f"a {mode} image with a transparent colour"
+            _opaque(rgba[..., 3], what, arg)
+            return rgba[..., :3].astype(np.float32) / 255.0
+        rgb = np.asarray(im.convert("RGB"))
+    except HandlesError:
+        raise
+    except Exception as e:  # PIL refuses some conversions (e.g. LAB, HSV, exotic raw modes)
+        raise HandlesError(f"{arg}: expected a colour or grey image, could not convert mode {mode} to RGB "
+                           f"({type(e).__name__}: {e})") from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise HandlesError(f"{arg}: expected a colour or grey image, got mode {mode} (shape {rgb.shape}, {rgb.dtype})")
+    return rgb.astype(np.float32) / 255.0
+
+
 def load_image(path: str | Path, arg: str = "IMAGE") -> torch.Tensor:
-    """An RGB image as ``(1, 3, H, W)`` float32 in ``[0, 1]``."""
+    """An RGB image as ``(1, 3, H, W)`` float32 in ``[0, 1]`` (decoded by :func:`image_to_rgb`)."""
     p = _existing(path, arg)
     try:
         with Image.open(p) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            im.load()
+            check_side(im.width, im.height, arg)
+            arr = image_to_rgb(im, arg)
+    except HandlesError:
+        raise
     except Exception as e:  # PIL raises many types for broken files
         raise HandlesError(f"{arg}: expected an image file (PNG/JPEG), could not read {p}: {e}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].contiguous()
+
+
+def depth_from_array(arr: np.ndarray, arg: str = "--depth", min_side: int = MIN_SIDE) -> np.ndarray:
+    """Check a z-depth array and return it as ``(H, W)`` float32 scene units.
+
+    Accepts real (integer or float) arrays ``(H, W)``, with singleton axes before or after
+    (``(1, H, W)``, ``(H, W, 1)``, ``(1, 1, H, W)``). Every value must be finite and lie in
+    :data:`DEPTH_RANGE`.
+
+    Raises:
+        HandlesError: naming ``arg``, what the array holds and what was expected.
+    """
+    arr = np.asarray(arr)
+    shape, dtype = tuple(arr.shape), arr.dtype
+    if dtype.kind == "c":
+        raise HandlesError(f"{arg}: expected real z-depth values, got a complex array (dtype {dtype}, shape {shape}); "
+                           "save its real part or magnitude instead")
+    if dtype.kind not in "iuf":
+        raise HandlesError(f"{arg}: expected a numeric (integer or float) z-depth array, got dtype {dtype} (shape {shape})")
+    a = arr
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    while a.ndim > 2 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise HandlesError(f"{arg}: expected a 2-D (H, W) z-depth array, got shape {shape}")
+    h, w = a.shape
+    if min(h, w) < min_side:
+        raise HandlesError(f"{arg}: expected an (H, W) array of at least {min_side}x{min_side} (the image's size), "
+                           f"got shape {shape}")
+    a = a.astype(np.float64)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise HandlesError(f"{arg}: expected finite depth everywhere, got {int(bad.sum())} non-finite values")
+    if (a <= 0).any():
+        raise HandlesError(f"{arg}: expected positive z-depth everywhere, got {int((a <= 0).sum())} pixels <= 0 (min {a.min():g})")
+    lo, hi = DEPTH_RANGE
+    if a.max() > hi or a.min() < lo:
+        n = int(((a > hi) | (a < lo)).sum())
+        raise HandlesError(f"{arg}: expected z-depth in [{lo:g}, {hi:g}] scene units, got values in "
+                           f"[{a.min():g}, {a.max():g}] ({n} pixels outside); rescale it (e.g. to metres)")
+    return a.astype(np.float32)
+
+
+def depth_from_png16(im: Image.Image, arg: str = "--depth", depth_scale: float = PNG16_DEPTH_SCALE,
+                     min_side: int = MIN_SIDE) -> np.ndarray:
+    """A 16-bit PNG depth map (``value / depth_scale`` scene units; 0 = no depth) as ``(H, W)`` float32."""
+    mode = im.mode
+    a = np.asarray(im)
+    if mode not in (*_GREY16_MODES, "I") and a.dtype != np.uint16:
+        raise HandlesError(f"{arg}: expected a 16-bit PNG (depth in 1/{depth_scale:g} units) or .npy, got a PNG of mode {mode}")
+    if a.ndim != 2:
+        raise HandlesError(f"{arg}: expected a single-channel 16-bit PNG, got shape {a.shape}")
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise HandlesError(f"{arg}: expected 16-bit values 0..65535, got values in [{a.min()}, {a.max()}]")
+    return depth_from_array(a.astype(np.float64) / float(depth_scale), arg, min_side)
+
+
+def _check_depth_scale(depth_scale: float) -> None:
+    try:
+        v = float(depth_scale)
+    except (TypeError, ValueError):
+        raise HandlesError(f"--depth-scale: expected a positive number, got {depth_scale!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise HandlesError(f"--depth-scale: expected a positive finite number, got {depth_scale}")
 
 
 def load_depth(path: str | Path, arg: str = "--depth", depth_scale: float = PNG16_DEPTH_SCALE) -> torch.Tensor:
-    """A z-depth map as ``(1, 1, H, W)`` float32 in scene units; positive and finite everywhere."""
+    """A z-depth map as ``(1, 1, H, W)`` float32 in scene units (see the module docstring)."""
+    _check_depth_scale(depth_scale)
     p = _existing(path, arg)
-    if p.suffix.lower() == ".npy":
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise HandlesError(f"{arg}: could not read {p}: {e}") from None
+    if head.startswith(ZIP_MAGIC):
+        raise HandlesError(f"{arg}: got an .npz archive (zip) in {p}; expected a .npy array (np.save) or a 16-bit PNG")
+    if head.startswith(b"\x80"):
+        raise HandlesError(f"{arg}: got a Python pickle in {p} (never loaded: files are data, not code); "
+                           "expected a .npy array (np.save) or a 16-bit PNG")
+    if head.startswith(NPY_MAGIC):
         try:
-            arr = np.load(p, allow_pickle=False)
+            mm = np.load(p, mmap_mode="r", allow_pickle=False)
+            shape = tuple(mm.shape)
+            if len(shape) >= 2 and max(shape) > MAX_DEPTH_SIDE:
+                raise HandlesError(f"{arg}: expected an (H, W) array of at most {MAX_DEPTH_SIDE} pixels per side, got shape {shape}")
+            arr = np.array(mm)
+            del mm
+        except HandlesError:
+            raise
         except Exception as e:
             raise HandlesError(f"{arg}: expected a .npy float array, could not read {p}: {e}") from None
-        arr = np.squeeze(arr)
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
-            raise HandlesError(f"{arg}: expected a numeric (H, W) array, got shape {arr.shape} dtype {arr.dtype}")
-        arr = arr.astype(np.float32)
-    else:
-        try:
-            with Image.open(p) as im:
-                mode = im.mode
-                arr = np.asarray(im)
-        except Exception as e:
-            raise HandlesError(f"{arg}: expected a .npy array or a 16-bit PNG, could not read {p}: {e}") from None
-        if arr.dtype != np.uint16 and mode not in ("I;16", "I;16B", "I"):
-            raise HandlesError(f"{arg}: expected a 16-bit PNG (depth in 1/{depth_scale:g} units) or .npy, got a PNG of mode {mode}")
-        if arr.ndim != 2:
-            raise HandlesError(f"{arg}: expected a single-channel 16-bit PNG, got shape {arr.shape}")
-        arr = arr.astype(np.float32) / float(depth_scale)
-    if not np.isfinite(arr).all():
-        raise HandlesError(f"{arg}: expected finite depth everywhere, got {int((~np.isfinite(arr)).sum())} non-finite values")
-    if (arr <= 0).any():
-        raise HandlesError(f"{arg}: expected positive z-depth everywhere, got {int((arr <= 0).sum())} pixels <= 0 (min {arr.min():g})")
+        return torch.from_numpy(depth_from_array(arr, arg))[None, None].contiguous()
+    if p.suffix.lower() == ".npy":
+        raise HandlesError(f"{arg}: expected a .npy array, but {p} has no .npy header (got {head[:6]!r}...)")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            arr = depth_from_png16(im, arg, depth_scale)
+    except HandlesError:
+        raise
+    except Exception as e:
+        raise HandlesError(f"{arg}: expected a .npy array or a 16-bit PNG, could not read {p}: {e}") from None
     return torch.from_numpy(arr)[None, None].contiguous()
 
 
@@ -103,8 +260,13 @@ def check_same_size(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) 
 
 
 def check_mask_not_empty(mask: torch.Tensor, arg: str = "--mask") -> None:
+    """Refuse an object mask with no object pixel, or one that leaves no background around the
+    object (the whole image, e.g. a 1x1 image), before any heavy work is done."""
+    from diffusion_handles.geometry.poisson import check_mask_leaves_background
+
     if not bool(mask.bool().any()):
         raise HandlesError(f"{arg}: expected at least one object pixel (value >= 128), got an empty mask")
+    check_mask_leaves_background(mask, arg)
 
 
 def save_image(path: str | Path, image: torch.Tensor) -> None:

@@ -102,7 +102,8 @@ def test_hub_probe_is_a_single_connection(monkeypatch):
 def test_folders_are_checked(tmp_path, no_network):
     with pytest.raises(HandlesError, match="no such folder"):
         DepthEstimator.load(DepthConfig(model=str(tmp_path / "missing" / "model")))
-    with pytest.raises(HandlesError, match=r"--depth-model: could not load a depth model from folder"):
+    with pytest.raises(HandlesError, match=r"^--depth-model: expected a transformers depth estimation model folder "
+                                           r".*got an empty folder"):
         DepthEstimator.load(DepthConfig(model=str(tmp_path)))  # exists, but holds no model
 
 
@@ -132,5 +133,6 @@ def test_a_cached_model_of_the_wrong_kind_is_one_line(no_network):
 
 
 def test_a_folder_with_the_wrong_model_family_is_one_line(tiny_models, no_network):
-    with pytest.raises(HandlesError, match=r"^--depth-model: could not load a depth model from folder .*owlv2"):
+    with pytest.raises(HandlesError, match=r"^--depth-model: expected a transformers depth estimation model folder "
+                                           r"[^\n]*got a model of type 'owlv2' in .*owlv2$"):
         DepthEstimator.load(DepthConfig(model=tiny_models["owlv2"]))

@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("mitsuba")
 
+from diffusion_handles.errors import HandlesError  # noqa: E402
 from diffusion_handles.geometry.camera import Camera, lift, project  # noqa: E402
 from diffusion_handles.geometry.transform import HandleEdit  # noqa: E402
 from diffusion_handles.world.render import (  # noqa: E402
@@ -85,6 +86,41 @@ def test_scene_json_round_trip():
     assert t == s
     assert t.caption() == s.caption()
     assert all(w in CAPTION_WORDS for w in s.caption().split())
+
+
+def test_scene_file_renders_and_a_camera_that_sees_nothing_is_one_line(tmp_path, capsys):
+    """``handles world render --scene``: a scene it wrote renders again; a valid but useless
+    camera (looking up past the wall) is refused in one line, with nothing written."""
+    from diffusion_handles.cli import main
+    from diffusion_handles.world.scene import camera_pose
+
+    s = scene_for_seed(2, 16, 16)
+    good = tmp_path / "good.json"
+    good.write_text(s.to_json())
+    assert main(["world", "render", "--scene", str(good), "--spp", "1", "--out", str(tmp_path / "ok")]) == 0
+    assert Scene.from_json((tmp_path / "ok" / "scene.json").read_text()) == s
+    s.camera_to_world = camera_pose(2.0, -80.0).tolist()  # pitched up: most rays hit nothing
+    sky = tmp_path / "sky.json"
+    sky.write_text(s.to_json())
+    capsys.readouterr()
+    out = tmp_path / "sky"
+    assert main(["world", "render", "--scene", str(sky), "--spp", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("handles world: error: --scene: could not render") and "no geometry" in err
+    assert "\n" not in err and "Traceback" not in err and not out.exists()
+
+
+def test_scene_validation_names_the_key_path():
+    d = scene_for_seed(3, 16, 16).to_dict()
+    d["objects"][0]["to_world"][1][1] = 0.0  # a flattened (singular) object
+    with pytest.raises(HandlesError, match=r"^objects\[0\]\.to_world: expected a similarity .* singular"):
+        Scene.from_dict(d)
+    d = scene_for_seed(3, 16, 16).to_dict()
+    d["width"] = 4096
+    with pytest.raises(HandlesError, match=r"^width: expected an integer in \[16, 1024\], got 4096"):
+        Scene.from_dict(d)
+    with pytest.raises(HandlesError, match=r"^width: expected an integer in \[16, 256\]"):
+        Scene.from_dict({**d, "width": 512}, max_side=256)
 
 
 def test_identity_edit_renders_the_same_image():

@@ -105,14 +105,12 @@ def register(subparsers) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
     from diffusion_handles.outputs import atomic_output_dir
     from diffusion_handles.world.render import depth_and_masks, object_pivot, render, scene_for_seed
-    from diffusion_handles.world.scene import Scene
 
     check_out(args)
     edit = edit_from_args(args)
@@ -122,10 +120,7 @@ def _render(args: argparse.Namespace) -> int:
     if args.spp < 1:
         raise HandlesError(f"--spp: expected a positive number, got {args.spp}")
     if args.scene is not None:
-        try:
-            scene = Scene.from_json(Path(args.scene).read_text())
-        except (OSError, ValueError, TypeError) as e:
-            raise HandlesError(f"--scene: expected a TinyWorld scene.json, could not read {args.scene}: {e}") from None
+        scene = _read_scene(args.scene)
     else:
         seed = 0 if args.seed is None else args.seed
         if seed < 0:
@@ -151,7 +146,12 @@ def _render(args: argparse.Namespace) -> int:
         info.update(camera=True)
     elif not edit.is_identity():
         raise HandlesError("--object: a transform was given but no --object K (or --camera) to apply it to")
-    out = render(scene, spp=args.spp, seed=scene.seed)
+    try:
+        out = render(scene, spp=args.spp, seed=scene.seed)
+    except RuntimeError as e:  # e.g. a camera that looks past the floor and the wall
+        if args.scene is None:
+            raise
+        raise HandlesError(f"--scene: could not render {args.scene}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     with atomic_output_dir(args.out) as tmp:
         Image.fromarray(out.rgb).save(tmp / "rgb.png")
         np.save(tmp / "depth.npy", out.depth.astype(np.float32))
@@ -164,6 +164,32 @@ def _render(args: argparse.Namespace) -> int:
     print(f"handles world render: wrote {args.out}/rgb.png depth.npy mask_*.png caption.txt scene.json")
     print(f"caption: {out.caption}")
     return 0
+
+
+SCENE_FILE_MAX_BYTES = 1 << 20  # a scene.json is a few kB
+
+
+def _read_scene(path: str):
+    """``--scene FILE``: a TinyWorld scene validated like every other input (sizes within the
+    ``--size`` limits); one-line :class:`HandlesError` naming the JSON key path otherwise."""
+    from pathlib import Path
+
+    from diffusion_handles.world.scene import MAX_SIDE, Scene
+
+    p = Path(path)
+    if not p.is_file():
+        raise HandlesError(f"--scene: file not found: {p}")
+    try:
+        size = p.stat().st_size
+        if size > SCENE_FILE_MAX_BYTES:
+            raise HandlesError(f"--scene: expected a scene.json of at most {SCENE_FILE_MAX_BYTES // 1024} kB, got {size / 1024:.0f} kB")
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HandlesError(f"--scene: expected a TinyWorld scene.json, could not read {p}: {e}") from None
+    try:
+        return Scene.from_json(text, max_side=MAX_SIDE)
+    except HandlesError as e:
+        raise HandlesError(f"--scene: {e}") from None
 
 
 def _seed_range(text: str) -> range:

@@ -27,7 +27,11 @@ from diffusion_handles.geometry.camera import (
     pixels_to_normalized,
     project,
 )
-from diffusion_handles.geometry.poisson import fill_depth, poisson_composite
+from diffusion_handles.geometry.poisson import (
+    check_mask_leaves_background,
+    fill_depth,
+    poisson_composite,
+)
 from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
 from diffusion_handles.geometry.transform import HandleEdit, Similarity
 from diffusion_handles.geometry.warp import warp, warp_masked
@@ -151,6 +155,7 @@ def compute_edit(
     *,
     pivot: torch.Tensor | None = None,
     close_radius: int = 1,
+    require_background: bool = True,
 ) -> EditGeometry:
     """Apply a 3D edit to the object ``mask`` of a scene with z-depth ``depth`` (Sec. 5.1).
 
@@ -163,13 +168,17 @@ def compute_edit(
         camera: intrinsics; default 55 degree horizontal field of view for this size.
         pivot: ``(B, 3)`` or ``(3,)`` rotation/scale centre; default the object's centroid.
         close_radius: radius of the morphological closing that fills splatting pinholes.
+        require_background: refuse a mask that leaves no background to fill the object's
+            place from (:func:`~.poisson.check_mask_leaves_background`); a camera move
+            (:func:`compute_camera_move`, all-ones mask) passes False.
 
     Returns:
         :class:`EditGeometry` at image resolution.
 
     Raises:
-        HandlesError: the object is empty, moves behind the camera, or is not visible after
-            the edit (out of frame or fully hidden).
+        HandlesError: the object is empty or covers the whole image, moves behind the camera
+            (the message names the part of the transform that does it), or is not visible
+            after the edit (out of frame or fully hidden).
     """
     depth = check_depth(depth)
     mask = check_depth(mask.to(depth.dtype), "mask")
@@ -182,6 +191,8 @@ def compute_edit(
     obj = mask > 0.5  # (B, 1, H, W)
     if not bool(obj.flatten(1).any(1).all()):
         raise HandlesError("mask: expected at least one object pixel in every image, got an empty mask")
+    if require_background:
+        check_mask_leaves_background(obj)
     dtype, device = depth.dtype, depth.device
 
     # Step 1, lift: only the object's pixels move, so only they are lifted. (N,) indices
@@ -205,12 +216,13 @@ def compute_edit(
         for i, t in enumerate(transforms):
             sel = bi == i
             moved[sel] = t.apply(src_pts[sel])
+    overflow = ~torch.isfinite(moved).all(dim=1)
+    if bool(overflow.any()):
+        raise HandlesError(f"transform: gives non-finite positions for {int(overflow.sum())} of {moved.shape[0]} object "
+                           f"pixels (numbers too large for the scene's {depth.dtype} depth); use a smaller scale or translation")
     behind = moved[:, 2] <= 1e-6
     if bool(behind.any()):
-        raise HandlesError(
-            f"transform: puts {int(behind.sum())} of {moved.shape[0]} object pixels at or behind the camera (z <= 0); "
-            "use a smaller translation towards the camera"
-        )
+        raise HandlesError(_behind_camera_message(edit, src_pts, bi, pivots, behind))
 
     # Step 3, project and splat into a z-buffer over the object's projected bounding box only;
     # footprint = local magnification s * z / z' (pixels)
@@ -292,6 +304,35 @@ def compute_edit(
     )
 
 
+def _behind_camera_message(edit: HandleEdit | Similarity, src_pts: torch.Tensor, bi: torch.Tensor,
+                           pivots: torch.Tensor, behind: torch.Tensor) -> str:
+    """Why an edit puts object points at or behind the camera, naming the part of the transform
+    (translation, rotation or scale about the pivot) that does it on its own."""
+    i = int(bi[behind][0])  # the first image with a point behind
+    pts = src_pts[bi == i].double()
+    z = pts[:, 2]
+    head = (f"transform: puts {int(behind.sum())} of {behind.numel()} object pixels at or behind the camera (z <= 0; "
+            f"the object spans z {float(z.min()):.3g} to {float(z.max()):.3g} scene units")
+    if not isinstance(edit, HandleEdit):
+        return head + "); the transform moves the object behind the camera"
+    pivot = pivots[i].double()
+    head += f", its pivot is at z {float(pivot[2]):.3g})"
+    parts = [
+        (f"the translation ({', '.join(f'{v:g}' for v in edit.translate)})", "a smaller translation towards the camera",
+         HandleEdit(translate=edit.translate)),
+        (f"the rotation of {edit.rotate_deg:g} degrees about the pivot", "a smaller rotation",
+         HandleEdit(rotate_axis=edit.rotate_axis, rotate_deg=edit.rotate_deg)),
+        (f"the scale {edit.scale:g} about the pivot", "a smaller scale", HandleEdit(scale=edit.scale)),
+    ]
+    alone = [(name, hint) for name, hint, part in parts
+             if not part.is_identity() and bool((part.resolve(pivot).apply(pts)[:, 2] <= 1e-6).any())]
+    if not alone:
+        return head + "; the translation, rotation and scale together move the object behind the camera: use smaller ones"
+    verb = "alone moves" if len(alone) == 1 else "each alone move"
+    return (head + f"; {' and '.join(n for n, _ in alone)} {verb} the object behind the camera: use "
+            + " or ".join(h for _, h in alone))
+
+
 def _sample_points(x: torch.Tensor, coords: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``x`` (B, C, H, W) at normalised ``coords`` (M, 2) of images
     ``batch_index`` (M,); returns ``(M, C)`` (zero outside the image)."""
@@ -308,7 +349,7 @@ def compute_camera_move(depth: torch.Tensor, transform: Similarity, camera: Came
     """A viewpoint change: ``transform`` (see :func:`~.transform.camera_move`) applied to *every*
     point of the scene, with the same machinery as an object edit."""
     depth = check_depth(depth)
-    return compute_edit(depth, torch.ones_like(depth), transform, camera)
+    return compute_edit(depth, torch.ones_like(depth), transform, camera, require_background=False)
 
 
 def seam_band_px(height: int, width: int) -> int:
@@ -329,6 +370,8 @@ def edited_depth(geometry: EditGeometry, background_depth: torch.Tensor, band_px
     """
     background_depth = check_depth(background_depth, "background_depth")
     holes = ~torch.isfinite(background_depth) | (background_depth <= 0)
+    if bool(holes.flatten(1).all(1).any()):
+        raise HandlesError("background_depth: expected positive finite z-depth at some pixels, got none")
     if bool(holes.any()):
         background_depth = fill_depth(torch.where(holes, torch.ones_like(background_depth), background_depth), holes)
     inside = geometry.object_wins & (geometry.object_depth > 0)

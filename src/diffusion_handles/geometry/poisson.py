@@ -16,6 +16,7 @@ import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
 
+from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import check_depth
 
 _NEIGHBOURS = ((0, 1), (0, -1), (1, 0), (-1, 0))
@@ -42,7 +43,7 @@ def poisson_solve(known: np.ndarray, unknown: np.ndarray, guide: np.ndarray | No
     if n == 0:
         return out
     if n == h * w:
-        raise ValueError("poisson_solve: every pixel is unknown; at least one known pixel is needed")
+        raise HandlesError(f"poisson_solve: expected at least one known pixel to fill from, got every pixel of the {w}x{h} grid unknown")
     idx = np.full((h, w), -1, dtype=np.int64)
     idx[unknown] = np.arange(n)
     ys, xs = np.nonzero(unknown)
@@ -110,7 +111,40 @@ def fill_depth(depth: torch.Tensor, unknown: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def background_depth_fill(depth: torch.Tensor, mask: torch.Tensor, dilate_px: int = 2) -> torch.Tensor:
+BACKGROUND_DILATE_PX = 2  # background_depth_fill grows the object mask by this much before filling it
+
+
+def check_mask_leaves_background(mask: torch.Tensor, arg: str = "mask", dilate_px: int = BACKGROUND_DILATE_PX) -> None:
+    """Refuse an object mask that leaves nothing to fill the object's place from.
+
+    The depth behind the object (:func:`background_depth_fill`) is filled from the pixels
+    outside the mask grown by ``dilate_px``; a mask covering the whole image (e.g. a 1x1 image),
+    or all of it but a border thinner than ``dilate_px + 1`` pixels, leaves none. Cheap: call it
+    where inputs are validated, before any heavy work.
+
+    Args:
+        mask: ``(B, 1, H, W)`` or ``(H, W)``, > 0.5 = object.
+        arg: the argument's name for the message (``--mask`` on the command line).
+
+    Raises:
+        HandlesError: one line naming ``arg``, what is needed and what arrived.
+    """
+    m = mask if mask.dim() == 4 else mask.reshape(1, 1, *mask.shape[-2:])
+    obj = m > 0.5 if m.dtype != torch.bool else m
+    h, w = obj.shape[-2:]
+    grown = dilate(obj, dilate_px)
+    for b in range(obj.shape[0]):
+        if bool(grown[b].all()):
+            n = int(obj[b].sum())
+            if n == h * w:
+                raise HandlesError(f"{arg}: covers every pixel of the {w}x{h} image; expected some background around "
+                                   f"the object (the depth behind the object is filled in from it)")
+            raise HandlesError(f"{arg}: leaves no background farther than {dilate_px} pixels from the object "
+                               f"({n} of the {h * w} pixels of the {w}x{h} image are object); expected some background "
+                               f"around the object (the depth behind it is filled in from it)")
+
+
+def background_depth_fill(depth: torch.Tensor, mask: torch.Tensor, dilate_px: int = BACKGROUND_DILATE_PX) -> torch.Tensor:
     """Classical object removal on depth: the scene's depth with the object filled in (d'_b).
 
     The object mask is dilated by ``dilate_px`` pixels (its edge pixels mix object and
@@ -123,7 +157,11 @@ def background_depth_fill(depth: torch.Tensor, mask: torch.Tensor, dilate_px: in
 
     Returns:
         ``(B, 1, H, W)`` background z-depth.
+
+    Raises:
+        HandlesError: the mask leaves no background (:func:`check_mask_leaves_background`).
     """
+    check_mask_leaves_background(mask, "mask", dilate_px)
     return fill_depth(depth, dilate(mask, dilate_px))
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.hub import load_pretrained
+from diffusion_handles.perception.model_folder import check_model_folder, guarded_loader
 
 METRIC_DEPTH = "metric-depth"
 RELATIVE_DISPARITY = "relative-disparity"
@@ -70,6 +71,16 @@ class DepthConfig:
             raise HandlesError(f"--depth-kind: expected one of {', '.join(DEPTH_KINDS)}, got {self.kind!r}")
         if not (0 < self.near < self.far < float("inf")):
             raise HandlesError(f"--depth-range: expected 0 < near < far, got near={self.near} far={self.far}")
+
+
+def depth_model_types() -> list[str]:
+    """``model_type`` values of the depth estimators ``AutoModelForDepthEstimation`` can load."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES
+
+        return sorted(MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES)
+    except ImportError:  # pragma: no cover - a transformers without the mapping
+        return ["depth_anything", "depth_pro", "dpt", "glpn", "prompt_depth_anything", "zoedepth"]
 
 
 def kind_of_model(config) -> str:
@@ -224,7 +235,9 @@ class DepthEstimator:
             processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_only)
             return model, processor
 
-        model, processor = load_pretrained(_load, config.model, what="depth", option="--depth-model", bypass=bypass)
+        check_model_folder(config.model, option="--depth-model", what="depth estimation", model_types=depth_model_types())
+        model, processor = load_pretrained(guarded_loader(_load), config.model, what="depth", option="--depth-model",
+                                           bypass=bypass)
         return cls(model.to(config.device), processor, config, config.model)
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ import torch
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.hub import load_pretrained
 from diffusion_handles.perception.depth import image_to_pil
+from diffusion_handles.perception.model_folder import check_model_folder, guarded_loader
 
 DEFAULT_DETECTOR_MODEL = "google/owlv2-base-patch16-ensemble"
 DEFAULT_SAM_MODEL = "facebook/sam-vit-base"
@@ -211,7 +212,9 @@ class TextDetector:
             processor = AutoProcessor.from_pretrained(name, local_files_only=local_only)
             return model, processor
 
-        model, processor = load_pretrained(_load, config.detector_model, what="text detection",
+        check_model_folder(config.detector_model, option="--detector-model", what="zero-shot object detection",
+                           model_types=DEFAULT_THRESHOLDS)
+        model, processor = load_pretrained(guarded_loader(_load), config.detector_model, what="text detection",
                                            option="--detector-model", bypass="give --click X,Y or --mask FILE instead of --object")
         return cls(model.to(config.device), processor, config, config.detector_model)
 
@@ -275,7 +278,9 @@ class SamSegmenter:
             processor = AutoProcessor.from_pretrained(name, local_files_only=local_only)
             return model, processor
 
-        model, processor = load_pretrained(_load, config.sam_model, what="SAM", option="--sam-model", bypass=bypass)
+        check_model_folder(config.sam_model, option="--sam-model", what="SAM", model_types=("sam",))
+        model, processor = load_pretrained(guarded_loader(_load), config.sam_model, what="SAM", option="--sam-model",
+                                           bypass=bypass)
         return cls(model.to(config.device), processor, config, config.sam_model)
 
     @torch.no_grad()

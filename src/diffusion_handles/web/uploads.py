@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.io import ZIP_MAGIC, depth_from_array, depth_from_png16, image_to_rgb
+
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 DEPTH_TYPES = {"application/octet-stream", "application/x-npy", "application/npy", "image/png"}
 NPY_MAGIC = b"\x93NUMPY"
@@ -92,9 +95,11 @@ def read_image(data: bytes, content_type: str | None, field: str, limits: Upload
     if fmt not in ("PNG", "JPEG", "WEBP"):
         raise UploadError(415, f"{field}: expected PNG, JPEG or WebP file contents, got bytes that are not an image")
     im = _open_image(data, field, limits)
-    if im.mode in ("I;16", "I;16B", "I", "F"):
-        raise UploadError(422, f"{field}: expected an 8-bit colour or grey image, got a {im.mode} image (a depth map?)")
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    try:  # the command line's decoder: 16-bit grey scaled by 1/65535, transparency refused, ...
+        rgb = image_to_rgb(im, field)
+    except HandlesError as e:
+        raise UploadError(422, str(e)) from None
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
 def read_mask(data: bytes, content_type: str | None, field: str, limits: UploadLimits) -> np.ndarray:
@@ -118,11 +123,16 @@ def read_depth(data: bytes, content_type: str | None, field: str, limits: Upload
     """Decode an uploaded z-depth map to ``(H, W)`` float32 scene units, positive and finite.
 
     Accepts a ``.npy`` float/int array (scene units; loaded without pickle) or a 16-bit PNG in
-    millimetres (``value / png_scale``).
+    millimetres (``value / png_scale``), checked by the command line's decoders
+    (:func:`diffusion_handles.io.depth_from_array`, :func:`~diffusion_handles.io.depth_from_png16`):
+    complex arrays, ``.npz`` archives and values outside
+    :data:`~diffusion_handles.io.DEPTH_RANGE` are refused.
     """
     check_size(data, field, limits)
     ct = _base_type(content_type)
     fmt = sniff(data)
+    if data.startswith(ZIP_MAGIC):
+        raise UploadError(415, f"{field}: got an .npz archive (zip); expected a .npy array (np.save) or a 16-bit PNG depth map")
     if ct not in DEPTH_TYPES or fmt not in ("NPY", "PNG"):
         raise UploadError(415, f"{field}: expected a .npy array or a 16-bit PNG depth map, got content type {ct or 'none'} with {fmt or 'unrecognised'} contents")
     if fmt == "NPY":
@@ -130,20 +140,15 @@ def read_depth(data: bytes, content_type: str | None, field: str, limits: Upload
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as e:
             raise UploadError(415, f"{field}: could not read the .npy array ({type(e).__name__}: {e})") from None
-        arr = np.squeeze(arr)
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise UploadError(422, f"{field}: expected a real (H, W) array, got shape {arr.shape} dtype {arr.dtype}")
-        h, w = arr.shape
-        if max(h, w) > limits.max_side or min(h, w) < limits.min_side:
-            raise UploadError(422, f"{field}: expected width and height between {limits.min_side} and {limits.max_side}, got {w}x{h}")
-        arr = arr.astype(np.float32)
-    else:
-        im = _open_image(data, field, limits)
-        if im.mode not in ("I;16", "I;16B", "I"):
-            raise UploadError(422, f"{field}: expected a 16-bit PNG (depth in millimetres), got a PNG of mode {im.mode}")
-        arr = np.asarray(im).astype(np.float32) / float(png_scale)
-    if not np.isfinite(arr).all():
-        raise UploadError(422, f"{field}: expected finite depth everywhere, got {int((~np.isfinite(arr)).sum())} non-finite values")
-    if (arr <= 0).any():
-        raise UploadError(422, f"{field}: expected positive z-depth everywhere, got {int((arr <= 0).sum())} pixels <= 0")
-    return arr
+        shape = tuple(arr.shape)
+        if len(shape) >= 2 and max(shape) > limits.max_side:
+            raise UploadError(422, f"{field}: expected width and height between {limits.min_side} and {limits.max_side}, got shape {shape}")
+        try:
+            return depth_from_array(arr, field, min_side=limits.min_side)
+        except HandlesError as e:
+            raise UploadError(422, str(e)) from None
+    im = _open_image(data, field, limits)
+    try:
+        return depth_from_png16(im, field, png_scale, min_side=limits.min_side)
+    except HandlesError as e:
+        raise UploadError(422, str(e)) from None

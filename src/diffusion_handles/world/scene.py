@@ -26,11 +26,19 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
 from diffusion_handles.geometry.transform import HandleEdit
 
 SCENE_VERSION = 1
 DEFAULT_SIZE = 128  # the world's native image side in pixels (v2; v1 was 64)
+# Limits of a scene file (the same as ``handles world render --size``): image sides, objects,
+# and magnitudes of positions and scales (the floor and wall are 60 units wide).
+MIN_SIDE, MAX_SIDE = 16, 1024
+MAX_OBJECTS = 16
+MAX_COORD = 1e3
+SCALE_RANGE = (1e-3, 1e3)
+RIGID_TOL = 1e-6  # tolerance of the orthonormality checks (relative)
 
 # Named colours (sRGB, 0-1). Chosen to stay distinguishable under coloured light.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -105,16 +113,28 @@ class Scene:
         return json.dumps(self.to_dict(), indent=1)
 
     @staticmethod
-    def from_dict(d: dict) -> Scene:
+    def from_dict(d: dict, max_side: int = MAX_SIDE) -> Scene:
+        """A scene from its JSON object, validated by :func:`validate_scene_dict`.
+
+        Raises:
+            HandlesError: one line naming the JSON key path, e.g.
+                ``objects[2].shape: expected one of sphere, cube, cylinder, got 'torus'``.
+        """
+        validate_scene_dict(d, max_side=max_side)
         d = dict(d)
-        if d.get("version") != SCENE_VERSION:
-            raise ValueError(f"scene version: expected {SCENE_VERSION}, got {d.get('version')}")
         d["objects"] = [SceneObject(**o) for o in d.get("objects", [])]
         return Scene(**d)
 
     @staticmethod
-    def from_json(text: str) -> Scene:
-        return Scene.from_dict(json.loads(text))
+    def from_json(text: str, max_side: int = MAX_SIDE) -> Scene:
+        """A scene from JSON text (see :meth:`from_dict`); invalid JSON raises :class:`HandlesError`."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HandlesError(f"expected a JSON object, got invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        except RecursionError:
+            raise HandlesError("expected a JSON object, got JSON nested too deeply") from None
+        return Scene.from_dict(d, max_side=max_side)
 
     def copy(self) -> Scene:
         return copy.deepcopy(self)
@@ -173,6 +193,151 @@ class Scene:
         out = self.copy()
         out.camera_to_world = (self.c2w() @ move).tolist()
         return out
+
+
+# -------------------------------------------------------------------- validation
+def _type_name(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"a boolean ({'true' if v else 'false'})"
+    if isinstance(v, str):
+        return f"a string {v[:40]!r}"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    if isinstance(v, dict):
+        return "an object"
+    return f"{v!r}"[:60]
+
+
+def _number(v, path: str, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False,
+            open_hi: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise HandlesError(f"{path}: expected a number, got {_type_name(v)}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise HandlesError(f"{path}: expected a finite number, got {v}")
+    too_low = lo is not None and (f <= lo if open_lo else f < lo)
+    too_high = hi is not None and (f >= hi if open_hi else f > hi)
+    if too_low or too_high:
+        left = "(" if open_lo else "["
+        right = ")" if open_hi else "]"
+        raise HandlesError(f"{path}: expected a number in {left}{lo:g}, {hi:g}{right}, got {v:g}")
+    return f
+
+
+def _integer(v, path: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise HandlesError(f"{path}: expected an integer, got {_type_name(v)}")
+    if not lo <= v <= hi:
+        raise HandlesError(f"{path}: expected an integer in [{lo}, {hi}], got {str(v)[:40]}")
+    return v
+
+
+def _choice(v, path: str, options) -> str:
+    options = list(options)
+    if not isinstance(v, str) or v not in options:
+        raise HandlesError(f"{path}: expected one of {', '.join(options)}, got {_type_name(v)}")
+    return v
+
+
+def _vector(v, path: str, n: int, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+    if not isinstance(v, list) or len(v) != n:
+        raise HandlesError(f"{path}: expected a list of {n} numbers, got {_type_name(v)}")
+    return np.array([_number(x, f"{path}[{i}]", lo, hi) for i, x in enumerate(v)], dtype=np.float64)
+
+
+def _matrix4(v, path: str) -> np.ndarray:
+    if not isinstance(v, list) or len(v) != 4:
+        raise HandlesError(f"{path}: expected a 4x4 matrix (a list of 4 rows of 4 numbers), got {_type_name(v)}")
+    m = np.stack([_vector(row, f"{path}[{i}]", 4) for i, row in enumerate(v)])
+    if not np.allclose(m[3], (0.0, 0.0, 0.0, 1.0), rtol=0, atol=RIGID_TOL):
+        raise HandlesError(f"{path}: expected the last row [0, 0, 0, 1], got {m[3].tolist()}")
+    if np.abs(m[:3, 3]).max() > MAX_COORD:
+        raise HandlesError(f"{path}: expected a translation within {MAX_COORD:g} scene units, got {m[:3, 3].tolist()}")
+    return m
+
+
+def _linear_part(m: np.ndarray, path: str, what: str) -> float:
+    """The uniform scale of a similarity's linear part, or a HandlesError describing the defect."""
+    lin = m[:3, :3]
+    sv = np.linalg.svd(lin, compute_uv=False)
+    if sv[-1] <= RIGID_TOL * max(sv[0], 1.0):
+        raise HandlesError(f"{path}: expected {what}, got a singular matrix (singular values "
+                           f"{', '.join(f'{x:.3g}' for x in sv)}: an axis of zero length or two parallel axes)")
+    if np.linalg.det(lin) < 0:
+        raise HandlesError(f"{path}: expected {what}, got a reflection (determinant < 0)")
+    if sv[0] - sv[-1] > RIGID_TOL * sv[0]:
+        raise HandlesError(f"{path}: expected {what}, got axes that are not orthogonal or not of equal length "
+                           f"(singular values {', '.join(f'{x:.6g}' for x in sv)})")
+    return float(sv[0])
+
+
+def validate_scene_dict(d, max_side: int = MAX_SIDE) -> None:
+    """Check a scene's JSON object completely before anything uses it.
+
+    Checks types, names (shapes, colours, patterns, floors, walls), image sides in
+    ``[MIN_SIDE, max_side]``, the field of view in (0, 180), a rigid ``camera_to_world``
+    (orthonormal axes, no reflection: a zero-length look direction or an up vector parallel to
+    it is singular), object ``to_world`` similarities with a scale in :data:`SCALE_RANGE`, finite
+    numbers everywhere and no unknown or missing keys.
+
+    Raises:
+        HandlesError: one line naming the JSON key path, what was expected and what arrived.
+    """
+    if not isinstance(d, dict):
+        raise HandlesError(f"expected a JSON object (a TinyWorld scene), got {_type_name(d)}")
+    keys = {f.name for f in Scene.__dataclass_fields__.values()}
+    required = keys - {"objects", "version"}
+    unknown = sorted(set(d) - keys)
+    if unknown:
+        raise HandlesError(f"{unknown[0]}: unknown key; expected only {', '.join(sorted(keys))}")
+    missing = sorted(required - set(d))
+    if missing:
+        raise HandlesError(f"{missing[0]}: missing; a scene needs {', '.join(sorted(required))}")
+    if d.get("version", None) != SCENE_VERSION:
+        raise HandlesError(f"version: expected {SCENE_VERSION}, got {_type_name(d.get('version'))}")
+    _integer(d["seed"], "seed", 0, 2**63 - 1)
+    for k in ("height", "width"):
+        _integer(d[k], k, MIN_SIDE, max_side)
+    _number(d["fov_deg"], "fov_deg", 0.0, 180.0, open_lo=True, open_hi=True)
+    c2w = _matrix4(d["camera_to_world"], "camera_to_world")
+    s = _linear_part(c2w, "camera_to_world", "a rigid camera pose (orthonormal right, down and forward axes)")
+    if abs(s - 1.0) > RIGID_TOL:
+        raise HandlesError(f"camera_to_world: expected a rigid camera pose (unit-length axes), got axes of length {s:.6g}")
+    _choice(d["floor"], "floor", FLOORS)
+    _choice(d["wall"], "wall", WALLS)
+    _number(d["wall_z"], "wall_z", -MAX_COORD, MAX_COORD)
+    sun = _vector(d["sun_direction"], "sun_direction", 3)
+    if np.linalg.norm(sun) < 1e-9:
+        raise HandlesError("sun_direction: expected a non-zero direction, got [0, 0, 0]")
+    _number(d["sun_irradiance"], "sun_irradiance", 0.0, 100.0)
+    _vector(d["ambient"], "ambient", 3, 0.0, 100.0)
+    objects = d.get("objects", [])
+    if not isinstance(objects, list):
+        raise HandlesError(f"objects: expected a list of objects, got {_type_name(objects)}")
+    if len(objects) > MAX_OBJECTS:
+        raise HandlesError(f"objects: expected at most {MAX_OBJECTS} objects, got {len(objects)}")
+    okeys = {f.name for f in SceneObject.__dataclass_fields__.values()}
+    for i, o in enumerate(objects):
+        path = f"objects[{i}]"
+        if not isinstance(o, dict):
+            raise HandlesError(f"{path}: expected an object with {', '.join(sorted(okeys))}, got {_type_name(o)}")
+        unknown = sorted(set(o) - okeys)
+        if unknown:
+            raise HandlesError(f"{path}.{unknown[0]}: unknown key; expected only {', '.join(sorted(okeys))}")
+        missing = sorted(okeys - {"aspect"} - set(o))
+        if missing:
+            raise HandlesError(f"{path}.{missing[0]}: missing; an object needs {', '.join(sorted(okeys - {'aspect'}))}")
+        _choice(o["shape"], f"{path}.shape", SHAPES)
+        _choice(o["colour"], f"{path}.colour", COLOURS)
+        _choice(o["pattern"], f"{path}.pattern", PATTERNS)
+        m = _matrix4(o["to_world"], f"{path}.to_world")
+        scale = _linear_part(m, f"{path}.to_world", "a similarity (rotation times a uniform scale, plus a translation)")
+        if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+            raise HandlesError(f"{path}.to_world: expected a scale in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}], got {scale:g}")
+        if "aspect" in o:
+            _number(o["aspect"], f"{path}.aspect", 0.0, 100.0, open_lo=True)
 
 
 def _article(word: str) -> str:
