@@ -11,6 +11,13 @@ Stages, as in Fig. 2 of the paper:
    and masks per layer (:func:`guidance_targets`); (3) the guided generation (Eqs. 3, 8, 9)
    conditioned on the edited depth ``d'``; (4) decoding and, optionally, the pixel composite that
    keeps the input outside the edit region.
+
+   The same stages serve three edits the paper does not make: a *camera move*
+   (``edit(..., camera=True)``: the whole scene is lifted and moved, the object energy covers
+   every valid pixel and there is no background energy), *several objects* in one pass
+   (``edit(inverted, [T_1, ...], object_masks=[M_1, ...])``: one z-buffer, one object energy per
+   object) and *object removal* (:meth:`DiffusionHandles.remove`: generate over the background
+   depth, the input's activations kept outside the removed region).
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from diffusion_handles.diffusion.backbone import DEFAULT_MODEL, Backbone
 from diffusion_handles.diffusion.conditioning import depth_to_condition
@@ -37,12 +46,19 @@ from diffusion_handles.geometry import (
     Camera,
     EditGeometry,
     HandleEdit,
+    MultiEditGeometry,
     Similarity,
     background_depth_fill,
+    camera_move,
+    camera_move_depth,
+    compute_camera_move,
     compute_edit,
+    compute_multi_edit,
     edit_region,
     edited_depth,
+    hole_region,
     latent_region,
+    removal_region,
     render_preview,
     warp,
 )
@@ -119,7 +135,8 @@ def _check_inputs(image, depth, mask) -> None:
 
 
 def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: GuidanceConfig,
-                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int]) -> GuidePlan:
+                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int], *,
+                     camera: bool = False) -> GuidePlan:
     """Stage 2 of an edit: what the guided generation follows (Sec. 5.1-5.2).
 
     For every recorded ``(layer, step)``: ``Psi' = W[rho(Psi), F]`` (Eq. 6, bilinear ``rho``, the
@@ -131,9 +148,13 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
 
     Args:
         inverted: the inverted image (activations, trajectory, work-size masks).
-        geom: the edit's geometry at the work size (:func:`compute_edit`).
+        geom: the edit's geometry at the work size (:func:`compute_edit`; a
+            :class:`MultiEditGeometry` gives ``M'_o`` one channel per object, so Eq. 8 is one
+            term per object).
         guidance: the configuration; schedule_layers: per step, the up-blocks to guide.
         latent_hw: the latent grid ``(h, w)``.
+        camera: a camera move: the whole scene is the "object", so ``M'_o = M_v`` (every valid
+            pixel follows its warped activations, Eq. 8) and there is no background (Eq. 9) term.
     """
     edited, m_obj, m_bg, scale, norm, per_res = {}, {}, {}, {}, {}, {}
     for (lay, step), psi in inverted.activations.items():
@@ -142,13 +163,19 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
             per_res[hw] = geom.at_resolution(*hw)
         fe = per_res[hw]
         edited[(lay, step)] = warp(psi.float(), fe.source.to(psi.device).float())
-        m_obj[lay] = fe.edited_mask.float().to(psi.device)
-        m_bg[lay] = ((1.0 - fe.edited_mask.float()) * fe.valid.float()).to(psi.device)  # M'_b, Sec. 5.1
+        if camera:  # every valid pixel is guided by Eq. 8; nothing is "background"
+            m_obj[lay] = fe.valid.float().to(psi.device)
+            m_bg[lay] = torch.zeros_like(m_obj[lay])
+        else:
+            per_object = geom.object_masks_at(*hw) if isinstance(geom, MultiEditGeometry) else fe.edited_mask
+            m_obj[lay] = per_object.float().to(psi.device)
+            m_bg[lay] = ((1.0 - fe.edited_mask.float()) * fe.valid.float()).to(psi.device)  # M'_b, Sec. 5.1
         norm[(lay, step)] = activation_scale(psi)
         scale[(lay, step)] = norm[(lay, step)] if guidance.mode == "normalized" else 1.0
     plan = GuidePlan(
         layers=schedule_layers, edited=edited, mask_object=m_obj, mask_background=m_bg, scale=scale, norm=norm,
-        w_object=guidance.w_object, w_background=guidance.w_background, object_guidance=guidance.object_guidance,
+        w_object=guidance.w_object, w_background=0.0 if camera else guidance.w_background,
+        object_guidance=guidance.object_guidance,
         mode=guidance.mode, grad_steps=guidance.grad_steps, step_size=guidance.step_size,
         relative_step=guidance.relative_step, noise_guidance_scale=guidance.noise_guidance_scale,
     )
@@ -167,7 +194,8 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
         fe = geom.at_resolution(*latent_hw)
         start = inverted.x_T if k == 0 else traj[k - 1][None]  # the latent step k starts from
         plan.transfer = warp(start.float().to(device), fe.source.float().to(device))
-        plan.transfer_mask = (fe.edited_mask.float() > 0.5).float().to(device)
+        moved = fe.valid if camera else fe.edited_mask  # a camera move transfers the whole valid view
+        plan.transfer_mask = (moved.float() > 0.5).float().to(device)
         plan.transfer_step = k
     return plan
 
@@ -270,25 +298,8 @@ class DiffusionHandles:
         return inv
 
     # ------------------------------------------------------------------------------------
-    def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity, *,
-             guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
-             fov_deg: float = DEFAULT_FOV_DEG, source_image: torch.Tensor | None = None,
-             progress: bool = True, callback=None) -> EditOutput:
-        """Generate the edited image for a 3D ``transform`` of the object (Sec. 5.1-5.2).
-
-        Args:
-            inverted: from :meth:`invert` (same model).
-            transform: a :class:`HandleEdit` (about the object's centroid) or a :class:`Similarity`.
-            guidance: the guidance schedule, weights, mode and preservation options; must guide
-                only recorded (layer, step)s.
-            background_depth: ``(1, 1, H, W)`` z-depth of the object-free scene d'_b (e.g. from
-                an inpainter + depth estimator); default: a harmonic fill of the object region.
-            fov_deg: horizontal field of view (Sec. 5.1: 55 degrees).
-            source_image: ``(1, 3, H, W)`` the input at its own size, for the pixel composite
-                (default: the work-size image resized back, exact when the sizes agree).
-            callback: called with ``{"step", "total", "x", "energies"}`` after each step.
-        """
-        guidance = guidance or GuidanceConfig()
+    def _check_inverted(self, inverted: InvertedImage, guidance: GuidanceConfig):
+        """Refuse an inversion of another model or an unusable one; the guidance schedule."""
         bb = self.backbone
         if inverted.model_id != bb.model_id:
             raise HandlesError(f"inverted: was made with model {inverted.model_id!r}, this pipeline runs {bb.model_id!r}; invert again")
@@ -297,7 +308,6 @@ class DiffusionHandles:
         problem = inverted.problem()
         if problem is not None:
             raise HandlesError(f"inverted: unusable ({problem}); invert again")
-        inverted = inverted.to(bb.device)
         n = inverted.config.num_steps
         try:
             schedule_layers = guidance.schedule(n, bb.num_up_blocks)
@@ -306,34 +316,238 @@ class DiffusionHandles:
         missing = sorted({(lay, i) for i, ls in enumerate(schedule_layers) for lay in ls} - set(inverted.activations))
         if missing:
             raise HandlesError(f"guidance: needs activations (layer, step) {missing[:3]}... that the inversion did not record; invert with the same guidance configuration")
-        timings: dict[str, float] = {}
-        counter = bb.counter
-        counter.counts.clear()
+        return schedule_layers
 
-        # 1. geometry of the 3D edit (Sec. 5.1) at the work size
+    def _background(self, background_depth: torch.Tensor | None, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """d'_b at the work size: the given one resized, or the harmonic fill of ``mask``."""
+        if background_depth is None:
+            return background_depth_fill(depth, mask)
+        if not isinstance(background_depth, torch.Tensor) or background_depth.dim() != 4 or background_depth.shape[:2] != (1, 1):
+            raise HandlesError(f"background_depth: expected a tensor (1, 1, H, W), got {getattr(background_depth, 'shape', type(background_depth))}")
+        return self.backbone.resize_to_work(background_depth.float().to(depth.device), tuple(depth.shape[-2:]))
+
+    def _work_masks(self, inverted: InvertedImage, masks) -> list[torch.Tensor]:
+        """Per-object masks at the input size -> work size (nearest), validated."""
+        if isinstance(masks, torch.Tensor):
+            masks = [masks]
+        out = []
+        for k, m in enumerate(masks):
+            if not isinstance(m, torch.Tensor) or m.dim() != 4 or m.shape[:2] != (1, 1):
+                raise HandlesError(f"object_masks[{k}]: expected a tensor (1, 1, H, W), got {getattr(m, 'shape', type(m))}")
+            if tuple(m.shape[-2:]) != tuple(inverted.input_hw):
+                raise HandlesError(f"object_masks[{k}]: expected size {inverted.input_hw[1]}x{inverted.input_hw[0]} "
+                                   f"(W x H, the inverted image's), got {m.shape[-1]}x{m.shape[-2]}")
+            work = tuple(inverted.depth.shape[-2:])
+            mw = (self.backbone.resize_to_work((m > 0.5).float(), work, mode="nearest") > 0.5).float()
+            out.append(mw.to(inverted.depth.device))
+        return out
+
+    # ------------------------------------------------------------------------------------
+    def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | Sequence[HandleEdit | Similarity], *,
+             guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
+             fov_deg: float = DEFAULT_FOV_DEG, source_image: torch.Tensor | None = None,
+             camera: bool = False, object_masks: Sequence[torch.Tensor] | None = None,
+             progress: bool = True, callback=None) -> EditOutput:
+        """Generate the edited image for a 3D ``transform`` of the object (Sec. 5.1-5.2).
+
+        Three kinds of edit share the stages:
+
+        * one object (the paper): ``transform`` moves the inversion's masked object;
+        * a camera move (``camera=True``): ``transform`` moves the *camera* (a
+          :class:`HandleEdit`: translation in camera axes, rotation about the camera centre;
+          a :class:`Similarity` is taken as the scene transform itself, see
+          :func:`~diffusion_handles.geometry.camera_move`). Every scene point moves, the
+          disocclusions are generated, Eq. 8 covers every valid pixel and Eq. 9 is off. Invert
+          with an all-ones mask. The edited depth is the moved z-buffer with holes filled. The
+          composite (if on) keeps the input warped to the new view outside the grown holes
+          (:func:`~diffusion_handles.geometry.region.hole_region`);
+        * several objects (``object_masks``, one ``(1, 1, H, W)`` mask per entry of the list
+          ``transform``, at the input size): one z-buffer across the moved objects
+          (:func:`~diffusion_handles.geometry.compute_multi_edit`), one Eq. 8 term per object,
+          Eq. 9 outside all of them. Invert with the union of the masks.
+
+        Args:
+            inverted: from :meth:`invert` (same model).
+            transform: a :class:`HandleEdit` (about the object's centroid) or a :class:`Similarity`;
+                a list of them with ``object_masks``.
+            guidance: the guidance schedule, weights, mode and preservation options; must guide
+                only recorded (layer, step)s.
+            background_depth: ``(1, 1, H, W)`` z-depth of the object-free scene d'_b (e.g. from
+                an inpainter + depth estimator); default: a harmonic fill of the object region
+                (of all objects' regions with ``object_masks``; unused by a camera move).
+            fov_deg: horizontal field of view (Sec. 5.1: 55 degrees).
+            source_image: ``(1, 3, H, W)`` the input at its own size, for the pixel composite
+                (default: the work-size image resized back, exact when the sizes agree).
+            camera: move the camera instead of an object (see above).
+            object_masks: per-object masks for a several-object edit (see above).
+            callback: called with ``{"step", "total", "x", "energies"}`` after each step.
+        """
+        guidance = guidance or GuidanceConfig()
+        if camera and object_masks is not None:
+            raise HandlesError("camera: expected either a camera move or object_masks, got both")
+        multi = object_masks is not None
+        if multi:
+            transforms = list(transform) if isinstance(transform, (list, tuple)) else None
+            if transforms is None or not all(isinstance(t, (HandleEdit, Similarity)) for t in transforms):
+                raise HandlesError("transform: expected a list of HandleEdit or Similarity (one per object mask), "
+                                   f"got {type(transform).__name__}")
+        elif not isinstance(transform, (HandleEdit, Similarity)):
+            raise HandlesError(f"transform: expected a HandleEdit or Similarity, got {type(transform).__name__} "
+                               "(several objects need object_masks)")
+        schedule_layers = self._check_inverted(inverted, guidance)
+        inverted = inverted.to(self.backbone.device)
+        timings: dict[str, float] = {}
+        self.backbone.counter.counts.clear()
+
+        # 1. geometry of the 3D edit (Sec. 5.1) at the work size, and the edited depth d'
         t0 = time.perf_counter()
         h, w = inverted.depth.shape[-2:]
-        camera = Camera(h, w, fov_deg)
+        cam = Camera(h, w, fov_deg)
         depth = inverted.depth.float()
-        geom = compute_edit(depth, inverted.mask, transform, camera)
-        if background_depth is None:
-            bg = background_depth_fill(depth, inverted.mask)
+        if camera:
+            scene_move = camera_move(transform) if isinstance(transform, HandleEdit) else transform
+            geom = compute_camera_move(depth, scene_move, cam)
+            d_edit = camera_move_depth(geom)  # the moved z-buffer, disocclusions filled
+        elif multi:
+            masks_w = self._work_masks(inverted, object_masks)
+            geom = compute_multi_edit(depth, masks_w, transforms, cam)
+            d_edit = edited_depth(geom, self._background(background_depth, depth, geom.object_mask))
         else:
-            if background_depth.dim() != 4 or background_depth.shape[:2] != (1, 1):
-                raise HandlesError(f"background_depth: expected a tensor (1, 1, H, W), got {tuple(background_depth.shape)}")
-            bg = bb.resize_to_work(background_depth.float().to(depth.device), (h, w))
-        d_edit = edited_depth(geom, bg)  # (1, 1, H, W) z-depth d'
+            geom = compute_edit(depth, inverted.mask, transform, cam)
+            d_edit = edited_depth(geom, self._background(background_depth, depth, inverted.mask))  # (1, 1, H, W)
         # 2. guidance targets: Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
-        plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]))
+        plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]), camera=camera)
+        keep_image = None
+        if camera:  # the composite keeps the input *warped to the new view* outside the grown holes
+            _, soft = hole_region(geom.valid)
+            src = inverted.image.float() if source_image is None else source_image.float().to(depth.device)
+            if tuple(src.shape[-2:]) != (h, w):
+                src = self.backbone.resize_to_work(src, (h, w))
+            keep_image = warp(src, geom.source.float())
+        else:
+            _, soft = edit_region(geom.object_mask, geom.edited_mask, geom.valid)
         timings["geometry"] = time.perf_counter() - t0
 
+        # 3-4. guided generation conditioned on d', decoding, composite
+        out, back = self._generate(inverted, plan, d_edit, soft, guidance, source_image, timings, progress, callback,
+                                   desc="guided generation", keep_work=keep_image)
+        out.preview = back(render_preview(inverted.image.float(), geom))
+        out.edited_mask = back(geom.edited_mask)
+        out.valid_mask = back(geom.valid, "nearest")
+        return out
+
+    # ------------------------------------------------------------------------------------
+    def remove(self, inverted: InvertedImage, *, guidance: GuidanceConfig | None = None,
+               background_depth: torch.Tensor | None = None, region_margin: int | None = None,
+               fresh_noise: bool = True, seed: int = 0, source_image: torch.Tensor | None = None,
+               progress: bool = True, callback=None) -> EditOutput:
+        """Remove the inversion's masked object and regenerate its region over the background.
+
+        Not in the paper; built from its parts. Stages: (1) the region: the object mask grown
+        generously and extended downwards for its shadow
+        (:func:`~diffusion_handles.geometry.removal_region`); the edited depth d' is the
+        background depth d'_b (the object is gone, Sec. 5.1's d'_b); (2) guidance targets with
+        the identity flow outside the region: ``Psi' = Psi`` there, the local Eq. 8 term and
+        the Eq. 9 term over the kept pixels, nothing guided inside (the model fills it from
+        d' and the prompt); (3) generation conditioned on d', from the inverted noise with the
+        region's latent cells replaced by fresh noise (``fresh_noise``: the inverted noise
+        there still encodes the object); (4) decode and composite the input outside the region.
+
+        Invert with the prompt describing the scene *without* the object (it conditions the
+        generation) and with the object's mask.
+
+        Args:
+            inverted: from :meth:`invert` with the object's mask.
+            guidance: schedule and weights (identity transfer is not used: there is nothing to
+                transfer); background_depth: d'_b ``(1, 1, H, W)`` at the input size (default:
+                the harmonic fill of the region under the object).
+            region_margin: the region's margin in work-size pixels (default in
+                :func:`~diffusion_handles.geometry.removal_region`).
+            fresh_noise, seed: replace the region's inverted noise by Gaussian noise of ``seed``.
+            source_image: the input at its own size for the composite.
+
+        Returns:
+            :class:`EditOutput`; ``edited_mask`` is empty (no object), ``valid_mask`` is 0 in the
+            region, ``region`` the soft regenerated region, ``preview`` the input with the
+            region magenta.
+        """
+        guidance = guidance or GuidanceConfig()
+        schedule_layers = self._check_inverted(inverted, guidance)
+        inverted = inverted.to(self.backbone.device)
+        timings: dict[str, float] = {}
+        self.backbone.counter.counts.clear()
+
+        # 1. the region and the edited depth d' = d'_b
+        t0 = time.perf_counter()
+        depth = inverted.depth.float()
+        hard, soft = removal_region(inverted.mask, region_margin)
+        d_edit = self._background(background_depth, depth, inverted.mask)
+        keep = 1.0 - hard  # (1, 1, H, W) pixels kept from the input
+        # 2. guidance targets: identity flow outside the region (Psi' = Psi)
+        edited, m_obj, m_bg, scale, norm = {}, {}, {}, {}, {}
+        per_res: dict[tuple[int, int], torch.Tensor] = {}
+        for (lay, step), psi in inverted.activations.items():
+            hw = tuple(psi.shape[-2:])
+            if hw not in per_res:  # a feature cell is kept only when none of its pixels is in the region
+                per_res[hw] = (1.0 - F.adaptive_max_pool2d(hard.float(), hw)).to(psi.device)
+            edited[(lay, step)] = psi.float()
+            m_obj[lay] = per_res[hw]
+            m_bg[lay] = per_res[hw]
+            norm[(lay, step)] = activation_scale(psi)
+            scale[(lay, step)] = norm[(lay, step)] if guidance.mode == "normalized" else 1.0
+        plan = GuidePlan(
+            layers=schedule_layers, edited=edited, mask_object=m_obj, mask_background=m_bg, scale=scale, norm=norm,
+            w_object=guidance.w_object, w_background=guidance.w_background, object_guidance="local",
+            mode=guidance.mode, grad_steps=guidance.grad_steps, step_size=guidance.step_size,
+            relative_step=guidance.relative_step, noise_guidance_scale=guidance.noise_guidance_scale,
+        )
+        latent_hw = tuple(inverted.x_T.shape[-2:])
+        cells = latent_region(hard, latent_hw).float().to(inverted.x_T.device)  # (1, 1, h, w)
+        if guidance.blend_latents:
+            if inverted.trajectory is None:
+                raise HandlesError("guidance: latent blending needs the inversion's trajectory; invert again")
+            plan.blend_mask = cells
+            plan.blend_trajectory = [t[None].float() for t in inverted.trajectory.to(inverted.x_T.device)]
+            plan.blend_until = len(schedule_layers)
+        x_T = inverted.x_T
+        if fresh_noise:
+            gen = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(tuple(x_T.shape), generator=gen).to(x_T.device, x_T.dtype)
+            x_T = cells.to(x_T.dtype) * noise + (1.0 - cells.to(x_T.dtype)) * x_T
+        timings["geometry"] = time.perf_counter() - t0
+
+        # 3-4. generation conditioned on d', decoding, composite
+        out, back = self._generate(inverted, plan, d_edit, soft, guidance, source_image, timings, progress, callback,
+                                   desc="removal", x_T=x_T)
+        image = inverted.image.float()
+        magenta = torch.tensor([1.0, 0.0, 1.0], device=image.device).view(1, 3, 1, 1)
+        out.preview = back(image * keep.to(image.device) + magenta * hard.to(image.device))
+        out.edited_mask = back(torch.zeros_like(depth))
+        out.valid_mask = back(keep, "nearest")
+        return out
+
+    # ------------------------------------------------------------------------------------
+    def _generate(self, inverted: InvertedImage, plan: GuidePlan, d_edit: torch.Tensor, soft: torch.Tensor,
+                  guidance: GuidanceConfig, source_image, timings: dict, progress: bool, callback, *,
+                  desc: str, x_T: torch.Tensor | None = None,
+                  keep_work: torch.Tensor | None = None) -> tuple[EditOutput, object]:
+        """Stages 3-4 of every edit: guided generation (Eq. 3) conditioned on ``d_edit``, then
+        decoding and the optional composite with the soft region ``soft`` (work size): outside
+        it the input (``source_image``), or ``keep_work`` (a work-size image) when given.
+
+        Returns ``(output, back)``: the output (``preview``, ``edited_mask``, ``valid_mask`` for
+        the caller to fill in) and the resize from the work size back to the input size."""
+        bb = self.backbone
+        counter = bb.counter
+        n = inverted.config.num_steps
+        x_T = inverted.x_T if x_T is None else x_T
         # 3. guided generation (Eq. 3) conditioned on the edited depth d'
         t0 = time.perf_counter()
         dcond = depth_to_condition(d_edit.to(bb.device), inverted.x_T.shape[-2:])
         den = Denoiser(bb, inverted.text_embedding, inverted.null_embeddings, dcond, bb.schedule(n),
                        inverted.config.guidance_scale)
         with counter.in_stage("edit"):
-            res = sample(den, inverted.x_T, plan=plan, progress=progress, desc="guided generation", callback=callback)
+            res = sample(den, x_T, plan=plan, progress=progress, desc=desc, callback=callback)
         timings["guided_generation"] = time.perf_counter() - t0
 
         # 4. decode; keep the input's pixels outside the edit region (optional, not in the paper)
@@ -346,12 +560,14 @@ class DiffusionHandles:
         def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
             return bb.resize_to_work(x.float().cpu(), inverted.input_hw, mode)
 
-        _, soft = edit_region(geom.object_mask, geom.edited_mask, geom.valid)
         region = back(soft).clamp(0, 1)
         generated = back(image)
         edited = generated
         if guidance.composite:
-            src = back(inverted.image) if source_image is None else source_image.float().cpu()
+            if keep_work is not None:  # a work-size image to keep (a camera move's warped input)
+                src = back(keep_work)
+            else:
+                src = back(inverted.image) if source_image is None else source_image.float().cpu()
             if tuple(src.shape[-2:]) != tuple(inverted.input_hw):
                 raise HandlesError(f"source_image: expected size {inverted.input_hw[1]}x{inverted.input_hw[0]} (W x H), got {src.shape[-1]}x{src.shape[-2]}")
             edited = region * generated + (1.0 - region) * src
@@ -360,10 +576,10 @@ class DiffusionHandles:
         resolved = guidance.to_dict()
         resolved["layers"] = list(guidance.resolved_layers(bb.num_up_blocks))
         resolved["guide_until"] = guidance.resolved_guide_until(n)
-        return EditOutput(
-            edited=edited, reconstruction=back(inverted.reconstruction),
-            preview=back(render_preview(inverted.image.float(), geom)), edited_depth=back(d_edit),
-            edited_mask=back(geom.edited_mask), valid_mask=back(geom.valid, "nearest"), region=region,
-            generated=generated, timings=timings, unet_evals={k: dict(v) for k, v in counter.counts.items()},
-            energies=res.energies, monitor=res.monitor, config=resolved,
+        result = EditOutput(
+            edited=edited, reconstruction=back(inverted.reconstruction), preview=edited, edited_depth=back(d_edit),
+            edited_mask=region, valid_mask=region, region=region, generated=generated, timings=timings,
+            unet_evals={k: dict(v) for k, v in counter.counts.items()}, energies=res.energies, monitor=res.monitor,
+            config=resolved,
         )
+        return result, back

@@ -96,7 +96,9 @@ def _write_json(path: Path, obj) -> None:
 
 
 # What ``handles bench`` writes into ``--out`` (plus ``*.tmp`` files of a write in progress).
-BENCH_ENTRIES = frozenset({"settings.json", "results.json", "report.html", "cases", "edits", "images"})
+BENCH_ENTRIES = frozenset({"settings.json", "results.json", "report.html", "cases", "edits", "images",
+                           # --kinds camera,remove,multi (bench.new_kinds)
+                           "kinds", "kinds_edits", "kinds_images", "kinds_results.json"})
 
 
 def is_bench_folder(path: str | Path) -> bool:

@@ -16,7 +16,7 @@ from diffusion_handles.errors import HandlesError
 
 # Sub-command modules, in the order ``handles --help`` lists them. A module that is not
 # present in this installation is skipped.
-COMMANDS = ["demo", "preview", "edit", "animate", "batch", "depth", "segment", "world", "bench", "serve"]
+COMMANDS = ["demo", "preview", "edit", "remove", "animate", "batch", "depth", "segment", "world", "bench", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):

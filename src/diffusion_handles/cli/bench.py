@@ -77,6 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="3deditbench: text prompt for files without a caption (default empty)")
     p.add_argument("--sam-model", default=None, metavar="ID|DIR",
                    help="3deditbench: SAM for point_prompt and for edit adherence (default facebook/sam-vit-base)")
+    p.add_argument("--kinds", default=None, metavar="K[,K...]",
+                   help="edits beyond one object, instead of the object edits: camera (a moved camera), remove (an "
+                        "object removed), multi (two objects moved in one pass), comma-separated; --scenes cases of "
+                        "each, methods ours and warp_only; written to kinds_results.json (default: object edits)")
+    p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
+                   help="with --kinds: the guidance settings of handles edit's preset (--steps and --inversion still "
+                        "apply; default: default)")
     add_out_args(p, help="output folder; a folder holding a bench run of the same settings is resumed")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: aggregate the edits already in --out into results.json / report.html "
@@ -158,6 +165,30 @@ def _run(args: argparse.Namespace) -> int:
                                         progress=not args.quiet)
         return run_benchmark(cfg, target, progress=not args.quiet)
 
+    if args.kinds is not None:  # camera / remove / multi cases (bench.new_kinds), their own random streams
+        from diffusion_handles.bench.new_kinds import NEW_KINDS, run_kinds_benchmark
+
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in NEW_KINDS]
+        if bad or not kinds:
+            raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(bad) or 'none'}")
+        if args.ray is not None or k_shard > 1 or args.report_only:
+            raise HandlesError("--kinds: expected without --ray, --shard I/K or --report-only")
+        if args.methods and any(m not in ("ours", "warp_only") for m in args.methods):
+            raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {' '.join(args.methods)}")
+        if args.overwrite and out.is_dir() and any(out.iterdir()):
+            with atomic_output_dir(out) as tmp:
+                kres = run_kinds_benchmark(cfg, kinds, tmp, preset_name=args.preset, progress=not args.quiet)
+        else:
+            kres = run_kinds_benchmark(cfg, kinds, out, preset_name=args.preset, progress=not args.quiet)
+        print(f"results written to {args.out}: kinds_results.json, kinds_edits/, kinds_images/, kinds/")
+        failed = sum(1 for r in kres["edits"] for m, e in r["methods"].items() if e.get("error"))
+        if failed:
+            first = next(e["error"] for r in kres["edits"] for e in r["methods"].values() if e.get("error"))
+            print(f"handles bench: error: {failed} method runs failed; first: {first[:200]}; every error is in "
+                  f"{Path(args.out) / 'kinds_results.json'}", file=sys.stderr)
+            return 1
+        return 0
     if args.overwrite and out.is_dir() and any(out.iterdir()):
         with atomic_output_dir(out) as tmp:  # a fresh run, swapped in whole when it is done
             results = execute(tmp)

@@ -16,6 +16,7 @@ from diffusion_handles.cli.common import (
     restore_progress_bars,
     silence_progress_bars,
 )
+from diffusion_handles.cli.edit_modes import add_mode_args
 from diffusion_handles.cli.perception_args import (
     add_object_args,
     add_perception_args,
@@ -36,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "edit",
         help="3D-edit an object with Diffusion Handles (inversion + guided generation)",
         description="Invert IMAGE into a depth-conditioned diffusion model, move the masked object in 3D and "
-        "generate the edited image guided by the 3D-transformed activations (Sec. 5 of the paper).",
+        "generate the edited image guided by the 3D-transformed activations (Sec. 5 of the paper). "
+        "--camera moves the camera instead; --edits FILE.json moves several objects in one pass.",
     )
     p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="text prompt describing the image")
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--background-depth", default=None,
                    help="optional z-depth of the scene without the object (d'_b); default: harmonic fill of the object region")
     add_transform_args(p)
+    add_mode_args(p)
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                    help=f"hub id, local diffusers folder, or 'tinyworld' (default {DEFAULT_MODEL})")
     p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
@@ -126,6 +129,10 @@ def _run(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     check_out(args)  # before any work: a bad --out is refused at once, not after the edit
+    from diffusion_handles.cli.edit_modes import check_mode_args, parse_edits_file
+
+    mode = check_mode_args(args)  # "object", "camera" (--camera) or "multi" (--edits)
+    entries = parse_edits_file(args.edits) if mode == "multi" else None
     edit = edit_from_args(args)
     fov = fov_from_args(args)
     steps = None if args.steps is None else _int(args.steps, "--steps", 1)
@@ -169,7 +176,19 @@ def _run(args: argparse.Namespace) -> int:
     threads = None if args.threads == "auto" else _int(args.threads, "--threads", 1)
     if args.quiet:
         silence_progress_bars()
-    image, depth, mask, background, prepared = load_edit_inputs(args, "edit")
+    object_masks = None
+    perception_info = None
+    if mode == "camera":
+        from diffusion_handles.cli.edit_modes import load_camera_inputs
+
+        image, depth, mask, perception_info = load_camera_inputs(args)
+        background, prepared = None, None
+    elif mode == "multi":
+        from diffusion_handles.cli.edit_modes import load_multi_inputs
+
+        image, depth, object_masks, mask, background, prepared = load_multi_inputs(args, entries, "edit")
+    else:
+        image, depth, mask, background, prepared = load_edit_inputs(args, "edit")
     t_load = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
@@ -184,8 +203,9 @@ def _run(args: argparse.Namespace) -> int:
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                     cache_dir=args.cache, progress=not args.quiet)
     t_invert = time.perf_counter() - t0
-    out = dh.edit(inv, edit, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
-                  progress=not args.quiet)
+    out = dh.edit(inv, [e.edit for e in entries] if mode == "multi" else edit, guidance=guidance,
+                  background_depth=background, fov_deg=fov, source_image=image, camera=mode == "camera",
+                  object_masks=object_masks, progress=not args.quiet)
 
     bb = dh.backbone
     summary = {
@@ -196,7 +216,9 @@ def _run(args: argparse.Namespace) -> int:
         "model": {"id": bb.model_id, "device": str(bb.device), "dtype": str(bb.dtype).replace("torch.", ""),
                   "cpu_threads": torch.get_num_threads(),
                   "scaling_factor": bb.scaling_factor, "up_blocks": bb.num_up_blocks},
-        "transform": {"edit": edit.to_dict(), "fov_deg": fov},
+        "mode": mode,
+        "transform": ({"edits": [e.to_json() for e in entries], "fov_deg": fov} if mode == "multi" else
+                      {"edit": edit.to_dict(), "moves": "camera" if mode == "camera" else "object", "fov_deg": fov}),
         "config": {"preset": args.preset, "inversion": inversion.to_dict(), "guidance": out.config, "seed": seed},
         "inversion": {
             "cache_hit": inv.cache_hit, "skipped": inv.cache_hit, "key": inv.key,
@@ -218,6 +240,15 @@ def _run(args: argparse.Namespace) -> int:
         "energies": {str(k): v for k, v in out.energies.items()},
         "energy_monitor": {str(k): v for k, v in out.monitor.items()},
     }
+    if mode == "multi":
+        summary["inputs"]["edits"] = str(args.edits)
+        summary["results"] = {"objects": len(entries), "object_pixels": [int(m.sum()) for m in object_masks],
+                              "edited_object_pixels": int((out.edited_mask > 0.5).sum()),
+                              "hole_pixels": int((out.valid_mask < 0.5).sum())}
+    elif mode == "camera":
+        summary["results"] = {"hole_pixels": int((out.valid_mask < 0.5).sum())}
+    if perception_info is not None:
+        summary["perception"] = perception_info
     if prepared is not None:
         summary["perception"] = {**prepared.info, "depth_kind": prepared.depth_kind, "candidates": prepared.candidates}
     with atomic_output_dir(args.out) as tmp:

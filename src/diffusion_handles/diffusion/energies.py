@@ -20,14 +20,17 @@ def object_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_object: torc
     Args:
         psi: ``(B, C, h, w)`` activations ``Psi^e`` of the current denoising pass.
         psi_edited: ``(B, C, h, w)`` edited activations ``Psi' = W[rho(Psi), F]`` (Eq. 6).
-        mask_object: ``(B, 1, h, w)`` ``M'_o = W[M_o, F] * M_v`` in ``[0, 1]``.
+        mask_object: ``(B, K, h, w)`` ``M'_o = W[M_o, F] * M_v`` in ``[0, 1]``, one channel per
+            object (``K = 1``: the paper's single object; ``K > 1``: several objects edited in
+            one pass, one Eq. 8 term per object, summed).
 
     Returns:
-        scalar ``sum_u M'_o(u) mean_c (Psi^e - Psi')^2(u) / sum_u M'_o(u)`` (0 for an empty mask).
+        scalar ``sum_k sum_u M'_o,k(u) mean_c (Psi^e - Psi')^2(u) / sum_u M'_o,k(u)`` (0 for an
+        empty mask).
     """
     sq = (psi.float() - psi_edited.float()).pow(2).mean(dim=1, keepdim=True)  # (B, 1, h, w)
     m = mask_object.float()
-    return (m * sq).sum() / m.sum().clamp(min=1.0)
+    return ((m * sq).sum(dim=(0, 2, 3)) / m.sum(dim=(0, 2, 3)).clamp(min=1.0)).sum()
 
 
 def background_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_background: torch.Tensor) -> torch.Tensor:
@@ -81,7 +84,11 @@ def guidance_energy(
     parts: dict[str, float] = {}
     for i in layers:
         s = 1.0 if scales is None else float(scales.get(i, 1.0))
-        go = object_term(activations[i], edited[i], mask_object[i]) / s
+        m_o = mask_object[i]
+        if object_guidance == "local" or m_o.shape[1] == 1:
+            go = object_term(activations[i], edited[i], m_o) / s
+        else:  # averaged guidance, several objects: one masked-means term per object
+            go = sum(object_term(activations[i], edited[i], m_o[:, k : k + 1]) for k in range(m_o.shape[1])) / s
         gb = background_energy(activations[i], edited[i], mask_background[i]) / s
         term = w_object * go + w_background * gb
         total = term if total is None else total + term

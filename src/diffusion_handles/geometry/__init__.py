@@ -24,13 +24,19 @@ from diffusion_handles.geometry.edit import (
     object_centroid,
     render_preview,
 )
+from diffusion_handles.geometry.multi import MultiEditGeometry, compute_multi_edit, disjoint_masks
 from diffusion_handles.geometry.poisson import (
     background_depth_fill,
     fill_depth,
     poisson_composite,
     poisson_solve,
 )
-from diffusion_handles.geometry.region import edit_region, latent_region
+from diffusion_handles.geometry.region import (
+    edit_region,
+    hole_region,
+    latent_region,
+    removal_region,
+)
 from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
 from diffusion_handles.geometry.transform import (
     HandleEdit,
@@ -41,7 +47,8 @@ from diffusion_handles.geometry.transform import (
 from diffusion_handles.geometry.warp import warp, warp_masked
 
 __all__ = [
-    "edit_region", "latent_region",
+    "edit_region", "hole_region", "latent_region", "removal_region",
+    "MultiEditGeometry", "compute_multi_edit", "disjoint_masks",
     "DEFAULT_FOV_DEG",
     "Camera",
     "EditGeometry",

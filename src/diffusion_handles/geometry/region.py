@@ -69,3 +69,44 @@ def latent_region(hard: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tenso
     one-cell border (the UNet's and VAE's receptive fields mix neighbouring cells)."""
     cell = F.adaptive_max_pool2d(hard.float(), latent_hw)
     return _dilate(cell, 1)
+
+
+REMOVAL_MARGIN = 0.25  # removal region margin, as a fraction of the sqrt of the object's area
+
+
+def removal_region(object_mask: torch.Tensor, margin: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hard, soft)`` region regenerated when an object is removed, ``(B, 1, H, W)`` in [0, 1].
+
+    The object leaves more than its silhouette behind: its contact shadow and ambient occlusion
+    on the floor under it, the cast shadow beside it and antialiased edges. Where the sun is is
+    not known from one photo, so the region is the mask grown generously, as in
+    :func:`edit_region` but with a wider margin: ``r = max(3, 0.25 * sqrt(area))`` pixels around
+    (a quarter of the object's size: the contact shadow and edge halo, and a short cast shadow
+    in any direction), then extended ``2 r`` further *down* the image, where a resting object's
+    shadow falls on the floor. A longer cast shadow (low sun) stays partly outside; pass a
+    larger ``margin`` for it.
+
+    Args:
+        object_mask: ``(B, 1, H, W)`` (> 0.5 = the object to remove).
+        margin: ``r`` in pixels (default above).
+    """
+    m = (object_mask > 0.5).float()
+    if margin is None:
+        area = float(m.flatten(1).sum(1).max())
+        margin = max(3, int(round(REMOVAL_MARGIN * math.sqrt(area))))
+    return edit_region(m, torch.zeros_like(m), torch.ones_like(m), margin=margin)
+
+
+def hole_region(valid: torch.Tensor, margin: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hard, soft)`` region around the disocclusion holes ``M_v = 0`` of a camera move,
+    ``(B, 1, H, W)`` in [0, 1]: the holes grown by ``r = max(2, 0.15 * sqrt(area))`` pixels (no
+    downward extension: no object rests there), feathered over ``max(1, r // 2)`` pixels.
+    Outside it a camera move keeps the input *warped* to the new view."""
+    u = (valid < 0.5).float()
+    if margin is None:
+        area = float(u.flatten(1).sum(1).max())
+        margin = max(2, int(round(0.15 * math.sqrt(area))))
+    hard = _dilate(u, margin)
+    f = max(1, margin // 2)
+    soft = F.avg_pool2d(_dilate(hard, f), 2 * f + 1, stride=1, padding=f, count_include_pad=False)
+    return hard, torch.maximum(soft, hard).clamp(0.0, 1.0)

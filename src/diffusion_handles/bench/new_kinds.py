@@ -1,0 +1,435 @@
+"""Benchmark kinds beyond the paper's object edits: ``camera``, ``remove`` and ``multi``.
+
+Drawn only when asked for (``handles bench --kinds camera,remove,multi``), with their own random
+streams (``numpy.random.default_rng([seed, 12, kind])``), so the object-edit cases of
+:mod:`.cases` (``default_rng([seed, 6])``) and every existing run stay as they were.
+
+* ``camera``: the camera moves (:meth:`~diffusion_handles.world.scene.Scene.with_camera_edit`):
+  0.15-0.5 units sideways and -0.2-0.4 units forward (camera axes), and a turn of 2-8 degrees
+  about the world's vertical axis through the camera centre, each with a random sign; the
+  ground truth is the render from the moved camera. Rejected when the disocclusion (pixels no
+  scene point lands on) covers more than ``max_holes_camera`` of the image.
+* ``remove``: one object (uniform among those covering >= 1% of the image) is removed; the
+  ground truth is the render without it (its shadow goes too); the prompt is that scene's
+  caption; the background depth given to the methods is the clean render's (as the object
+  kinds' d'_b).
+* ``multi``: two distinct objects, each moved by an edit of :func:`.cases.draw_edit` (its kind
+  drawn uniformly); the ground truth re-renders both moved
+  (:meth:`~diffusion_handles.world.scene.Scene.with_object_edit` twice). Rejected as
+  :func:`.cases.make_case` rejects (frustum, geometry, holes, hidden object).
+
+Methods: ``ours`` (the library: :meth:`DiffusionHandles.edit` with ``camera=True`` or
+``object_masks``, :meth:`DiffusionHandles.remove`), ``warp_only`` (the geometry alone: the 3D
+preview with its holes, or for a removal its region, filled by OpenCV Telea inpainting) and the
+``input`` reference (no edit). Scores: PSNR and SSIM against the ground truth over the whole
+image and over the *changed* pixels (``max_c |G - I| > 0.03``: where the truth differs from
+the input).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffusion_handles.errors import HandlesError
+
+NEW_KINDS = ("camera", "remove", "multi")
+EFFECT_THRESHOLD = 0.03
+
+
+@dataclass
+class KindCase:
+    """A case of a new kind (images ``(H, W, 3)`` uint8, depths ``(H, W)`` float32).
+
+    ``masks``: ``(K, H, W)`` bool, the objects the edit moves or removes (``K = 0`` for a camera
+    move); ``edits``: one :meth:`HandleEdit.to_dict` per object, or the camera's one;
+    ``prompt``: what the methods are given (for a removal: the caption without the object).
+    """
+
+    case_id: str
+    seed: int
+    kind: str
+    prompt: str
+    fov_deg: float
+    image: np.ndarray
+    depth: np.ndarray
+    gt: np.ndarray
+    gt_depth: np.ndarray
+    masks: np.ndarray
+    clean_depth: np.ndarray
+    edits: list[dict]
+    stats: dict = field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> Path:
+        from PIL import Image
+
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(self.image).save(tmp / "input.png")
+        Image.fromarray(self.gt).save(tmp / "gt.png")
+        np.savez_compressed(tmp / "arrays.npz", depth=self.depth, gt_depth=self.gt_depth, masks=self.masks,
+                            clean_depth=self.clean_depth)
+        meta = {"case_id": self.case_id, "seed": self.seed, "kind": self.kind, "prompt": self.prompt,
+                "fov_deg": self.fov_deg, "edits": self.edits, "stats": self.stats}
+        (tmp / "case.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.replace(folder)
+        return folder
+
+    @staticmethod
+    def load(folder: str | Path) -> KindCase:
+        from PIL import Image
+
+        folder = Path(folder)
+        meta = json.loads((folder / "case.json").read_text())
+        with np.load(folder / "arrays.npz") as z:
+            arr = {k: z[k] for k in z.files}
+
+        def png(name):
+            return np.asarray(Image.open(folder / f"{name}.png").convert("RGB"))
+
+        return KindCase(case_id=meta["case_id"], seed=int(meta["seed"]), kind=meta["kind"], prompt=meta["prompt"],
+                        fov_deg=float(meta["fov_deg"]), image=png("input"), depth=arr["depth"], gt=png("gt"),
+                        gt_depth=arr["gt_depth"], masks=arr["masks"].astype(bool), clean_depth=arr["clean_depth"],
+                        edits=meta["edits"], stats=meta["stats"])
+
+
+def _candidates(src, size: int, min_fraction: float, min_pixels: int) -> list[int]:
+    areas = src.masks.reshape(src.masks.shape[0], -1).sum(1) if src.masks.size else np.zeros(0)
+    return [k for k, a in enumerate(areas) if a >= max(min_fraction * size * size, min_pixels)]
+
+
+def make_kind_case(kind: str, seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.06,
+                   max_holes_camera: float = 0.15, min_pixels: int = 30, min_object_fraction: float = 0.01,
+                   max_tries: int = 60) -> KindCase:
+    """Render the scene of ``seed``, draw an acceptable edit of ``kind``, render its ground truth.
+
+    Raises:
+        NoEditFound: no acceptable edit in ``max_tries`` draws (the seed is skipped).
+        HandlesError: an unknown kind.
+    """
+    import torch
+
+    from diffusion_handles.bench.cases import EDIT_KINDS, NoEditFound, _bbox_in_frustum, draw_edit
+    from diffusion_handles.geometry import (
+        Camera,
+        HandleEdit,
+        camera_move,
+        compute_camera_move,
+        compute_multi_edit,
+    )
+    from diffusion_handles.world.render import object_pivot, render, scene_for_seed
+
+    if kind not in NEW_KINDS:
+        raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {kind!r}")
+    scene = scene_for_seed(seed, size, size)
+    src = render(scene, spp=spp, seed=seed)
+    cam = Camera(size, size, scene.fov_deg)
+    depth_t = torch.from_numpy(src.depth.astype(np.float64))[None, None]
+    rng = np.random.default_rng([seed, 12, NEW_KINDS.index(kind)])
+    cid = f"{kind}_s{seed}"
+    rejected: dict[str, int] = {}
+
+    def reject(why: str) -> None:
+        rejected[why] = rejected.get(why, 0) + 1
+
+    def case(gt, masks, edits, prompt, clean_depth, stats) -> KindCase:
+        return KindCase(case_id=cid, seed=int(seed), kind=kind, prompt=prompt, fov_deg=float(scene.fov_deg),
+                        image=src.rgb, depth=src.depth.astype(np.float32), gt=gt.rgb, gt_depth=gt.depth.astype(np.float32),
+                        masks=np.asarray(masks, bool).reshape(-1, size, size), clean_depth=clean_depth.astype(np.float32),
+                        edits=edits, stats={**stats, "rejected": rejected})
+
+    if kind == "camera":
+        up_cam = scene.w2c()[:3, :3] @ np.array([0.0, 1.0, 0.0])
+        for attempt in range(max_tries):
+            sign = float(rng.choice([-1.0, 1.0]))
+            edit = HandleEdit(translate=(sign * float(rng.uniform(0.15, 0.5)), 0.0, float(rng.uniform(-0.2, 0.4))),
+                              rotate_axis=tuple(float(v) for v in up_cam),
+                              rotate_deg=float(rng.uniform(2.0, 8.0) * rng.choice([-1.0, 1.0])))
+            try:
+                geom = compute_camera_move(depth_t, camera_move(edit), cam)
+            except HandlesError:
+                reject("geometry")
+                continue
+            holes = float((geom.valid < 0.5).double().mean())
+            if holes > max_holes_camera:
+                reject("disocclusion")
+                continue
+            gt = render(scene.with_camera_edit(edit), spp=spp, seed=seed)
+            return case(gt, np.zeros((0, size, size), bool), [edit.to_dict()], src.caption, src.depth,
+                        {"holes_fraction": holes, "attempt": attempt})
+        raise NoEditFound(f"seed {seed}: no acceptable camera move in {max_tries} draws (rejected: {rejected})")
+
+    cands = _candidates(src, size, min_object_fraction, min_pixels)
+    if kind == "remove":
+        if not cands:
+            raise NoEditFound(f"seed {seed}: expected an object covering >= {min_object_fraction:.0%} of the image, got none")
+        k = int(rng.choice(cands))
+        empty = scene.copy()
+        empty.objects.pop(k)
+        gt = render(empty, spp=spp, seed=seed)
+        return case(gt, src.masks[k][None], [{"remove": k}], empty.caption(), gt.depth,
+                    {"object_index": k, "object_pixels": int(src.masks[k].sum())})
+
+    # multi: two objects moved at once
+    if len(cands) < 2:
+        raise NoEditFound(f"seed {seed}: expected two objects covering >= {min_object_fraction:.0%} of the image, got {len(cands)}")
+    for attempt in range(max_tries):
+        ks = [int(v) for v in rng.choice(cands, size=2, replace=False)]
+        edits, pivots, moved = [], [], scene
+        for k in ks:
+            pivot = object_pivot(src.depth, src.masks[k], scene)
+            pivot_world = (scene.c2w() @ np.append(pivot, 1.0))[:3]
+            e = draw_edit(rng, str(rng.choice(EDIT_KINDS)), scene.w2c(), pivot_world)
+            edits.append(e)
+            pivots.append(pivot)
+            moved = moved.with_object_edit(k, e, pivot)
+        if not all(_bbox_in_frustum(moved, k) for k in ks):
+            reject("frustum")
+            continue
+        masks_t = [torch.from_numpy(src.masks[k].astype(np.float64))[None, None] for k in ks]
+        try:
+            geom = compute_multi_edit(depth_t, masks_t, edits, cam)
+        except HandlesError:
+            reject("geometry")
+            continue
+        holes = float((geom.valid < 0.5).double().mean())
+        if holes > max_holes:
+            reject("disocclusion")
+            continue
+        gt = render(moved, spp=spp, seed=seed)
+        if any(gt.masks[k].sum() < min_pixels for k in ks):
+            reject("hidden")
+            continue
+        empty = scene.copy()
+        for k in sorted(ks, reverse=True):
+            empty.objects.pop(k)
+        clean_depth = render(empty, spp=1, seed=seed).depth
+        return case(gt, src.masks[ks], [{**e.to_dict(), "object_index": k} for e, k in zip(edits, ks, strict=True)],
+                    src.caption, clean_depth, {"holes_fraction": holes, "attempt": attempt, "objects": ks})
+    raise NoEditFound(f"seed {seed}: no acceptable two-object edit in {max_tries} draws (rejected: {rejected})")
+
+
+# ---------------------------------------------------------------------- methods and scores
+def _edits_of(case: KindCase):
+    from diffusion_handles.geometry import HandleEdit
+
+    return [HandleEdit.from_dict({k: v for k, v in e.items() if k != "object_index"}) for e in case.edits]
+
+
+def warp_only_kind(case: KindCase, image, depth, masks):
+    """The geometry alone, holes (or the removal region) filled by OpenCV Telea (radius 3)."""
+    import cv2
+    import torch
+
+    from diffusion_handles.bench.runner import _to_uint8
+    from diffusion_handles.geometry import (
+        Camera,
+        camera_move,
+        compute_camera_move,
+        compute_multi_edit,
+        removal_region,
+        render_preview,
+    )
+
+    cam = Camera(image.shape[-2], image.shape[-1], case.fov_deg)
+    if case.kind == "remove":
+        hard, _ = removal_region(masks[0])
+        holes = hard[0, 0] > 0.5
+        preview = torch.where(hard > 0.5, torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1), image)
+    else:
+        if case.kind == "camera":
+            geom = compute_camera_move(depth.float(), camera_move(_edits_of(case)[0]), cam)
+        else:
+            geom = compute_multi_edit(depth.float(), masks, _edits_of(case), cam)
+        preview = render_preview(image.float(), geom)
+        holes = geom.valid[0, 0] < 0.5
+    filled = cv2.inpaint(_to_uint8(preview), holes.numpy().astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    return torch.from_numpy(filled.astype(np.float32) / 255.0).permute(2, 0, 1)[None], preview
+
+
+def kind_metrics(output: np.ndarray, case: KindCase) -> dict:
+    """PSNR / SSIM of ``output`` (uint8) against the ground truth: whole image and changed pixels."""
+    from diffusion_handles.bench.metrics import masked_psnr, masked_ssim
+
+    gt = case.gt.astype(np.float64) / 255.0
+    inp = case.image.astype(np.float64) / 255.0
+    out = output.astype(np.float64) / 255.0
+    full = np.ones(gt.shape[:2], bool)
+    changed = np.abs(gt - inp).max(-1) > EFFECT_THRESHOLD
+    return {"psnr": masked_psnr(out, gt, full), "ssim": masked_ssim(out, gt, full),
+            "psnr_changed": masked_psnr(out, gt, changed) if changed.any() else None,
+            "changed_fraction": float(changed.mean())}
+
+
+def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, guidance, img_dir: Path) -> dict:
+    """Results of ``methods`` (``ours``, ``warp_only``) and the ``input`` reference on ``case``."""
+    import dataclasses
+
+    import torch
+
+    from diffusion_handles.bench.runner import _save_png, _tensors, _to_uint8
+
+    mask_union = case.masks.any(0) if case.masks.shape[0] else np.ones(case.depth.shape, bool)
+    image, depth, mask = _tensors(case.image, case.depth, mask_union)
+    masks = [torch.from_numpy(m.astype(np.float32))[None, None] for m in case.masks]
+    clean = torch.from_numpy(case.clean_depth.astype(np.float32))[None, None]
+    out = {"input": {**kind_metrics(case.image, case), "error": None}}
+    for name in methods:
+        t0 = time.perf_counter()
+        entry: dict = {"error": None}
+        try:
+            if name == "warp_only":
+                edited, preview = warp_only_kind(case, image, depth, masks)
+                _save_png(_to_uint8(preview), img_dir / "preview.png")
+            elif name == "ours":
+                pipe = pipe_factory()
+                g = dataclasses.replace(guidance, identity_transfer=None) if case.kind == "remove" else guidance
+                inv = pipe.invert(image, case.prompt, depth, mask, inversion=inversion, guidance=g, seed=0, progress=False)
+                if case.kind == "remove":
+                    res = pipe.remove(inv, guidance=g, background_depth=clean, source_image=image, progress=False)
+                elif case.kind == "camera":
+                    res = pipe.edit(inv, _edits_of(case)[0], guidance=g, camera=True, fov_deg=case.fov_deg,
+                                    source_image=image, progress=False)
+                else:
+                    res = pipe.edit(inv, _edits_of(case), object_masks=masks, guidance=g, background_depth=clean,
+                                    fov_deg=case.fov_deg, source_image=image, progress=False)
+                edited = res.edited
+            else:
+                raise HandlesError(f"method {name}: not available for the {case.kind} kind (ours, warp_only)")
+            img = _to_uint8(edited)
+            entry.update(kind_metrics(img, case))
+            _save_png(img, img_dir / f"{name}.png")
+        except Exception as e:  # recorded, not fatal
+            entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            entry["traceback"] = traceback.format_exc(limit=3)
+        entry["seconds"] = time.perf_counter() - t0
+        out[name] = entry
+    return out
+
+
+def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str = "default",
+                        progress: bool = True, log=print) -> dict:
+    """``cfg.scenes`` cases of each of ``kinds`` into ``out`` (resumable per case), scored.
+
+    Writes ``out/kinds/<kind>_s<seed>/`` (case), ``out/kinds_images/<id>/`` (input, gt,
+    per-method PNGs), ``out/kinds_edits/<id>.json`` and ``out/kinds_results.json`` with the
+    mean per method and kind.
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from diffusion_handles.bench.cases import NoEditFound, bench_seeds
+    from diffusion_handles.bench.runner import _save_png, _write_json
+    from diffusion_handles.diffusion.config import preset
+
+    unknown = [k for k in kinds if k not in NEW_KINDS]
+    if unknown or not kinds:
+        raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(unknown) or 'none'}")
+    methods = [m for m in (cfg.methods or ["ours", "warp_only"]) if m in ("ours", "warp_only")]
+    bad = [m for m in (cfg.methods or []) if m not in ("ours", "warp_only")]
+    if bad:
+        raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {', '.join(bad)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    inversion, guidance = preset(preset_name, cfg.steps)
+    inversion = dataclasses.replace(inversion, method=cfg.inversion, null_inner_steps=cfg.null_inner_steps)
+    pipe: list = []
+
+    def pipe_factory():
+        if not pipe:
+            from diffusion_handles.pipeline import DiffusionHandles
+
+            pipe.append(DiffusionHandles.from_pretrained(cfg.model, device=cfg.device))
+        return pipe[0]
+
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    records, skipped = [], []
+    t_start = time.perf_counter()
+    bar = tqdm(total=cfg.scenes * len(kinds), desc="bench kinds", unit="edit", disable=not progress)
+    for kind in kinds:
+        n = 0
+        for seed in bench_seeds(cfg.scenes * 6, cfg.seed):
+            if n >= cfg.scenes:
+                break
+            cid = f"{kind}_s{seed}"
+            bar.set_postfix_str(cid)
+            rec_path = out / "kinds_edits" / f"{cid}.json"
+            if rec_path.exists():
+                rec = json.loads(rec_path.read_text())
+                if rec.get("skipped"):
+                    skipped.append(rec)
+                    continue
+                if all(m in rec.get("methods", {}) for m in methods):
+                    records.append(rec)
+                    n += 1
+                    bar.update(1)
+                    continue
+            case_dir = out / "kinds" / cid
+            try:
+                case = KindCase.load(case_dir) if (case_dir / "case.json").exists() else None
+                if case is None:
+                    case = make_kind_case(kind, seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
+                    case.save(case_dir)
+            except NoEditFound as e:
+                rec = {"case_id": cid, "seed": seed, "kind": kind, "skipped": True, "error": str(e)}
+                _write_json(rec_path, rec)
+                skipped.append(rec)
+                continue
+            img_dir = out / "kinds_images" / cid
+            _save_png(case.image, img_dir / "input.png")
+            _save_png(case.gt, img_dir / "gt.png")
+            res = run_kind_case(case, methods, pipe_factory, inversion, guidance, img_dir)
+            rec = {"case_id": cid, "seed": seed, "kind": kind, "prompt": case.prompt, "edits": case.edits,
+                   "stats": case.stats, "methods": res, "error": None}
+            _write_json(rec_path, rec)
+            records.append(rec)
+            n += 1
+            bar.update(1)
+    bar.close()
+    aggregate: dict = {}
+    for kind in kinds:
+        rows = [r for r in records if r["kind"] == kind]
+        aggregate[kind] = {}
+        for name in ["input", *methods]:
+            entries = [r["methods"].get(name, {}) for r in rows]
+            ok = [e for e in entries if not e.get("error")]
+            agg = {"n": len(ok), "failed": len(entries) - len(ok)}
+            for key in ("psnr", "psnr_changed", "ssim", "seconds"):
+                vals = [e[key] for e in ok if e.get(key) is not None]
+                agg[key] = float(np.mean(vals)) if vals else None
+            aggregate[kind][name] = agg
+    results = {"settings": {**cfg.to_dict(), "kinds": kinds, "preset": preset_name,
+                            "inversion": inversion.to_dict(), "guidance": guidance.to_dict()},
+               "wall_time_s_this_invocation": time.perf_counter() - t_start, "aggregate": aggregate,
+               "skipped_seeds": [{"case_id": r["case_id"], "reason": r["error"]} for r in skipped], "edits": records}
+    _write_json(out / "kinds_results.json", results)
+    log(format_kinds_table(results))
+    return results
+
+
+def format_kinds_table(results: dict) -> str:
+    lines = [f"{'kind':8s} {'method':10s} {'n':>3s} {'PSNR':>7s} {'PSNR chg':>9s} {'SSIM':>6s} {'s/edit':>7s}"]
+
+    def f(v, p=2):
+        return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{p}f}"
+
+    for kind, per in results["aggregate"].items():
+        for name, a in per.items():
+            lines.append(f"{kind:8s} {name:10s} {a['n']:3d} {f(a['psnr']):>7s} {f(a['psnr_changed']):>9s} "
+                         f"{f(a['ssim'], 3):>6s} {f(a['seconds'], 1):>7s}")
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""Inputs of ``handles edit --camera`` and ``handles edit --edits FILE.json`` (not a sub-command).
+
+* ``--camera``: the transform flags move the camera; no object is selected, the whole image is
+  the inversion's mask. The depth is given (``--depth``) or estimated.
+* ``--edits FILE.json``: several objects in one pass. The file is a JSON list, one object per
+  entry: exactly one of ``"mask"`` (a PNG path, relative paths relative to the JSON file),
+  ``"object"`` (a text query) or ``"click"`` (``[x, y]`` or a list of such points, pixels), and
+  the transform keys of :class:`~diffusion_handles.geometry.HandleEdit`: ``"translate"``
+  ``[x, y, z]``, ``"rotate_axis"`` ``[x, y, z]``, ``"rotate_deg"``, ``"scale"`` (a missing key
+  is the identity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusion_handles.cli.common import SCALE_RANGE
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry.transform import HandleEdit
+
+MAX_EDITS = 16  # objects in one --edits file (a TinyWorld scene has at most 16)
+MAX_EDITS_BYTES = 1_000_000
+SOURCE_KEYS = ("mask", "object", "click")
+TRANSFORM_KEYS = ("translate", "rotate_axis", "rotate_deg", "scale")
+
+
+@dataclass
+class EditEntry:
+    """One object of an ``--edits`` file: where it is (one of mask path, text, clicks) and its edit."""
+
+    index: int
+    edit: HandleEdit
+    mask_path: Path | None = None
+    text: str | None = None
+    clicks: list[tuple[float, float]] | None = None
+
+    def to_json(self) -> dict:
+        src = ({"mask": str(self.mask_path)} if self.mask_path is not None
+               else {"object": self.text} if self.text is not None else {"click": [list(c) for c in self.clicks]})
+        return {**src, **self.edit.to_dict()}
+
+
+def add_mode_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("other edits (instead of one object)")
+    g.add_argument("--camera", action="store_true",
+                   help="move the camera instead of an object: the transform flags move the camera (rotation about "
+                        "the camera centre); the whole scene is lifted and moved and the disocclusions generated "
+                        "(no --mask/--object/--click)")
+    g.add_argument("--edits", default=None, metavar="FILE.json",
+                   help='several objects in one pass: a JSON list of {"mask": PNG | "object": TEXT | "click": [X, Y], '
+                        '"translate": [X, Y, Z], "rotate_axis": [X, Y, Z], "rotate_deg": A, "scale": S} (relative '
+                        "paths relative to the file; instead of --mask/--object/--click and the transform flags)")
+
+
+def _numbers(v, where: str, n: int | None) -> list[float]:
+    if isinstance(v, bool) or not isinstance(v, list if n is not None else (int, float)):
+        want = f"a list of {n} numbers" if n is not None else "a number"
+        raise HandlesError(f"--edits: {where}: expected {want}, got {json.dumps(v)[:60]}")
+    vals = v if n is not None else [v]
+    if (n is not None and len(vals) != n) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+        want = f"a list of {n} numbers" if n is not None else "a number"
+        raise HandlesError(f"--edits: {where}: expected {want}, got {json.dumps(v)[:60]}")
+    out = [float(x) for x in vals]
+    if not all(math.isfinite(x) for x in out):
+        raise HandlesError(f"--edits: {where}: expected finite numbers, got {json.dumps(v)[:60]}")
+    return out
+
+
+def parse_edits_file(path: str | Path) -> list[EditEntry]:
+    """The entries of an ``--edits`` file, validated (one-line errors naming the entry and key)."""
+    p = Path(path)
+    if not p.is_file():
+        raise HandlesError(f"--edits: expected a JSON file, got {str(path)!r} ({'a folder' if p.is_dir() else 'no such file'})")
+    try:
+        if p.stat().st_size > MAX_EDITS_BYTES:
+            raise HandlesError(f"--edits: expected a JSON file of at most {MAX_EDITS_BYTES} bytes, got {p.stat().st_size}")
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HandlesError(f"--edits: expected UTF-8 JSON text, got undecodable bytes in {str(path)!r}") from None
+    except json.JSONDecodeError as e:
+        raise HandlesError(f"--edits: expected a JSON list, got invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise HandlesError("--edits: expected a JSON list, got JSON nested too deeply") from None
+    except OSError as e:
+        raise HandlesError(f"--edits: could not read {str(path)!r} ({e.strerror or e})") from None
+    if not isinstance(data, list) or not data:
+        raise HandlesError(f"--edits: expected a non-empty JSON list of edits, got {type(data).__name__ if data else 'an empty list'}")
+    if len(data) > MAX_EDITS:
+        raise HandlesError(f"--edits: expected at most {MAX_EDITS} edits, got {len(data)}")
+    entries = []
+    for i, d in enumerate(data):
+        where = f"[{i}]"
+        if not isinstance(d, dict):
+            raise HandlesError(f"--edits: {where}: expected an object with a mask/object/click and a transform, got {json.dumps(d)[:60]}")
+        unknown = sorted(set(d) - set(SOURCE_KEYS) - set(TRANSFORM_KEYS))
+        if unknown:
+            raise HandlesError(f"--edits: {where}: unknown key(s) {', '.join(unknown)}; expected mask|object|click and "
+                               f"{', '.join(TRANSFORM_KEYS)}")
+        given = [k for k in SOURCE_KEYS if k in d]
+        if len(given) != 1:
+            raise HandlesError(f"--edits: {where}: expected exactly one of mask, object, click, got {', '.join(given) or 'none'}")
+        translate = _numbers(d.get("translate", [0, 0, 0]), f"{where}.translate", 3)
+        axis = _numbers(d.get("rotate_axis", [0, 1, 0]), f"{where}.rotate_axis", 3)
+        (deg,) = _numbers(d.get("rotate_deg", 0), f"{where}.rotate_deg", None)
+        (scale,) = _numbers(d.get("scale", 1), f"{where}.scale", None)
+        lo, hi = SCALE_RANGE
+        if not lo <= scale <= hi:
+            raise HandlesError(f"--edits: {where}.scale: expected a factor in [{lo:g}, {hi:g}], got {scale:g}")
+        if deg != 0 and sum(a * a for a in axis) < 1e-24:
+            raise HandlesError(f"--edits: {where}.rotate_axis: expected a non-zero axis, got {axis}")
+        entry = EditEntry(i, HandleEdit(tuple(translate), tuple(axis), deg, scale))
+        key = given[0]
+        v = d[key]
+        if key == "mask":
+            if not isinstance(v, str) or not v.strip():
+                raise HandlesError(f"--edits: {where}.mask: expected a PNG path, got {json.dumps(v)[:60]}")
+            mp = Path(v).expanduser()
+            entry.mask_path = mp if mp.is_absolute() else p.parent / mp
+        elif key == "object":
+            if not isinstance(v, str) or not v.strip():
+                raise HandlesError(f"--edits: {where}.object: expected a text query, got {json.dumps(v)[:60]}")
+            entry.text = v
+        else:
+            pts = v if isinstance(v, list) and v and isinstance(v[0], list) else [v]
+            entry.clicks = [tuple(_numbers(q, f"{where}.click", 2)) for q in pts]
+        entries.append(entry)
+    return entries
+
+
+def check_mode_args(args: argparse.Namespace) -> str:
+    """``"camera"``, ``"multi"`` or ``"object"``; refuses conflicting flags (before any work)."""
+    picked = [f for f in ("mask", "object", "click") if getattr(args, f, None)]
+    if args.camera and args.edits:
+        raise HandlesError("--camera: expected either --camera or --edits, got both")
+    if args.camera:
+        if picked:
+            raise HandlesError(f"--camera: expected no --mask/--object/--click (a camera move moves the whole scene), "
+                               f"got --{picked[0]}")
+        if getattr(args, "background_depth", None):
+            raise HandlesError("--background-depth: expected none with --camera (nothing is removed from the scene)")
+        return "camera"
+    if args.edits:
+        if picked:
+            raise HandlesError(f"--edits: expected no --{picked[0]} (each entry of the file names its object), got --{picked[0]}")
+        flags = {"--translate": (args.translate, ["0", "0", "0"]), "--rotate-axis": (args.rotate_axis, ["0", "1", "0"]),
+                 "--rotate-deg": (args.rotate_deg, "0"), "--scale": (args.scale, "1")}
+        for flag, (val, default) in flags.items():
+            if val != default:
+                raise HandlesError(f"{flag}: expected no transform flag with --edits (each entry has its own), got {flag}")
+        return "multi"
+    return "object"
+
+
+def load_camera_inputs(args: argparse.Namespace) -> tuple:
+    """IMAGE and its depth (given or estimated) for ``--camera``; the mask is the whole image.
+
+    Returns ``(image (1,3,H,W), depth (1,1,H,W), mask (1,1,H,W) ones, info dict or None)``.
+    """
+    import torch
+
+    from diffusion_handles.cli.perception_args import perception_config_from_args
+    from diffusion_handles.io import check_same_size, load_depth, load_image
+
+    depth_scale = _depth_scale(args)
+    image = load_image(args.image, "IMAGE")
+    info = None
+    if args.depth is not None:
+        depth = load_depth(args.depth, "--depth", depth_scale)
+        check_same_size("IMAGE", image, "--depth", depth)
+    else:
+        from diffusion_handles.perception.depth import DepthEstimator
+
+        cfg = perception_config_from_args(args)
+        est = DepthEstimator.load(cfg.depth, bypass="give --depth FILE to skip depth estimation").estimate(image)
+        depth = est.depth.float()
+        info = {"depth": {"source": "estimated", "model": est.model, "kind": est.kind}, "notes": []}
+    return image, depth, torch.ones_like(depth), info
+
+
+def _depth_scale(args) -> float:
+    try:
+        return float(args.depth_scale)
+    except ValueError:
+        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+
+
+def load_multi_inputs(args: argparse.Namespace, entries: list[EditEntry], command: str = "edit") -> tuple:
+    """IMAGE, depth, one mask per entry, the background depth of the scene without *all* the
+    objects, and the perception info. Segmentation models load before any runs; the depth and
+    d'_b come from :func:`~diffusion_handles.perception.prepare_inputs` with the union mask.
+
+    Returns ``(image, depth, masks [(1,1,H,W)], union, background, prepared)``.
+    """
+    from diffusion_handles.cli.perception_args import perception_config_from_args
+    from diffusion_handles.geometry.multi import disjoint_masks
+    from diffusion_handles.io import (
+        check_mask_not_empty,
+        check_same_size,
+        load_depth,
+        load_image,
+        load_mask,
+    )
+    from diffusion_handles.perception import prepare_inputs
+
+    depth_scale = _depth_scale(args)
+    image = load_image(args.image, "IMAGE")
+    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
+    if depth is not None:
+        check_same_size("IMAGE", image, "--depth", depth)
+    background = None
+    if getattr(args, "background_depth", None) is not None:
+        background = load_depth(args.background_depth, "--background-depth", depth_scale)
+        check_same_size("IMAGE", image, "--background-depth", background)
+    masks: list = [None] * len(entries)
+    for e in entries:
+        if e.mask_path is not None:
+            arg = f"--edits [{e.index}].mask"
+            m = load_mask(e.mask_path, arg)
+            check_same_size("IMAGE", image, arg, m)
+            check_mask_not_empty(m, arg)
+            masks[e.index] = m
+    cfg = perception_config_from_args(args)
+    need_text = any(e.text is not None for e in entries)
+    need_sam = any(e.mask_path is None for e in entries)
+    notes: list[str] = []
+    selections: dict = {}
+    if need_sam:  # every segmentation model loads before any runs
+        from diffusion_handles.perception.segment import SamSegmenter, TextDetector, select_object
+
+        detector = TextDetector.load(cfg.segment) if need_text else None
+        sam = SamSegmenter.load(cfg.segment, bypass='give "mask" files in --edits instead of "object"/"click"')
+        for e in entries:
+            if e.mask_path is None:
+                sel = select_object(image, text=e.text, clicks=e.clicks, config=cfg.segment, detector=detector, sam=sam)
+                masks[e.index] = (sel.mask > 0.5).float()
+                selections[str(e.index)] = sel.summary()
+                notes += sel.notes
+    masks = disjoint_masks(masks)
+    import torch
+
+    union = torch.stack([m > 0.5 for m in masks]).any(0).float()
+    check_mask_not_empty(union, "--edits")
+    prepared = prepare_inputs(image, depth=depth, mask=union, models=cfg, need_background=background is None)
+    for note in notes + prepared.info["notes"]:
+        print(f"handles {command}: note: {note}", file=sys.stderr)
+    prepared.info["objects"] = selections
+    depth = prepared.depth
+    background = prepared.background_depth if background is None else background
+    return image, depth, masks, union, background, prepared

@@ -1,0 +1,156 @@
+"""``handles remove``: remove an object and regenerate its region (and its shadow) over the background."""
+
+from __future__ import annotations
+
+import argparse
+
+from diffusion_handles.cli.common import SEED_MAX, add_out_args
+from diffusion_handles.cli.perception_args import add_object_args, add_perception_args
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "remove",
+        help="remove an object: its region (and shadow) regenerated over the background depth",
+        description="Invert IMAGE into the depth-conditioned model, then generate the masked object's region, grown "
+        "generously and extended downwards for its shadow, conditioned on the depth of the scene without the object "
+        "(d'_b) while the activations outside the region follow the input's; the input is kept outside the region. "
+        "--prompt should describe the scene WITHOUT the object.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
+    p.add_argument("--prompt", required=True, metavar="TEXT",
+                   help="text describing the scene without the object (it conditions the regenerated region)")
+    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in "
+                   "millimetres (default: estimated with --depth-model)")
+    p.add_argument("--depth-scale", default="1000", help="16-bit PNG depth: scene units = value / depth-scale (default 1000)")
+    p.add_argument("--mask", default=None, help="mask PNG of the object to remove (pixels >= 128), or --object / --click")
+    add_object_args(p, mask=False)
+    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
+    p.add_argument("--background-depth", default=None,
+                   help="z-depth of the scene without the object (d'_b); default: harmonic fill with a given --depth, "
+                        "inpainting + depth estimation with an estimated one")
+    p.add_argument("--margin", default=None, metavar="PX",
+                   help="how far the regenerated region extends around the object, in pixels of the model's work size "
+                        "(default: a quarter of the square root of the object's area, at least 3; twice that further "
+                        "down, for the shadow)")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
+                   help=f"hub id, local diffusers folder, or 'tinyworld' (default {DEFAULT_MODEL})")
+    p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
+                   help="inversion and guidance settings as in handles edit (fast: 20 steps, one gradient step)")
+    p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's)")
+    p.add_argument("--inversion", default=None, choices=["null-text", "ddim", "negative-prompt"],
+                   help="inversion method (default: the preset's)")
+    p.add_argument("--keep-noise", action="store_true",
+                   help="start the region from the inverted noise (default: fresh noise there; the inverted noise "
+                        "still encodes the object)")
+    p.add_argument("--seed", default="0", metavar="S",
+                   help=f"seed of the VAE posterior sample and the region's fresh noise, in [0, {SEED_MAX}] (default 0)")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N", help="torch device of every model (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="model precision (default float32; half precision needs cuda)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="cache folder for inverted images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
+    add_out_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffusion_handles.cli.common import restore_progress_bars
+
+    try:
+        return _run(args)
+    finally:
+        restore_progress_bars()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import time
+
+    import numpy as np
+    import torch
+
+    from diffusion_handles.cli.common import (
+        check_device,
+        check_out,
+        parse_seed,
+        silence_progress_bars,
+    )
+    from diffusion_handles.cli.edit import SMALL_UNET_PARAMS, _int, load_edit_inputs
+    from diffusion_handles.diffusion.config import preset
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.io import save_image
+    from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.pipeline import DiffusionHandles
+    from diffusion_handles.viz import colorize_depth, side_by_side
+
+    t_start = time.perf_counter()
+    check_out(args)  # before any work
+    if not args.prompt.strip():
+        raise HandlesError("--prompt: expected a text describing the scene without the object, got an empty string")
+    steps = None if args.steps is None else _int(args.steps, "--steps", 1)
+    inversion, guidance = preset(args.preset, steps)
+    if args.inversion is not None:
+        inversion = dataclasses.replace(inversion, method=args.inversion)
+    guidance = dataclasses.replace(guidance, identity_transfer=None)  # nothing to transfer: the object is gone
+    seed = parse_seed(args.seed)
+    margin = None if args.margin is None else _int(args.margin, "--margin", 1)
+    check_device(args.device)
+    if args.quiet:
+        silence_progress_bars()
+    image, depth, mask, background, prepared = load_edit_inputs(args, "remove")
+    t_load = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    t_model = time.perf_counter() - t0
+    if sum(p.numel() for p in dh.backbone.unet.parameters()) < SMALL_UNET_PARAMS:
+        torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
+                    cache_dir=args.cache, progress=not args.quiet)
+    t_invert = time.perf_counter() - t0
+    out = dh.remove(inv, guidance=guidance, background_depth=background, region_margin=margin,
+                    fresh_noise=not args.keep_noise, seed=seed, source_image=image, progress=not args.quiet)
+
+    bb = dh.backbone
+    region = out.region
+    summary = {
+        "command": "remove",
+        "inputs": {"image": str(args.image), "depth": str(args.depth), "mask": str(args.mask),
+                   "background_depth": args.background_depth, "prompt": args.prompt,
+                   "size_hw": list(inv.input_hw), "work_size_hw": list(inv.image.shape[-2:])},
+        "model": {"id": bb.model_id, "device": str(bb.device), "dtype": str(bb.dtype).replace("torch.", "")},
+        "config": {"preset": args.preset, "inversion": inversion.to_dict(), "guidance": out.config, "seed": seed,
+                   "margin_px": margin, "fresh_noise": not args.keep_noise},
+        "results": {"object_pixels": int((mask > 0.5).sum()), "region_pixels": int((region > 0.99).sum()),
+                    "feathered_pixels": int(((region > 0) & (region <= 0.99)).sum())},
+        "inversion": {"cache_hit": inv.cache_hit, "key": inv.key, "cache_dir": args.cache},
+        "timings_s": {"load_inputs": t_load, "load_model": t_model,
+                      "inversion": 0.0 if inv.cache_hit else t_invert,
+                      **{f"remove_{k}": v for k, v in out.timings.items()}},
+        "unet_evals": {"inversion": {} if inv.cache_hit else inv.unet_evals, "remove": out.unet_evals},
+    }
+    if prepared is not None:
+        summary["perception"] = {**prepared.info, "depth_kind": prepared.depth_kind, "candidates": prepared.candidates}
+    with atomic_output_dir(args.out) as tmp:
+        save_image(tmp / "removed.png", out.edited)
+        save_image(tmp / "reconstruction.png", out.reconstruction)
+        save_image(tmp / "region.png", region)
+        save_image(tmp / "mask.png", mask)
+        depth_rgb = colorize_depth(out.edited_depth)
+        save_image(tmp / "background_depth.png", depth_rgb)
+        np.save(tmp / "background_depth.npy", out.edited_depth[0, 0].numpy().astype(np.float32))
+        save_image(tmp / "comparison.png", side_by_side([
+            ("input", image), ("region (magenta)", out.preview), ("removed", out.edited),
+            ("background depth", depth_rgb),
+        ]))
+        if prepared is not None:
+            np.save(tmp / "depth.npy", prepared.depth[0, 0].numpy().astype(np.float32))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"removal written to {args.out} ({sum(out.timings.values()):.1f} s): removed.png, region.png, "
+          "comparison.png, background_depth.npy/.png, summary.json")
+    return 0
