@@ -10,7 +10,7 @@ frames, and the geometry-only 3D preview as a reference):
   truth; above 1 = flicker or extra motion);
 * ``change_error``: mean |change - change_truth| per pair of consecutive frames (0-255).
 
-Usage (numbers in the README were made with the defaults)::
+Usage (the numbers in docs/editing.md were made with these defaults)::
 
     python benchmarks/animate_tinyworld.py --scenes 3 --frames 6 --out runs/animate_bench
 """

@@ -157,7 +157,7 @@ def write_report(results: dict, out: str | Path) -> Path:
     if results.get("skipped_seeds"):
         parts.append("<p>Skipped seeds (no acceptable edit): "
                      + html.escape(", ".join(str(r["seed"]) for r in results["skipped_seeds"])) + "</p>")
-    parts.append("<p>Metric definitions: see <code>diffusion_handles/bench/metrics.py</code> and the README. "
+    parts.append("<p>Metric definitions: see <code>diffusion_handles/bench/metrics.py</code> and docs/benchmark.md. "
                  "(ground truth) = the metric on the ground-truth render itself (its ceiling); "
                  "(input) = the unedited input.</p><h2>Edits</h2>")
     names = list(results["methods"])
