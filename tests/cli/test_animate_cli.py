@@ -9,7 +9,11 @@ import pytest
 from PIL import Image
 
 from diffusion_handles.cli import main
-from diffusion_handles.diffusion.random_models import build_backbone_components, save_model_folder, tiny_configs
+from diffusion_handles.diffusion.random_models import (
+    build_backbone_components,
+    save_model_folder,
+    tiny_configs,
+)
 
 S = 20
 
