@@ -2,10 +2,16 @@
 // lifted point cloud, watch the instant preview, render with a live progress bar.
 // Every request failure is shown in the page (error box or preview status); nothing fails silently.
 import { editFromPose, poseFromEdit, uniformScale } from './convert.js';
+import { LivePreview } from './live.js';
+import { installProbe } from './probe.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, session: null, cloud: null, previewCount: 0, job: null, three: null, lastScale: 1 };
+const state = { info: null, session: null, cloud: null, previewCount: 0, previewRequests: 0, job: null, three: null, lastScale: 1 };
 window.__handles = state;  // read by the browser tests
+// the moved object drawn in the page while dragging; the server's exact preview when the drag pauses
+const live = new LivePreview(document.getElementById('splat-canvas'), () => requestPreview());
+state.live = live;
+installProbe(state);
 
 // ---------------------------------------------------------------- errors and requests
 function showError(msg) {
@@ -56,7 +62,7 @@ async function initThree() {
     scene.add(handle);
     const gizmo = new THREE.TransformControls(camera, renderer.domElement);
     gizmo.setSize(0.9);
-    gizmo.addEventListener('dragging-changed', (e) => { orbit.enabled = !e.value; });
+    gizmo.addEventListener('dragging-changed', (e) => { orbit.enabled = !e.value; live.setDragging(e.value); });
     gizmo.addEventListener('objectChange', onGizmoChange);
     scene.add(gizmo.getHelper());
     const t = { renderer, scene, camera, orbit, gizmo, handle, background: null, object: null };
@@ -193,7 +199,8 @@ function onGizmoChange() {
   const e = editFromPose(state.cloud.pivot, h.position.toArray(), h.quaternion.toArray(), h.scale.x,
     [num('ax'), num('ay'), num('az')]);
   setFields(e);
-  requestPreview();
+  h.updateMatrixWorld(true);
+  live.change(h.matrixWorld.elements, h.scale.x);  // drawn in the page now, exact preview when the drag pauses
 }
 for (const id of FIELDS) {
   $(id).addEventListener('input', () => {
@@ -233,10 +240,13 @@ async function requestPreview() {
   previewInFlight = true;
   previewPending = false;
   state.previewBusy = true;
+  state.previewRequests += 1;
   const t0 = performance.now();
+  const seq = live.seq;  // the gizmo change this preview shows
   try {
     const r = await postJSON(`/api/sessions/${s.id}/preview`, { transform: editFromFields() });
     $('preview-img').src = r.image;
+    live.exactShown(seq);
     state.previewCount += 1;
     $('preview-img').dataset.count = String(state.previewCount);
     setPreviewStatus(`preview ${Math.round(performance.now() - t0)} ms (server ${Math.round(r.timings_ms.server_total)} ms) · ${r.object_pixels} object px · ${r.hole_pixels} hole px (magenta)`);
@@ -263,6 +273,7 @@ async function loadSession(info) {
   resetTransform();
   const cloud = await api(info.points_url);
   buildCloud(cloud);
+  await live.setScene(info, cloud);
   updateRenderButton();
   if (info.selected !== null) {
     $('preview-img').src = info.image_url;
