@@ -346,3 +346,77 @@ def test_finished_job_says_done_not_a_running_stage(client):
     assert st["step"] == st["total"] > 0
     for key in ("edited", "preview"):
         assert client.get(st["results"][key]).status_code == 200
+
+
+# ---------------------------------------------------------------------------- animate endpoint
+
+
+def test_animate_refuses_spoofed_hosts_and_cross_origin_writes(client):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    body = {"transform": {"translate": [0.2, 0, 0]}, "frames": 3, "num_steps": 2}
+    assert_clear(client.post(f"/api/sessions/{sid}/animate", json=body, headers={"host": "attacker.example"}), 400, "Host")
+    assert_clear(client.post(f"/api/sessions/{sid}/animate", json=body, headers={"origin": "http://attacker.example"}),
+                 403, "Origin", "cross-origin")
+    assert len(client.app.state.jobs) == 0
+
+
+@pytest.mark.parametrize(("body", "needles"), [
+    ({"transform": {}, "frames": 10**12}, ("frames", "[2, 240]", "1000000000000")),
+    ({"transform": {}, "frames": -1}, ("frames", "[2, 240]")),
+    ({"transform": {}, "frames": "eight"}, ("frames", "integer", "eight")),
+    ({"transform": {}, "frames": {"n": 8}}, ("frames", "integer")),
+    ({"transform": {}, "frames": False}, ("frames", "integer")),
+    ({"transform": {}, "frames": 8, "fps": 1e9}, ("fps",)),
+    ({"transform": {}, "frames": 8, "num_steps": 10**6}, ("num_steps",)),
+    ({"transform": {}, "frames": 8, "keyframes": [{}]}, ("keyframes", "Extra inputs")),
+    ({"transform": {"scale": 0}, "frames": 8}, ("transform.scale",)),
+    ({"frames": 8}, ("transform", "required")),
+])
+def test_bad_animate_requests_are_clear_422s(client, body, needles):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    assert_clear(client.post(f"/api/sessions/{sid}/animate", json=body), 422, *needles)
+    assert len(client.app.state.jobs) == 0
+
+
+def test_animate_non_json_and_nan_bodies(client):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    url = f"/api/sessions/{sid}/animate"
+    headers = {"content-type": "application/json"}
+    assert_clear(client.post(url, content=b'{"transform": {}, "frames": NaN}', headers=headers), 422, "frames")
+    assert_clear(client.post(url, content=b"\xff\xfe not json", headers=headers), 400, "body", "JSON")
+    assert_clear(client.post(url, content=b"[]", headers=headers), 422)
+    assert len(client.app.state.jobs) == 0
+
+
+def test_animate_of_impossible_edits_and_unknown_sessions(client):
+    sid = open_upload(client, 40, 60, np.ones((40, 60), bool))  # no background left
+    assert_clear(client.post(f"/api/sessions/{sid}/animate", json={"transform": {"translate": [0.2, 0, 0]}, "frames": 3}),
+                 422, "mask", "background")
+    demo = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    assert_clear(client.post(f"/api/sessions/{demo}/animate", json={"transform": {"translate": [0, 0, -30]}, "frames": 3}),
+                 422, "behind the camera")
+    assert_clear(client.post("/api/sessions/../../etc/animate", json={"transform": {}, "frames": 3}), 404)
+    assert_clear(client.post("/api/sessions/nope/animate", json={"transform": {}, "frames": 3}), 404, "session")
+    image, depth = flat_scene(32, 32)
+    bare = client.post("/api/sessions", files=upload_files(image, depth)).json()["id"]  # no mask selected
+    assert_clear(client.post(f"/api/sessions/{bare}/animate", json={"transform": {}, "frames": 3}), 422, "mask")
+    assert len(client.app.state.jobs) == 0
+
+
+def test_animate_respects_the_job_queue_limit(config):
+    with make_client(dataclasses.replace(config, max_waiting_jobs=0)) as c:
+        sid = c.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+        assert_clear(c.post(f"/api/sessions/{sid}/animate", json={"transform": {}, "frames": 3}), 429, "queue")
+        assert len(c.app.state.jobs) == 0
+
+
+def test_animate_results_cannot_reach_outside_the_job(client):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    r = client.post(f"/api/sessions/{sid}/animate", json={"transform": {"translate": [0.2, 0, 0]}, "frames": 2, "num_steps": 2})
+    assert r.status_code == 202, r.text
+    st = wait_job(client, r.json()["id"])
+    assert st["state"] == "done", st
+    jid = st["id"]
+    for name in ("..%2Finfo.json", "frames", "info", "%2Fetc%2Fpasswd", "frame_0002"):
+        assert client.get(f"/api/jobs/{jid}/results/{name}").status_code == 404, name
+    assert client.get(st["results"]["gif"]).headers["content-type"] == "image/gif"

@@ -252,3 +252,26 @@ def test_gizmo_pose_conversion_matches_handle_edit(page):
         np.testing.assert_allclose(p["back"]["position"], p["position"], atol=1e-9)
         q, qb = np.array(p["quaternion"]), np.array(p["back"]["quaternion"])
         assert min(np.abs(q - qb).max(), np.abs(q + qb).max()) < 1e-9  # same rotation (q ~ -q)
+
+
+def test_animate_after_a_render_shows_a_gif(page):
+    open_demo(page)
+    page.fill("#tx", "0.4")
+    page.fill("#deg", "25")
+    page.click("#render-btn")
+    page.wait_for_selector("#results:not([hidden])", timeout=90000)
+    assert page.is_visible("#animate-btn") and page.input_value("#anim-frames") == "8"
+    page.fill("#anim-frames", "3")
+    page.click("#animate-btn")
+    page.wait_for_selector("#anim-result:not([hidden])", timeout=90000)
+    assert page.get_attribute("#progress", "aria-valuenow") == "100"
+    page.wait_for_function("document.querySelector('#anim-gif').naturalWidth >= 256", timeout=10000)
+    assert "3 frames" in page.inner_text("#anim-info") and "reused" in page.inner_text("#anim-info")
+    assert page.get_attribute("#anim-mp4", "href").endswith("/results/mp4")
+    assert page.is_hidden("#error")
+    page.screenshot(path=str(ARTIFACTS / "12-animation.png"), full_page=True)
+
+    page.fill("#anim-frames", "1")  # refused by the server with its reason, shown in the page
+    page.click("#animate-btn")
+    page.wait_for_selector("#error:not([hidden])", timeout=30000)
+    assert "frames" in page.inner_text("#error-text") and "422" in page.inner_text("#error-text")

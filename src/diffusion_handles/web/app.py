@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from diffusion_handles import __version__
 from diffusion_handles.errors import HandlesError
@@ -32,7 +33,7 @@ from diffusion_handles.web.jobs import JobQueue, QueueFull
 from diffusion_handles.web.middleware import BodyLimit, HostGuard, parse_allowed_hosts
 from diffusion_handles.web.perception import Perception
 from diffusion_handles.web.render import RenderService, model_name
-from diffusion_handles.web.routes import info, jobs, preview, sessions
+from diffusion_handles.web.routes import animate, info, jobs, preview, sessions
 from diffusion_handles.web.scenes import SceneCatalog
 from diffusion_handles.web.sessions import NotFound, SessionStore
 from diffusion_handles.web.tools import ToolAvailability, looks_like_folder
@@ -100,13 +101,20 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (info, sessions, preview, jobs):
+    for module in (info, sessions, preview, jobs, animate):
         app.include_router(module.router(ctx))
     return app
 
 
 def add_error_handlers(app: FastAPI, hide_paths) -> None:
     """Every error is answered as JSON with a one-line ``detail`` (never a traceback)."""
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        detail = exc.detail
+        if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's own words
+            detail = "body: expected a JSON object (UTF-8 text), got bytes that do not parse as JSON"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):

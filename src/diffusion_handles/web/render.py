@@ -231,39 +231,64 @@ class RenderService:
             compute_edit(depth, mask, edit, Camera(h, w, inp.fov_deg))
             background_depth_fill(depth, mask)
 
-    def run(self, inp: RenderInput, edit: HandleEdit, opts: RenderOptions, report: Progress) -> dict:
-        """Invert (or reuse the cached inversion) and edit; returns the facade's output and info."""
+    def _inverted(self, pipe, inp: RenderInput, opts: RenderOptions, report: Progress, passes: int):
+        """The inversion of ``inp`` (from the cache, or computed and cached) and the progress
+        counter for it and ``passes`` guided generations of ``n`` steps each after it."""
         from diffusion_handles.diffusion.config import InversionConfig
 
+        inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
+        n = inv_cfg.num_steps
+        key = f"{inp.key}:{inv_cfg.to_dict()}:{opts.seed}"
+        timings: dict[str, float] = {}
+        inverted = self._cache.get(key)
+        reused = inverted is not None
+        # an inversion reports two passes of n steps (DDIM + null-text or reconstruction), an edit one
+        progress = StepProgress(report, (0 if reused else 2 * n) + passes * n)
+        if inverted is None:
+            t0 = time.perf_counter()
+            report("inversion", 0, progress.expected, "starting the inversion")
+            inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
+                                   seed=opts.seed, progress=False, callback=progress)
+            timings["invert_s"] = time.perf_counter() - t0
+            self._cache[key] = inverted
+            while self._cache and len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+            report("editing", 0, progress.expected, "inversion reused from the cache")
+        return inverted, reused, progress, timings
+
+    def run(self, inp: RenderInput, edit: HandleEdit, opts: RenderOptions, report: Progress) -> dict:
+        """Invert (or reuse the cached inversion) and edit; returns the facade's output and info."""
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edit)  # before the inversion: an impossible edit fails at once
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
-            inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
-            n = inv_cfg.num_steps
-            key = f"{inp.key}:{inv_cfg.to_dict()}:{opts.seed}"
-            timings: dict[str, float] = {}
-            inverted = self._cache.get(key)
-            reused = inverted is not None
-            # an inversion reports two passes of n steps (DDIM + null-text or reconstruction), the edit one
-            progress = StepProgress(report, n if reused else 3 * n)
-            if inverted is None:
-                t0 = time.perf_counter()
-                report("inversion", 0, 3 * n, "starting the inversion")
-                inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
-                                       seed=opts.seed, progress=False, callback=progress)
-                timings["invert_s"] = time.perf_counter() - t0
-                self._cache[key] = inverted
-                while self._cache and len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-            else:
-                self._cache.move_to_end(key)
-                report("editing", 0, n, "inversion reused from the cache")
+            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
             t1 = time.perf_counter()
             out = pipe.edit(inverted, edit, fov_deg=inp.fov_deg, progress=False,
                             callback=lambda info: progress({"stage": "guided_generation", **info}))
             timings["edit_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
+
+    def animate(self, inp: RenderInput, edits: list[HandleEdit], opts: RenderOptions, report: Progress) -> dict:
+        """One inversion (the render's, reused from the cache when it is there), then one guided
+        generation per edit; progress names the frame (``frame i of N``). Returns the frames as
+        ``(H, W, 3)`` uint8 arrays and info."""
+        with self._lock:
+            pipe = self.pipeline(report)
+            self.check(inp, edits[-1])  # the full transform: an impossible edit fails before the inversion
+            inp = fit_to_model(inp, int(pipe.backbone.default_size))
+            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=len(edits))
+            t1 = time.perf_counter()
+            frames = []
+            for i, e in enumerate(edits):
+                stage = f"frame {i + 1} of {len(edits)}"
+                out = pipe.edit(inverted, e, fov_deg=inp.fov_deg, progress=False,
+                                callback=lambda info, stage=stage: progress({**info, "stage": stage}))
+                frames.append((out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
+            timings["frames_s"] = time.perf_counter() - t1
+        return {"frames": frames, "edits": edits, "input": inp, "reused_inversion": reused, "timings": timings}
 
 
 def fit_to_model(inp: RenderInput, side: int) -> RenderInput:
@@ -308,5 +333,34 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
     timings.update({f"pipeline_{k}_s": float(v) for k, v in out.timings.items()})
     info = {"reused_inversion": result["reused_inversion"], "render_size_hw": list(out.edited.shape[-2:]),
             "timings": timings, "unet_evals": out.unet_evals}
+    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    return files
+
+
+def write_animation(folder: Path, result: dict, fps: float) -> dict[str, str]:
+    """Save an animation into ``folder``; return ``{result name: file name}``.
+
+    Files: ``animation.gif`` and ``animation.mp4`` (H.264; frames enlarged nearest-neighbour
+    to at least 256 px, as ``handles animate`` writes them), ``frames/0000.png ...`` (the
+    frames at the model's size, named ``frame_0000 ...``), ``input.png``, ``info.json``.
+    """
+    from PIL import Image
+
+    from diffusion_handles.animation import display_frames, write_gif, write_mp4
+    from diffusion_handles.io import save_image
+
+    frames = result["frames"]
+    (folder / "frames").mkdir()
+    files = {"gif": "animation.gif", "mp4": "animation.mp4", "input": "input.png"}
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / "frames" / f"{i:04d}.png")
+        files[f"frame_{i:04d}"] = f"frames/{i:04d}.png"
+    shown = display_frames(frames)
+    write_gif(shown, folder / files["gif"], fps)
+    write_mp4(shown, folder / files["mp4"], fps)
+    save_image(folder / files["input"], result["input"].image)
+    info = {"reused_inversion": result["reused_inversion"], "frames": len(frames), "fps": fps,
+            "render_size_hw": list(frames[0].shape[:2]), "timings": dict(result.get("timings", {})),
+            "edits": [e.to_dict() for e in result["edits"]]}
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     return files

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from diffusion_handles.animation import MAX_FRAMES
 from diffusion_handles.geometry import HandleEdit
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -54,6 +55,7 @@ class Limits(BaseModel):
     max_upload_mb: float
     max_side: int
     work_side: int
+    max_animation_frames: int = Field(MAX_FRAMES, description="the most frames an animation may have")
 
 
 class Info(BaseModel):
@@ -146,6 +148,27 @@ class RenderRequest(Strict):
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
     num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class AnimateRequest(Strict):
+    """An animation from the identity to ``transform`` (two keyframes; translation linear,
+    rotation by slerp, scale geometric), one guided generation per frame from the same
+    inversion as a render of the same image, prompt, steps and seed."""
+
+    transform: Transform
+    frames: int = Field(8, description=f"number of frames, 2..{MAX_FRAMES} (the first is the input's pose, the last the transform)")
+    fps: float = Field(8.0, ge=0.5, le=60, allow_inf_nan=False, description="frames per second of the GIF and MP4")
+    prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
+    num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("frames", mode="before")
+    @classmethod
+    def _frames(cls, v: object) -> int:
+        ok = isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()
+        if not ok or not 2 <= v <= MAX_FRAMES:
+            raise ValueError(f"expected an integer number of frames in [2, {MAX_FRAMES}]")
+        return int(v)
 
 
 class JobStatus(BaseModel):

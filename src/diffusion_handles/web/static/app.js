@@ -6,7 +6,7 @@ import { LivePreview } from './live.js';
 import { installProbe } from './probe.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, session: null, cloud: null, previewCount: 0, previewRequests: 0, job: null, three: null, lastScale: 1 };
+const state = { info: null, session: null, cloud: null, previewCount: 0, previewRequests: 0, job: null, jobKind: 'render', three: null, lastScale: 1 };
 window.__handles = state;  // read by the browser tests
 // the moved object drawn in the page while dragging; the server's exact preview when the drag pauses
 const live = new LivePreview(document.getElementById('splat-canvas'), () => requestPreview());
@@ -350,6 +350,7 @@ function updateRenderButton() {
   const why = state.info && state.info.render_unavailable;
   const ready = state.session && state.session.selected !== null;
   $('render-btn').disabled = Boolean(why) || !ready || Boolean(state.job);
+  $('animate-btn').disabled = Boolean(why) || !ready || Boolean(state.job);
   $('render-note').textContent = why ? `Rendering unavailable: ${why}` : (ready ? '' : 'open an image and select an object first');
   $('render-note').classList.toggle('error', Boolean(why));
 }
@@ -368,8 +369,9 @@ function describe(st) {
 }
 function onJobUpdate(st) {
   setProgress(st.fraction, describe(st), st.state === 'error');
-  if (st.state === 'done') { finishJob(); showResults(st); }
-  if (st.state === 'error') { finishJob(); showError(`render: ${st.error}`); }
+  const kind = state.jobKind;
+  if (st.state === 'done') { finishJob(); if (kind === 'animate') showAnimation(st); else showResults(st); }
+  if (st.state === 'error') { finishJob(); showError(`${kind}: ${st.error}`); }
   return st.state === 'done' || st.state === 'error';
 }
 function finishJob() { state.job = null; updateRenderButton(); }
@@ -387,9 +389,10 @@ async function pollJob(id) {
       await new Promise((r) => setTimeout(r, 500));
     }
   } catch (e) {
+    const kind = state.jobKind;
     finishJob();
     setProgress(0, `failed: ${e.message}`, true);
-    showError(`render: ${e.message}`);
+    showError(`${kind}: ${e.message}`);
   }
 }
 $('render-btn').addEventListener('click', () => guarded(async () => {
@@ -402,6 +405,7 @@ $('render-btn').addEventListener('click', () => guarded(async () => {
   try {
     const st = await postJSON('/api/jobs', body);
     state.job = st.id;
+    state.jobKind = 'render';
     updateRenderButton();
     onJobUpdate(st);
     watchJob(st.id);
@@ -424,7 +428,37 @@ function showResults(st) {
     a.href = url; a.download = ''; a.textContent = name.endsWith('_npy') ? `${name.slice(0, -4)}.npy` : `${name}.png`;
     dl.appendChild(a);
   }
+  $('anim-result').hidden = true;
   $('results').hidden = false;
+}
+
+// ---------------------------------------------------------------- animation after a render
+$('animate-btn').addEventListener('click', () => guarded(async () => {
+  const s = state.session;
+  const frames = Number($('anim-frames').value);
+  const steps = $('steps').value.trim();
+  const body = { transform: editFromFields(), frames, prompt: $('prompt').value, seed: Number($('seed').value || 0) };
+  if (steps) body.num_steps = Number(steps);
+  setProgress(0, 'submitting the animation…');
+  $('anim-result').hidden = true;
+  try {
+    const st = await postJSON(`/api/sessions/${s.id}/animate`, body);
+    state.job = st.id;
+    state.jobKind = 'animate';
+    updateRenderButton();
+    onJobUpdate(st);
+    watchJob(st.id);
+  } catch (e) {
+    setProgress(0, `failed: ${e.message}`, true);
+    throw e;
+  }
+}));
+function showAnimation(st) {
+  $('anim-gif').src = st.results.gif;
+  $('anim-mp4').href = st.results.mp4;
+  $('anim-gif-link').href = st.results.gif;
+  $('anim-info').textContent = `${st.info.frames} frames · ${st.info.reused_inversion ? 'inversion reused from the render' : 'inverted'}`;
+  $('anim-result').hidden = false;
 }
 $('compare-range').addEventListener('input', () => {
   $('compare-after-wrap').style.clipPath = `inset(0 0 0 ${$('compare-range').value}%)`;
@@ -443,6 +477,7 @@ async function start() {
   const i = state.info;
   $('server-info').textContent = `v${i.version} · model ${i.model}${i.render_unavailable ? ' (render unavailable)' : ''} · uploads ≤ ${i.limits.max_upload_mb} MB`;
   for (const sc of i.scenes) $('scene-select').add(new Option(sc.title, sc.id));
+  $('anim-frames').max = String(i.limits.max_animation_frames);
   $('click-mode').hidden = !i.selection_modes.includes('click');
   $('text-form').hidden = !i.selection_modes.includes('text');
   updateRenderButton();

@@ -1,0 +1,42 @@
+"""Animations: after a render, the object moved from its place to the transform over N frames,
+as a job (progress frame i of N) whose results are a GIF, an MP4 and the frames."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter
+
+from diffusion_handles.animation import interpolate_keyframes
+from diffusion_handles.geometry import HandleEdit
+from diffusion_handles.web.context import ERRORS, WebContext
+from diffusion_handles.web.jobs import Job
+from diffusion_handles.web.render import RenderOptions, write_animation
+from diffusion_handles.web.routes.jobs import render_input
+from diffusion_handles.web.schemas import AnimateRequest, JobStatus
+
+
+def router(ctx: WebContext) -> APIRouter:
+    r = APIRouter(tags=["render"], responses=ERRORS)
+
+    @r.post("/api/sessions/{sid}/animate", response_model=JobStatus, status_code=202)
+    def animate(sid: str, req: AnimateRequest) -> JobStatus:
+        """Queue an animation from the identity to ``transform`` in ``frames`` frames (one
+        inversion, reused from a render of the same image, prompt, steps and seed; one guided
+        generation per frame). Watch it with GET /api/jobs/{id} or its /events stream; the
+        results are ``gif``, ``mp4``, ``input`` and ``frame_0000`` ...."""
+        s = ctx.sessions.get(sid)
+        inp = render_input(ctx, s, req.transform, req.prompt, "animate")
+        edits = interpolate_keyframes([HandleEdit(), req.transform.to_edit()], req.frames)
+        opts = RenderOptions(num_steps=req.num_steps or ctx.cfg.default_steps, seed=req.seed)
+
+        def task(job: Job) -> dict[str, str]:
+            result = ctx.renderer.animate(inp, edits, opts, job.report)
+            job.report("writing the GIF and MP4", job.step, job.total, f"{len(edits)} frames")
+            files = write_animation(job.folder, result, req.fps)
+            job.info = json.loads((job.folder / "info.json").read_text())
+            return files
+
+        return ctx.job_status(ctx.jobs.submit(task))
+
+    return r

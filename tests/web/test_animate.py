@@ -1,0 +1,90 @@
+"""The animate job: after a render, the object moved from its place to the transform over N
+frames from the render's cached inversion, with progress frame i of N; GIF, MP4 and frames."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from diffusion_handles.animation import MAX_FRAMES
+
+
+def wait_job(client, jid, timeout=120.0) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = client.get(f"/api/jobs/{jid}").json()
+        if st["state"] in ("done", "error"):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"job {jid} did not finish in {timeout} s: {st}")
+
+
+def test_animate_after_a_render_reuses_the_inversion(client, demo_session, monkeypatch, tmp_path):
+    from diffusion_handles.web.jobs import Job
+
+    seen = []
+    report = Job.report
+
+    def recording(self, stage, step, total, message=""):
+        seen.append((stage, step, total))
+        report(self, stage, step, total, message)
+
+    monkeypatch.setattr(Job, "report", recording)
+    sid = demo_session["id"]
+    transform = {"translate": [0.3, 0, 0], "rotate_axis": [0, 1, 0], "rotate_deg": 20}
+    render = client.post("/api/jobs", json={"session_id": sid, "transform": transform, "num_steps": 2})
+    assert render.status_code == 202, render.text
+    assert wait_job(client, render.json()["id"])["state"] == "done"
+
+    seen.clear()
+    r = client.post(f"/api/sessions/{sid}/animate", json={"transform": transform, "frames": 3, "num_steps": 2, "fps": 4})
+    assert r.status_code == 202, r.text
+    st = wait_job(client, r.json()["id"])
+    assert st["state"] == "done", st
+    assert st["info"]["reused_inversion"] is True and st["info"]["frames"] == 3
+    assert st["step"] == st["total"] == 3 * 2 and st["fraction"] == 1.0  # 3 frames of 2 steps, no inversion
+    stages = [s for s, _, _ in seen]
+    for i in (1, 2, 3):
+        assert f"frame {i} of 3" in stages
+    assert [s for _, s, _ in seen if s] == sorted(s for _, s, _ in seen if s)  # progress only grows
+    edits = st["info"]["edits"]
+    assert edits[0]["translate"] == [0, 0, 0] and edits[-1]["translate"] == pytest.approx([0.3, 0, 0])
+    assert edits[1]["rotate_deg"] == pytest.approx(10) and edits[-1]["rotate_deg"] == pytest.approx(20)
+
+    gif = client.get(st["results"]["gif"])
+    assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif"
+    im = Image.open(io.BytesIO(gif.content))
+    assert im.n_frames == 3 and max(im.size) >= 256
+    mp4 = client.get(st["results"]["mp4"])
+    assert mp4.status_code == 200 and mp4.headers["content-type"] == "video/mp4" and mp4.content[4:8] == b"ftyp"
+    (tmp_path / "a.mp4").write_bytes(mp4.content)
+    import imageio_ffmpeg
+
+    assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "a.mp4"))[0] == 3
+    for i in range(3):
+        frame = client.get(st["results"][f"frame_{i:04d}"])
+        assert frame.status_code == 200 and frame.headers["content-type"] == "image/png"
+        assert max(Image.open(io.BytesIO(frame.content)).size) == 32  # the tiny model's size
+
+
+@pytest.mark.parametrize("frames", [1, 0, -3, MAX_FRAMES + 1, 10**9, 2.5, "8", True, None, [4]])
+def test_bad_frames_are_a_clear_422(client, demo_session, frames):
+    r = client.post(f"/api/sessions/{demo_session['id']}/animate", json={"transform": {}, "frames": frames})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("frames: ") and f"integer number of frames in [2, {MAX_FRAMES}]" in detail, detail
+    assert len(client.app.state.jobs) == 0
+
+
+def test_animate_refuses_what_a_render_refuses(client, demo_session):
+    sid = demo_session["id"]
+    r = client.post(f"/api/sessions/{sid}/animate", json={"transform": {"translate": [0, 0, -20]}, "frames": 4})
+    assert r.status_code == 422 and "behind the camera" in r.json()["detail"]
+    r = client.post("/api/sessions/nope/animate", json={"transform": {}, "frames": 4})
+    assert r.status_code == 404 and "session" in r.json()["detail"]
+    r = client.post(f"/api/sessions/{sid}/animate", json={"transform": {}, "frames": 4, "fps": 0})
+    assert r.status_code == 422 and r.json()["detail"].startswith("fps: ")
+    assert len(client.app.state.jobs) == 0
