@@ -2,11 +2,14 @@
 
 Starts the app with uvicorn on a free loopback port (one torch thread, as ``handles serve``
 does by default), opens the built-in demo scene at ``--size`` x ``--size`` pixels and sends
-``--repeats`` preview requests with different translations, one at a time, as the page does
-while the gizmo is dragged. Reports the median and 90th percentile of the client-side
+``--repeats`` preview requests with different translations, one at a time (the exact preview
+the page asks for when a drag pauses or ends). Reports the median and 90th percentile of the client-side
 round trip and the server's own stage timings.
 
 Usage: ``python benchmarks/web_preview.py [--size 256] [--repeats 30] [--threads 1]``
+
+The page itself draws the moved object while the gizmo is dragged and sends a preview request
+only when the drag pauses: ``benchmarks/web_drag.py`` measures its frame times in Chromium.
 """
 
 from __future__ import annotations

@@ -110,3 +110,41 @@ def test_drag_draws_the_object_every_frame_and_asks_the_server_when_it_pauses(pa
               "splat_alone_ms_median": statistics.median(prof["splat"]), "view3d_alone_ms_median": statistics.median(prof["view3d"])}
     (ARTIFACTS / "live-drag.json").write_text(json.dumps(result, indent=2))
     print("live drag:", json.dumps(result))
+
+
+FALLBACKS_JS = """async (dx) => {
+    // the same splat drawn by each renderer: a canvas that already has a WebGL1 or 2D context
+    // makes the Splat fall back to it
+    const { Splat } = await import('/static/splat.js');
+    const h = window.__handles, s = h.session, p = h.cloud.pivot;
+    const load = (u) => { const i = new Image(); i.src = u; return i.decode().then(() => i); };
+    const [img, mask] = await Promise.all([load(s.image_url), load(s.mask_url)]);
+    const moved = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, p[0] + dx, p[1], p[2], 1];  // translate by dx (x right)
+    const out = {};
+    for (const pre of ['webgl2', 'webgl', '2d']) {
+        const c = document.createElement('canvas');
+        if (pre !== 'webgl2') c.getContext(pre);
+        const sp = new Splat(c);
+        sp.setScene(img, mask, h.cloud, s.width, s.height);
+        sp.draw(moved, 1, true);
+        out[pre] = { kind: sp.kind, url: c.toDataURL('image/png') };
+    }
+    return out;
+}"""
+
+
+def test_webgl1_and_2d_fallbacks_draw_the_same_splat(page):
+    page.select_option("#scene-select", "demo")  # the small built-in scene: one sample per pixel
+    page.click("#scene-open")
+    page.wait_for_function("window.__handles.previewCount >= 1 && !window.__handles.previewBusy", timeout=30000)
+    n = page.evaluate("window.__handles.previewCount")
+    page.fill("#tx", "0.3")
+    page.wait_for_function(f"window.__handles.previewCount > {n} && !window.__handles.previewBusy", timeout=30000)
+    exact = data_url_pixels(page.eval_on_selector("#preview-img", "e => e.src"))
+    out = page.evaluate(FALLBACKS_JS, 0.3)
+    for kind, r in out.items():
+        assert r["kind"] == kind
+        splat = data_url_pixels(r["url"])
+        assert splat.shape == exact.shape
+        agree = (np.abs(splat - exact).sum(-1) <= 60).mean()
+        assert agree > 0.9, f"{kind}: splat and exact preview agree on {agree:.1%} of the pixels"

@@ -67,6 +67,15 @@ async function initThree() {
     scene.add(gizmo.getHelper());
     const t = { renderer, scene, camera, orbit, gizmo, handle, background: null, object: null };
     state.three = t;
+    // drawn on demand (a camera, gizmo or scene change), not every frame: an idle page costs nothing
+    let pending = false;
+    t.requestRender = () => {
+      if (pending) return;
+      pending = true;
+      requestAnimationFrame(() => { pending = false; renderer.render(scene, camera); });
+    };
+    orbit.addEventListener('change', t.requestRender);
+    gizmo.addEventListener('change', t.requestRender);
     // where the gizmo's centre is on screen (client pixels); used by the browser tests to drag it
     state.gizmoScreen = () => {
       const v = handle.getWorldPosition(new THREE.Vector3()).project(camera);
@@ -84,7 +93,6 @@ async function initThree() {
     };
     new ResizeObserver(resize).observe(box);
     resize();
-    renderer.setAnimationLoop(() => { orbit.update(); renderer.render(scene, camera); });
   } catch (e) {
     state.three = null;
     box.innerHTML = `<p class="error" style="padding:1em">3D view unavailable: ${e.message}. Use the number fields to edit the transform.</p>`;
@@ -105,6 +113,7 @@ function updatePointSize() {
   const px = (1.4 * state.cloud.stride * t.renderer.domElement.clientHeight) / state.session.height;
   if (t.background) t.background.material.size = Math.max(1, px);
   if (t.object) t.object.material.size = Math.max(1, px * t.handle.scale.x);  // scaled object: bigger points
+  t.requestRender();
 }
 
 function buildCloud(cloud) {
