@@ -420,3 +420,98 @@ def test_animate_results_cannot_reach_outside_the_job(client):
     for name in ("..%2Finfo.json", "frames", "info", "%2Fetc%2Fpasswd", "frame_0002"):
         assert client.get(f"/api/jobs/{jid}/results/{name}").status_code == 404, name
     assert client.get(st["results"]["gif"]).headers["content-type"] == "image/gif"
+
+
+# ---------------------------------------------------------------------------- modes: camera, several objects, remove
+
+
+def _two_object_session(c) -> str:
+    """The demo scene (box = mask 0) with a wall patch uploaded as mask 1 (selected)."""
+    sid = c.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    m = np.zeros(SCENE_SIZE, bool)
+    m[2:12, 40:56] = True
+    r = c.post(f"/api/sessions/{sid}/mask", files={"mask": ("m.png", png(m.astype(np.uint8) * 255), "image/png")})
+    assert r.status_code == 200, r.text
+    return sid
+
+
+@pytest.mark.parametrize("mode", ["CAMERA", "Camera ", "", "multi", "remove", "objects", 0, 1.5, True, None,
+                                  ["camera"], {"camera": 1}, "camera\n", "c" * 10_000])
+def test_bad_mode_values_are_clear_422s(client, mode):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    for path, extra in ((f"/api/sessions/{sid}/preview", {}), ("/api/jobs", {"session_id": sid})):
+        detail = assert_clear(client.post(path, json={"transform": {}, "mode": mode, **extra}), 422,
+                              "mode: expected \"object\"", "\"camera\"")
+        assert len(detail) < 300  # a 10 000-character mode is not echoed back whole
+    assert len(client.app.state.jobs) == 0
+
+
+def test_too_many_objects_are_refused_before_any_work(client):
+    sid = _two_object_session(client)
+    many = [{"mask": k % 2, "transform": {}} for k in range(10_000)]
+    for path, extra in ((f"/api/sessions/{sid}/preview", {}), ("/api/jobs", {"session_id": sid})):
+        detail = assert_clear(client.post(path, json={"transform": {}, "objects": many, **extra}), 422,
+                              "objects: expected at most 7 other objects", "10000 listed")
+        assert len(detail) < 400
+    assert len(client.app.state.jobs) == 0
+
+
+@pytest.mark.parametrize(("objects", "needles"), [
+    ([{"mask": 0, "transform": {}}, {"mask": 0, "transform": {"translate": [1, 0, 0]}}],
+     ("objects[1].mask", "each mask once", "also objects[0]")),
+    ([{"mask": 1, "transform": {}}], ("objects[0].mask", "another object than the selected one")),
+    ([{"mask": 2, "transform": {}}], ("objects[0].mask", "[0, 2)", "got 2")),
+    ([{"mask": 10**12, "transform": {}}], ("objects[0].mask",)),
+    ([{"mask": "0", "transform": {}}], ("objects.0.mask",)),
+    ([{"mask": 0.5, "transform": {}}], ("objects.0.mask",)),
+    ([{"mask": 0, "transform": {"scale": -1}}], ("objects.0.transform.scale", "greater than 0")),
+    ([{"mask": 0, "transform": {"rotate_deg": 30, "rotate_axis": [0, 0, 0]}}], ("rotate_axis", "non-zero axis")),
+    ([{"mask": 0, "transform": {"translate": [0, 0, -30]}}], ("objects[0]", "behind the camera")),
+    ([None], ("objects.0",)),
+    ("everything", ("objects",)),
+])
+def test_overlapping_and_bad_object_lists_are_clear_422s(client, objects, needles):
+    sid = _two_object_session(client)
+    for path, extra in ((f"/api/sessions/{sid}/preview", {}), ("/api/jobs", {"session_id": sid})):
+        assert_clear(client.post(path, json={"transform": {}, "objects": objects, **extra}), 422, *needles)
+    assert len(client.app.state.jobs) == 0
+
+
+def test_a_mask_inside_another_objects_mask_is_a_clear_422(client):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    box = client.get(f"/api/sessions/{sid}/mask.png").content
+    r = client.post(f"/api/sessions/{sid}/mask", files={"mask": ("m.png", box, "image/png")})  # the box again, as mask 1
+    assert r.status_code == 200 and r.json()["selected"] == 1
+    body = {"transform": {}, "objects": [{"mask": 0, "transform": {"translate": [0.3, 0, 0]}}]}
+    assert_clear(client.post(f"/api/sessions/{sid}/preview", json=body), 422, "objects[0].mask", "pixels of its own")
+    assert_clear(client.post("/api/jobs", json={"session_id": sid, **body}), 422, "objects[0].mask")
+    assert len(client.app.state.jobs) == 0
+
+
+def test_camera_mode_refuses_objects_scale_and_impossible_moves(client):
+    sid = _two_object_session(client)
+    cases = [({"objects": [{"mask": 0, "transform": {}}]}, ("objects: expected none in camera mode",)),
+             ({"transform": {"scale": 2}}, ("transform.scale: expected 1 in camera mode", "got 2")),
+             ({"transform": {"translate": [0, 0, 50]}}, ("behind the camera",))]
+    for body, needles in cases:
+        for path, extra in ((f"/api/sessions/{sid}/preview", {}), ("/api/jobs", {"session_id": sid})):
+            assert_clear(client.post(path, json={"transform": {}, "mode": "camera", **body, **extra}), 422, *needles)
+    assert len(client.app.state.jobs) == 0
+
+
+def test_remove_refuses_hostile_requests(client, config):
+    sid = client.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+    url = f"/api/sessions/{sid}/remove"
+    assert_clear(client.post(url, json={}, headers={"host": "attacker.example"}), 400, "Host")
+    assert_clear(client.post(url, json={}, headers={"origin": "http://attacker.example"}), 403, "Origin")
+    assert_clear(client.post(url, json={"mask": 0}), 422, "mask", "Extra inputs")
+    assert_clear(client.post(url, json={"num_steps": 0}), 422, "num_steps")
+    assert_clear(client.post(url, json={"prompt": "x" * 501}), 422, "prompt")
+    assert_clear(client.post(url, content=b"\xff not json", headers={"content-type": "application/json"}), 400, "JSON")
+    assert_clear(client.post("/api/sessions/nope/remove", json={}), 404, "session")
+    whole = open_upload(client, 40, 60, np.ones((40, 60), bool))
+    assert_clear(client.post(f"/api/sessions/{whole}/remove", json={}), 422, "mask", "background")
+    assert len(client.app.state.jobs) == 0
+    with make_client(dataclasses.replace(config, max_waiting_jobs=0)) as c:
+        sid = c.post("/api/sessions/scene", json={"scene": "demo"}).json()["id"]
+        assert_clear(c.post(f"/api/sessions/{sid}/remove", json={}), 429, "queue")

@@ -3,7 +3,7 @@
 Build it with :func:`create_app`; ``handles serve`` runs it with uvicorn. All state (sessions,
 jobs, result files in a server-owned temporary folder) belongs to the app instance. The
 endpoints live in one router per concern (:mod:`diffusion_handles.web.routes`: info, sessions,
-preview, jobs, animate); this module builds the app around them: settings, middleware, error
+preview, jobs, animate, remove); this module builds the app around them: settings, middleware, error
 answers, the page and its static files.
 
 The app answers only requests addressed to it (the ``Host`` header names one of
@@ -33,7 +33,7 @@ from diffusion_handles.web.jobs import JobQueue, QueueFull
 from diffusion_handles.web.middleware import BodyLimit, HostGuard, parse_allowed_hosts
 from diffusion_handles.web.perception import Perception
 from diffusion_handles.web.render import RenderService, model_name
-from diffusion_handles.web.routes import animate, info, jobs, preview, sessions
+from diffusion_handles.web.routes import animate, info, jobs, preview, remove, sessions
 from diffusion_handles.web.scenes import SceneCatalog
 from diffusion_handles.web.sessions import NotFound, SessionStore
 from diffusion_handles.web.tools import ToolAvailability, looks_like_folder
@@ -101,7 +101,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (info, sessions, preview, jobs, animate):
+    for module in (info, sessions, preview, jobs, animate, remove):
         app.include_router(module.router(ctx))
     return app
 

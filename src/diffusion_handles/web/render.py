@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -22,7 +23,15 @@ import numpy as np
 import torch
 
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.geometry import Camera, HandleEdit, background_depth_fill, compute_edit
+from diffusion_handles.geometry import (
+    Camera,
+    HandleEdit,
+    background_depth_fill,
+    camera_move,
+    compute_camera_move,
+    compute_edit,
+    compute_multi_edit,
+)
 from diffusion_handles.geometry.poisson import dilate
 
 log = logging.getLogger(__name__)
@@ -71,6 +80,20 @@ def geometry_errors(what: str, h: int, w: int) -> Iterator[None]:
                            f"got an error from the geometry ({type(e).__name__}: {_first_line(e)})") from None
 
 
+@contextlib.contextmanager
+def object_names() -> Iterator[None]:
+    """The library's ``edits[k]`` (over the selected object, then the listed ones) renamed as a
+    request names them: ``transform`` (the selected object) and ``objects[k - 1]``."""
+    def name(m: re.Match) -> str:
+        k = int(m.group(1))
+        return "transform (the selected object)" if k == 0 else f"objects[{k - 1}]"
+
+    try:
+        yield
+    except HandlesError as e:
+        raise HandlesError(re.sub(r"edits\[(\d+)\]", name, str(e))) from None
+
+
 def model_name(model: str) -> str:
     """What the app shows of ``model``: a hub id or ``tinyworld`` as given, a local folder by
     its name only (never its path)."""
@@ -100,10 +123,12 @@ class RenderInput:
 
     image: torch.Tensor  # (1, 3, H, W) in [0, 1]
     depth: torch.Tensor  # (1, 1, H, W) z-depth, scene units
-    mask: torch.Tensor  # (1, 1, H, W) in {0, 1}
+    mask: torch.Tensor  # (1, 1, H, W) in {0, 1}: the inversion's (all ones for a camera move, the union for several objects)
     prompt: str
     fov_deg: float
     key: str  # inversion cache key (content hash)
+    object_masks: tuple[torch.Tensor, ...] = ()  # several objects: one (1, 1, H, W) mask per object, selected first
+    camera: bool = False  # the edit moves the camera
 
 
 Progress = Callable[[str, int, int, str], None]
@@ -119,7 +144,8 @@ class StepProgress:
     """
 
     LABELS = {"ddim_inversion": "DDIM inversion", "null_text": "null-text inversion",
-              "reconstruction": "reconstruction", "guided_generation": "guided generation"}
+              "reconstruction": "reconstruction", "guided_generation": "guided generation",
+              "removal": "removal"}
 
     def __init__(self, report: Progress, expected_total: int):
         self.report = report
@@ -206,10 +232,11 @@ class RenderService:
             self._pipe = DiffusionHandles.from_pretrained(self.model, device=self.device, dtype=self.dtype)
         return self._pipe
 
-    def check(self, inp: RenderInput, edit: HandleEdit) -> None:
+    def check(self, inp: RenderInput, edit: HandleEdit | list[HandleEdit] | None) -> None:
         """Validate ``edit`` at the size the model renders ``inp`` at, as the facade will compute it
         (scaled to the model's size and snapped to its work size, mask nearest); a no-op until
-        the model is loaded (the size is the model's).
+        the model is loaded (the size is the model's). ``edit`` is a list for several objects,
+        the camera's move when ``inp.camera``, None for a removal.
 
         Raises:
             HandlesError: the edit cannot be rendered (one line).
@@ -221,14 +248,29 @@ class RenderService:
         fit = fit_to_model(inp, int(bb.default_size))
         work = bb.work_size(tuple(int(v) for v in fit.image.shape[-2:]))
         depth = bb.resize_to_work(fit.depth.float(), work)
-        mask = (bb.resize_to_work((fit.mask > 0.5).float(), work, mode="nearest") > 0.5).float()
         h, w = work
-        if not bool(mask.any()):
-            raise HandlesError(f"mask: expected an object that stays visible at the model's {w}x{h} render size, "
-                               f"got one that vanishes when the image is scaled down; select a larger object")
+        cam = Camera(h, w, inp.fov_deg)
+        if inp.camera:
+            with geometry_errors("render", h, w):
+                compute_camera_move(depth, camera_move(edit), cam)
+            return
+
+        def at_work(m: torch.Tensor, what: str) -> torch.Tensor:
+            m = (bb.resize_to_work((m > 0.5).float(), work, mode="nearest") > 0.5).float()
+            if not bool(m.any()):
+                raise HandlesError(f"{what}: expected an object that stays visible at the model's {w}x{h} render size, "
+                                   f"got one that vanishes when the image is scaled down; select a larger object")
+            return m
+
+        mask = at_work(fit.mask, "mask")
+        masks = [at_work(m, f"objects[{k - 1}]" if k else "mask") for k, m in enumerate(fit.object_masks)]
         with geometry_errors("render", h, w):
             check_background(mask)
-            compute_edit(depth, mask, edit, Camera(h, w, inp.fov_deg))
+            if masks:
+                with object_names():
+                    compute_multi_edit(depth, masks, list(edit), cam)
+            elif edit is not None:
+                compute_edit(depth, mask, edit, cam)
             background_depth_fill(depth, mask)
 
     def _inverted(self, pipe, inp: RenderInput, opts: RenderOptions, report: Progress, passes: int):
@@ -258,17 +300,38 @@ class RenderService:
             report("editing", 0, progress.expected, "inversion reused from the cache")
         return inverted, reused, progress, timings
 
-    def run(self, inp: RenderInput, edit: HandleEdit, opts: RenderOptions, report: Progress) -> dict:
-        """Invert (or reuse the cached inversion) and edit; returns the facade's output and info."""
+    def run(self, inp: RenderInput, edit: HandleEdit | list[HandleEdit], opts: RenderOptions, report: Progress) -> dict:
+        """Invert (or reuse the cached inversion) and edit; returns the facade's output and info.
+        A camera move when ``inp.camera``; several objects (``edit`` a list, one per mask of
+        ``inp.object_masks``) in one z-buffer and one guided generation."""
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edit)  # before the inversion: an impossible edit fails at once
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
             t1 = time.perf_counter()
-            out = pipe.edit(inverted, edit, fov_deg=inp.fov_deg, progress=False,
+            multi = bool(inp.object_masks)
+            out = pipe.edit(inverted, list(edit) if multi else edit, fov_deg=inp.fov_deg, progress=False,
+                            camera=inp.camera, object_masks=list(inp.object_masks) if multi else None,
                             callback=lambda info: progress({"stage": "guided_generation", **info}))
             timings["edit_s"] = time.perf_counter() - t1
+        return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
+
+    def remove(self, inp: RenderInput, opts: RenderOptions, report: Progress) -> dict:
+        """Remove ``inp``'s object: invert with its mask (the same inversion as a render of that
+        object, reused from the cache), then regenerate its region over the background depth
+        (``DiffusionHandles.remove``, fresh noise of ``opts.seed`` in the region)."""
+        from diffusion_handles.diffusion.config import GuidanceConfig
+
+        with self._lock:
+            pipe = self.pipeline(report)
+            self.check(inp, None)
+            inp = fit_to_model(inp, int(pipe.backbone.default_size))
+            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
+            t1 = time.perf_counter()
+            out = pipe.remove(inverted, guidance=GuidanceConfig(identity_transfer=None), seed=opts.seed, progress=False,
+                              callback=lambda info: progress({"stage": "removal", **info}))
+            timings["remove_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
     def animate(self, inp: RenderInput, edits: list[HandleEdit], opts: RenderOptions, report: Progress) -> dict:
@@ -306,6 +369,7 @@ def fit_to_model(inp: RenderInput, side: int) -> RenderInput:
         depth=F.interpolate(inp.depth, size=hw, mode="nearest"),
         mask=F.interpolate(inp.mask, size=hw, mode="nearest"),
         prompt=inp.prompt, fov_deg=inp.fov_deg, key=f"{inp.key}@{hw[0]}x{hw[1]}",
+        object_masks=tuple(F.interpolate(m, size=hw, mode="nearest") for m in inp.object_masks), camera=inp.camera,
     )
 
 
@@ -331,8 +395,11 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
     np.save(folder / files["edited_depth_npy"], out.edited_depth.detach().float().cpu()[0, 0].numpy())
     timings = dict(result.get("timings", {}))
     timings.update({f"pipeline_{k}_s": float(v) for k, v in out.timings.items()})
+    if result.get("kind") == "remove":
+        files["region"] = "region.png"
+        save_image(folder / files["region"], out.region)
     info = {"reused_inversion": result["reused_inversion"], "render_size_hw": list(out.edited.shape[-2:]),
-            "timings": timings, "unet_evals": out.unet_evals}
+            "timings": timings, "unet_evals": out.unet_evals, **result.get("meta", {})}
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     return files
 

@@ -38,6 +38,49 @@ class Transform(Strict):
         return HandleEdit(tuple(self.translate), tuple(self.rotate_axis), self.rotate_deg, self.scale)
 
 
+MAX_OBJECTS = 8  # objects one request may move (the selected one and up to 7 listed)
+MODES = ("object", "camera")
+
+
+def _check_mode(v: object) -> str:
+    if not isinstance(v, str) or v not in MODES:  # the error answer adds what arrived
+        raise ValueError('expected "object" (move the selected object) or "camera" (move the camera)')
+    return v
+
+
+class ObjectEdit(Strict):
+    """Another object moved in the same render: one of the session's masks (``mask``: its
+    index, as in ``SessionInfo.masks``) and its transform (about that object's centroid)."""
+
+    mask: int = Field(ge=0, strict=True, description="index into the session's masks (an integer)")
+    transform: Transform
+
+
+class EditRequest(Strict):
+    """What moves: ``mode`` "object" (the default) moves the selected object by ``transform``
+    and each entry of ``objects`` by its own (one z-buffer, one guided generation); "camera"
+    moves the camera by ``transform`` (translation in camera axes, rotation about the camera
+    centre, no scale; no mask needed, no ``objects``)."""
+
+    transform: Transform
+    mode: str = Field("object", description='"object" or "camera"')
+    objects: list[ObjectEdit] = Field(default_factory=list, description=f"other objects moved too (at most {MAX_OBJECTS - 1}, "
+                                      "each mask once, not the selected one)")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v: object) -> str:
+        return _check_mode(v)
+
+    @field_validator("objects", mode="before")
+    @classmethod
+    def _objects_count(cls, v: object) -> object:
+        if isinstance(v, list) and len(v) > MAX_OBJECTS - 1:
+            raise ValueError(f"expected at most {MAX_OBJECTS - 1} other objects ({MAX_OBJECTS} with the selected one), "
+                             f"{len(v)} listed")
+        return v
+
+
 class Error(BaseModel):
     """Every 4xx/5xx answer: ``detail`` is one line naming the field, what was expected and
     what arrived."""
@@ -127,8 +170,7 @@ class PointCloud(BaseModel):
     point_size: float = Field(description="world size of one sample at unit depth")
 
 
-class PreviewRequest(Strict):
-    transform: Transform
+class PreviewRequest(EditRequest):
     with_depth: bool = Field(False, description="also composite the edited depth (slower)")
 
 
@@ -142,9 +184,8 @@ class PreviewResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
-class RenderRequest(Strict):
+class RenderRequest(EditRequest):
     session_id: str = Field(max_length=64)
-    transform: Transform
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
     num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -169,6 +210,15 @@ class AnimateRequest(Strict):
         if not ok or not 2 <= v <= MAX_FRAMES:
             raise ValueError(f"expected an integer number of frames in [2, {MAX_FRAMES}]")
         return int(v)
+
+
+class RemoveRequest(Strict):
+    """Remove the selected object: its region (grown for its shadow) regenerated over the
+    background depth. ``prompt`` should describe the scene without the object."""
+
+    prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
+    num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 class JobStatus(BaseModel):

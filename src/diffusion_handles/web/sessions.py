@@ -93,10 +93,11 @@ class Session:
         mask = torch.from_numpy(m)[None, None].float()
         return image, depth, mask
 
-    def content_key(self, prompt: str, model: str) -> str:
-        """Hash of image, depth, selected mask, prompt and model: the inversion cache key."""
+    def content_key(self, prompt: str, model: str, mask: np.ndarray | None = None) -> str:
+        """Hash of image, depth, the inversion's mask (default: the selected one), prompt and
+        model: the inversion cache key."""
         h = hashlib.sha256()
-        for arr in (self.image, self.depth, self.require_mask()):
+        for arr in (self.image, self.depth, self.require_mask() if mask is None else mask):
             h.update(str(arr.shape).encode())
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(prompt.encode())

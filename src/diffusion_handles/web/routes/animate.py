@@ -26,7 +26,7 @@ def router(ctx: WebContext) -> APIRouter:
         generation per frame). Watch it with GET /api/jobs/{id} or its /events stream; the
         results are ``gif``, ``mp4``, ``input`` and ``frame_0000`` ...."""
         s = ctx.sessions.get(sid)
-        inp = render_input(ctx, s, req.transform, req.prompt, "animate")
+        inp, _ = render_input(ctx, s, req.transform, req.prompt, "animate")
         edits = interpolate_keyframes([HandleEdit(), req.transform.to_edit()], req.frames)
         opts = RenderOptions(num_steps=req.num_steps or ctx.cfg.default_steps, seed=req.seed)
 

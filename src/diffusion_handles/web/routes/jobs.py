@@ -10,15 +10,18 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
+from diffusion_handles.web import modes
 from diffusion_handles.web.context import ERRORS, ApiError, WebContext
 from diffusion_handles.web.jobs import DONE, FAILED, Job
+from diffusion_handles.web.modes import EditTarget, resolve
 from diffusion_handles.web.render import RenderInput, RenderOptions, write_results
 from diffusion_handles.web.routes.preview import submit_preview
 from diffusion_handles.web.schemas import JobStatus, PreviewRequest, RenderRequest, Transform
 from diffusion_handles.web.sessions import Session
 
 
-def render_input(ctx: WebContext, s: Session, transform: Transform, prompt: str | None, what: str) -> RenderInput:
+def render_input(ctx: WebContext, s: Session, transform: Transform, prompt: str | None, what: str,
+                 mode: str = "object", objects: list | None = None) -> tuple[RenderInput, EditTarget]:
     """A frozen copy of the session for a job, after the checks a render needs: renders are
     available, and the edit passes the preview's checks (with the depth composite the render
     computes) and, once the model is loaded, those at its render size. An edit that cannot be
@@ -27,13 +30,13 @@ def render_input(ctx: WebContext, s: Session, transform: Transform, prompt: str 
     if reason:
         raise ApiError(422, f"{what}: {reason}")
     text = (prompt if prompt is not None else s.prompt).strip()
+    req = PreviewRequest(transform=transform, with_depth=True, mode=mode, objects=objects or [])
     with s.lock:
-        image, depth, mask = s.tensors()
-        key = s.content_key(text, ctx.cfg.model)
-    submit_preview(ctx, s, PreviewRequest(transform=transform, with_depth=True)).result()
-    inp = RenderInput(image, depth, mask, text, s.fov_deg, key)
-    ctx.renderer.check(inp, transform.to_edit())
-    return inp
+        target = resolve(s, req)
+        inp = modes.render_input(s, target, text, ctx.cfg.model)
+    submit_preview(ctx, s, req).result()
+    ctx.renderer.check(inp, target.edit)
+    return inp, target
 
 
 def router(ctx: WebContext) -> APIRouter:
@@ -42,15 +45,18 @@ def router(ctx: WebContext) -> APIRouter:
 
     @r.post("/api/jobs", response_model=JobStatus, status_code=202)
     def submit(req: RenderRequest) -> JobStatus:
-        """Queue a full render (inversion, cached per image, then the guided edit). One worker
+        """Queue a full render (inversion, cached per image, then the guided edit): of the
+        selected object, of several objects (``objects``: one z-buffer, one guided generation) or
+        of a camera move (``mode`` "camera": the image inverted with an all-ones mask). One worker
         runs renders in order; watch progress with GET /api/jobs/{id} or its /events stream."""
         s = ctx.sessions.get(req.session_id)
-        inp = render_input(ctx, s, req.transform, req.prompt, "render")
-        edit = req.transform.to_edit()
+        inp, target = render_input(ctx, s, req.transform, req.prompt, "render", req.mode, req.objects)
+        edit = target.edit
         opts = RenderOptions(num_steps=req.num_steps or cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:
             result = renderer.run(inp, edit, opts, job.report)
+            result["meta"] = {"mode": req.mode, "objects": 1 + len(req.objects) if req.mode == "object" else 0}
             files = write_results(job.folder, inp, result)
             job.info = json.loads((job.folder / "info.json").read_text())
             return files

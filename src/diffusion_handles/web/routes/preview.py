@@ -9,22 +9,23 @@ from concurrent.futures import Future
 from fastapi import APIRouter
 
 from diffusion_handles.web.context import ERRORS, WebContext, data_url, png
-from diffusion_handles.web.render import check_background, geometry_errors
+from diffusion_handles.web.modes import preview_target, resolve, session_tensors
+from diffusion_handles.web.render import geometry_errors
 from diffusion_handles.web.schemas import PreviewRequest, PreviewResponse
 from diffusion_handles.web.sessions import Session
 
 
 def compute_preview(s: Session, req: PreviewRequest, t0: float) -> PreviewResponse:
-    """The preview and its PNG encoding (runs on the single preview thread)."""
-    from diffusion_handles.preview import preview_edit
+    """The preview and its PNG encoding (runs on the single preview thread): the selected
+    object, several objects (``req.objects``) or the camera (``req.mode``)."""
     from diffusion_handles.viz import colorize_depth
 
     with s.lock:
-        image, depth, mask = s.tensors()
+        target = resolve(s, req)
+        image, depth, mask, per_object = session_tensors(s, target)
     h, w = s.size_hw
     with geometry_errors("preview", h, w):
-        check_background(mask)  # the render fills the background from it: refuse now, not after minutes
-        res = preview_edit(image, depth, mask, req.transform.to_edit(), s.fov_deg, with_depth=req.with_depth)
+        res = preview_target(image, depth, mask, per_object, target, s.fov_deg, req.with_depth)
     image_png = png(res.preview)
     depth_url = data_url(png(colorize_depth(res.edited_depth))) if req.with_depth else None
     timings = {**res.timings_ms, "server_total": (time.perf_counter() - t0) * 1e3}
@@ -48,7 +49,8 @@ def router(ctx: WebContext) -> APIRouter:
     @r.post("/api/sessions/{sid}/preview", response_model=PreviewResponse)
     async def preview(sid: str, req: PreviewRequest) -> PreviewResponse:
         """Instant geometric preview of the transform (no diffusion): the re-rendered image,
-        holes (disocclusions) in magenta. Impossible edits (behind the camera, out of frame)
+        holes (disocclusions) in magenta. ``mode`` "camera" moves the camera (no mask needed);
+        ``objects`` moves other objects too (one z-buffer). Impossible edits (behind the camera, out of frame)
         answer 422 with the reason. Previews run one at a time in arrival order."""
         return await asyncio.wrap_future(submit_preview(ctx, ctx.sessions.get(sid), req))
 

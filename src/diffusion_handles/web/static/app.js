@@ -3,15 +3,23 @@
 // Every request failure is shown in the page (error box or preview status); nothing fails silently.
 import { editFromPose, poseFromEdit, uniformScale } from './convert.js';
 import { LivePreview } from './live.js';
+import { IDENTITY, ObjectList, cameraRig } from './modes.js';
 import { installProbe } from './probe.js';
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, session: null, cloud: null, previewCount: 0, previewRequests: 0, job: null, jobKind: 'render', three: null, lastScale: 1 };
+const state = { info: null, session: null, cloud: null, previewCount: 0, previewRequests: 0, job: null, jobKind: 'render', three: null, lastScale: 1,
+  editMode: 'object', edits: { object: IDENTITY, camera: IDENTITY } };
 window.__handles = state;  // read by the browser tests
 // the moved object drawn in the page while dragging; the server's exact preview when the drag pauses
 const live = new LivePreview(document.getElementById('splat-canvas'), () => requestPreview());
 state.live = live;
 installProbe(state);
+// objects kept for the render besides the selected one (several objects, one render)
+state.objects = new ObjectList(document.getElementById('object-list'), () => {
+  $('objects-note').hidden = state.objects.items.length === 0;
+  updateRenderButton();
+  requestPreview();
+});
 
 // ---------------------------------------------------------------- errors and requests
 function showError(msg) {
@@ -65,7 +73,9 @@ async function initThree() {
     gizmo.addEventListener('dragging-changed', (e) => { orbit.enabled = !e.value; live.setDragging(e.value); });
     gizmo.addEventListener('objectChange', onGizmoChange);
     scene.add(gizmo.getHelper());
-    const t = { renderer, scene, camera, orbit, gizmo, handle, background: null, object: null };
+    const rig = cameraRig(THREE);  // carries the gizmo in camera mode
+    scene.add(rig);
+    const t = { renderer, scene, camera, orbit, gizmo, handle, rig, background: null, object: null };
     state.three = t;
     // drawn on demand (a camera, gizmo or scene change), not every frame: an idle page costs nothing
     let pending = false;
@@ -78,7 +88,7 @@ async function initThree() {
     gizmo.addEventListener('change', t.requestRender);
     // where the gizmo's centre is on screen (client pixels); used by the browser tests to drag it
     state.gizmoScreen = () => {
-      const v = handle.getWorldPosition(new THREE.Vector3()).project(camera);
+      const v = (gizmo.object || handle).getWorldPosition(new THREE.Vector3()).project(camera);
       const r = renderer.domElement.getBoundingClientRect();
       return { x: r.left + ((v.x + 1) / 2) * r.width, y: r.top + ((1 - v.y) / 2) * r.height };
     };
@@ -162,7 +172,29 @@ function buildCloud(cloud) {
   t.camera.updateProjectionMatrix();
   t.orbit.target.set(0, 0, cloud.pivot ? cloud.pivot[2] : -5);  // on the optical axis, at the object's depth
   t.orbit.update();
+  if (state.editMode === 'camera') applyModeToView();
   updatePointSize();
+}
+
+// in camera mode the gizmo moves a camera marker at the image's camera, seen from behind it
+function applyModeToView() {
+  const t = state.three;
+  if (!t) return;
+  const camera = state.editMode === 'camera';
+  t.rig.visible = camera;
+  if (camera) {
+    t.gizmo.attach(t.rig);
+    if (t.gizmo.mode === 'scale') t.gizmo.setMode('translate');
+    const d = state.cloud && state.cloud.pivot ? -state.cloud.pivot[2] : 5;
+    t.camera.position.set(0.35 * d, 0.3 * d, 0.7 * d);
+    t.orbit.target.set(0, 0, -0.4 * d);
+  } else {
+    if (t.object) t.gizmo.attach(t.handle); else t.gizmo.detach();
+    t.camera.position.set(0, 0, 0.001);
+    t.orbit.target.set(0, 0, state.cloud && state.cloud.pivot ? state.cloud.pivot[2] : -5);
+  }
+  t.orbit.update();
+  t.requestRender();
 }
 
 // ---------------------------------------------------------------- transform <-> fields <-> gizmo
@@ -188,6 +220,13 @@ function setFields(e) {
 }
 function applyEditToGizmo(e) {
   const t = state.three;
+  if (t && state.editMode === 'camera') {
+    const p = poseFromEdit([0, 0, 0], { ...e, scale: 1 });
+    t.rig.position.set(...p.position);
+    t.rig.quaternion.set(...p.quaternion);
+    t.requestRender();
+    return;
+  }
   if (!t || !state.cloud || !state.cloud.pivot) return;
   const p = poseFromEdit(state.cloud.pivot, e);
   t.handle.position.set(...p.position);
@@ -198,6 +237,13 @@ function applyEditToGizmo(e) {
 }
 function onGizmoChange() {
   const t = state.three;
+  if (state.editMode === 'camera') {  // the camera's own move: no live drawing, the exact preview on pause
+    const r = t.rig;
+    setFields(editFromPose([0, 0, 0], r.position.toArray(), r.quaternion.toArray(), 1, [num('ax'), num('ay'), num('az')]));
+    r.updateMatrixWorld(true);
+    live.change(r.matrixWorld.elements, 1);
+    return;
+  }
   if (t.gizmo.mode === 'scale') {
     const s = uniformScale(t.handle.scale.x, t.handle.scale.y, t.handle.scale.z, state.lastScale);
     t.handle.scale.setScalar(s);
@@ -229,9 +275,47 @@ for (const mode of ['translate', 'rotate', 'scale']) {
   });
 }
 function resetTransform() {
-  setFields({ translate: [0, 0, 0], rotate_axis: [0, 1, 0], rotate_deg: 0, scale: 1 });
+  setFields(IDENTITY);
   applyEditToGizmo(editFromFields());
 }
+
+// ---------------------------------------------------------------- object / camera mode, several objects
+function setEditMode(mode) {
+  if (mode === state.editMode) return;
+  state.edits[state.editMode] = editFromFields();
+  state.editMode = mode;
+  const camera = mode === 'camera';
+  for (const m of ['object', 'camera']) $(`edit-${m}`).classList.toggle('active', m === mode);
+  $('mode-scale').disabled = camera;
+  $('scale').disabled = camera;
+  if (camera && $('mode-scale').classList.contains('active')) $('mode-translate').click();  // a camera does not scale
+  $('objects-box').hidden = camera;
+  $('mode-note').textContent = camera
+    ? 'Camera mode: the gizmo moves the camera (the orange marker); the whole scene is seen from the moved viewpoint, uncovered regions are generated. No object needed. The preview is computed when the drag pauses.'
+    : 'Drag the gizmo in the 3D view, or type. Camera axes: x right, y down, z forward (scene units).';
+  live.setEnabled(!camera);
+  applyModeToView();
+  setFields(state.edits[mode]);
+  applyEditToGizmo(editFromFields());
+  updateRenderButton();
+  requestPreview();
+}
+$('edit-object').addEventListener('click', () => setEditMode('object'));
+$('edit-camera').addEventListener('click', () => setEditMode('camera'));
+// what moves, for the preview and the render
+function editBody() {
+  const s = state.session;
+  if (state.editMode === 'camera') return { transform: editFromFields(), mode: 'camera' };
+  return { transform: editFromFields(), mode: 'object', objects: state.objects.others(s ? s.selected : null) };
+}
+$('add-object').addEventListener('click', () => guarded(async () => {
+  const s = state.session;
+  if (!s || s.selected === null) throw new Error('add object: select an object first (step 2)');
+  state.objects.keep(s.selected, s.masks[s.selected].name, editFromFields());
+  const next = s.masks.find((m) => m.index !== s.selected && !state.objects.has(m.index));
+  if (next) await loadSession(await postJSON(`/api/sessions/${s.id}/select`, { mode: 'mask', index: next.index }));
+  else $('objects-hint').textContent = 'kept: now select another object (step 2: upload a mask or use a selection tool)';
+}));
 $('reset-transform').addEventListener('click', () => { resetTransform(); requestPreview(); });
 
 // ---------------------------------------------------------------- preview (latest wins)
@@ -244,7 +328,7 @@ function setPreviewStatus(text, isError = false) {
 }
 async function requestPreview() {
   const s = state.session;
-  if (!s || s.selected === null) return;
+  if (!s || (s.selected === null && state.editMode !== 'camera')) return;
   if (previewInFlight) { previewPending = true; return; }
   previewInFlight = true;
   previewPending = false;
@@ -253,12 +337,13 @@ async function requestPreview() {
   const t0 = performance.now();
   const seq = live.seq;  // the gizmo change this preview shows
   try {
-    const r = await postJSON(`/api/sessions/${s.id}/preview`, { transform: editFromFields() });
+    const r = await postJSON(`/api/sessions/${s.id}/preview`, editBody());
     $('preview-img').src = r.image;
     live.exactShown(seq);
     state.previewCount += 1;
     $('preview-img').dataset.count = String(state.previewCount);
-    setPreviewStatus(`preview ${Math.round(performance.now() - t0)} ms (server ${Math.round(r.timings_ms.server_total)} ms) · ${r.object_pixels} object px · ${r.hole_pixels} hole px (magenta)`);
+    const what = state.editMode === 'camera' ? 'camera move' : `${1 + editBody().objects.length} object(s)`;
+    setPreviewStatus(`preview (${what}) ${Math.round(performance.now() - t0)} ms (server ${Math.round(r.timings_ms.server_total)} ms) · ${r.object_pixels} ${state.editMode === 'camera' ? 'scene' : 'object'} px · ${r.hole_pixels} hole px (magenta)`);
   } catch (e) {
     setPreviewStatus(`preview: ${e.message}`, true);
   } finally {
@@ -270,7 +355,13 @@ async function requestPreview() {
 
 // ---------------------------------------------------------------- sessions and selection
 async function loadSession(info) {
+  if (!state.session || state.session.id !== info.id) {  // a new image: nothing kept from the last one
+    state.edits = { object: IDENTITY, camera: IDENTITY };
+    state.objects.items = [];
+    state.objects.changed();
+  }
   state.session = info;
+  $('objects-hint').textContent = '';
   $('input-img').src = info.image_url;
   $('prompt').value = info.prompt;
   const sel = $('mask-select');
@@ -279,12 +370,16 @@ async function loadSession(info) {
   for (const m of info.masks) sel.add(new Option(`${m.name} (${m.pixels} px)`, String(m.index)));
   if (info.selected !== null) sel.value = String(info.selected);
   $('results').hidden = true;
-  resetTransform();
+  // the selected object's move: kept in the list (taken out: the gizmo moves it now) or none yet
+  const kept = info.selected !== null ? state.objects.take(info.selected) : null;
+  state.edits.object = kept || IDENTITY;
+  setFields(state.edits[state.editMode]);
   const cloud = await api(info.points_url);
   buildCloud(cloud);
+  applyEditToGizmo(editFromFields());
   await live.setScene(info, cloud);
   updateRenderButton();
-  if (info.selected !== null) {
+  if (info.selected !== null || state.editMode === 'camera') {
     $('preview-img').src = info.image_url;
     await requestPreview();
   } else {
@@ -357,10 +452,19 @@ $('text-form').addEventListener('submit', (ev) => {
 // ---------------------------------------------------------------- render with progress
 function updateRenderButton() {
   const why = state.info && state.info.render_unavailable;
-  const ready = state.session && state.session.selected !== null;
-  $('render-btn').disabled = Boolean(why) || !ready || Boolean(state.job);
-  $('animate-btn').disabled = Boolean(why) || !ready || Boolean(state.job);
-  $('render-note').textContent = why ? `Rendering unavailable: ${why}` : (ready ? '' : 'open an image and select an object first');
+  const camera = state.editMode === 'camera';
+  const selected = Boolean(state.session) && state.session.selected !== null;
+  const ready = camera ? Boolean(state.session) : selected;
+  const busy = Boolean(why) || Boolean(state.job);
+  const others = camera || !state.session ? 0 : state.objects.others(state.session.selected).length;
+  $('render-btn').disabled = busy || !ready;
+  $('render-btn').textContent = camera ? 'Render camera move' : (others ? `Render ${others + 1} objects` : 'Render');
+  $('remove-btn').disabled = busy || !selected || camera;
+  $('animate-btn').disabled = busy || !selected || camera || others > 0;
+  $('animate-note').textContent = camera || others ? 'animations move one object: switch to object mode with no other objects listed'
+    : 'the object from its place to the transform, from the same inversion';
+  $('add-object').disabled = !selected || camera;
+  $('render-note').textContent = why ? `Rendering unavailable: ${why}` : (ready ? '' : (camera ? 'open an image first' : 'open an image and select an object first'));
   $('render-note').classList.toggle('error', Boolean(why));
 }
 function setProgress(frac, text, failed = false) {
@@ -379,7 +483,7 @@ function describe(st) {
 function onJobUpdate(st) {
   setProgress(st.fraction, describe(st), st.state === 'error');
   const kind = state.jobKind;
-  if (st.state === 'done') { finishJob(); if (kind === 'animate') showAnimation(st); else showResults(st); }
+  if (st.state === 'done') { finishJob(); if (kind === 'animate') showAnimation(st); else showResults(st, kind); }
   if (st.state === 'error') { finishJob(); showError(`${kind}: ${st.error}`); }
   return st.state === 'done' || st.state === 'error';
 }
@@ -407,14 +511,25 @@ async function pollJob(id) {
 $('render-btn').addEventListener('click', () => guarded(async () => {
   const s = state.session;
   const steps = $('steps').value.trim();
-  const body = { session_id: s.id, transform: editFromFields(), prompt: $('prompt').value, seed: Number($('seed').value || 0) };
+  const body = { session_id: s.id, ...editBody(), prompt: $('prompt').value, seed: Number($('seed').value || 0) };
   if (steps) body.num_steps = Number(steps);
+  await submitJob('/api/jobs', body, 'render');
+}));
+$('remove-btn').addEventListener('click', () => guarded(async () => {
+  const s = state.session;
+  const steps = $('steps').value.trim();
+  const body = { prompt: $('prompt').value, seed: Number($('seed').value || 0) };
+  if (steps) body.num_steps = Number(steps);
+  await submitJob(`/api/sessions/${s.id}/remove`, body, 'remove');
+}));
+async function submitJob(path, body, kind) {
   setProgress(0, 'submitting…');
   $('results').hidden = true;
   try {
-    const st = await postJSON('/api/jobs', body);
+    const st = await postJSON(path, body);
     state.job = st.id;
-    state.jobKind = 'render';
+    state.lastJob = st.id;  // read by the browser tests
+    state.jobKind = kind;
     updateRenderButton();
     onJobUpdate(st);
     watchJob(st.id);
@@ -422,8 +537,9 @@ $('render-btn').addEventListener('click', () => guarded(async () => {
     setProgress(0, `failed: ${e.message}`, true);
     throw e;
   }
-}));
-function showResults(st) {
+}
+function showResults(st, kind = 'render') {
+  $('result-depth-caption').textContent = kind === 'remove' ? 'background depth (object removed)' : 'edited depth';
   const r = st.results;
   $('compare-before').src = r.input;
   $('compare-after').src = r.edited;

@@ -26,6 +26,7 @@ export class LivePreview {
       this.splat = { kind: 'none', error: e.message };
     }
     this.ready = false;
+    this.enabled = true;  // off in camera mode: the server's preview only, when the drag pauses
     this.dragging = false;
     this.seq = 0;  // counts gizmo changes
     this.requestedSeq = 0;  // the change the last preview request was sent for
@@ -56,6 +57,12 @@ export class LivePreview {
 
   hide() { this.canvas.hidden = true; }
 
+  /** Draw in the page (object mode) or not (camera mode: the exact preview when the drag pauses). */
+  setEnabled(on) {
+    this.enabled = on;
+    if (!on) this.hide();
+  }
+
   request() {
     this.requestedSeq = this.seq;
     this.requestPreview();
@@ -67,7 +74,11 @@ export class LivePreview {
     this.matrix = Array.from(matrix);
     this.scale = scale;
     clearTimeout(this.timer);
-    if (!this.ready) { this.request(); return; }
+    if (!this.ready || !this.enabled) {  // nothing drawn here: the server's preview when the drag pauses or ends
+      if (this.dragging) this.timer = setTimeout(() => { this.stats.pauses += 1; this.request(); }, PAUSE_MS);
+      else this.request();
+      return;
+    }
     this.canvas.hidden = false;
     this.dirty = true;
     this.loop();
