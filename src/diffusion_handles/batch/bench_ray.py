@@ -60,18 +60,9 @@ def run_benchmark_on_ray(cfg, out: str | Path, *, ray_address: str = "auto", gpu
         check_resources(cpus_per_job, gpus_per_job)
         err(f"handles bench: {k} task(s) on {where}")
         task = ray.remote(run_shard).options(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=1)
-        pending = {task.remote(dataclasses.replace(base, shard=(i, k)).to_dict(), str(out)): i for i in range(k)}
-        done = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready[0])
-            try:
-                rec = ray.get(ready[0])
-            except Exception as e:
-                rec = {"error": one_line(e), "seconds": 0.0}
-            done += 1
-            what = f"failed: {rec['error']}" if rec.get("error") else "ok"
-            err(f"handles bench: [{done}/{k}] shard {i}/{k} {what} ({rec.get('seconds', 0.0):.1f} s)")
+        pending = {task.remote(dataclasses.replace(base, shard=(i, k)).to_dict(), str(out)): f"shard {i}/{k}"
+                   for i in range(k)}
+        _drain(pending, err)
     final = dataclasses.replace(cfg, shard=(0, 1), report_only=True)
     return run_benchmark(final, out, progress=False, log=log)
 
@@ -113,15 +104,26 @@ def run_editbench_on_ray(cfg, data, out, names: list[str], *, ray_address: str =
         err(f"handles bench: {len(names)} case(s) on {where}")
         task = ray.remote(run_editbench_case).options(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=1)
         pending = {task.remote(cfg.to_dict(), str(data), str(out), n): n for n in names}
-        done = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            name = pending.pop(ready[0])
-            try:
-                rec = ray.get(ready[0])
-            except Exception as e:
-                rec = {"error": one_line(e), "seconds": 0.0}
-            done += 1
-            what = f"failed: {rec['error']}" if rec.get("error") else "ok"
-            err(f"handles bench: [{done}/{len(names)}] {name} {what} ({rec.get('seconds', 0.0):.1f} s)")
+        _drain(pending, err)
     return run_editbench(cfg, data, out, report_only=True, progress=False, log=log)
+
+
+def _drain(pending: dict, err) -> None:
+    """Wait for Ray task refs ``{ref: label}`` as they finish, one progress line each on ``err``.
+
+    A task that raised (its worker died, or Ray gave up after its retry) is reported, never raised:
+    the shards or cases it wrote stay on disk and the final report pass counts what is there.
+    """
+    import ray
+
+    total, done = len(pending), 0
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        label = pending.pop(ready[0])
+        try:
+            rec = ray.get(ready[0])
+        except Exception as e:
+            rec = {"error": one_line(e), "seconds": 0.0}
+        done += 1
+        what = f"failed: {rec['error']}" if rec.get("error") else "ok"
+        err(f"handles bench: [{done}/{total}] {label} {what} ({rec.get('seconds', 0.0):.1f} s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffusion_handles.cli.common import SEED_MAX, add_out_args
-from diffusion_handles.cli.perception_args import add_object_args, add_perception_args
+from diffusion_handles.cli.edit import add_edit_input_args
 
 DEFAULT_FRAMES = 12
 DEFAULT_FPS = 8.0
@@ -22,14 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "between keyframes (translation linear, rotation by slerp, scale geometric). Writes frames/0000.png..., "
         "animation.mp4 (H.264), animation.gif, comparison.png and summary.json.",
     )
-    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="text prompt describing the image")
-    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in "
-                   "millimetres (default: estimated with --depth-model)")
-    p.add_argument("--depth-scale", default="1000", help="16-bit PNG depth: scene units = value / depth-scale (default 1000)")
-    p.add_argument("--mask", default=None, help="object mask PNG (pixels >= 128 are the object), or --object / --click")
-    add_object_args(p, mask=False)
-    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
+    add_edit_input_args(p, prompt_help="text prompt describing the image",
+                        mask_help="object mask PNG (pixels >= 128 are the object), or --object / --click")
     p.add_argument("--keyframes", required=True, metavar="FILE.json",
                    help=f"a JSON list of 1..{MAX_KEYFRAMES} transforms with the keys translate [x, y, z], rotate_axis "
                         "[x, y, z], rotate_deg, scale (a missing key is the identity), spread evenly over the frames")

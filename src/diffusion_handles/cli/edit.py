@@ -40,18 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "generate the edited image guided by the 3D-transformed activations (Sec. 5 of the paper). "
         "--camera moves the camera instead; --edits FILE.json moves several objects in one pass.",
     )
-    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="text prompt describing the image")
-    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres "
-                   "(default: estimated with --depth-model)")
-    p.add_argument("--depth-scale", default="1000",
-                   help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
-    p.add_argument("--mask", default=None, help="object mask PNG (pixels >= 128 are the object), same size as IMAGE "
-                   "(or --object TEXT / --click X,Y)")
-    add_object_args(p, mask=False)
-    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
-    p.add_argument("--background-depth", default=None,
-                   help="optional z-depth of the scene without the object (d'_b); default: harmonic fill of the object region")
+    add_edit_input_args(p, prompt_help="text prompt describing the image",
+                        mask_help="object mask PNG (pixels >= 128 are the object), same size as IMAGE "
+                                  "(or --object TEXT / --click X,Y)",
+                        background_help="optional z-depth of the scene without the object (d'_b); default: harmonic "
+                                        "fill of the object region")
     add_transform_args(p)
     add_mode_args(p)
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
@@ -270,6 +263,24 @@ def _run(args: argparse.Namespace) -> int:
     print(f"edit written to {args.out} ({state}; edit {sum(out.timings.values()):.1f} s): edited.png, "
           "reconstruction.png, edited_depth.png, comparison.png, summary.json")
     return 0
+
+
+def add_edit_input_args(p: argparse.ArgumentParser, *, prompt_help: str, mask_help: str,
+                        background_help: str | None = None) -> None:
+    """IMAGE, ``--prompt``, ``--depth``, ``--depth-scale``, ``--mask`` / ``--object`` / ``--click``,
+    the perception models and (with ``background_help``) ``--background-depth``: the inputs every
+    edit-like command reads with :func:`load_edit_inputs`."""
+    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help=prompt_help)
+    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres "
+                   "(default: estimated with --depth-model)")
+    p.add_argument("--depth-scale", default="1000",
+                   help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
+    p.add_argument("--mask", default=None, help=mask_help)
+    add_object_args(p, mask=False)
+    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
+    if background_help is not None:
+        p.add_argument("--background-depth", default=None, help=background_help)
 
 
 def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffusion_handles.cli.common import SEED_MAX, add_out_args
-from diffusion_handles.cli.perception_args import add_object_args, add_perception_args
+from diffusion_handles.cli.edit import add_edit_input_args
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 
@@ -19,18 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(d'_b) while the activations outside the region follow the input's; the input is kept outside the region. "
         "--prompt should describe the scene WITHOUT the object.",
     )
-    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
-    p.add_argument("--prompt", required=True, metavar="TEXT",
-                   help="text describing the scene without the object (it conditions the regenerated region)")
-    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in "
-                   "millimetres (default: estimated with --depth-model)")
-    p.add_argument("--depth-scale", default="1000", help="16-bit PNG depth: scene units = value / depth-scale (default 1000)")
-    p.add_argument("--mask", default=None, help="mask PNG of the object to remove (pixels >= 128), or --object / --click")
-    add_object_args(p, mask=False)
-    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
-    p.add_argument("--background-depth", default=None,
-                   help="z-depth of the scene without the object (d'_b); default: harmonic fill with a given --depth, "
-                        "inpainting + depth estimation with an estimated one")
+    add_edit_input_args(p, prompt_help="text describing the scene without the object (it conditions the regenerated region)",
+                        mask_help="mask PNG of the object to remove (pixels >= 128), or --object / --click",
+                        background_help="z-depth of the scene without the object (d'_b); default: harmonic fill with "
+                                        "a given --depth, inpainting + depth estimation with an estimated one")
     p.add_argument("--margin", default=None, metavar="PX",
                    help="how far the regenerated region extends around the object, in pixels of the model's work size "
                         "(default: a quarter of the square root of the object's area, at least 3; twice that further "
