@@ -86,43 +86,62 @@ class Case:
 
     # ------------------------------------------------------------------ disk
     def save(self, folder: str | Path) -> Path:
-        from PIL import Image
-
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name in ("image", "gt", "clean"):
-            Image.fromarray(getattr(self, name)).save(tmp / f"{'input' if name == 'image' else name}.png")
-        np.savez_compressed(tmp / "arrays.npz", depth=self.depth, clean_depth=self.clean_depth,
-                            gt_depth=self.gt_depth, mask_src=self.mask_src, mask_gt=self.mask_gt)
         meta = {"case_id": self.case_id, "seed": self.seed, "caption": self.caption,
                 "object_index": self.object_index, "kind": self.kind, "edit": self.edit.to_dict(),
                 "pivot": [float(v) for v in self.pivot], "fov_deg": self.fov_deg, "stats": self.stats,
                 "scene": self.scene}
-        (tmp / "case.json").write_text(json.dumps(meta, indent=1))
-        tmp.replace(folder)
-        return folder
+        return write_case_folder(folder, {"input": self.image, "gt": self.gt, "clean": self.clean},
+                                 {"depth": self.depth, "clean_depth": self.clean_depth, "gt_depth": self.gt_depth,
+                                  "mask_src": self.mask_src, "mask_gt": self.mask_gt}, meta)
 
     @staticmethod
     def load(folder: str | Path) -> Case:
-        from PIL import Image
-
-        folder = Path(folder)
-        meta = json.loads((folder / "case.json").read_text())
-        with np.load(folder / "arrays.npz") as z:
-            arr = {k: z[k] for k in z.files}
-
-        def png(name):
-            return np.asarray(Image.open(folder / f"{name}.png").convert("RGB"))
-
+        meta, arr, png = read_case_folder(folder, ("input", "gt", "clean"))
         return Case(
             case_id=meta["case_id"], seed=int(meta["seed"]), caption=meta["caption"],
             object_index=int(meta["object_index"]), kind=meta["kind"], edit=HandleEdit.from_dict(meta["edit"]),
             pivot=np.asarray(meta["pivot"], np.float64), fov_deg=float(meta["fov_deg"]),
-            image=png("input"), depth=arr["depth"], mask_src=arr["mask_src"].astype(bool),
-            gt=png("gt"), gt_depth=arr["gt_depth"], mask_gt=arr["mask_gt"].astype(bool),
-            clean=png("clean"), clean_depth=arr["clean_depth"], stats=meta["stats"], scene=meta["scene"],
+            image=png["input"], depth=arr["depth"], mask_src=arr["mask_src"].astype(bool),
+            gt=png["gt"], gt_depth=arr["gt_depth"], mask_gt=arr["mask_gt"].astype(bool),
+            clean=png["clean"], clean_depth=arr["clean_depth"], stats=meta["stats"], scene=meta["scene"],
         )
+
+
+def write_case_folder(folder: str | Path, pngs: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
+                      meta: dict) -> Path:
+    """Write a case folder whole: ``<name>.png`` per uint8 image, ``arrays.npz``, ``case.json``.
+
+    Staged in ``<folder>.partial`` and renamed into place (an existing folder is replaced), so a
+    reader never sees half a case.
+    """
+    import shutil
+
+    from PIL import Image
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, img in pngs.items():
+        Image.fromarray(img).save(tmp / f"{name}.png")
+    np.savez_compressed(tmp / "arrays.npz", **arrays)
+    (tmp / "case.json").write_text(json.dumps(meta, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+    return folder
+
+
+def read_case_folder(folder: str | Path, png_names: tuple[str, ...]) -> tuple[dict, dict, dict]:
+    """``(meta, arrays, images)`` of a folder written by :func:`write_case_folder` (RGB uint8 images)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    meta = json.loads((folder / "case.json").read_text())
+    with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+        arr = {k: z[k] for k in z.files}
+    png = {n: np.asarray(Image.open(folder / f"{n}.png").convert("RGB")) for n in png_names}
+    return meta, arr, png
 
 
 # ---------------------------------------------------------------------- sampling

@@ -67,39 +67,21 @@ class KindCase:
     stats: dict = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
-        from PIL import Image
+        from diffusion_handles.bench.cases import write_case_folder
 
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(self.image).save(tmp / "input.png")
-        Image.fromarray(self.gt).save(tmp / "gt.png")
-        np.savez_compressed(tmp / "arrays.npz", depth=self.depth, gt_depth=self.gt_depth, masks=self.masks,
-                            clean_depth=self.clean_depth)
         meta = {"case_id": self.case_id, "seed": self.seed, "kind": self.kind, "prompt": self.prompt,
                 "fov_deg": self.fov_deg, "edits": self.edits, "stats": self.stats}
-        (tmp / "case.json").write_text(json.dumps(meta, indent=1))
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.replace(folder)
-        return folder
+        return write_case_folder(folder, {"input": self.image, "gt": self.gt},
+                                 {"depth": self.depth, "gt_depth": self.gt_depth, "masks": self.masks,
+                                  "clean_depth": self.clean_depth}, meta)
 
     @staticmethod
     def load(folder: str | Path) -> KindCase:
-        from PIL import Image
+        from diffusion_handles.bench.cases import read_case_folder
 
-        folder = Path(folder)
-        meta = json.loads((folder / "case.json").read_text())
-        with np.load(folder / "arrays.npz") as z:
-            arr = {k: z[k] for k in z.files}
-
-        def png(name):
-            return np.asarray(Image.open(folder / f"{name}.png").convert("RGB"))
-
+        meta, arr, png = read_case_folder(folder, ("input", "gt"))
         return KindCase(case_id=meta["case_id"], seed=int(meta["seed"]), kind=meta["kind"], prompt=meta["prompt"],
-                        fov_deg=float(meta["fov_deg"]), image=png("input"), depth=arr["depth"], gt=png("gt"),
+                        fov_deg=float(meta["fov_deg"]), image=png["input"], depth=arr["depth"], gt=png["gt"],
                         gt_depth=arr["gt_depth"], masks=arr["masks"].astype(bool), clean_depth=arr["clean_depth"],
                         edits=meta["edits"], stats=meta["stats"])
 
