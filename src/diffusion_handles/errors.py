@@ -1,6 +1,12 @@
 """The one exception type the command line and the web app turn into a clear message."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message (at most ``limit`` characters), or its type name."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:limit]
+
+
 class HandlesError(ValueError):
     """Bad input or an impossible request.
 

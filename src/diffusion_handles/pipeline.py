@@ -205,6 +205,7 @@ class DiffusionHandles:
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
+        self._fill: tuple = (None, None)  # (key of depth and mask, their harmonic fill d'_b): the last one
 
     @classmethod
     def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
@@ -257,8 +258,9 @@ class DiffusionHandles:
         mask_w = (bb.resize_to_work((mask > 0.5).float(), work, mode="nearest") > 0.5).float()
         plan = self.record_plan(guidance, inversion.num_steps)
         record_dtype = _DTYPES[guidance.record_dtype]
+        digest = bb.weights_digest if cache_dir is not None else ""  # hashing every weight costs seconds on SD2
         key = inversion_key(image_w, depth_w, mask_w, prompt, bb.model_id, inversion, plan, bb.dtype, seed,
-                            weights_digest=bb.weights_digest)
+                            weights_digest=digest)
         if cache_dir is not None:
             inv = _cached(Path(cache_dir) / key, key, bb)
             if inv is not None:
@@ -287,12 +289,13 @@ class DiffusionHandles:
             x_T=res.x_T, latent_0=z0, text_embedding=text, null_embeddings=res.null_embeddings,
             reconstruction=recon, activations=res.activations, key=key, timings=timings,
             unet_evals=evals, null_losses=res.null_losses, seed=seed,
-            trajectory=torch.cat(res.trajectory) if res.trajectory else None, weights_digest=bb.weights_digest,
+            trajectory=torch.cat(res.trajectory) if res.trajectory else None, weights_digest=digest,
         )
         problem = inv.problem()
         if problem is not None:
             raise HandlesError(f"inversion: the model produced an unusable result ({problem}); "
                                "try float32 (--dtype) or another seed")
+        inv.verified = True
         if cache_dir is not None:
             inv.save(Path(cache_dir) / key)
         return inv
@@ -305,7 +308,7 @@ class DiffusionHandles:
             raise HandlesError(f"inverted: was made with model {inverted.model_id!r}, this pipeline runs {bb.model_id!r}; invert again")
         if inverted.weights_digest and inverted.weights_digest != bb.weights_digest:
             raise HandlesError(f"inverted: was made with other weights of model {bb.model_id!r}; invert again")
-        problem = inverted.problem()
+        problem = None if inverted.verified else inverted.problem()
         if problem is not None:
             raise HandlesError(f"inverted: unusable ({problem}); invert again")
         n = inverted.config.num_steps
@@ -321,7 +324,11 @@ class DiffusionHandles:
     def _background(self, background_depth: torch.Tensor | None, depth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """d'_b at the work size: the given one resized, or the harmonic fill of ``mask``."""
         if background_depth is None:
-            return background_depth_fill(depth, mask)
+            key = (tuple(depth.shape), hash(depth.detach().cpu().numpy().tobytes()),
+                   hash(mask.detach().cpu().numpy().tobytes()))
+            if self._fill[0] != key:  # one Poisson solve per (depth, mask), not per frame
+                self._fill = (key, background_depth_fill(depth, mask))
+            return self._fill[1]
         if not isinstance(background_depth, torch.Tensor) or background_depth.dim() != 4 or background_depth.shape[:2] != (1, 1):
             raise HandlesError(f"background_depth: expected a tensor (1, 1, H, W), got {getattr(background_depth, 'shape', type(background_depth))}")
         return self.backbone.resize_to_work(background_depth.float().to(depth.device), tuple(depth.shape[-2:]))
@@ -552,10 +559,10 @@ class DiffusionHandles:
 
         # 4. decode; keep the input's pixels outside the edit region (optional, not in the paper)
         t0 = time.perf_counter()
-        image = bb.decode(res.latent)
         if not bool(torch.isfinite(res.latent).all()):
             raise HandlesError("guided generation: the model produced non-finite values (NaN or inf); "
                                "try float32 (--dtype), fewer guidance steps or a smaller transform")
+        image = bb.decode(res.latent)
 
         def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
             return bb.resize_to_work(x.float().cpu(), inverted.input_hw, mode)

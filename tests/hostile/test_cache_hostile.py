@@ -213,8 +213,9 @@ def test_interrupted_write_leaves_no_entry(handles, tmp_path, monkeypatch):
 def test_edit_refuses_an_unusable_inverted_image(handles, reference):
     from diffusion_handles.geometry.transform import HandleEdit
 
-    bad = reference.to("cpu")
-    bad.x_T = torch.full_like(bad.x_T, float("nan"))
+    # an inverted image assembled by hand (not verified by invert or load) with a NaN latent
+    fields = {**reference.__dict__, "x_T": torch.full_like(reference.x_T, float("nan")), "verified": False}
+    bad = InvertedImage(**fields)
     with pytest.raises(HandlesError, match="x_T: holds non-finite"):
         handles.edit(bad, HandleEdit((0.1, 0.0, 0.0)), progress=False)
 

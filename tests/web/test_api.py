@@ -71,7 +71,9 @@ def test_page_loads_nothing_from_outside(client):
 
     from diffusion_handles.web.app import STATIC
 
-    for f in [STATIC / "index.html", STATIC / "app.js", STATIC / "convert.js", STATIC / "style.css"]:
+    files = sorted(f for f in STATIC.iterdir() if f.suffix in (".html", ".js", ".css"))  # not vendor/
+    assert {"index.html", "app.js", "live.js", "splat.js"} <= {f.name for f in files}
+    for f in files:
         text = f.read_text()
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text, re.I), f.name
         assert not re.search(r"""(import|url)\s*\(?\s*["']?(https?:)?//""", text, re.I), f.name

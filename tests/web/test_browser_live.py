@@ -87,7 +87,7 @@ def test_drag_draws_the_object_every_frame_and_asks_the_server_when_it_pauses(pa
     assert out["splat_visible_during_drag"]
     assert st["draws"] >= 10, st  # drawn in the page during the drag
     assert len(st["frames"]) >= 10, st
-    assert out["requests_during_drag"] <= 3, out["requests_during_drag"]  # only on pauses
+    assert out["requests_during_drag"] <= st["pauses"], out  # a request only when the drag paused
     assert out["requests_total"] - out["requests_during_drag"] <= 1  # one more when the drag ends
 
     # after the drag the exact preview replaces the splat, which showed nearly the same picture

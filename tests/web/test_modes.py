@@ -81,17 +81,9 @@ def test_remove_job_reuses_the_render_inversion(client, demo_session):
     sid = demo_session["id"]
     r = client.post("/api/jobs", json={"session_id": sid, "transform": {"translate": [0.3, 0, 0]}, "num_steps": 2})
     assert wait_job(client, r.json()["id"])["state"] == "done"
-    stages = []
     r = client.post(f"/api/sessions/{sid}/remove", json={"num_steps": 2})
     assert r.status_code == 202, r.text
-    jid = r.json()["id"]
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        st = client.get(f"/api/jobs/{jid}").json()
-        stages.append(st["stage"])
-        if st["state"] in ("done", "error"):
-            break
-        time.sleep(0.01)
+    st = wait_job(client, r.json()["id"])
     assert st["state"] == "done", st
     assert st["info"]["mode"] == "remove" and st["info"]["reused_inversion"] is True
     assert st["step"] == st["total"] == 2 and st["fraction"] == 1.0

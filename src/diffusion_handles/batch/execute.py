@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from diffusion_handles.batch.jobs import BadLine, Job, parse_jobs
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.bench.runner import _write_json
+from diffusion_handles.errors import HandlesError, first_line
 
 CACHE_NAME = ".cache"
 STATE_NAME = "batch.json"
@@ -36,7 +37,7 @@ STATE_NAME = "batch.json"
 
 def one_line(e: BaseException) -> str:
     """``Type: first line of the message`` (a HandlesError's message alone)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = first_line(e, 10_000) if str(e).strip() else ""
     if isinstance(e, HandlesError):
         return text
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -139,12 +140,6 @@ def _has_cuda() -> bool:
 
 
 # ---------------------------------------------------------------------- the driver
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
 def _previous(out: Path) -> dict:
     try:
         return {r["id"]: r for r in json.loads((out / STATE_NAME).read_text())["jobs"]}

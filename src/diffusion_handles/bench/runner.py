@@ -156,7 +156,7 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     Image.fromarray(arr).save(tmp)
     tmp.replace(path)
 

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         parse_seed,
         silence_progress_bars,
     )
-    from diffusion_handles.cli.edit import load_edit_inputs
+    from diffusion_handles.cli.edit import SMALL_UNET_PARAMS, load_edit_inputs
     from diffusion_handles.diffusion.config import preset
     from diffusion_handles.errors import HandlesError
     from diffusion_handles.io import save_image
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     image, depth, mask, background, prepared = load_edit_inputs(args, "animate")
 
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    if sum(p.numel() for p in dh.backbone.unet.parameters()) < 20_000_000:
+    if sum(p.numel() for p in dh.backbone.unet.parameters()) < SMALL_UNET_PARAMS:
         torch.set_num_threads(1)  # small models: one thread is fastest (see handles edit)
     t_load = time.perf_counter() - t_start
     t0 = time.perf_counter()

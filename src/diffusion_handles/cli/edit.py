@@ -283,6 +283,16 @@ def add_edit_input_args(p: argparse.ArgumentParser, *, prompt_help: str, mask_he
         p.add_argument("--background-depth", default=None, help=background_help)
 
 
+def depth_scale_from_args(args: argparse.Namespace) -> float:
+    """``--depth-scale`` as a number (its range is checked where a 16-bit PNG depth is read)."""
+    from diffusion_handles.errors import HandlesError
+
+    try:
+        return float(args.depth_scale)
+    except ValueError:
+        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+
+
 def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
     """IMAGE, ``--depth``, ``--mask`` (or ``--object``/``--click``) and ``--background-depth`` of an
     edit-like command, validated; missing depth or mask come from the perception stages (Sec. 5).
@@ -296,7 +306,6 @@ def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
     """
     import sys
 
-    from diffusion_handles.errors import HandlesError
     from diffusion_handles.io import (
         check_mask_not_empty,
         check_same_size,
@@ -306,10 +315,7 @@ def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
     )
     from diffusion_handles.perception import prepare_inputs
 
-    try:
-        depth_scale = float(args.depth_scale)
-    except ValueError:
-        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+    depth_scale = depth_scale_from_args(args)
     check_one_object_source(args)
     image = load_image(args.image, "IMAGE")
     depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)

@@ -183,10 +183,9 @@ def load_camera_inputs(args: argparse.Namespace) -> tuple:
 
 
 def _depth_scale(args) -> float:
-    try:
-        return float(args.depth_scale)
-    except ValueError:
-        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+    from diffusion_handles.cli.edit import depth_scale_from_args
+
+    return depth_scale_from_args(args)
 
 
 def load_multi_inputs(args: argparse.Namespace, entries: list[EditEntry], command: str = "edit") -> tuple:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_handles.diffusion.ddim import Schedule, make_schedule
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import HandlesError, first_line
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 TINYWORLD_NAME = "tinyworld"
@@ -75,7 +75,7 @@ def _resolve_tinyworld() -> str:
                 except HandlesError:
                     raise
                 except Exception as e:
-                    raise HandlesError(f"--model: could not resolve {TINYWORLD_NAME!r}: {_one_line(e)}") from None
+                    raise HandlesError(f"--model: could not resolve {TINYWORLD_NAME!r}: {first_line(e)}") from None
     raise HandlesError(f"--model: {TINYWORLD_NAME!r} is not available in this installation (no model helper in diffusion_handles.world); pass --model a diffusers folder")
 
 
@@ -115,14 +115,9 @@ def _load_or_fail(name: str, source: str, local_files_only: bool) -> tuple:
             warnings.simplefilter("ignore")
             return _load_components(source, local_files_only)
     except Exception as e:  # OSError (offline / missing), ValueError (bad config), ...
-        raise HandlesError(f"--model: could not load {name!r} ({type(e).__name__}: {_one_line(e)}); no network or weights here? pass --model a local diffusers folder") from None
+        raise HandlesError(f"--model: could not load {name!r} ({type(e).__name__}: {first_line(e)}); no network or weights here? pass --model a local diffusers folder") from None
     finally:
         hub_logger.setLevel(level)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 class Backbone:

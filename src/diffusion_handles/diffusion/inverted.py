@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from diffusion_handles.diffusion.config import InversionConfig
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import HandlesError, first_line
 
 FORMAT_VERSION = 3  # 2: the reconstruction trajectory is stored; 3: weights digest and tensor checksum
 TENSOR_FILE = "tensors.safetensors"
@@ -102,6 +99,7 @@ class InvertedImage:
     trajectory: torch.Tensor | None = None
     weights_digest: str = ""
     cache_hit: bool = False  # set when loaded from a cache instead of computed (not saved)
+    verified: bool = False  # :meth:`problem` found nothing (set by ``load`` and ``invert``; edits skip the check)
 
     @property
     def activation_bytes(self) -> int:
@@ -141,6 +139,8 @@ class InvertedImage:
         """
         from safetensors.torch import save_file
 
+        from diffusion_handles.outputs import atomic_output_dir
+
         folder = Path(folder)
         tensors = self.tensors()
         meta = {
@@ -150,19 +150,9 @@ class InvertedImage:
             "timings": self.timings, "unet_evals": self.unet_evals, "null_losses": self.null_losses,
             "seed": self.seed, "weights_digest": self.weights_digest, "checksum": tensor_checksum(tensors),
         }
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-        try:
-            save_file(tensors, str(staging / TENSOR_FILE))
-            (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-            if folder.exists() or folder.is_symlink():
-                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-                os.replace(folder, old / "entry")
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with atomic_output_dir(folder) as tmp:
+            save_file(tensors, str(tmp / TENSOR_FILE))
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
 
     @staticmethod
@@ -185,7 +175,7 @@ class InvertedImage:
             meta = json.loads((folder / META_FILE).read_text())
             tensors = load_file(str(folder / TENSOR_FILE), device="cpu")
         except Exception as e:
-            raise CacheEntryError(f"inverted image: could not read {folder}: {_one_line(e)}") from None
+            raise CacheEntryError(f"inverted image: could not read {folder}: {first_line(e)}") from None
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
             got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
             raise CacheEntryError(f"inverted image: expected format version {FORMAT_VERSION}, got {got} in {folder}")
@@ -193,7 +183,7 @@ class InvertedImage:
             inv = _from_saved(meta, tensors)
             problem = inv.problem()
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise CacheEntryError(f"inverted image: {folder}: malformed entry ({type(e).__name__}: {_one_line(e)})") from None
+            raise CacheEntryError(f"inverted image: {folder}: malformed entry ({type(e).__name__}: {first_line(e)})") from None
         if problem is None and meta.get("checksum") != tensor_checksum(tensors):
             problem = "the tensors do not match their saved checksum (altered or corrupted)"
         if problem is None and key is not None and inv.key != key:
@@ -202,6 +192,7 @@ class InvertedImage:
             problem = "made with other model weights"
         if problem is not None:
             raise CacheEntryError(f"inverted image: {folder}: {problem}")
+        inv.verified = True
         return inv.to(device)
 
     def problem(self) -> str | None:
@@ -240,11 +231,6 @@ class InvertedImage:
             if not bool(torch.isfinite(v).all()):
                 return f"{name}: holds non-finite values (NaN or inf)"
         return None
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
 
 
 def _from_saved(meta: dict, tensors: dict[str, torch.Tensor]) -> InvertedImage:

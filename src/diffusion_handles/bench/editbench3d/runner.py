@@ -10,7 +10,6 @@ the report). The pipeline, SAM, torch and tqdm are imported when first needed.
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from diffusion_handles.bench.editbench3d.camera import camera_from_K, handle_edi
 from diffusion_handles.bench.editbench3d.io import EditBenchCase, list_cases, read_case
 from diffusion_handles.bench.editbench3d.report import METRICS, format_table, write_report
 from diffusion_handles.bench.editbench3d.scoring import PointSegmenter, resize_uint8, score_edit
+from diffusion_handles.bench.runner import _save_png, _write_json
 from diffusion_handles.errors import HandlesError
 
 RESULTS_VERSION = 1
@@ -163,22 +163,6 @@ class EditBenchRunner:
             if on_method is not None:
                 on_method(m.name, entry, full)
         return out
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
-    tmp.replace(path)
-
-
-def _save_png(arr: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(arr).save(tmp)
-    tmp.replace(path)
 
 
 def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, only: list[str] | None = None,
