@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import HandlesError, first_line
 
 T = TypeVar("T")
 
@@ -74,11 +74,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
-
-
 def looks_like_path(source: str) -> bool:
     """A string meant as a folder rather than a hub id (``./x``, ``/x``, ``~/x``, ``x/y/z``)."""
     return (source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
@@ -123,7 +118,7 @@ def load_pretrained(
         try:
             return load(str(folder), True)
         except load_errors + (ValueError, KeyError) as e:
-            raise HandlesError(f"{option}: could not load a {what} model from folder {folder}: {_first_line(e)}") from None
+            raise HandlesError(f"{option}: could not load a {what} model from folder {folder}: {first_line(e)}") from None
     if looks_like_path(source):
         raise HandlesError(f"{option}: expected a hub id or an existing folder, got {source!r} (no such folder)")
     try:
@@ -132,7 +127,7 @@ def load_pretrained(
         pass  # not cached (or only partly)
     except (ValueError, KeyError) as e:  # cached, but not a model of the expected kind
         raise HandlesError(f"{option}: could not load a {what} model {source!r} from the local cache: "
-                           f"{_first_line(e)}") from None
+                           f"{first_line(e)}") from None
     if is_offline():
         raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
                                                reason="HF_HUB_OFFLINE is set and it is not in the local cache"))
@@ -144,4 +139,4 @@ def load_pretrained(
         return load(source, False)
     except load_errors as e:
         raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
-                                               reason=f"download failed: {_first_line(e)}")) from None
+                                               reason=f"download failed: {first_line(e)}")) from None

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
@@ -90,8 +91,8 @@ def test_two_objects_one_render(page, tmp_path):
     page.fill("#tx", "0.3")
     wait_preview_after(page, n)
     page.click("#add-object")  # only one object so far: kept, and the page asks for another
-    assert page.locator("#object-list li").count() == 1
-    assert "select another object" in page.inner_text("#objects-hint")
+    expect(page.locator("#object-list li")).to_have_count(1)  # auto-waits: the page updates asynchronously
+    expect(page.locator("#objects-hint")).to_contain_text("select another object")
 
     h, w = SCENE_SIZE
     mask = np.zeros((h, w), np.uint8)
@@ -100,13 +101,15 @@ def test_two_objects_one_render(page, tmp_path):
     n = preview_count(page)
     page.set_input_files("#mask-file", str(tmp_path / "wall.png"))
     wait_preview_after(page, n)
-    assert page.input_value("#mask-select") == "1" and float(page.input_value("#tx")) == 0
-    assert "orange box" in page.inner_text("#object-list")
+    expect(page.locator("#mask-select")).to_have_value("1")
+    assert float(page.input_value("#tx")) == 0
+    expect(page.locator("#object-list")).to_contain_text("orange box")
     n = preview_count(page)
     page.fill("#ty", "0.5")
     wait_preview_after(page, n)
-    assert "2 object(s)" in page.inner_text("#preview-status")
-    assert page.inner_text("#render-btn") == "Render 2 objects" and page.is_disabled("#animate-btn")
+    expect(page.locator("#preview-status")).to_contain_text("2 object(s)")
+    expect(page.locator("#render-btn")).to_have_text("Render 2 objects")
+    expect(page.locator("#animate-btn")).to_be_disabled()
     page.screenshot(path=str(ARTIFACTS / "22-two-objects.png"))
 
     st = render_and_wait(page)
@@ -116,12 +119,14 @@ def test_two_objects_one_render(page, tmp_path):
     n = preview_count(page)
     page.select_option("#mask-select", "0")
     wait_preview_after(page, n)
-    assert float(page.input_value("#tx")) == 0.3 and page.locator("#object-list li").count() == 0
+    page.wait_for_function("parseFloat(document.querySelector('#tx').value) === 0.3", timeout=30000)
+    expect(page.locator("#object-list li")).to_have_count(0)
     page.click("#add-object")  # keeps the box, selects the wall patch
     page.wait_for_function("document.querySelector('#mask-select').value === '1'", timeout=30000)
-    assert page.locator("#object-list li").count() == 1
+    expect(page.locator("#object-list li")).to_have_count(1)
     page.click("#object-list li button")
-    assert page.locator("#object-list li").count() == 0 and page.inner_text("#render-btn") == "Render"
+    expect(page.locator("#object-list li")).to_have_count(0)
+    expect(page.locator("#render-btn")).to_have_text("Render")
 
 
 def test_remove_object(page):

@@ -8,7 +8,6 @@ model), and writes PNG results into the job's folder.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import HandlesError, first_line
 from diffusion_handles.geometry import (
     Camera,
     HandleEdit,
@@ -32,39 +31,14 @@ from diffusion_handles.geometry import (
     compute_edit,
     compute_multi_edit,
 )
-from diffusion_handles.geometry.poisson import dilate
+from diffusion_handles.geometry.poisson import check_mask_leaves_background
 
 log = logging.getLogger(__name__)
 
-# the dilation background_depth_fill applies to the object mask before filling it in
-FILL_DILATE_PX = int(inspect.signature(background_depth_fill).parameters["dilate_px"].default)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
 def check_background(mask: torch.Tensor) -> None:
-    """Refuse a mask that leaves no background to fill the object's region from.
-
-    The background depth behind the object is filled in (Poisson, inverse depth) from the
-    pixels outside the mask dilated by :data:`FILL_DILATE_PX`; with none left (a mask covering
-    the whole image, a 1x1 image) there is nothing to fill from.
-
-    Args:
-        mask: ``(1, 1, H, W)`` object mask in {0, 1}.
-
-    Raises:
-        HandlesError: one line naming the mask, what is needed and what arrived.
-    """
-    h, w = mask.shape[-2:]
-    if bool(dilate(mask, FILL_DILATE_PX).all()):
-        n = int((mask > 0.5).sum())
-        raise HandlesError(
-            f"mask: expected some background more than {FILL_DILATE_PX} px away from the object (the depth "
-            f"behind the object is filled in from it), got a mask of {n} of the {h * w} pixels that leaves "
-            f"none in the {w}x{h} image; select a smaller object or use a larger image")
+    """Refuse a ``(1, 1, H, W)`` mask that leaves no background to fill the object's region from
+    (the library's check, naming the request's field ``mask``)."""
+    check_mask_leaves_background(mask, "mask")
 
 
 @contextlib.contextmanager
@@ -77,7 +51,7 @@ def geometry_errors(what: str, h: int, w: int) -> Iterator[None]:
         raise
     except (ValueError, RuntimeError, ArithmeticError, IndexError) as e:
         raise HandlesError(f"{what}: expected an edit that can be computed for this {w}x{h} image and its mask, "
-                           f"got an error from the geometry ({type(e).__name__}: {_first_line(e)})") from None
+                           f"got an error from the geometry ({type(e).__name__}: {first_line(e)})") from None
 
 
 @contextlib.contextmanager
