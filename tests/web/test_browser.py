@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from playwright.sync_api import expect
 
 from diffusion_handles.geometry import HandleEdit
 
@@ -266,7 +267,8 @@ def test_animate_after_a_render_shows_a_gif(page):
     page.wait_for_selector("#anim-result:not([hidden])", timeout=90000)
     assert page.get_attribute("#progress", "aria-valuenow") == "100"
     page.wait_for_function("document.querySelector('#anim-gif').naturalWidth >= 256", timeout=10000)
-    assert "3 frames" in page.inner_text("#anim-info") and "reused" in page.inner_text("#anim-info")
+    expect(page.locator("#anim-info")).to_contain_text("3 frames")
+    expect(page.locator("#anim-info")).to_contain_text("reused")
     assert page.get_attribute("#anim-mp4", "href").endswith("/results/mp4")
     assert page.is_hidden("#error")
     page.screenshot(path=str(ARTIFACTS / "12-animation.png"), full_page=True)

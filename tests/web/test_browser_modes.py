@@ -56,8 +56,9 @@ def test_camera_mode_drag_and_render(page):
     before = preview_pixels(page)
     page.click("#edit-camera")
     assert page.evaluate("window.__handles.three.gizmo.object === window.__handles.three.rig")
-    assert page.is_disabled("#scale") and page.is_disabled("#remove-btn") and page.is_disabled("#add-object")
-    assert page.inner_text("#render-btn") == "Render camera move"
+    for sel in ("#scale", "#remove-btn", "#add-object"):
+        expect(page.locator(sel)).to_be_disabled()
+    expect(page.locator("#render-btn")).to_have_text("Render camera move")
 
     n = preview_count(page)
     c = page.evaluate("window.__handles.gizmoScreen()")
@@ -69,7 +70,7 @@ def test_camera_mode_drag_and_render(page):
     wait_preview_after(page, n)
     moved = [float(page.input_value(f"#{f}")) for f in ("tx", "ty", "tz")]
     assert max(abs(v) for v in moved) > 0.05, moved
-    assert "camera move" in page.inner_text("#preview-status")
+    expect(page.locator("#preview-status")).to_contain_text("camera move")
     assert page.is_hidden("#splat-canvas")  # no live drawing in camera mode
     after = preview_pixels(page)
     assert magenta(after).any() and (np.abs(after - before).sum(-1) > 30).mean() > 0.05
@@ -82,7 +83,8 @@ def test_camera_mode_drag_and_render(page):
     # back to object mode: the object's own transform, the gizmo on the object again
     page.click("#edit-object")
     assert page.evaluate("window.__handles.three.gizmo.object === window.__handles.three.handle")
-    assert float(page.input_value("#tx")) == 0 and not page.is_disabled("#scale")
+    expect(page.locator("#scale")).to_be_enabled()
+    assert float(page.input_value("#tx")) == 0
 
 
 def test_two_objects_one_render(page, tmp_path):
