@@ -67,16 +67,33 @@ def test_checkpoints_are_loaded_without_pickled_code(data, tmp_path):
 
 
 def test_gpu_preset_command_on_cpu_with_tiny_settings(data, tmp_path, capsys):
-    """The prepared GPU command, exactly as documented, with the device and sizes shrunk."""
+    """The prepared GPU command, exactly as documented, with the device and sizes shrunk.
+
+    The preset continues the shipped model: no VAE stage, so the encoder and its latent scale are
+    the shipped ones (the warm-started UNet was trained on exactly those latents), while the UNet
+    and the decoder train."""
+    from safetensors.torch import load_file
+
+    from diffusion_handles.world import model_path
+
     gpu = PRESETS["gpu"]
     assert gpu["device"] == "cuda" and gpu["max_minutes"] <= 9 and sum(gpu["stage_minutes"].values()) <= gpu["max_minutes"]
     rc = main(["world", "train", "--preset", "gpu", "--device", "cpu", "--data", str(data), "--run-dir", str(tmp_path / "g"),
-               "--vae-steps", "1", "--unet-steps", "1", "--decoder-steps", "1", "--unet-batch", "2",
+               "--unet-steps", "1", "--decoder-steps", "1", "--unet-batch", "2",
                "--image-size", "32", "--threads", "1", "--export", str(tmp_path / "gm")])
     assert rc == 0
     cfg = json.loads((tmp_path / "gm" / "training.json").read_text())["config"]
-    assert cfg["unet_channels"] == [64, 128, 256] and cfg["init_from"] == ""
+    assert cfg["init_from"] == "tinyworld" and cfg["vae_steps"] == 0
     assert all(f.stat().st_size <= 16 * 2**20 for f in (tmp_path / "gm").rglob("*") if f.is_file())
+    shipped, out = model_path(), tmp_path / "gm"
+    vae_cfg = [json.loads((m / "vae" / "config.json").read_text())["scaling_factor"] for m in (shipped, out)]
+    assert vae_cfg[0] == pytest.approx(vae_cfg[1], rel=1e-6)
+    v0, v1 = (load_file(str(m / "vae" / "diffusion_pytorch_model.safetensors")) for m in (shipped, out))
+    enc = [k for k in v0 if k.startswith("encoder.")]
+    assert enc and all(torch.equal(v0[k], v1[k]) for k in enc)  # the encoder is untouched
+    assert any(not torch.equal(v0[k], v1[k]) for k in v0 if k.startswith("decoder."))  # the decoder trained
+    u0, u1 = (load_file(str(m / "unet" / "diffusion_pytorch_model.safetensors")) for m in (shipped, out))
+    assert u0.keys() == u1.keys() and any(not torch.equal(u0[k], u1[k]) for k in u0)
 
 
 def test_train_cli_refuses_bad_arguments(data, tmp_path, capsys):

@@ -56,8 +56,8 @@ def register(subparsers) -> None:
     t.add_argument("--run-dir", default="runs/world/train", help="checkpoints and train.log (resumes from here)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--preset", default="cpu", choices=["cpu", "gpu", "tiny"],
-                   help="cpu: the shipped model's recipe (default); gpu: a larger model in about 9 minutes on one "
-                        "H100/H200 with --device cuda; tiny: a few steps of every stage (smoke test)")
+                   help="cpu: the shipped model's recipe (default); gpu: continues the shipped model at 8x the batch "
+                        "in about 7 minutes on one H100/H200 (cuda); tiny: a few steps of every stage (smoke test)")
     t.add_argument("--device", default=None, help="torch device (default: the preset's, cpu or cuda)")
     t.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start of a new run: a model folder, 'tinyworld' (the shipped model, the cpu preset's "
