@@ -198,6 +198,13 @@ def test_bench_suite_3deditbench_round_trip(exported, tmp_path, capsys):
     # resumed: nothing left to run, same results
     assert main(args) == 0
     assert json.loads((out / "results.json").read_text())["aggregate"]["ours"]["psnr"] == res["aggregate"]["ours"]["psnr"]
+    # a corrupt record is named in a note and that case recomputed (deterministic: same results)
+    rec_path = sorted((out / "edits").glob("*.json"))[0]
+    rec_path.write_text("[1, 2")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert f"{rec_path} is corrupt" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["aggregate"]["ours"]["psnr"] == res["aggregate"]["ours"]["psnr"]
 
 
 def test_point_prompt_without_sam_weights_says_so(exported, tmp_path, monkeypatch, capsys):

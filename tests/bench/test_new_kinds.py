@@ -78,3 +78,11 @@ def test_bench_kinds_cli_and_bad_kind(tmp_path, capsys):
     # resumable: the same command reuses the folder
     assert main(["bench", "--kinds", "remove", "--methods", "warp_only", "--scenes", "1", "--size", "32",
                  "--spp", "2", "--quiet", "--out", str(out)]) == 0
+    # a corrupt record is named in a note and recomputed, not a crash
+    (rec_path,) = (out / "kinds_edits").glob("remove_*.json")
+    rec_path.write_text('{"methods": ')
+    capsys.readouterr()
+    assert main(["bench", "--kinds", "remove", "--methods", "warp_only", "--scenes", "1", "--size", "32",
+                 "--spp", "2", "--quiet", "--out", str(out)]) == 0
+    assert f"{rec_path} is corrupt" in capsys.readouterr().err
+    assert "warp_only" in json.loads(rec_path.read_text())["methods"]

@@ -43,7 +43,7 @@ def _heldout(n: int, first: int = 0):
 
 
 def test_shipped_model_reproduces_held_out_images():
-    """v2's VAE round trip on held-out renders (32.7 dB over 32 scenes, 30.3 on these three; v1: 25.6)."""
+    """v2's VAE round trip on held-out renders (33.5 dB over 32 scenes, 30.7 on these three; v1: 25.6)."""
     pytest.importorskip("mitsuba")
     from diffusion_handles.diffusion.backbone import Backbone
 
@@ -54,11 +54,12 @@ def test_shipped_model_reproduces_held_out_images():
         y = bb.decode(bb.encode_image(x))
         ps.append(float(10 * torch.log10(1.0 / (y - x).pow(2).mean())))
     print(f"VAE round trip {np.mean(ps):.2f} dB")
-    assert np.mean(ps) > 29.0
+    assert np.mean(ps) > 29.5
 
 
 def test_shipped_model_null_text_reconstruction_is_an_identity_edit():
-    """Null-text inversion at the paper's 50 steps reproduces a held-out scene (v1: 23.9 dB)."""
+    """Null-text inversion at the paper's 50 steps reproduces a held-out scene: 29.7 dB, the issue's
+    target is 28 (v1: 23.9 dB on the demo scene)."""
     pytest.importorskip("mitsuba")
     from diffusion_handles.pipeline import DiffusionHandles
     from diffusion_handles.world.evaluate import reconstruct
@@ -71,7 +72,7 @@ def test_shipped_model_null_text_reconstruction_is_an_identity_edit():
     rec = reconstruct(dh, x, r["caption"], depth, mask)
     psnr = float(10 * torch.log10(1.0 / (rec - x).pow(2).mean()))
     print(f"null-text reconstruction {psnr:.2f} dB")
-    assert psnr > 27.0
+    assert psnr > 28.0
 
 
 def test_shipped_model_silhouettes_follow_the_depth():
@@ -94,5 +95,49 @@ def test_shipped_model_silhouettes_follow_the_depth():
             gen = generate(bb, r["caption"], depth, seed=j, steps=25)[0].permute(1, 2, 0).numpy()
             out.append(image_metrics(gen, ref, r["ids"], n_obj)["iou_fg"])
     print(f"iou_fg with the true depth {np.mean(right):.3f}, with another scene's depth {np.mean(wrong):.3f}")
-    assert np.mean(right) > 0.25
+    assert np.mean(right) > 0.30  # 0.343 measured (v1-like models: 0.25)
     assert np.mean(right) > np.mean(wrong) + 0.05
+
+
+def test_denoising_loss_needs_the_scene_s_own_depth():
+    """The evaluator's training-objective figure: the shipped model predicts the noise of a
+    held-out scene better from that scene's depth than from another scene's (a wrong noise
+    schedule, a missing depth channel or swapped timesteps would erase the difference)."""
+    pytest.importorskip("mitsuba")
+    from diffusion_handles.diffusion.backbone import Backbone
+    from diffusion_handles.world.evaluate import denoising_loss
+
+    bb = Backbone.from_pretrained("tinyworld")
+    rows = _heldout(2, first=20)
+    right, wrong = [], []
+    for j, r in enumerate(rows):
+        x = torch.from_numpy(r["rgb"]).permute(2, 0, 1)[None].float() / 255.0
+        for depth_row, out in ((r, right), (rows[1 - j], wrong)):
+            depth = torch.from_numpy(depth_row["depth"].astype(np.float32))[None, None]
+            out.append(denoising_loss(bb, x, depth, r["caption"]))
+    print(f"denoising loss: own depth {np.mean(right):.4f}, another scene's {np.mean(wrong):.4f}")
+    assert 0 < np.mean(right) < 0.2
+    assert np.mean(wrong) > 1.3 * np.mean(right)
+
+
+def test_world_eval_writes_every_figure_under_stable_keys(tmp_path, capsys):
+    """``handles world eval`` end to end on two held-out scenes, with a training set for the
+    memorisation figure."""
+    pytest.importorskip("mitsuba")
+    import json
+
+    from diffusion_handles.cli import main
+    from diffusion_handles.world.dataset import build_dataset
+
+    train = build_dataset(tmp_path / "train.npz", range(2), size=128, spp=4, workers=1)
+    out = tmp_path / "eval"
+    assert main(["world", "eval", "--n", "2", "--recon-n", "1", "--steps", "2", "--first-seed", "1000400",
+                 "--train-data", str(train), "--out", str(out)]) == 0
+    fig = json.loads((out / "metrics.json").read_text())["figures"]
+    keys = ("vae_psnr", "reconstruction_psnr", "generation_psnr", "generation_ssim", "generation_iou_obj",
+            "generation_iou_fg", "generation_colour_err", "object_cells", "denoise_loss_heldout", "denoise_loss_train")
+    assert set(keys) <= set(fig) and all(np.isfinite(fig[k]) for k in keys)
+    assert fig["vae_psnr"] > 25 and fig["object_cells"] > 10 and 0 < fig["denoise_loss_heldout"] < 1
+    assert "denoise_loss_train" in capsys.readouterr().out
+    assert main(["world", "eval", "--n", "2", "--train-data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "e2")]) == 2
+    assert "--train-data" in capsys.readouterr().err

@@ -28,7 +28,6 @@ the input).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import traceback
@@ -313,7 +312,7 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
     from tqdm import tqdm
 
     from diffusion_handles.bench.cases import NoEditFound, bench_seeds
-    from diffusion_handles.bench.runner import _save_png, _write_json
+    from diffusion_handles.bench.runner import _save_png, _write_json, read_resume_record
     from diffusion_handles.diffusion.config import preset
 
     unknown = [k for k in kinds if k not in NEW_KINDS]
@@ -351,8 +350,7 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
             cid = f"{kind}_s{seed}"
             bar.set_postfix_str(cid)
             rec_path = out / "kinds_edits" / f"{cid}.json"
-            if rec_path.exists():
-                rec = json.loads(rec_path.read_text())
+            if (rec := read_resume_record(rec_path)) is not None:
                 if rec.get("skipped"):
                     skipped.append(rec)
                     continue

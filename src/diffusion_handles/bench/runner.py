@@ -36,7 +36,7 @@ from diffusion_handles.bench.metrics import (
     lpips_status,
     segment_object,
 )
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import HandlesError, first_line
 
 RESULTS_VERSION = 1
 
@@ -150,6 +150,25 @@ def _read_record(path: Path, cid: str) -> tuple[dict | None, str | None]:
     except (OSError, ValueError) as e:
         return None, str(e).splitlines()[0] if str(e) else type(e).__name__
     return (None, why) if (why := _record_problem(rec, cid)) else (rec, None)
+
+
+def read_resume_record(path: Path) -> dict | None:
+    """The record of finished work at ``path`` to resume from, or ``None`` when there is none or
+    it is unreadable (not JSON, not an object, ``methods`` not an object); an unreadable one is
+    named in a one-line note on stderr and its work is recomputed (used by ``--kinds`` and
+    ``--suite 3deditbench``)."""
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        why = (f"expected a JSON object, got {type(rec).__name__}" if not isinstance(rec, dict) else
+               "methods: expected an object" if not isinstance(rec.get("methods", {}), dict) else None)
+    except (OSError, ValueError) as e:
+        why = first_line(e)
+    if why is None:
+        return rec
+    print(f"handles bench: note: {path} is corrupt ({why}); recomputing it", file=sys.stderr)
+    return None
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:

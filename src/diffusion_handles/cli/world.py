@@ -90,6 +90,9 @@ def register(subparsers) -> None:
     v.add_argument("--size", type=int, default=None, help="render size (default: the model's native size)")
     v.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
     v.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    v.add_argument("--train-data", default=None, metavar="NPZ",
+                   help="a training set (handles world dataset): also report the denoising loss on its first --n "
+                        "scenes, to compare with the held-out one (memorisation)")
     v.add_argument("--out", default="runs/world/eval")
     v.set_defaults(func=_eval)
 
@@ -274,6 +277,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from diffusion_handles.world.dataset import HELDOUT_SEED0
     from diffusion_handles.world.evaluate import evaluate
 
@@ -289,8 +294,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise HandlesError(f"--size: expected pixels in [16, 1024], got {args.size}")
     if args.steps < 1:
         raise HandlesError(f"--steps: expected at least 1, got {args.steps}")
+    if args.train_data is not None and not Path(args.train_data).is_file():
+        raise HandlesError(f"--train-data: file not found: {args.train_data}")
     res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance,
-                   first_seed=args.first_seed, recon_n=args.recon_n, size=args.size)
+                   first_seed=args.first_seed, recon_n=args.recon_n, size=args.size, train_data=args.train_data)
     for name, m in res["summary"].items():
         print(f"{name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
     print("figures  " + " ".join(f"{k} {v:.3f}" for k, v in res["figures"].items() if v is not None))

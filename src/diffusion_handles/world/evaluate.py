@@ -19,7 +19,11 @@ and ``other`` (the render of a different held-out scene: what "ignores the input
 ``vae_psnr``, ``reconstruction_psnr`` (null-text inversion at 50 steps, an identity edit, vs the
 input; over the first ``recon_n`` scenes), ``generation_psnr``, ``generation_ssim``,
 ``generation_iou_obj``, ``generation_iou_fg``, ``generation_colour_err`` and ``object_cells``
-(mean number of cells an object covers on the finest guided feature map, the latent grid).
+(mean number of cells an object covers on the finest guided feature map, the latent grid),
+``denoise_loss_heldout`` and, given training data, ``denoise_loss_train``: the UNet's
+epsilon-prediction error (:func:`denoising_loss`) on the held-out scenes and on as many training
+scenes. A train figure well below the held-out one means the model memorised its training set
+(more data helps more than more steps).
 """
 
 from __future__ import annotations
@@ -108,19 +112,66 @@ def reconstruct(handles, image: torch.Tensor, caption: str, depth: torch.Tensor,
     return handles.backbone.resize_to_work(inv.reconstruction.float().cpu(), tuple(image.shape[-2:]))
 
 
+DENOISE_TIMESTEPS = (50, 200, 400, 600, 800)  # spread over SD's 1000-step schedule
+
+
+@torch.no_grad()
+def denoising_loss(backbone, image: torch.Tensor, depth: torch.Tensor, caption: str, *, seed: int = 0,
+                   timesteps: tuple[int, ...] = DENOISE_TIMESTEPS) -> float:
+    """The training objective on one image: mean squared error of the predicted noise.
+
+    Args:
+        backbone: a :class:`~diffusion_handles.diffusion.backbone.Backbone`.
+        image: ``(1, 3, H, W)`` in [0, 1] at a size the model accepts.
+        depth: ``(1, 1, H, W)`` z-depth, scene units.
+        caption: the image's caption.
+        seed: seeds the noise (one draw per timestep, shared by every image with this seed).
+        timesteps: noise levels ``t`` of the 1000-step schedule.
+
+    Returns:
+        ``mean_t |eps_theta(sqrt(a_t) z + sqrt(1 - a_t) eps, t, depth, caption) - eps|^2``.
+    """
+    from diffusion_handles.diffusion.conditioning import depth_to_condition
+
+    z = backbone.encode_image(image)  # (1, c, h, w), scaled
+    ts = torch.tensor(timesteps, device=z.device)
+    eps = torch.randn((len(ts), *z.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(z.device)
+    a = backbone.scheduler.alphas_cumprod.to(z.device)[ts].view(-1, 1, 1, 1)
+    zt = a.sqrt() * z + (1 - a).sqrt() * eps
+    cond = depth_to_condition(depth.to(z.device), tuple(z.shape[-2:])).expand(len(ts), -1, -1, -1)
+    text = backbone.encode_prompt(caption).expand(len(ts), -1, -1)
+    pred = backbone.unet(torch.cat([zt, cond], 1).to(backbone.dtype), ts, encoder_hidden_states=text).sample
+    return float((pred.float() - eps).pow(2).mean())
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12)))
 
 
+def _train_denoise_loss(bb, path: str | Path, n: int, seed: int) -> float:
+    """:func:`denoising_loss` averaged over the first ``n`` scenes of a training set."""
+    from diffusion_handles.world.dataset import load_dataset
+
+    data = load_dataset(path)
+    losses = []
+    for j in range(min(n, len(data["rgb"]))):
+        x = torch.from_numpy(data["rgb"][j]).permute(2, 0, 1)[None].float() / 255.0
+        hw = tuple(x.shape[-2:])
+        depth = torch.from_numpy(data["depth"][j].astype(np.float32))[None, None]
+        losses.append(denoising_loss(bb, bb.resize_to_work(x, bb.work_size(hw)), depth, str(data["caption"][j]), seed=seed))
+    return float(np.mean(losses))
+
+
 def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/world/eval", steps: int = 25,
              guidance: float = 4.0, seed: int = 0, first_seed: int | None = None, recon_n: int = 8,
-             size: int | None = None) -> dict:
+             size: int | None = None, train_data: str | Path | None = None) -> dict:
     """Evaluate on held-out seeds ``first_seed .. first_seed + n - 1``; writes ``metrics.json``, ``grid.png``
     and ``recon_grid.png`` (input | reconstruction) into ``out``.
 
     ``recon_n`` scenes (the first ones) also get the null-text reconstruction figure (0: none).
     ``size`` renders at another size than the model's native one (the images are processed at
-    the size the model accepts).
+    the size the model accepts). ``train_data`` (a training set, ``handles world dataset``) adds
+    ``denoise_loss_train`` on its first ``n`` scenes.
     """
     from PIL import Image
     from tqdm import tqdm
@@ -134,7 +185,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
     handles = DiffusionHandles.from_pretrained(model)
     bb = handles.backbone
     size = size or bb.default_size
-    rows, grid, rgrid, recon, cells = [], [], [], [], []
+    rows, grid, rgrid, recon, cells, dl = [], [], [], [], [], []
     for j in tqdm(range(n), desc="eval"):
         s = first + j
         r = render_seed((s, size, DEFAULT_SPP))
@@ -151,6 +202,9 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
                "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
                "other": image_metrics(other, ref, r["ids"], n_obj)}
+        row["denoise_loss"] = denoising_loss(bb, bb.resize_to_work(x, bb.work_size((size, size))), depth,
+                                             r["caption"], seed=seed)
+        dl.append(row["denoise_loss"])
         lh, lw = bb.latent_hw((size, size))
         cells += [float((r["ids"] == k).sum()) * lh * lw / (size * size) for k in range(n_obj)]
         if j < recon_n and n_obj:
@@ -171,7 +225,10 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
     figures = {"vae_psnr": summary["vae"]["psnr"], "reconstruction_psnr": float(np.mean(recon)) if recon else None,
                "generation_psnr": gm["psnr"], "generation_ssim": gm["ssim"], "generation_iou_obj": gm["iou_obj"],
                "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
-               "object_cells": float(np.mean(cells)) if cells else None}
+               "object_cells": float(np.mean(cells)) if cells else None,
+               "denoise_loss_heldout": float(np.mean(dl)), "denoise_loss_train": None}
+    if train_data is not None:
+        figures["denoise_loss_train"] = _train_denoise_loss(bb, train_data, n, seed)
     result = {"model": model, "n": n, "steps": steps, "guidance": guidance, "first_seed": first, "size": size,
               "recon_n": len(recon), "figures": figures, "summary": summary, "scenes": rows}
     out = Path(out)

@@ -21,7 +21,7 @@ from diffusion_handles.bench.editbench3d.camera import camera_from_K, handle_edi
 from diffusion_handles.bench.editbench3d.io import EditBenchCase, list_cases, read_case
 from diffusion_handles.bench.editbench3d.report import METRICS, format_table, write_report
 from diffusion_handles.bench.editbench3d.scoring import PointSegmenter, resize_uint8, score_edit
-from diffusion_handles.bench.runner import _save_png, _write_json
+from diffusion_handles.bench.runner import _save_png, _write_json, read_resume_record
 from diffusion_handles.errors import HandlesError
 
 RESULTS_VERSION = 1
@@ -207,7 +207,7 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
     for path in bar:
         name = path.stem
         rec_path = out / "edits" / f"{name}.json"
-        rec = json.loads(rec_path.read_text()) if rec_path.exists() else None
+        rec = read_resume_record(rec_path)
         done = dict(rec["methods"]) if rec and not rec.get("error") else {}
         if report_only or (rec is not None and not rec.get("error") and all(m.name in done for m in methods)):
             if rec is not None:
