@@ -103,6 +103,8 @@ def test_train_cli_refuses_bad_arguments(data, tmp_path, capsys):
     assert "--init-from" in capsys.readouterr().err
     assert main(["world", "train", "--data", str(data), "--device", "cuda:7"]) == 2
     assert "--device" in capsys.readouterr().err
+    assert main(["world", "train", "--data", str(data), "--unet-lr=-1e-4"]) == 2
+    assert "--unet-lr" in capsys.readouterr().err
 
 
 def test_gpu_script_runs_end_to_end_with_tiny_settings(data, tmp_path):

@@ -67,6 +67,7 @@ def register(subparsers) -> None:
     t.add_argument("--vae-steps", type=int, default=None)
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--unet-batch", type=int, default=None)
+    t.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder learning rate (default: the preset's)")
     t.add_argument("--stage", default="all", choices=["all", "decoder"],
                    help="all: VAE, UNet, decoder fine-tuning (default); decoder: only the decoder stage (needs the VAE stage done)")
     t.add_argument("--decoder-steps", type=int, default=None)
@@ -235,6 +236,7 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import math
     from pathlib import Path
 
     import torch
@@ -248,8 +250,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg = config_from_preset(args.preset, data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device,
                              init_from=args.init_from, stage=args.stage, vae_steps=args.vae_steps,
                              image_size=args.image_size, threads=args.threads,
-                             unet_steps=args.unet_steps, unet_batch=args.unet_batch, decoder_steps=args.decoder_steps,
+                             unet_steps=args.unet_steps, unet_batch=args.unet_batch, unet_lr=args.unet_lr,
+                             decoder_steps=args.decoder_steps,
                              max_minutes=args.max_minutes or None)
+    if not (cfg.unet_lr > 0 and math.isfinite(cfg.unet_lr)):
+        raise HandlesError(f"--unet-lr: expected a positive learning rate, got {cfg.unet_lr}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise HandlesError(f"--device: expected an available device, got {cfg.device!r} (torch sees no CUDA GPU)")
     try:
