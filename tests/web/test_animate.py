@@ -4,22 +4,13 @@ frames from the render's cached inversion, with progress frame i of N; GIF, MP4 
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 from PIL import Image
 
 from diffusion_handles.animation import MAX_FRAMES
 
-
-def wait_job(client, jid, timeout=120.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = client.get(f"/api/jobs/{jid}").json()
-        if st["state"] in ("done", "error"):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"job {jid} did not finish in {timeout} s: {st}")
+from .helpers import wait_job
 
 
 def test_animate_after_a_render_reuses_the_inversion(client, demo_session, monkeypatch, tmp_path):

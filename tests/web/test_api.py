@@ -14,30 +14,12 @@ from PIL import Image
 
 from diffusion_handles.web.scenes import demo_scene
 
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def decode_data_url(url: str) -> np.ndarray:
-    assert url.startswith("data:image/png;base64,")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
+from .helpers import data_url_pixels as decode_data_url
+from .helpers import png_bytes, wait_job
 
 
 def preview(client, sid, transform, **kw):
     return client.post(f"/api/sessions/{sid}/preview", json={"transform": transform, **kw})
-
-
-def wait_job(client, jid, timeout=120.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = client.get(f"/api/jobs/{jid}").json()
-        if st["state"] in ("done", "error"):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"job {jid} did not finish in {timeout} s: {st}")
 
 
 # ---------------------------------------------------------------------------- documents

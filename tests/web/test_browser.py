@@ -6,8 +6,6 @@ Screenshots go to ``test-artifacts/web/``.
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +16,12 @@ from playwright.sync_api import expect
 
 from diffusion_handles.geometry import HandleEdit
 
+from .helpers import preview_pixels
+
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"  # same as conftest
 SCENE_SIZE = (48, 64)  # WebConfig.scene_size of the conftest
-
-
-def preview_pixels(page) -> np.ndarray:
-    src = page.eval_on_selector("#preview-img", "e => e.src")
-    assert src.startswith("data:image/png;base64,"), src[:80]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")).astype(int)
 
 
 def preview_count(page) -> int:

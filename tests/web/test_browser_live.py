@@ -9,8 +9,6 @@ so only behaviour is asserted, never a time.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import statistics
 from pathlib import Path
@@ -19,15 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .helpers import data_url_pixels
+
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 SIZE = 512  # the session image, as in the frame-time figure
-
-
-def data_url_pixels(url: str) -> np.ndarray:
-    assert url.startswith("data:image/png;base64,"), url[:60]
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")).astype(int)
 
 
 def upload_scene(page, tmp_path, size: int) -> None:

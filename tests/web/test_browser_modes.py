@@ -3,8 +3,6 @@ the tiny model (32 px renders). Screenshots go to ``test-artifacts/web/``."""
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +10,13 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from .helpers import preview_pixels
+
 pytestmark = pytest.mark.browser
 
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"  # same as conftest
 SCENE_SIZE = (48, 64)  # WebConfig.scene_size of the conftest
-
-
-def preview_pixels(page) -> np.ndarray:
-    src = page.eval_on_selector("#preview-img", "e => e.src")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")).astype(int)
 
 
 def preview_count(page) -> int:

@@ -3,28 +3,15 @@ model: previews, jobs with progress and results, and clear 422s for bad modes an
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-
-def wait_job(client, jid, timeout=120.0) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = client.get(f"/api/jobs/{jid}").json()
-        if st["state"] in ("done", "error"):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"job {jid} did not finish in {timeout} s: {st}")
-
-
-def pixels(data_url: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")).astype(int)
+from .helpers import data_url_pixels as pixels
+from .helpers import wait_job
 
 
 def second_object(client, sid: str) -> dict:
