@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "inputs": {"image": str(args.image), "depth": str(args.depth), "mask": str(args.mask),
                    "keyframes": str(args.keyframes), "prompt": args.prompt, "size_hw": list(inv.input_hw)},
         "model": {"id": dh.backbone.model_id, "device": str(dh.backbone.device)},
-        "config": {"preset": args.preset, "inversion": inversion.to_dict(), "guidance": guidance.to_dict(),
+        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": guidance.to_dict(),
                    "seed": seed, "fov_deg": fov, "frames": n_frames, "fps": fps},
         "interpolation": "translation linear, rotation slerp (angle interpolated about a shared axis), scale geometric",
         "frames": records,

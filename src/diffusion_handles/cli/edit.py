@@ -212,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         "mode": mode,
         "transform": ({"edits": [e.to_json() for e in entries], "fov_deg": fov} if mode == "multi" else
                       {"edit": edit.to_dict(), "moves": "camera" if mode == "camera" else "object", "fov_deg": fov}),
-        "config": {"preset": args.preset, "inversion": inversion.to_dict(), "guidance": out.config, "seed": seed},
+        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": out.config, "seed": seed},
         "inversion": {
             "cache_hit": inv.cache_hit, "skipped": inv.cache_hit, "key": inv.key,
             "cache_dir": args.cache, "null_losses": inv.null_losses,

@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
                    "background_depth": args.background_depth, "prompt": args.prompt,
                    "size_hw": list(inv.input_hw), "work_size_hw": list(inv.image.shape[-2:])},
         "model": {"id": bb.model_id, "device": str(bb.device), "dtype": str(bb.dtype).replace("torch.", "")},
-        "config": {"preset": args.preset, "inversion": inversion.to_dict(), "guidance": out.config, "seed": seed,
+        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": out.config, "seed": seed,
                    "margin_px": margin, "fresh_noise": not args.keep_noise},
         "results": {"object_pixels": int((mask > 0.5).sum()), "region_pixels": int((region > 0.99).sum()),
                     "feathered_pixels": int(((region > 0) & (region <= 0.99)).sum())},

@@ -8,9 +8,15 @@ Mokady et al. 2023 (NTI), which the paper uses (Sec. 5, "Inverting the Input Ima
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 INVERSION_METHODS = ("null-text", "ddim", "negative-prompt")
+
+
+# Null-Text Inversion's Adam learning rate (Mokady et al. 2023, and the paper's release), tuned
+# for Stable Diffusion; a model folder may carry its own (``handles.json``, Backbone.null_lr).
+NTI_NULL_LR = 1e-2
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,9 @@ class InversionConfig:
         guidance_scale: classifier-free guidance scale ``1 + mu`` of Eq. 3 (release: 7.5).
         null_inner_steps: at most this many Adam steps on the null embedding per timestep
             (release: up to 5).
-        null_lr: Adam learning rate, decayed linearly as ``lr * (1 - i / 100)`` (NTI).
+        null_lr: Adam learning rate, decayed linearly as ``lr * (1 - i / 100)`` (NTI). ``None``
+            (the default): the model's own, :attr:`Backbone.null_lr` (a model folder's
+            ``handles.json`` may set it; otherwise NTI's :data:`NTI_NULL_LR`, tuned for SD).
         null_early_stop: stop the inner loop when the latent loss drops below
             ``null_early_stop + i * 2e-5`` (NTI, epsilon = 1e-5).
     """
@@ -35,7 +43,7 @@ class InversionConfig:
     num_steps: int = 50
     guidance_scale: float = 7.5
     null_inner_steps: int = 5
-    null_lr: float = 1e-2
+    null_lr: float | None = None
     null_early_stop: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -45,6 +53,12 @@ class InversionConfig:
             raise ValueError(f"num_steps: expected >= 1, got {self.num_steps}")
         if self.null_inner_steps < 0:
             raise ValueError(f"null_inner_steps: expected >= 0, got {self.null_inner_steps}")
+        if self.null_lr is not None and not (math.isfinite(self.null_lr) and self.null_lr > 0):
+            raise ValueError(f"null_lr: expected a positive learning rate or None, got {self.null_lr}")
+
+    def resolved(self, model_null_lr: float) -> InversionConfig:
+        """This config with ``null_lr`` set: its own value, else ``model_null_lr``."""
+        return self if self.null_lr is not None else dataclasses.replace(self, null_lr=float(model_null_lr))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -213,7 +227,7 @@ def preset(name: str, num_steps: int | None = None) -> tuple[InversionConfig, Gu
     if name == "default":
         return InversionConfig(num_steps=num_steps or 50), GuidanceConfig()
     if name == "paper":
-        return InversionConfig(num_steps=num_steps or 50), paper_guidance()
+        return InversionConfig(num_steps=num_steps or 50, null_lr=NTI_NULL_LR), paper_guidance()
     if name == "fast":
         return (InversionConfig(method="negative-prompt", num_steps=num_steps or 20),
                 GuidanceConfig(grad_steps=1, relative_step=0.3))
