@@ -140,14 +140,6 @@ def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "scheduler": scheduler}
 
 
-# Settings measured for TinyWorld models, written next to the weights (``handles.json``, read by
-# Backbone.from_pretrained). Null-text inversion's Adam learning rate: NTI's 1e-2 (tuned for SD)
-# leaves the reconstruction of held-out scenes 4.7 dB under the VAE's own round trip (27.1 dB vs
-# 32.4 on seeds 7 000 001-003); 5e-2 reaches 31.8 dB at the same 5 steps, and 1e-1 or 2e-1 do no
-# better (31.9).
-MODEL_SETTINGS = {"null_lr": 5e-2}
-
-
 def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler,
                max_shard_size: str = "16MB") -> Path:
     """Save in diffusers layout (safetensors) with a ``model_index.json``.
@@ -176,5 +168,4 @@ def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, schedu
         "feature_extractor": [None, None],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (folder / "handles.json").write_text(json.dumps(MODEL_SETTINGS, indent=1) + "\n")
     return folder
