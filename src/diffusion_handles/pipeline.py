@@ -245,7 +245,7 @@ class DiffusionHandles:
             callback: called with ``{"stage", "step", "total", ...}`` after every step of every
                 pass (``ddim_inversion``, then ``null_text`` or ``reconstruction``).
         """
-        inversion = (inversion or InversionConfig()).resolved(self.backbone.null_lr)  # the model's null_lr unless set
+        inversion = inversion or InversionConfig()
         guidance = guidance or GuidanceConfig()
         if not isinstance(prompt, str):
             raise HandlesError(f"prompt: expected text, got {type(prompt).__name__}")

@@ -104,7 +104,21 @@ def test_bad_arguments(tmp_path, capsys):
     assert "--shard" in capsys.readouterr().err
     assert main(["bench", "--size", "4096", "--out", str(tmp_path / "z")]) == 2
     assert "--size: expected an integer in [16, 1024]" in capsys.readouterr().err
+    for bad in ("0", "-0.01", "nan", "2"):
+        assert main(["bench", "--null-lr", bad, "--out", str(tmp_path / "w")]) == 2
+        assert "--null-lr: expected a learning rate in (0, 1]" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_null_lr_reaches_the_inversion_and_keys_the_run(run_dir, tiny_model, capsys):
+    from diffusion_handles.bench.runner import BenchConfig, CaseRunner
+
+    assert CaseRunner(BenchConfig(null_lr=0.05))._inversion_config().null_lr == 0.05
+    assert json.loads((run_dir / "settings.json").read_text())["null_lr"] == 1e-2
+    capsys.readouterr()
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--null-lr", "0.05", "--methods", "ours",
+                 "--out", str(run_dir)]) == 2  # a resume must not mix two learning rates
+    assert "other settings (null_lr)" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_folder_that_is_not_a_bench_run(run_dir, tmp_path, capsys):

@@ -86,3 +86,9 @@ def test_same_seed_same_output_and_seed_matters(handles):
     c = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=6, progress=False)
     assert torch.equal(a.x_T, b.x_T) and torch.equal(a.reconstruction, b.reconstruction)
     assert not torch.equal(a.x_T, c.x_T)  # the seed draws the VAE posterior sample
+
+
+def test_inversion_config_refuses_a_bad_null_lr():
+    for bad in (0.0, -1e-2, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="null_lr"):
+            InversionConfig(null_lr=bad)

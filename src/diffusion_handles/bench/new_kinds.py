@@ -325,7 +325,8 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     inversion, guidance = preset(preset_name, cfg.steps)
-    inversion = dataclasses.replace(inversion, method=cfg.inversion, null_inner_steps=cfg.null_inner_steps)
+    inversion = dataclasses.replace(inversion, method=cfg.inversion, null_inner_steps=cfg.null_inner_steps,
+                                    null_lr=cfg.null_lr)
     pipe: list = []
 
     def pipe_factory():

@@ -53,6 +53,7 @@ class BenchConfig:
         steps: DDIM steps of inversion and generation (paper: 50).
         inversion: ``"null-text"`` (paper), ``"ddim"`` or ``"negative-prompt"``.
         null_inner_steps: Adam steps per timestep of null-text inversion (release: up to 5).
+        null_lr: its Adam learning rate (release: 1e-2).
         cycle: also run the inverse edit for the cycle-consistency metric.
         spp: path-tracer samples per pixel of the renders; device: torch device.
         shard: ``(i, k)``: this process does scenes ``i, i+k, i+2k, ...`` (several processes can
@@ -72,6 +73,7 @@ class BenchConfig:
     steps: int = 50
     inversion: str = "null-text"
     null_inner_steps: int = 5
+    null_lr: float = 1e-2
     cycle: bool = True
     spp: int = 128
     device: str = "cpu"
@@ -249,7 +251,7 @@ class CaseRunner:
         from diffusion_handles.diffusion.config import InversionConfig
 
         return InversionConfig(method=self.cfg.inversion, num_steps=self.cfg.steps,
-                               null_inner_steps=self.cfg.null_inner_steps)
+                               null_inner_steps=self.cfg.null_inner_steps, null_lr=self.cfg.null_lr)
 
     def _invert(self, image, prompt, depth, mask):
         return self.pipe.invert(image, prompt, depth, mask, inversion=self._inversion_config(),
@@ -408,8 +410,9 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         except (OSError, ValueError) as e:
             raise HandlesError(f"--out: {settings} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                                "delete it to resume with these settings, or use a new folder") from None
-        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "cycle", "spp", "max_holes", "depth")
-        diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
+        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "null_lr", "cycle", "spp", "max_holes", "depth")
+        default = BenchConfig().to_dict()  # a key older runs did not save has its default value
+        diff = [k for k in keys if prev.get(k, default[k]) != cfg.to_dict().get(k)]
         if diff:
             raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
     if not cfg.report_only:

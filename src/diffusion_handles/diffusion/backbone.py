@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import importlib
 import json
-import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from diffusion_handles.diffusion.config import NTI_NULL_LR
 from diffusion_handles.diffusion.ddim import Schedule, make_schedule
 from diffusion_handles.errors import HandlesError, first_line
 
@@ -122,29 +120,6 @@ def _load_or_fail(name: str, source: str, local_files_only: bool) -> tuple:
         hub_logger.setLevel(level)
 
 
-MODEL_SETTINGS_FILE = "handles.json"  # in a model folder: settings measured for that model
-
-
-def _model_settings(folder: Path) -> dict:
-    """The settings a model folder carries in ``handles.json`` (data, never code), with defaults.
-
-    Keys: ``null_lr``, the Adam learning rate of null-text inversion measured best for this model
-    (default NTI's :data:`NTI_NULL_LR`). A missing file gives the defaults; a malformed one is a
-    :class:`HandlesError` naming it.
-    """
-    f = folder / MODEL_SETTINGS_FILE
-    if not f.is_file():
-        return {"null_lr": NTI_NULL_LR}
-    try:
-        data = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise HandlesError(f"--model: {f} is not readable JSON ({first_line(e)})") from None
-    lr = data.get("null_lr", NTI_NULL_LR) if isinstance(data, dict) else None
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 10):
-        raise HandlesError(f"--model: {f}: null_lr: expected a learning rate in (0, 10], got {lr!r}")
-    return {"null_lr": float(lr)}
-
-
 class Backbone:
     """UNet + VAE + text encoder + tokenizer + scheduler of a depth-conditioned model.
 
@@ -152,12 +127,10 @@ class Backbone:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *, model_id: str = "custom",
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 null_lr: float = NTI_NULL_LR) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
         from diffusers import DDIMScheduler
 
         self.device = torch.device(device)
-        self.null_lr = float(null_lr)  # null-text inversion's learning rate for this model (InversionConfig.null_lr)
         self.dtype = dtype
         if self.device.type == "cpu" and dtype != torch.float32:
             raise HandlesError(f"--dtype: expected float32 on cpu (float16/bfloat16 need a GPU), got {str(dtype).replace('torch.', '')}")
@@ -253,9 +226,7 @@ class Backbone:
             parts = load_pretrained(load, source, what="depth-to-image", option="--model",
                                     bypass="use --model tinyworld (the embedded offline model)")
         unet, vae, text_encoder, tokenizer, scheduler = parts
-        null_lr = _model_settings(path)["null_lr"] if path.exists() else NTI_NULL_LR
-        return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype,
-                        null_lr=null_lr)
+        return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype)
 
     # ---- encoders ----------------------------------------------------------------------
     @torch.no_grad()

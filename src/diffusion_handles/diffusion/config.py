@@ -14,11 +14,6 @@ from dataclasses import dataclass
 INVERSION_METHODS = ("null-text", "ddim", "negative-prompt")
 
 
-# Null-Text Inversion's Adam learning rate (Mokady et al. 2023, and the paper's release), tuned
-# for Stable Diffusion; a model folder may carry its own (``handles.json``, Backbone.null_lr).
-NTI_NULL_LR = 1e-2
-
-
 @dataclass(frozen=True)
 class InversionConfig:
     """How an image is inverted into the depth-conditioned model (Sec. 5, first paragraph).
@@ -32,9 +27,8 @@ class InversionConfig:
         guidance_scale: classifier-free guidance scale ``1 + mu`` of Eq. 3 (release: 7.5).
         null_inner_steps: at most this many Adam steps on the null embedding per timestep
             (release: up to 5).
-        null_lr: Adam learning rate, decayed linearly as ``lr * (1 - i / 100)`` (NTI). ``None``
-            (the default): the model's own, :attr:`Backbone.null_lr` (a model folder's
-            ``handles.json`` may set it; otherwise NTI's :data:`NTI_NULL_LR`, tuned for SD).
+        null_lr: Adam learning rate, decayed linearly as ``lr * (1 - i / 100)`` (NTI's 1e-2,
+            tuned for SD; on TinyWorld 5e-2 reconstructs better but edits worse, MODEL_CARD.md).
         null_early_stop: stop the inner loop when the latent loss drops below
             ``null_early_stop + i * 2e-5`` (NTI, epsilon = 1e-5).
     """
@@ -43,7 +37,7 @@ class InversionConfig:
     num_steps: int = 50
     guidance_scale: float = 7.5
     null_inner_steps: int = 5
-    null_lr: float | None = None
+    null_lr: float = 1e-2
     null_early_stop: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -53,12 +47,8 @@ class InversionConfig:
             raise ValueError(f"num_steps: expected >= 1, got {self.num_steps}")
         if self.null_inner_steps < 0:
             raise ValueError(f"null_inner_steps: expected >= 0, got {self.null_inner_steps}")
-        if self.null_lr is not None and not (math.isfinite(self.null_lr) and self.null_lr > 0):
-            raise ValueError(f"null_lr: expected a positive learning rate or None, got {self.null_lr}")
-
-    def resolved(self, model_null_lr: float) -> InversionConfig:
-        """This config with ``null_lr`` set: its own value, else ``model_null_lr``."""
-        return self if self.null_lr is not None else dataclasses.replace(self, null_lr=float(model_null_lr))
+        if not (math.isfinite(self.null_lr) and self.null_lr > 0):
+            raise ValueError(f"null_lr: expected a positive learning rate, got {self.null_lr}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -227,7 +217,7 @@ def preset(name: str, num_steps: int | None = None) -> tuple[InversionConfig, Gu
     if name == "default":
         return InversionConfig(num_steps=num_steps or 50), GuidanceConfig()
     if name == "paper":
-        return InversionConfig(num_steps=num_steps or 50, null_lr=NTI_NULL_LR), paper_guidance()
+        return InversionConfig(num_steps=num_steps or 50), paper_guidance()
     if name == "fast":
         return (InversionConfig(method="negative-prompt", num_steps=num_steps or 20),
                 GuidanceConfig(grad_steps=1, relative_step=0.3))

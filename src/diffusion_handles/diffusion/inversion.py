@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffusion_handles.diffusion.config import NTI_NULL_LR, InversionConfig
+from diffusion_handles.diffusion.config import InversionConfig
 from diffusion_handles.diffusion.ddim import Schedule, ddim_step, to_eps_x0
 from diffusion_handles.diffusion.guidance import scaled_grad
 from diffusion_handles.diffusion.hooks import capture_activations
@@ -75,10 +75,7 @@ def ddim_inversion(backbone, z0: torch.Tensor, text: torch.Tensor, depth_cond: t
 
 def null_text_lr(config: InversionConfig, step: int) -> float:
     """Adam learning rate of null-text optimisation at generation step ``step``:
-    ``null_lr * (1 - step / 100)`` (Mokady et al. 2023); ``config`` must be resolved
-    (:meth:`InversionConfig.resolved`)."""
-    if config.null_lr is None:
-        raise ValueError("null_lr: expected a resolved config (InversionConfig.resolved), got None")
+    ``null_lr * (1 - step / 100)`` (Mokady et al. 2023)."""
     return config.null_lr * (1.0 - step / 100.0)
 
 
@@ -138,9 +135,7 @@ def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, 
            callback: Callable[[dict], None] | None = None) -> InversionResult:
     """Invert latent ``z0`` (1, c, h, w) with prompt embedding ``text`` and empty-prompt
     embedding ``empty`` (both (1, L, D)); record ``{step: layers}`` on the reconstruction pass.
-    ``callback`` receives ``{"stage", "step", "total", ...}`` after every step of every pass.
-    An unset ``config.null_lr`` is the backbone's (:attr:`Backbone.null_lr`)."""
-    config = config.resolved(getattr(backbone, "null_lr", NTI_NULL_LR))
+    ``callback`` receives ``{"stage", "step", "total", ...}`` after every step of every pass."""
     schedule = backbone.schedule(config.num_steps)
     counter = backbone.counter
 

@@ -136,8 +136,7 @@ def denoising_loss(backbone, image: torch.Tensor, depth: torch.Tensor, caption: 
     z = backbone.encode_image(image)  # (1, c, h, w), scaled
     ts = torch.tensor(timesteps, device=z.device)
     eps = torch.randn((len(ts), *z.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(z.device)
-    a = backbone.scheduler.alphas_cumprod.to(z.device)[ts].view(-1, 1, 1, 1)
-    zt = a.sqrt() * z + (1 - a).sqrt() * eps
+    zt = backbone.scheduler.add_noise(z.expand(len(ts), -1, -1, -1), eps, ts)  # sqrt(a_t) z + sqrt(1 - a_t) eps
     cond = depth_to_condition(depth.to(z.device), tuple(z.shape[-2:])).expand(len(ts), -1, -1, -1)
     text = backbone.encode_prompt(caption).expand(len(ts), -1, -1)
     pred = backbone.unet(torch.cat([zt, cond], 1).to(backbone.dtype), ts, encoder_hidden_states=text).sample

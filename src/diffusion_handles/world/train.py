@@ -392,7 +392,7 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         a = acp[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        xt = sched.add_noise(x0, noise, t)  # sqrt(a_t) x0 + sqrt(1 - a_t) eps
         with amp:
             text = text_encoder(tok)[0]  # (B, L, D)
             pred = unet(torch.cat([xt, d], 1), t, encoder_hidden_states=text).sample.float()
