@@ -77,7 +77,7 @@ def test_gpu_preset_command_on_cpu_with_tiny_settings(data, tmp_path, capsys):
     from diffusion_handles.world import model_path
 
     gpu = PRESETS["gpu"]
-    assert gpu["device"] == "cuda" and gpu["max_minutes"] <= 9 and sum(gpu["stage_minutes"].values()) <= gpu["max_minutes"]
+    assert gpu["device"] == "cuda" and gpu["max_minutes"] <= 9 and sum(gpu.get("stage_minutes", {}).values()) <= gpu["max_minutes"]
     rc = main(["world", "train", "--preset", "gpu", "--device", "cpu", "--data", str(data), "--run-dir", str(tmp_path / "g"),
                "--unet-steps", "1", "--decoder-steps", "1", "--unet-batch", "2",
                "--image-size", "32", "--threads", "1", "--export", str(tmp_path / "gm")])
@@ -122,12 +122,60 @@ def test_gpu_script_runs_end_to_end_with_tiny_settings(data, tmp_path):
     packed = tmp_path / "packed.npz"
     from diffusion_handles.world.dataset import load_dataset, save_dataset
 
-    save_dataset(packed, load_dataset(data))
+    save_dataset(packed, load_dataset(data), jpeg_quality=95)  # carried as a JPEG pack: the UNet stage only
     res = subprocess.run(
         ["bash", str(script), str(packed), str(tmp_path / "wheels"), str(tmp_path / "model"), "--device", "cpu",
-         "--vae-steps", "1", "--unet-steps", "1", "--decoder-steps", "1", "--unet-batch", "2", "--image-size", "32", "--threads", "1"],
+         "--unet-steps", "1", "--unet-batch", "2", "--unet-dropout", "0.1", "--image-size", "32", "--threads", "1"],
         cwd=repo, env={**__import__("os").environ, "RUN_DIR": str(tmp_path / "run")}, capture_output=True, text=True,
         timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "trained and exported in" in res.stdout
     assert (tmp_path / "model" / "model_index.json").is_file()
+    assert json.loads((tmp_path / "model" / "unet" / "config.json").read_text())["dropout"] == 0.1
+
+
+def test_jpeg_pack_round_trip_is_close_but_lossy_and_refused_for_the_vae(data, tmp_path, capsys):
+    """A JPEG pack decodes to the same arrays (images within JPEG error, the rest exact), and
+    training refuses to fit the VAE or decoder to its artefacts."""
+    import numpy as np
+
+    from diffusion_handles.world.dataset import load_dataset, save_dataset
+
+    ref = load_dataset(data)
+    save_dataset(tmp_path / "q.npz", ref, jpeg_quality=95)
+    got = load_dataset(tmp_path / "q.npz")
+    assert got["rgb"].shape == ref["rgb"].shape and got["rgb"].dtype == np.uint8
+    err = got["rgb"].astype(float) - ref["rgb"].astype(float)
+    assert 0 < np.abs(err).max() and 10 * np.log10(255**2 / (err**2).mean()) > 30  # lossy, but close
+    for k in ("ids", "caption", "caption_mirrored", "seed", "scene"):
+        assert np.array_equal(got[k], ref[k])
+    np.testing.assert_allclose(got["depth"], ref["depth"], rtol=1e-3)
+    assert int(got["rgb_jpeg_quality"]) == 95
+    # a lossless re-pack of a JPEG pack keeps the images and the lossy marker
+    save_dataset(tmp_path / "l.npz", got)
+    again = load_dataset(tmp_path / "l.npz")
+    assert np.array_equal(again["rgb"], got["rgb"]) and int(again["rgb_jpeg_quality"]) == 95
+    assert main(["world", "pack", str(data), str(tmp_path / "bad.npz"), "--jpeg-quality", "0"]) == 2
+    assert "--jpeg-quality" in capsys.readouterr().err and not (tmp_path / "bad.npz").exists()
+    assert main(["world", "train", "--preset", "tiny", "--data", str(tmp_path / "q.npz"), "--run-dir", str(tmp_path / "r")]) == 2
+    err_text = capsys.readouterr().err
+    assert "--data" in err_text and "--vae-steps 0 --decoder-steps 0" in err_text and not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="JPEG"):
+        train(config_from_preset("tiny", data=str(tmp_path / "q.npz"), run_dir=str(tmp_path / "r2"), vae_steps=0))
+    assert main(["world", "train", "--data", str(data), "--unet-dropout", "1"]) == 2
+    assert "--unet-dropout" in capsys.readouterr().err
+
+
+def test_pack_merges_training_sets_and_refuses_a_scene_twice(data, tmp_path, capsys):
+    import numpy as np
+
+    from diffusion_handles.world.dataset import load_dataset
+
+    more = build_dataset(tmp_path / "more.npz", range(3, 5), size=32, spp=2, workers=1)
+    assert main(["world", "pack", str(data), str(more), str(tmp_path / "all.npz")]) == 0
+    a, b, got = load_dataset(data), load_dataset(more), load_dataset(tmp_path / "all.npz")
+    assert got["seed"].tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(got["rgb"], np.concatenate([a["rgb"], b["rgb"]]))
+    assert list(got["caption"]) == list(a["caption"]) + list(b["caption"])
+    assert main(["world", "pack", str(data), str(data), str(tmp_path / "twice.npz")]) == 2
+    assert "disjoint seeds" in capsys.readouterr().err and not (tmp_path / "twice.npz").exists()

@@ -2,7 +2,7 @@
 
     handles world render --seed N [--object K | --camera] [transform flags] --out DIR
     handles world dataset --out FILE.npz [--seeds A:B] [--workers 2]
-    handles world pack IN.npz OUT.npz
+    handles world pack IN.npz [IN2.npz ...] OUT.npz [--jpeg-quality Q]
     handles world train [--data FILE.npz] [--run-dir DIR] [--max-minutes M] [--export DIR]
     handles world export --run-dir DIR --out DIR
     handles world eval [--model tinyworld] [--n 32] --out DIR
@@ -46,9 +46,12 @@ def register(subparsers) -> None:
     d.add_argument("--workers", type=int, default=2, help="render processes (default 2, the most this machine allows)")
     d.set_defaults(func=_dataset)
 
-    k = sub.add_parser("pack", help="rewrite a training set compactly (16-bit inverse depth, compressed)")
-    k.add_argument("data", metavar="IN.npz")
+    k = sub.add_parser("pack", help="rewrite training sets compactly into one (16-bit inverse depth, compressed)")
+    k.add_argument("data", metavar="IN.npz", nargs="+", help="one or more training sets (merged in this order)")
     k.add_argument("out", metavar="OUT.npz")
+    k.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
+                   help="store the images as JPEG of this quality (1-100; 95: 40.6 dB, about half the file): "
+                        "lossy, so such a pack trains the UNet only (--vae-steps 0 --decoder-steps 0)")
     k.set_defaults(func=_pack)
 
     t = sub.add_parser("train", help="train (or resume) the miniature model; seeded, checkpointed")
@@ -68,6 +71,8 @@ def register(subparsers) -> None:
     t.add_argument("--unet-steps", type=int, default=None)
     t.add_argument("--unet-batch", type=int, default=None)
     t.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder learning rate (default: the preset's)")
+    t.add_argument("--unet-dropout", type=float, default=None,
+                   help="dropout in the UNet's residual blocks, in [0, 1) (default 0; a regulariser against memorising the scenes)")
     t.add_argument("--stage", default="all", choices=["all", "decoder"],
                    help="all: VAE, UNet, decoder fine-tuning (default); decoder: only the decoder stage (needs the VAE stage done)")
     t.add_argument("--decoder-steps", type=int, default=None)
@@ -219,19 +224,30 @@ def _dataset(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from diffusion_handles.world.dataset import load_dataset, save_dataset
+    from diffusion_handles.world.dataset import load_dataset, merge_datasets, save_dataset
 
-    src, dst = Path(args.data), Path(args.out)
-    if not src.is_file():
-        raise HandlesError(f"IN.npz: file not found: {src}")
+    srcs, dst = [Path(p) for p in args.data], Path(args.out)
+    for src in srcs:
+        if not src.is_file():
+            raise HandlesError(f"IN.npz: file not found: {src}")
     if dst.exists():
         raise HandlesError(f"OUT.npz: {dst} exists; choose a new file (nothing is overwritten)")
+    if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+        raise HandlesError(f"--jpeg-quality: expected an integer in [1, 100], got {args.jpeg_quality}")
+    parts = []
+    for src in srcs:
+        try:
+            parts.append(load_dataset(src))
+        except (OSError, ValueError, KeyError) as e:
+            raise HandlesError(f"IN.npz: expected a TinyWorld training set, could not read {src}: {e}") from None
     try:
-        data = load_dataset(src)
-    except (OSError, ValueError, KeyError) as e:
-        raise HandlesError(f"IN.npz: expected a TinyWorld training set, could not read {src}: {e}") from None
-    save_dataset(dst, data)
-    print(f"handles world pack: wrote {dst} ({dst.stat().st_size / 2**20:.1f} MiB, from {src.stat().st_size / 2**20:.1f} MiB)")
+        data = merge_datasets(parts)
+    except ValueError as e:
+        raise HandlesError(f"IN.npz: {e}") from None
+    save_dataset(dst, data, jpeg_quality=args.jpeg_quality)
+    size = sum(src.stat().st_size for src in srcs)
+    print(f"handles world pack: wrote {dst} ({len(data['seed'])} scenes, {dst.stat().st_size / 2**20:.1f} MiB, "
+          f"from {size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -251,16 +267,28 @@ def _train(args: argparse.Namespace) -> int:
                              init_from=args.init_from, stage=args.stage, vae_steps=args.vae_steps,
                              image_size=args.image_size, threads=args.threads,
                              unet_steps=args.unet_steps, unet_batch=args.unet_batch, unet_lr=args.unet_lr,
-                             decoder_steps=args.decoder_steps,
+                             decoder_steps=args.decoder_steps, unet_dropout=args.unet_dropout,
                              max_minutes=args.max_minutes or None)
     if not (cfg.unet_lr > 0 and math.isfinite(cfg.unet_lr)):
         raise HandlesError(f"--unet-lr: expected a positive learning rate, got {cfg.unet_lr}")
+    if not 0.0 <= cfg.unet_dropout < 1.0:
+        raise HandlesError(f"--unet-dropout: expected a probability in [0, 1), got {cfg.unet_dropout}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise HandlesError(f"--device: expected an available device, got {cfg.device!r} (torch sees no CUDA GPU)")
     try:
         torch.device(cfg.device)
     except RuntimeError:
         raise HandlesError(f"--device: expected a torch device such as cpu or cuda, got {cfg.device!r}") from None
+    import numpy as np
+
+    try:
+        with np.load(args.data, allow_pickle=False) as z:
+            lossy = "rgb_jpeg_quality" in z.files
+    except (OSError, ValueError) as e:
+        raise HandlesError(f"--data: expected a TinyWorld training set (.npz), could not read {args.data}: {e}") from None
+    if lossy and (cfg.vae_steps > 0 or cfg.decoder_steps > 0):
+        raise HandlesError(f"--data: {args.data} is a JPEG pack (lossy images) and trains the UNet only: expected "
+                           f"--vae-steps 0 --decoder-steps 0, got {cfg.vae_steps} and {cfg.decoder_steps}")
     run = train(cfg)
     if args.export:
         export(run, args.export)

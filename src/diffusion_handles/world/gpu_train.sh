@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Continue training the shipped TinyWorld v2 model on one H100/H200 (16 cores) in about 7 minutes
-# (`--preset gpu`: the UNet + text encoder at 8x the CPU batch, then the decoder) and export it in
-# diffusers layout (every file <= 16 MiB; 18 MiB in all).
+# Continue training the shipped TinyWorld v2 model on one H100/H200 (16 cores) in about 7.5 minutes
+# (`--preset gpu`: the UNet + text encoder at 8x the CPU batch) and export it in diffusers layout
+# (every file <= 16 MiB; 18 MiB in all).
 #
 # Prepared for the device machine, which has Python 3.12, torch and transformers but neither
 # diffusers nor Mitsuba: the training set is rendered beforehand on the CPU machine and carried
-# packed (`handles world pack`, ~29 MiB for 1000 scenes at 128 px), with the diffusers wheel:
+# as a JPEG pack (`handles world pack --jpeg-quality 95`: ~13 MiB per 1000 scenes at 128 px, so
+# ~2500 scenes fit beside the working tree), with the diffusers wheel:
 #
 #   pip download diffusers==$(python -c "import diffusers; print(diffusers.__version__)") --no-deps \
 #       --only-binary=:all: --python-version 3.12 -d runs/wheels          # 6.4 MB, once
-#   handles world pack runs/world2/train.npz runs/world2/train_packed.npz
-#   # then, on the device machine (carry runs/wheels and runs/world2/train_packed.npz):
-#   bash src/diffusion_handles/world/gpu_train.sh runs/world2/train_packed.npz runs/wheels "$OUT/model"
+#   handles world dataset --seeds A:B --out runs/world3/new.npz             # a seed range no sitting used
+#   handles world pack runs/world3/all.npz runs/world3/train_q95.npz --jpeg-quality 95
+#   # then, on the device machine (carry runs/wheels and runs/world3/train_q95.npz):
+#   bash src/diffusion_handles/world/gpu_train.sh runs/world3/train_q95.npz runs/wheels "$OUT/model"
 #
 # Afterwards, on the CPU machine: `handles world eval --model DIR --first-seed S` on held-out
 # seeds, and ship the model if it beats the one in src/diffusion_handles/world/model/.
-# Extra arguments go to `handles world train` (e.g. --device cpu --unet-steps 1 for a smoke test).
+# Extra arguments go to `handles world train` (e.g. --unet-dropout 0.1, or --device cpu
+# --unet-steps 1 for a smoke test). Two runs fit on one GPU side by side (different RUN_DIR).
 set -euo pipefail
 data=${1:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}
 wheels=${2:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}

@@ -101,11 +101,12 @@ def load_tokenizer(folder: str | Path):
 
 def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
                      unet_channels: tuple[int, int, int] = UNET_CHANNELS,
-                     latent_channels: int = LATENT_CHANNELS) -> dict:
+                     latent_channels: int = LATENT_CHANNELS, unet_dropout: float = 0.0) -> dict:
     """Fresh (randomly initialised, seeded) vae, unet, text_encoder and scheduler.
 
     ``image_size`` is the native image side (latents are ``image_size / 4``), ``unet_channels``
-    the UNet's three ``block_out_channels``.
+    the UNet's three ``block_out_channels``, ``unet_dropout`` the dropout of its residual
+    blocks (training only: ``eval()`` turns it off).
     """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -131,7 +132,7 @@ def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=tuple(unet_channels), layers_per_block=1, cross_attention_dim=64,
-        attention_head_dim=8, norm_num_groups=16,
+        attention_head_dim=8, norm_num_groups=16, dropout=unet_dropout,
     )
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
