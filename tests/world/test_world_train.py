@@ -179,3 +179,28 @@ def test_pack_merges_training_sets_and_refuses_a_scene_twice(data, tmp_path, cap
     assert list(got["caption"]) == list(a["caption"]) + list(b["caption"])
     assert main(["world", "pack", str(data), str(data), str(tmp_path / "twice.npz")]) == 2
     assert "disjoint seeds" in capsys.readouterr().err and not (tmp_path / "twice.npz").exists()
+
+
+def test_depth_is_stored_as_invertible_differences_and_old_files_still_load(data, tmp_path):
+    """The pack keeps depth to 1e-4 relative through the 2D differences (which wrap modulo 2^16:
+    a depth map with steep edges must come back too), and a file of the earlier layout (the
+    quantised values, ``inv_depth``) loads to the same depth."""
+    import numpy as np
+
+    from diffusion_handles.world.dataset import load_dataset, save_dataset
+
+    ref = load_dataset(data)
+    ref["depth"] = ref["depth"].copy()
+    ref["depth"][0, :, ::2] *= 3.0  # stripes: differences far beyond int16, so the wrap-around is exercised
+    save_dataset(tmp_path / "d.npz", ref)
+    with np.load(tmp_path / "d.npz") as z:
+        assert "inv_depth_delta" in z.files and "inv_depth" not in z.files
+        stored = z["inv_depth_delta"]
+        lo, hi = z["inv_depth_range"]
+    got = load_dataset(tmp_path / "d.npz")
+    np.testing.assert_allclose(got["depth"], ref["depth"], rtol=1e-4)
+    q = np.cumsum(np.cumsum(stored, axis=1, dtype=np.uint16), axis=2, dtype=np.uint16)  # the earlier layout
+    old = {k: v for k, v in np.load(tmp_path / "d.npz").items() if k != "inv_depth_delta"}
+    np.savez_compressed(tmp_path / "old.npz", inv_depth=q, **{k: v for k, v in old.items()})
+    np.testing.assert_array_equal(load_dataset(tmp_path / "old.npz")["depth"], got["depth"])
+    assert lo < hi

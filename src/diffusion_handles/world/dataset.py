@@ -3,10 +3,13 @@
 Arrays (N scenes, H x W images), stored compressed (``np.savez_compressed``, about 30 MB for
 1000 scenes at 128x128: small enough to carry to a GPU machine with the working tree):
 
-* ``rgb`` ``(N, H, W, 3)`` uint8 sRGB; depth as ``inv_depth`` ``(N, H, W)`` uint16, inverse
-  z-depth quantised linearly between ``inv_depth_range`` ``(2,)`` float64 (relative error
-  below 1e-4 for TinyWorld's depths; :func:`load_dataset` returns ``depth`` float32 z-depth);
-  older files with a float16 ``depth`` array load too;
+* ``rgb`` ``(N, H, W, 3)`` uint8 sRGB; depth as inverse z-depth quantised linearly to uint16
+  between ``inv_depth_range`` ``(2,)`` float64 (relative error below 1e-4 for TinyWorld's
+  depths), stored as ``inv_depth_delta`` ``(N, H, W)`` uint16: the differences down the rows of
+  the differences along them (modulo 2^16, so exactly invertible), which compress 2.3x better
+  than the values on these smooth depth maps (2.3 instead of 5.3 KB a scene at 128 px);
+  :func:`load_dataset` returns ``depth`` float32 z-depth. Older files with ``inv_depth`` (the
+  values) or a float16 ``depth`` array load too;
 * ``ids`` ``(N, H, W)`` uint8 object index per pixel (255 = floor / wall);
 * or, in a JPEG pack (``handles world pack --jpeg-quality Q``, about half the size), ``rgb_jpeg``
   ``(bytes,)`` uint8 (the JPEG files one after another), ``rgb_jpeg_offsets`` ``(N + 1,)`` int64
@@ -83,7 +86,9 @@ def save_dataset(out: str | Path, data: dict[str, np.ndarray], jpeg_quality: int
         arrays.update(_jpeg_pack(arrays.pop("rgb"), int(jpeg_quality)))
     inv = 1.0 / np.asarray(data["depth"], np.float64)
     lo, hi = float(inv.min()), float(inv.max())
-    arrays["inv_depth"] = np.round((inv - lo) / max(hi - lo, 1e-12) * 65535.0).astype(np.uint16)
+    q = np.round((inv - lo) / max(hi - lo, 1e-12) * 65535.0).astype(np.uint16)  # (N, H, W)
+    along = np.diff(q, axis=2, prepend=np.uint16(0))  # uint16 arithmetic wraps modulo 2^16
+    arrays["inv_depth_delta"] = np.diff(along, axis=1, prepend=np.uint16(0))
     arrays["inv_depth_range"] = np.array([lo, hi], np.float64)
     tmp = out.with_name(out.name + ".partial.npz")
     np.savez_compressed(tmp, **arrays)
@@ -142,6 +147,9 @@ def load_dataset(path: str | Path) -> dict[str, np.ndarray]:
         data = {k: z[k] for k in z.files}
     if "rgb_jpeg" in data:
         data["rgb"] = _jpeg_unpack(data.pop("rgb_jpeg"), data.pop("rgb_jpeg_offsets"))
+    if "inv_depth_delta" in data:  # undo the two differences (uint16 sums wrap like the differences did)
+        d = data.pop("inv_depth_delta")
+        data["inv_depth"] = np.cumsum(np.cumsum(d, axis=1, dtype=np.uint16), axis=2, dtype=np.uint16)
     if "inv_depth" in data:
         lo, hi = (float(v) for v in data.pop("inv_depth_range"))
         q = data.pop("inv_depth").astype(np.float64)

@@ -5,8 +5,8 @@
 #
 # Prepared for the device machine, which has Python 3.12, torch and transformers but neither
 # diffusers nor Mitsuba: the training set is rendered beforehand on the CPU machine and carried
-# as a JPEG pack (`handles world pack --jpeg-quality 95`: ~13 MiB per 1000 scenes at 128 px, so
-# ~2500 scenes fit beside the working tree), with the diffusers wheel:
+# as a JPEG pack (`handles world pack --jpeg-quality 95`: ~11.5 MiB per 1000 scenes at 128 px, so
+# ~2900 scenes fit beside the working tree), with the diffusers wheel:
 #
 #   pip download diffusers==$(python -c "import diffusers; print(diffusers.__version__)") --no-deps \
 #       --only-binary=:all: --python-version 3.12 -d runs/wheels          # 6.4 MB, once
