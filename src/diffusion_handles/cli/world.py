@@ -336,9 +336,13 @@ def _eval(args: argparse.Namespace) -> int:
         raise HandlesError(f"--threads: expected at least 1, got {args.threads}")
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance,
-                   first_seed=args.first_seed, recon_n=args.recon_n, size=args.size, train_data=args.train_data)
+    try:
+        res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance,
+                       first_seed=args.first_seed, recon_n=args.recon_n, size=args.size, train_data=args.train_data)
+    finally:
+        torch.set_num_threads(before)  # callers in the same process (tests, notebooks) keep theirs
     for name, m in res["summary"].items():
         print(f"{name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
     print("figures  " + " ".join(f"{k} {v:.3f}" for k, v in res["figures"].items() if v is not None))
