@@ -35,6 +35,18 @@ def _inputs(backbone, seed=0):
     return x, text, dcond
 
 
+def test_unet_eval_takes_one_timestep_per_sample(backbone):
+    """A ``(B,)`` timestep tensor gives each sample its own ``t`` (the denoising-loss figure
+    batches five noise levels): the same as one call per ``t``, and not the same as one ``t``."""
+    x, text, dcond = _inputs(backbone)
+    with torch.no_grad():
+        both = backbone.unet_eval(x, torch.tensor([100, 700]), text, dcond)
+        one = [backbone.unet_eval(x[i:i + 1], t, text[i:i + 1], dcond) for i, t in enumerate((100, 700))]
+        same_t = backbone.unet_eval(x, 100, text, dcond)
+    torch.testing.assert_close(both, torch.cat(one), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(both[1], same_t[1], atol=1e-4)
+
+
 def test_hooks_see_the_block_outputs_and_leave_the_model_unchanged(backbone):
     unet = backbone.unet
     x, text, dcond = _inputs(backbone)

@@ -116,7 +116,7 @@ def test_denoising_loss_needs_the_scene_s_own_depth():
         x = torch.from_numpy(r["rgb"]).permute(2, 0, 1)[None].float() / 255.0
         for depth_row, out in ((r, right), (rows[1 - j], wrong)):
             depth = torch.from_numpy(depth_row["depth"].astype(np.float32))[None, None]
-            out.append(denoising_loss(bb, x, depth, r["caption"]))
+            out.append(denoising_loss(bb, bb.encode_image(x), depth, r["caption"]))
     print(f"denoising loss: own depth {np.mean(right):.4f}, another scene's {np.mean(wrong):.4f}")
     assert 0 < np.mean(right) < 0.2
     assert np.mean(wrong) > 1.3 * np.mean(right)

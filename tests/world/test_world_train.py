@@ -155,6 +155,9 @@ def test_jpeg_pack_round_trip_is_close_but_lossy_and_refused_for_the_vae(data, t
     save_dataset(tmp_path / "l.npz", got)
     again = load_dataset(tmp_path / "l.npz")
     assert np.array_equal(again["rgb"], got["rgb"]) and int(again["rgb_jpeg_quality"]) == 95
+    capsys.readouterr()
+    assert main(["world", "pack", str(data), str(tmp_path / "cli.npz"), "--jpeg-quality", "95"]) == 0
+    assert "dB PSNR against the input" in capsys.readouterr().out
     assert main(["world", "pack", str(data), str(tmp_path / "bad.npz"), "--jpeg-quality", "0"]) == 2
     assert "--jpeg-quality" in capsys.readouterr().err and not (tmp_path / "bad.npz").exists()
     assert main(["world", "train", "--preset", "tiny", "--data", str(tmp_path / "q.npz"), "--run-dir", str(tmp_path / "r")]) == 2
@@ -162,6 +165,7 @@ def test_jpeg_pack_round_trip_is_close_but_lossy_and_refused_for_the_vae(data, t
     assert "--data" in err_text and "--vae-steps 0 --decoder-steps 0" in err_text and not (tmp_path / "r").exists()
     with pytest.raises(ValueError, match="JPEG"):
         train(config_from_preset("tiny", data=str(tmp_path / "q.npz"), run_dir=str(tmp_path / "r2"), vae_steps=0))
+    assert not (tmp_path / "r2").exists()  # refused before anything is written
     assert main(["world", "train", "--data", str(data), "--unet-dropout", "1"]) == 2
     assert "--unet-dropout" in capsys.readouterr().err
 
@@ -194,13 +198,11 @@ def test_depth_is_stored_as_invertible_differences_and_old_files_still_load(data
     ref["depth"][0, :, ::2] *= 3.0  # stripes: differences far beyond int16, so the wrap-around is exercised
     save_dataset(tmp_path / "d.npz", ref)
     with np.load(tmp_path / "d.npz") as z:
-        assert "inv_depth_delta" in z.files and "inv_depth" not in z.files
-        stored = z["inv_depth_delta"]
-        lo, hi = z["inv_depth_range"]
+        stored = {k: z[k] for k in z.files}
+    assert "inv_depth" not in stored
     got = load_dataset(tmp_path / "d.npz")
     np.testing.assert_allclose(got["depth"], ref["depth"], rtol=1e-4)
-    q = np.cumsum(np.cumsum(stored, axis=1, dtype=np.uint16), axis=2, dtype=np.uint16)  # the earlier layout
-    old = {k: v for k, v in np.load(tmp_path / "d.npz").items() if k != "inv_depth_delta"}
-    np.savez_compressed(tmp_path / "old.npz", inv_depth=q, **{k: v for k, v in old.items()})
+    d = stored.pop("inv_depth_delta")
+    q = np.cumsum(np.cumsum(d, axis=1, dtype=np.uint16), axis=2, dtype=np.uint16)  # the earlier layout
+    np.savez_compressed(tmp_path / "old.npz", inv_depth=q, **stored)
     np.testing.assert_array_equal(load_dataset(tmp_path / "old.npz")["depth"], got["depth"])
-    assert lo < hi

@@ -143,15 +143,21 @@ def _record_problem(rec, cid: str) -> str | None:
     return None
 
 
+def _load_json(path: Path) -> tuple[object, str | None]:
+    """``(parsed, None)``, or ``(None, why)`` when ``path`` cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, ValueError) as e:
+        return None, first_line(e)
+
+
 def _read_record(path: Path, cid: str) -> tuple[dict | None, str | None]:
     """``(record, None)``, ``(None, None)`` when there is none, or ``(None, why)`` when it is corrupt."""
     if not path.exists():
         return None, None
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
-    return (None, why) if (why := _record_problem(rec, cid)) else (rec, None)
+    rec, why = _load_json(path)
+    why = why or _record_problem(rec, cid)
+    return (None, why) if why else (rec, None)
 
 
 def read_resume_record(path: Path) -> dict | None:
@@ -161,12 +167,9 @@ def read_resume_record(path: Path) -> dict | None:
     ``--suite 3deditbench``)."""
     if not path.exists():
         return None
-    try:
-        rec = json.loads(path.read_text())
-        why = (f"expected a JSON object, got {type(rec).__name__}" if not isinstance(rec, dict) else
-               "methods: expected an object" if not isinstance(rec.get("methods", {}), dict) else None)
-    except (OSError, ValueError) as e:
-        why = first_line(e)
+    rec, why = _load_json(path)
+    why = why or (f"expected a JSON object, got {type(rec).__name__}" if not isinstance(rec, dict) else
+                  "methods: expected an object" if not isinstance(rec.get("methods", {}), dict) else None)
     if why is None:
         return rec
     print(f"handles bench: note: {path} is corrupt ({why}); recomputing it", file=sys.stderr)
@@ -408,7 +411,7 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
             if not isinstance(prev, dict):
                 raise ValueError(f"expected a JSON object, got {type(prev).__name__}")
         except (OSError, ValueError) as e:
-            raise HandlesError(f"--out: {settings} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            raise HandlesError(f"--out: {settings} is corrupt ({first_line(e)}); "
                                "delete it to resume with these settings, or use a new folder") from None
         keys = ("model", "size", "steps", "inversion", "null_inner_steps", "null_lr", "cycle", "spp", "max_holes", "depth")
         default = BenchConfig().to_dict()  # a key older runs did not save has its default value

@@ -261,8 +261,10 @@ class Backbone:
         return image_hw[0] // self.vae_factor, image_hw[1] // self.vae_factor
 
     # ---- the one UNet entry point ------------------------------------------------------
-    def unet_eval(self, latent: torch.Tensor, timestep: int, text: torch.Tensor, depth_cond: torch.Tensor) -> torch.Tensor:
-        """``eps_theta(x_t; t, y, d)`` for a batch. ``latent (B, c, h, w)``, ``text (B, L, D)``,
+    def unet_eval(self, latent: torch.Tensor, timestep: int | torch.Tensor, text: torch.Tensor,
+                  depth_cond: torch.Tensor) -> torch.Tensor:
+        """``eps_theta(x_t; t, y, d)`` for a batch. ``latent (B, c, h, w)``, ``timestep`` one ``t``
+        for the batch or a ``(B,)`` long tensor (one per sample), ``text (B, L, D)``,
         ``depth_cond (1 or B, 1, h, w)`` from :func:`depth_to_condition`. Counted in
         :attr:`counter` as ``B`` forward evaluations; callers that back-propagate through the
         call add its backward evaluations with ``counter.add_backward``."""
@@ -270,7 +272,8 @@ class Backbone:
         if depth_cond.shape[0] != b:
             depth_cond = depth_cond.expand(b, -1, -1, -1)
         x = torch.cat([latent, depth_cond.to(latent.dtype)], dim=1)  # (B, c + 1, h, w)
-        t = torch.full((b,), timestep, device=self.device, dtype=torch.long)
+        t = (timestep.to(self.device, torch.long) if isinstance(timestep, torch.Tensor) else
+             torch.full((b,), timestep, device=self.device, dtype=torch.long))
         out = self.unet(x.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
         self.counter.add_forward(b)
         return out

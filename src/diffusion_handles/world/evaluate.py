@@ -116,30 +116,29 @@ DENOISE_TIMESTEPS = (50, 200, 400, 600, 800)  # spread over SD's 1000-step sched
 
 
 @torch.no_grad()
-def denoising_loss(backbone, image: torch.Tensor, depth: torch.Tensor, caption: str, *, seed: int = 0,
+def denoising_loss(backbone, z0: torch.Tensor, depth: torch.Tensor, caption: str, *, seed: int = 0,
                    timesteps: tuple[int, ...] = DENOISE_TIMESTEPS) -> float:
     """The training objective on one image: mean squared error of the predicted noise.
 
     Args:
         backbone: a :class:`~diffusion_handles.diffusion.backbone.Backbone`.
-        image: ``(1, 3, H, W)`` in [0, 1] at a size the model accepts.
+        z0: ``(1, c, h, w)`` the image's scaled latent (``backbone.encode_image``).
         depth: ``(1, 1, H, W)`` z-depth, scene units.
         caption: the image's caption.
         seed: seeds the noise (one draw per timestep, shared by every image with this seed).
-        timesteps: noise levels ``t`` of the 1000-step schedule.
+        timesteps: noise levels ``t`` of the 1000-step schedule, one batched UNet pass.
 
     Returns:
-        ``mean_t |eps_theta(sqrt(a_t) z + sqrt(1 - a_t) eps, t, depth, caption) - eps|^2``.
+        ``mean_t |eps_theta(sqrt(a_t) z0 + sqrt(1 - a_t) eps, t, depth, caption) - eps|^2``.
     """
     from diffusion_handles.diffusion.conditioning import depth_to_condition
 
-    z = backbone.encode_image(image)  # (1, c, h, w), scaled
-    ts = torch.tensor(timesteps, device=z.device)
-    eps = torch.randn((len(ts), *z.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(z.device)
-    zt = backbone.scheduler.add_noise(z.expand(len(ts), -1, -1, -1), eps, ts)  # sqrt(a_t) z + sqrt(1 - a_t) eps
-    cond = depth_to_condition(depth.to(z.device), tuple(z.shape[-2:])).expand(len(ts), -1, -1, -1)
+    ts = torch.tensor(timesteps, device=z0.device)
+    eps = torch.randn((len(ts), *z0.shape[1:]), generator=torch.Generator().manual_seed(seed)).to(z0.device)
+    zt = backbone.scheduler.add_noise(z0.expand(len(ts), -1, -1, -1), eps, ts)  # sqrt(a_t) z0 + sqrt(1 - a_t) eps
+    cond = depth_to_condition(depth.to(z0.device), tuple(z0.shape[-2:]))
     text = backbone.encode_prompt(caption).expand(len(ts), -1, -1)
-    pred = backbone.unet(torch.cat([zt, cond], 1).to(backbone.dtype), ts, encoder_hidden_states=text).sample
+    pred = backbone.unet_eval(zt, ts, text, cond)
     return float((pred.float() - eps).pow(2).mean())
 
 
@@ -157,7 +156,8 @@ def _train_denoise_loss(bb, path: str | Path, n: int, seed: int) -> float:
         x = torch.from_numpy(data["rgb"][j]).permute(2, 0, 1)[None].float() / 255.0
         hw = tuple(x.shape[-2:])
         depth = torch.from_numpy(data["depth"][j].astype(np.float32))[None, None]
-        losses.append(denoising_loss(bb, bb.resize_to_work(x, bb.work_size(hw)), depth, str(data["caption"][j]), seed=seed))
+        z0 = bb.encode_image(bb.resize_to_work(x, bb.work_size(hw)))
+        losses.append(denoising_loss(bb, z0, depth, str(data["caption"][j]), seed=seed))
     return float(np.mean(losses))
 
 
@@ -195,14 +195,14 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         rerender = render(scene_for_seed(s, size, size), spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
         x = torch.from_numpy(ref).permute(2, 0, 1)[None]
-        vae = bb.decode(bb.encode_image(bb.resize_to_work(x, bb.work_size((size, size)))))
+        z0 = bb.encode_image(bb.resize_to_work(x, bb.work_size((size, size))))  # (1, c, h, w), scaled
+        vae = bb.decode(z0)
         vae = bb.resize_to_work(vae.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         other = render_seed((first + (j + 1) % max(n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
         row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
                "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
                "other": image_metrics(other, ref, r["ids"], n_obj)}
-        row["denoise_loss"] = denoising_loss(bb, bb.resize_to_work(x, bb.work_size((size, size))), depth,
-                                             r["caption"], seed=seed)
+        row["denoise_loss"] = denoising_loss(bb, z0, depth, r["caption"], seed=seed)
         dl.append(row["denoise_loss"])
         lh, lw = bb.latent_hw((size, size))
         cells += [float((r["ids"] == k).sum()) * lh * lw / (size * size) for k in range(n_obj)]

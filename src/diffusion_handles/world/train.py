@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffusion_handles.world.dataset import load_dataset
+from diffusion_handles.world.dataset import jpeg_quality_of, load_dataset
 from diffusion_handles.world.model import (
     build_components,
     build_tokenizer_files,
@@ -217,6 +217,9 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig) -> Path:
+    if jpeg_quality_of(cfg.data) is not None and (cfg.vae_steps > 0 or cfg.decoder_steps > 0):
+        raise ValueError(f"data: {cfg.data} holds JPEG (lossy) images, which would teach the VAE their artefacts: "
+                         f"expected vae_steps 0 and decoder_steps 0, got {cfg.vae_steps} and {cfg.decoder_steps}")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     log = _Log(run / "train.log")
@@ -250,9 +253,6 @@ def _train(cfg: TrainConfig) -> Path:
     log(f"data {cfg.data}: {n} scenes, {data['rgb'].shape[1]}x{data['rgb'].shape[2]}")
     if data["rgb"].shape[1] != cfg.image_size:
         raise ValueError(f"data: expected {cfg.image_size}x{cfg.image_size} images (image_size), got {data['rgb'].shape[1]}")
-    if "rgb_jpeg_quality" in data and (cfg.vae_steps > 0 or cfg.decoder_steps > 0):
-        raise ValueError(f"data: {cfg.data} holds JPEG (lossy) images, which would teach the VAE their artefacts: "
-                         f"expected vae_steps 0 and decoder_steps 0, got {cfg.vae_steps} and {cfg.decoder_steps}")
     rgb = torch.from_numpy(data["rgb"]).permute(0, 3, 1, 2)  # (N, 3, H, W) uint8
 
     train_vae(cfg, vae, rgb, run, log, out_of_time, stage_over)
