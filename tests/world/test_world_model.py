@@ -36,6 +36,60 @@ def test_shipped_model_loads_through_the_backbone_path():
         assert len(bb.tokenizer(w, add_special_tokens=False).input_ids) == 1
 
 
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 32), layers_per_block=1,
+                         norm_num_groups=8, mid_block_add_attention=False, sample_size=32).eval()
+
+
+def test_widened_encoder_gives_the_same_latents_and_keeps_the_decoder():
+    """Net2WiderNet widening (adjacent copies, weights reading them divided by the factor):
+    a wrong copy order would change the GroupNorm statistics, a missing division would double
+    the activations; either changes the latents."""
+    from diffusion_handles.world.model import widen_encoder
+
+    vae = _tiny_vae()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist
+        wide = widen_encoder(vae, 2, noise=0.0)
+        zw = wide.encode(x).latent_dist
+        torch.testing.assert_close(zw.mean, z.mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(zw.logvar, z.logvar, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(wide.decode(z.mean).sample, vae.decode(z.mean).sample, atol=1e-5, rtol=1e-4)
+        noisy = widen_encoder(vae, 2)  # symmetry-breaking noise: close to, not equal to, the old latents
+        zn = noisy.encode(x).latent_dist.mean
+    assert type(wide).__name__ == "AsymmetricAutoencoderKL"
+    assert tuple(wide.config.down_block_out_channels) == (32, 64, 64) and tuple(wide.config.up_block_out_channels) == (16, 32, 32)
+    w = noisy.encoder.conv_in.weight
+    assert not torch.equal(w[0::2], w[1::2])  # the two copies of each channel can learn apart
+    assert 0 < float((zn - z.mean).abs().max()) < 0.05 * float(z.mean.abs().mean())
+    with pytest.raises(ValueError, match="factor"):
+        widen_encoder(vae, 1)
+
+
+def test_backbone_loads_a_model_whose_vae_has_a_wider_encoder(tmp_path):
+    """The VAE class comes from its config: the widened model loads, encodes and decodes like the
+    shipped one it was widened from."""
+    from diffusion_handles.diffusion.backbone import Backbone
+    from diffusion_handles.world.model import save_model, widen_encoder
+
+    bb = Backbone.from_pretrained("tinyworld")
+    save_model(tmp_path / "m", vae=widen_encoder(bb.vae, 2, noise=0.0), unet=bb.unet, text_encoder=bb.text_encoder,
+               tokenizer=bb.tokenizer, scheduler=bb.scheduler)
+    assert '"AsymmetricAutoencoderKL"' in (tmp_path / "m" / "model_index.json").read_text()
+    wide = Backbone.from_pretrained(str(tmp_path / "m"))
+    assert type(wide.vae).__name__ == "AsymmetricAutoencoderKL"
+    assert (wide.vae_factor, wide.default_size, wide.scaling_factor) == (bb.vae_factor, bb.default_size, bb.scaling_factor)
+    x = torch.rand(1, 3, 128, 128)
+    z = bb.encode_image(x)
+    torch.testing.assert_close(wide.encode_image(x), z, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(wide.decode(z), bb.decode(z), atol=1e-5, rtol=1e-4)
+
+
 def _heldout(n: int, first: int = 0):
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
 

@@ -206,3 +206,60 @@ def test_depth_is_stored_as_invertible_differences_and_old_files_still_load(data
     q = np.cumsum(np.cumsum(d, axis=1, dtype=np.uint16), axis=2, dtype=np.uint16)  # the earlier layout
     np.savez_compressed(tmp_path / "old.npz", inv_depth=q, **stored)
     np.testing.assert_array_equal(load_dataset(tmp_path / "old.npz")["depth"], got["depth"])
+
+
+def test_encoder_stage_widens_and_trains_only_the_encoder(data, tmp_path, capsys):
+    """``--stage encoder --encoder-width 2``, as a GPU sitting would run it beside a UNet run: the
+    decoder, the UNet and the latent scale stay the shipped ones, the encoder is wider and trains."""
+    from safetensors.torch import load_file
+
+    from diffusion_handles.world import model_path
+    from diffusion_handles.world.dataset import load_dataset, save_dataset
+
+    packed = tmp_path / "packed.npz"
+    save_dataset(packed, load_dataset(data), jpeg_quality=95)  # the encoder stage may use a JPEG pack
+    rc = main(["world", "train", "--preset", "gpu", "--device", "cpu", "--stage", "encoder", "--encoder-width", "2",
+               "--encoder-steps", "2", "--data", str(packed), "--run-dir", str(tmp_path / "e"),
+               "--image-size", "32", "--threads", "1", "--export", str(tmp_path / "em")])
+    assert rc == 0
+    shipped, out = model_path(), tmp_path / "em"
+    cfg = json.loads((out / "vae" / "config.json").read_text())
+    assert cfg["_class_name"] == "AsymmetricAutoencoderKL" and cfg["down_block_out_channels"] == [64, 128, 128]
+    assert cfg["scaling_factor"] == pytest.approx(json.loads((shipped / "vae" / "config.json").read_text())["scaling_factor"])
+    v0 = load_file(str(shipped / "vae" / "diffusion_pytorch_model.safetensors"))
+    v1 = load_file(str(next((out / "vae").glob("*.safetensors"))))
+    assert all(torch.equal(v0[k], v1[k]) for k in v0 if k.startswith(("decoder.", "post_quant_conv.")))
+    u0, u1 = (load_file(str(m / "unet" / "diffusion_pytorch_model.safetensors")) for m in (shipped, out))
+    assert all(torch.equal(u0[k], u1[k]) for k in u0)
+    hist = json.loads((out / "training.json").read_text())["history"][-1]["stages"]
+    assert hist["encoder"]["steps"] == 2 and "unet" not in hist
+    init = torch.load(tmp_path / "e" / "init_vae.pt", weights_only=True)["model"]
+    assert any(not torch.equal(init[k], v1[k]) for k in v1 if k.startswith("encoder."))  # the encoder trained
+    assert main(["world", "train", "--data", str(data), "--encoder-width", "0"]) == 2
+    assert "--encoder-width" in capsys.readouterr().err
+    assert main(["world", "train", "--data", str(data), "--encoder-anchor=-1"]) == 2
+    assert "--encoder-anchor" in capsys.readouterr().err
+
+
+def test_encoder_anchor_holds_the_latents_near_the_ones_the_unet_learned(data, tmp_path):
+    """A sign error or a missing drift term in the encoder stage's loss lets the latents wander."""
+    from diffusion_handles.world.dataset import load_dataset
+
+    x = torch.from_numpy(load_dataset(data)["rgb"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    drift = {}
+    for anchor in (0.0, 1e4):
+        run = tmp_path / f"a{anchor}"
+        cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), stage="encoder", encoder_steps=4,
+                                 encoder_lr=3e-2, encoder_anchor=anchor, encoder_batch=3, warmup=1)
+        train(cfg)
+        from diffusion_handles.world.model import build_components, load_tokenizer
+
+        vae = build_components(load_tokenizer(run / "tokenizer_files"), image_size=32)["vae"]
+        vae.load_state_dict(torch.load(run / "init_vae.pt", weights_only=True)["model"])
+        with torch.no_grad():
+            z0 = vae.encode(x).latent_dist.mean
+            st = torch.load(run / "encoder.pt", weights_only=True)
+            vae.encoder.load_state_dict(st["encoder"])
+            vae.quant_conv.load_state_dict(st["quant_conv"])
+            drift[anchor] = float((vae.encode(x).latent_dist.mean - z0).pow(2).mean() / z0.var())
+    assert drift[1e4] < 0.5 * drift[0.0], drift

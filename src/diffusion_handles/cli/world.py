@@ -73,9 +73,17 @@ def register(subparsers) -> None:
     t.add_argument("--unet-lr", type=float, default=None, help="UNet + text encoder learning rate (default: the preset's)")
     t.add_argument("--unet-dropout", type=float, default=None,
                    help="dropout in the UNet's residual blocks, in [0, 1) (default 0; a regulariser against memorising the scenes)")
-    t.add_argument("--stage", default="all", choices=["all", "decoder"],
-                   help="all: VAE, UNet, decoder fine-tuning (default); decoder: only the decoder stage (needs the VAE stage done)")
+    t.add_argument("--stage", default="all", choices=["all", "decoder", "encoder"],
+                   help="all: VAE, encoder, UNet, decoder fine-tuning (default); decoder or encoder: that stage alone "
+                        "(beside a UNet run; the encoder stage's export keeps the warm start's UNet)")
     t.add_argument("--decoder-steps", type=int, default=None)
+    t.add_argument("--encoder-steps", type=int, default=None,
+                   help="steps of the encoder stage: the VAE encoder alone against the frozen decoder (default 0)")
+    t.add_argument("--encoder-width", type=int, default=None, metavar="K",
+                   help="VAE encoder channels / decoder channels: 1, or 2 to widen a 1x warm start without changing its "
+                        "latents (default: the warm start's)")
+    t.add_argument("--encoder-anchor", type=float, default=None,
+                   help="weight of the encoder stage's latent-drift term (default 1e-3)")
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this many minutes (0: no limit)")
     t.add_argument("--export", default=None, metavar="DIR", help="afterwards write the diffusers model folder here")
     t.set_defaults(func=_train)
@@ -274,16 +282,21 @@ def _train(args: argparse.Namespace) -> int:
         raise HandlesError(f"--data: file not found: {args.data} (make it with `handles world dataset`)")
     if args.init_from and args.init_from != "tinyworld" and not (Path(args.init_from) / "unet").is_dir():
         raise HandlesError(f"--init-from: expected a model folder with unet/ vae/ text_encoder/, 'tinyworld' or '', got {args.init_from!r}")
+    if args.encoder_width is not None and args.encoder_width < 1:
+        raise HandlesError(f"--encoder-width: expected a positive integer (1, or 2 to widen), got {args.encoder_width}")
     cfg = config_from_preset(args.preset, data=args.data, run_dir=args.run_dir, seed=args.seed, device=args.device,
                              init_from=args.init_from, stage=args.stage, vae_steps=args.vae_steps,
                              image_size=args.image_size, threads=args.threads,
                              unet_steps=args.unet_steps, unet_batch=args.unet_batch, unet_lr=args.unet_lr,
                              decoder_steps=args.decoder_steps, unet_dropout=args.unet_dropout,
-                             max_minutes=args.max_minutes or None)
+                             encoder_steps=args.encoder_steps, encoder_width=args.encoder_width,
+                             encoder_anchor=args.encoder_anchor, max_minutes=args.max_minutes or None)
     if not (cfg.unet_lr > 0 and math.isfinite(cfg.unet_lr)):
         raise HandlesError(f"--unet-lr: expected a positive learning rate, got {cfg.unet_lr}")
     if not 0.0 <= cfg.unet_dropout < 1.0:
         raise HandlesError(f"--unet-dropout: expected a probability in [0, 1), got {cfg.unet_dropout}")
+    if not (cfg.encoder_anchor >= 0 and math.isfinite(cfg.encoder_anchor)):
+        raise HandlesError(f"--encoder-anchor: expected a finite weight >= 0, got {cfg.encoder_anchor}")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise HandlesError(f"--device: expected an available device, got {cfg.device!r} (torch sees no CUDA GPU)")
     try:
@@ -291,7 +304,12 @@ def _train(args: argparse.Namespace) -> int:
     except RuntimeError:
         raise HandlesError(f"--device: expected a torch device such as cpu or cuda, got {cfg.device!r}") from None
     from diffusion_handles.world.dataset import jpeg_quality_of
+    from diffusion_handles.world.train import encoder_width_of, init_folder
 
+    folder = init_folder(cfg)
+    have = encoder_width_of(folder) if folder is not None and (folder / "vae" / "config.json").is_file() else 1
+    if cfg.encoder_width and (cfg.encoder_width < have or cfg.encoder_width % have):
+        raise HandlesError(f"--encoder-width: expected a multiple of the warm start's encoder width {have} ({folder}), got {cfg.encoder_width}")
     try:
         lossy = jpeg_quality_of(args.data) is not None
     except (OSError, ValueError) as e:
@@ -312,8 +330,8 @@ def _export(args: argparse.Namespace) -> int:
     from diffusion_handles.world.train import export
 
     check_out(args)
-    if not (Path(args.run_dir) / "unet.pt").is_file():
-        raise HandlesError(f"--run-dir: expected a training run with unet.pt, got {args.run_dir}")
+    if not any((Path(args.run_dir) / f).is_file() for f in ("unet.pt", "init_unet.pt")):
+        raise HandlesError(f"--run-dir: expected a training run with unet.pt (or init_unet.pt), got {args.run_dir}")
     export(args.run_dir, args.out, use_ema=not args.no_ema)
     print(f"handles world export: wrote {args.out}")
     return 0

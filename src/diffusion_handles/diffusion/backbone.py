@@ -2,7 +2,7 @@
 
 Components, all standard diffusers/transformers classes: ``UNet2DConditionModel`` whose input is
 the noisy latent concatenated with one depth channel (``in_channels = latent + 1``),
-``AutoencoderKL``, ``CLIPTextModel`` + ``CLIPTokenizer`` and a DDIM scheduler built from the
+``AutoencoderKL`` (or ``AsymmetricAutoencoderKL``), ``CLIPTextModel`` + ``CLIPTokenizer`` and a DDIM scheduler built from the
 model's scheduler config. Constants (latent scaling factor, sizes, channels) are read from the
 component configs. Every UNet evaluation goes through :meth:`Backbone.unet_eval`, which counts
 forward and backward passes per stage.
@@ -90,13 +90,15 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
 
 
 def _load_components(source: str, local_files_only: bool) -> tuple:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoModel, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     kw = {"local_files_only": local_files_only}
     return (
         UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
-        AutoencoderKL.from_pretrained(source, subfolder="vae", **kw),
+        # the class its config names: SD2-depth's AutoencoderKL, or an AsymmetricAutoencoderKL
+        # (a wider encoder than decoder, world.model.widen_encoder)
+        AutoModel.from_pretrained(source, subfolder="vae", **kw),
         CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw),
         CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
         DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
@@ -154,7 +156,7 @@ class Backbone:
 
     @property
     def vae_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config.down_block_types) - 1)  # every encoder block but the last halves
 
     @property
     def size_multiple(self) -> int:

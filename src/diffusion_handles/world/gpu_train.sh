@@ -18,7 +18,9 @@
 # Afterwards, on the CPU machine: `handles world eval --model DIR --first-seed S` on held-out
 # seeds, and ship the model if it beats the one in src/diffusion_handles/world/model/.
 # Extra arguments go to `handles world train` (e.g. --unet-dropout 0.1, or --device cpu
-# --unet-steps 1 for a smoke test). Two runs fit on one GPU side by side (different RUN_DIR).
+# --unet-steps 1 for a smoke test). Two runs fit on one GPU side by side (different RUN_DIR),
+# e.g. the UNet run and an encoder run (`--stage encoder --encoder-width 2 --encoder-steps 100000`:
+# the VAE encoder, twice as wide, against the frozen decoder; the same pack serves both).
 set -euo pipefail
 data=${1:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}
 wheels=${2:?usage: gpu_train.sh DATA.npz WHEELS_DIR OUT_DIR}

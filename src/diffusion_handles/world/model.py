@@ -2,7 +2,8 @@
 
 * ``vae``: :class:`diffusers.AutoencoderKL`, 3 levels (downsampling factor 4), 8 latent
   channels: 128x128 images <-> 32x32x8 latents (v2; v1 had 64x64 images and 4 channels, and
-  its round trip stopped near 26 dB).
+  its round trip stopped near 26 dB). :func:`widen_encoder` turns it into a
+  :class:`diffusers.AsymmetricAutoencoderKL` with a wider encoder and the same latents.
 * ``unet``: :class:`diffusers.UNet2DConditionModel` with ``in_channels = 4 latent + 1 depth``
   (the depth channel is SD2-depth's: relative inverse depth normalised to [-1, 1] at latent
   resolution, :func:`diffusion_handles.diffusion.conditioning.depth_to_condition`), 3 levels,
@@ -101,12 +102,15 @@ def load_tokenizer(folder: str | Path):
 
 def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
                      unet_channels: tuple[int, int, int] = UNET_CHANNELS,
-                     latent_channels: int = LATENT_CHANNELS, unet_dropout: float = 0.0) -> dict:
+                     latent_channels: int = LATENT_CHANNELS, unet_dropout: float = 0.0,
+                     encoder_width: int = 1) -> dict:
     """Fresh (randomly initialised, seeded) vae, unet, text_encoder and scheduler.
 
     ``image_size`` is the native image side (latents are ``image_size / 4``), ``unet_channels``
     the UNet's three ``block_out_channels``, ``unet_dropout`` the dropout of its residual
-    blocks (training only: ``eval()`` turns it off).
+    blocks (training only: ``eval()`` turns it off), ``encoder_width`` the VAE encoder's
+    channels over the decoder's (1: an ``AutoencoderKL``; 2: the ``AsymmetricAutoencoderKL``
+    of :func:`widen_encoder`).
     """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -120,6 +124,8 @@ def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
         mid_block_add_attention=False,
         scaling_factor=1.0,  # replaced by 1 / std of the training latents after VAE training
     )
+    if encoder_width > 1:
+        vae = widen_encoder(vae, encoder_width, seed=seed)
     text_cfg = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=MAX_TOKENS, projection_dim=64,
@@ -141,6 +147,67 @@ def build_components(tokenizer, seed: int = 0, image_size: int = IMAGE_SIZE,
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "scheduler": scheduler}
 
 
+def widen_encoder(vae, factor: int = 2, noise: float = 1e-3, seed: int = 0):
+    """A copy of ``vae`` whose encoder is ``factor`` times wider, computing the same function.
+
+    The result is a :class:`diffusers.AsymmetricAutoencoderKL` (the diffusers class whose encoder
+    and decoder have their own ``*_block_out_channels``): encoder channels x ``factor``, the
+    decoder, ``quant_conv`` and ``post_quant_conv`` copied unchanged, the latents the same. The
+    widening is Net2WiderNet's (Chen et al., ICLR 2016): every encoder channel becomes ``factor``
+    adjacent copies and every weight reading a widened input is divided by ``factor``. Adjacent
+    copies keep each GroupNorm group's mean and variance (a group of ``factor * m`` channels
+    holds ``factor`` copies of the ``m`` old ones), so the encoder's output is unchanged up to
+    the symmetry-breaking noise (``noise`` times each widened convolution's weight std; the
+    copies would otherwise learn identically). That class always has a self-attention block in
+    the middle of its encoder and decoder; both start as the identity (output projection zero).
+    Its unused inpainting branch (``decoder.condition_encoder``) keeps its random weights.
+
+    Args:
+        vae: an :class:`diffusers.AutoencoderKL` (or an asymmetric one, widened again).
+        factor: integer >= 2.
+    """
+    import torch
+    from diffusers import AsymmetricAutoencoderKL
+
+    if int(factor) != factor or factor < 2:
+        raise ValueError(f"factor: expected an integer >= 2, got {factor!r}")
+    c = vae.config
+    down = tuple(c.get("down_block_out_channels") or c.block_out_channels)
+    up = tuple(c.get("up_block_out_channels") or c.block_out_channels)
+    layers = int(c.get("layers_per_block") or c.get("layers_per_down_block"))
+    new = AsymmetricAutoencoderKL(
+        in_channels=c.in_channels, out_channels=c.out_channels, down_block_types=tuple(c.down_block_types),
+        down_block_out_channels=tuple(factor * ch for ch in down), layers_per_down_block=layers,
+        up_block_types=tuple(c.up_block_types), up_block_out_channels=up,
+        layers_per_up_block=int(c.get("layers_per_block") or c.get("layers_per_up_block")),
+        act_fn=c.act_fn, latent_channels=c.latent_channels, norm_num_groups=c.norm_num_groups,
+        sample_size=c.sample_size, scaling_factor=c.scaling_factor,
+    )
+    old, own = vae.state_dict(), new.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, target in own.items():
+        if ".attentions." in key and ".to_out." in key:
+            state[key] = torch.zeros_like(target)  # new attention blocks start as the identity
+            continue
+        if key not in old:
+            state[key] = target  # attention projections before to_out, the inpainting branch
+            continue
+        w = old[key]
+        for d in range(w.dim()):
+            if target.shape[d] == factor * w.shape[d] and key.startswith("encoder."):
+                w = w.repeat_interleave(factor, dim=d)
+                if d == 1:  # a convolution reading widened channels: the copies share its weight
+                    w = w / factor
+        if w.shape != target.shape:
+            raise ValueError(f"vae: cannot widen {key}: {tuple(old[key].shape)} -> {tuple(target.shape)}")
+        if key.startswith("encoder.") and w.dim() == 4 and noise > 0:
+            w = w + noise * w.std() * torch.randn(w.shape, generator=gen)
+        state[key] = w
+    new.load_state_dict(state)
+    return new.eval()
+
+
 def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler,
                max_shard_size: str = "16MB") -> Path:
     """Save in diffusers layout (safetensors) with a ``model_index.json``.
@@ -160,7 +227,7 @@ def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, schedu
     index = {
         "_class_name": "StableDiffusionDepth2ImgPipeline",
         "_diffusers_version": diffusers.__version__,
-        "vae": ["diffusers", "AutoencoderKL"],
+        "vae": ["diffusers", type(vae).__name__],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],

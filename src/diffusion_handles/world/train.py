@@ -14,6 +14,11 @@ Two stages, each resumable from its checkpoint in ``run_dir``:
 
 3. **Decoder** (``decoder.pt``): the decoder alone on full images, the encoder frozen.
 
+Between 1 and 2, an optional **encoder** stage (``encoder.pt``, ``encoder_steps > 0``): the
+encoder alone against the frozen decoder, its latents anchored to those it started from (the
+UNet's). ``encoder_width 2`` first widens a narrower warm-started encoder without changing its
+output (:func:`diffusion_handles.world.model.widen_encoder`).
+
 ``export`` writes the diffusers folder (:func:`diffusion_handles.world.model.save_model`).
 Every stage logs ``step, loss, seconds`` lines to ``run_dir/train.log``.
 
@@ -78,7 +83,15 @@ class TrainConfig:
     decoder_steps: int = 300  # stage 3: decoder-only fine-tuning (encoder frozen, so latents stay valid)
     decoder_batch: int = 8
     decoder_lr: float = 5e-4
-    stage: str = "all"  # "all" (vae, unet, decoder) or "decoder" (stage 3 alone, e.g. beside a unet run)
+    stage: str = "all"  # "all" (vae, encoder, unet, decoder), "decoder" or "encoder" (that stage alone, e.g. beside a unet run)
+    # The encoder stage: the VAE's round-trip error on held-out scenes is the encoder's, not the
+    # decoder's (benchmarks/vae_gap.py: latents optimised through the unchanged decoder gain 3-4 dB
+    # on the worst scenes; a decoder of twice the width, or depth, did not move).
+    encoder_width: int = 0  # encoder channels / decoder channels (1: AutoencoderKL, 2: twice as wide); 0: the warm start's
+    encoder_steps: int = 0
+    encoder_batch: int = 8
+    encoder_lr: float = 2e-4
+    encoder_anchor: float = 1e-3  # weight of the latent drift: mean squared change of the mean latent / its variance
     stage_minutes: dict = field(default_factory=dict)  # {"vae": m, ...}: a stage ends (as done) after m minutes
 
 
@@ -91,10 +104,12 @@ PRESETS: dict[str, dict] = {
     # encoder, hence the latents, stay the same): no VAE stage, the UNet + text encoder at 8x the
     # CPU batch (bf16 autocast on the GPU) for the whole time. No decoder stage: in the first GPU
     # sitting its loss stayed flat over 4000 steps at batch 32 (MODEL_CARD.md), and a JPEG pack
-    # (twice the scenes per carried MiB) trains the UNet only.
+    # (twice the scenes per carried MiB) trains the UNet only. With ``--stage encoder
+    # --encoder-steps N [--encoder-width 2]`` it trains the encoder alone instead (a second run
+    # beside the UNet run on the same GPU).
     "gpu": {"device": "cuda", "threads": 8, "init_from": "tinyworld", "vae_steps": 0,
             "unet_steps": 40000, "unet_batch": 128, "unet_lr": 2e-4, "ema": 0.999,
-            "decoder_steps": 0, "decoder_batch": 32, "decoder_lr": 1e-4, "ckpt_every": 500,
+            "decoder_steps": 0, "decoder_batch": 32, "decoder_lr": 1e-4, "encoder_batch": 32, "ckpt_every": 500,
             "log_every": 100, "max_minutes": 7.0},
     # A few steps of everything (tests, smoke runs).
     "tiny": {"init_from": "", "image_size": 32, "unet_channels": (16, 32, 32), "vae_steps": 2, "vae_batch": 2, "vae_crop": 32, "unet_steps": 2,
@@ -153,7 +168,28 @@ def config_from_preset(preset: str = "cpu", **overrides) -> TrainConfig:
         raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
     cfg = TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
     cfg.unet_channels = tuple(int(c) for c in cfg.unet_channels)
+    if cfg.stage not in ("all", "decoder", "encoder"):
+        raise ValueError(f"stage: expected all, decoder or encoder, got {cfg.stage!r}")
+    if cfg.encoder_width < 0:
+        raise ValueError(f"encoder_width: expected 0 (the warm start's) or a positive integer, got {cfg.encoder_width}")
     return cfg
+
+
+def encoder_width_of(folder: str | Path) -> int:
+    """The encoder/decoder channel ratio of the VAE in a model folder (1 for an ``AutoencoderKL``)."""
+    c = json.loads((Path(folder) / "vae" / "config.json").read_text())
+    down = c.get("down_block_out_channels") or c["block_out_channels"]
+    up = c.get("up_block_out_channels") or c["block_out_channels"]
+    return max(1, int(down[0]) // int(up[0]))
+
+
+def init_folder(cfg: TrainConfig) -> Path | None:
+    """The model folder a new run warm-starts from (``None`` for a random start)."""
+    from diffusion_handles.world import MODEL_NAME, model_path
+
+    if not cfg.init_from:
+        return None
+    return model_path() if cfg.init_from == MODEL_NAME else Path(cfg.init_from)
 
 
 def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -170,18 +206,27 @@ def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tu
 
 def _init_from(cfg: TrainConfig, comps: dict, log) -> dict:
     """Warm-start ``comps`` from ``cfg.init_from`` (matching tensors); returns its history."""
-    if not cfg.init_from:
+    folder = init_folder(cfg)
+    if folder is None:
         return {"history": []}
     from safetensors.torch import load_file
 
-    from diffusion_handles.world import MODEL_NAME, model_path
-
-    folder = model_path() if cfg.init_from == MODEL_NAME else Path(cfg.init_from)
+    have = encoder_width_of(folder)
+    if cfg.encoder_width < have or cfg.encoder_width % have:
+        raise ValueError(f"encoder_width: expected a multiple of the warm start's ({have}, {folder}), got {cfg.encoder_width}")
+    ratio = cfg.encoder_width // have
     for name in ("vae", "unet", "text_encoder"):
         files = sorted((folder / name).glob("*.safetensors"))
         state = {}
         for f in files:
             state.update(load_file(str(f)))
+        if name == "vae" and ratio > 1:  # a wider encoder: widen the warm start's, keeping its latents
+            from diffusers import AutoModel
+
+            from diffusion_handles.world.model import widen_encoder
+
+            state = widen_encoder(AutoModel.from_pretrained(str(folder), subfolder="vae"), ratio, seed=cfg.seed).state_dict()
+            log(f"init vae: encoder widened {ratio}x (the same latents)")
         got, total = load_matching(comps[name], state)
         log(f"init {name} from {folder}: {got}/{total} tensors match")
     vae_cfg = folder / "vae" / "config.json"
@@ -217,9 +262,14 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig) -> Path:
+    # The encoder stage may use a JPEG pack: its decoder is frozen, so it cannot learn their
+    # artefacts, and quality 95 is 40.5 dB from the renders, 10 dB above the errors it reduces.
     if jpeg_quality_of(cfg.data) is not None and (cfg.vae_steps > 0 or cfg.decoder_steps > 0):
         raise ValueError(f"data: {cfg.data} holds JPEG (lossy) images, which would teach the VAE their artefacts: "
                          f"expected vae_steps 0 and decoder_steps 0, got {cfg.vae_steps} and {cfg.decoder_steps}")
+    if cfg.encoder_width == 0:  # follow the warm start (or the plain VAE of a random start)
+        folder = init_folder(cfg)
+        cfg.encoder_width = encoder_width_of(folder) if folder is not None else 1
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     log = _Log(run / "train.log")
@@ -236,8 +286,8 @@ def _train(cfg: TrainConfig) -> Path:
         build_tokenizer_files(tok_dir)
     tokenizer = load_tokenizer(tok_dir)
     comps = build_components(tokenizer, seed=cfg.seed, image_size=cfg.image_size, unet_channels=cfg.unet_channels,
-                             unet_dropout=cfg.unet_dropout)
-    if not any((run / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt", "init.json")):
+                             unet_dropout=cfg.unet_dropout, encoder_width=cfg.encoder_width)
+    if not any((run / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt", "encoder.pt", "init.json")):
         (run / "init.json").write_text(json.dumps(_init_from(cfg, comps, log), indent=1))
         for name in ("vae", "unet", "text_encoder"):  # the warm start is step 0 of this run
             _save({"model": comps[name].state_dict()}, run / f"init_{name}.pt")
@@ -257,6 +307,10 @@ def _train(cfg: TrainConfig) -> Path:
 
     train_vae(cfg, vae, rgb, run, log, out_of_time, stage_over)
     if out_of_time():
+        return run
+    if cfg.stage in ("all", "encoder"):
+        train_encoder(cfg, vae, rgb, run, log, out_of_time, stage_over)
+    if out_of_time() or cfg.stage == "encoder":
         return run
     vae.eval().requires_grad_(False)
     batches = _unet_data(cfg, vae, rgb, data, tokenizer, run, log)
@@ -312,6 +366,70 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
             log(f"vae: stopping at step {step} (time limit)")
             break
     bar.close()
+
+
+def train_encoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
+    """The encoder stage: ``encoder`` + ``quant_conv`` against the frozen decoder; ``encoder.pt``.
+
+    Loss on full images (mirrored half the time): L1 + L2 of the decoded posterior sample, plus
+    ``vae_kl`` * KL (as in stage 1), plus ``encoder_anchor`` * mean((mu - mu0)^2) / var(mu0),
+    where ``mu0`` is the mean latent of the encoder this stage started from: the UNet was trained
+    on those latents, so they may move only as far as the reconstruction gains. Learning rate
+    warmed up over ``warmup`` steps, then constant.
+    """
+    from tqdm import tqdm
+
+    if cfg.encoder_steps <= 0:
+        return
+    dev = next(vae.parameters()).device
+    ckpt = run / "encoder.pt"
+    start = copy.deepcopy(vae.encoder).eval().requires_grad_(False)  # mu0 (on resume: the run's warm start)
+    start_quant = copy.deepcopy(vae.quant_conv).eval().requires_grad_(False)
+    params = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=0.0)
+    parts = {"encoder": vae.encoder, "quant_conv": vae.quant_conv}
+    step, secs, done = _resume(ckpt, dev, parts, opt, log, "encoder")
+    if done or step >= cfg.encoder_steps:
+        return
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + step)
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    vae.encoder.train()
+    rgb = rgb.to(dev)
+    n, var = len(rgb), None
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.encoder_steps), desc="encoder", initial=step, total=cfg.encoder_steps)
+    for i in bar:
+        idx = torch.randint(0, n, (cfg.encoder_batch,), generator=gen).to(dev)
+        x = rgb[idx].float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)
+        with torch.no_grad():
+            mu0 = start_quant(start(x)).chunk(2, dim=1)[0]  # (B, c, h, w): the moments' mean half
+            var = mu0.var() if var is None else var  # fixed after the first batch
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        l1 = (rec - x).abs().mean()
+        drift = (post.mean - mu0).pow(2).mean() / var
+        loss = l1 + (rec - x).pow(2).mean() + cfg.vae_kl * post.kl().mean() + cfg.encoder_anchor * drift
+        for g in opt.param_groups:
+            g["lr"] = _lr(i, cfg.encoder_lr, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step = i + 1
+        over = out_of_time() or stage_over("encoder", t0)
+        if step % cfg.log_every == 0:
+            log(f"encoder step {step} l1 {l1.item():.4f} drift {drift.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
+            bar.set_postfix(l1=f"{l1.item():.4f}", drift=f"{drift.item():.4f}")
+        if step % cfg.ckpt_every == 0 or step == cfg.encoder_steps or over:
+            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("encoder", t0))
+        if over:
+            log(f"encoder: stopping at step {step} (time limit)")
+            break
+    bar.close()
+    vae.eval().requires_grad_(False)
 
 
 def _unet_data(cfg: TrainConfig, vae, rgb: torch.Tensor, data: dict, tokenizer, run: Path, log) -> dict:
@@ -497,25 +615,42 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware:
     tokenizer = load_tokenizer(run / "tokenizer_files")
     comps = build_components(tokenizer, image_size=int(cfg.get("image_size", 128)),
                              unet_channels=tuple(cfg.get("unet_channels", (48, 96, 96))),
-                             unet_dropout=float(cfg.get("unet_dropout", 0.0)))
+                             unet_dropout=float(cfg.get("unet_dropout", 0.0)),
+                             encoder_width=int(cfg.get("encoder_width") or 1))
     vae, unet, text_encoder = comps["vae"], comps["unet"], comps["text_encoder"]
     vst = _load(run / "vae.pt", "cpu")
     vae.load_state_dict(vst["model"])
-    vae.register_to_config(scaling_factor=float(_load(run / "latents.pt", "cpu")["scaling_factor"]))
+    init = json.loads((run / "init.json").read_text()) if (run / "init.json").is_file() else {"history": []}
+    # an encoder-only run caches no latents: it keeps the warm start's scale (its latents are anchored)
+    scale = _load(run / "latents.pt", "cpu")["scaling_factor"] if (run / "latents.pt").exists() else init.get("scaling_factor")
+    if scale is None:
+        raise ValueError(f"run_dir: {run} has no latents.pt and its warm start no scaling_factor")
+    vae.register_to_config(scaling_factor=float(scale))
     stages = {"vae": {"steps": vst["step"], "seconds": float(vst.get("seconds", 0.0))}}
+    enc = run / "encoder.pt"
+    if enc.exists():  # the encoder stage (decoder unchanged)
+        st = _load(enc, "cpu")
+        vae.encoder.load_state_dict(st["encoder"])
+        vae.quant_conv.load_state_dict(st["quant_conv"])
+        stages["encoder"] = {"steps": st["step"], "seconds": float(st.get("seconds", 0.0))}
     dec = run / "decoder.pt"
     if dec.exists():  # stage 3: fine-tuned decoder (encoder unchanged)
         st = _load(dec, "cpu")
         vae.post_quant_conv.load_state_dict(st["post_quant_conv"])
         vae.decoder.load_state_dict(st["decoder"])
         stages["decoder"] = {"steps": st["step"], "seconds": float(st.get("seconds", 0.0))}
-    st = _load(run / "unet.pt", "cpu")
-    unet.load_state_dict(st["ema_unet" if use_ema else "unet"])
-    text_encoder.load_state_dict(st["ema_text" if use_ema else "text"])
-    stages["unet"] = {"steps": st["step"], "seconds": float(st.get("seconds", 0.0))}
+    if (run / "unet.pt").exists():
+        st = _load(run / "unet.pt", "cpu")
+        unet.load_state_dict(st["ema_unet" if use_ema else "unet"])
+        text_encoder.load_state_dict(st["ema_text" if use_ema else "text"])
+        stages["unet"] = {"steps": st["step"], "seconds": float(st.get("seconds", 0.0))}
+        unet_steps = st["step"]
+    else:  # no UNet stage in this run (--stage encoder): the warm start's UNet and text encoder
+        unet.load_state_dict(_load(run / "init_unet.pt", "cpu")["model"])
+        text_encoder.load_state_dict(_load(run / "init_text_encoder.pt", "cpu")["model"])
+        unet_steps = 0
     out = Path(out)
     save_model(out, vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=comps["scheduler"])
-    init = json.loads((run / "init.json").read_text()) if (run / "init.json").is_file() else {"history": []}
     if hardware is None:
         hardware = (torch.cuda.get_device_name(0) if cfg.get("device", "cpu").startswith("cuda") and torch.cuda.is_available()
                     else f"CPU ({platform.processor() or platform.machine()}), {cfg.get('threads', 1)} thread(s)")
@@ -523,6 +658,6 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware:
              "stages": stages, "hours": round(sum(s["seconds"] for s in stages.values()) / 3600, 3)}
     history = list(init.get("history", [])) + [entry]
     (out / "training.json").write_text(json.dumps({
-        "unet_steps": st["step"], "ema": use_ema, "config": cfg, "history": history,
+        "unet_steps": unet_steps, "ema": use_ema, "config": cfg, "history": history,
         "cumulative_hours": round(sum(h.get("hours") or 0.0 for h in history), 3)}, indent=1))
     return out
