@@ -83,7 +83,7 @@ def register(subparsers) -> None:
                    help="VAE encoder channels / decoder channels: 1, or 2 to widen a 1x warm start without changing its "
                         "latents (default: the warm start's)")
     t.add_argument("--encoder-anchor", type=float, default=None,
-                   help="weight of the encoder stage's latent-drift term (default 1e-3)")
+                   help="weight of the encoder stage's latent-drift term (default 0.05)")
     t.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this many minutes (0: no limit)")
     t.add_argument("--export", default=None, metavar="DIR", help="afterwards write the diffusers model folder here")
     t.set_defaults(func=_train)
