@@ -382,56 +382,74 @@ def train_encoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_
     learned by the encoder for every image at once. Learning rate warmed up over ``warmup``
     steps, then constant.
     """
-    from tqdm import tqdm
-
     if cfg.encoder_steps <= 0:
         return
-    dev = next(vae.parameters()).device
-    ckpt = run / "encoder.pt"
     start = copy.deepcopy(vae.encoder).eval().requires_grad_(False)  # mu0 (on resume: the run's warm start)
     start_quant = copy.deepcopy(vae.quant_conv).eval().requires_grad_(False)
-    params = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.encoder_lr, weight_decay=0.0)
-    parts = {"encoder": vae.encoder, "quant_conv": vae.quant_conv}
-    step, secs, done = _resume(ckpt, dev, parts, opt, log, "encoder")
-    if done or step >= cfg.encoder_steps:
+    fixed = {}
+
+    def loss_fn(x: torch.Tensor, gen) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            mu0, logvar0 = start_quant(start(x)).chunk(2, dim=1)  # (B, c, h, w) each: the posterior's moments
+            var = fixed.setdefault("var", mu0.var())  # fixed after the first batch
+        post = vae.encode(x).latent_dist
+        mse = (vae.decode(post.mean).sample - x).pow(2).mean()
+        drift = (post.mean - mu0).pow(2).mean() / var
+        loss = mse + cfg.encoder_anchor * (drift + (post.logvar - logvar0.clamp(-30.0, 20.0)).pow(2).mean())
+        return loss, {"mse": mse, "drift": drift}
+
+    _image_stage("encoder", cfg, vae, rgb, run, log, out_of_time, stage_over,
+                 parts={"encoder": vae.encoder, "quant_conv": vae.quant_conv}, steps=cfg.encoder_steps,
+                 batch=cfg.encoder_batch, lr_at=lambda i: _lr(i, cfg.encoder_lr, cfg.warmup), loss_fn=loss_fn, seed=17)
+
+
+def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over, *,
+                 parts: dict, steps: int, batch: int, lr_at, loss_fn, seed: int) -> None:
+    """The loop of the two full-image VAE stages (encoder, decoder): resumable from
+    ``run/<name>.pt``, AdamW on the parameters of ``parts`` (``{key: module}``, the rest of the VAE
+    frozen), ``batch`` images of ``rgb`` ``(N, 3, H, W)`` uint8 a step (mirrored half the time)
+    in [-1, 1], ``loss_fn(x, gen) -> (loss, {name: value to log})``, learning rate ``lr_at(step)``."""
+    from tqdm import tqdm
+
+    dev = next(vae.parameters()).device
+    ckpt = run / f"{name}.pt"
+    params = [p for m in parts.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr_at(0), weight_decay=0.0)
+    step, secs, done = _resume(ckpt, dev, parts, opt, log, name)
+    if done or step >= steps:
         return
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + step)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed + step)
     vae.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    vae.encoder.train()
-    rgb = rgb.to(dev)
-    n, var = len(rgb), None
+    for m in parts.values():
+        m.train()
+    rgb = rgb.to(dev)  # uint8; on a GPU the whole set lives there (~50 MB for 1000 scenes)
+    n = len(rgb)
     t0 = time.time()
-    bar = tqdm(range(step, cfg.encoder_steps), desc="encoder", initial=step, total=cfg.encoder_steps)
+    bar = tqdm(range(step, steps), desc=name, initial=step, total=steps)
     for i in bar:
-        idx = torch.randint(0, n, (cfg.encoder_batch,), generator=gen).to(dev)
+        idx = torch.randint(0, n, (batch,), generator=gen).to(dev)
         x = rgb[idx].float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(-1)
-        with torch.no_grad():
-            mu0, logvar0 = start_quant(start(x)).chunk(2, dim=1)  # (B, c, h, w) each: the posterior's moments
-            var = mu0.var() if var is None else var  # fixed after the first batch
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.mean).sample
-        mse = (rec - x).pow(2).mean()
-        drift = (post.mean - mu0).pow(2).mean() / var
-        loss = mse + cfg.encoder_anchor * (drift + (post.logvar - logvar0.clamp(-30.0, 20.0)).pow(2).mean())
+        loss, shown = loss_fn(x, gen)
         for g in opt.param_groups:
-            g["lr"] = _lr(i, cfg.encoder_lr, cfg.warmup)
+            g["lr"] = lr_at(i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step = i + 1
-        over = out_of_time() or stage_over("encoder", t0)
+        over = out_of_time() or stage_over(name, t0)
         if step % cfg.log_every == 0:
-            log(f"encoder step {step} mse {mse.item():.5f} drift {drift.item():.4f} loss {loss.item():.5f} t {secs + time.time() - t0:.0f}s")
-            bar.set_postfix(mse=f"{mse.item():.5f}", drift=f"{drift.item():.4f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.encoder_steps or over:
-            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("encoder", t0))
+            shown = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in shown.items()}
+            figures = " ".join(f"{k} {v:.5f}" for k, v in shown.items())
+            log(f"{name} step {step} {figures} loss {loss.item():.5f} t {secs + time.time() - t0:.0f}s")
+            bar.set_postfix({k: f"{v:.5f}" for k, v in shown.items()})
+        if step % cfg.ckpt_every == 0 or step == steps or over:
+            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over(name, t0))
         if over:
-            log(f"encoder: stopping at step {step} (time limit)")
+            log(f"{name}: stopping at step {step} (time limit)")
             break
     bar.close()
     vae.eval().requires_grad_(False)
@@ -558,53 +576,21 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
     L1 + L2 on full images, learning rate decayed (cosine) to a tenth. Checkpoint ``decoder.pt``;
     :func:`export` uses it if present.
     """
-    from tqdm import tqdm
 
-    dev = next(vae.parameters()).device
-    ckpt = run / "decoder.pt"
-    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    parts = {"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}
-    step, secs, done = _resume(ckpt, dev, parts, opt, log, "decoder")
-    if done or step >= cfg.decoder_steps:
-        return
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 13 + step)
-    vae.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    vae.decoder.train()
-    rgb = rgb.to(dev)  # uint8; on a GPU the whole set lives there (~50 MB for 1000 scenes)
-    n = len(rgb)
-    t0 = time.time()
-    bar = tqdm(range(step, cfg.decoder_steps), desc="decoder", initial=step, total=cfg.decoder_steps)
-    for i in bar:
-        idx = torch.randint(0, n, (cfg.decoder_batch,), generator=gen).to(dev)
-        x = rgb[idx].float().div(127.5).sub(1.0).to(dev)  # (B, 3, H, W)
-        if torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-1)
+    def loss_fn(x: torch.Tensor, gen) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
-            z = z + 0.05 * z.std() * torch.randn(z.shape, generator=gen).to(dev)
+            z = z + 0.05 * z.std() * torch.randn(z.shape, generator=gen).to(z.device)
         rec = vae.decode(z).sample
         l1 = (rec - x).abs().mean()
-        loss = l1 + (rec - x).pow(2).mean()
-        for g in opt.param_groups:  # cosine decay to a tenth over the stage
-            g["lr"] = cfg.decoder_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / max(1, cfg.decoder_steps))))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step = i + 1
-        over = out_of_time() or stage_over("decoder", t0)
-        if step % cfg.log_every == 0:
-            log(f"decoder step {step} l1 {l1.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
-            bar.set_postfix(l1=f"{l1.item():.4f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.decoder_steps or over:
-            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("decoder", t0))
-        if over:
-            log(f"decoder: stopping at step {step} (time limit)")
-            break
-    bar.close()
-    vae.eval().requires_grad_(False)
+        return l1 + (rec - x).pow(2).mean(), {"l1": l1}
+
+    def lr_at(i: int) -> float:  # cosine decay to a tenth over the stage
+        return cfg.decoder_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / max(1, cfg.decoder_steps))))
+
+    _image_stage("decoder", cfg, vae, rgb, run, log, out_of_time, stage_over,
+                 parts={"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}, steps=cfg.decoder_steps,
+                 batch=cfg.decoder_batch, lr_at=lr_at, loss_fn=loss_fn, seed=13)
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware: str | None = None) -> Path:
