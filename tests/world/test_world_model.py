@@ -97,7 +97,7 @@ def _heldout(n: int, first: int = 0):
 
 
 def test_shipped_model_reproduces_held_out_images():
-    """v2's VAE round trip on held-out renders (33.5 dB over 32 scenes, 30.7 on these three; v1: 25.6)."""
+    """v2's VAE round trip on held-out renders (33.5 dB over 32 scenes, 30.8 on these three; v1: 25.6)."""
     pytest.importorskip("mitsuba")
     from diffusion_handles.diffusion.backbone import Backbone
 
@@ -112,7 +112,7 @@ def test_shipped_model_reproduces_held_out_images():
 
 
 def test_shipped_model_null_text_reconstruction_is_an_identity_edit():
-    """Null-text inversion at the paper's 50 steps reproduces a held-out scene: 30.3 dB here (30.4
+    """Null-text inversion at the paper's 50 steps reproduces a held-out scene: 30.1 dB here (30.5
     on the eval's 8 scenes), the issue's target is 28 (v1: 23.9 dB on the demo scene)."""
     pytest.importorskip("mitsuba")
     from diffusion_handles.pipeline import DiffusionHandles
