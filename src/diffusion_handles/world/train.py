@@ -85,7 +85,7 @@ class TrainConfig:
     decoder_lr: float = 5e-4
     stage: str = "all"  # "all" (vae, encoder, unet, decoder), "decoder" or "encoder" (that stage alone, e.g. beside a unet run)
     # The encoder stage: the VAE's round-trip error on held-out scenes is the encoder's, not the
-    # decoder's (benchmarks/vae_gap.py: latents optimised through the unchanged decoder gain 3-4 dB
+    # decoder's (benchmarks/vae_gap.py: latents optimised through the unchanged decoder gain 3.5-4.3 dB
     # on the worst scenes; a decoder of twice the width, or depth, did not move).
     encoder_width: int = 0  # encoder channels / decoder channels (1: AutoencoderKL, 2: twice as wide); 0: the warm start's
     encoder_steps: int = 0
