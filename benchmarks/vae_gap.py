@@ -53,9 +53,10 @@ def optimise_latent(vae, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [-1, 1] (measured on [0, 1], outputs clamped)."""
-    mse = float(((a.clamp(-1, 1) - b) / 2).pow(2).mean())
-    return 10 * float(np.log10(1.0 / max(mse, 1e-12)))
+    """PSNR in dB of two images in [-1, 1], on [0, 1] (``a`` clamped), as ``handles world eval``."""
+    from diffusion_handles.world.evaluate import _psnr
+
+    return _psnr(((a.clamp(-1, 1) + 1) / 2).numpy(), ((b + 1) / 2).numpy())
 
 
 def main() -> None:
