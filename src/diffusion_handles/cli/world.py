@@ -6,6 +6,7 @@
     handles world train [--data FILE.npz] [--run-dir DIR] [--max-minutes M] [--export DIR]
     handles world export --run-dir DIR --out DIR
     handles world eval [--model tinyworld] [--n 32] --out DIR
+    handles world compare BASE CANDIDATE [--json FILE]
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ def register(subparsers) -> None:
                         "with torch's default of one per core took 190 s a scene instead of 33 s here)")
     v.add_argument("--out", default="runs/world/eval")
     v.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="two eval runs scene by scene: paired differences with 95%% bootstrap "
+                                       "intervals, and the VAE's worst scenes")
+    c.add_argument("base", metavar="BASE", help="the reference eval (its folder or metrics.json), e.g. the shipped model's")
+    c.add_argument("candidate", metavar="CANDIDATE", help="the eval to judge against BASE, on the same held-out seeds")
+    c.add_argument("--labels", nargs=2, default=("base", "candidate"), metavar=("B", "C"), help="column names")
+    c.add_argument("--json", default=None, metavar="FILE", help="also write the comparison here (a new file)")
+    c.set_defaults(func=_compare)
 
     x = sub.add_parser("export-3deditbench", help="write TinyWorld edits as 3DEditBench HDF5 cases (rendered ground truth)")
     x.add_argument("--scenes", type=int, default=50, help="number of cases (rigid edits only; default 50)")
@@ -372,6 +381,30 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
     print("figures  " + " ".join(f"{k} {v:.3f}" for k, v in res["figures"].items() if v is not None))
     print(f"handles world eval: wrote {args.out}/metrics.json and grid.png")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from diffusion_handles.world.compare import compare, format_table, load_metrics
+
+    out = Path(args.json) if args.json else None
+    if out is not None and (out.exists() or not out.parent.is_dir()):
+        raise HandlesError(f"--json: expected a new file in an existing folder, got {args.json}"
+                           + (" (it exists; nothing was overwritten)" if out.exists() else ""))
+    base, cand = load_metrics(args.base, "BASE"), load_metrics(args.candidate, "CANDIDATE")
+    try:
+        res = compare(base, cand)
+    except HandlesError as e:
+        raise HandlesError(str(e).replace("candidate:", "CANDIDATE:", 1).replace("that base", "that BASE", 1)) from None
+    print(format_table(res, *args.labels))
+    if out is not None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"base": str(args.base), "candidate": str(args.candidate), **res}, indent=1))
+        tmp.replace(out)
+        print(f"handles world compare: wrote {out}")
     return 0
 
 
