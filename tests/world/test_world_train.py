@@ -263,3 +263,21 @@ def test_encoder_anchor_holds_the_latents_near_the_ones_the_unet_learned(data, t
             vae.quant_conv.load_state_dict(st["quant_conv"])
             drift[anchor] = float((vae.encode(x).latent_dist.mean - z0).pow(2).mean() / z0.var())
     assert drift[1e4] < 0.5 * drift[0.0], drift
+
+
+def test_a_time_limit_stops_with_a_checkpoint_that_resumes(data, tmp_path):
+    """--max-minutes ends the call after the step in progress, checkpointed as not done; the
+    same command then resumes there and finishes the stage (and only then the next one runs)."""
+    run = tmp_path / "run"
+    cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), vae_steps=4, ckpt_every=100,
+                             max_minutes=1e-9)
+    train(cfg)
+    log = (run / "train.log").read_text()
+    assert "vae: stopping at step 1 (time limit)" in log and "unet step" not in log
+    st = torch.load(run / "vae.pt", weights_only=True)
+    assert st["step"] == 1 and st["done"] is False  # checkpointed although step 1 is not a ckpt_every step
+    cfg.max_minutes = 0.0
+    train(cfg)
+    log = (run / "train.log").read_text()
+    assert "vae: resumed at step 1" in log and "vae step 4 l1" in log and "unet step 2 loss" in log
+    assert torch.load(run / "vae.pt", weights_only=True)["step"] == 4

@@ -158,6 +158,42 @@ def _checkpoint(ckpt: Path, parts: dict, opt, step: int, seconds: float, done: b
            "seconds": seconds, "done": done}, ckpt)
 
 
+class _Progress:
+    """What every training loop does around its steps: a progress bar over ``step..steps``, a
+    log line every ``log_every`` steps (``"<name> step <i> <figure> <value> ... t <seconds>s"``), a
+    checkpoint of ``parts`` and ``opt`` every ``ckpt_every`` steps, at the last step and when a
+    time limit ends the call or the stage (``out_of_time()``, ``stage_over(name, t0)``)."""
+
+    def __init__(self, name: str, cfg: TrainConfig, ckpt: Path, parts: dict, opt, step: int, steps: int,
+                 secs: float, log, out_of_time, stage_over):
+        from tqdm import tqdm
+
+        self.name, self.cfg, self.ckpt, self.parts, self.opt, self.steps = name, cfg, ckpt, parts, opt, steps
+        self.secs, self.log, self.out_of_time, self.stage_over = secs, log, out_of_time, stage_over
+        self.t0 = time.time()
+        self.bar = tqdm(range(step, steps), desc=name, initial=step, total=steps)
+
+    def __iter__(self):
+        return iter(self.bar)
+
+    def end_step(self, step: int, figures: dict) -> bool:
+        """Book step ``step`` (1-based) with ``figures`` (``{name: number or tensor}``); True: stop now."""
+        over = self.out_of_time() or self.stage_over(self.name, self.t0)
+        elapsed = self.secs + time.time() - self.t0
+        if step % self.cfg.log_every == 0:
+            shown = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in figures.items()}
+            self.log(f"{self.name} step {step} " + " ".join(f"{k} {v:.5f}" for k, v in shown.items()) + f" t {elapsed:.0f}s")
+            self.bar.set_postfix({k: f"{v:.5f}" for k, v in shown.items()})
+        if step % self.cfg.ckpt_every == 0 or step == self.steps or over:
+            _checkpoint(self.ckpt, self.parts, self.opt, step, elapsed, self.stage_over(self.name, self.t0))
+        if over:
+            self.log(f"{self.name}: stopping at step {step} (time limit)")
+        return over
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _lr(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
@@ -323,7 +359,6 @@ def _train(cfg: TrainConfig) -> Path:
 
 def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
     """Stage 1: the VAE on random crops, L1 + L2 + ``vae_kl`` * KL; checkpoint ``vae.pt``."""
-    from tqdm import tqdm
 
     dev = next(vae.parameters()).device
     ckpt = run / "vae.pt"
@@ -338,9 +373,8 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
     n, cs = len(rgb), min(cfg.vae_crop, rgb.shape[2])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     vae.train()
-    t0 = time.time()
-    bar = tqdm(range(step, cfg.vae_steps), desc="vae", initial=step, total=cfg.vae_steps)
-    for i in bar:
+    progress = _Progress("vae", cfg, ckpt, parts, opt, step, cfg.vae_steps, secs, log, out_of_time, stage_over)
+    for i in progress:
         idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
         oy, ox = (torch.randint(0, rgb.shape[2] - cs + 1, (2,), generator=gen)).tolist()
         x = rgb[idx, :, oy:oy + cs, ox:ox + cs].float().div(127.5).sub(1.0).to(dev)  # (B, 3, cs, cs) in [-1, 1]
@@ -355,17 +389,9 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step = i + 1
-        over = out_of_time() or stage_over("vae", t0)
-        if step % cfg.log_every == 0:
-            log(f"vae step {step} l1 {l1.item():.4f} loss {loss.item():.4f} t {secs + time.time() - t0:.0f}s")
-            bar.set_postfix(l1=f"{l1.item():.4f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.vae_steps or over:
-            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("vae", t0))
-        if over:
-            log(f"vae: stopping at step {step} (time limit)")
+        if progress.end_step(i + 1, {"l1": l1, "loss": loss}):
             break
-    bar.close()
+    progress.close()
 
 
 def train_encoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
@@ -409,7 +435,6 @@ def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path,
     ``run/<name>.pt``, AdamW on the parameters of ``parts`` (``{key: module}``, the rest of the VAE
     frozen), ``batch`` images of ``rgb`` ``(N, 3, H, W)`` uint8 a step (mirrored half the time)
     in [-1, 1], ``loss_fn(x, gen) -> (loss, {name: value to log})``, learning rate ``lr_at(step)``."""
-    from tqdm import tqdm
 
     dev = next(vae.parameters()).device
     ckpt = run / f"{name}.pt"
@@ -426,9 +451,8 @@ def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path,
         m.train()
     rgb = rgb.to(dev)  # uint8; on a GPU the whole set lives there (~50 MB for 1000 scenes)
     n = len(rgb)
-    t0 = time.time()
-    bar = tqdm(range(step, steps), desc=name, initial=step, total=steps)
-    for i in bar:
+    progress = _Progress(name, cfg, ckpt, parts, opt, step, steps, secs, log, out_of_time, stage_over)
+    for i in progress:
         idx = torch.randint(0, n, (batch,), generator=gen).to(dev)
         x = rgb[idx].float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
         if torch.rand((), generator=gen) < 0.5:
@@ -439,19 +463,9 @@ def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step = i + 1
-        over = out_of_time() or stage_over(name, t0)
-        if step % cfg.log_every == 0:
-            shown = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in shown.items()}
-            figures = " ".join(f"{k} {v:.5f}" for k, v in shown.items())
-            log(f"{name} step {step} {figures} loss {loss.item():.5f} t {secs + time.time() - t0:.0f}s")
-            bar.set_postfix({k: f"{v:.5f}" for k, v in shown.items()})
-        if step % cfg.ckpt_every == 0 or step == steps or over:
-            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over(name, t0))
-        if over:
-            log(f"{name}: stopping at step {step} (time limit)")
+        if progress.end_step(i + 1, {**shown, "loss": loss}):
             break
-    bar.close()
+    progress.close()
     vae.eval().requires_grad_(False)
 
 
@@ -499,7 +513,6 @@ def _unet_data(cfg: TrainConfig, vae, rgb: torch.Tensor, data: dict, tokenizer, 
 
 def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out_of_time, stage_over) -> None:
     """Stage 2: UNet + text encoder, epsilon prediction, min-SNR weighting, EMA; ``unet.pt``."""
-    from tqdm import tqdm
 
     unet, text_encoder, sched = comps["unet"], comps["text_encoder"], comps["scheduler"]
     dev = next(unet.parameters()).device
@@ -523,10 +536,9 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
     pairs = [(e, p) for m, em in ((unet, ema_unet), (text_encoder, ema_text))
              for e, p in zip(em.parameters(), m.parameters(), strict=True)]
     ema_params, live_params = [e for e, _ in pairs], [p for _, p in pairs]
-    t0 = time.time()
-    bar = tqdm(range(step, cfg.unet_steps), desc="unet", initial=step, total=cfg.unet_steps)
+    progress = _Progress("unet", cfg, ckpt, parts, opt, step, cfg.unet_steps, secs, log, out_of_time, stage_over)
     run_loss = None
-    for i in bar:
+    for i in progress:
         b = cfg.unet_batch
         idx = torch.randint(0, n, (b,), generator=gen).to(dev)
         flip = torch.randint(0, 2, (b,), generator=gen).to(dev)
@@ -554,18 +566,10 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         with torch.no_grad():
             decay = min(cfg.ema, (1 + i) / (10 + i))
             torch._foreach_lerp_(ema_params, live_params, 1 - decay)
-        step = i + 1
         run_loss = loss.item() if run_loss is None else 0.98 * run_loss + 0.02 * loss.item()
-        over = out_of_time() or stage_over("unet", t0)
-        if step % cfg.log_every == 0:
-            log(f"unet step {step} loss {loss.item():.4f} avg {run_loss:.4f} t {secs + time.time() - t0:.0f}s")
-            bar.set_postfix(loss=f"{run_loss:.4f}")
-        if step % cfg.ckpt_every == 0 or step == cfg.unet_steps or over:
-            _checkpoint(ckpt, parts, opt, step, secs + time.time() - t0, stage_over("unet", t0))
-        if over:
-            log(f"unet: stopping at step {step} (time limit)")
+        if progress.end_step(i + 1, {"loss": loss, "avg": run_loss}):
             break
-    bar.close()
+    progress.close()
 
 
 def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
