@@ -23,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+EDIT_MARGIN = 0.15  # edit and hole region margin, as a fraction of the sqrt of the region's area
+
 
 def _dilate(m: torch.Tensor, r: int) -> torch.Tensor:
     """Square dilation of ``m`` ``(B, 1, H, W)`` in {0, 1} by ``r`` pixels."""
@@ -53,15 +55,23 @@ def edit_region(object_mask: torch.Tensor, edited_mask: torch.Tensor, valid: tor
         falling to 0 over ``max(1, r // 2)`` pixels outside it (the blending weight of the edit).
     """
     u = ((object_mask > 0.5) | (edited_mask > 0.5) | (valid < 0.5)).float()  # (B, 1, H, W)
+    return _grow(u, margin, EDIT_MARGIN, 2, down=True)
+
+
+def _grow(u: torch.Tensor, margin: int | None, fraction: float, minimum: int, down: bool
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-4 of the module doc on ``u`` ``(B, 1, H, W)`` in {0, 1}: dilate by ``margin`` pixels
+    (default ``max(minimum, fraction * sqrt(area(u)))``, the largest area of the batch), extend
+    ``2 * margin`` down when ``down``, feather over ``max(1, margin // 2)``; ``(hard, soft)``."""
     if margin is None:
         area = float(u.flatten(1).sum(1).max())
-        margin = max(2, int(round(0.15 * math.sqrt(area))))
+        margin = max(minimum, int(round(fraction * math.sqrt(area))))
     hard = _dilate(u, margin)
-    hard = _extend_down(hard, 2 * margin)
+    if down:
+        hard = _extend_down(hard, 2 * margin)
     f = max(1, margin // 2)
     soft = F.avg_pool2d(_dilate(hard, f), 2 * f + 1, stride=1, padding=f, count_include_pad=False)
-    soft = torch.maximum(soft, hard).clamp(0.0, 1.0)
-    return hard, soft
+    return hard, torch.maximum(soft, hard).clamp(0.0, 1.0)
 
 
 def latent_region(hard: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
@@ -90,11 +100,7 @@ def removal_region(object_mask: torch.Tensor, margin: int | None = None) -> tupl
         object_mask: ``(B, 1, H, W)`` (> 0.5 = the object to remove).
         margin: ``r`` in pixels (default above).
     """
-    m = (object_mask > 0.5).float()
-    if margin is None:
-        area = float(m.flatten(1).sum(1).max())
-        margin = max(3, int(round(REMOVAL_MARGIN * math.sqrt(area))))
-    return edit_region(m, torch.zeros_like(m), torch.ones_like(m), margin=margin)
+    return _grow((object_mask > 0.5).float(), margin, REMOVAL_MARGIN, 3, down=True)
 
 
 def hole_region(valid: torch.Tensor, margin: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +108,4 @@ def hole_region(valid: torch.Tensor, margin: int | None = None) -> tuple[torch.T
     ``(B, 1, H, W)`` in [0, 1]: the holes grown by ``r = max(2, 0.15 * sqrt(area))`` pixels (no
     downward extension: no object rests there), feathered over ``max(1, r // 2)`` pixels.
     Outside it a camera move keeps the input *warped* to the new view."""
-    u = (valid < 0.5).float()
-    if margin is None:
-        area = float(u.flatten(1).sum(1).max())
-        margin = max(2, int(round(0.15 * math.sqrt(area))))
-    hard = _dilate(u, margin)
-    f = max(1, margin // 2)
-    soft = F.avg_pool2d(_dilate(hard, f), 2 * f + 1, stride=1, padding=f, count_include_pad=False)
-    return hard, torch.maximum(soft, hard).clamp(0.0, 1.0)
+    return _grow((valid < 0.5).float(), margin, EDIT_MARGIN, 2, down=False)
