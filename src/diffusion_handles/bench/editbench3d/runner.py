@@ -194,7 +194,11 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
     from diffusion_handles.bench.methods import resolve_methods
 
     methods = resolve_methods(cfg.methods or ["ours"])
-    segmenter = PointSegmenter(cfg.sam_model or "facebook/sam-vit-base", cfg.device) if not report_only else None
+    segmenter = None
+    if not report_only:  # one SAM for both: the click path's (when --gt-mask is off) also scores adherence
+        from diffusion_handles.perception.segment import DEFAULT_SAM_MODEL
+
+        segmenter = PointSegmenter(cfg.sam_model or DEFAULT_SAM_MODEL, cfg.device, loaded=runner.sam)
     lp = LPIPS() if ok_lpips and not report_only else None
     if cfg.threads:
         import torch

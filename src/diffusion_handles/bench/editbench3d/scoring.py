@@ -46,10 +46,12 @@ def dense_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class PointSegmenter:
     """Point-prompted segmentation for edit adherence: SAM from local weights, or the colour stand-in."""
 
-    def __init__(self, sam_model: str | None = None, device: str = "cpu") -> None:
-        self.sam = None
-        self.kind = "colour"
-        if sam_model:
+    def __init__(self, sam_model: str | None = None, device: str = "cpu", loaded=None) -> None:
+        """``loaded``: a :class:`~diffusion_handles.perception.segment.SamSegmenter` already loaded
+        (the runner's, for the click path) to use instead of loading ``sam_model`` again."""
+        self.sam = loaded
+        self.kind = "sam" if loaded is not None else "colour"
+        if sam_model and loaded is None:
             try:
                 from diffusion_handles.perception.segment import SamSegmenter, SegmentConfig
 
