@@ -22,10 +22,12 @@ Stages, as in Fig. 2 of the paper:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,27 @@ from diffusion_handles.geometry import (
 )
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# keep_loaded_models(): the last backbone loaded in this process, and whether to reuse it
+_KEEP = contextvars.ContextVar("keep_loaded_models", default=False)
+_KEPT: dict = {}
+
+
+@contextlib.contextmanager
+def keep_loaded_models() -> Iterator[None]:
+    """Within it, :meth:`DiffusionHandles.from_pretrained` with the arguments of the previous
+    load in this process returns a facade over that same backbone instead of loading again.
+
+    For worker processes that run one job after another (a Ray worker runs many tasks, each
+    ``handles edit`` or one benchmark case): loading Stable Diffusion 2 depth takes seconds to
+    tens of seconds a job. Only the last backbone is kept. Outside the context nothing is
+    reused, so separate calls (tests, notebooks) get separate models.
+    """
+    token = _KEEP.set(True)
+    try:
+        yield
+    finally:
+        _KEEP.reset(token)
 
 
 @dataclass
@@ -218,7 +241,14 @@ class DiffusionHandles:
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise HandlesError("--device: cuda was asked for but no CUDA GPU is available; use --device cpu")
-        return cls(Backbone.from_pretrained(model, device=device, dtype=dtype, local_files_only=local_files_only))
+        key = (str(model), str(device), dtype, bool(local_files_only))
+        if _KEEP.get() and _KEPT.get("key") == key:
+            return cls(_KEPT["backbone"])
+        backbone = Backbone.from_pretrained(model, device=device, dtype=dtype, local_files_only=local_files_only)
+        if _KEEP.get():
+            _KEPT.clear()
+            _KEPT.update(key=key, backbone=backbone)
+        return cls(backbone)
 
     # ------------------------------------------------------------------------------------
     def record_plan(self, guidance: GuidanceConfig, num_steps: int) -> dict[int, tuple[int, ...]]:

@@ -32,7 +32,9 @@ def run_shard(cfg_dict: dict, out: str) -> dict:
     try:
         if cfg.device == "cpu" and cfg.threads is None:
             cfg.threads = 1  # one task per CPU: intra-op threads would only contend
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from diffusion_handles.pipeline import keep_loaded_models
+
+        with keep_loaded_models(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             res = run_benchmark(cfg, out, progress=False, log=lambda *a, **k: None)
         rec["edits"] = len(res["edits"])
         rec["edit_errors"] = [e["error"] for e in res["edits"] if e.get("error")]
@@ -77,7 +79,10 @@ def run_editbench_case(cfg_dict: dict, data: str, out: str, name: str) -> dict:
         cfg = EditBenchConfig(**cfg_dict)
         if cfg.device == "cpu" and cfg.threads is None:
             cfg.threads = 1
-        res = run_editbench(cfg, data, out, only=[name], progress=False, log=lambda *a, **k: None)
+        from diffusion_handles.pipeline import keep_loaded_models
+
+        with keep_loaded_models():  # the worker's next case reuses this one's model
+            res = run_editbench(cfg, data, out, only=[name], progress=False, log=lambda *a, **k: None)
         errs = [r.get("error") for r in res["edits"] if r.get("error")]
         errs += [e["error"] for r in res["edits"] for e in r.get("methods", {}).values() if e.get("error")]
         rec["error"] = errs[0] if errs else None

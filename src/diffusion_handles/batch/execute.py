@@ -110,8 +110,10 @@ def run_job(spec: dict, out_dir: str, cache_dir: str | None) -> dict:
             spec = {**spec, "device": "cuda"}  # Ray gave this task a GPU
             job = Job(job.id, 0, spec)
         from diffusion_handles.cli import build_parser
+        from diffusion_handles.pipeline import keep_loaded_models
 
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        # the worker runs job after job: the next one with the same model reuses this one's
+        with keep_loaded_models(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             args = build_parser().parse_args(job.edit_argv(target, cache_dir))
             code = int(args.func(args) or 0)
         if code != 0:
