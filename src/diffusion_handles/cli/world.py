@@ -7,6 +7,7 @@
     handles world export --run-dir DIR --out DIR
     handles world eval [--model tinyworld] [--n 32] --out DIR
     handles world compare BASE CANDIDATE [--json FILE]
+    handles world bundle-renderer (--wheels DIR | --installed) --out FILE.tar.xz
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def register(subparsers) -> None:
     d.add_argument("--seeds", default="0:1000", help="seed range A:B (default 0:1000; held-out seeds start at 1000000)")
     d.add_argument("--size", type=int, default=128)
     d.add_argument("--spp", type=int, default=128)
-    d.add_argument("--workers", type=int, default=2, help="render processes (default 2, the most this machine allows)")
+    d.add_argument("--workers", type=int, default=2,
+                   help="render processes, at most the machine's cores (default 2: this project's CPU machine has 2)")
     d.set_defaults(func=_dataset)
 
     k = sub.add_parser("pack", help="rewrite training sets compactly into one (16-bit inverse depth, compressed)")
@@ -121,6 +123,15 @@ def register(subparsers) -> None:
     c.add_argument("--labels", nargs=2, default=("base", "candidate"), metavar=("B", "C"), help="column names")
     c.add_argument("--json", default=None, metavar="FILE", help="also write the comparison here (a new file)")
     c.set_defaults(func=_compare)
+
+    b = sub.add_parser("bundle-renderer", help="a trimmed Mitsuba + Dr.Jit that renders TinyWorld (for a machine "
+                                               "without them: 14 MB instead of 67)")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--wheels", metavar="DIR", help="a folder with one mitsuba and one drjit wheel (any Python version; "
+                                                   "pip download ... --python-version 3.12)")
+    src.add_argument("--installed", action="store_true", help="from the Mitsuba and Dr.Jit installed here")
+    b.add_argument("--out", required=True, metavar="PATH", help="new .tar.xz file, or a new folder")
+    b.set_defaults(func=_bundle_renderer)
 
     x = sub.add_parser("export-3deditbench", help="write TinyWorld edits as 3DEditBench HDF5 cases (rendered ground truth)")
     x.add_argument("--scenes", type=int, default=50, help="number of cases (rigid edits only; default 50)")
@@ -232,10 +243,13 @@ def _seed_range(text: str) -> range:
 
 
 def _dataset(args: argparse.Namespace) -> int:
+    import os
+
     from diffusion_handles.world.dataset import build_dataset
 
-    if not 1 <= args.workers <= 2:
-        raise HandlesError(f"--workers: expected 1 or 2 (this machine has 2 shared cores), got {args.workers}")
+    cores = os.cpu_count() or 1
+    if not 1 <= args.workers <= cores:
+        raise HandlesError(f"--workers: expected 1 to {cores} (this machine's cores), got {args.workers}")
     out = build_dataset(args.out, _seed_range(args.seeds), size=args.size, spp=args.spp, workers=args.workers)
     print(f"handles world dataset: wrote {out}")
     return 0
@@ -405,6 +419,27 @@ def _compare(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps({"base": str(args.base), "candidate": str(args.candidate), **res}, indent=1))
         tmp.replace(out)
         print(f"handles world compare: wrote {out}")
+    return 0
+
+
+def _bundle_renderer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffusion_handles.world.renderer_bundle import build_bundle
+
+    wheels = None
+    if args.wheels is not None:
+        folder = Path(args.wheels)
+        wheels = sorted(folder.glob("mitsuba-*.whl")) + sorted(folder.glob("drjit-*.whl"))
+        if not folder.is_dir() or len(wheels) != 2:
+            raise HandlesError(f"--wheels: expected a folder with one mitsuba-*.whl and one drjit-*.whl, got "
+                               f"{[w.name for w in wheels] if folder.is_dir() else 'no folder'} in {args.wheels}")
+    if Path(args.out).exists():
+        raise HandlesError(f"--out: expected a new path, got {args.out} (it exists; nothing was overwritten)")
+    info = build_bundle(args.out, wheels)
+    size = Path(args.out).stat().st_size if Path(args.out).is_file() else info["bytes"]
+    print(f"handles world bundle-renderer: wrote {args.out} ({info['files']} files, {size / 2**20:.1f} MiB; "
+          f"plugins {', '.join(info['plugins'])})")
     return 0
 
 

@@ -11,8 +11,6 @@ vectorised index arithmetic and solved with SciPy's sparse direct solver (SuperL
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
 
@@ -73,6 +71,9 @@ def poisson_solve(known: np.ndarray, unknown: np.ndarray, guide: np.ndarray | No
     rows.append(np.arange(n))
     cols.append(np.arange(n))
     vals.append(diag)
+    import scipy.sparse as sp  # here, not at import: the renderer's import chain runs without SciPy
+    import scipy.sparse.linalg as spla
+
     a = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
     out[ys, xs] = spla.spsolve(a, rhs, permc_spec="MMD_AT_PLUS_A")  # symmetric pattern: minimum degree on A + A^T
     return out

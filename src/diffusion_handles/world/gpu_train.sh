@@ -15,6 +15,15 @@
 #   # then, on the device machine (carry runs/wheels and runs/world3/train_q95.npz):
 #   bash src/diffusion_handles/world/gpu_train.sh runs/world3/train_q95.npz runs/wheels "$OUT/model"
 #
+# Or render fresh scenes on the device machine itself (its 16 cores), with a trimmed Mitsuba that
+# carries in 14 MB (`handles world bundle-renderer`, renders bit for bit as the full install):
+#
+#   pip download mitsuba==3.9.1 drjit==1.5.0 --no-deps --only-binary=:all: --python-version 3.12 -d W
+#   handles world bundle-renderer --wheels W --out runs/wheels/mitsuba-scalar-rgb-cp312.tar.xz
+#   # on the device machine, before this script:
+#   mkdir -p /tmp/mi && tar xJf runs/wheels/mitsuba-scalar-rgb-cp312.tar.xz -C /tmp/mi
+#   PYTHONPATH=/tmp/mi:src python3 -m diffusion_handles world dataset --seeds A:B --workers 14 --out /tmp/fresh.npz
+#
 # Afterwards, on the CPU machine: `handles world eval --model DIR --first-seed S` on held-out
 # seeds, and ship the model if it beats the one in src/diffusion_handles/world/model/.
 # Extra arguments go to `handles world train` (e.g. --unet-dropout 0.1, or --device cpu
