@@ -158,8 +158,7 @@ def _check_inputs(image, depth, mask) -> None:
 
 
 def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: GuidanceConfig,
-                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int], *,
-                     camera: bool = False) -> GuidePlan:
+                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int]) -> GuidePlan:
     """Stage 2 of an edit: what the guided generation follows (Sec. 5.1-5.2).
 
     For every recorded ``(layer, step)``: ``Psi' = W[rho(Psi), F]`` (Eq. 6, bilinear ``rho``, the
@@ -176,9 +175,12 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
             term per object).
         guidance: the configuration; schedule_layers: per step, the up-blocks to guide.
         latent_hw: the latent grid ``(h, w)``.
-        camera: a camera move: the whole scene is the "object", so ``M'_o = M_v`` (every valid
-            pixel follows its warped activations, Eq. 8) and there is no background (Eq. 9) term.
+
+    A camera move (``geom.whole_scene``, :func:`~diffusion_handles.geometry.compute_camera_move`)
+    makes the whole scene the "object": ``M'_o = M_v`` (every valid pixel follows its warped
+    activations, Eq. 8) and there is no background (Eq. 9) term.
     """
+    camera = geom.whole_scene
     edited, m_obj, m_bg, scale, norm, per_res = {}, {}, {}, {}, {}, {}
     for (lay, step), psi in inverted.activations.items():
         hw = tuple(psi.shape[-2:])
@@ -453,7 +455,7 @@ class DiffusionHandles:
             geom = compute_edit(depth, inverted.mask, transform, cam)
             d_edit = edited_depth(geom, self._background(background_depth, depth, inverted.mask))  # (1, 1, H, W)
         # 2. guidance targets: Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
-        plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]), camera=camera)
+        plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]))
         keep_image = None
         if camera:  # the composite keeps the input *warped to the new view* outside the grown holes
             _, soft = hole_region(geom.valid)

@@ -32,16 +32,19 @@ def test_camera_move_guides_every_valid_pixel_and_no_background(handles, camera_
     geom = compute_camera_move(depth, camera_move(move), Camera(h, w))
     assert bool((geom.valid < 0.5).any()), "the move must disocclude something"
     g = GuidanceConfig()
+    assert geom.whole_scene
     plan = guidance_targets(camera_inverted, geom, g, g.schedule(N, handles.backbone.num_up_blocks),
-                            tuple(camera_inverted.x_T.shape[-2:]), camera=True)
+                            tuple(camera_inverted.x_T.shape[-2:]))
     for (lay, _), psi in camera_inverted.activations.items():
         fe = geom.at_resolution(*psi.shape[-2:])
         torch.testing.assert_close(plan.mask_object[lay], fe.valid.float())
         assert float(plan.mask_background[lay].abs().sum()) == 0.0
     assert plan.w_background == 0.0
-    # an object edit would have guided only the object
-    obj_plan = guidance_targets(camera_inverted, geom, g, g.schedule(N, handles.backbone.num_up_blocks),
-                                tuple(camera_inverted.x_T.shape[-2:]))
+    # the same geometry as an object edit (an all-ones object) would have kept a background term
+    import dataclasses
+
+    obj_plan = guidance_targets(camera_inverted, dataclasses.replace(geom, whole_scene=False), g,
+                                g.schedule(N, handles.backbone.num_up_blocks), tuple(camera_inverted.x_T.shape[-2:]))
     assert float(obj_plan.w_background) > 0
 
     out = handles.edit(camera_inverted, move, camera=True, progress=False)

@@ -12,6 +12,7 @@ accurate, and valid at any feature resolution). Background pixels are their own 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -71,6 +72,8 @@ class EditGeometry(FeatureEdit):
         object_depth: ``(B, 1, H, W)`` d'_o of Eq. 7 as z-depth (0 outside the edited object).
         object_distance: ``(B, 1, H, W)`` d'_o of Eq. 7 as camera distance ``||p||``.
         pivots: ``(B, 3)`` the rotation/scale centres (object centroids), scene units.
+        whole_scene: the "object" is the whole scene (a camera move, :func:`compute_camera_move`):
+            every valid pixel follows its warped activations and nothing is background.
     """
 
     camera: Camera
@@ -81,6 +84,7 @@ class EditGeometry(FeatureEdit):
     object_depth: torch.Tensor
     object_distance: torch.Tensor
     pivots: torch.Tensor
+    whole_scene: bool = False
 
     def at_resolution(self, height: int, width: int) -> FeatureEdit:
         """The same edit on an ``height x width`` feature grid (e.g. a UNet decoder block).
@@ -349,7 +353,8 @@ def compute_camera_move(depth: torch.Tensor, transform: Similarity, camera: Came
     """A viewpoint change: ``transform`` (see :func:`~.transform.camera_move`) applied to *every*
     point of the scene, with the same machinery as an object edit."""
     depth = check_depth(depth)
-    return compute_edit(depth, torch.ones_like(depth), transform, camera, require_background=False)
+    geom = compute_edit(depth, torch.ones_like(depth), transform, camera, require_background=False)
+    return dataclasses.replace(geom, whole_scene=True)
 
 
 def seam_band_px(height: int, width: int) -> int:
