@@ -1,0 +1,52 @@
+"""Two ``handles bench`` runs of the same edits compared edit by edit (e.g. a new model against
+the shipped one): for each method and metric, the mean of the paired differences B - A and its
+95 % bootstrap interval (``bench.metrics.bootstrap_ci``), on the edits both ran without error.
+
+    python benchmarks/bench_paired.py benchmarks/results/bench_tinyworld_v2e_exact_20.json \
+        runs/bench/v2f-exact/results.json --methods ours reconstruction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from diffusion_handles.bench.metrics import bootstrap_ci
+
+METRICS = ("psnr_obj", "psnr_full", "psnr_bg", "psnr_disocc", "iou", "g_o_end")
+
+
+def paired(a: dict, b: dict, method: str, metric: str) -> dict:
+    """``bootstrap_ci`` of ``b - a`` over the edits (by case id) where both have ``metric``."""
+    def values(res):
+        out = {}
+        for e in res["edits"]:
+            m = e.get("methods", {}).get(method) or {}
+            if not e.get("error") and not m.get("error") and isinstance(m.get(metric), (int, float)):
+                out[e["case_id"]] = float(m[metric])
+        return out
+
+    va, vb = values(a), values(b)
+    return bootstrap_ci([vb[k] - va[k] for k in sorted(va.keys() & vb.keys())])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="results.json of the reference run")
+    p.add_argument("b", help="results.json of the run to compare with it")
+    p.add_argument("--methods", nargs="+", default=["ours"])
+    p.add_argument("--metrics", nargs="+", default=list(METRICS))
+    args = p.parse_args()
+    a, b = (json.loads(open(f).read()) for f in (args.a, args.b))
+    print(f"paired differences B - A, mean [95% bootstrap CI] (n edits)\nA = {args.a}\nB = {args.b}\n")
+    print("| method | " + " | ".join(args.metrics) + " |\n|---|" + "---|" * len(args.metrics))
+    for method in args.methods:
+        cells = []
+        for metric in args.metrics:
+            ci = paired(a, b, method, metric)
+            cells.append("n/a" if not ci["n"] else f"{ci['mean']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] ({ci['n']})")
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
