@@ -79,3 +79,32 @@ def test_animate_refuses_what_a_render_refuses(client, demo_session):
     r = client.post(f"/api/sessions/{sid}/animate", json={"transform": {}, "frames": 4, "fps": 0})
     assert r.status_code == 422 and r.json()["detail"].startswith("fps: ")
     assert len(client.app.state.jobs) == 0
+
+
+def test_animate_moves_what_the_render_moves(client, demo_session):
+    """Several objects: each keeps its own track from the identity to its transform, all in one
+    frame; a camera move animates the camera, from the camera render's inversion (all-ones mask)."""
+    from .test_modes import second_object
+
+    sid = demo_session["id"]
+    second_object(client, sid)
+    body = {"transform": {"translate": [0, 0.4, 0]}, "objects": [{"mask": 0, "transform": {"translate": [0.4, 0, 0]}}]}
+    r = client.post(f"/api/sessions/{sid}/animate", json={**body, "frames": 3, "num_steps": 2})
+    assert r.status_code == 202, r.text
+    st = wait_job(client, r.json()["id"])
+    assert st["state"] == "done", st
+    edits = st["info"]["edits"]
+    assert len(edits) == 3 and all(len(frame) == 2 for frame in edits)  # two objects in every frame
+    assert edits[0][0]["translate"] == [0, 0, 0] and edits[0][1]["translate"] == [0, 0, 0]
+    assert edits[1][0]["translate"] == pytest.approx([0, 0.2, 0]) and edits[1][1]["translate"] == pytest.approx([0.2, 0, 0])
+    assert edits[2][0]["translate"] == pytest.approx([0, 0.4, 0]) and edits[2][1]["translate"] == pytest.approx([0.4, 0, 0])
+
+    camera = {"mode": "camera", "transform": {"translate": [0.2, 0, 0]}, "num_steps": 2}
+    assert wait_job(client, client.post("/api/jobs", json={"session_id": sid, **camera}).json()["id"])["state"] == "done"
+    r = client.post(f"/api/sessions/{sid}/animate", json={**camera, "frames": 2})
+    st = wait_job(client, r.json()["id"])
+    assert st["state"] == "done", st
+    assert st["info"]["reused_inversion"] is True  # the camera render's inversion, not the objects'
+    assert st["info"]["edits"][-1]["translate"] == pytest.approx([0.2, 0, 0])
+    r = client.post(f"/api/sessions/{sid}/animate", json={**camera, "objects": body["objects"], "frames": 2})
+    assert r.status_code == 422 and "objects: expected none in camera mode" in r.json()["detail"]

@@ -106,11 +106,19 @@ def test_two_objects_one_render(page, tmp_path):
     wait_preview_after(page, n)
     expect(page.locator("#preview-status")).to_contain_text("2 object(s)")
     expect(page.locator("#render-btn")).to_have_text("Render 2 objects")
-    expect(page.locator("#animate-btn")).to_be_disabled()
+    expect(page.locator("#animate-note")).to_contain_text("the 2 objects")
     page.screenshot(path=str(ARTIFACTS / "22-two-objects.png"))
 
     st = render_and_wait(page)
     assert st["info"]["mode"] == "object" and st["info"]["objects"] == 2
+    # the animation moves both objects, each along its own track, from the render's inversion
+    page.fill("#anim-frames", "2")
+    page.click("#animate-btn")
+    page.wait_for_selector("#anim-result:not([hidden])", timeout=90000)
+    expect(page.locator("#anim-info")).to_contain_text("reused")
+    anim = page.evaluate("fetch('/api/jobs/' + window.__handles.lastJob).then(r => r.json())")
+    last = anim["info"]["edits"][-1]
+    assert [e["translate"] for e in last] == [pytest.approx([0, 0.5, 0]), pytest.approx([0.3, 0, 0])], last
 
     # selecting the kept box again takes it out of the list with its move; the × drops an entry
     n = preview_count(page)

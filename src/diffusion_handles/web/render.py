@@ -308,10 +308,11 @@ class RenderService:
             timings["remove_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
-    def animate(self, inp: RenderInput, edits: list[HandleEdit], opts: RenderOptions, report: Progress) -> dict:
+    def animate(self, inp: RenderInput, edits: list, opts: RenderOptions, report: Progress) -> dict:
         """One inversion (the render's, reused from the cache when it is there), then one guided
-        generation per edit; progress names the frame (``frame i of N``). Returns the frames as
-        ``(H, W, 3)`` uint8 arrays and info."""
+        generation per frame; progress names the frame (``frame i of N``). ``edits``: one per
+        frame, each what :meth:`run` takes (an edit, a list for ``inp.object_masks``, or the
+        camera's move when ``inp.camera``). Returns the frames as ``(H, W, 3)`` uint8 arrays and info."""
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edits[-1])  # the full transform: an impossible edit fails before the inversion
@@ -319,9 +320,11 @@ class RenderService:
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=len(edits))
             t1 = time.perf_counter()
             frames = []
+            multi = bool(inp.object_masks)
             for i, e in enumerate(edits):
                 stage = f"frame {i + 1} of {len(edits)}"
-                out = pipe.edit(inverted, e, fov_deg=inp.fov_deg, progress=False,
+                out = pipe.edit(inverted, list(e) if multi else e, fov_deg=inp.fov_deg, progress=False,
+                                camera=inp.camera, object_masks=list(inp.object_masks) if multi else None,
                                 callback=lambda info, stage=stage: progress({**info, "stage": stage}))
                 frames.append((out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
             timings["frames_s"] = time.perf_counter() - t1
@@ -402,6 +405,6 @@ def write_animation(folder: Path, result: dict, fps: float) -> dict[str, str]:
     save_image(folder / files["input"], result["input"].image)
     info = {"reused_inversion": result["reused_inversion"], "frames": len(frames), "fps": fps,
             "render_size_hw": list(frames[0].shape[:2]), "timings": dict(result.get("timings", {})),
-            "edits": [e.to_dict() for e in result["edits"]]}
+            "edits": [[x.to_dict() for x in e] if isinstance(e, list) else e.to_dict() for e in result["edits"]]}
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     return files

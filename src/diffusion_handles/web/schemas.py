@@ -191,12 +191,12 @@ class RenderRequest(EditRequest):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
-class AnimateRequest(Strict):
-    """An animation from the identity to ``transform`` (two keyframes; translation linear,
-    rotation by slerp, scale geometric), one guided generation per frame from the same
-    inversion as a render of the same image, prompt, steps and seed."""
+class AnimateRequest(EditRequest):
+    """An animation of what a render with the same ``transform``, ``mode`` and ``objects`` moves:
+    each object (or the camera) from the identity to its transform (two keyframes; translation
+    linear, rotation by slerp, scale geometric), one guided generation per frame from the same
+    inversion as that render (same image, prompt, steps and seed)."""
 
-    transform: Transform
     frames: int = Field(8, description=f"number of frames, 2..{MAX_FRAMES} (the first is the input's pose, the last the transform)")
     fps: float = Field(8.0, ge=0.5, le=60, allow_inf_nan=False, description="frames per second of the GIF and MP4")
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")

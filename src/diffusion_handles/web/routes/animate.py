@@ -1,5 +1,6 @@
-"""Animations: after a render, the object moved from its place to the transform over N frames,
-as a job (progress frame i of N) whose results are a GIF, an MP4 and the frames."""
+"""Animations: after a render, what it moved (an object, several, or the camera) taken from its
+place to the transform over N frames, as a job (progress frame i of N) whose results are a GIF,
+an MP4 and the frames."""
 
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ def router(ctx: WebContext) -> APIRouter:
 
     @r.post("/api/sessions/{sid}/animate", response_model=JobStatus, status_code=202)
     def animate(sid: str, req: AnimateRequest) -> JobStatus:
-        """Queue an animation from the identity to ``transform`` in ``frames`` frames (one
-        inversion, reused from a render of the same image, prompt, steps and seed; one guided
-        generation per frame). Watch it with GET /api/jobs/{id} or its /events stream; the
-        results are ``gif``, ``mp4``, ``input`` and ``frame_0000`` ...."""
+        """Queue an animation of what the render of the same request moves (the selected object,
+        several objects, or the camera), each from the identity to its transform in ``frames``
+        frames (one inversion, reused from that render; one guided generation per frame). Watch it
+        with GET /api/jobs/{id} or its /events stream; the results are ``gif``, ``mp4``, ``input``
+        and ``frame_0000`` ...."""
         s = ctx.sessions.get(sid)
-        inp, _ = render_input(ctx, s, req.transform, req.prompt, "animate")
-        edits = interpolate_keyframes([HandleEdit(), req.transform.to_edit()], req.frames)
+        inp, target = render_input(ctx, s, req.transform, req.prompt, "animate", req.mode, req.objects)
+        tracks = [interpolate_keyframes([HandleEdit(), e], req.frames) for e in target.edits]
+        edits = [list(frame) for frame in zip(*tracks)] if target.multi else tracks[0]
         opts = RenderOptions(num_steps=req.num_steps or ctx.cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:

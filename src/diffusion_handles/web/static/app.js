@@ -313,9 +313,10 @@ function updateRenderButton() {
   $('render-btn').disabled = busy || !ready;
   $('render-btn').textContent = camera ? 'Render camera move' : (others ? `Render ${others + 1} objects` : 'Render');
   $('remove-btn').disabled = busy || !selected || camera;
-  $('animate-btn').disabled = busy || !selected || camera || others > 0;
-  $('animate-note').textContent = camera || others ? 'animations move one object: switch to object mode with no other objects listed'
-    : 'the object from its place to the transform, from the same inversion';
+  $('animate-btn').disabled = busy || !ready;
+  $('animate-note').textContent = camera ? 'the camera from the image\'s viewpoint to the moved one, from the same inversion'
+    : (others ? `the ${others + 1} objects from their places to their transforms, from the same inversion`
+      : 'the object from its place to the transform, from the same inversion');
   $('add-object').disabled = !selected || camera;
   $('render-note').textContent = why ? `Rendering unavailable: ${why}` : (ready ? '' : (camera ? 'open an image first' : 'open an image and select an object first'));
   $('render-note').classList.toggle('error', Boolean(why));
@@ -415,13 +416,14 @@ $('animate-btn').addEventListener('click', () => guarded(async () => {
   const s = state.session;
   const frames = Number($('anim-frames').value);
   const steps = $('steps').value.trim();
-  const body = { transform: editFromFields(), frames, prompt: $('prompt').value, seed: Number($('seed').value || 0) };
+  const body = { ...editBody(), frames, prompt: $('prompt').value, seed: Number($('seed').value || 0) };  // what a render moves
   if (steps) body.num_steps = Number(steps);
   setProgress(0, 'submitting the animation…');
   $('anim-result').hidden = true;
   try {
     const st = await postJSON(`/api/sessions/${s.id}/animate`, body);
     state.job = st.id;
+    state.lastJob = st.id;
     state.jobKind = 'animate';
     updateRenderButton();
     onJobUpdate(st);
