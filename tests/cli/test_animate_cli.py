@@ -80,3 +80,22 @@ def test_bad_arguments_exit_2_with_one_line_and_nothing_written(inputs, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("handles animate: error: ") and match in err[0], err
     assert not out.exists()
+
+
+def test_camera_keyframes_move_the_camera_without_a_mask(inputs, tmp_path):
+    out = tmp_path / "cam"
+    argv = [a for a in _args(inputs, out, "--frames", "2", "--camera") if a not in ("--mask", str(inputs / "mask.png"))]
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["moves"] == "camera" and s["inputs"]["mask"] == "None"
+    assert [f["edit"]["translate"] for f in s["frames"]] == [[0.0, 0.0, 0.0], [0.4, 0.0, 0.0]]
+    first, last = (np.asarray(Image.open(out / "frames" / f)).astype(int) for f in ("0000.png", "0001.png"))
+    assert np.abs(first - last).max() > 0  # the camera moved
+
+
+def test_camera_with_a_mask_is_refused(inputs, tmp_path, capsys):
+    out = tmp_path / "cam"
+    assert main(_args(inputs, out, "--camera")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--camera: expected no --mask/--object/--click" in err[0], err
+    assert not out.exists()

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "animate",
-        help="animate an object along a 3D trajectory (keyframes): frames, MP4 and GIF",
+        help="animate an object (or the camera) along a 3D trajectory (keyframes): frames, MP4 and GIF",
         description="Invert IMAGE once, then make one guided edit per frame along the transform interpolated "
         "between keyframes (translation linear, rotation by slerp, scale geometric). Writes frames/0000.png..., "
         "animation.mp4 (H.264), animation.gif, comparison.png and summary.json.",
@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", default=str(DEFAULT_FRAMES), metavar="N",
                    help=f"number of frames, 2..{MAX_FRAMES} (default {DEFAULT_FRAMES}); the first and last are the "
                         "first and last keyframes")
+    p.add_argument("--camera", action="store_true",
+                   help="the keyframes move the camera instead of an object (as handles edit --camera): no "
+                        "--mask/--object/--click, the whole scene is lifted and the disocclusions generated")
     p.add_argument("--fps", default=str(DEFAULT_FPS), metavar="F", help=f"frames per second of the MP4 and GIF (default {DEFAULT_FPS:g})")
     p.add_argument("--fov", metavar="DEG", default=str(DEFAULT_FOV_DEG),
                    help=f"horizontal field of view in degrees (default {DEFAULT_FOV_DEG:g}, Sec. 5.1)")
@@ -111,10 +114,19 @@ def run(args: argparse.Namespace) -> int:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise HandlesError(f"--keyframes: expected a JSON list of transforms, got unreadable JSON ({e})") from None
     edits = interpolate_keyframes(keyframes_from_json(data), n_frames)
+    if args.camera:
+        from diffusion_handles.cli.edit_modes import check_mode_args, load_camera_inputs
+
+        args.edits = None  # check_mode_args's other mode, which animate does not have
+        check_mode_args(args)
     check_device(args.device)
     if args.quiet:
         silence_progress_bars()
-    image, depth, mask, background, prepared = load_edit_inputs(args, "animate")
+    if args.camera:
+        image, depth, mask, _ = load_camera_inputs(args)
+        background = None
+    else:
+        image, depth, mask, background, prepared = load_edit_inputs(args, "animate")
 
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if sum(p.numel() for p in dh.backbone.unet.parameters()) < SMALL_UNET_PARAMS:
@@ -130,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     def frame(i: int, e) -> np.ndarray:
         t = time.perf_counter()
         out = dh.edit(inv, e, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
-                      progress=False)
+                      camera=args.camera, progress=False)
         records.append({"frame": i, "edit": e.to_dict(), "seconds": time.perf_counter() - t})
         return (out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
@@ -148,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "inputs": {"image": str(args.image), "depth": str(args.depth), "mask": str(args.mask),
                    "keyframes": str(args.keyframes), "prompt": args.prompt, "size_hw": list(inv.input_hw)},
         "model": {"id": dh.backbone.model_id, "device": str(dh.backbone.device)},
+        "moves": "camera" if args.camera else "object",
         "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": guidance.to_dict(),
                    "seed": seed, "fov_deg": fov, "frames": n_frames, "fps": fps},
         "interpolation": "translation linear, rotation slerp (angle interpolated about a shared axis), scale geometric",

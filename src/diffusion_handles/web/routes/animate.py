@@ -30,7 +30,7 @@ def router(ctx: WebContext) -> APIRouter:
         s = ctx.sessions.get(sid)
         inp, target = render_input(ctx, s, req.transform, req.prompt, "animate", req.mode, req.objects)
         tracks = [interpolate_keyframes([HandleEdit(), e], req.frames) for e in target.edits]
-        edits = [list(frame) for frame in zip(*tracks)] if target.multi else tracks[0]
+        edits = [list(frame) for frame in zip(*tracks, strict=True)] if target.multi else tracks[0]
         opts = RenderOptions(num_steps=req.num_steps or ctx.cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:
