@@ -112,3 +112,28 @@ def test_bundle_from_wheels_keeps_only_what_renders(tmp_path):
     with pytest.raises(ValueError, match="wheels: expected Mitsuba's plugins"):
         build_bundle(tmp_path / "c.tar.xz", w.values())
     assert not (tmp_path / "c.tar.xz").exists() and np.all([not p.name.endswith(".partial") for p in tmp_path.iterdir()])
+
+
+def test_gpu_render_script_renders_chunks_into_one_pack(tmp_path):
+    """``world/gpu_render.sh``, the device-side renderer, on the CPU through a bundle folder."""
+    import shutil
+
+    from diffusion_handles.world.dataset import load_dataset
+    from diffusion_handles.world.renderer_bundle import build_bundle
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    build_bundle(tmp_path / "bundle")
+    script = SRC / "diffusion_handles" / "world" / "gpu_render.sh"
+    out = tmp_path / "fresh.npz"
+    env = {**os.environ, "CHUNK": "2", "WORKERS": "1", "MAX_SCENES": "3", "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(script), str(tmp_path / "bundle"), "900000", "240", str(out), "--size", "32",
+                          "--spp", "2"], cwd=SRC.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "rendered seeds 900000:900002" in res.stdout and "rendered seeds 900002:900003" in res.stdout
+    data = load_dataset(out)
+    assert list(data["seed"]) == [900000, 900001, 900002] and data["rgb"].shape == (3, 32, 32, 3)
+    # no time at all: nothing finished, said so, nothing written
+    res = subprocess.run(["bash", str(script), str(tmp_path / "bundle"), "900000", "0", str(tmp_path / "none.npz")],
+                         cwd=SRC.parent, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "no chunk finished" in res.stderr and not (tmp_path / "none.npz").exists()
