@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -31,6 +33,8 @@ def test_shipped_model_loads_through_the_backbone_path():
     bb = Backbone.from_pretrained("tinyworld")
     assert bb.unet.config.in_channels == bb.vae.config.latent_channels + 1
     assert bb.default_size == 128 and bb.vae_factor == 4 and bb.vae.config.latent_channels == 8
+    # the sixth sitting's encoder is twice as wide as the decoder (an AsymmetricAutoencoderKL)
+    assert tuple(bb.vae.config.down_block_out_channels) == tuple(2 * c for c in bb.vae.config.up_block_out_channels)
     assert bb.scaling_factor != 1.0  # set from the training latents
     for w in ("red", "striped", "cylinder", "wooden"):
         assert len(bb.tokenizer(w, add_special_tokens=False).input_ids) == 1
@@ -69,18 +73,26 @@ def test_widened_encoder_gives_the_same_latents_and_keeps_the_decoder():
     assert 0 < float((zn - z.mean).abs().max()) < 0.05 * float(z.mean.abs().mean())
     with pytest.raises(ValueError, match="factor"):
         widen_encoder(vae, 1)
+    with pytest.raises(ValueError, match="vae: expected an AutoencoderKL"):  # its attention would be reset
+        widen_encoder(wide, 2)
 
 
 def test_backbone_loads_a_model_whose_vae_has_a_wider_encoder(tmp_path):
     """The VAE class comes from its config: the widened model loads, encodes and decodes like the
-    shipped one it was widened from."""
+    narrow one it was widened from."""
     from diffusion_handles.diffusion.backbone import Backbone
-    from diffusion_handles.world.model import save_model, widen_encoder
+    from diffusion_handles.world.model import build_components, save_model, widen_encoder
 
-    bb = Backbone.from_pretrained("tinyworld")
-    save_model(tmp_path / "m", vae=widen_encoder(bb.vae, 2, noise=0.0), unet=bb.unet, text_encoder=bb.text_encoder,
-               tokenizer=bb.tokenizer, scheduler=bb.scheduler)
+    shipped = Backbone.from_pretrained("tinyworld")
+    narrow = build_components(shipped.tokenizer, image_size=128, encoder_width=1)["vae"].eval()  # the plain AutoencoderKL
+    narrow.register_to_config(scaling_factor=shipped.scaling_factor)
+    parts = {"unet": shipped.unet, "text_encoder": shipped.text_encoder, "tokenizer": shipped.tokenizer,
+             "scheduler": shipped.scheduler}
+    save_model(tmp_path / "n", vae=narrow, **parts)
+    save_model(tmp_path / "m", vae=widen_encoder(narrow, 2, noise=0.0), **parts)
     assert '"AsymmetricAutoencoderKL"' in (tmp_path / "m" / "model_index.json").read_text()
+    assert "block_out_channels" not in json.loads((tmp_path / "m" / "vae" / "config.json").read_text())  # no load warning
+    bb = Backbone.from_pretrained(str(tmp_path / "n"))
     wide = Backbone.from_pretrained(str(tmp_path / "m"))
     assert type(wide.vae).__name__ == "AsymmetricAutoencoderKL"
     assert (wide.vae_factor, wide.default_size, wide.scaling_factor) == (bb.vae_factor, bb.default_size, bb.scaling_factor)

@@ -163,7 +163,8 @@ def widen_encoder(vae, factor: int = 2, noise: float = 1e-3, seed: int = 0):
     Its unused inpainting branch (``decoder.condition_encoder``) keeps its random weights.
 
     Args:
-        vae: an :class:`diffusers.AutoencoderKL` (or an asymmetric one, widened again).
+        vae: an :class:`diffusers.AutoencoderKL`. An asymmetric one is refused: its trained
+            mid-block attention would be reset, so its latents would change.
         factor: integer >= 2.
     """
     import torch
@@ -171,6 +172,9 @@ def widen_encoder(vae, factor: int = 2, noise: float = 1e-3, seed: int = 0):
 
     if int(factor) != factor or factor < 2:
         raise ValueError(f"factor: expected an integer >= 2, got {factor!r}")
+    if isinstance(vae, AsymmetricAutoencoderKL):
+        raise ValueError("vae: expected an AutoencoderKL to widen, got an AsymmetricAutoencoderKL (already widened; "
+                         "widening it again would reset its encoder's attention and change its latents)")
     c = vae.config
     down = tuple(c.get("down_block_out_channels") or c.block_out_channels)
     up = tuple(c.get("up_block_out_channels") or c.block_out_channels)
@@ -218,6 +222,14 @@ def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, schedu
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(folder / "vae", safe_serialization=True, max_shard_size=max_shard_size)
+    if type(vae).__name__ == "AsymmetricAutoencoderKL":
+        # diffusers' class registers these two for pipelines' sake but its constructor does not take
+        # them, so from_pretrained would warn on every load; it registers them again when loading
+        cfg_path = folder / "vae" / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        for key in ("block_out_channels", "force_upcast"):
+            cfg.pop(key, None)
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     unet.save_pretrained(folder / "unet", safe_serialization=True, max_shard_size=max_shard_size)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(folder / "tokenizer")
