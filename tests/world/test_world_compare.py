@@ -37,7 +37,8 @@ def pair():
     # IoU changed by symmetric noise only, reconstruction identical; scenes listed in reverse order.
     noise = 0.05 * rng.standard_normal(n)
     noise -= noise.mean()
-    cand = _eval(seeds, vae + 0.5, colour + 3.0, iou + noise, recon=[s["reconstruction_psnr"] for s in base["scenes"][:8]])
+    cand = _eval(seeds, vae + 0.5, colour + 3.0, iou + noise,
+                 recon=[s["reconstruction_psnr"] + 1e-9 for s in base["scenes"][:8]])  # float noise
     cand["scenes"].reverse()
     return base, cand
 
@@ -56,7 +57,7 @@ def test_verdicts_follow_each_figure_direction(pair):
     # Zero-mean noise: the interval straddles 0.
     assert f["generation_iou_obj"]["lo"] < 0 < f["generation_iou_obj"]["hi"]
     assert f["generation_iou_obj"]["verdict"] == "unchanged"
-    # Identical values: unchanged, and float noise does not count as a better scene.
+    # Differences of float noise: unchanged, and no scene counts as better.
     assert f["reconstruction_psnr"]["n"] == 8 and f["reconstruction_psnr"]["verdict"] == "unchanged"
     assert f["reconstruction_psnr"]["n_better"] == 0
 

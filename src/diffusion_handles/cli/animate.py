@@ -117,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
     if args.camera:
         from diffusion_handles.cli.edit_modes import check_mode_args, load_camera_inputs
 
-        args.edits = None  # check_mode_args's other mode, which animate does not have
         check_mode_args(args)
     check_device(args.device)
     if args.quiet:

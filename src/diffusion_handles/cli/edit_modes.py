@@ -135,7 +135,8 @@ def parse_edits_file(path: str | Path) -> list[EditEntry]:
 def check_mode_args(args: argparse.Namespace) -> str:
     """``"camera"``, ``"multi"`` or ``"object"``; refuses conflicting flags (before any work)."""
     picked = [f for f in ("mask", "object", "click") if getattr(args, f, None)]
-    if args.camera and args.edits:
+    edits = getattr(args, "edits", None)  # handles animate has --camera but no --edits
+    if args.camera and edits:
         raise HandlesError("--camera: expected either --camera or --edits, got both")
     if args.camera:
         if picked:
@@ -144,7 +145,7 @@ def check_mode_args(args: argparse.Namespace) -> str:
         if getattr(args, "background_depth", None):
             raise HandlesError("--background-depth: expected none with --camera (nothing is removed from the scene)")
         return "camera"
-    if args.edits:
+    if edits:
         if picked:
             raise HandlesError(f"--edits: expected no --{picked[0]} (each entry of the file names its object), got --{picked[0]}")
         flags = {"--translate": (args.translate, ["0", "0", "0"]), "--rotate-axis": (args.rotate_axis, ["0", "1", "0"]),

@@ -409,10 +409,7 @@ def _compare(args: argparse.Namespace) -> int:
         raise HandlesError(f"--json: expected a new file in an existing folder, got {args.json}"
                            + (" (it exists; nothing was overwritten)" if out.exists() else ""))
     base, cand = load_metrics(args.base, "BASE"), load_metrics(args.candidate, "CANDIDATE")
-    try:
-        res = compare(base, cand)
-    except HandlesError as e:
-        raise HandlesError(str(e).replace("candidate:", "CANDIDATE:", 1).replace("that base", "that BASE", 1)) from None
+    res = compare(base, cand, names=("BASE", "CANDIDATE"))
     print(format_table(res, *args.labels))
     if out is not None:
         tmp = out.with_name(out.name + ".tmp")

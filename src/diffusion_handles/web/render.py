@@ -284,10 +284,7 @@ class RenderService:
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
             t1 = time.perf_counter()
-            multi = bool(inp.object_masks)
-            out = pipe.edit(inverted, list(edit) if multi else edit, fov_deg=inp.fov_deg, progress=False,
-                            camera=inp.camera, object_masks=list(inp.object_masks) if multi else None,
-                            callback=lambda info: progress({"stage": "guided_generation", **info}))
+            out = _edit(pipe, inverted, inp, edit, lambda info: progress({"stage": "guided_generation", **info}))
             timings["edit_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
@@ -320,15 +317,20 @@ class RenderService:
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=len(edits))
             t1 = time.perf_counter()
             frames = []
-            multi = bool(inp.object_masks)
             for i, e in enumerate(edits):
                 stage = f"frame {i + 1} of {len(edits)}"
-                out = pipe.edit(inverted, list(e) if multi else e, fov_deg=inp.fov_deg, progress=False,
-                                camera=inp.camera, object_masks=list(inp.object_masks) if multi else None,
-                                callback=lambda info, stage=stage: progress({**info, "stage": stage}))
+                out = _edit(pipe, inverted, inp, e, lambda info, stage=stage: progress({**info, "stage": stage}))
                 frames.append((out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
             timings["frames_s"] = time.perf_counter() - t1
         return {"frames": frames, "edits": edits, "input": inp, "reused_inversion": reused, "timings": timings}
+
+
+def _edit(pipe, inverted, inp: RenderInput, edit, callback):
+    """``pipe.edit`` of what ``inp`` moves: ``edit`` for the selected object, a list of edits for
+    ``inp.object_masks``, or the camera's move when ``inp.camera``."""
+    multi = bool(inp.object_masks)
+    return pipe.edit(inverted, list(edit) if multi else edit, fov_deg=inp.fov_deg, progress=False, camera=inp.camera,
+                     object_masks=list(inp.object_masks) if multi else None, callback=callback)
 
 
 def fit_to_model(inp: RenderInput, side: int) -> RenderInput:

@@ -22,6 +22,7 @@ from pathlib import Path
 from diffusion_handles.errors import HandlesError
 
 VAE_FLOOR_DB = 30.0  # the issue's per-scene target for the VAE round trip
+FLOAT_NOISE = 1e-6  # relative differences below this are rounding (re-saved weights), not a change
 
 # (figure key of ``metrics.json``, path to its per-scene value in ``scenes[i]``, higher is better)
 FIGURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
@@ -69,15 +70,17 @@ def _tail(values: list[float]) -> dict:
             "below_floor": sum(v < VAE_FLOOR_DB for v in values), "n": len(values)} if values else None
 
 
-def compare(base: dict, candidate: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Compare two eval results (:func:`load_metrics`) on the seeds both evaluated.
+def compare(base: dict, candidate: dict, n_resamples: int = 2000, seed: int = 0,
+            names: tuple[str, str] = ("base", "candidate")) -> dict:
+    """Compare two eval results (:func:`load_metrics`) on the seeds both evaluated (``names``:
+    how an error calls the two, e.g. the CLI's ``BASE`` and ``CANDIDATE``).
 
     Returns ``{"n_scenes", "seeds", "figures", "vae_tail"}``: ``figures[key]`` holds ``base`` and
     ``candidate`` (means over the scenes where both have the value), ``diff`` (mean of the
     paired differences, candidate - base), ``lo``/``hi`` (its 95 % bootstrap interval), ``n``,
-    ``n_better`` (scenes where the candidate is better by more than
-    float noise, 1e-6 relative), ``higher_is_better`` and ``verdict``
-    (``better``/``worse``/``unchanged``/``n/a``). ``vae_tail`` has each run's mean, worst scene
+    ``n_better`` (scenes where the candidate is better by more than :data:`FLOAT_NOISE`,
+    relative), ``higher_is_better`` and ``verdict`` (``better``/``worse`` when the interval
+    excludes 0 by more than :data:`FLOAT_NOISE`, else ``unchanged``; ``n/a`` without values). ``vae_tail`` has each run's mean, worst scene
     and number of scenes below :data:`VAE_FLOOR_DB`, on the shared seeds.
     """
     from diffusion_handles.bench.metrics import bootstrap_ci
@@ -85,8 +88,9 @@ def compare(base: dict, candidate: dict, n_resamples: int = 2000, seed: int = 0)
     by_seed = {s["seed"]: s for s in base["scenes"]}
     pairs = [(by_seed[s["seed"]], s) for s in candidate["scenes"] if s["seed"] in by_seed]
     if not pairs:
-        raise HandlesError(f"candidate: expected scenes that base also evaluated, got none in common "
-                           f"(base seeds {_span(base)}, candidate seeds {_span(candidate)})")
+        b, c = names
+        raise HandlesError(f"{c}: expected scenes that {b} also evaluated, got none in common "
+                           f"({b} seeds {_span(base)}, {c} seeds {_span(candidate)})")
     figures = {}
     for key, path, higher in FIGURES:
         both = [(_value(b, path), _value(c, path)) for b, c in pairs]
@@ -97,15 +101,14 @@ def compare(base: dict, candidate: dict, n_resamples: int = 2000, seed: int = 0)
                             "n_better": 0, "higher_is_better": higher, "verdict": "n/a"}
             continue
         sign = 1.0 if higher else -1.0
-        if higher:
-            verdict = "better" if ci["lo"] > 0 else "worse" if ci["hi"] < 0 else "unchanged"
-        else:
-            verdict = "better" if ci["hi"] < 0 else "worse" if ci["lo"] > 0 else "unchanged"
-        figures[key] = {"base": sum(b for b, _ in both) / len(both), "candidate": sum(c for _, c in both) / len(both),
+        base_mean = sum(b for b, _ in both) / len(both)
+        tol = FLOAT_NOISE * max(1.0, abs(base_mean))
+        gain = sorted((sign * ci["lo"], sign * ci["hi"]))  # the interval of the improvement
+        verdict = "better" if gain[0] > tol else "worse" if gain[1] < -tol else "unchanged"
+        figures[key] = {"base": base_mean, "candidate": sum(c for _, c in both) / len(both),
                         "diff": ci["mean"], "lo": ci["lo"], "hi": ci["hi"], "n": ci["n"],
-                        "n_better": sum((c - b) * sign > 1e-6 * max(1.0, abs(b)) for b, c in both),
-                        "higher_is_better": higher,
-                        "verdict": verdict}
+                        "n_better": sum(sign * (c - b) > FLOAT_NOISE * max(1.0, abs(b)) for b, c in both),
+                        "higher_is_better": higher, "verdict": verdict}
     vae = [(_value(b, ("vae", "psnr")), _value(c, ("vae", "psnr"))) for b, c in pairs]
     vae = [(b, c) for b, c in vae if b is not None and c is not None]
     seeds = sorted(c["seed"] for _, c in pairs)

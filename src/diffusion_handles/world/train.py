@@ -359,7 +359,6 @@ def _train(cfg: TrainConfig) -> Path:
 
 def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
     """Stage 1: the VAE on random crops, L1 + L2 + ``vae_kl`` * KL; checkpoint ``vae.pt``."""
-
     dev = next(vae.parameters()).device
     ckpt = run / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -435,7 +434,6 @@ def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path,
     ``run/<name>.pt``, AdamW on the parameters of ``parts`` (``{key: module}``, the rest of the VAE
     frozen), ``batch`` images of ``rgb`` ``(N, 3, H, W)`` uint8 a step (mirrored half the time)
     in [-1, 1], ``loss_fn(x, gen) -> (loss, {name: value to log})``, learning rate ``lr_at(step)``."""
-
     dev = next(vae.parameters()).device
     ckpt = run / f"{name}.pt"
     params = [p for m in parts.values() for p in m.parameters()]
@@ -513,7 +511,6 @@ def _unet_data(cfg: TrainConfig, vae, rgb: torch.Tensor, data: dict, tokenizer, 
 
 def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out_of_time, stage_over) -> None:
     """Stage 2: UNet + text encoder, epsilon prediction, min-SNR weighting, EMA; ``unet.pt``."""
-
     unet, text_encoder, sched = comps["unet"], comps["text_encoder"], comps["scheduler"]
     dev = next(unet.parameters()).device
     scale = batches["scale"]
@@ -580,7 +577,6 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
     L1 + L2 on full images, learning rate decayed (cosine) to a tenth. Checkpoint ``decoder.pt``;
     :func:`export` uses it if present.
     """
-
     def loss_fn(x: torch.Tensor, gen) -> tuple[torch.Tensor, dict]:
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
