@@ -281,3 +281,59 @@ def test_a_time_limit_stops_with_a_checkpoint_that_resumes(data, tmp_path):
     log = (run / "train.log").read_text()
     assert "vae: resumed at step 1" in log and "vae step 4 l1" in log and "unet step 2 loss" in log
     assert torch.load(run / "vae.pt", weights_only=True)["step"] == 4
+
+
+def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_path, capsys):
+    """``handles world join``: the two runs a sitting trains side by side from one model (the UNet
+    run, and ``--stage encoder --encoder-width 2``) become one model. It keeps the UNet run's UNet
+    and the encoder run's (wider) VAE and its class, records both sittings once, and refuses a VAE
+    whose decoder is not the UNet run's (it would decode the UNet's latents differently)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from diffusion_handles.diffusion.backbone import Backbone
+
+    def run(name, **kw):
+        train(config_from_preset("tiny", data=str(data), run_dir=str(tmp_path / name), **kw))
+        return export(tmp_path / name, tmp_path / f"m{name}")
+
+    base = run("base", vae_steps=1, unet_steps=1, decoder_steps=0)  # a plain AutoencoderKL
+    mu = run("u", init_from=str(base), vae_steps=0, decoder_steps=0, unet_steps=1)
+    me = run("e", init_from=str(base), stage="encoder", encoder_width=2, encoder_steps=1, encoder_batch=2)
+    capsys.readouterr()
+    j = tmp_path / "j"
+    assert main(["world", "join", str(mu), str(me), "--out", str(j)]) == 0
+    assert "handles world join: wrote" in capsys.readouterr().out
+
+    def tensors(model, part):
+        return load_file(str(next((model / part).glob("*.safetensors"))))
+
+    uj, uu, ub = tensors(j, "unet"), tensors(mu, "unet"), tensors(base, "unet")
+    assert all(torch.equal(uj[k], uu[k]) for k in uj) and any(not torch.equal(uj[k], ub[k]) for k in uj)
+    vj, ve = tensors(j, "vae"), tensors(me, "vae")
+    assert vj.keys() == ve.keys() and all(torch.equal(vj[k], ve[k]) for k in vj)  # the encoder run's VAE
+    index = json.loads((j / "model_index.json").read_text())
+    assert index["vae"][1] == "AsymmetricAutoencoderKL"  # its class, not the UNet run's AutoencoderKL
+    assert json.loads((mu / "model_index.json").read_text())["vae"][1] == "AutoencoderKL"
+    assert type(Backbone.from_pretrained(str(j)).vae).__name__ == "AsymmetricAutoencoderKL"  # it loads
+    hist = json.loads((j / "training.json").read_text())
+    stages = [h["stages"] for h in hist["history"]]
+    assert len(stages) == 3 and "unet" in stages[1] and "encoder" in stages[2]  # base, then each run once
+    assert hist["cumulative_hours"] == pytest.approx(sum(h.get("hours") or 0.0 for h in hist["history"]), abs=1e-3)
+
+    # a VAE with another decoder is refused, naming the argument; nothing is written
+    bad = tmp_path / "bad"
+    shutil.copytree(me, bad)
+    vb = {k: v.clone() for k, v in tensors(bad, "vae").items()}  # read whole before the file is rewritten
+    key = "decoder.conv_in.weight"  # (the asymmetric decoder also has a condition encoder the plain one lacks)
+    vb[key] = vb[key] + 1e-3
+    save_file(vb, str(next((bad / "vae").glob("*.safetensors"))))
+    assert main(["world", "join", str(mu), str(bad), "--out", str(tmp_path / "j2")]) == 2
+    err = capsys.readouterr().err
+    assert "ENCODER_MODEL: expected the decoder of UNET_MODEL" in err and "1 of" in err and "Traceback" not in err
+    assert not (tmp_path / "j2").exists() and not (tmp_path / "j2.joining").exists()
+    assert main(["world", "join", str(mu), str(tmp_path / "nope"), "--out", str(tmp_path / "j3")]) == 2
+    assert "ENCODER_MODEL: expected a model folder" in capsys.readouterr().err
+    assert main(["world", "join", str(mu), str(me), "--out", str(j)]) == 2  # never over a model
+    assert "--out" in capsys.readouterr().err

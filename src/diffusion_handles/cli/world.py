@@ -124,6 +124,14 @@ def register(subparsers) -> None:
     c.add_argument("--json", default=None, metavar="FILE", help="also write the comparison here (a new file)")
     c.set_defaults(func=_compare)
 
+    j = sub.add_parser("join", help="one model from two runs trained side by side: the UNet run's UNet and text "
+                                    "encoder with the encoder run's VAE (checked to share the decoder)")
+    j.add_argument("unet_model", metavar="UNET_MODEL", help="the exported model of the UNet run")
+    j.add_argument("encoder_model", metavar="ENCODER_MODEL",
+                   help="the exported model of the --stage encoder run started from the same model")
+    j.add_argument("--out", required=True, metavar="DIR", help="new folder for the joined model")
+    j.set_defaults(func=_join)
+
     b = sub.add_parser("bundle-renderer", help="a trimmed Mitsuba + Dr.Jit that renders TinyWorld (for a machine "
                                                "without them: 14 MB instead of 67)")
     src = b.add_mutually_exclusive_group(required=True)
@@ -416,6 +424,15 @@ def _compare(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps({"base": str(args.base), "candidate": str(args.candidate), **res}, indent=1))
         tmp.replace(out)
         print(f"handles world compare: wrote {out}")
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from diffusion_handles.world.join import join
+
+    check_out(args)
+    out = join(args.unet_model, args.encoder_model, args.out, names=("UNET_MODEL", "ENCODER_MODEL", "--out"))
+    print(f"handles world join: wrote {out} (UNet and text encoder of {args.unet_model}, VAE of {args.encoder_model})")
     return 0
 
 

@@ -358,15 +358,22 @@ def _train(cfg: TrainConfig) -> Path:
 
 
 def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over) -> None:
-    """Stage 1: the VAE on random crops, L1 + L2 + ``vae_kl`` * KL; checkpoint ``vae.pt``."""
+    """Stage 1: the VAE on random crops, L1 + L2 + ``vae_kl`` * KL; checkpoint ``vae.pt``.
+
+    A new run with ``stage`` ``encoder`` or ``decoder`` keeps the warm start's VAE whatever
+    ``vae_steps`` says: a VAE stage before them would change the latents the UNet learned (and,
+    for the encoder stage, the decoder it must leave as it is). In a run folder whose VAE stage is
+    under way it resumes that stage, as before."""
     dev = next(vae.parameters()).device
     ckpt = run / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     parts = {"model": vae}
     step, secs, done = _resume(ckpt, dev, parts, opt, log, "vae")
-    if not ckpt.exists() and cfg.vae_steps == 0:  # no VAE stage: the warm-started VAE is the stage's result
+    if not ckpt.exists() and (cfg.vae_steps == 0 or cfg.stage != "all"):  # the warm-started VAE is the result
         _checkpoint(ckpt, parts, opt, 0, 0.0, True)
-        log("vae: no steps (vae_steps 0): keeping the warm-started VAE")
+        why = "vae_steps 0" if cfg.vae_steps == 0 else f"stage {cfg.stage} trains that stage alone"
+        log(f"vae: no steps ({why}): keeping the warm-started VAE")
+        return
     if done or step >= cfg.vae_steps:
         return
     n, cs = len(rgb), min(cfg.vae_crop, rgb.shape[2])
