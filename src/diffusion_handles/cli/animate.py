@@ -24,9 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_edit_input_args(p, prompt_help="text prompt describing the image",
                         mask_help="object mask PNG (pixels >= 128 are the object), or --object / --click")
-    p.add_argument("--keyframes", required=True, metavar="FILE.json",
+    p.add_argument("--keyframes", default=None, metavar="FILE.json",
                    help=f"a JSON list of 1..{MAX_KEYFRAMES} transforms with the keys translate [x, y, z], rotate_axis "
                         "[x, y, z], rotate_deg, scale (a missing key is the identity), spread evenly over the frames")
+    p.add_argument("--edits", default=None, metavar="FILE.json",
+                   help='several objects, each on its own track (instead of --keyframes and --mask/--object/--click): '
+                        'a JSON list of {"mask": PNG | "object": TEXT | "click": [X, Y], "keyframes": [transforms as '
+                        "in --keyframes]} (relative paths relative to the file)")
     p.add_argument("--frames", default=str(DEFAULT_FRAMES), metavar="N",
                    help=f"number of frames, 2..{MAX_FRAMES} (default {DEFAULT_FRAMES}); the first and last are the "
                         "first and last keyframes")
@@ -62,6 +66,20 @@ def _number(text: str, arg: str, lo: float, hi: float, integer: bool = False) ->
     if not lo <= v <= hi:
         raise HandlesError(f"{arg}: expected {kind} in [{lo:g}, {hi:g}], got {text}")
     return v
+
+
+def _read_keyframes(path: str) -> object:
+    """The parsed JSON of ``--keyframes`` (checked by :func:`~diffusion_handles.animation.keyframes_from_json`)."""
+    import json
+
+    from diffusion_handles.errors import HandlesError
+
+    try:
+        return json.loads(open(path, encoding="utf-8").read())
+    except OSError as e:
+        raise HandlesError(f"--keyframes: could not read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HandlesError(f"--keyframes: expected a JSON list of transforms, got unreadable JSON ({e})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,23 +125,31 @@ def run(args: argparse.Namespace) -> int:
     seed = parse_seed(args.seed)
     if not args.prompt.strip():
         raise HandlesError("--prompt: expected a text describing the image, got an empty string")
-    try:
-        data = json.loads(open(args.keyframes, encoding="utf-8").read())
-    except OSError as e:
-        raise HandlesError(f"--keyframes: could not read {args.keyframes}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HandlesError(f"--keyframes: expected a JSON list of transforms, got unreadable JSON ({e})") from None
-    edits = interpolate_keyframes(keyframes_from_json(data), n_frames)
-    if args.camera:
-        from diffusion_handles.cli.edit_modes import check_mode_args, load_camera_inputs
+    from diffusion_handles.cli.edit_modes import check_mode_args, parse_edits_file
 
-        check_mode_args(args)
+    if (args.keyframes is None) == (args.edits is None):
+        raise HandlesError("--keyframes: expected either --keyframes (one object or the camera) or --edits (several "
+                           f"objects), got {'both' if args.keyframes else 'neither'}")
+    mode = check_mode_args(args)  # "object", "camera" or "multi" (--edits)
+    entries, object_masks = None, None
+    if mode == "multi":
+        entries = parse_edits_file(args.edits, keyframes=True)
+        tracks = [interpolate_keyframes(e.keyframes, n_frames) for e in entries]
+        edits = [[t[i] for t in tracks] for i in range(n_frames)]  # per frame, one edit per object
+    else:
+        edits = interpolate_keyframes(keyframes_from_json(_read_keyframes(args.keyframes)), n_frames)
     check_device(args.device)
     if args.quiet:
         silence_progress_bars()
-    if args.camera:
+    if mode == "camera":
+        from diffusion_handles.cli.edit_modes import load_camera_inputs
+
         image, depth, mask, _ = load_camera_inputs(args)
         background = None
+    elif mode == "multi":
+        from diffusion_handles.cli.edit_modes import load_multi_inputs
+
+        image, depth, object_masks, mask, background, _ = load_multi_inputs(args, entries, "animate")
     else:
         image, depth, mask, background, prepared = load_edit_inputs(args, "animate")
 
@@ -141,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
     def frame(i: int, e) -> np.ndarray:
         t = time.perf_counter()
         out = dh.edit(inv, e, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
-                      camera=args.camera, progress=False)
-        records.append({"frame": i, "edit": e.to_dict(), "seconds": time.perf_counter() - t})
+                      camera=args.camera, object_masks=object_masks, progress=False)
+        done = {"edits": [x.to_dict() for x in e]} if mode == "multi" else {"edit": e.to_dict()}
+        records.append({"frame": i, **done, "seconds": time.perf_counter() - t})
         return (out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
     def report(ev: dict) -> None:
@@ -157,12 +184,14 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "command": "animate",
         "inputs": {"image": str(args.image), "depth": str(args.depth), "mask": str(args.mask),
-                   "keyframes": str(args.keyframes), "prompt": args.prompt, "size_hw": list(inv.input_hw)},
+                   "keyframes": str(args.keyframes), "edits": str(args.edits), "prompt": args.prompt,
+                   "size_hw": list(inv.input_hw)},
         "model": {"id": dh.backbone.model_id, "device": str(dh.backbone.device)},
-        "moves": "camera" if args.camera else "object",
+        "moves": {"camera": "camera", "multi": "objects", "object": "object"}[mode],
         "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": guidance.to_dict(),
                    "seed": seed, "fov_deg": fov, "frames": n_frames, "fps": fps},
         "interpolation": "translation linear, rotation slerp (angle interpolated about a shared axis), scale geometric",
+        **({"objects": [e.to_json() for e in entries]} if mode == "multi" else {}),
         "frames": records,
         "inversion": {"cache_hit": inv.cache_hit, "key": inv.key},
         "timings_s": {"load": t_load, "inversion": t_invert, "frames": t_frames,

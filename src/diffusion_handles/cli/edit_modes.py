@@ -8,6 +8,8 @@
   the transform keys of :class:`~diffusion_handles.geometry.HandleEdit`: ``"translate"``
   ``[x, y, z]``, ``"rotate_axis"`` ``[x, y, z]``, ``"rotate_deg"``, ``"scale"`` (a missing key
   is the identity).
+* ``handles animate --edits FILE.json``: the same list, each entry with ``"keyframes"`` (a list
+  of such transforms, its own track) instead of one transform.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ class EditEntry:
     mask_path: Path | None = None
     text: str | None = None
     clicks: list[tuple[float, float]] | None = None
+    keyframes: list[HandleEdit] | None = None  # handles animate: the object's track (``edit`` is its last keyframe)
 
     def to_json(self) -> dict:
         src = ({"mask": str(self.mask_path)} if self.mask_path is not None
                else {"object": self.text} if self.text is not None else {"click": [list(c) for c in self.clicks]})
+        if self.keyframes is not None:
+            return {**src, "keyframes": [k.to_dict() for k in self.keyframes]}
         return {**src, **self.edit.to_dict()}
 
 
@@ -71,8 +76,11 @@ def _numbers(v, where: str, n: int | None) -> list[float]:
     return out
 
 
-def parse_edits_file(path: str | Path) -> list[EditEntry]:
-    """The entries of an ``--edits`` file, validated (one-line errors naming the entry and key)."""
+def parse_edits_file(path: str | Path, keyframes: bool = False) -> list[EditEntry]:
+    """The entries of an ``--edits`` file, validated (one-line errors naming the entry and key).
+
+    ``keyframes``: each entry has ``"keyframes"`` (``handles animate``) instead of the transform keys.
+    """
     p = Path(path)
     if not p.is_file():
         raise HandlesError(f"--edits: expected a JSON file, got {str(path)!r} ({'a folder' if p.is_dir() else 'no such file'})")
@@ -97,13 +105,21 @@ def parse_edits_file(path: str | Path) -> list[EditEntry]:
         where = f"[{i}]"
         if not isinstance(d, dict):
             raise HandlesError(f"--edits: {where}: expected an object with a mask/object/click and a transform, got {json.dumps(d)[:60]}")
-        unknown = sorted(set(d) - set(SOURCE_KEYS) - set(TRANSFORM_KEYS))
+        motion = ("keyframes",) if keyframes else TRANSFORM_KEYS
+        unknown = sorted(set(d) - set(SOURCE_KEYS) - set(motion))
         if unknown:
             raise HandlesError(f"--edits: {where}: unknown key(s) {', '.join(unknown)}; expected mask|object|click and "
-                               f"{', '.join(TRANSFORM_KEYS)}")
+                               f"{', '.join(motion)}")
         given = [k for k in SOURCE_KEYS if k in d]
         if len(given) != 1:
             raise HandlesError(f"--edits: {where}: expected exactly one of mask, object, click, got {', '.join(given) or 'none'}")
+        if keyframes:
+            from diffusion_handles.animation import keyframes_from_json
+
+            if "keyframes" not in d:
+                raise HandlesError(f"--edits: {where}: expected \"keyframes\" (a list of transforms), got none")
+            track = keyframes_from_json(d["keyframes"], f"--edits: {where}.keyframes")
+            d = {k: v for k, v in d.items() if k in SOURCE_KEYS}
         translate = _numbers(d.get("translate", [0, 0, 0]), f"{where}.translate", 3)
         axis = _numbers(d.get("rotate_axis", [0, 1, 0]), f"{where}.rotate_axis", 3)
         (deg,) = _numbers(d.get("rotate_deg", 0), f"{where}.rotate_deg", None)
@@ -114,6 +130,8 @@ def parse_edits_file(path: str | Path) -> list[EditEntry]:
         if deg != 0 and sum(a * a for a in axis) < 1e-24:
             raise HandlesError(f"--edits: {where}.rotate_axis: expected a non-zero axis, got {axis}")
         entry = EditEntry(i, HandleEdit(tuple(translate), tuple(axis), deg, scale))
+        if keyframes:
+            entry.edit, entry.keyframes = track[-1], track
         key = given[0]
         v = d[key]
         if key == "mask":
@@ -135,7 +153,7 @@ def parse_edits_file(path: str | Path) -> list[EditEntry]:
 def check_mode_args(args: argparse.Namespace) -> str:
     """``"camera"``, ``"multi"`` or ``"object"``; refuses conflicting flags (before any work)."""
     picked = [f for f in ("mask", "object", "click") if getattr(args, f, None)]
-    edits = getattr(args, "edits", None)  # handles animate has --camera but no --edits
+    edits = getattr(args, "edits", None)
     if args.camera and edits:
         raise HandlesError("--camera: expected either --camera or --edits, got both")
     if args.camera:
@@ -148,10 +166,10 @@ def check_mode_args(args: argparse.Namespace) -> str:
     if edits:
         if picked:
             raise HandlesError(f"--edits: expected no --{picked[0]} (each entry of the file names its object), got --{picked[0]}")
-        flags = {"--translate": (args.translate, ["0", "0", "0"]), "--rotate-axis": (args.rotate_axis, ["0", "1", "0"]),
-                 "--rotate-deg": (args.rotate_deg, "0"), "--scale": (args.scale, "1")}
-        for flag, (val, default) in flags.items():
-            if val != default:
+        flags = {"--translate": ("translate", ["0", "0", "0"]), "--rotate-axis": ("rotate_axis", ["0", "1", "0"]),
+                 "--rotate-deg": ("rotate_deg", "0"), "--scale": ("scale", "1")}
+        for flag, (name, default) in flags.items():  # handles animate has none (its --edits carry keyframes)
+            if getattr(args, name, default) != default:
                 raise HandlesError(f"{flag}: expected no transform flag with --edits (each entry has its own), got {flag}")
         return "multi"
     return "object"
