@@ -178,14 +178,15 @@ class _Progress:
 
     def end_step(self, step: int, figures: dict) -> bool:
         """Book step ``step`` (1-based) with ``figures`` (``{name: number or tensor}``); True: stop now."""
-        over = self.out_of_time() or self.stage_over(self.name, self.t0)
+        stage_done = self.stage_over(self.name, self.t0)  # its time is up: the stage counts as finished
+        over = stage_done or self.out_of_time()
         elapsed = self.secs + time.time() - self.t0
         if step % self.cfg.log_every == 0:
             shown = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in figures.items()}
             self.log(f"{self.name} step {step} " + " ".join(f"{k} {v:.5f}" for k, v in shown.items()) + f" t {elapsed:.0f}s")
             self.bar.set_postfix({k: f"{v:.5f}" for k, v in shown.items()})
         if step % self.cfg.ckpt_every == 0 or step == self.steps or over:
-            _checkpoint(self.ckpt, self.parts, self.opt, step, elapsed, self.stage_over(self.name, self.t0))
+            _checkpoint(self.ckpt, self.parts, self.opt, step, elapsed, stage_done)
         if over:
             self.log(f"{self.name}: stopping at step {step} (time limit)")
         return over
