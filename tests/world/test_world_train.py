@@ -301,6 +301,10 @@ def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_pat
     base = run("base", vae_steps=1, unet_steps=1, decoder_steps=0)  # a plain AutoencoderKL
     mu = run("u", init_from=str(base), vae_steps=0, decoder_steps=0, unet_steps=1)
     me = run("e", init_from=str(base), stage="encoder", encoder_width=2, encoder_steps=1, encoder_batch=2)
+    for model, hours in ((mu, 0.25), (me, 1.5)):  # tiny runs last seconds: give each sitting hours to add
+        info = json.loads((model / "training.json").read_text())
+        info["history"][-1]["hours"] = hours
+        (model / "training.json").write_text(json.dumps(info))
     capsys.readouterr()
     j = tmp_path / "j"
     assert main(["world", "join", str(mu), str(me), "--out", str(j)]) == 0
@@ -320,7 +324,8 @@ def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_pat
     hist = json.loads((j / "training.json").read_text())
     stages = [h["stages"] for h in hist["history"]]
     assert len(stages) == 3 and "unet" in stages[1] and "encoder" in stages[2]  # base, then each run once
-    assert hist["cumulative_hours"] == pytest.approx(sum(h.get("hours") or 0.0 for h in hist["history"]), abs=1e-3)
+    assert [h["hours"] for h in hist["history"][1:]] == [0.25, 1.5]
+    assert hist["cumulative_hours"] == pytest.approx(hist["history"][0]["hours"] + 1.75)  # both sittings counted
 
     # a VAE with another decoder is refused, naming the argument; nothing is written
     bad = tmp_path / "bad"

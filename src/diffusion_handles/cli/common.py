@@ -160,11 +160,17 @@ def edit_from_args(args: argparse.Namespace) -> HandleEdit:
     (scale,) = _floats([args.scale], "--scale")
     if scale <= 0:
         raise HandlesError(f"--scale: expected a positive number, got {args.scale}")
+    return checked_edit(translate, axis, deg, scale, ("--scale", "--rotate-axis"))
+
+
+def checked_edit(translate, axis, deg: float, scale: float, names: tuple[str, str]) -> HandleEdit:
+    """A :class:`HandleEdit` whose scale is in :data:`SCALE_RANGE` and whose rotation has an axis;
+    ``names``: how the user gave the scale and the axis (``--scale``, ``--edits: [0].scale``, ...)."""
     lo, hi = SCALE_RANGE
     if not lo <= scale <= hi:
-        raise HandlesError(f"--scale: expected a factor in [{lo:g}, {hi:g}], got {args.scale} (out of range)")
+        raise HandlesError(f"{names[0]}: expected a factor in [{lo:g}, {hi:g}], got {scale:g} (out of range)")
     if deg != 0 and sum(a * a for a in axis) < 1e-24:
-        raise HandlesError(f"--rotate-axis: expected a non-zero axis, got {' '.join(args.rotate_axis)}")
+        raise HandlesError(f"{names[1]}: expected a non-zero axis, got {' '.join(f'{a:g}' for a in axis)}")
     return HandleEdit(tuple(translate), tuple(axis), deg, scale)
 
 

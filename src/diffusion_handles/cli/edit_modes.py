@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_handles.cli.common import SCALE_RANGE
+from diffusion_handles.cli.common import checked_edit
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.transform import HandleEdit
 
@@ -76,6 +76,15 @@ def _numbers(v, where: str, n: int | None) -> list[float]:
     return out
 
 
+def _transform(d: dict, where: str) -> HandleEdit:
+    """The transform keys of one ``--edits`` entry (a missing key is the identity's value)."""
+    translate = _numbers(d.get("translate", [0, 0, 0]), f"{where}.translate", 3)
+    axis = _numbers(d.get("rotate_axis", [0, 1, 0]), f"{where}.rotate_axis", 3)
+    (deg,) = _numbers(d.get("rotate_deg", 0), f"{where}.rotate_deg", None)
+    (scale,) = _numbers(d.get("scale", 1), f"{where}.scale", None)
+    return checked_edit(translate, axis, deg, scale, (f"--edits: {where}.scale", f"--edits: {where}.rotate_axis"))
+
+
 def parse_edits_file(path: str | Path, keyframes: bool = False) -> list[EditEntry]:
     """The entries of an ``--edits`` file, validated (one-line errors naming the entry and key).
 
@@ -119,19 +128,9 @@ def parse_edits_file(path: str | Path, keyframes: bool = False) -> list[EditEntr
             if "keyframes" not in d:
                 raise HandlesError(f"--edits: {where}: expected \"keyframes\" (a list of transforms), got none")
             track = keyframes_from_json(d["keyframes"], f"--edits: {where}.keyframes")
-            d = {k: v for k, v in d.items() if k in SOURCE_KEYS}
-        translate = _numbers(d.get("translate", [0, 0, 0]), f"{where}.translate", 3)
-        axis = _numbers(d.get("rotate_axis", [0, 1, 0]), f"{where}.rotate_axis", 3)
-        (deg,) = _numbers(d.get("rotate_deg", 0), f"{where}.rotate_deg", None)
-        (scale,) = _numbers(d.get("scale", 1), f"{where}.scale", None)
-        lo, hi = SCALE_RANGE
-        if not lo <= scale <= hi:
-            raise HandlesError(f"--edits: {where}.scale: expected a factor in [{lo:g}, {hi:g}], got {scale:g}")
-        if deg != 0 and sum(a * a for a in axis) < 1e-24:
-            raise HandlesError(f"--edits: {where}.rotate_axis: expected a non-zero axis, got {axis}")
-        entry = EditEntry(i, HandleEdit(tuple(translate), tuple(axis), deg, scale))
-        if keyframes:
-            entry.edit, entry.keyframes = track[-1], track
+            entry = EditEntry(i, track[-1], keyframes=track)
+        else:
+            entry = EditEntry(i, _transform(d, where))
         key = given[0]
         v = d[key]
         if key == "mask":

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.world.model import component_tensors
 
 DECODER_KEYS = ("decoder.", "post_quant_conv.")  # what the encoder stage leaves untouched
 LATENT_CONFIG = ("latent_channels", "scaling_factor")  # the decoder's structure: its tensors' names and shapes
@@ -30,16 +31,6 @@ def _read(folder: Path, name: str) -> tuple[dict, dict]:
             json.loads(training.read_text()) if training.is_file() else {"history": []})
 
 
-def _vae_tensors(folder: Path) -> dict:
-    """Every tensor of ``folder/vae`` (one file or shards), read as data (safetensors)."""
-    from safetensors.torch import load_file
-
-    tensors = {}
-    for f in sorted((folder / "vae").glob("*.safetensors")):
-        tensors.update(load_file(str(f)))
-    return tensors
-
-
 def check_same_decoder(unet_model: Path, encoder_model: Path, names: tuple[str, str]) -> None:
     """Raise unless the two VAEs decode the same latents into the same images."""
     import torch
@@ -49,7 +40,7 @@ def check_same_decoder(unet_model: Path, encoder_model: Path, names: tuple[str, 
         if cfg[0].get(key) != cfg[1].get(key):
             raise HandlesError(f"{names[1]}: expected the VAE {key} of {names[0]} ({cfg[0].get(key)}), "
                                f"got {cfg[1].get(key)}")
-    a, b = _vae_tensors(unet_model), _vae_tensors(encoder_model)
+    a, b = component_tensors(unet_model, "vae"), component_tensors(encoder_model, "vae")
     keys = sorted(k for k in a if k.startswith(DECODER_KEYS))
     differ = [k for k in keys if k not in b or a[k].shape != b[k].shape or not torch.equal(a[k], b[k])]
     if not keys or differ:

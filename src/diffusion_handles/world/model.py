@@ -212,6 +212,17 @@ def widen_encoder(vae, factor: int = 2, noise: float = 1e-3, seed: int = 0):
     return new.eval()
 
 
+def component_tensors(folder: str | Path, name: str) -> dict:
+    """Every tensor of ``folder/name`` (``vae``, ``unet``, ...): one safetensors file or its
+    shards, read as data (no pickled code), on the CPU."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted((Path(folder) / name).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
 def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler,
                max_shard_size: str = "16MB") -> Path:
     """Save in diffusers layout (safetensors) with a ``model_index.json``.

@@ -246,17 +246,14 @@ def _init_from(cfg: TrainConfig, comps: dict, log) -> dict:
     folder = init_folder(cfg)
     if folder is None:
         return {"history": []}
-    from safetensors.torch import load_file
+    from diffusion_handles.world.model import component_tensors
 
     have = encoder_width_of(folder)
     if cfg.encoder_width < have or cfg.encoder_width % have:
         raise ValueError(f"encoder_width: expected a multiple of the warm start's ({have}, {folder}), got {cfg.encoder_width}")
     ratio = cfg.encoder_width // have
     for name in ("vae", "unet", "text_encoder"):
-        files = sorted((folder / name).glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
+        state = component_tensors(folder, name)
         if name == "vae" and ratio > 1:  # a wider encoder: widen the warm start's, keeping its latents
             from diffusers import AutoModel
 
