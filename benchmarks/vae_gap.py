@@ -33,7 +33,8 @@ import torch
 
 
 def optimise_latent(vae, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float, anchor: float = 0.0) -> torch.Tensor:
-    """``z*`` minimising ``mean((decode(z*) - x)^2) + anchor * mean((z* - z)^2) / var(z)`` from ``z``.
+    """``z*`` minimising ``mean((decode(z*) - x)^2) + anchor * mean((z* - z)^2) / var(z)`` from ``z``
+    (``diffusion.backbone.refine_latent``, which the pipeline runs with the model's own steps).
 
     Args:
         vae: a diffusers VAE (frozen here).
@@ -41,15 +42,9 @@ def optimise_latent(vae, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float
         z: ``(1, c, H/f, W/f)`` unscaled latent (the posterior mode).
     Returns ``(1, c, H/f, W/f)``.
     """
-    zz = z.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([zz], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = (vae.decode(zz).sample - x).pow(2).mean() + anchor * (zz - z).pow(2).mean() / z.var()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return zz.detach()
+    from diffusion_handles.diffusion.backbone import refine_latent
+
+    return refine_latent(vae, x, z, steps, lr=lr, anchor=anchor)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import shutil
 import sys
 import time
@@ -279,6 +280,8 @@ class DiffusionHandles:
         """
         inversion = inversion or InversionConfig()
         guidance = guidance or GuidanceConfig()
+        if inversion.encode_refine_steps is None:  # the model's own, resolved before the cache key
+            inversion = dataclasses.replace(inversion, encode_refine_steps=self.backbone.encode_refine_steps)
         if not isinstance(prompt, str):
             raise HandlesError(f"prompt: expected text, got {type(prompt).__name__}")
         _check_inputs(image, depth, mask)
@@ -303,7 +306,7 @@ class DiffusionHandles:
         counter.counts.clear()
         t0 = time.perf_counter()
         gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-        z0 = bb.encode_image(image_w, gen)
+        z0 = bb.encode_image(image_w, gen, refine_steps=inversion.encode_refine_steps)
         text = bb.encode_prompt(prompt)
         empty = bb.encode_prompt("")
         dcond = depth_to_condition(depth_w.to(bb.device), z0.shape[-2:])

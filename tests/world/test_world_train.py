@@ -342,3 +342,28 @@ def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_pat
     assert "ENCODER_MODEL: expected a model folder" in capsys.readouterr().err
     assert main(["world", "join", str(mu), str(me), "--out", str(j)]) == 2  # never over a model
     assert "--out" in capsys.readouterr().err
+
+
+def test_grounding_term_enters_the_unet_stage_and_needs_object_masks(data, tmp_path, capsys):
+    """--ground-weight adds world.grounding's token loss: logged, and it changes the step taken
+    (same seed and batch as a run without it); a set without masks is refused by name."""
+    runs = {}
+    for w in (0.0, 5.0):
+        run = tmp_path / f"g{w}"
+        cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), vae_steps=1, decoder_steps=0,
+                                 unet_steps=2, ground_weight=w)
+        train(cfg)
+        runs[w] = torch.load(run / "unet.pt", weights_only=True)["text"]
+    log = (tmp_path / "g5.0" / "train.log").read_text()
+    assert "grounding: object masks (3, 3, 4, 4)" in log and "unet step 2 loss" in log and " ground " in log
+    assert " ground " not in (tmp_path / "g0.0" / "train.log").read_text()
+    assert any(not torch.equal(runs[0.0][k], runs[5.0][k]) for k in runs[0.0])  # the text encoder got its gradient
+    assert main(["world", "train", "--data", str(data), "--ground-weight=-1"]) == 2
+    assert "--ground-weight" in capsys.readouterr().err
+    import numpy as np
+
+    stripped = tmp_path / "no_ids.npz"
+    np.savez(stripped, **{k: v for k, v in np.load(data).items() if k not in ("ids", "scene")})
+    cfg = config_from_preset("tiny", data=str(stripped), run_dir=str(tmp_path / "g3"), vae_steps=1, ground_weight=1.0)
+    with pytest.raises(Exception, match="--ground-weight: the training set has no object masks"):
+        train(cfg)

@@ -326,7 +326,7 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
     out.mkdir(parents=True, exist_ok=True)
     inversion, guidance = preset(preset_name, cfg.steps)
     inversion = dataclasses.replace(inversion, method=cfg.inversion, null_inner_steps=cfg.null_inner_steps,
-                                    null_lr=cfg.null_lr)
+                                    null_lr=cfg.null_lr, encode_refine_steps=cfg.encode_refine_steps)
     pipe: list = []
 
     def pipe_factory():

@@ -54,6 +54,8 @@ class BenchConfig:
         inversion: ``"null-text"`` (paper), ``"ddim"`` or ``"negative-prompt"``.
         null_inner_steps: Adam steps per timestep of null-text inversion (release: up to 5).
         null_lr: its Adam learning rate (release: 1e-2).
+        encode_refine_steps: latent refinement after the VAE encoder (``InversionConfig``);
+            ``None``: the model's own (TinyWorld: ``world.model.ENCODE_REFINE_STEPS``).
         cycle: also run the inverse edit for the cycle-consistency metric.
         spp: path-tracer samples per pixel of the renders; device: torch device.
         shard: ``(i, k)``: this process does scenes ``i, i+k, i+2k, ...`` (several processes can
@@ -74,6 +76,7 @@ class BenchConfig:
     inversion: str = "null-text"
     null_inner_steps: int = 5
     null_lr: float = 1e-2
+    encode_refine_steps: int | None = None
     cycle: bool = True
     spp: int = 128
     device: str = "cpu"
@@ -254,7 +257,8 @@ class CaseRunner:
         from diffusion_handles.diffusion.config import InversionConfig
 
         return InversionConfig(method=self.cfg.inversion, num_steps=self.cfg.steps,
-                               null_inner_steps=self.cfg.null_inner_steps, null_lr=self.cfg.null_lr)
+                               null_inner_steps=self.cfg.null_inner_steps, null_lr=self.cfg.null_lr,
+                               encode_refine_steps=self.cfg.encode_refine_steps)
 
     def _invert(self, image, prompt, depth, mask):
         return self.pipe.invert(image, prompt, depth, mask, inversion=self._inversion_config(),
@@ -413,8 +417,10 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
         except (OSError, ValueError) as e:
             raise HandlesError(f"--out: {settings} is corrupt ({first_line(e)}); "
                                "delete it to resume with these settings, or use a new folder") from None
-        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "null_lr", "cycle", "spp", "max_holes", "depth")
-        default = BenchConfig().to_dict()  # a key older runs did not save has its default value
+        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "null_lr", "encode_refine_steps", "cycle",
+                "spp", "max_holes", "depth")
+        default = BenchConfig().to_dict()  # a key older runs did not save has its default value,
+        default["encode_refine_steps"] = 0  # except the refinement: runs from before it had none
         diff = [k for k in keys if prev.get(k, default[k]) != cfg.to_dict().get(k)]
         if diff:
             raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")

@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"null-text Adam steps per timestep, in [0, {MAX_NULL_INNER}] (default 5)")
     p.add_argument("--null-lr", type=float, default=1e-2,
                    help="null-text Adam learning rate, in (0, 1] (default 1e-2, NTI's; MODEL_CARD.md measures 5e-2)")
+    p.add_argument("--encode-refine-steps", type=int, default=None, metavar="N",
+                   help="latent refinement steps after the VAE encoder, in [0, 1000] (default: the model's own; "
+                        "tinyworld: 20, a hub model: 0)")
     p.add_argument("--no-cycle", action="store_true", help="skip the inverse edit (no cycle-consistency metric)")
     p.add_argument("--spp", type=int, default=128,
                    help=f"path-tracer samples per pixel of the renders, in [1, {MAX_SPP}] (default 128)")
@@ -139,6 +142,8 @@ def _run(args: argparse.Namespace) -> int:
     _bounded(args.null_inner_steps, "--null-inner-steps", 0, MAX_NULL_INNER)
     if not 0 < args.null_lr <= 1:  # also refuses NaN
         raise HandlesError(f"--null-lr: expected a learning rate in (0, 1], got {args.null_lr}")
+    if args.encode_refine_steps is not None:
+        _bounded(args.encode_refine_steps, "--encode-refine-steps", 0, 1000)
     _bounded(args.spp, "--spp", 1, MAX_SPP)
     _bounded(args.threads, "--threads", 1, MAX_THREADS)
     methods = resolve_methods(args.methods)  # validate names before any work
@@ -157,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         silence_progress_bars()
     cfg = BenchConfig(model=args.model, scenes=args.scenes, seed=seed, methods=args.methods, size=args.size,
                       steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps, null_lr=args.null_lr,
-                      cycle=not args.no_cycle, spp=args.spp, device=args.device,
+                      encode_refine_steps=args.encode_refine_steps, cycle=not args.no_cycle, spp=args.spp, device=args.device,
                       shard=(i_shard, k_shard), report_only=args.report_only,
                       threads=args.threads, depth=args.depth)
 

@@ -27,6 +27,12 @@ from diffusion_handles.errors import HandlesError, first_line
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 TINYWORLD_NAME = "tinyworld"
+# A model folder may carry this project's settings for it (JSON data, read by from_pretrained):
+# {"encode_refine_steps": N}, the steps of :func:`refine_latent` its encoder needs. Hub models
+# have none (0: the encoder's latent as it is, as Stable Diffusion's pipelines take it).
+SETTINGS_FILE = "handles.json"
+REFINE_LR = 5e-2  # Adam learning rate of refine_latent
+REFINE_ANCHOR = 0.05  # weight of the drift from the encoder's latent in refine_latent's objective
 
 
 @dataclass
@@ -122,6 +128,54 @@ def _load_or_fail(name: str, source: str, local_files_only: bool) -> tuple:
         hub_logger.setLevel(level)
 
 
+def refine_latent(vae, x: torch.Tensor, z: torch.Tensor, steps: int, lr: float = REFINE_LR,
+                  anchor: float = REFINE_ANCHOR) -> torch.Tensor:
+    """The latent the (frozen) decoder draws ``x`` best from, held near the encoder's ``z``.
+
+    Semi-amortised inference (Kim et al. 2018, "Semi-Amortized Variational Autoencoders"): the
+    encoder's latent is the start of ``steps`` Adam steps on
+    ``mean((decode(z*) - x)^2) + anchor * mean((z* - z)^2) / var(z)``. The anchor keeps ``z*``
+    within a few percent of the latents a UNet was trained on.
+
+    Args:
+        vae: a diffusers VAE; its parameters are not changed.
+        x: ``(B, 3, H, W)`` image in [-1, 1], in the VAE's dtype.
+        z: ``(B, c, H/f, W/f)`` unscaled latent (the posterior mode or a sample).
+        steps: Adam steps; 0 returns ``z``.
+    Returns ``(B, c, H/f, W/f)``, float32.
+    """
+    z = z.detach().float()
+    if steps <= 0:
+        return z
+    zz = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([zz], lr=lr)
+    var = z.var()
+    dtype = next(vae.parameters()).dtype
+    with torch.enable_grad():
+        for _ in range(steps):
+            err = (vae.decode(zz.to(dtype)).sample.float() - x.float()).pow(2).mean()
+            loss = err + anchor * (zz - z).pow(2).mean() / var
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return zz.detach()
+
+
+def read_settings(folder: Path) -> dict:
+    """The settings file of a model folder (:data:`SETTINGS_FILE`), checked; ``{}`` without one."""
+    f = folder / SETTINGS_FILE
+    if not f.is_file():
+        return {}
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise HandlesError(f"--model: {f} is not readable JSON ({first_line(e)})") from None
+    steps = d.get("encode_refine_steps", 0) if isinstance(d, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps <= 1000:
+        raise HandlesError(f"--model: {f}: expected {{\"encode_refine_steps\": an integer in [0, 1000]}}, got {json.dumps(d)[:80]}")
+    return {"encode_refine_steps": steps}
+
+
 class Backbone:
     """UNet + VAE + text encoder + tokenizer + scheduler of a depth-conditioned model.
 
@@ -129,7 +183,8 @@ class Backbone:
     """
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *, model_id: str = "custom",
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 encode_refine_steps: int = 0) -> None:
         from diffusers import DDIMScheduler
 
         self.device = torch.device(device)
@@ -143,6 +198,7 @@ class Backbone:
         # DDIM on the model's own noise schedule (Sec. 4 sampler; SD2-depth ships a PNDM config).
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.model_id = model_id
+        self.encode_refine_steps = int(encode_refine_steps)  # the model's own; encode_image's default
         self.counter = EvalCounter()
         self._weights_digest: str | None = None
         latent_ch = int(self.vae.config.latent_channels)
@@ -215,7 +271,9 @@ class Backbone:
                 raise HandlesError(f"--model: folder {path} lacks the diffusers sub-folders {', '.join(missing)}/ (expected unet/ vae/ text_encoder/ tokenizer/ scheduler/)")
         elif source.startswith(("/", "./", "../", "~")) or source.count("/") > 1 or "\\" in source:
             raise HandlesError(f"--model: folder not found: {name} (expected a diffusers model folder or a hub id like {DEFAULT_MODEL})")
+        settings = {}
         if path.exists():
+            settings = read_settings(path)
             parts = _load_or_fail(name, source, local_files_only=True)
         else:  # a hub id: the local cache first, the network only when it is reachable
             from diffusion_handles.hub import load_pretrained
@@ -228,7 +286,8 @@ class Backbone:
             parts = load_pretrained(load, source, what="depth-to-image", option="--model",
                                     bypass="use --model tinyworld (the embedded offline model)")
         unet, vae, text_encoder, tokenizer, scheduler = parts
-        return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype)
+        return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype,
+                        **settings)
 
     # ---- encoders ----------------------------------------------------------------------
     @torch.no_grad()
@@ -238,20 +297,23 @@ class Backbone:
         tok = self.tokenizer([prompt], padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
         return self.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
 
-    @torch.no_grad()
-    def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None,
+                     refine_steps: int | None = None) -> torch.Tensor:
         """``(1, 3, H, W)`` in ``[0, 1]`` to the scaled latent ``(1, c, H/f, W/f)``, float32.
 
         Latents stay float32 through inversion and sampling whatever the model dtype; only the
         networks run in ``dtype``.
 
         With a ``generator`` the VAE posterior is sampled (as diffusers' depth2img pipeline
-        does); without one its mode is taken.
+        does); without one its mode is taken. Then ``refine_steps`` steps of
+        :func:`refine_latent` (``None``: the model's own, :attr:`encode_refine_steps`).
         """
         x = image.to(self.device, self.dtype) * 2.0 - 1.0
-        dist = self.vae.encode(x).latent_dist
-        z = dist.mode() if generator is None else dist.sample(generator)
-        return z.float() * self.scaling_factor
+        with torch.no_grad():
+            dist = self.vae.encode(x).latent_dist
+            z = dist.mode() if generator is None else dist.sample(generator)
+        steps = self.encode_refine_steps if refine_steps is None else int(refine_steps)
+        return refine_latent(self.vae, x, z, steps) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,9 @@ class InversionConfig:
             tuned for SD; on TinyWorld 5e-2 reconstructs better but edits worse, MODEL_CARD.md).
         null_early_stop: stop the inner loop when the latent loss drops below
             ``null_early_stop + i * 2e-5`` (NTI, epsilon = 1e-5).
+        encode_refine_steps: steps of latent refinement after the VAE encoder
+            (``diffusion.backbone.refine_latent``); ``None``: the model's own setting (0 for
+            Stable Diffusion, whose pipelines take the encoder's latent as it is).
     """
 
     method: str = "null-text"
@@ -39,6 +42,7 @@ class InversionConfig:
     null_inner_steps: int = 5
     null_lr: float = 1e-2
     null_early_stop: float = 1e-5
+    encode_refine_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in INVERSION_METHODS:
@@ -49,6 +53,8 @@ class InversionConfig:
             raise ValueError(f"null_inner_steps: expected >= 0, got {self.null_inner_steps}")
         if not (math.isfinite(self.null_lr) and self.null_lr > 0):
             raise ValueError(f"null_lr: expected a positive learning rate, got {self.null_lr}")
+        if self.encode_refine_steps is not None and not 0 <= self.encode_refine_steps <= 1000:
+            raise ValueError(f"encode_refine_steps: expected an integer in [0, 1000] or None, got {self.encode_refine_steps}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,6 +27,7 @@ FLOAT_NOISE = 1e-6  # relative differences below this are rounding (re-saved wei
 # (figure key of ``metrics.json``, path to its per-scene value in ``scenes[i]``, higher is better)
 FIGURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("vae_psnr", ("vae", "psnr"), True),
+    ("vae_psnr_encoder", ("vae_encoder_psnr",), True),
     ("reconstruction_psnr", ("reconstruction_psnr",), True),
     ("generation_psnr", ("model", "psnr"), True),
     ("generation_ssim", ("model", "ssim"), True),

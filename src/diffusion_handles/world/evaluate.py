@@ -16,7 +16,9 @@ Baselines in the same table: ``vae`` (the rendered image through the VAE, the mo
 and ``other`` (the render of a different held-out scene: what "ignores the input" scores).
 
 ``metrics.json`` also carries ``figures``, stable keys for the model's headline numbers:
-``vae_psnr``, ``reconstruction_psnr`` (null-text inversion at 50 steps, an identity edit, vs the
+``vae_psnr`` (the round trip the pipeline starts from: the encoder, then the model's own
+``encode_refine_steps`` of latent refinement; ``vae_psnr_min`` its worst scene,
+``vae_psnr_encoder`` the encoder's latent alone), ``reconstruction_psnr`` (null-text inversion at 50 steps, an identity edit, vs the
 input; over the first ``recon_n`` scenes), ``generation_psnr``, ``generation_ssim``,
 ``generation_iou_obj``, ``generation_iou_fg``, ``generation_colour_err`` and ``object_cells``
 (mean number of cells an object covers on the finest guided feature map, the latent grid),
@@ -156,7 +158,7 @@ def _train_denoise_loss(bb, path: str | Path, n: int, seed: int) -> float:
         x = torch.from_numpy(data["rgb"][j]).permute(2, 0, 1)[None].float() / 255.0
         hw = tuple(x.shape[-2:])
         depth = torch.from_numpy(data["depth"][j].astype(np.float32))[None, None]
-        z0 = bb.encode_image(bb.resize_to_work(x, bb.work_size(hw)))
+        z0 = bb.encode_image(bb.resize_to_work(x, bb.work_size(hw)), refine_steps=0)  # the latents it trained on
         losses.append(denoising_loss(bb, z0, depth, str(data["caption"][j]), seed=seed))
     return float(np.mean(losses))
 
@@ -195,14 +197,17 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         rerender = render(scene_for_seed(s, size, size), spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
         x = torch.from_numpy(ref).permute(2, 0, 1)[None]
-        z0 = bb.encode_image(bb.resize_to_work(x, bb.work_size((size, size))))  # (1, c, h, w), scaled
-        vae = bb.decode(z0)
-        vae = bb.resize_to_work(vae.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+        xw = bb.resize_to_work(x, bb.work_size((size, size)))
+        z_enc = bb.encode_image(xw, refine_steps=0)  # (1, c, h, w), scaled: the encoder's latent
+        z0 = bb.encode_image(xw) if bb.encode_refine_steps else z_enc  # what the pipeline starts from
+        vae, vae_enc = (bb.resize_to_work(bb.decode(z).float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+                        for z in (z0, z_enc))
         other = render_seed((first + (j + 1) % max(n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
         row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
                "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
                "other": image_metrics(other, ref, r["ids"], n_obj)}
-        row["denoise_loss"] = denoising_loss(bb, z0, depth, r["caption"], seed=seed)
+        row["vae_encoder_psnr"] = _psnr(vae_enc, ref)
+        row["denoise_loss"] = denoising_loss(bb, z_enc, depth, r["caption"], seed=seed)
         dl.append(row["denoise_loss"])
         lh, lw = bb.latent_hw((size, size))
         cells += [float((r["ids"] == k).sum()) * lh * lw / (size * size) for k in range(n_obj)]
@@ -221,7 +226,9 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
     summary = {name: {m: float(np.nanmean([r[name][m] for r in rows])) for m in rows[0]["model"]}
                for name in ("model", "ceiling", "vae", "other")}
     gm = summary["model"]
-    figures = {"vae_psnr": summary["vae"]["psnr"], "reconstruction_psnr": float(np.mean(recon)) if recon else None,
+    figures = {"vae_psnr": summary["vae"]["psnr"], "vae_psnr_encoder": float(np.mean([r["vae_encoder_psnr"] for r in rows])),
+               "vae_psnr_min": float(min(r["vae"]["psnr"] for r in rows)),
+               "encode_refine_steps": bb.encode_refine_steps, "reconstruction_psnr": float(np.mean(recon)) if recon else None,
                "generation_psnr": gm["psnr"], "generation_ssim": gm["ssim"], "generation_iou_obj": gm["iou_obj"],
                "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
                "object_cells": float(np.mean(cells)) if cells else None,

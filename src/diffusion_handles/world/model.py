@@ -223,9 +223,17 @@ def component_tensors(folder: str | Path, name: str) -> dict:
     return state
 
 
+# Steps of latent refinement after the encoder (diffusion.backbone.refine_latent) that TinyWorld
+# models ask for in their settings file. On the 32 held-out scenes of MODEL_CARD.md (seeds
+# 1,000,000-031, the sixth sitting's encoder) the round trip goes 33.60 -> 35.00 dB, worst scene
+# 26.29 -> 28.66, scenes below 30 dB 4 -> 1; 40 steps add 0.03 dB (runs/world7 probe, MODEL_CARD.md).
+ENCODE_REFINE_STEPS = 20
+
+
 def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler,
-               max_shard_size: str = "16MB") -> Path:
-    """Save in diffusers layout (safetensors) with a ``model_index.json``.
+               max_shard_size: str = "16MB", encode_refine_steps: int = ENCODE_REFINE_STEPS) -> Path:
+    """Save in diffusers layout (safetensors) with a ``model_index.json``, and this project's
+    settings file (``handles.json``: ``encode_refine_steps``, read by ``Backbone.from_pretrained``).
 
     Weight files larger than ``max_shard_size`` are split into shards with an index file (the
     layout ``from_pretrained`` reads), so no single file exceeds it.
@@ -259,4 +267,7 @@ def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, schedu
         "feature_extractor": [None, None],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    from diffusion_handles.diffusion.backbone import SETTINGS_FILE
+
+    (folder / SETTINGS_FILE).write_text(json.dumps({"encode_refine_steps": int(encode_refine_steps)}) + "\n")
     return folder

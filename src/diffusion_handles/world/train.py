@@ -77,6 +77,9 @@ class TrainConfig:
     ema: float = 0.995
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
+    # Token grounding (world.grounding, TokenCompose's token loss): weight of the term that puts
+    # each object's words' cross-attention inside its mask; 0 = off (the shipped recipe).
+    ground_weight: float = 0.0
     ckpt_every: int = 50
     log_every: int = 10
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time per call; 0 = no limit
@@ -511,7 +514,23 @@ def _unet_data(cfg: TrainConfig, vae, rgb: torch.Tensor, data: dict, tokenizer, 
     ids = [tokenizer(c, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids for c in caps]
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
-    return {"latents": latents, "scale": scale, "dcond": dcond, "ids": torch.stack(ids, 1), "empty": empty}
+    out = {"latents": latents, "scale": scale, "dcond": dcond, "ids": torch.stack(ids, 1), "empty": empty}
+    if cfg.ground_weight > 0:
+        out.update(_grounding_data(data, tokenizer, lh // 2))
+        log(f"grounding: object masks {tuple(out['obj_masks'].shape)}, word positions {tuple(out['obj_tokens'].shape)}")
+    return out
+
+
+def _grounding_data(data: dict, tokenizer, side: int) -> dict:
+    """Each scene's object masks at ``side`` (``(N, K, side, side)``; the mirror is their flip) and
+    each object's word positions in its caption and in the mirrored caption (``(N, 2, K, T)``)."""
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.world.grounding import object_masks, object_token_positions
+
+    if "ids" not in data or "scene" not in data:
+        raise HandlesError("--ground-weight: the training set has no object masks (ids) or scene records (scene); render it with handles world dataset")
+    toks = [[object_token_positions(s, tokenizer, mirrored=m) for m in (False, True)] for s in data["scene"]]
+    return {"obj_masks": object_masks(data["ids"], side), "obj_tokens": torch.from_numpy(np.array(toks))}
 
 
 def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out_of_time, stage_over) -> None:
@@ -521,6 +540,11 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
     scale = batches["scale"]
     # On a GPU the whole set lives there (a few tens of MB); indices are drawn on the CPU (seeded).
     latents, dcond, ids, empty = (batches[k].to(dev) for k in ("latents", "dcond", "ids", "empty"))
+    recorder = None
+    if cfg.ground_weight > 0:
+        from diffusion_handles.world.grounding import AttentionRecorder, token_loss
+
+        obj_masks, obj_tokens = batches["obj_masks"].to(dev), batches["obj_tokens"].to(dev)
     n = len(latents)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     acp = sched.alphas_cumprod.to(dev)  # (1000,)
@@ -538,6 +562,9 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
     pairs = [(e, p) for m, em in ((unet, ema_unet), (text_encoder, ema_text))
              for e, p in zip(em.parameters(), m.parameters(), strict=True)]
     ema_params, live_params = [e for e, _ in pairs], [p for _, p in pairs]
+    if cfg.ground_weight > 0:  # after the EMA copies, which keep diffusers' own processors
+        recorder = AttentionRecorder()
+        recorder.install(unet)
     progress = _Progress("unet", cfg, ckpt, parts, opt, step, cfg.unet_steps, secs, log, out_of_time, stage_over)
     run_loss = None
     for i in progress:
@@ -559,6 +586,15 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         snr = a.view(-1) / (1 - a.view(-1))
         w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting for epsilon targets
         loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        figures = {}
+        if recorder is not None:
+            masks = obj_masks[idx].float()
+            masks = torch.where(flip.view(-1, 1, 1, 1).bool(), masks.flip(-1), masks)  # (B, K, s, s)
+            toks = torch.where(drop.view(-1, 1, 1), -1, obj_tokens[idx, flip])  # (B, K, T); none for empty captions
+            g_loss = token_loss([m.float() for m in recorder.maps], masks, toks)
+            recorder.maps.clear()
+            figures["ground"] = g_loss
+            loss = loss + cfg.ground_weight * g_loss
         for g in opt.param_groups:
             g["lr"] = _lr(i, cfg.unet_lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
@@ -569,7 +605,7 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
             decay = min(cfg.ema, (1 + i) / (10 + i))
             torch._foreach_lerp_(ema_params, live_params, 1 - decay)
         run_loss = loss.item() if run_loss is None else 0.98 * run_loss + 0.02 * loss.item()
-        if progress.end_step(i + 1, {"loss": loss, "avg": run_loss}):
+        if progress.end_step(i + 1, {"loss": loss, "avg": run_loss, **figures}):
             break
     progress.close()
 

@@ -1,0 +1,122 @@
+"""Token grounding: an auxiliary training loss that ties each object's words to its pixels.
+
+The miniature model binds colours and patterns to the wrong object in scenes with several
+objects (MODEL_CARD.md, Limitations). TokenCompose (Wang et al., CVPR 2024, "TokenCompose:
+Text-to-Image Diffusion with Token-level Supervision") adds to the denoising loss a term on the
+UNet's cross-attention maps: the attention mass a token spends inside its object's mask should
+be all of it. Per cross-attention layer, object ``k`` with word tokens ``T_k`` and mask ``M_k``:
+
+    A_k(p) = mean over heads and t in T_k of softmax attention of pixel p to token t
+    L_token = mean_k (1 - sum_p M_k(p) A_k(p) / sum_p A_k(p))^2
+
+averaged over every cross-attention layer and every object that is visible. The
+world knows exactly which words name which object (captions list objects left to right,
+:meth:`Scene.caption`), so the supervision is exact: no segmenter, no parser.
+
+Shapes: masks ``(B, K, s, s)`` in [0, 1] (area fractions), token positions ``(B, K, T)`` long,
+``-1`` where an object or a word slot is absent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MAX_OBJECTS = 3  # the world's scenes hold one to three objects
+MAX_WORDS = 3  # colour, pattern, shape (the article is not an object's word)
+
+
+def object_token_positions(scene_json: str, tokenizer, mirrored: bool = False) -> np.ndarray:
+    """Token positions of each object's words in its scene's caption, ``(MAX_OBJECTS, MAX_WORDS)``.
+
+    Row ``k`` is object ``k`` of the scene (the index its pixels carry in ``ids``); ``-1`` pads.
+    ``mirrored`` gives the positions in the caption of the left-right mirrored image.
+    """
+    from diffusion_handles.world.scene import Scene
+
+    scene = Scene.from_json(scene_json)
+    caption = scene.caption(mirrored=mirrored)
+    order = scene.left_to_right()
+    order = order[::-1] if mirrored else order
+    out = np.full((MAX_OBJECTS, MAX_WORDS), -1, np.int64)
+    pos = 1  # after the start token
+    phrases = caption.split(" on ")[0].split(" and ")
+    for i, phrase in enumerate(phrases):
+        words = phrase.split(" ")
+        slots = []
+        for j, w in enumerate(words):
+            n = len(tokenizer(w, add_special_tokens=False).input_ids)
+            if j > 0:  # skip the article
+                slots.extend(range(pos, pos + n))
+            pos += n
+        pos += len(tokenizer("and", add_special_tokens=False).input_ids)
+        k = order[i]
+        slots = slots[:MAX_WORDS]
+        out[k, : len(slots)] = slots
+    return out
+
+
+def object_masks(ids: np.ndarray, side: int) -> torch.Tensor:
+    """Per-object area fractions at ``side x side``: ``ids (N, H, W)`` uint8 (255 background) to
+    ``(N, MAX_OBJECTS, side, side)`` float16."""
+    t = torch.from_numpy(np.asarray(ids)).long()
+    out = []
+    for i in range(0, len(t), 256):
+        one = torch.stack([(t[i:i + 256] == k).float() for k in range(MAX_OBJECTS)], 1)  # (b, K, H, W)
+        out.append(F.adaptive_avg_pool2d(one, side).half())
+    return torch.cat(out)
+
+
+class AttentionRecorder:
+    """Cross-attention processor that also keeps its attention probabilities.
+
+    Installed on every ``attn2`` of a diffusers ``UNet2DConditionModel`` by :meth:`install`;
+    ``maps`` collects ``(B, heads, HW, L)`` tensors during a forward pass (cleared by the caller).
+    It computes what diffusers' ``AttnProcessor`` computes for a plain cross-attention (no
+    residual inside the module, no group or spatial norm, no mask).
+    """
+
+    def __init__(self) -> None:
+        self.maps: list[torch.Tensor] = []
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        b, n, _ = hidden_states.shape
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(q, k, None)  # (B * heads, HW, L)
+        self.maps.append(probs.view(b, attn.heads, n, -1))
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        out = attn.to_out[1](attn.to_out[0](out))
+        return out / attn.rescale_output_factor
+
+    def install(self, unet) -> None:
+        procs = {}
+        for name, proc in unet.attn_processors.items():
+            procs[name] = self if ".attn2." in name else proc
+        unet.set_attn_processor(procs)
+
+
+def token_loss(maps: list[torch.Tensor], masks: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``L_token`` (module docstring) averaged over layers and present objects; scalar.
+
+    ``maps``: ``(B, heads, s*s, L)`` per layer (square maps); ``masks (B, K, S, S)`` area
+    fractions at the largest map side ``S`` (pooled down for smaller maps); ``tokens (B, K, T)``.
+    """
+    b, k, t = tokens.shape
+    present = (tokens[..., 0] >= 0) & (masks.flatten(2).sum(-1) > 0)  # (B, K): named and visible
+    if not present.any():
+        return masks.new_zeros(())
+    losses = []
+    for m in maps:
+        s = int(round(m.shape[2] ** 0.5))
+        a = m.mean(1)  # (B, s*s, L)
+        idx = tokens.clamp(min=0).view(b, 1, k * t).expand(-1, a.shape[1], -1)
+        per_tok = a.gather(2, idx).view(b, -1, k, t)  # (B, s*s, K, T)
+        w = (tokens >= 0).float().view(b, 1, k, t)
+        a_obj = (per_tok * w).sum(-1) / w.sum(-1).clamp(min=1)  # (B, s*s, K)
+        mk = F.adaptive_avg_pool2d(masks.float(), s).flatten(2).transpose(1, 2)  # (B, s*s, K)
+        inside = (a_obj * mk).sum(1) / a_obj.sum(1).clamp(min=1e-8)  # (B, K)
+        losses.append(((1 - inside) ** 2)[present])
+    return torch.cat(losses).mean()
