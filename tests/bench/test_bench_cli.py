@@ -107,6 +107,8 @@ def test_bad_arguments(tmp_path, capsys):
     for bad in ("0", "-0.01", "nan", "2"):
         assert main(["bench", "--null-lr", bad, "--out", str(tmp_path / "w")]) == 2
         assert "--null-lr: expected a learning rate in (0, 1]" in capsys.readouterr().err
+    assert main(["bench", "--encode-refine-steps", "-1", "--out", str(tmp_path / "v")]) == 2
+    assert "--encode-refine-steps: expected an integer in [0, 1000]" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -119,6 +121,26 @@ def test_null_lr_reaches_the_inversion_and_keys_the_run(run_dir, tiny_model, cap
     assert main(["bench", "--model", str(tiny_model), *ARGS, "--null-lr", "0.05", "--methods", "ours",
                  "--out", str(run_dir)]) == 2  # a resume must not mix two learning rates
     assert "other settings (null_lr)" in capsys.readouterr().err
+
+
+def test_encode_refinement_reaches_the_inversion_and_keys_the_run(run_dir, tiny_model, capsys):
+    from diffusion_handles.bench.runner import BenchConfig, CaseRunner
+
+    assert CaseRunner(BenchConfig(encode_refine_steps=3))._inversion_config().encode_refine_steps == 3
+    assert CaseRunner(BenchConfig())._inversion_config().encode_refine_steps is None  # the model's own
+    settings = run_dir / "settings.json"
+    saved = json.loads(settings.read_text())
+    assert "encode_refine_steps" in saved
+    capsys.readouterr()
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--encode-refine-steps", "4", "--methods", "ours",
+                 "--out", str(run_dir)]) == 2
+    assert "other settings (encode_refine_steps)" in capsys.readouterr().err
+    # a run saved before the refinement existed had none: resuming it with the model's own is refused
+    old = {k: v for k, v in saved.items() if k != "encode_refine_steps"}
+    settings.write_text(json.dumps(old))
+    assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "--out", str(run_dir)]) == 2
+    assert "other settings (encode_refine_steps)" in capsys.readouterr().err
+    settings.write_text(json.dumps(saved))
 
 
 def test_resume_refuses_a_folder_that_is_not_a_bench_run(run_dir, tmp_path, capsys):
