@@ -127,20 +127,25 @@ def test_encode_refinement_reaches_the_inversion_and_keys_the_run(run_dir, tiny_
     from diffusion_handles.bench.runner import BenchConfig, CaseRunner
 
     assert CaseRunner(BenchConfig(encode_refine_steps=3))._inversion_config().encode_refine_steps == 3
-    assert CaseRunner(BenchConfig())._inversion_config().encode_refine_steps is None  # the model's own
     settings = run_dir / "settings.json"
     saved = json.loads(settings.read_text())
-    assert "encode_refine_steps" in saved
+    assert saved["encode_refine_steps"] == 0  # the model's own, resolved and recorded: this one has no handles.json
     capsys.readouterr()
     assert main(["bench", "--model", str(tiny_model), *ARGS, "--encode-refine-steps", "4", "--methods", "ours",
                  "--out", str(run_dir)]) == 2
     assert "other settings (encode_refine_steps)" in capsys.readouterr().err
-    # a run saved before the refinement existed had none: resuming it with the model's own is refused
-    old = {k: v for k, v in saved.items() if k != "encode_refine_steps"}
-    settings.write_text(json.dumps(old))
-    assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "--out", str(run_dir)]) == 2
-    assert "other settings (encode_refine_steps)" in capsys.readouterr().err
-    settings.write_text(json.dumps(saved))
+    # the model's own setting changed since the run began: a resume would mix the two
+    (tiny_model / "handles.json").write_text('{"encode_refine_steps": 5}')
+    try:
+        assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "--out", str(run_dir)]) == 2
+        assert "other settings (encode_refine_steps)" in capsys.readouterr().err
+        # a run saved before the refinement existed had none
+        settings.write_text(json.dumps({k: v for k, v in saved.items() if k != "encode_refine_steps"}))
+        assert main(["bench", "--model", str(tiny_model), *ARGS, "--methods", "ours", "--out", str(run_dir)]) == 2
+        assert "other settings (encode_refine_steps)" in capsys.readouterr().err
+    finally:
+        (tiny_model / "handles.json").unlink()
+        settings.write_text(json.dumps(saved))
 
 
 def test_resume_refuses_a_folder_that_is_not_a_bench_run(run_dir, tmp_path, capsys):

@@ -76,8 +76,13 @@ def test_token_loss_is_zero_inside_the_mask_and_high_when_the_words_are_swapped(
     hidden = masks.clone()
     hidden[0, 1] = 0
     assert float(token_loss([right_way], hidden, tokens)) < 1e-3
-    # maps at a coarser side than the masks use the masks pooled to that side
-    assert float(token_loss([right_way[:, :, ::4]], masks, tokens)) >= 0  # 4 pixels: still defined
+    # a map at a coarser side than the masks is scored against the masks pooled to that side
+    left2, right2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    coarse = _maps({1: left2, 2: left2, 3: right2, 4: right2}, side=2)
+    coarse_swapped = _maps({1: right2, 2: right2, 3: left2, 4: left2}, side=2)
+    assert float(token_loss([coarse], masks, tokens)) < 1e-3
+    assert float(token_loss([coarse_swapped], masks, tokens)) > 0.99
+    assert float(token_loss([right_way, coarse_swapped], masks, tokens)) == pytest.approx(0.5, abs=1e-2)  # layer mean
 
 
 def test_recorder_gives_diffusers_output_and_keeps_every_cross_attention_map(tokenizer):

@@ -17,6 +17,7 @@ goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ class BenchConfig:
         null_inner_steps: Adam steps per timestep of null-text inversion (release: up to 5).
         null_lr: its Adam learning rate (release: 1e-2).
         encode_refine_steps: latent refinement after the VAE encoder (``InversionConfig``);
-            ``None``: the model's own (TinyWorld: ``world.model.ENCODE_REFINE_STEPS``).
+            ``None``: the model's own (TinyWorld: ``world.model.ENCODE_REFINE_STEPS``), which
+            ``run_benchmark`` resolves and records in ``settings.json``.
         cycle: also run the inverse edit for the cycle-consistency metric.
         spp: path-tracer samples per pixel of the renders; device: torch device.
         shard: ``(i, k)``: this process does scenes ``i, i+k, i+2k, ...`` (several processes can
@@ -406,6 +408,10 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     if cfg.report_only and not (out / "edits").is_dir():
         raise HandlesError(f"--report-only: expected a bench folder with edits/ to aggregate, got {str(out)!r} "
                            f"({'no edits/ in it' if out.is_dir() else 'no such folder'}); nothing written")
+    if cfg.encode_refine_steps is None:  # what the model will do, recorded so a resume cannot mix two
+        from diffusion_handles.diffusion.backbone import model_settings
+
+        cfg = dataclasses.replace(cfg, encode_refine_steps=model_settings(cfg.model).get("encode_refine_steps", 0))
     if not cfg.report_only:
         out.mkdir(parents=True, exist_ok=True)
     settings = out / "settings.json"

@@ -176,6 +176,14 @@ def read_settings(folder: Path) -> dict:
     return {"encode_refine_steps": steps}
 
 
+def model_settings(model: str | Path) -> dict:
+    """The settings file of the model ``model`` names (:func:`read_settings`; ``"tinyworld"``
+    resolved to its folder), without loading any weights; ``{}`` for a hub id."""
+    name = str(model)
+    path = Path(_resolve_tinyworld() if name == TINYWORLD_NAME else name)
+    return read_settings(path) if path.is_dir() else {}
+
+
 class Backbone:
     """UNet + VAE + text encoder + tokenizer + scheduler of a depth-conditioned model.
 

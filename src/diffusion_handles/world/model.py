@@ -226,7 +226,8 @@ def component_tensors(folder: str | Path, name: str) -> dict:
 # Steps of latent refinement after the encoder (diffusion.backbone.refine_latent) that TinyWorld
 # models ask for in their settings file. On the 32 held-out scenes of MODEL_CARD.md (seeds
 # 1,000,000-031, the sixth sitting's encoder) the round trip goes 33.60 -> 35.00 dB, worst scene
-# 26.29 -> 28.66, scenes below 30 dB 4 -> 1; 40 steps add 0.03 dB (runs/world7 probe, MODEL_CARD.md).
+# 26.29 -> 28.66, scenes below 30 dB 4 -> 1; 40 steps add 0.03 dB (`python benchmarks/vae_gap.py
+# --n 32 --steps S --lr 5e-2 --anchor 0.05`; MODEL_CARD.md).
 ENCODE_REFINE_STEPS = 20
 
 

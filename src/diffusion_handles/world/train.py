@@ -540,11 +540,6 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
     scale = batches["scale"]
     # On a GPU the whole set lives there (a few tens of MB); indices are drawn on the CPU (seeded).
     latents, dcond, ids, empty = (batches[k].to(dev) for k in ("latents", "dcond", "ids", "empty"))
-    recorder = None
-    if cfg.ground_weight > 0:
-        from diffusion_handles.world.grounding import AttentionRecorder, token_loss
-
-        obj_masks, obj_tokens = batches["obj_masks"].to(dev), batches["obj_tokens"].to(dev)
     n = len(latents)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     acp = sched.alphas_cumprod.to(dev)  # (1000,)
@@ -562,7 +557,11 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
     pairs = [(e, p) for m, em in ((unet, ema_unet), (text_encoder, ema_text))
              for e, p in zip(em.parameters(), m.parameters(), strict=True)]
     ema_params, live_params = [e for e, _ in pairs], [p for _, p in pairs]
+    recorder = None
     if cfg.ground_weight > 0:  # after the EMA copies, which keep diffusers' own processors
+        from diffusion_handles.world.grounding import AttentionRecorder, token_loss
+
+        obj_masks, obj_tokens = batches["obj_masks"].to(dev), batches["obj_tokens"].to(dev)
         recorder = AttentionRecorder()
         recorder.install(unet)
     progress = _Progress("unet", cfg, ckpt, parts, opt, step, cfg.unet_steps, secs, log, out_of_time, stage_over)
@@ -586,7 +585,7 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         snr = a.view(-1) / (1 - a.view(-1))
         w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting for epsilon targets
         loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        figures = {}
+        figures, total = {}, loss  # the logged loss stays the denoising loss
         if recorder is not None:
             masks = obj_masks[idx].float()
             masks = torch.where(flip.view(-1, 1, 1, 1).bool(), masks.flip(-1), masks)  # (B, K, s, s)
@@ -594,11 +593,11 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
             g_loss = token_loss([m.float() for m in recorder.maps], masks, toks)
             recorder.maps.clear()
             figures["ground"] = g_loss
-            loss = loss + cfg.ground_weight * g_loss
+            total = loss + cfg.ground_weight * g_loss
         for g in opt.param_groups:
             g["lr"] = _lr(i, cfg.unet_lr, cfg.warmup)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
