@@ -172,6 +172,23 @@ def test_shipped_model_silhouettes_follow_the_depth():
     assert np.mean(right) > np.mean(wrong) + 0.05
 
 
+def test_generate_starts_from_the_given_latent():
+    """``generate(init=...)`` starts the sampler there (benchmarks/signal_leak.py leaks a mean into
+    it); without it the start is N(0, 1) drawn from ``seed``."""
+    pytest.importorskip("mitsuba")
+    from diffusion_handles.diffusion.backbone import Backbone
+    from diffusion_handles.world.evaluate import generate
+
+    bb = Backbone.from_pretrained("tinyworld")
+    (r,) = _heldout(1, first=30)
+    depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
+    c, (h, w) = int(bb.vae.config.latent_channels), bb.latent_hw((128, 128))
+    noise = torch.randn((1, c, h, w), generator=torch.Generator().manual_seed(3))
+    base = generate(bb, r["caption"], depth, seed=3, steps=2)
+    torch.testing.assert_close(generate(bb, r["caption"], depth, seed=0, steps=2, init=noise), base)
+    assert (generate(bb, r["caption"], depth, seed=3, steps=2, init=noise + 1.0) - base).abs().mean() > 0.01
+
+
 def test_denoising_loss_needs_the_scene_s_own_depth():
     """The evaluator's training-objective figure: the shipped model predicts the noise of a
     held-out scene better from that scene's depth than from another scene's (a wrong noise

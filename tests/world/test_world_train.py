@@ -367,3 +367,37 @@ def test_grounding_term_enters_the_unet_stage_and_needs_object_masks(data, tmp_p
     cfg = config_from_preset("tiny", data=str(stripped), run_dir=str(tmp_path / "g3"), vae_steps=1, ground_weight=1.0)
     with pytest.raises(Exception, match="--ground-weight: the training set has no object masks"):
         train(cfg)
+
+
+def test_offset_noise_adds_one_constant_per_sample_and_channel():
+    """noise_for_training: with an offset, each (sample, channel) gets one shared constant (the
+    spatial means spread by the offset, not by 1 / sqrt(h w)); without one it is the plain
+    N(0, 1) draw of the runs before the option (same generator stream)."""
+    from diffusion_handles.world.train import noise_for_training
+
+    shape = (256, 8, 32, 32)
+    plain = noise_for_training(shape, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    assert abs(plain.mean((2, 3)).std().item() - 1 / 32) < 0.004
+    off = noise_for_training(shape, torch.Generator().manual_seed(3), offset=0.2)
+    expected = (0.2**2 + 1 / 32**2) ** 0.5  # the offset plus the Gaussian's own spatial-mean spread
+    assert abs(off.mean((2, 3)).std().item() - expected) < 0.015
+    residual = off - off.mean((2, 3), keepdim=True)  # what is left per pixel stays unit Gaussian
+    assert abs(residual.std().item() - 1.0) < 0.01
+
+
+def test_offset_noise_reaches_the_unet_stage_and_is_validated(data, tmp_path, capsys):
+    """--offset-noise changes the UNet's step (same seed and batch as a run without it); a
+    negative or non-finite value is refused by name."""
+    runs = {}
+    for s in (0.0, 0.5):
+        run = tmp_path / f"o{s}"
+        cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), vae_steps=1, decoder_steps=0,
+                                 unet_steps=1, offset_noise=s)
+        train(cfg)
+        runs[s] = torch.load(run / "unet.pt", weights_only=True)["unet"]
+    assert any(not torch.equal(runs[0.0][k], runs[0.5][k]) for k in runs[0.0])
+    for bad in ("-0.1", "nan", "2"):
+        assert main(["world", "train", "--data", str(data), f"--offset-noise={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert "--offset-noise: expected a standard deviation in [0, 1]" in err and bad in err

@@ -39,8 +39,11 @@ import torch
 
 @torch.no_grad()
 def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, steps: int = 25,
-             guidance: float = 4.0) -> torch.Tensor:
-    """Image ``(1, 3, H, W)`` in [0, 1] from z-depth ``(1, 1, H, W)`` (scene units) and a caption."""
+             guidance: float = 4.0, init: torch.Tensor | None = None) -> torch.Tensor:
+    """Image ``(1, 3, H, W)`` in [0, 1] from z-depth ``(1, 1, H, W)`` (scene units) and a caption.
+
+    ``init``: the starting latent x_T ``(1, C, h, w)``; default N(0, 1) drawn from ``seed``.
+    """
     from diffusion_handles.diffusion.conditioning import depth_to_condition
     from diffusion_handles.diffusion.ddim import ddim_step, to_eps_x0
 
@@ -49,7 +52,7 @@ def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, step
     text = torch.cat([backbone.encode_prompt(""), backbone.encode_prompt(caption)])  # (2, L, D)
     g = torch.Generator().manual_seed(seed)
     c = int(backbone.vae.config.latent_channels)
-    x = torch.randn((1, c, h, w), generator=g).to(backbone.device)
+    x = (torch.randn((1, c, h, w), generator=g) if init is None else init).to(backbone.device)
     sched = backbone.schedule(steps)
     for i, t in enumerate(sched.timesteps):
         out = backbone.unet_eval(torch.cat([x, x]), t, text, cond)

@@ -80,6 +80,9 @@ class TrainConfig:
     # Token grounding (world.grounding, TokenCompose's token loss): weight of the term that puts
     # each object's words' cross-attention inside its mask; 0 = off (the shipped recipe).
     ground_weight: float = 0.0
+    # Offset noise (Guttenberg 2023): the training noise gets a per-(sample, channel) constant of
+    # this standard deviation on top of the Gaussian (noise_for_training). 0 = off.
+    offset_noise: float = 0.0
     ckpt_every: int = 50
     log_every: int = 10
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time per call; 0 = no limit
@@ -533,6 +536,25 @@ def _grounding_data(data: dict, tokenizer, side: int) -> dict:
     return {"obj_masks": object_masks(data["ids"], side), "obj_tokens": torch.from_numpy(np.array(toks))}
 
 
+def noise_for_training(shape: tuple[int, ...], gen: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+    """The noise epsilon ``(B, C, h, w)`` the UNet learns to predict: N(0, 1) per element plus, when
+    ``offset > 0``, a constant per sample and channel drawn from N(0, offset^2) (offset noise).
+
+    Why: SD's schedule leaves sqrt(a_t) = 0.085 of the latent in x_t at the first of 25 DDIM
+    steps (t = 961). With ``offset = 0`` the spatial mean of a channel of x_t has a noise std of
+    only 1 / sqrt(h w) (0.031 on 32x32 latents) while the image's mean leaks in at 0.085 times its
+    spread (0.005-0.08 on the shipped model's training latents), so the UNet learns to read the
+    image's mean colour from x_t, and sampling from pure noise takes it from the noise, not from
+    the caption (benchmarks/signal_leak.py). The offset drowns that leak, so the mean must come
+    from the caption and depth. Draws from ``gen`` (CPU) only what it needs: ``offset = 0`` keeps the
+    random stream of the runs before this option.
+    """
+    noise = torch.randn(shape, generator=gen)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*shape[:2], 1, 1), generator=gen)
+    return noise
+
+
 def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out_of_time, stage_over) -> None:
     """Stage 2: UNet + text encoder, epsilon prediction, min-SNR weighting, EMA; ``unet.pt``."""
     unet, text_encoder, sched = comps["unet"], comps["text_encoder"], comps["scheduler"]
@@ -576,7 +598,7 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         drop = (torch.rand(b, generator=gen) < cfg.caption_dropout).to(dev)
         tok = torch.where(drop[:, None], empty[None], tok)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=gen).to(dev)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        noise = noise_for_training(tuple(x0.shape), gen, cfg.offset_noise).to(dev)
         a = acp[t].view(-1, 1, 1, 1)
         xt = sched.add_noise(x0, noise, t)  # sqrt(a_t) x0 + sqrt(1 - a_t) eps
         with amp:
