@@ -344,16 +344,22 @@ def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_pat
     assert "--out" in capsys.readouterr().err
 
 
+def _unet_runs(data, tmp_path, prefix: str, option: str, values, *, steps: int, part: str) -> dict:
+    """Tiny runs (seeded alike) differing only in ``option``; ``part`` of each UNet checkpoint by value."""
+    runs = {}
+    for v in values:
+        run = tmp_path / f"{prefix}{v}"
+        cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), vae_steps=1, decoder_steps=0,
+                                 unet_steps=steps, **{option: v})
+        train(cfg)
+        runs[v] = torch.load(run / "unet.pt", weights_only=True)[part]
+    return runs
+
+
 def test_grounding_term_enters_the_unet_stage_and_needs_object_masks(data, tmp_path, capsys):
     """--ground-weight adds world.grounding's token loss: logged, and it changes the step taken
     (same seed and batch as a run without it); a set without masks is refused by name."""
-    runs = {}
-    for w in (0.0, 5.0):
-        run = tmp_path / f"g{w}"
-        cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), vae_steps=1, decoder_steps=0,
-                                 unet_steps=2, ground_weight=w)
-        train(cfg)
-        runs[w] = torch.load(run / "unet.pt", weights_only=True)["text"]
+    runs = _unet_runs(data, tmp_path, "g", "ground_weight", (0.0, 5.0), steps=2, part="text")
     log = (tmp_path / "g5.0" / "train.log").read_text()
     assert "grounding: object masks (3, 3, 4, 4)" in log and "unet step 2 loss" in log and " ground " in log
     assert " ground " not in (tmp_path / "g0.0" / "train.log").read_text()
@@ -389,13 +395,7 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel():
 def test_offset_noise_reaches_the_unet_stage_and_is_validated(data, tmp_path, capsys):
     """--offset-noise changes the UNet's step (same seed and batch as a run without it); a
     negative or non-finite value is refused by name."""
-    runs = {}
-    for s in (0.0, 0.5):
-        run = tmp_path / f"o{s}"
-        cfg = config_from_preset("tiny", data=str(data), run_dir=str(run), vae_steps=1, decoder_steps=0,
-                                 unet_steps=1, offset_noise=s)
-        train(cfg)
-        runs[s] = torch.load(run / "unet.pt", weights_only=True)["unet"]
+    runs = _unet_runs(data, tmp_path, "o", "offset_noise", (0.0, 0.5), steps=1, part="unet")
     assert any(not torch.equal(runs[0.0][k], runs[0.5][k]) for k in runs[0.0])
     for bad in ("-0.1", "nan", "2"):
         assert main(["world", "train", "--data", str(data), f"--offset-noise={bad}"]) == 2
