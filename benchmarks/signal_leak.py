@@ -17,7 +17,10 @@ sampler as its generation figures) this measures:
   per-channel latent mean leaked into the start (a diagnostic that uses the answer, not a method);
 * the mean luminance of generated and rendered images across scenes: their correlation and the
   ratio of their spreads (1 and 1 when the brightness follows the scene; 0 and small when it
-  follows the noise).
+  follows the noise);
+* the size of the leak against the noise: ``sqrt(a_T)`` at the first step, the spread across
+  scenes of each channel's spatial mean latent (``latent_mean_spread``), and the noise's own
+  spread of a channel mean, ``1 / sqrt(h w)`` (``noise_mean_spread``).
 
 It writes a JSON file and, with ``--strip``, ``truth | generated | generated from the true leak``
 for the first scenes, upscaled 2x (nearest neighbour).
@@ -36,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+STEPS = 25  # DDIM steps, as handles world eval generates
 LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights (sRGB values, an approximation)
 
 
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     bb = Backbone.from_pretrained(args.model)
     size = bb.default_size
-    rows, tiles = [], []
+    rows, tiles, means = [], [], []
+    a0 = float(bb.schedule(STEPS).alpha[0])  # a_t at the first sampling step
     for j in range(args.n):
         s = args.first_seed + j
         r = render_seed((s, size, DEFAULT_SPP))
@@ -64,10 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
         depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
         x = torch.from_numpy(ref).permute(2, 0, 1)[None]
         z0 = bb.encode_image(bb.resize_to_work(x, bb.work_size((size, size))), refine_steps=0)  # (1, C, h, w)
-        gen = generate(bb, r["caption"], depth, seed=j)  # seed j: as handles world eval --seed 0
-        a0 = float(bb.schedule(25).alpha[0])  # a_t at the first sampling step
-        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(j))
-        leak = generate(bb, r["caption"], depth, seed=j, init=noise + a0 ** 0.5 * z0.mean((2, 3), keepdim=True))
+        means.append(z0.mean((2, 3))[0])  # (C,)
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(j))  # seed j: as handles world eval --seed 0
+        gen = generate(bb, r["caption"], depth, steps=STEPS, init=noise)
+        leak = generate(bb, r["caption"], depth, steps=STEPS, init=noise + a0 ** 0.5 * z0.mean((2, 3), keepdim=True))
         gen, leak = (bb.resize_to_work(g.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy() for g in (gen, leak))
         gm, rm = gen.mean((0, 1)), ref.mean((0, 1))
         rows.append({"seed": s, "caption": r["caption"], "psnr": _psnr(gen, ref),
@@ -81,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     lg, lt = np.array([r["luma_generated"] for r in rows]), np.array([r["luma_true"] for r in rows])
     summary = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_gain_matched", "psnr_true_leak")}
     summary.update(luma_corr=float(np.corrcoef(lg, lt)[0, 1]), luma_spread_ratio=float(lg.std() / lt.std()),
-                   luma_mean_abs_err=float(np.abs(lg - lt).mean()))
+                   luma_mean_abs_err=float(np.abs(lg - lt).mean()), sqrt_alpha_first=a0 ** 0.5,
+                   latent_mean_spread=torch.stack(means).std(0).tolist(),
+                   noise_mean_spread=float(z0.shape[-2] * z0.shape[-1]) ** -0.5)
     result = {"model": args.model, "n": args.n, "first_seed": args.first_seed, "summary": summary, "scenes": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
