@@ -15,15 +15,22 @@ sampler as its generation figures) this measures:
   render's mean (what a right mean brightness alone would give);
 * ``psnr_true_leak``: generated from ``x_T = noise + sqrt(a_T) * mean(z_0)``, the render's own
   per-channel latent mean leaked into the start (a diagnostic that uses the answer, not a method);
+* ``psnr_prior``, when the model folder has a leak prior (``handles world leak-prior``):
+  generated from the start that prior predicts from caption and depth (what ``handles world
+  eval`` generates; a method, it does not see the render);
+* ``iou_obj`` and ``colour_err`` (``handles world eval``'s per-object silhouette IoU and colour
+  error) of the plain generation and, with a prior, of the prior's (``*_prior``), on the same noise;
+* with a prior, ``prior_minus_plain``: the paired differences of those three figures (mean and
+  95 % bootstrap interval);
 * the mean luminance of generated and rendered images across scenes: their correlation and the
   ratio of their spreads (1 and 1 when the brightness follows the scene; 0 and small when it
-  follows the noise);
+  follows the noise), also for the generation with the prior (``*_prior``);
 * the size of the leak against the noise: ``sqrt(a_T)`` at the first step, the spread across
   scenes of each channel's spatial mean latent (``latent_mean_spread``), and the noise's own
   spread of a channel mean, ``1 / sqrt(h w)`` (``noise_mean_spread``).
 
-It writes a JSON file and, with ``--strip``, ``truth | generated | generated from the true leak``
-for the first scenes, upscaled 2x (nearest neighbour).
+It writes a JSON file and, with ``--strip``, ``truth | generated | [generated with the leak prior |]
+generated from the true leak`` for the first scenes, upscaled 2x (nearest neighbour).
 
 Usage::
 
@@ -44,9 +51,10 @@ LUMA = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights (sRGB values, an a
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from diffusion_handles.diffusion.backbone import Backbone
+    from diffusion_handles.diffusion.backbone import Backbone, model_folder
+    from diffusion_handles.world import leak_prior as lp
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
-    from diffusion_handles.world.evaluate import _psnr, generate
+    from diffusion_handles.world.evaluate import _psnr, generate, image_metrics
     from diffusion_handles.world.render import DEFAULT_SPP
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,11 +62,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--first-seed", type=int, default=HELDOUT_SEED0)
     ap.add_argument("--out", default="runs/signal_leak.json")
-    ap.add_argument("--strip", default=None, help="PNG: truth | generated | from the true leak, first --strip-n scenes")
+    ap.add_argument("--strip", default=None, help="PNG: truth | generated | [with the leak prior |] from the true leak, first --strip-n scenes")
     ap.add_argument("--strip-n", type=int, default=6)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     bb = Backbone.from_pretrained(args.model)
+    folder = model_folder(args.model)
+    prior = lp.load(folder, bb) if folder is not None else None
     size = bb.default_size
     rows, tiles, means = [], [], []
     a0 = float(bb.schedule(STEPS).alpha[0])  # a_t at the first sampling step
@@ -74,21 +84,42 @@ def main(argv: list[str] | None = None) -> dict:
         gen = generate(bb, r["caption"], depth, steps=STEPS, init=noise)
         leak = generate(bb, r["caption"], depth, steps=STEPS, init=noise + a0 ** 0.5 * z0.mean((2, 3), keepdim=True))
         gen, leak = (bb.resize_to_work(g.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy() for g in (gen, leak))
+        if prior is not None:
+            pg = generate(bb, r["caption"], depth, steps=STEPS, init=prior.start(bb, r["caption"], depth, noise, a0))
+            pg = bb.resize_to_work(pg.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         gm, rm = gen.mean((0, 1)), ref.mean((0, 1))
         rows.append({"seed": s, "caption": r["caption"], "psnr": _psnr(gen, ref),
                      "psnr_gain_matched": _psnr(np.clip(gen * rm / np.maximum(gm, 1e-4), 0, 1), ref),
                      "psnr_true_leak": _psnr(leak, ref), "luma_generated": float(gm @ LUMA), "luma_true": float(rm @ LUMA)})
+        n_obj = int(r["ids"][r["ids"] != 255].max() + 1) if (r["ids"] != 255).any() else 0
+        m = image_metrics(gen, ref, r["ids"], n_obj)
+        rows[-1].update(iou_obj=m["iou_obj"], colour_err=m["colour_err"])
+        if prior is not None:
+            m = image_metrics(pg, ref, r["ids"], n_obj)
+            rows[-1].update(psnr_prior=_psnr(pg, ref), luma_prior=float(pg.mean((0, 1)) @ LUMA),
+                            iou_obj_prior=m["iou_obj"], colour_err_prior=m["colour_err"])
         print(f"{s}: psnr {rows[-1]['psnr']:.2f}  gain-matched {rows[-1]['psnr_gain_matched']:.2f}  "
               f"true leak {rows[-1]['psnr_true_leak']:.2f}  luma {rows[-1]['luma_generated']:.3f} vs {rows[-1]['luma_true']:.3f}",
               flush=True)
         if j < args.strip_n:
-            tiles.append(np.concatenate([ref, gen, leak], 1))
+            tiles.append(np.concatenate([ref, gen] + ([pg] if prior is not None else []) + [leak], 1))
     lg, lt = np.array([r["luma_generated"] for r in rows]), np.array([r["luma_true"] for r in rows])
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "psnr_gain_matched", "psnr_true_leak")}
+    summary = {k: float(np.nanmean([r[k] for r in rows]))
+               for k in ("psnr", "psnr_gain_matched", "psnr_true_leak", "psnr_prior", "iou_obj", "iou_obj_prior",
+                         "colour_err", "colour_err_prior") if k in rows[0]}
     summary.update(luma_corr=float(np.corrcoef(lg, lt)[0, 1]), luma_spread_ratio=float(lg.std() / lt.std()),
                    luma_mean_abs_err=float(np.abs(lg - lt).mean()), sqrt_alpha_first=a0 ** 0.5,
                    latent_mean_spread=torch.stack(means).std(0).tolist(),
                    noise_mean_spread=float(z0.shape[-2] * z0.shape[-1]) ** -0.5)
+    if prior is not None:
+        from diffusion_handles.bench.metrics import bootstrap_ci
+
+        pairs = {k: [r[f"{k}_prior"] - r[k] for r in rows if np.isfinite(r[f"{k}_prior"] - r[k])]
+                 for k in ("psnr", "iou_obj", "colour_err")}  # same scenes, same noise: paired
+        summary["prior_minus_plain"] = {k: bootstrap_ci(v, n_resamples=2000, seed=0) for k, v in pairs.items()}
+        lpr = np.array([r["luma_prior"] for r in rows])
+        summary.update(luma_corr_prior=float(np.corrcoef(lpr, lt)[0, 1]), luma_spread_ratio_prior=float(lpr.std() / lt.std()),
+                       luma_mean_abs_err_prior=float(np.abs(lpr - lt).mean()))
     result = {"model": args.model, "n": args.n, "first_seed": args.first_seed, "summary": summary, "scenes": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -217,7 +217,9 @@ def test_world_eval_writes_every_figure_under_stable_keys(tmp_path, capsys):
     import json
 
     from diffusion_handles.cli import main
+    from diffusion_handles.world import model_path
     from diffusion_handles.world.dataset import build_dataset
+    from diffusion_handles.world.leak_prior import PRIOR_FILE
 
     train = build_dataset(tmp_path / "train.npz", range(2), size=128, spp=4, workers=1)
     out = tmp_path / "eval"
@@ -231,7 +233,16 @@ def test_world_eval_writes_every_figure_under_stable_keys(tmp_path, capsys):
     # the round trip the pipeline starts from (the shipped model refines its encoder's latent)
     assert fig["encode_refine_steps"] > 0 and fig["vae_psnr"] > fig["vae_psnr_encoder"] > 25
     assert fig["vae_psnr_min"] <= fig["vae_psnr"]
+    # the relit reference: the same scene under another light, scored like the generation
+    assert all(k in fig for k in ("relit_psnr", "relit_iou_obj", "relit_colour_err"))
+    assert 5 < fig["relit_psnr"] < 60 and fig["leak_prior"] == (model_path() / PRIOR_FILE).is_file()
     assert "denoise_loss_train" in capsys.readouterr().out
+    plain = tmp_path / "plain"  # the same scenes and noise from plain noise: only generation changes
+    assert main(["world", "eval", "--n", "2", "--recon-n", "0", "--steps", "2", "--first-seed", "1000400",
+                 "--no-leak-prior", "--out", str(plain)]) == 0
+    fig0 = json.loads((plain / "metrics.json").read_text())["figures"]
+    assert fig0["leak_prior"] is False and fig0["vae_psnr"] == fig["vae_psnr"] and fig0["relit_psnr"] == fig["relit_psnr"]
+    assert (fig0["generation_psnr"] != fig["generation_psnr"]) == fig["leak_prior"]
     assert main(["world", "eval", "--n", "2", "--train-data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "e2")]) == 2
     assert "--train-data" in capsys.readouterr().err
     assert main(["world", "eval", "--n", "2", "--threads", "0", "--out", str(tmp_path / "e3")]) == 2

@@ -119,8 +119,21 @@ def register(subparsers) -> None:
     v.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: miniature models run fastest on one; two evals side by side "
                         "with torch's default of one per core took 190 s a scene instead of 33 s here)")
+    v.add_argument("--no-leak-prior", action="store_true",
+                   help="generate from plain noise even when the model has a leak prior (handles world leak-prior)")
     v.add_argument("--out", default="runs/world/eval")
     v.set_defaults(func=_eval)
+
+    lk = sub.add_parser("leak-prior", help="a copy of a model with a leak prior: the brightness its generations start "
+                                           "from, predicted from caption and depth (fitted on a training set)")
+    lk.add_argument("--model", default="tinyworld", help="the model folder to copy (default: the embedded model)")
+    lk.add_argument("--data", required=True, metavar="NPZ", help="a training set (handles world dataset)")
+    lk.add_argument("--n", type=int, default=None, help="fit on its first N images (default: all)")
+    lk.add_argument("--blocks", type=int, default=4, metavar="K",
+                    help="predict a KxK grid of block means per latent channel (default 4; a divisor of the latent grid)")
+    lk.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    lk.add_argument("--out", required=True, metavar="DIR", help="new folder for the model with its prior")
+    lk.set_defaults(func=_leak_prior)
 
     c = sub.add_parser("compare", help="two eval runs scene by scene: paired differences with 95%% bootstrap "
                                        "intervals, and the VAE's worst scenes")
@@ -407,13 +420,59 @@ def _eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     try:
         res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance,
-                       first_seed=args.first_seed, recon_n=args.recon_n, size=args.size, train_data=args.train_data)
+                       first_seed=args.first_seed, recon_n=args.recon_n, size=args.size, train_data=args.train_data,
+                       leak_prior=not args.no_leak_prior)
     finally:
         torch.set_num_threads(before)  # callers in the same process (tests, notebooks) keep theirs
     for name, m in res["summary"].items():
         print(f"{name:8s} " + " ".join(f"{k} {v:.3f}" for k, v in m.items()))
-    print("figures  " + " ".join(f"{k} {v:.3f}" for k, v in res["figures"].items() if v is not None))
+    print("figures  " + " ".join(f"{k} {v}" if isinstance(v, bool) else f"{k} {v:.3f}"
+                                 for k, v in res["figures"].items() if v is not None))
     print(f"handles world eval: wrote {args.out}/metrics.json and grid.png")
+    return 0
+
+
+def _leak_prior(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from diffusion_handles.diffusion.backbone import Backbone, model_folder
+    from diffusion_handles.world import leak_prior as lp
+
+    check_out(args)
+    folder = model_folder(args.model)
+    if folder is None:
+        raise HandlesError(f"--model: expected a local model folder or 'tinyworld', got {args.model}")
+    if not Path(args.data).is_file():
+        raise HandlesError(f"--data: file not found: {args.data}")
+    if args.n is not None and args.n < 2:
+        raise HandlesError(f"--n: expected at least 2 images, got {args.n}")
+    if args.threads < 1:
+        raise HandlesError(f"--threads: expected at least 1, got {args.threads}")
+    import torch
+
+    from diffusion_handles.world.dataset import load_dataset
+
+    torch.set_num_threads(args.threads)
+    bb = Backbone.from_pretrained(folder)
+    data = load_dataset(args.data)
+    h, w = bb.latent_hw(bb.work_size(tuple(data["rgb"].shape[1:3])))
+    if args.blocks < 1 or h % args.blocks or w % args.blocks:
+        raise HandlesError(f"--blocks: expected a divisor of the latent grid {h}x{w} of --data's images, got {args.blocks}")
+    import datetime
+    import platform
+    import time
+
+    start = time.perf_counter()
+    prior = lp.fit_dataset(bb, data, args.n, blocks=args.blocks)
+    images = min(args.n or len(data["rgb"]), len(data["rgb"]))
+    seconds = time.perf_counter() - start
+    record = {"date": datetime.date.today().isoformat(),
+              "hardware": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
+              "stages": {"leak_prior": {"images": images, "blocks": args.blocks, "seconds": round(seconds, 1)}},
+              "hours": round(seconds / 3600, 3)}
+    lp.write_model(folder, prior, args.out, record)
+    print(f"handles world leak-prior: wrote {args.out} ({folder.name} with {lp.PRIOR_FILE}, fitted on {images} "
+          f"images in {seconds:.0f} s)")
     return 0
 
 

@@ -176,12 +176,18 @@ def read_settings(folder: Path) -> dict:
     return {"encode_refine_steps": steps}
 
 
+def model_folder(model: str | Path) -> Path | None:
+    """The local folder ``model`` names (``"tinyworld"`` resolved to its folder); ``None`` for a hub id."""
+    name = str(model)
+    path = Path(_resolve_tinyworld() if name == TINYWORLD_NAME else name)
+    return path if path.is_dir() else None
+
+
 def model_settings(model: str | Path) -> dict:
     """The settings file of the model ``model`` names (:func:`read_settings`; ``"tinyworld"``
     resolved to its folder), without loading any weights; ``{}`` for a hub id."""
-    name = str(model)
-    path = Path(_resolve_tinyworld() if name == TINYWORLD_NAME else name)
-    return read_settings(path) if path.is_dir() else {}
+    path = model_folder(model)
+    return read_settings(path) if path is not None else {}
 
 
 class Backbone:

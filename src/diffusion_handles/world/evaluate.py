@@ -1,7 +1,9 @@
 """Quality of the miniature model against ground-truth renders on held-out seeds.
 
 For every held-out scene the model generates an image from the *true* z-depth and caption
-(DDIM, classifier-free guidance, fixed noise seed). Figures, each averaged over scenes:
+(DDIM, classifier-free guidance, fixed noise seed; the starting latent given the leak its
+:mod:`~diffusion_handles.world.leak_prior` predicts when the model folder has one, unless
+``leak_prior=False``). Figures, each averaged over scenes:
 
 * ``psnr`` / ``ssim``: generated vs rendered image (sRGB in [0, 1]).
 * ``iou_fg`` / ``iou_obj``: silhouette IoU. Each generated pixel is labelled (object k or
@@ -12,8 +14,12 @@ For every held-out scene the model generates an image from the *true* z-depth an
 * ``colour_err``: per object, distance in sRGB 0-255 between the mean generated and the mean
   rendered colour inside the true mask.
 
-Baselines in the same table: ``vae`` (the rendered image through the VAE, the model's ceiling)
-and ``other`` (the render of a different held-out scene: what "ignores the input" scores).
+Baselines in the same table: ``vae`` (the rendered image through the VAE, the model's ceiling),
+``other`` (the render of a different held-out scene: what "ignores the input" scores) and
+``relit`` (the same scene rendered under a sun and sky drawn afresh from the world's range,
+:func:`~diffusion_handles.world.scene.relight`). Caption and depth do not carry the light, so
+``relit`` is what a perfect generator scores with a light of its own choosing: the ceiling of
+the generation figures for any sampler, short of guessing the light.
 
 ``metrics.json`` also carries ``figures``, stable keys for the model's headline numbers:
 ``vae_psnr`` (the round trip the pipeline starts from: the encoder, then the model's own
@@ -22,7 +28,8 @@ and ``other`` (the render of a different held-out scene: what "ignores the input
 input; over the first ``recon_n`` scenes), ``generation_psnr``, ``generation_ssim``,
 ``generation_iou_obj``, ``generation_iou_fg``, ``generation_colour_err`` and ``object_cells``
 (mean number of cells an object covers on the finest guided feature map, the latent grid),
-``denoise_loss_heldout`` and, given training data, ``denoise_loss_train``: the UNet's
+``relit_psnr``, ``relit_iou_obj`` and ``relit_colour_err`` (the ``relit`` reference),
+``leak_prior`` (whether generation used one), ``denoise_loss_heldout`` and, given training data, ``denoise_loss_train``: the UNet's
 epsilon-prediction error (:func:`denoising_loss`) on the held-out scenes and on as many training
 scenes. A train figure well below the held-out one means the model memorised its training set
 (more data helps more than more steps).
@@ -39,10 +46,11 @@ import torch
 
 @torch.no_grad()
 def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, steps: int = 25,
-             guidance: float = 4.0, init: torch.Tensor | None = None) -> torch.Tensor:
+             guidance: float = 4.0, init: torch.Tensor | None = None, prior=None) -> torch.Tensor:
     """Image ``(1, 3, H, W)`` in [0, 1] from z-depth ``(1, 1, H, W)`` (scene units) and a caption.
 
-    ``init``: the starting latent x_T ``(1, C, h, w)``; default N(0, 1) drawn from ``seed``.
+    ``init``: the starting latent x_T ``(1, C, h, w)``; default N(0, 1) drawn from ``seed``, given
+    the leak ``prior`` (a :class:`~diffusion_handles.world.leak_prior.LeakPrior`) predicts, if any.
     """
     from diffusion_handles.diffusion.conditioning import depth_to_condition
     from diffusion_handles.diffusion.ddim import ddim_step, to_eps_x0
@@ -52,8 +60,12 @@ def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, step
     text = torch.cat([backbone.encode_prompt(""), backbone.encode_prompt(caption)])  # (2, L, D)
     g = torch.Generator().manual_seed(seed)
     c = int(backbone.vae.config.latent_channels)
-    x = (torch.randn((1, c, h, w), generator=g) if init is None else init).to(backbone.device)
     sched = backbone.schedule(steps)
+    if init is None:
+        init = torch.randn((1, c, h, w), generator=g)
+        if prior is not None:
+            init = prior.start(backbone, caption, depth, init, float(sched.alpha[0]))
+    x = init.to(backbone.device)
     for i, t in enumerate(sched.timesteps):
         out = backbone.unet_eval(torch.cat([x, x]), t, text, cond)
         eps_u, eps_c = to_eps_x0(out, torch.cat([x, x]), sched.alpha[i], sched.prediction_type)[0].chunk(2)
@@ -117,6 +129,7 @@ def reconstruct(handles, image: torch.Tensor, caption: str, depth: torch.Tensor,
     return handles.backbone.resize_to_work(inv.reconstruction.float().cpu(), tuple(image.shape[-2:]))
 
 
+RELIGHT_SEED = 777  # the relit reference's light is drawn from seed + RELIGHT_SEED
 DENOISE_TIMESTEPS = (50, 200, 400, 600, 800)  # spread over SD's 1000-step schedule
 
 
@@ -168,26 +181,32 @@ def _train_denoise_loss(bb, path: str | Path, n: int, seed: int) -> float:
 
 def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/world/eval", steps: int = 25,
              guidance: float = 4.0, seed: int = 0, first_seed: int | None = None, recon_n: int = 8,
-             size: int | None = None, train_data: str | Path | None = None) -> dict:
+             size: int | None = None, train_data: str | Path | None = None, leak_prior: bool = True) -> dict:
     """Evaluate on held-out seeds ``first_seed .. first_seed + n - 1``; writes ``metrics.json``, ``grid.png``
     and ``recon_grid.png`` (input | reconstruction) into ``out``.
 
     ``recon_n`` scenes (the first ones) also get the null-text reconstruction figure (0: none).
     ``size`` renders at another size than the model's native one (the images are processed at
     the size the model accepts). ``train_data`` (a training set, ``handles world dataset``) adds
-    ``denoise_loss_train`` on its first ``n`` scenes.
+    ``denoise_loss_train`` on its first ``n`` scenes. ``leak_prior=False`` generates from plain
+    noise even when the model folder has a leak prior.
     """
     from PIL import Image
     from tqdm import tqdm
 
+    from diffusion_handles.diffusion.backbone import model_folder
     from diffusion_handles.pipeline import DiffusionHandles
+    from diffusion_handles.world import leak_prior as lp
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
     from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
+    from diffusion_handles.world.scene import relight
 
     first = HELDOUT_SEED0 if first_seed is None else int(first_seed)
     torch.manual_seed(seed)
     handles = DiffusionHandles.from_pretrained(model)
     bb = handles.backbone
+    folder = model_folder(model)
+    prior = lp.load(folder, bb) if leak_prior and folder is not None else None
     size = size or bb.default_size
     rows, grid, rgrid, recon, cells, dl = [], [], [], [], [], []
     for j in tqdm(range(n), desc="eval"):
@@ -196,9 +215,11 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         ref = r["rgb"].astype(np.float32) / 255.0
         depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
         n_obj = int((r["ids"] != 255).any() and r["ids"][r["ids"] != 255].max() + 1)
-        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance)
+        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance, prior=prior)
         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
-        rerender = render(scene_for_seed(s, size, size), spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
+        scene = scene_for_seed(s, size, size)
+        rerender, relit = (render(sc, spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
+                           for sc in (scene, relight(scene, s + RELIGHT_SEED)))
         x = torch.from_numpy(ref).permute(2, 0, 1)[None]
         xw = bb.resize_to_work(x, bb.work_size((size, size)))
         z_enc = bb.encode_image(xw, refine_steps=0)  # (1, c, h, w), scaled: the encoder's latent
@@ -208,7 +229,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         other = render_seed((first + (j + 1) % max(n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
         row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
                "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
-               "other": image_metrics(other, ref, r["ids"], n_obj)}
+               "other": image_metrics(other, ref, r["ids"], n_obj), "relit": image_metrics(relit, ref, r["ids"], n_obj)}
         row["vae_encoder_psnr"] = _psnr(vae_enc, ref)
         row["denoise_loss"] = denoising_loss(bb, z_enc, depth, r["caption"], seed=seed)
         dl.append(row["denoise_loss"])
@@ -227,14 +248,16 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
             dimg = np.repeat(((inv - inv.min()) / max(float(np.ptp(inv)), 1e-6))[..., None], 3, -1)
             grid.append(np.concatenate([dimg, gen, ref], 1))
     summary = {name: {m: float(np.nanmean([r[name][m] for r in rows])) for m in rows[0]["model"]}
-               for name in ("model", "ceiling", "vae", "other")}
+               for name in ("model", "ceiling", "vae", "other", "relit")}
     gm = summary["model"]
     figures = {"vae_psnr": summary["vae"]["psnr"], "vae_psnr_encoder": float(np.mean([r["vae_encoder_psnr"] for r in rows])),
                "vae_psnr_min": float(min(r["vae"]["psnr"] for r in rows)),
                "encode_refine_steps": bb.encode_refine_steps, "reconstruction_psnr": float(np.mean(recon)) if recon else None,
                "generation_psnr": gm["psnr"], "generation_ssim": gm["ssim"], "generation_iou_obj": gm["iou_obj"],
                "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
-               "object_cells": float(np.mean(cells)) if cells else None,
+               "object_cells": float(np.mean(cells)) if cells else None, "relit_psnr": summary["relit"]["psnr"],
+               "relit_iou_obj": summary["relit"]["iou_obj"], "relit_colour_err": summary["relit"]["colour_err"],
+               "leak_prior": prior is not None,
                "denoise_loss_heldout": float(np.mean(dl)), "denoise_loss_train": None}
     if train_data is not None:
         figures["denoise_loss_train"] = _train_denoise_loss(bb, train_data, n, seed)

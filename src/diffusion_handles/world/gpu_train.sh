@@ -24,8 +24,10 @@
 #   mkdir -p /tmp/mi && tar xJf runs/wheels/mitsuba-scalar-rgb-cp312.tar.xz -C /tmp/mi
 #   PYTHONPATH=/tmp/mi:src python3 -m diffusion_handles world dataset --seeds A:B --workers 14 --out /tmp/fresh.npz
 #
-# Afterwards, on the CPU machine: `handles world eval --model DIR --first-seed S` on held-out
-# seeds, and ship the model if it beats the one in src/diffusion_handles/world/model/.
+# Afterwards, on the CPU machine: `handles world leak-prior --model DIR --data TRAIN.npz --out DIR2`
+# (the brightness its generations start from, fitted on the training set in about 9 minutes),
+# `handles world eval --model DIR2 --first-seed S` on held-out seeds, and ship the model if it
+# beats the one in src/diffusion_handles/world/model/.
 # Extra arguments go to `handles world train` (e.g. --unet-dropout 0.1, or --device cpu
 # --unet-steps 1 for a smoke test). Two runs fit on one GPU side by side (different RUN_DIR),
 # e.g. the UNet run and an encoder run (`--stage encoder --encoder-width 2 --encoder-steps 100000`:

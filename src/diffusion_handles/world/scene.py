@@ -345,6 +345,40 @@ def _article(word: str) -> str:
 
 
 # -------------------------------------------------------------------- sampling
+# The light of a random scene: neither its caption nor its depth tells it (see :func:`relight`).
+SUN_ELEVATION_DEG = (35.0, 65.0)  # above the horizon
+SUN_AZIMUTH_DEG = (-150.0, 150.0)  # 0: the sun shines at the back wall; +-150: nearly from behind it
+SUN_IRRADIANCE = (2.2, 3.2)
+AMBIENT = (0.25, 0.4)  # sky radiance, each channel then tinted by a factor in 1 +- AMBIENT_TINT
+AMBIENT_TINT = 0.08
+
+
+def _sun_direction(rng: np.random.Generator) -> list[float]:
+    """World direction the sunlight travels (unit, pointing down), drawn from the world's range."""
+    elev = math.radians(rng.uniform(*SUN_ELEVATION_DEG))
+    azim = math.radians(rng.uniform(*SUN_AZIMUTH_DEG))
+    return [-math.cos(elev) * math.sin(azim), -math.sin(elev), -math.cos(elev) * math.cos(azim)]
+
+
+def _ambient(rng: np.random.Generator) -> list[float]:
+    return [float(v) for v in rng.uniform(*AMBIENT) * (1.0 + rng.uniform(-AMBIENT_TINT, AMBIENT_TINT, 3))]
+
+
+def relight(scene: Scene, seed: int) -> Scene:
+    """``scene`` with its sun and sky drawn afresh (seeded) from the range :func:`sample_scene` draws.
+
+    Geometry, materials, camera and caption are unchanged, so the depth and the caption are too:
+    a render of it is an image a perfect generator could return for them (what ``handles world
+    eval`` reports as the ``relit`` reference).
+    """
+    rng = np.random.default_rng(seed)
+    out = copy.deepcopy(scene)
+    out.sun_direction = _sun_direction(rng)
+    out.sun_irradiance = float(rng.uniform(*SUN_IRRADIANCE))
+    out.ambient = _ambient(rng)
+    return out
+
+
 def _yaw(deg: float) -> np.ndarray:
     t = math.radians(deg)
     c, s = math.cos(t), math.sin(t)
@@ -395,14 +429,12 @@ def sample_scene(seed: int, height: int = DEFAULT_SIZE, width: int = DEFAULT_SIZ
         m[:3, 3] = (x, size, z)  # rests on the floor (canonical shapes span y in [-1, 1])
         objects.append(SceneObject(shape, str(rng.choice(colours)), str(rng.choice(PATTERNS)), m.tolist(), aspect))
         placed.append((x, z, radius))
-    elev = math.radians(rng.uniform(35, 65))
-    azim = math.radians(rng.uniform(-150, 150))
-    sun = [-math.cos(elev) * math.sin(azim), -math.sin(elev), -math.cos(elev) * math.cos(azim)]
+    sun = _sun_direction(rng)
     return Scene(
         seed=int(seed), height=int(height), width=int(width), fov_deg=float(fov_deg),
         camera_to_world=c2w.tolist(), floor=str(rng.choice(FLOORS)), wall=str(rng.choice(list(WALLS))),
-        wall_z=float(-rng.uniform(10.0, 13.0)), sun_direction=sun, sun_irradiance=float(rng.uniform(2.2, 3.2)),
-        ambient=[float(v) for v in rng.uniform(0.25, 0.4) * (1.0 + rng.uniform(-0.08, 0.08, 3))],
+        wall_z=float(-rng.uniform(10.0, 13.0)), sun_direction=sun, sun_irradiance=float(rng.uniform(*SUN_IRRADIANCE)),
+        ambient=_ambient(rng),
         objects=objects,
     )
 

@@ -1,0 +1,157 @@
+"""A prior over the signal leak: where generation's starting latent gets its brightness.
+
+Stable Diffusion's schedule never reaches pure noise: at the first of 25 DDIM steps (t = 961)
+``x_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps`` keeps ``sqrt(a_t) = 0.085`` of the image latent,
+more than enough of its low frequencies (the mean colour of wall and floor) for the UNet to read
+them off instead of deriving them from the caption. Sampling from pure noise then leaves the
+brightness to the noise (``benchmarks/signal_leak.py`` measures it on TinyWorld). Everaert et
+al. ("Exploiting the Signal-Leak Bias in Diffusion Models", WACV 2024) keep the model and give
+the starting latent the leak the model expects, drawn from a distribution fitted to the training
+latents. This module makes that distribution's mean conditional on the generation's own inputs:
+
+    mu(caption, depth) = [text(caption), pool(1 / depth), 1] @ W         (k x k block means of z_0)
+    x_T = sqrt(a_T) up(mu) + sqrt(1 - a_T) eps                            (q(x_T | z_0 = up(mu)))
+
+with ``text`` the model's own text encoder averaged over tokens, ``pool`` an average of the
+inverse depth over a ``depth_pool x depth_pool`` grid, ``up`` nearest-neighbour upsampling to the
+latent grid, and ``W`` a ridge regression (closed form) on the training set's latents. The UNet
+is unchanged, and so is every edit: edits start from the inverted ``x_T``, which carries the
+input's own leak. Only generation from a caption and a depth map uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_handles.errors import HandlesError
+
+PRIOR_FILE = "leak_prior.safetensors"  # in the model folder, beside unet/ vae/ ...
+BLOCKS = 4  # k: the prior predicts a k x k grid of block means per latent channel
+DEPTH_POOL = 8  # the inverse depth enters as its averages over a DEPTH_POOL x DEPTH_POOL grid
+RIDGE = 1.0  # ridge penalty of the fit
+
+
+@dataclass
+class LeakPrior:
+    """``weight (D + depth_pool**2 + 1, C * blocks**2)``: features to block means of the scaled latent."""
+
+    weight: torch.Tensor
+    blocks: int = BLOCKS
+    depth_pool: int = DEPTH_POOL
+
+    def predict(self, backbone, caption: str, depth: torch.Tensor) -> torch.Tensor:
+        """Block means ``(1, C, blocks, blocks)`` of ``z_0`` for a caption and z-depth ``(1, 1, H, W)``."""
+        x = features(backbone, [caption], depth, self.depth_pool)
+        c = int(backbone.vae.config.latent_channels)
+        return (x @ self.weight.double()).float().reshape(1, c, self.blocks, self.blocks)
+
+    def start(self, backbone, caption: str, depth: torch.Tensor, noise: torch.Tensor, alpha: float) -> torch.Tensor:
+        """``x_T = sqrt(a_T) up(mu) + sqrt(1 - a_T) noise`` for ``noise (1, C, h, w)`` and ``alpha = a_T``."""
+        mu = F.interpolate(self.predict(backbone, caption, depth), size=tuple(noise.shape[-2:]), mode="nearest")
+        return alpha ** 0.5 * mu.to(noise) + (1.0 - alpha) ** 0.5 * noise
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(folder) / PRIOR_FILE
+        save_file({"weight": self.weight.float().contiguous()}, str(path),
+                  metadata={"blocks": str(self.blocks), "depth_pool": str(self.depth_pool)})
+        return path
+
+
+def features(backbone, captions: list[str], depth: torch.Tensor, depth_pool: int = DEPTH_POOL) -> torch.Tensor:
+    """``(N, D + depth_pool**2 + 1)`` float64: token-averaged text encoding, pooled inverse depth, 1.
+
+    ``depth (N, 1, H, W)``: z-depth in scene units (positive).
+    """
+    with torch.no_grad():
+        text = torch.cat([backbone.encode_prompt(c).float().mean(1).cpu() for c in captions])  # (N, D)
+    inv = F.adaptive_avg_pool2d(1.0 / depth.double().clamp_min(1e-6), depth_pool).flatten(1)  # (N, P*P)
+    return torch.cat([text.double(), inv, torch.ones(len(captions), 1, dtype=torch.double)], 1)
+
+
+def fit(backbone, captions: list[str], depth: torch.Tensor, latents: torch.Tensor, blocks: int = BLOCKS,
+        depth_pool: int = DEPTH_POOL, ridge: float = RIDGE) -> LeakPrior:
+    """Ridge regression from :func:`features` to the ``blocks x blocks`` block means of ``latents``.
+
+    ``latents (N, C, h, w)``: the scaled latents ``z_0`` of the ``N`` training images (``h`` and
+    ``w`` multiples of ``blocks``); ``depth (N, 1, H, W)`` their z-depth; ``captions`` theirs.
+    """
+    n = len(captions)
+    if latents.shape[0] != n or depth.shape[0] != n:
+        raise ValueError(f"latents, depth: expected {n} of each (one per caption), got {latents.shape[0]} and {depth.shape[0]}")
+    if latents.shape[-1] % blocks or latents.shape[-2] % blocks:
+        raise ValueError(f"blocks: expected a divisor of the latent grid {tuple(latents.shape[-2:])}, got {blocks}")
+    x = features(backbone, captions, depth, depth_pool)  # (N, F)
+    y = F.avg_pool2d(latents.double(), latents.shape[-1] // blocks).flatten(1)  # (N, C*k*k), square blocks
+    a = x.T @ x + ridge * torch.eye(x.shape[1], dtype=torch.double)
+    return LeakPrior(torch.linalg.solve(a, x.T @ y).float(), blocks, depth_pool)
+
+
+def load(folder: str | Path, backbone) -> LeakPrior | None:
+    """The model folder's prior, checked against ``backbone``; ``None`` when it has none."""
+    path = Path(folder) / PRIOR_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            weight = f.get_tensor("weight")
+        blocks, pool = int(meta["blocks"]), int(meta["depth_pool"])
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise HandlesError(f"--model: {path} is not a readable leak prior ({type(e).__name__}: {str(e)[:80]})") from None
+    c = int(backbone.vae.config.latent_channels)
+    d = int(backbone.text_encoder.config.hidden_size)
+    want = (d + pool * pool + 1, c * blocks * blocks)
+    if tuple(weight.shape) != want:
+        raise HandlesError(f"--model: {path}: expected a weight of shape {want} for this model "
+                           f"(text width {d}, {c} latent channels, {blocks}x{blocks} blocks), got {tuple(weight.shape)}")
+    return LeakPrior(weight, blocks, pool)
+
+
+def fit_dataset(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS, batch: int = 32) -> LeakPrior:
+    """:func:`fit` on the first ``n`` images of a training set (:func:`~diffusion_handles.world.dataset.load_dataset`),
+    encoded as the UNet trained on them (the encoder's latent, no refinement)."""
+    n = len(data["rgb"]) if n is None else min(int(n), len(data["rgb"]))
+    rgb = torch.from_numpy(data["rgb"][:n]).permute(0, 3, 1, 2)  # (n, 3, H, W) uint8
+    hw = backbone.work_size(tuple(rgb.shape[-2:]))
+    z = torch.cat([backbone.encode_image(backbone.resize_to_work(rgb[i:i + batch].float() / 255.0, hw), refine_steps=0).cpu()
+                   for i in range(0, n, batch)])
+    depth = torch.from_numpy(data["depth"][:n])[:, None]
+    return fit(backbone, [str(c) for c in data["caption"][:n]], depth, z, blocks=blocks)
+
+
+def write_model(model: str | Path, prior: LeakPrior, out: str | Path, record: dict | None = None) -> Path:
+    """A copy of the model folder ``model`` with ``prior`` in it, at the new folder ``out``.
+
+    ``record`` (e.g. ``{"date", "hardware", "stages": {"leak_prior": {"images", "seconds"}},
+    "hours"}``) is appended to the ``history`` of the copy's ``training.json``, when it has one.
+    Written beside ``out`` first and renamed, so a failure leaves no half-written folder.
+    """
+    import json
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".writing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(model, tmp)
+        prior.save(tmp)
+        log = tmp / "training.json"
+        if record is not None and log.is_file():
+            info = json.loads(log.read_text())
+            info["history"] = [*info.get("history", []), record]
+            info["cumulative_hours"] = round(sum(h.get("hours") or 0.0 for h in info["history"]), 3)
+            log.write_text(json.dumps(info, indent=2))
+        if out.exists():  # an empty folder (checked by the caller)
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
