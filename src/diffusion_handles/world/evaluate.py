@@ -18,8 +18,9 @@ Baselines in the same table: ``vae`` (the rendered image through the VAE, the mo
 ``other`` (the render of a different held-out scene: what "ignores the input" scores) and
 ``relit`` (the same scene rendered under a sun and sky drawn afresh from the world's range,
 :func:`~diffusion_handles.world.scene.relight`). Caption and depth do not carry the light, so
-``relit`` is what a perfect generator scores with a light of its own choosing: the ceiling of
-the generation figures for any sampler, short of guessing the light.
+``relit`` is what a perfect generator scores when it draws its light as the world does. A model
+that hedges towards an average light can score somewhat better on PSNR and colour error, but
+figures far above ``relit`` need the light, which the inputs do not give.
 
 ``metrics.json`` also carries ``figures``, stable keys for the model's headline numbers:
 ``vae_psnr`` (the round trip the pipeline starts from: the encoder, then the model's own
