@@ -37,3 +37,18 @@ def test_relight_redraws_only_the_light_within_the_worlds_range():
         assert all(lo <= a <= hi for a in r.ambient)
     # the sun goes round: both the lit wall (azimuth near 0, travelling to -z) and its back (+z) occur
     assert min(r.sun_direction[2] for r in lights) < -0.3 and max(r.sun_direction[2] for r in lights) > 0.3
+
+
+@pytest.mark.parametrize("sectors", [2, 3, 6])
+def test_relight_within_a_sector_keeps_the_sun_on_its_side(sectors):
+    """``azimuth_sectors``: the new sun stays in the old sun's sector (what a caption naming the
+    sector would fix), and ``sun_azimuth_deg`` inverts the sampler's direction."""
+    lo, hi = sc.SUN_AZIMUTH_DEG
+    width = (hi - lo) / sectors
+    for seed in range(12):
+        s = sc.sample_scene(seed)
+        k = int((sc.sun_azimuth_deg(s.sun_direction) - lo) // width)
+        new = [sc.sun_azimuth_deg(sc.relight(s, j, sectors).sun_direction) for j in range(8)]
+        assert all(lo + k * width - 1e-9 <= a <= lo + (k + 1) * width + 1e-9 for a in new)
+        assert len({round(a, 6) for a in new}) == 8  # drawn, not copied
+    assert sc.relight(s, 3, 1).to_dict() == sc.relight(s, 3).to_dict()  # one sector: the whole range

@@ -353,27 +353,38 @@ AMBIENT = (0.25, 0.4)  # sky radiance, each channel then tinted by a factor in 1
 AMBIENT_TINT = 0.08
 
 
-def _sun_direction(rng: np.random.Generator) -> list[float]:
-    """World direction the sunlight travels (unit, pointing down), drawn from the world's range."""
+def _sun_direction(rng: np.random.Generator, azimuth_deg: tuple[float, float] = SUN_AZIMUTH_DEG) -> list[float]:
+    """World direction the sunlight travels (unit, pointing down), drawn from the world's range
+    (the azimuth from ``azimuth_deg``, degrees)."""
     elev = math.radians(rng.uniform(*SUN_ELEVATION_DEG))
-    azim = math.radians(rng.uniform(*SUN_AZIMUTH_DEG))
+    azim = math.radians(rng.uniform(*azimuth_deg))
     return [-math.cos(elev) * math.sin(azim), -math.sin(elev), -math.cos(elev) * math.cos(azim)]
+
+
+def sun_azimuth_deg(direction) -> float:
+    """The azimuth (degrees) :func:`_sun_direction` drew for a sun ``direction`` (3,)."""
+    return math.degrees(math.atan2(-float(direction[0]), -float(direction[2])))
 
 
 def _ambient(rng: np.random.Generator) -> list[float]:
     return [float(v) for v in rng.uniform(*AMBIENT) * (1.0 + rng.uniform(-AMBIENT_TINT, AMBIENT_TINT, 3))]
 
 
-def relight(scene: Scene, seed: int) -> Scene:
+def relight(scene: Scene, seed: int, azimuth_sectors: int = 1) -> Scene:
     """``scene`` with its sun and sky drawn afresh (seeded) from the range :func:`sample_scene` draws.
 
     Geometry, materials, camera and caption are unchanged, so the depth and the caption are too:
     a render of it is an image a perfect generator could return for them (what ``handles world
-    eval`` reports as the ``relit`` reference).
+    eval`` reports as the ``relit`` reference). ``azimuth_sectors > 1`` splits the sun's azimuth
+    range into that many equal sectors and keeps the new sun in the sector of the old one: what a
+    perfect generator could return if the caption also named that sector.
     """
+    lo, hi = SUN_AZIMUTH_DEG
+    width = (hi - lo) / int(azimuth_sectors)
+    k = min(max(int((sun_azimuth_deg(scene.sun_direction) - lo) // width), 0), int(azimuth_sectors) - 1)
     rng = np.random.default_rng(seed)
     out = copy.deepcopy(scene)
-    out.sun_direction = _sun_direction(rng)
+    out.sun_direction = _sun_direction(rng, (lo + k * width, lo + (k + 1) * width))
     out.sun_irradiance = float(rng.uniform(*SUN_IRRADIANCE))
     out.ambient = _ambient(rng)
     return out
