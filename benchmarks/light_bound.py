@@ -24,7 +24,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> dict:
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
-    from diffusion_handles.world.evaluate import RELIGHT_SEED, image_metrics
+    from diffusion_handles.world.evaluate import RELIGHT_SEED, image_metrics, object_count
     from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
     from diffusion_handles.world.scene import DEFAULT_SIZE, relight
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
         s = args.first_seed + j
         r = render_seed((s, size, DEFAULT_SPP))
         ref = r["rgb"].astype(np.float32) / 255.0
-        n_obj = int(r["ids"][r["ids"] != 255].max() + 1) if (r["ids"] != 255).any() else 0
+        n_obj = object_count(r["ids"])
         scene = scene_for_seed(s, size, size)
         row = {"seed": s}
         for k in args.sectors:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     from diffusion_handles.diffusion.backbone import Backbone, model_folder
     from diffusion_handles.world import leak_prior as lp
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
-    from diffusion_handles.world.evaluate import _psnr, generate, image_metrics
+    from diffusion_handles.world.evaluate import _psnr, generate, image_metrics, object_count
     from diffusion_handles.world.render import DEFAULT_SPP
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"seed": s, "caption": r["caption"], "psnr": _psnr(gen, ref),
                      "psnr_gain_matched": _psnr(np.clip(gen * rm / np.maximum(gm, 1e-4), 0, 1), ref),
                      "psnr_true_leak": _psnr(leak, ref), "luma_generated": float(gm @ LUMA), "luma_true": float(rm @ LUMA)})
-        n_obj = int(r["ids"][r["ids"] != 255].max() + 1) if (r["ids"] != 255).any() else 0
+        n_obj = object_count(r["ids"])
         m = image_metrics(gen, ref, r["ids"], n_obj)
         rows[-1].update(iou_obj=m["iou_obj"], colour_err=m["colour_err"])
         if prior is not None:

@@ -38,8 +38,12 @@ def test_fit_recovers_the_block_means_in_their_places(bb):
     n = 200
     depth, z, means = _layout_latents(n)
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
-    prior = lp.fit(bb, captions, depth, z, blocks=4, ridge=1e-6)
+    prior, r2 = lp.fit(bb, captions, depth, z, blocks=4, ridge=1e-6, holdout=0.2)
     assert prior.weight.shape == (64 + lp.DEPTH_POOL ** 2 + 1, 8 * 16)
+    assert r2 > 0.95  # a linear layout is explained on the images the split held out
+    shuffled = lp.fit(bb, captions, depth, z[torch.randperm(n, generator=torch.Generator().manual_seed(1))],
+                      blocks=4, ridge=1e-6, holdout=0.2)[1]
+    assert shuffled < 0.2  # latents that do not belong to their depth maps are not
     d2, _, m2 = _layout_latents(3, seed=1)  # unseen depth maps
     for j in range(3):
         pred = prior.predict(bb, CAPTIONS[j], d2[j:j + 1])
@@ -110,7 +114,10 @@ def test_leak_prior_command_copies_the_model_and_adds_its_prior(tmp_path, capsys
     out = tmp_path / "m"
     assert main(["world", "leak-prior", "--data", str(data), "--blocks", "3", "--out", str(out)]) == 2
     assert "--blocks: expected a divisor of the latent grid 32x32" in capsys.readouterr().err and not out.exists()
-    assert main(["world", "leak-prior", "--data", str(data), "--blocks", "2", "--out", str(out)]) == 0
+    assert main(["world", "leak-prior", "--data", str(data), "--holdout", "1", "--out", str(out)]) == 2
+    assert "--holdout: expected a share in [0, 1), got 1.0" in capsys.readouterr().err and not out.exists()
+    assert main(["world", "leak-prior", "--data", str(data), "--blocks", "2", "--holdout", "0.5", "--out", str(out)]) == 0
+    assert "of the block means' variance on the held-out 0.5" in capsys.readouterr().out
     shipped = sorted(str(f.relative_to(model_path())) for f in model_path().rglob("*") if f.is_file())
     written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
     assert sorted(set(shipped) | {lp.PRIOR_FILE}) == written
@@ -120,6 +127,7 @@ def test_leak_prior_command_copies_the_model_and_adds_its_prior(tmp_path, capsys
     import json
 
     before, after = (json.loads((f / "training.json").read_text())["history"] for f in (model_path(), out))
-    assert after[:-1] == before and after[-1]["stages"]["leak_prior"]["images"] == 6  # the fit is on record
+    fit_record = after[-1]["stages"]["leak_prior"]
+    assert after[:-1] == before and fit_record["images"] == 6 and "heldout_r2" in fit_record  # the fit is on record
     assert main(["world", "leak-prior", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "m2")]) == 2
     assert "--data: file not found" in capsys.readouterr().err and not (tmp_path / "m2").exists()

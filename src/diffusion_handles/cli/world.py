@@ -131,6 +131,9 @@ def register(subparsers) -> None:
     lk.add_argument("--n", type=int, default=None, help="fit on its first N images (default: all)")
     lk.add_argument("--blocks", type=int, default=4, metavar="K",
                     help="predict a KxK grid of block means per latent channel (default 4; a divisor of the latent grid)")
+    lk.add_argument("--holdout", type=float, default=0.1, metavar="F",
+                    help="also fit on the first 1-F of the images and report the share of the block means' variance "
+                         "it explains on the rest (default 0.1; 0: no report); the prior written is fitted on all")
     lk.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     lk.add_argument("--out", required=True, metavar="DIR", help="new folder for the model with its prior")
     lk.set_defaults(func=_leak_prior)
@@ -448,6 +451,8 @@ def _leak_prior(args: argparse.Namespace) -> int:
         raise HandlesError(f"--n: expected at least 2 images, got {args.n}")
     if args.threads < 1:
         raise HandlesError(f"--threads: expected at least 1, got {args.threads}")
+    if not 0.0 <= args.holdout < 1.0:
+        raise HandlesError(f"--holdout: expected a share in [0, 1), got {args.holdout}")
     import torch
 
     from diffusion_handles.world.dataset import load_dataset
@@ -463,16 +468,19 @@ def _leak_prior(args: argparse.Namespace) -> int:
     import time
 
     start = time.perf_counter()
-    prior = lp.fit_dataset(bb, data, args.n, blocks=args.blocks)
+    prior, r2 = lp.fit_dataset(bb, data, args.n, blocks=args.blocks, holdout=args.holdout)
     images = min(args.n or len(data["rgb"]), len(data["rgb"]))
     seconds = time.perf_counter() - start
+    stage = {"images": images, "blocks": args.blocks, "seconds": round(seconds, 1)}
+    if r2 is not None:
+        stage.update(holdout=args.holdout, heldout_r2=round(r2, 4))
     record = {"date": datetime.date.today().isoformat(),
               "hardware": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
-              "stages": {"leak_prior": {"images": images, "blocks": args.blocks, "seconds": round(seconds, 1)}},
-              "hours": round(seconds / 3600, 3)}
+              "stages": {"leak_prior": stage}, "hours": round(seconds / 3600, 3)}
     lp.write_model(folder, prior, args.out, record)
+    held = "" if r2 is None else f"; it explains {100 * r2:.1f} % of the block means' variance on the held-out {args.holdout:g}"
     print(f"handles world leak-prior: wrote {args.out} ({folder.name} with {lp.PRIOR_FILE}, fitted on {images} "
-          f"images in {seconds:.0f} s)")
+          f"images in {seconds:.0f} s{held})")
     return 0
 
 

@@ -93,6 +93,12 @@ def knn_labels(image: np.ndarray, reference: np.ndarray, ref_labels: np.ndarray,
     return torch.cat(out).reshape(image.shape[:2]).numpy()
 
 
+def object_count(ids: np.ndarray) -> int:
+    """Objects in an id map ``(H, W)`` uint8 (``k`` for object k, 255 for the background)."""
+    fg = ids[ids != 255]
+    return int(fg.max()) + 1 if fg.size else 0
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     u = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / u) if u else 1.0
@@ -215,7 +221,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         r = render_seed((s, size, DEFAULT_SPP))
         ref = r["rgb"].astype(np.float32) / 255.0
         depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
-        n_obj = int((r["ids"] != 255).any() and r["ids"][r["ids"] != 255].max() + 1)
+        n_obj = object_count(r["ids"])
         gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance, prior=prior)
         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         scene = scene_for_seed(s, size, size)

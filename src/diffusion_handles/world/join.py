@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.world.model import component_tensors
+from diffusion_handles.world.model import component_tensors, cumulative_hours
 
 DECODER_KEYS = ("decoder.", "post_quant_conv.")  # what the encoder stage leaves untouched
 LATENT_CONFIG = ("latent_channels", "scaling_factor")  # the decoder's structure: its tensors' names and shapes
@@ -78,7 +78,7 @@ def join(unet_model: str | Path, encoder_model: str | Path, out: str | Path,
         index_u["vae"] = index_e["vae"]  # the VAE's class (a wider encoder is an AsymmetricAutoencoderKL)
         (tmp / "model_index.json").write_text(json.dumps(index_u, indent=2) + "\n")
         record = {**train_u, "history": history,
-                  "cumulative_hours": round(sum(h.get("hours") or 0.0 for h in history), 3),
+                  "cumulative_hours": cumulative_hours(history),
                   "joined": {"unet_from": str(unet_model), "vae_from": str(encoder_model)}}
         if "config" in train_e:
             record["encoder_config"] = train_e["config"]

@@ -74,22 +74,38 @@ def features(backbone, captions: list[str], depth: torch.Tensor, depth_pool: int
     return torch.cat([text.double(), inv, torch.ones(len(captions), 1, dtype=torch.double)], 1)
 
 
+def _block_means(latents: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``(N, C * blocks**2)`` float64: the square ``blocks x blocks`` block means of ``latents (N, C, h, w)``."""
+    if latents.shape[-1] % blocks or latents.shape[-2] % blocks:
+        raise ValueError(f"blocks: expected a divisor of the latent grid {tuple(latents.shape[-2:])}, got {blocks}")
+    return F.avg_pool2d(latents.double(), latents.shape[-1] // blocks).flatten(1)
+
+
+def _solve(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Ridge regression ``argmin_W |x W - y|^2 + ridge |W|^2`` (closed form)."""
+    return torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y)
+
+
 def fit(backbone, captions: list[str], depth: torch.Tensor, latents: torch.Tensor, blocks: int = BLOCKS,
-        depth_pool: int = DEPTH_POOL, ridge: float = RIDGE) -> LeakPrior:
+        depth_pool: int = DEPTH_POOL, ridge: float = RIDGE, holdout: float = 0.0) -> tuple[LeakPrior, float | None]:
     """Ridge regression from :func:`features` to the ``blocks x blocks`` block means of ``latents``.
 
     ``latents (N, C, h, w)``: the scaled latents ``z_0`` of the ``N`` training images (``h`` and
     ``w`` multiples of ``blocks``); ``depth (N, 1, H, W)`` their z-depth; ``captions`` theirs.
+    Returns the prior fitted on all ``N`` and, with ``0 < holdout < 1``, the share of the block
+    means' variance a fit on the first ``1 - holdout`` of the images explains on the rest (the
+    mean over the ``C * blocks**2`` outputs of ``1 - SSE / SST``; ``None`` without a holdout).
     """
     n = len(captions)
     if latents.shape[0] != n or depth.shape[0] != n:
         raise ValueError(f"latents, depth: expected {n} of each (one per caption), got {latents.shape[0]} and {depth.shape[0]}")
-    if latents.shape[-1] % blocks or latents.shape[-2] % blocks:
-        raise ValueError(f"blocks: expected a divisor of the latent grid {tuple(latents.shape[-2:])}, got {blocks}")
-    x = features(backbone, captions, depth, depth_pool)  # (N, F)
-    y = F.avg_pool2d(latents.double(), latents.shape[-1] // blocks).flatten(1)  # (N, C*k*k), square blocks
-    a = x.T @ x + ridge * torch.eye(x.shape[1], dtype=torch.double)
-    return LeakPrior(torch.linalg.solve(a, x.T @ y).float(), blocks, depth_pool)
+    x, y = features(backbone, captions, depth, depth_pool), _block_means(latents, blocks)  # (N, F), (N, C*k*k)
+    r2 = None
+    m = int(round(n * (1.0 - holdout)))
+    if 0.0 < holdout < 1.0 and 2 <= m < n:
+        pred = x[m:] @ _solve(x[:m], y[:m], ridge)
+        r2 = float((1.0 - (pred - y[m:]).pow(2).sum(0) / (y[m:] - y[:m].mean(0)).pow(2).sum(0)).mean())
+    return LeakPrior(_solve(x, y, ridge).float(), blocks, depth_pool), r2
 
 
 def load(folder: str | Path, backbone) -> LeakPrior | None:
@@ -115,7 +131,8 @@ def load(folder: str | Path, backbone) -> LeakPrior | None:
     return LeakPrior(weight, blocks, pool)
 
 
-def fit_dataset(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS, batch: int = 32) -> LeakPrior:
+def fit_dataset(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS, batch: int = 32,
+                holdout: float = 0.0) -> tuple[LeakPrior, float | None]:
     """:func:`fit` on the first ``n`` images of a training set (:func:`~diffusion_handles.world.dataset.load_dataset`),
     encoded as the UNet trained on them (the encoder's latent, no refinement)."""
     n = len(data["rgb"]) if n is None else min(int(n), len(data["rgb"]))
@@ -124,34 +141,29 @@ def fit_dataset(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS
     z = torch.cat([backbone.encode_image(backbone.resize_to_work(rgb[i:i + batch].float() / 255.0, hw), refine_steps=0).cpu()
                    for i in range(0, n, batch)])
     depth = torch.from_numpy(data["depth"][:n])[:, None]
-    return fit(backbone, [str(c) for c in data["caption"][:n]], depth, z, blocks=blocks)
+    return fit(backbone, [str(c) for c in data["caption"][:n]], depth, z, blocks=blocks, holdout=holdout)
 
 
 def write_model(model: str | Path, prior: LeakPrior, out: str | Path, record: dict | None = None) -> Path:
-    """A copy of the model folder ``model`` with ``prior`` in it, at the new folder ``out``.
+    """A copy of the model folder ``model`` with ``prior`` in it, at the new folder ``out``
+    (staged by :func:`~diffusion_handles.outputs.atomic_output_dir`: whole or not at all).
 
     ``record`` (e.g. ``{"date", "hardware", "stages": {"leak_prior": {"images", "seconds"}},
     "hours"}``) is appended to the ``history`` of the copy's ``training.json``, when it has one.
-    Written beside ``out`` first and renamed, so a failure leaves no half-written folder.
     """
     import json
     import shutil
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".writing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(model, tmp)
+    from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.world.model import cumulative_hours
+
+    with atomic_output_dir(out) as tmp:
+        shutil.copytree(model, tmp, dirs_exist_ok=True)
         prior.save(tmp)
         log = tmp / "training.json"
         if record is not None and log.is_file():
             info = json.loads(log.read_text())
             info["history"] = [*info.get("history", []), record]
-            info["cumulative_hours"] = round(sum(h.get("hours") or 0.0 for h in info["history"]), 3)
+            info["cumulative_hours"] = cumulative_hours(info["history"])
             log.write_text(json.dumps(info, indent=2))
-        if out.exists():  # an empty folder (checked by the caller)
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out)

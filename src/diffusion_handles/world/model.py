@@ -231,6 +231,11 @@ def component_tensors(folder: str | Path, name: str) -> dict:
 ENCODE_REFINE_STEPS = 20
 
 
+def cumulative_hours(history: list[dict]) -> float:
+    """The hours of every sitting in a ``training.json`` ``history`` (entries without ``hours``: 0)."""
+    return round(sum(h.get("hours") or 0.0 for h in history), 3)
+
+
 def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, scheduler,
                max_shard_size: str = "16MB", encode_refine_steps: int = ENCODE_REFINE_STEPS) -> Path:
     """Save in diffusers layout (safetensors) with a ``model_index.json``, and this project's

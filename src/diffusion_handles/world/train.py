@@ -47,6 +47,7 @@ from diffusion_handles.world.dataset import jpeg_quality_of, load_dataset
 from diffusion_handles.world.model import (
     build_components,
     build_tokenizer_files,
+    cumulative_hours,
     load_tokenizer,
     save_model,
 )
@@ -712,5 +713,5 @@ def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware:
     history = list(init.get("history", [])) + [entry]
     (out / "training.json").write_text(json.dumps({
         "unet_steps": unet_steps, "ema": use_ema, "config": cfg, "history": history,
-        "cumulative_hours": round(sum(h.get("hours") or 0.0 for h in history), 3)}, indent=1))
+        "cumulative_hours": cumulative_hours(history)}, indent=1))
     return out
