@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.outputs import atomic_output_dir
 from diffusion_handles.world.model import component_tensors, cumulative_hours
 
 DECODER_KEYS = ("decoder.", "post_quant_conv.")  # what the encoder stage leaves untouched
@@ -69,10 +70,8 @@ def join(unet_model: str | Path, encoder_model: str | Path, out: str | Path,
     while shared < min(len(hist_u), len(hist_e)) and hist_u[shared] == hist_e[shared]:
         shared += 1
     history = hist_u + hist_e[shared:]
-    tmp = out.with_name(out.name + ".joining")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        shutil.copytree(unet_model, tmp)
+    with atomic_output_dir(out) as tmp:  # complete or not at all
+        shutil.copytree(unet_model, tmp, dirs_exist_ok=True)
         shutil.rmtree(tmp / "vae")
         shutil.copytree(encoder_model / "vae", tmp / "vae")
         index_u["vae"] = index_e["vae"]  # the VAE's class (a wider encoder is an AsymmetricAutoencoderKL)
@@ -83,9 +82,4 @@ def join(unet_model: str | Path, encoder_model: str | Path, out: str | Path,
         if "config" in train_e:
             record["encoder_config"] = train_e["config"]
         (tmp / "training.json").write_text(json.dumps(record, indent=1))
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
