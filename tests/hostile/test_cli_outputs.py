@@ -141,6 +141,7 @@ COMMANDS = {  # argv without --out; valid, so that only --out can stop them
     "world export": lambda p: ["world", "export", "--run-dir", p["run"]],
     "world eval": lambda p: ["world", "eval", "--n", "2", "--steps", "1"],
     "world leak-prior": lambda p: ["world", "leak-prior", "--data", p["depth"]],  # an existing file passes --data's check
+    "world extend-vocab": lambda p: ["world", "extend-vocab"],
     "world export-3deditbench": lambda p: ["world", "export-3deditbench", "--scenes", "1"],
 }
 BAD_OUT = {  # name -> (--out value, words the message must hold)

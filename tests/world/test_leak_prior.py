@@ -39,7 +39,7 @@ def test_fit_recovers_the_block_means_in_their_places(bb):
     depth, z, means = _layout_latents(n)
     captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(n)]
     prior, r2 = lp.fit(bb, captions, depth, z, blocks=4, ridge=1e-6, holdout=0.2)
-    assert prior.weight.shape == (64 + lp.DEPTH_POOL ** 2 + 1, 8 * 16)
+    assert prior.weight.shape == (64 + lp.DEPTH_POOL ** 2 + 1 + 6, 8 * 16) and prior.light_sides == 6
     assert r2 > 0.95  # a linear layout is explained on the images the split held out
     shuffled = lp.fit(bb, captions, depth, z[torch.randperm(n, generator=torch.Generator().manual_seed(1))],
                       blocks=4, ridge=1e-6, holdout=0.2)[1]
@@ -49,6 +49,27 @@ def test_fit_recovers_the_block_means_in_their_places(bb):
         pred = prior.predict(bb, CAPTIONS[j], d2[j:j + 1])
         assert pred.shape == (1, 8, 4, 4)
         torch.testing.assert_close(pred, m2[j:j + 1], atol=0.05 * float(m2.abs().max()), rtol=0)
+
+
+def test_the_side_the_caption_names_enters_the_prediction(bb):
+    """Latents whose brightness follows the named side of the sun (every caption with every side,
+    twice) are predicted per side; a caption naming no side has no side features; a prior fitted
+    before the captions named it (``light_sides`` 0) still predicts."""
+    from diffusion_handles.world.scene import LIGHT_SIDES
+
+    n = 48
+    depth = torch.full((n, 1, 16, 16), 4.0)
+    side = [(i // 4) % 6 for i in range(n)]
+    captions = [f"{CAPTIONS[i % 4]} lit from the {LIGHT_SIDES[side[i]]}" for i in range(n)]
+    z = torch.tensor([0.3 * k - 0.7 for k in side]).view(n, 1, 1, 1).expand(n, 8, 8, 8).clone()
+    prior, r2 = lp.fit(bb, captions, depth, z, blocks=1, holdout=0.25)
+    assert prior.light_sides == len(LIGHT_SIDES) and r2 > 0.95
+    for k, name in enumerate(LIGHT_SIDES):
+        pred = prior.predict(bb, f"{CAPTIONS[k % 4]} lit from the {name}", depth[:1])
+        torch.testing.assert_close(pred, torch.full((1, 8, 1, 1), 0.3 * k - 0.7), atol=0.1, rtol=0)  # sides 0.3 apart; ridge shrinks a little
+    assert lp.features(bb, ["a red cube on a grey floor by a white wall"], depth[:1])[0, -6:].abs().sum() == 0
+    old = lp.LeakPrior(prior.weight[:-6], blocks=1)  # no side features
+    assert old.predict(bb, captions[0], depth[:1]).shape == (1, 8, 1, 1)
 
 
 def test_start_is_the_forward_process_of_the_predicted_blocks(bb):

@@ -96,9 +96,12 @@ def test_backbone_loads_a_model_whose_vae_has_a_wider_encoder(tmp_path):
     wide = Backbone.from_pretrained(str(tmp_path / "m"))
     assert type(wide.vae).__name__ == "AsymmetricAutoencoderKL"
     assert (wide.vae_factor, wide.default_size, wide.scaling_factor) == (bb.vae_factor, bb.default_size, bb.scaling_factor)
-    x = torch.rand(1, 3, 128, 128)
-    z = bb.encode_image(x)
-    torch.testing.assert_close(wide.encode_image(x), z, atol=1e-4, rtol=1e-4)
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    z = bb.encode_image(x, refine_steps=0)  # the encoders: equal up to float rounding
+    torch.testing.assert_close(wide.encode_image(x, refine_steps=0), z, atol=1e-5, rtol=1e-4)
+    # with the latent refinement (Adam normalises each step, so rounding can move an element by a
+    # step where its gradient is near zero): close, not equal
+    torch.testing.assert_close(wide.encode_image(x), bb.encode_image(x), atol=2e-3, rtol=0)
     torch.testing.assert_close(wide.decode(z), bb.decode(z), atol=1e-5, rtol=1e-4)
 
 

@@ -401,3 +401,105 @@ def test_offset_noise_reaches_the_unet_stage_and_is_validated(data, tmp_path, ca
         assert main(["world", "train", "--data", str(data), f"--offset-noise={bad}"]) == 2
         err = capsys.readouterr().err
         assert "--offset-noise: expected a standard deviation in [0, 1]" in err and bad in err
+
+
+def test_warm_start_copies_word_embeddings_by_token_when_the_vocabulary_grows(data, tmp_path):
+    """A model whose tokenizer knows fewer caption words (before the light's side joined the
+    caption) warm-starts a run with the full vocabulary: each known word keeps its own embedding
+    row, although the ids move, and the new words start from the fresh initialisation."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from diffusion_handles.world.model import TOKEN_EMBEDDING, build_tokenizer_files, load_tokenizer
+    from diffusion_handles.world.scene import CAPTION_WORDS, LIGHT_SIDES
+
+    run = tmp_path / "run"
+    train(config_from_preset("tiny", data=str(data), run_dir=str(run), init_from="", unet_steps=1))
+    old = export(run, tmp_path / "old")
+    light = {"lit", "from", "the", *" ".join(LIGHT_SIDES).split()}
+    shutil.rmtree(old / "tokenizer")
+    build_tokenizer_files(old / "tokenizer", words=[w for w in CAPTION_WORDS if w not in light])
+    old_vocab = load_tokenizer(old / "tokenizer").get_vocab()
+    f = next((old / "text_encoder").glob("*.safetensors"))
+    state = load_file(str(f))
+    torch.manual_seed(1)
+    state[TOKEN_EMBEDDING] = torch.randn(len(old_vocab), state[TOKEN_EMBEDDING].shape[1])  # distinct rows
+    save_file(state, str(f))
+
+    run2 = tmp_path / "run2"
+    train(config_from_preset("tiny", data=str(data), run_dir=str(run2), init_from=str(old), unet_steps=1))
+    new = torch.load(run2 / "init_text_encoder.pt", weights_only=True)["model"][TOKEN_EMBEDDING]
+    vocab = load_tokenizer(run2 / "tokenizer_files").get_vocab()
+    assert len(vocab) > len(old_vocab)
+    moved = [w + "</w>" for w in ("red", "wall", "teal") if vocab[w + "</w>"] != old_vocab[w + "</w>"]]
+    assert moved  # the test means something only where ids moved
+    for tok in ("red</w>", "wall</w>", "teal</w>", "sphere</w>", "<|endoftext|>"):
+        torch.testing.assert_close(new[vocab[tok]], state[TOKEN_EMBEDDING][old_vocab[tok]])
+    assert new[vocab["lit</w>"]].abs().max() < 0.2  # fresh (std 0.02), not a copied N(0, 1) row
+    assert "word embeddings copied by token" in (run2 / "train.log").read_text()
+
+
+def _model_before_the_light_words(tmp_path):
+    """The shipped model as it was before the captions named the light: its tokenizer built from
+    the caption words without the light words, its word embeddings moved back to those ids."""
+    import shutil
+
+    from transformers import CLIPTextModel
+
+    from diffusion_handles.world import model_path
+    from diffusion_handles.world.model import (
+        build_tokenizer_files,
+        load_tokenizer,
+        remap_token_embedding,
+    )
+    from diffusion_handles.world.scene import CAPTION_WORDS, LIGHT_SIDES
+
+    old = tmp_path / "old"
+    shutil.copytree(model_path(), old)
+    (old / "leak_prior.safetensors").unlink()
+    light = {"lit", "from", "the", *" ".join(LIGHT_SIDES).split()}
+    shutil.rmtree(old / "tokenizer")
+    build_tokenizer_files(tmp_path / "tok", words=[w for w in CAPTION_WORDS if w not in light])
+    tok = load_tokenizer(tmp_path / "tok")
+    tok.save_pretrained(old / "tokenizer")
+    te = CLIPTextModel.from_pretrained(str(model_path() / "text_encoder"))
+    cfg = te.config
+    cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    small = CLIPTextModel(cfg)
+    state, _ = remap_token_embedding(te.state_dict(), load_tokenizer(model_path() / "tokenizer").get_vocab(), tok.get_vocab(),
+                                     torch.zeros(len(tok), cfg.hidden_size))
+    small.load_state_dict(state)
+    shutil.rmtree(old / "text_encoder")
+    small.save_pretrained(str(old / "text_encoder"))
+    return old
+
+
+def test_extend_vocab_rebuilds_the_shipped_text_encoder_from_the_one_before(tmp_path, capsys):
+    """``handles world extend-vocab`` on the model as it was before the light words gives the
+    shipped tokenizer and text encoder bit for bit (the command that made them), copies UNet and VAE
+    untouched, drops the stale leak prior, records itself, and refuses a model that already knows
+    every word or an existing --out, naming the argument."""
+    from safetensors.torch import load_file
+
+    from diffusion_handles.world import model_path
+    from diffusion_handles.world.model import load_tokenizer
+
+    old = _model_before_the_light_words(tmp_path)
+    out = tmp_path / "new"
+    assert main(["world", "extend-vocab", "--model", str(old), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "words added: back from front left lit right the" in printed
+    assert load_tokenizer(out / "tokenizer").get_vocab() == load_tokenizer(model_path() / "tokenizer").get_vocab()
+    a, b = load_file(str(out / "text_encoder" / "model.safetensors")), load_file(str(model_path() / "text_encoder" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = json.loads((out / "text_encoder" / "config.json").read_text())
+    assert cfg["vocab_size"] == 638 and cfg["eos_token_id"] == load_tokenizer(out / "tokenizer").eos_token_id
+    for f in (old / "unet").iterdir():
+        assert (out / "unet" / f.name).read_bytes() == f.read_bytes()
+    assert not (out / "leak_prior.safetensors").exists()
+    assert json.loads((out / "training.json").read_text())["history"][-1]["stages"]["vocabulary"]["rows_new"] == 19
+    assert main(["world", "extend-vocab", "--model", str(out), "--out", str(tmp_path / "again")]) == 2
+    assert "--model" in capsys.readouterr().err and not (tmp_path / "again").exists()
+    assert main(["world", "extend-vocab", "--model", str(old), "--out", str(out)]) == 2
+    assert "--out" in capsys.readouterr().err

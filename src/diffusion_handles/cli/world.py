@@ -138,6 +138,13 @@ def register(subparsers) -> None:
     lk.add_argument("--out", required=True, metavar="DIR", help="new folder for the model with its prior")
     lk.set_defaults(func=_leak_prior)
 
+    xv = sub.add_parser("extend-vocab", help="a copy of a model whose tokenizer knows every word of the world's "
+                                             "captions now (word embeddings kept by token; UNet and VAE untouched)")
+    xv.add_argument("--model", default="tinyworld", help="the model folder to copy (default: the embedded model)")
+    xv.add_argument("--seed", type=int, default=0, help="seed of the new words' initial embeddings (default 0)")
+    xv.add_argument("--out", required=True, metavar="DIR", help="new folder for the extended model")
+    xv.set_defaults(func=_extend_vocab)
+
     c = sub.add_parser("compare", help="two eval runs scene by scene: paired differences with 95%% bootstrap "
                                        "intervals, and the VAE's worst scenes")
     c.add_argument("base", metavar="BASE", help="the reference eval (its folder or metrics.json), e.g. the shipped model's")
@@ -481,6 +488,22 @@ def _leak_prior(args: argparse.Namespace) -> int:
     held = "" if r2 is None else f"; it explains {100 * r2:.1f} % of the block means' variance on the held-out {args.holdout:g}"
     print(f"handles world leak-prior: wrote {args.out} ({folder.name} with {lp.PRIOR_FILE}, fitted on {images} "
           f"images in {seconds:.0f} s{held})")
+    return 0
+
+
+def _extend_vocab(args: argparse.Namespace) -> int:
+    from diffusion_handles.diffusion.backbone import model_folder
+    from diffusion_handles.world.model import extend_vocabulary
+
+    check_out(args)
+    folder = model_folder(args.model)
+    if folder is None or not (folder / "tokenizer").is_dir() or not (folder / "text_encoder").is_dir():
+        raise HandlesError(f"--model: expected a local model folder with tokenizer/ and text_encoder/, or 'tinyworld', "
+                           f"got {args.model}")
+    change = extend_vocabulary(folder, args.out, seed=args.seed)
+    print(f"handles world extend-vocab: wrote {args.out} (words added: {' '.join(change['words_added'])}; "
+          f"{change['rows_copied']} word embeddings kept, {change['rows_new']} new); fit its leak prior with "
+          f"handles world leak-prior --model {args.out}")
     return 0
 
 

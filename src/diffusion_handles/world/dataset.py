@@ -52,6 +52,21 @@ def render_seed(args: tuple[int, int, int]) -> dict:
             "caption_mirrored": scene.caption(mirrored=True), "seed": seed, "scene": scene.to_json()}
 
 
+def captions_of(data: dict) -> tuple[list[str], list[str]]:
+    """The captions of a loaded training set and of its mirrored images, ``(N,)`` each.
+
+    Written afresh from the scene records when the file has them, so a training set rendered
+    before a change of the world's caption (such as the light's side, added in the eleventh
+    sitting) trains on the captions the world writes now; otherwise the stored ones.
+    """
+    from diffusion_handles.world.scene import Scene
+
+    if "scene" in data:
+        scenes = [Scene.from_json(str(s)) for s in data["scene"]]
+        return [s.caption() for s in scenes], [s.caption(mirrored=True) for s in scenes]
+    return [str(c) for c in data["caption"]], [str(c) for c in data["caption_mirrored"]]
+
+
 def build_dataset(out: str | Path, seeds, size: int = DEFAULT_SIZE, spp: int = DEFAULT_SPP, workers: int = 2) -> Path:
     """Render ``seeds`` into ``out`` (.npz). At most ``workers`` processes (default 2)."""
     from tqdm import tqdm

@@ -16,11 +16,12 @@ For every held-out scene the model generates an image from the *true* z-depth an
 
 Baselines in the same table: ``vae`` (the rendered image through the VAE, the model's ceiling),
 ``other`` (the render of a different held-out scene: what "ignores the input" scores) and
-``relit`` (the same scene rendered under a sun and sky drawn afresh from the world's range,
-:func:`~diffusion_handles.world.scene.relight`). Caption and depth do not carry the light, so
-``relit`` is what a perfect generator scores when it draws its light as the world does. A model
-that hedges towards an average light can score somewhat better on PSNR and colour error, but
-figures far above ``relit`` need the light, which the inputs do not give.
+``relit`` (the same scene rendered under a sun and sky drawn afresh from the world's range, the
+sun kept on the side the caption names, :func:`~diffusion_handles.world.scene.relight` with
+``len(LIGHT_SIDES)`` sectors). The caption names the sun's side to within 50 degrees and nothing
+else of the light (its elevation, strength, the sky), so ``relit`` is what a perfect generator
+scores when it draws the rest of the light as the world does. A model that hedges towards an
+average light can score somewhat better on PSNR and colour error.
 
 ``metrics.json`` also carries ``figures``, stable keys for the model's headline numbers:
 ``vae_psnr`` (the round trip the pipeline starts from: the encoder, then the model's own
@@ -206,7 +207,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
     from diffusion_handles.world import leak_prior as lp
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
     from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
-    from diffusion_handles.world.scene import relight
+    from diffusion_handles.world.scene import LIGHT_SIDES, relight
 
     first = HELDOUT_SEED0 if first_seed is None else int(first_seed)
     torch.manual_seed(seed)
@@ -226,7 +227,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         scene = scene_for_seed(s, size, size)
         rerender, relit = (render(sc, spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
-                           for sc in (scene, relight(scene, s + RELIGHT_SEED)))
+                           for sc in (scene, relight(scene, s + RELIGHT_SEED, len(LIGHT_SIDES))))
         x = torch.from_numpy(ref).permute(2, 0, 1)[None]
         xw = bb.resize_to_work(x, bb.work_size((size, size)))
         z_enc = bb.encode_image(xw, refine_steps=0)  # (1, c, h, w), scaled: the encoder's latent

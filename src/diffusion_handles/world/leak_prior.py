@@ -9,11 +9,13 @@ al. ("Exploiting the Signal-Leak Bias in Diffusion Models", WACV 2024) keep the 
 the starting latent the leak the model expects, drawn from a distribution fitted to the training
 latents. This module makes that distribution's mean conditional on the generation's own inputs:
 
-    mu(caption, depth) = [text(caption), pool(1 / depth), 1] @ W         (k x k block means of z_0)
+    mu(caption, depth) = [text(caption), pool(1 / depth), 1, side(caption)] @ W   (k x k block means of z_0)
     x_T = sqrt(a_T) up(mu) + sqrt(1 - a_T) eps                            (q(x_T | z_0 = up(mu)))
 
 with ``text`` the model's own text encoder averaged over tokens, ``pool`` an average of the
-inverse depth over a ``depth_pool x depth_pool`` grid, ``up`` nearest-neighbour upsampling to the
+inverse depth over a ``depth_pool x depth_pool`` grid, ``side`` the one-hot of the sun's side the
+caption names ("... lit from the left"; six sides, :data:`~diffusion_handles.world.scene.LIGHT_SIDES`;
+all zero when it names none), ``up`` nearest-neighbour upsampling to the
 latent grid, and ``W`` a ridge regression (closed form) on the training set's latents. The UNet
 is unchanged, and so is every edit: edits start from the inverted ``x_T``, which carries the
 input's own leak. Only generation from a caption and a depth map uses it.
@@ -37,15 +39,18 @@ RIDGE = 1.0  # ridge penalty of the fit
 
 @dataclass
 class LeakPrior:
-    """``weight (D + depth_pool**2 + 1, C * blocks**2)``: features to block means of the scaled latent."""
+    """``weight (D + depth_pool**2 + 1 + light_sides, C * blocks**2)``: features to block means of
+    the scaled latent. ``light_sides``: 0 for a prior without the light's side (fitted before the
+    captions named it), else ``len(LIGHT_SIDES)``."""
 
     weight: torch.Tensor
     blocks: int = BLOCKS
     depth_pool: int = DEPTH_POOL
+    light_sides: int = 0
 
     def predict(self, backbone, caption: str, depth: torch.Tensor) -> torch.Tensor:
         """Block means ``(1, C, blocks, blocks)`` of ``z_0`` for a caption and z-depth ``(1, 1, H, W)``."""
-        x = features(backbone, [caption], depth, self.depth_pool)
+        x = features(backbone, [caption], depth, self.depth_pool, light=self.light_sides > 0)
         c = int(backbone.vae.config.latent_channels)
         return (x @ self.weight.double()).float().reshape(1, c, self.blocks, self.blocks)
 
@@ -59,19 +64,36 @@ class LeakPrior:
 
         path = Path(folder) / PRIOR_FILE
         save_file({"weight": self.weight.float().contiguous()}, str(path),
-                  metadata={"blocks": str(self.blocks), "depth_pool": str(self.depth_pool)})
+                  metadata={"blocks": str(self.blocks), "depth_pool": str(self.depth_pool),
+                            "light_sides": str(self.light_sides)})
         return path
 
 
-def features(backbone, captions: list[str], depth: torch.Tensor, depth_pool: int = DEPTH_POOL) -> torch.Tensor:
-    """``(N, D + depth_pool**2 + 1)`` float64: token-averaged text encoding, pooled inverse depth, 1.
+def features(backbone, captions: list[str], depth: torch.Tensor, depth_pool: int = DEPTH_POOL,
+             light: bool = True) -> torch.Tensor:
+    """``(N, D + depth_pool**2 + 1 [+ S])`` float64: token-averaged text encoding, pooled inverse
+    depth, 1 and, with ``light``, the one-hot of the sun's side each caption names (``S =
+    len(LIGHT_SIDES)``; zeros when it names none).
 
-    ``depth (N, 1, H, W)``: z-depth in scene units (positive).
+    ``depth (N, 1, H, W)``: z-depth in scene units (positive). The side enters as its own
+    features because the model's token-averaged encoding dilutes it: on 1600 training images of
+    seeds 5000-6599 (fitted on 80 %, scored on 20 %, eleventh sitting) the prior explains 50 % of
+    the block means' variance without it and 74 % with it.
     """
+    from diffusion_handles.world.scene import LIGHT_SIDES, light_side_of
+
     with torch.no_grad():
         text = torch.cat([backbone.encode_prompt(c).float().mean(1).cpu() for c in captions])  # (N, D)
     inv = F.adaptive_avg_pool2d(1.0 / depth.double().clamp_min(1e-6), depth_pool).flatten(1)  # (N, P*P)
-    return torch.cat([text.double(), inv, torch.ones(len(captions), 1, dtype=torch.double)], 1)
+    parts = [text.double(), inv, torch.ones(len(captions), 1, dtype=torch.double)]
+    if light:
+        side = torch.zeros(len(captions), len(LIGHT_SIDES), dtype=torch.double)
+        for i, c in enumerate(captions):
+            k = light_side_of(c)
+            if k is not None:
+                side[i, k] = 1.0
+        parts.append(side)
+    return torch.cat(parts, 1)
 
 
 def _block_means(latents: torch.Tensor, blocks: int) -> torch.Tensor:
@@ -100,12 +122,13 @@ def fit(backbone, captions: list[str], depth: torch.Tensor, latents: torch.Tenso
     if latents.shape[0] != n or depth.shape[0] != n:
         raise ValueError(f"latents, depth: expected {n} of each (one per caption), got {latents.shape[0]} and {depth.shape[0]}")
     x, y = features(backbone, captions, depth, depth_pool), _block_means(latents, blocks)  # (N, F), (N, C*k*k)
+    d = int(backbone.text_encoder.config.hidden_size)
     r2 = None
     m = int(round(n * (1.0 - holdout)))
     if 0.0 < holdout < 1.0 and 2 <= m < n:
         pred = x[m:] @ _solve(x[:m], y[:m], ridge)
         r2 = float((1.0 - (pred - y[m:]).pow(2).sum(0) / (y[m:] - y[:m].mean(0)).pow(2).sum(0)).mean())
-    return LeakPrior(_solve(x, y, ridge).float(), blocks, depth_pool), r2
+    return LeakPrior(_solve(x, y, ridge).float(), blocks, depth_pool, x.shape[1] - (d + depth_pool ** 2 + 1)), r2
 
 
 def load(folder: str | Path, backbone) -> LeakPrior | None:
@@ -119,29 +142,36 @@ def load(folder: str | Path, backbone) -> LeakPrior | None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             weight = f.get_tensor("weight")
-        blocks, pool = int(meta["blocks"]), int(meta["depth_pool"])
+        blocks, pool, sides = int(meta["blocks"]), int(meta["depth_pool"]), int(meta.get("light_sides", 0))
     except Exception as e:  # safetensors raises several types for a damaged file
         raise HandlesError(f"--model: {path} is not a readable leak prior ({type(e).__name__}: {str(e)[:80]})") from None
+    from diffusion_handles.world.scene import LIGHT_SIDES
+
+    if sides not in (0, len(LIGHT_SIDES)):
+        raise HandlesError(f"--model: {path}: expected 0 or {len(LIGHT_SIDES)} light sides, got {sides}")
     c = int(backbone.vae.config.latent_channels)
     d = int(backbone.text_encoder.config.hidden_size)
-    want = (d + pool * pool + 1, c * blocks * blocks)
+    want = (d + pool * pool + 1 + sides, c * blocks * blocks)
     if tuple(weight.shape) != want:
         raise HandlesError(f"--model: {path}: expected a weight of shape {want} for this model "
-                           f"(text width {d}, {c} latent channels, {blocks}x{blocks} blocks), got {tuple(weight.shape)}")
-    return LeakPrior(weight, blocks, pool)
+                           f"(text width {d}, {c} latent channels, {blocks}x{blocks} blocks, {sides} light sides), "
+                           f"got {tuple(weight.shape)}")
+    return LeakPrior(weight, blocks, pool, sides)
 
 
 def fit_dataset(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS, batch: int = 32,
                 holdout: float = 0.0) -> tuple[LeakPrior, float | None]:
     """:func:`fit` on the first ``n`` images of a training set (:func:`~diffusion_handles.world.dataset.load_dataset`),
     encoded as the UNet trained on them (the encoder's latent, no refinement)."""
+    from diffusion_handles.world.dataset import captions_of
+
     n = len(data["rgb"]) if n is None else min(int(n), len(data["rgb"]))
     rgb = torch.from_numpy(data["rgb"][:n]).permute(0, 3, 1, 2)  # (n, 3, H, W) uint8
     hw = backbone.work_size(tuple(rgb.shape[-2:]))
     z = torch.cat([backbone.encode_image(backbone.resize_to_work(rgb[i:i + batch].float() / 255.0, hw), refine_steps=0).cpu()
                    for i in range(0, n, batch)])
     depth = torch.from_numpy(data["depth"][:n])[:, None]
-    return fit(backbone, [str(c) for c in data["caption"][:n]], depth, z, blocks=blocks, holdout=holdout)
+    return fit(backbone, captions_of(data)[0][:n], depth, z, blocks=blocks, holdout=holdout)
 
 
 def write_model(model: str | Path, prior: LeakPrior, out: str | Path, record: dict | None = None) -> Path:

@@ -94,6 +94,36 @@ def build_tokenizer_files(folder: str | Path, words=CAPTION_WORDS) -> None:
         "unk_token": "<|endoftext|>", "errors": "replace"}))
 
 
+# The text encoder's word-embedding table, one row per token id (transformers 5 names it so;
+# older releases prefix it with "text_model.", which token_embedding_key also finds).
+TOKEN_EMBEDDING = "embeddings.token_embedding.weight"
+
+
+def token_embedding_key(state: dict) -> str:
+    """The name of the word-embedding table in a text encoder's ``state`` (see :data:`TOKEN_EMBEDDING`)."""
+    return next(k for k in state if k == TOKEN_EMBEDDING or k.endswith("." + TOKEN_EMBEDDING))
+
+
+def remap_token_embedding(state: dict, old_vocab: dict[str, int], new_vocab: dict[str, int], fresh) -> tuple[dict, int]:
+    """``state`` (a text encoder's tensors) with its word-embedding rows moved to ``new_vocab``'s ids.
+
+    A vocabulary built from more caption words numbers its tokens afresh, so a warm start copies
+    rows by token string, not by id. ``old_vocab`` / ``new_vocab``: token -> id of the warm start's
+    and the new tokenizer; ``fresh`` ``(len(new_vocab), hidden)``: the rows of tokens the warm start
+    lacks (a new model's initialisation). Returns the new state and how many rows were copied.
+    """
+    key = token_embedding_key(state)
+    old = state[key]
+    rows = fresh.detach().clone().to(old.dtype)
+    copied = 0
+    for token, i in new_vocab.items():
+        j = old_vocab.get(token)
+        if j is not None and j < len(old):
+            rows[i] = old[j]
+            copied += 1
+    return {**state, key: rows}, copied
+
+
 def load_tokenizer(folder: str | Path):
     from transformers import CLIPTokenizer
 
@@ -277,3 +307,61 @@ def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, schedu
 
     (folder / SETTINGS_FILE).write_text(json.dumps({"encode_refine_steps": int(encode_refine_steps)}) + "\n")
     return folder
+
+
+def extend_vocabulary(model: str | Path, out: str | Path, seed: int = 0) -> dict:
+    """A copy of the model folder ``model`` whose tokenizer knows every word of the world's captions now.
+
+    For a model trained before the captions gained words (the eleventh sitting's light words):
+    the tokenizer is rebuilt from :data:`~diffusion_handles.world.scene.CAPTION_WORDS`, the text
+    encoder keeps every row of its word embeddings under the new ids (:func:`remap_token_embedding`)
+    and starts the new tokens' rows as a new model would (N(0, 0.02), seeded); the UNet and VAE
+    are copied untouched. A leak prior in ``model`` is left out (its text features change; fit
+    one with ``handles world leak-prior``). ``out`` is written whole or not at all. Returns what
+    changed: ``{"words_added", "rows_copied", "rows_new"}``, also appended to ``training.json``'s history.
+    """
+    import datetime
+    import shutil
+
+    import torch
+    from transformers import CLIPTextModel
+
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.outputs import atomic_output_dir
+
+    model = Path(model)
+    old_tok = load_tokenizer(model / "tokenizer")
+    old_vocab = old_tok.get_vocab()
+    added = [w for w in CAPTION_WORDS if len(old_tok(w, add_special_tokens=False).input_ids) != 1]
+    if not added:
+        raise HandlesError(f"--model: {model} already knows every caption word (nothing to add)")
+    with atomic_output_dir(out) as tmp:
+        shutil.copytree(model, tmp, dirs_exist_ok=True)
+        (tmp / "leak_prior.safetensors").unlink(missing_ok=True)
+        shutil.rmtree(tmp / "tokenizer")
+        build_tokenizer_files(tmp / "tokenizer_build")
+        tokenizer = load_tokenizer(tmp / "tokenizer_build")
+        shutil.rmtree(tmp / "tokenizer_build")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        old_te = CLIPTextModel.from_pretrained(str(model / "text_encoder"))
+        cfg = old_te.config
+        cfg.vocab_size = len(tokenizer)
+        cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        te = CLIPTextModel(cfg)
+        torch.manual_seed(seed)
+        fresh = torch.randn(len(tokenizer), cfg.hidden_size) * 0.02  # CLIP's initializer_range
+        state, copied = remap_token_embedding(old_te.state_dict(), old_vocab, tokenizer.get_vocab(), fresh)
+        te.load_state_dict(state, strict=True)
+        shutil.rmtree(tmp / "text_encoder")
+        te.save_pretrained(str(tmp / "text_encoder"))
+        change = {"words_added": added, "rows_copied": copied, "rows_new": len(tokenizer) - copied}
+        log = tmp / "training.json"
+        if log.is_file():
+            info = json.loads(log.read_text())
+            info["history"] = [*info.get("history", []), {
+                "date": datetime.date.today().isoformat(), "stages": {"vocabulary": change}, "hours": 0.0,
+                "note": f"tokenizer extended to the world's caption words (handles world extend-vocab, seed {seed}); "
+                        "UNet and VAE unchanged"}]
+            info["cumulative_hours"] = cumulative_hours(info["history"])
+            log.write_text(json.dumps(info, indent=2))
+    return change

@@ -43,13 +43,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffusion_handles.world.dataset import jpeg_quality_of, load_dataset
+from diffusion_handles.world.dataset import captions_of, jpeg_quality_of, load_dataset
 from diffusion_handles.world.model import (
     build_components,
     build_tokenizer_files,
     cumulative_hours,
     load_tokenizer,
+    remap_token_embedding,
     save_model,
+    token_embedding_key,
 )
 
 
@@ -248,8 +250,10 @@ def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> tu
     return len(keep), len(own)
 
 
-def _init_from(cfg: TrainConfig, comps: dict, log) -> dict:
-    """Warm-start ``comps`` from ``cfg.init_from`` (matching tensors); returns its history."""
+def _init_from(cfg: TrainConfig, comps: dict, log, tokenizer=None) -> dict:
+    """Warm-start ``comps`` from ``cfg.init_from`` (matching tensors; the text encoder's word
+    embeddings by token string when ``tokenizer``'s vocabulary differs from the warm start's);
+    returns its history."""
     folder = init_folder(cfg)
     if folder is None:
         return {"history": []}
@@ -268,6 +272,14 @@ def _init_from(cfg: TrainConfig, comps: dict, log) -> dict:
 
             state = widen_encoder(AutoModel.from_pretrained(str(folder), subfolder="vae"), ratio, seed=cfg.seed).state_dict()
             log(f"init vae: encoder widened {ratio}x (the same latents)")
+        if name == "text_encoder" and tokenizer is not None and (folder / "tokenizer").is_dir():
+            old_vocab, new_vocab = load_tokenizer(folder / "tokenizer").get_vocab(), tokenizer.get_vocab()
+            if old_vocab != new_vocab:
+                own = comps[name].state_dict()
+                fresh = own[token_embedding_key(own)]
+                state, copied = remap_token_embedding(state, old_vocab, new_vocab, fresh)
+                log(f"init text_encoder: {copied} of {len(new_vocab)} word embeddings copied by token, "
+                    f"{len(new_vocab) - copied} new")
         got, total = load_matching(comps[name], state)
         log(f"init {name} from {folder}: {got}/{total} tensors match")
     vae_cfg = folder / "vae" / "config.json"
@@ -329,7 +341,7 @@ def _train(cfg: TrainConfig) -> Path:
     comps = build_components(tokenizer, seed=cfg.seed, image_size=cfg.image_size, unet_channels=cfg.unet_channels,
                              unet_dropout=cfg.unet_dropout, encoder_width=cfg.encoder_width)
     if not any((run / f).exists() for f in ("vae.pt", "unet.pt", "decoder.pt", "encoder.pt", "init.json")):
-        (run / "init.json").write_text(json.dumps(_init_from(cfg, comps, log), indent=1))
+        (run / "init.json").write_text(json.dumps(_init_from(cfg, comps, log, tokenizer), indent=1))
         for name in ("vae", "unet", "text_encoder"):  # the warm start is step 0 of this run
             _save({"model": comps[name].state_dict()}, run / f"init_{name}.pt")
     else:
@@ -514,7 +526,7 @@ def _unet_data(cfg: TrainConfig, vae, rgb: torch.Tensor, data: dict, tokenizer, 
     depth = torch.from_numpy(data["depth"].astype(np.float32))[:, None]  # (N, 1, H, W) z-depth
     dcond = torch.cat([depth_to_condition(depth[i:i + 256], (lh, lw)) for i in range(0, n, 256)])  # (N, 1, h, w)
     dcond = torch.stack([dcond, dcond.flip(-1)], 1)  # (N, 2, 1, h, w)
-    caps = [list(data["caption"]), list(data["caption_mirrored"])]
+    caps = list(captions_of(data))
     ids = [tokenizer(c, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids for c in caps]
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
