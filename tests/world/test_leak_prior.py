@@ -152,3 +152,25 @@ def test_leak_prior_command_copies_the_model_and_adds_its_prior(tmp_path, capsys
     assert after[:-1] == before and fit_record["images"] == 6 and "heldout_r2" in fit_record  # the fit is on record
     assert main(["world", "leak-prior", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "m2")]) == 2
     assert "--data: file not found" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+
+
+def test_the_shipped_model_follows_the_named_side_of_the_sun(bb):
+    """The shipped model with its prior: on the same noise and depth, a caption naming the sun in
+    front (lighting the back wall) gives a brighter image than one naming it behind the wall
+    (eleventh sitting: 0.52 against 0.27 mean luminance over 8 held-out scenes), and the light
+    words are single tokens of its vocabulary."""
+    from diffusion_handles.world import model_path
+    from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
+    from diffusion_handles.world.evaluate import generate
+
+    pytest.importorskip("mitsuba")
+    prior = lp.load(model_path(), bb)
+    assert prior is not None and prior.light_sides == 6
+    assert all(len(bb.tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in ("lit", "front", "back", "left"))
+    r = render_seed((HELDOUT_SEED0 + 3, 128, 4))
+    depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
+    base = r["caption"].rsplit(" lit from the ", 1)[0]
+    luma = {side: float(generate(bb, f"{base} lit from the {side}", depth, seed=5, steps=10, prior=prior).mean())
+            for side in ("front left", "back left")}
+    print(luma)
+    assert luma["front left"] > luma["back left"] + 0.1
