@@ -75,20 +75,23 @@ def test_caption_names_the_suns_side_and_the_mirror_swaps_it():
         t = sc.sample_scene(seed)
         assert t.sun_azimuth_camera_deg() == pytest.approx(sc.sun_azimuth_deg(t.sun_direction), abs=1e-9)
         assert t.light_sector() == sc.azimuth_sector(sc.sun_azimuth_deg(t.sun_direction), len(sc.LIGHT_SIDES))
-    assert {w for side in sc.LIGHT_SIDES for w in side.split()} | {"lit", "from", "the"} <= set(sc.CAPTION_WORDS)
+    assert set(sc.LIGHT_WORDS) == {"lit", "from", "the", "back", "front", "left", "right"}
+    assert set(sc.LIGHT_WORDS) <= set(sc.CAPTION_WORDS)
 
 
 def test_caption_side_follows_the_camera():
-    """Turning the camera about the vertical axis turns the named side with it: a sun behind the
-    camera (front) is on the camera's side after it turns a quarter round."""
+    """Turning the camera about the vertical axis turns the named side with it: a sun shining
+    from behind the camera at the back wall comes from the camera's left once the camera has
+    turned a quarter round to look along -x; ``relight`` keeps the sun on that named side."""
     s = sc.sample_scene(5)
-    s.sun_direction = _sun(0.0)  # travels to -z: lights the back wall from behind the camera
-    assert s.caption().endswith("lit from the front left") or s.caption().endswith("lit from the front right")
+    s.sun_direction = _sun(-20.0)  # travels towards the back wall, from behind the camera's left shoulder
+    assert s.caption().endswith("lit from the front left")
     c2w = s.c2w()
-    turn = sc._yaw(90.0)  # the camera turned to look along -x (its right is then -z)
-    c2w[:3, :3] = turn @ c2w[:3, :3]
+    c2w[:3, :3] = sc._yaw(90.0) @ c2w[:3, :3]  # now looks along -x; its right is -z
     s.camera_to_world = c2w.tolist()
-    assert abs(s.sun_azimuth_camera_deg()) == pytest.approx(90.0, abs=1e-6)
+    assert s.sun_azimuth_camera_deg() == pytest.approx(-110.0, abs=1e-6)
+    assert s.caption().endswith("lit from the back left")
+    assert all(sc.relight(s, j, len(sc.LIGHT_SIDES)).caption() == s.caption() for j in range(12))
 
 
 @pytest.mark.parametrize("az", [-75.0, 75.0])

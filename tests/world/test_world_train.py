@@ -412,14 +412,13 @@ def test_warm_start_copies_word_embeddings_by_token_when_the_vocabulary_grows(da
     from safetensors.torch import load_file, save_file
 
     from diffusion_handles.world.model import TOKEN_EMBEDDING, build_tokenizer_files, load_tokenizer
-    from diffusion_handles.world.scene import CAPTION_WORDS, LIGHT_SIDES
+    from diffusion_handles.world.scene import CAPTION_WORDS, LIGHT_WORDS
 
     run = tmp_path / "run"
     train(config_from_preset("tiny", data=str(data), run_dir=str(run), init_from="", unet_steps=1))
     old = export(run, tmp_path / "old")
-    light = {"lit", "from", "the", *" ".join(LIGHT_SIDES).split()}
     shutil.rmtree(old / "tokenizer")
-    build_tokenizer_files(old / "tokenizer", words=[w for w in CAPTION_WORDS if w not in light])
+    build_tokenizer_files(old / "tokenizer", words=[w for w in CAPTION_WORDS if w not in LIGHT_WORDS])
     old_vocab = load_tokenizer(old / "tokenizer").get_vocab()
     f = next((old / "text_encoder").glob("*.safetensors"))
     state = load_file(str(f))
@@ -453,14 +452,13 @@ def _model_before_the_light_words(tmp_path):
         load_tokenizer,
         remap_token_embedding,
     )
-    from diffusion_handles.world.scene import CAPTION_WORDS, LIGHT_SIDES
+    from diffusion_handles.world.scene import CAPTION_WORDS, LIGHT_WORDS
 
     old = tmp_path / "old"
     shutil.copytree(model_path(), old)
     (old / "leak_prior.safetensors").unlink()
-    light = {"lit", "from", "the", *" ".join(LIGHT_SIDES).split()}
     shutil.rmtree(old / "tokenizer")
-    build_tokenizer_files(tmp_path / "tok", words=[w for w in CAPTION_WORDS if w not in light])
+    build_tokenizer_files(tmp_path / "tok", words=[w for w in CAPTION_WORDS if w not in LIGHT_WORDS])
     tok = load_tokenizer(tmp_path / "tok")
     tok.save_pretrained(old / "tokenizer")
     te = CLIPTextModel.from_pretrained(str(model_path() / "text_encoder"))

@@ -328,6 +328,7 @@ def extend_vocabulary(model: str | Path, out: str | Path, seed: int = 0) -> dict
 
     from diffusion_handles.errors import HandlesError
     from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.world.leak_prior import PRIOR_FILE
 
     model = Path(model)
     old_tok = load_tokenizer(model / "tokenizer")
@@ -337,7 +338,7 @@ def extend_vocabulary(model: str | Path, out: str | Path, seed: int = 0) -> dict
         raise HandlesError(f"--model: {model} already knows every caption word (nothing to add)")
     with atomic_output_dir(out) as tmp:
         shutil.copytree(model, tmp, dirs_exist_ok=True)
-        (tmp / "leak_prior.safetensors").unlink(missing_ok=True)
+        (tmp / PRIOR_FILE).unlink(missing_ok=True)
         shutil.rmtree(tmp / "tokenizer")
         build_tokenizer_files(tmp / "tokenizer_build")
         tokenizer = load_tokenizer(tmp / "tokenizer_build")

@@ -68,20 +68,20 @@ WALLS = {
 # of the back wall round to its right. Six 50-degree sectors put a perfect generator within reach
 # of the generation targets (`benchmarks/light_bound.py --sectors 1 2 3 6`, MODEL_CARD.md).
 LIGHT_SIDES = ("back left", "left", "front left", "front right", "right", "back right")
-
+LIGHT_PHRASE = " lit from the "  # caption + LIGHT_PHRASE + side
+LIGHT_WORDS = tuple(sorted({*LIGHT_PHRASE.split(), *" ".join(LIGHT_SIDES).split()}))  # the words the light adds
 
 
 def light_side_of(caption: str) -> int | None:
     """Index into :data:`LIGHT_SIDES` of the side a caption's "... lit from the SIDE" names
     (``None`` when it names none)."""
-    head, sep, side = caption.strip().lower().rpartition(" lit from the ")
+    _, sep, side = caption.strip().lower().rpartition(LIGHT_PHRASE)
     return LIGHT_SIDES.index(side) if sep and side in LIGHT_SIDES else None
 
 
 # Every word a caption can contain (the tokenizer's vocabulary is built from this).
 CAPTION_WORDS = sorted(
-    {"a", "an", "and", "on", "by", "floor", "wall", "lit", "from", "the", *COLOURS, *PATTERNS, *SHAPES, *FLOORS,
-     *WALLS, *" ".join(LIGHT_SIDES).split()}
+    {"a", "an", "and", "on", "by", "floor", "wall", *LIGHT_WORDS, *COLOURS, *PATTERNS, *SHAPES, *FLOORS, *WALLS}
 )
 
 
@@ -182,7 +182,7 @@ class Scene:
         parts = [("an " if o[0] in "aeiou" else "a ") + o for o in objs]
         side = LIGHT_SIDES[len(LIGHT_SIDES) - 1 - self.light_sector() if mirrored else self.light_sector()]
         return (" and ".join(parts) + f" on {_article(self.floor)} {self.floor} floor by {_article(self.wall)} {self.wall}"
-                f" wall lit from the {side}")
+                f" wall{LIGHT_PHRASE}{side}")
 
     def sun_azimuth_camera_deg(self) -> float:
         """The sun's azimuth (degrees) about the camera's horizontal view direction: 0 when the
@@ -428,10 +428,12 @@ def relight(scene: Scene, seed: int, azimuth_sectors: int = 1) -> Scene:
     """
     lo, hi = SUN_AZIMUTH_DEG
     width = (hi - lo) / int(azimuth_sectors)
-    k = azimuth_sector(sun_azimuth_deg(scene.sun_direction), azimuth_sectors)
+    seen = scene.sun_azimuth_camera_deg()  # sectors as the caption sees them, from the camera
+    k = azimuth_sector(seen, azimuth_sectors)
+    turn = seen - sun_azimuth_deg(scene.sun_direction)  # the camera's yaw (0 for the sampler's cameras)
     rng = np.random.default_rng(seed)
     out = copy.deepcopy(scene)
-    out.sun_direction = _sun_direction(rng, (lo + k * width, lo + (k + 1) * width))
+    out.sun_direction = _sun_direction(rng, (lo + k * width - turn, lo + (k + 1) * width - turn))
     out.sun_irradiance = float(rng.uniform(*SUN_IRRADIANCE))
     out.ambient = _ambient(rng)
     return out
