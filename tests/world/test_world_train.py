@@ -375,6 +375,38 @@ def test_grounding_term_enters_the_unet_stage_and_needs_object_masks(data, tmp_p
         train(cfg)
 
 
+def test_ground_steps_end_the_grounded_phase(data, tmp_path, capsys):
+    """--ground-steps N: the token loss is logged and applied in the first N UNet steps only, after
+    which the cross-attention layers get their own processors back (a run grounded for one of two
+    steps ends neither where a run grounded for both does nor where an ungrounded one does)."""
+    from diffusion_handles.world.grounding import AttentionRecorder
+
+    runs = {}
+    for name, weight, until in (("all", 5.0, 0), ("first", 5.0, 1), ("none", 0.0, 0)):
+        cfg = config_from_preset("tiny", data=str(data), run_dir=str(tmp_path / name), vae_steps=1, decoder_steps=0,
+                                 unet_steps=2, ground_weight=weight, ground_steps=until)
+        train(cfg)
+        runs[name] = torch.load(tmp_path / name / "unet.pt", weights_only=True)["text"]
+    lines = [ln for ln in (tmp_path / "first" / "train.log").read_text().splitlines() if " unet step " in ln]
+    assert " ground " in lines[0] and " ground " not in lines[1]
+    for other in ("all", "none"):
+        assert any(not torch.equal(runs["first"][k], runs[other][k]) for k in runs["first"])
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 8),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                layers_per_block=1, norm_num_groups=4, attention_head_dim=2)
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    rec = AttentionRecorder()
+    rec.install(unet)
+    assert any(v is rec for v in unet.attn_processors.values())
+    rec.uninstall(unet)
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    assert main(["world", "train", "--data", str(data), "--ground-steps=-1"]) == 2
+    assert "--ground-steps" in capsys.readouterr().err
+
+
 def test_offset_noise_adds_one_constant_per_sample_and_channel():
     """noise_for_training: with an offset, each (sample, channel) gets one shared constant (the
     spatial means spread by the offset, not by 1 / sqrt(h w)); without one it is the plain

@@ -79,6 +79,9 @@ def register(subparsers) -> None:
     t.add_argument("--ground-weight", type=float, default=None, metavar="W",
                    help="weight of the token grounding loss (each object's words attend inside its mask; "
                         "TokenCompose's token loss, world/grounding.py); default 0 (off)")
+    t.add_argument("--ground-steps", type=int, default=None, metavar="N",
+                   help="apply the grounding loss in the run's first N UNet steps only, then the denoising loss "
+                        "alone (default 0: every step)")
     t.add_argument("--offset-noise", type=float, default=None, metavar="S",
                    help="std of a per-image, per-channel constant added to the training noise (offset noise), so "
                         "that generated brightness follows the caption instead of the noise; default 0 (off)")
@@ -349,7 +352,7 @@ def _train(args: argparse.Namespace) -> int:
                              image_size=args.image_size, threads=args.threads,
                              unet_steps=args.unet_steps, unet_batch=args.unet_batch, unet_lr=args.unet_lr,
                              decoder_steps=args.decoder_steps, unet_dropout=args.unet_dropout,
-                             ground_weight=args.ground_weight, offset_noise=args.offset_noise,
+                             ground_weight=args.ground_weight, ground_steps=args.ground_steps, offset_noise=args.offset_noise,
                              encoder_steps=args.encoder_steps, encoder_width=args.encoder_width,
                              encoder_anchor=args.encoder_anchor, max_minutes=args.max_minutes or None)
     if not (cfg.unet_lr > 0 and math.isfinite(cfg.unet_lr)):
@@ -358,6 +361,8 @@ def _train(args: argparse.Namespace) -> int:
         raise HandlesError(f"--unet-dropout: expected a probability in [0, 1), got {cfg.unet_dropout}")
     if not (cfg.ground_weight >= 0 and math.isfinite(cfg.ground_weight)):
         raise HandlesError(f"--ground-weight: expected a finite weight >= 0, got {cfg.ground_weight}")
+    if cfg.ground_steps < 0:
+        raise HandlesError(f"--ground-steps: expected a step count >= 0, got {cfg.ground_steps}")
     if not (0 <= cfg.offset_noise <= 1):
         raise HandlesError(f"--offset-noise: expected a standard deviation in [0, 1], got {cfg.offset_noise}")
     if not (cfg.encoder_anchor >= 0 and math.isfinite(cfg.encoder_anchor)):

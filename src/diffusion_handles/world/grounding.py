@@ -79,6 +79,7 @@ class AttentionRecorder:
 
     def __init__(self) -> None:
         self.maps: list[torch.Tensor] = []
+        self._replaced: dict = {}
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         b, n, _ = hidden_states.shape
@@ -95,7 +96,15 @@ class AttentionRecorder:
         procs = {}
         for name, proc in unet.attn_processors.items():
             procs[name] = self if ".attn2." in name else proc
+            if ".attn2." in name:
+                self._replaced[name] = proc
         unet.set_attn_processor(procs)
+
+    def uninstall(self, unet) -> None:
+        """Give the cross-attention layers back the processors :meth:`install` replaced."""
+        unet.set_attn_processor({name: self._replaced.get(name, proc) for name, proc in unet.attn_processors.items()})
+        self._replaced.clear()
+        self.maps.clear()
 
 
 def token_loss(maps: list[torch.Tensor], masks: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,9 @@ class TrainConfig:
     # Token grounding (world.grounding, TokenCompose's token loss): weight of the term that puts
     # each object's words' cross-attention inside its mask; 0 = off (the shipped recipe).
     ground_weight: float = 0.0
+    # ... applied in the run's first ground_steps UNet steps only (0: every step), so that the
+    # last steps train on the denoising loss alone.
+    ground_steps: int = 0
     # Offset noise (Guttenberg 2023): the training noise gets a per-(sample, channel) constant of
     # this standard deviation on top of the Gaussian (noise_for_training). 0 = off.
     offset_noise: float = 0.0
@@ -621,6 +624,9 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         w = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting for epsilon targets
         loss = (w * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
         figures, total = {}, loss  # the logged loss stays the denoising loss
+        if recorder is not None and 0 < cfg.ground_steps <= i:  # the grounded phase is over
+            recorder.uninstall(unet)
+            recorder = None
         if recorder is not None:
             masks = obj_masks[idx].float()
             masks = torch.where(flip.view(-1, 1, 1, 1).bool(), masks.flip(-1), masks)  # (B, K, s, s)
