@@ -47,8 +47,8 @@ def main() -> None:
     for model in args.models:
         bb = Backbone.from_pretrained(model)
         prior = lp.load(model_folder(model), bb)
-        priors = [("prior", prior)] + ([("noise", None)] if args.no_prior and prior is not None else [])
-        for (tag, pr) in priors:
+        starts = [prior] + ([None] if args.no_prior and prior is not None else [])
+        for pr in starts:
             for steps in args.steps:
                 for g in args.guidance:
                     t0, rows = time.time(), []
@@ -60,7 +60,7 @@ def main() -> None:
                         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
                         rows.append(image_metrics(gen, ref, data["ids"][j], object_count(data["ids"][j])))
                     mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-                    res = {"model": model, "start": tag if pr is not None else "noise", "steps": steps, "guidance": g,
+                    res = {"model": model, "start": "noise" if pr is None else "prior", "steps": steps, "guidance": g,
                            "n": n, "seconds": round(time.time() - t0, 1), "mean": mean,
                            "scenes": rows}
                     results.append(res)
