@@ -507,22 +507,31 @@ def _model_before_the_light_words(tmp_path):
 
 def test_extend_vocab_rebuilds_the_shipped_text_encoder_from_the_one_before(tmp_path, capsys):
     """``handles world extend-vocab`` on the model as it was before the light words gives the
-    shipped tokenizer and text encoder bit for bit (the command that made them), copies UNet and VAE
-    untouched, drops the stale leak prior, records itself, and refuses a model that already knows
-    every word or an existing --out, naming the argument."""
+    shipped tokenizer exactly and the shipped text encoder wherever the old model had the weight:
+    every layer, and every old word's embedding row under its new id. The new words' rows are fresh
+    (the shipped model trained them afterwards). It copies UNet and VAE untouched, drops the stale
+    leak prior, records itself, and refuses a model that already knows every word or an existing
+    --out, naming the argument."""
     from safetensors.torch import load_file
 
     from diffusion_handles.world import model_path
-    from diffusion_handles.world.model import load_tokenizer
+    from diffusion_handles.world.model import load_tokenizer, token_embedding_key
 
     old = _model_before_the_light_words(tmp_path)
     out = tmp_path / "new"
     assert main(["world", "extend-vocab", "--model", str(old), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "words added: back from front left lit right the" in printed
-    assert load_tokenizer(out / "tokenizer").get_vocab() == load_tokenizer(model_path() / "tokenizer").get_vocab()
+    vocab = load_tokenizer(out / "tokenizer").get_vocab()
+    assert vocab == load_tokenizer(model_path() / "tokenizer").get_vocab()
     a, b = load_file(str(out / "text_encoder" / "model.safetensors")), load_file(str(model_path() / "text_encoder" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    key = token_embedding_key(a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != key)
+    before = load_tokenizer(old / "tokenizer").get_vocab()
+    new_ids = sorted(i for t, i in vocab.items() if t not in before)
+    old_ids = sorted(i for t, i in vocab.items() if t in before)
+    assert len(new_ids) == 19 and torch.equal(a[key][old_ids], b[key][old_ids])
+    assert a[key][new_ids].abs().max() < 0.2  # fresh rows (std 0.02), not copied from any word
     cfg = json.loads((out / "text_encoder" / "config.json").read_text())
     assert cfg["vocab_size"] == 638 and cfg["eos_token_id"] == load_tokenizer(out / "tokenizer").eos_token_id
     for f in (old / "unet").iterdir():
