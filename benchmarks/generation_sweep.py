@@ -6,15 +6,17 @@ then measured on the held-out ranges with ``handles world eval``. Every configur
 each scene from the same noise (seed ``j`` for scene ``j``, as ``handles world eval`` does) and
 is scored with the eval's own :func:`~diffusion_handles.world.evaluate.image_metrics`; printed
 per configuration (mean over scenes): PSNR, SSIM, per-object and all-object silhouette IoU,
-colour error.
+colour error. ``--binding`` sweeps the layout-bound cross-attention (``world.binding``):
+``default`` (what ``handles world eval`` uses), ``off``, or strengths ``BETA,ALPHA``.
 
     python benchmarks/generation_sweep.py --data runs/s12/tune_2000000.npz \\
-        --models tinyworld runs/s12/prior8 --guidance 3 4 5 --json out.json
+        --models tinyworld runs/s12/prior8 --guidance 3 4 5 --binding default off 10,2 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -29,6 +31,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, nargs="+", default=[4.0])
     ap.add_argument("--steps", type=int, nargs="+", default=[25])
     ap.add_argument("--no-prior", action="store_true", help="also score each model from plain noise")
+    ap.add_argument("--binding", nargs="+", default=["default"], metavar="B",
+                    help="layout-bound cross-attention settings: default, off or BETA,ALPHA (default: default)")
     ap.add_argument("--n", type=int, default=None, help="the first N scenes (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -37,9 +41,11 @@ def main() -> None:
 
     from diffusion_handles.diffusion.backbone import Backbone, model_folder
     from diffusion_handles.world import leak_prior as lp
+    from diffusion_handles.world.binding import Binding
     from diffusion_handles.world.dataset import captions_of, load_dataset
     from diffusion_handles.world.evaluate import generate, image_metrics, object_count
 
+    bindings = {b: _binding(b, Binding) for b in args.binding}
     data = load_dataset(args.data)
     captions = captions_of(data)[0]
     n = len(captions) if args.n is None else min(args.n, len(captions))
@@ -49,27 +55,39 @@ def main() -> None:
         prior = lp.load(model_folder(model), bb)
         starts = [prior] + ([None] if args.no_prior and prior is not None else [])
         for pr in starts:
-            for steps in args.steps:
-                for g in args.guidance:
-                    t0, rows = time.time(), []
-                    for j in range(n):
-                        ref = data["rgb"][j].astype(np.float32) / 255.0
-                        depth = torch.from_numpy(data["depth"][j].astype(np.float32))[None, None]
-                        size = ref.shape[0]
-                        gen = generate(bb, captions[j], depth, seed=j, steps=steps, guidance=g, prior=pr)
-                        gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
-                        rows.append(image_metrics(gen, ref, data["ids"][j], object_count(data["ids"][j])))
-                    mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
-                    res = {"model": model, "start": "noise" if pr is None else "prior", "steps": steps, "guidance": g,
-                           "n": n, "seconds": round(time.time() - t0, 1), "mean": mean,
-                           "scenes": rows}
-                    results.append(res)
-                    print(f"{model:32s} {res['start']:5s} steps {steps:3d} g {g:4.1f}  psnr {mean['psnr']:6.2f}  "
-                          f"ssim {mean['ssim']:.3f}  iou_obj {mean['iou_obj']:.3f}  iou_fg {mean['iou_fg']:.3f}  "
-                          f"colour {mean['colour_err']:5.1f}  ({res['seconds']} s)", flush=True)
+            for steps, g, (bname, bind) in itertools.product(args.steps, args.guidance, bindings.items()):
+                t0, rows = time.time(), []
+                for j in range(n):
+                    ref = data["rgb"][j].astype(np.float32) / 255.0
+                    depth = torch.from_numpy(data["depth"][j].astype(np.float32))[None, None]
+                    size = ref.shape[0]
+                    gen = generate(bb, captions[j], depth, seed=j, steps=steps, guidance=g, prior=pr, binding=bind)
+                    gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+                    rows.append(image_metrics(gen, ref, data["ids"][j], object_count(data["ids"][j])))
+                mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+                res = {"model": model, "start": "noise" if pr is None else "prior", "steps": steps, "guidance": g,
+                       "binding": None if bind is None else [bind.beta, bind.alpha], "n": n,
+                       "seconds": round(time.time() - t0, 1), "mean": mean, "scenes": rows}
+                results.append(res)
+                print(f"{model:32s} {res['start']:5s} steps {steps:3d} g {g:4.1f} bind {bname:8s}  psnr {mean['psnr']:6.2f}  "
+                      f"ssim {mean['ssim']:.3f}  iou_obj {mean['iou_obj']:.3f}  iou_fg {mean['iou_fg']:.3f}  "
+                      f"colour {mean['colour_err']:5.1f}  ({res['seconds']} s)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"data": args.data, "results": results}, f, indent=1)
+
+
+def _binding(name: str, cls):
+    """``default`` -> ``cls()``, ``off`` -> ``None``, ``BETA,ALPHA`` -> ``cls(BETA, ALPHA)``."""
+    if name == "off":
+        return None
+    if name == "default":
+        return cls()
+    try:
+        beta, alpha = (float(v) for v in name.split(","))
+    except ValueError:
+        raise SystemExit(f"--binding: expected default, off or BETA,ALPHA, got {name!r}") from None
+    return cls(beta, alpha)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 For each held-out scene the sun is set to the middle of each of the caption's six sides
 (:data:`diffusion_handles.world.scene.LIGHT_SIDES`, elevation 50 degrees, the scene's own
 strength and sky), and the model generates from the true depth and each of the six captions on
-the same noise (the leak prior's start when the model has one). The same scene is rendered under
+the same noise (the leak prior's start when the model has one; each object's words bound to its
+region, ``world.binding``, unless ``--no-binding``). The same scene is rendered under
 each of those suns: what the caption asks for. Per image, two measures of where the light is:
 
 * ``asym``: mean luminance of the left half minus the right half (sRGB in [0, 1]); a sun on
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from diffusion_handles.diffusion.backbone import Backbone, model_folder
     from diffusion_handles.world import leak_prior as lp
+    from diffusion_handles.world.binding import Binding
     from diffusion_handles.world.dataset import HELDOUT_SEED0
     from diffusion_handles.world.evaluate import generate
     from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="runs/light_words.json")
     ap.add_argument("--strip", default=None, help="PNG: per scene, a row generated and a row rendered, one column per side")
     ap.add_argument("--strip-n", type=int, default=4)
+    ap.add_argument("--no-binding", action="store_true", help="generate without the layout-bound cross-attention")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     bb = Backbone.from_pretrained(args.model)
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
             scene.sun_direction = sun_direction(az, ELEVATION_DEG)
             r = render(scene, spp=DEFAULT_SPP, seed=s)
             depth = torch.from_numpy(r.depth.astype(np.float32))[None, None]
-            gen = generate(bb, r.caption, depth, seed=j, steps=STEPS, prior=prior)  # the same noise for every side
+            gen = generate(bb, r.caption, depth, seed=j, steps=STEPS, prior=prior,  # the same noise for every side
+                           binding=None if args.no_binding else Binding())
             gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
             ref = r.rgb.astype(np.float32) / 255.0
             g_row.append(_measures(gen))
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_side": {side: {"asym_generated": float(g[:, k, 0].mean()), "asym_rendered": float(r[:, k, 0].mean()),
                             "luma_generated": float(g[:, k, 1].mean()), "luma_rendered": float(r[:, k, 1].mean())}
                      for k, side in enumerate(LIGHT_SIDES)},
-        "leak_prior": prior is not None,
+        "leak_prior": prior is not None, "binding": not args.no_binding,
     }
     print(f"asym corr {summary['asym_corr']:.3f}  luma corr {summary['luma_corr']:.3f}")
     for side, m in summary["per_side"].items():

@@ -248,6 +248,13 @@ def test_world_eval_writes_every_figure_under_stable_keys(tmp_path, capsys):
     fig0 = json.loads((plain / "metrics.json").read_text())["figures"]
     assert fig0["leak_prior"] is False and fig0["vae_psnr"] == fig["vae_psnr"] and fig0["relit_psnr"] == fig["relit_psnr"]
     assert (fig0["generation_psnr"] != fig["generation_psnr"]) == fig["leak_prior"]
+    unbound = tmp_path / "unbound"  # without the layout-bound cross-attention: only generation changes
+    assert main(["world", "eval", "--n", "2", "--recon-n", "0", "--steps", "2", "--first-seed", "1000400",
+                 "--no-binding", "--out", str(unbound)]) == 0
+    res1, res = (json.loads((d / "metrics.json").read_text()) for d in (unbound, out))
+    assert fig["binding"] is True and res1["figures"]["binding"] is False
+    assert res1["scenes"][0]["model"]["psnr"] != res["scenes"][0]["model"]["psnr"]
+    assert res1["scenes"][0]["vae"] == res["scenes"][0]["vae"]
     assert main(["world", "eval", "--n", "2", "--train-data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "e2")]) == 2
     assert "--train-data" in capsys.readouterr().err
     assert main(["world", "eval", "--n", "2", "--threads", "0", "--out", str(tmp_path / "e3")]) == 2

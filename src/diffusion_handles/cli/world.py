@@ -124,6 +124,9 @@ def register(subparsers) -> None:
                         "with torch's default of one per core took 190 s a scene instead of 33 s here)")
     v.add_argument("--no-leak-prior", action="store_true",
                    help="generate from plain noise even when the model has a leak prior (handles world leak-prior)")
+    v.add_argument("--no-binding", action="store_true",
+                   help="generate without binding each object's words to the region its depth gives it "
+                        "(the layout-bound cross-attention of diffusion_handles.world.binding)")
     v.add_argument("--out", default="runs/world/eval")
     v.set_defaults(func=_eval)
 
@@ -436,7 +439,7 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         res = evaluate(args.model, n=args.n, out=args.out, steps=args.steps, guidance=args.guidance,
                        first_seed=args.first_seed, recon_n=args.recon_n, size=args.size, train_data=args.train_data,
-                       leak_prior=not args.no_leak_prior)
+                       leak_prior=not args.no_leak_prior, binding=not args.no_binding)
     finally:
         torch.set_num_threads(before)  # callers in the same process (tests, notebooks) keep theirs
     for name, m in res["summary"].items():

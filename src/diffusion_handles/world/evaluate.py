@@ -3,7 +3,8 @@
 For every held-out scene the model generates an image from the *true* z-depth and caption
 (DDIM, classifier-free guidance, fixed noise seed; the starting latent given the leak its
 :mod:`~diffusion_handles.world.leak_prior` predicts when the model folder has one, unless
-``leak_prior=False``). Figures, each averaged over scenes:
+``leak_prior=False``; each object's words bound to the region the depth gives it,
+:mod:`~diffusion_handles.world.binding`, unless ``binding=False``). Figures, each averaged over scenes:
 
 * ``psnr`` / ``ssim``: generated vs rendered image (sRGB in [0, 1]).
 * ``iou_fg`` / ``iou_obj``: silhouette IoU. Each generated pixel is labelled (object k or
@@ -31,7 +32,8 @@ input; over the first ``recon_n`` scenes), ``generation_psnr``, ``generation_ssi
 ``generation_iou_obj``, ``generation_iou_fg``, ``generation_colour_err`` and ``object_cells``
 (mean number of cells an object covers on the finest guided feature map, the latent grid),
 ``relit_psnr``, ``relit_iou_obj`` and ``relit_colour_err`` (the ``relit`` reference),
-``leak_prior`` (whether generation used one), ``denoise_loss_heldout`` and, given training data, ``denoise_loss_train``: the UNet's
+``leak_prior`` (whether generation used one), ``binding`` (whether it bound each object's
+words to its region, :mod:`~diffusion_handles.world.binding`), ``denoise_loss_heldout`` and, given training data, ``denoise_loss_train``: the UNet's
 epsilon-prediction error (:func:`denoising_loss`) on the held-out scenes and on as many training
 scenes. A train figure well below the held-out one means the model memorised its training set
 (more data helps more than more steps).
@@ -39,6 +41,7 @@ scenes. A train figure well below the held-out one means the model memorised its
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -48,14 +51,17 @@ import torch
 
 @torch.no_grad()
 def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, steps: int = 25,
-             guidance: float = 4.0, init: torch.Tensor | None = None, prior=None) -> torch.Tensor:
+             guidance: float = 4.0, init: torch.Tensor | None = None, prior=None, binding=None) -> torch.Tensor:
     """Image ``(1, 3, H, W)`` in [0, 1] from z-depth ``(1, 1, H, W)`` (scene units) and a caption.
 
     ``init``: the starting latent x_T ``(1, C, h, w)``; default N(0, 1) drawn from ``seed``, given
     the leak ``prior`` (a :class:`~diffusion_handles.world.leak_prior.LeakPrior`) predicts, if any.
+    ``binding`` (a :class:`~diffusion_handles.world.binding.Binding`): bind each object's words
+    to the region the depth gives it (:mod:`~diffusion_handles.world.binding`); generation is
+    unbound when the caption names no object or the depth shows fewer objects than it names.
     """
     from diffusion_handles.diffusion.conditioning import depth_to_condition
-    from diffusion_handles.diffusion.ddim import ddim_step, to_eps_x0
+    from diffusion_handles.world import binding as bd
 
     h, w = backbone.latent_hw(tuple(depth.shape[-2:]))
     cond = depth_to_condition(depth.float(), (h, w)).to(backbone.device)
@@ -68,12 +74,24 @@ def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, step
         if prior is not None:
             init = prior.start(backbone, caption, depth, init, float(sched.alpha[0]))
     x = init.to(backbone.device)
+    tokens = bd.phrase_tokens(caption, backbone.tokenizer) if binding is not None else []
+    regions = bd.object_regions(depth[0, 0].cpu().numpy(), len(tokens)) if tokens else None
+    with (bd.bound(backbone.unet, torch.from_numpy(regions), tokens, (h, w), rows=[1], binding=binding)
+          if regions is not None else contextlib.nullcontext()):
+        x = _sample(backbone, x, sched, text, cond, guidance)
+    return backbone.decode(x)
+
+
+def _sample(backbone, x: torch.Tensor, sched, text: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """DDIM with classifier-free guidance from ``x = x_T``; ``text (2, L, D)`` is [unconditional, caption]."""
+    from diffusion_handles.diffusion.ddim import ddim_step, to_eps_x0
+
     for i, t in enumerate(sched.timesteps):
         out = backbone.unet_eval(torch.cat([x, x]), t, text, cond)
         eps_u, eps_c = to_eps_x0(out, torch.cat([x, x]), sched.alpha[i], sched.prediction_type)[0].chunk(2)
         eps = eps_u + guidance * (eps_c - eps_u)
         x = ddim_step(eps, x, sched.alpha[i], sched.alpha_prev[i])
-    return backbone.decode(x)
+    return x
 
 
 def knn_labels(image: np.ndarray, reference: np.ndarray, ref_labels: np.ndarray, k: int = 5) -> np.ndarray:
@@ -189,7 +207,8 @@ def _train_denoise_loss(bb, path: str | Path, n: int, seed: int) -> float:
 
 def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/world/eval", steps: int = 25,
              guidance: float = 4.0, seed: int = 0, first_seed: int | None = None, recon_n: int = 8,
-             size: int | None = None, train_data: str | Path | None = None, leak_prior: bool = True) -> dict:
+             size: int | None = None, train_data: str | Path | None = None, leak_prior: bool = True,
+             binding: bool = True) -> dict:
     """Evaluate on held-out seeds ``first_seed .. first_seed + n - 1``; writes ``metrics.json``, ``grid.png``
     and ``recon_grid.png`` (input | reconstruction) into ``out``.
 
@@ -197,7 +216,8 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
     ``size`` renders at another size than the model's native one (the images are processed at
     the size the model accepts). ``train_data`` (a training set, ``handles world dataset``) adds
     ``denoise_loss_train`` on its first ``n`` scenes. ``leak_prior=False`` generates from plain
-    noise even when the model folder has a leak prior.
+    noise even when the model folder has a leak prior; ``binding=False`` without the layout-bound
+    cross-attention (:mod:`~diffusion_handles.world.binding`).
     """
     from PIL import Image
     from tqdm import tqdm
@@ -205,6 +225,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
     from diffusion_handles.diffusion.backbone import model_folder
     from diffusion_handles.pipeline import DiffusionHandles
     from diffusion_handles.world import leak_prior as lp
+    from diffusion_handles.world.binding import Binding
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
     from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
     from diffusion_handles.world.scene import LIGHT_SIDES, relight
@@ -223,7 +244,8 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
         ref = r["rgb"].astype(np.float32) / 255.0
         depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
         n_obj = object_count(r["ids"])
-        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance, prior=prior)
+        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance, prior=prior,
+                       binding=Binding() if binding else None)
         gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
         scene = scene_for_seed(s, size, size)
         rerender, relit = (render(sc, spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
@@ -265,7 +287,7 @@ def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/worl
                "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
                "object_cells": float(np.mean(cells)) if cells else None, "relit_psnr": summary["relit"]["psnr"],
                "relit_iou_obj": summary["relit"]["iou_obj"], "relit_colour_err": summary["relit"]["colour_err"],
-               "leak_prior": prior is not None,
+               "leak_prior": prior is not None, "binding": bool(binding),
                "denoise_loss_heldout": float(np.mean(dl)), "denoise_loss_train": None}
     if train_data is not None:
         figures["denoise_loss_train"] = _train_denoise_loss(bb, train_data, n, seed)

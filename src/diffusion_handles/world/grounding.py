@@ -33,27 +33,16 @@ def object_token_positions(scene_json: str, tokenizer, mirrored: bool = False) -
     Row ``k`` is object ``k`` of the scene (the index its pixels carry in ``ids``); ``-1`` pads.
     ``mirrored`` gives the positions in the caption of the left-right mirrored image.
     """
+    from diffusion_handles.world.binding import phrase_tokens
     from diffusion_handles.world.scene import Scene
 
     scene = Scene.from_json(scene_json)
-    caption = scene.caption(mirrored=mirrored)
     order = scene.left_to_right()
-    order = order[::-1] if mirrored else order
+    order = order[::-1] if mirrored else order  # the caption names the objects left to right
     out = np.full((MAX_OBJECTS, MAX_WORDS), -1, np.int64)
-    pos = 1  # after the start token
-    phrases = caption.split(" on ")[0].split(" and ")
-    for i, phrase in enumerate(phrases):
-        words = phrase.split(" ")
-        slots = []
-        for j, w in enumerate(words):
-            n = len(tokenizer(w, add_special_tokens=False).input_ids)
-            if j > 0:  # skip the article
-                slots.extend(range(pos, pos + n))
-            pos += n
-        pos += len(tokenizer("and", add_special_tokens=False).input_ids)
-        k = order[i]
+    for i, slots in enumerate(phrase_tokens(scene.caption(mirrored=mirrored), tokenizer)):
         slots = slots[:MAX_WORDS]
-        out[k, : len(slots)] = slots
+        out[order[i], : len(slots)] = slots
     return out
 
 
