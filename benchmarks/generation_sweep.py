@@ -11,6 +11,9 @@ colour error. ``--binding`` sweeps the layout-bound cross-attention (``world.bin
 
     python benchmarks/generation_sweep.py --data runs/s12/tune_2000000.npz \\
         --models tinyworld runs/s12/prior8 --guidance 3 4 5 --binding default off 10,2 --json out.json
+
+``--strip PNG`` writes, for the first ``--strip-n`` scenes, a labelled row each: the depth, every
+configuration's generation in the order run, the truth (nearest-neighbour upscaled to 256 px).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="the first N scenes (default: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--strip", default=None, metavar="PNG", help="depth | each configuration | truth, per scene")
+    ap.add_argument("--strip-n", type=int, default=6)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,7 +54,7 @@ def main() -> None:
     data = load_dataset(args.data)
     captions = captions_of(data)[0]
     n = len(captions) if args.n is None else min(args.n, len(captions))
-    results = []
+    results, panels = [], [[] for _ in range(min(n, args.strip_n))]
     for model in args.models:
         bb = Backbone.from_pretrained(model)
         prior = lp.load(model_folder(model), bb)
@@ -64,6 +69,8 @@ def main() -> None:
                     gen = generate(bb, captions[j], depth, seed=j, steps=steps, guidance=g, prior=pr, binding=bind)
                     gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
                     rows.append(image_metrics(gen, ref, data["ids"][j], object_count(data["ids"][j])))
+                    if j < len(panels):
+                        panels[j].append((f"{'noise' if pr is None else 'prior'} g{g:g} bind {bname}", gen))
                 mean = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
                 res = {"model": model, "start": "noise" if pr is None else "prior", "steps": steps, "guidance": g,
                        "binding": None if bind is None else [bind.beta, bind.alpha], "n": n,
@@ -75,6 +82,27 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"data": args.data, "results": results}, f, indent=1)
+    if args.strip and panels:
+        _write_strip(args.strip, panels, data)
+
+
+def _write_strip(path: str, panels: list[list[tuple[str, np.ndarray]]], data: dict) -> None:
+    """One labelled row per scene: depth, the generations ``panels[j]`` (``(H, W, 3)`` in [0, 1]), truth."""
+    from PIL import Image
+
+    from diffusion_handles.viz import side_by_side
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).permute(2, 0, 1)[None]
+
+    rows = []
+    for j, gens in enumerate(panels):
+        inv = 1.0 / data["depth"][j].astype(np.float32)
+        depth = np.repeat(((inv - inv.min()) / max(float(np.ptp(inv)), 1e-6))[..., None], 3, -1)
+        truth = data["rgb"][j].astype(np.float32) / 255.0
+        strip = side_by_side([("depth", t(depth)), *[(label, t(g)) for label, g in gens], ("truth", t(truth))])
+        rows.append((strip[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8))
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
 
 
 def _binding(name: str, cls):
