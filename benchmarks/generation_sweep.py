@@ -46,11 +46,10 @@ def main() -> None:
 
     from diffusion_handles.diffusion.backbone import Backbone, model_folder
     from diffusion_handles.world import leak_prior as lp
-    from diffusion_handles.world.binding import Binding
     from diffusion_handles.world.dataset import captions_of, load_dataset
     from diffusion_handles.world.evaluate import generate, image_metrics, object_count
 
-    bindings = {b: _binding(b, Binding) for b in args.binding}
+    bindings = {b: _binding(b) for b in args.binding}
     data = load_dataset(args.data)
     captions = captions_of(data)[0]
     n = len(captions) if args.n is None else min(args.n, len(captions))
@@ -105,17 +104,19 @@ def _write_strip(path: str, panels: list[list[tuple[str, np.ndarray]]], data: di
     Image.fromarray(np.concatenate(rows, 0)).save(path)
 
 
-def _binding(name: str, cls):
-    """``default`` -> ``cls()``, ``off`` -> ``None``, ``BETA,ALPHA`` -> ``cls(BETA, ALPHA)``."""
+def _binding(name: str):
+    """``default`` -> ``Binding()``, ``off`` -> ``None``, ``BETA,ALPHA`` -> ``Binding(BETA, ALPHA)``."""
+    from diffusion_handles.world.binding import Binding
+
     if name == "off":
         return None
     if name == "default":
-        return cls()
+        return Binding()
     try:
         beta, alpha = (float(v) for v in name.split(","))
     except ValueError:
         raise SystemExit(f"--binding: expected default, off or BETA,ALPHA, got {name!r}") from None
-    return cls(beta, alpha)
+    return Binding(beta, alpha)
 
 
 if __name__ == "__main__":

@@ -57,13 +57,27 @@ def object_masks(ids: np.ndarray, side: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def cross_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What diffusers' ``AttnProcessor`` computes for a plain cross-attention (no residual inside
+    the module, no group or spatial norm), with an optional additive logit ``bias (B * heads, HW, L)``.
+
+    Returns the layer's output ``(B, HW, C)`` and its attention probabilities ``(B * heads, HW, L)``.
+    """
+    q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+    v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+    probs = attn.get_attention_scores(q, k, bias)
+    out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
+    return out / attn.rescale_output_factor, probs
+
+
 class AttentionRecorder:
     """Cross-attention processor that also keeps its attention probabilities.
 
     Installed on every ``attn2`` of a diffusers ``UNet2DConditionModel`` by :meth:`install`;
     ``maps`` collects ``(B, heads, HW, L)`` tensors during a forward pass (cleared by the caller).
-    It computes what diffusers' ``AttnProcessor`` computes for a plain cross-attention (no
-    residual inside the module, no group or spatial norm, no mask).
+    It computes :func:`cross_attention` (no mask).
     """
 
     def __init__(self) -> None:
@@ -72,14 +86,9 @@ class AttentionRecorder:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
         b, n, _ = hidden_states.shape
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(q, k, None)  # (B * heads, HW, L)
+        out, probs = cross_attention(attn, hidden_states, encoder_hidden_states)
         self.maps.append(probs.view(b, attn.heads, n, -1))
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        return out / attn.rescale_output_factor
+        return out
 
     def install(self, unet) -> None:
         procs = {}
