@@ -1,9 +1,12 @@
 """Two ``handles bench`` runs of the same edits compared edit by edit (e.g. a new model against
 the shipped one): for each method and metric, the mean of the paired differences B - A and its
 95 % bootstrap interval (``bench.metrics.bootstrap_ci``), on the edits both ran without error.
+With ``--against M`` every method of B is compared with method M of A (A and B may be the same
+file: two methods of one run).
 
     python benchmarks/bench_paired.py benchmarks/results/bench_tinyworld_v2e_exact_20.json \
         runs/bench/v2f-exact/results.json --methods ours reconstruction
+    python benchmarks/bench_paired.py R.json R.json --methods ours_pixel_transfer --against ours
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from diffusion_handles.bench.metrics import bootstrap_ci
 METRICS = ("psnr_obj", "psnr_full", "psnr_bg", "psnr_disocc", "iou", "g_o_end")
 
 
-def paired(a: dict, b: dict, method: str, metric: str) -> dict:
-    """``bootstrap_ci`` of ``b - a`` over the edits (by case id) where both have ``metric``."""
-    def values(res):
+def paired(a: dict, b: dict, method: str, metric: str, method_a: str | None = None) -> dict:
+    """``bootstrap_ci`` of ``b - a`` over the edits (by case id) where both have ``metric``
+    (``method`` of ``b`` against ``method_a`` of ``a``, default the same method)."""
+    def values(res, method):
         out = {}
         for e in res["edits"]:
             m = e.get("methods", {}).get(method) or {}
@@ -26,7 +30,7 @@ def paired(a: dict, b: dict, method: str, metric: str) -> dict:
                 out[e["case_id"]] = float(m[metric])
         return out
 
-    va, vb = values(a), values(b)
+    va, vb = values(a, method_a or method), values(b, method)
     return bootstrap_ci([vb[k] - va[k] for k in sorted(va.keys() & vb.keys())])
 
 
@@ -36,14 +40,16 @@ def main() -> None:
     p.add_argument("b", help="results.json of the run to compare with it")
     p.add_argument("--methods", nargs="+", default=["ours"])
     p.add_argument("--metrics", nargs="+", default=list(METRICS))
+    p.add_argument("--against", default=None, metavar="METHOD", help="compare every method of B with this method of A")
     args = p.parse_args()
     a, b = (json.loads(open(f).read()) for f in (args.a, args.b))
-    print(f"paired differences B - A, mean [95% bootstrap CI] (n edits)\nA = {args.a}\nB = {args.b}\n")
+    against = f" (method {args.against})" if args.against else ""
+    print(f"paired differences B - A, mean [95% bootstrap CI] (n edits)\nA = {args.a}{against}\nB = {args.b}\n")
     print("| method | " + " | ".join(args.metrics) + " |\n|---|" + "---|" * len(args.metrics))
     for method in args.methods:
         cells = []
         for metric in args.metrics:
-            ci = paired(a, b, method, metric)
+            ci = paired(a, b, method, metric, args.against)
             cells.append("n/a" if not ci["n"] else f"{ci['mean']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}] ({ci['n']})")
         print(f"| {method} | " + " | ".join(cells) + " |")
 

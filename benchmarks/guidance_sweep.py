@@ -9,8 +9,14 @@ every configuration of the sweep; printed per configuration (mean over cases):
   image and the effects region (:mod:`diffusion_handles.bench.metrics`);
 * ``diverged``: edits with a non-finite output or ``G_o end`` above 10x ``depth_only``'s.
 
+``--transfers F ...`` sweeps the identity transfer instead (the default configuration, pixel
+composite included, with the transfer at each fraction F of the steps, or ``off``, for each of
+``--transfer-sources``). Tune on cases away from the benchmark's 20 (``--seed 1000700``).
+
     python benchmarks/guidance_sweep.py --cases 8 --steps 50 --inversion null-text \\
         --relative-steps 0.1 0.3 0.6 1.0 --grad-steps 3 --json out/sweep.json
+    python benchmarks/guidance_sweep.py --cases 8 --seed 1000700 --transfers 0.5 0.6 0.7 \\
+        --transfer-sources latent pixels --json out/transfer.json
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ def main() -> None:
     ap.add_argument("--weight-scales", type=float, nargs="+", default=[1.0],
                     help="multiply w_o and w_b by these (normalized mode: only their ratio matters)")
     ap.add_argument("--paper-steps", type=float, nargs="+", default=[0.1], help="step sizes of the paper mode")
+    ap.add_argument("--transfers", nargs="+", default=None, metavar="F",
+                    help="sweep the identity transfer step (fractions of the steps, or 'off') instead of the step rule")
+    ap.add_argument("--transfer-sources", nargs="+", default=["latent", "pixels"], choices=["latent", "pixels"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -51,9 +60,13 @@ def main() -> None:
     pipe = DiffusionHandles.from_pretrained(args.model)
     size = args.size or pipe.backbone.default_size
     configs: dict[str, GuidanceConfig] = {"depth_only": GuidanceConfig(grad_steps=0, composite=False)}
-    for st in args.paper_steps:
+    for f in args.transfers or []:
+        for src in args.transfer_sources:
+            frac = None if f == "off" else float(f)
+            configs[f"transfer {f} {src}"] = GuidanceConfig(identity_transfer=frac, transfer_source=src)
+    for st in [] if args.transfers else args.paper_steps:
         configs[f"paper step {st}"] = GuidanceConfig(mode="paper", step_size=st, composite=False)
-    for k in args.grad_steps:
+    for k in [] if args.transfers else args.grad_steps:
         for r in args.relative_steps:
             for ws in args.weight_scales:
                 configs[f"normalized K={k} rel={r} w x{ws}"] = GuidanceConfig(

@@ -226,6 +226,43 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
     return plan
 
 
+def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan, alpha: float) -> torch.Tensor:
+    """The identity-transfer latent with its clean part warped in pixels instead of latents.
+
+    DDIM's latent at the transfer step is ``x_k = sqrt(a_k) x0 + sqrt(1 - a_k) eps`` (Song et al.
+    2021, Eq. 12), so warping it in the latent grid (``plan.transfer = W[x_k]``) warps the clean
+    image at the grid's resolution (1/8 of the pixels' on SD2, 1/4 on TinyWorld), which smears
+    stripes and dots. This replaces that part by the encoding of the input warped in pixels:
+
+        ``W[x_k] + sqrt(a_k) (E(W_px[I]) - W[E(I)])``
+
+    with ``E`` the VAE encoder (mode, the inversion's latent refinement) and the holes of
+    ``W_px[I]`` filled with ``D(W[E(I)])``, so they add nothing. An identity edit returns
+    ``plan.transfer`` unchanged.
+
+    Args:
+        bb: the backbone (its VAE); inverted: the inversion (``image (1, 3, H, W)`` at the work size;
+            its ``latent_0`` is ``E(I)`` when it was not a posterior sample, ``seed`` None).
+        geom: the edit's geometry at the work size (``source (1, H, W, 2)``, ``valid (1, 1, H, W)``).
+        plan: the guide plan with ``plan.transfer (1, c, h, w)`` set.
+        alpha: ``alphas_cumprod`` at the transfer step's timestep.
+
+    Returns:
+        ``(1, c, h, w)`` float32, the corrected transfer latent.
+    """
+    device = plan.transfer.device
+    steps = inverted.config.encode_refine_steps
+    image = inverted.image.float().to(device)
+    fe = geom.at_resolution(*plan.transfer.shape[-2:])
+    z0 = inverted.latent_0 if inverted.seed is None else bb.encode_image(image, refine_steps=steps)  # E(I), the mode
+    warped_z = warp(z0.float().to(device), fe.source.float().to(device))
+    warped_px = warp(image, geom.source.float().to(device))
+    valid = geom.valid.float().to(device)
+    filled = warped_px * valid + bb.decode(warped_z).to(device) * (1.0 - valid)
+    z = bb.encode_image(filled, refine_steps=steps).float().to(device)
+    return plan.transfer + alpha ** 0.5 * (z - warped_z)
+
+
 class DiffusionHandles:
     """3D object edits with a depth-conditioned diffusion model (the paper's method)."""
 
@@ -459,6 +496,9 @@ class DiffusionHandles:
             d_edit = edited_depth(geom, self._background(background_depth, depth, inverted.mask))  # (1, 1, H, W)
         # 2. guidance targets: Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
         plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]))
+        if plan.transfer is not None and guidance.transfer_source == "pixels":
+            alpha = self.backbone.schedule(inverted.config.num_steps).alpha[plan.transfer_step]
+            plan.transfer = pixel_transfer(self.backbone, inverted, geom, plan, alpha)
         keep_image = None
         if camera:  # the composite keeps the input *warped to the new view* outside the grown holes
             _, soft = hole_region(geom.valid)

@@ -46,7 +46,8 @@ def _job(jid: str, caption: str, **kw) -> str:
 
 def test_parse_jobs_validates_every_line(tmp_path):
     lines = [
-        json.dumps({"id": "ok-1", "image": "a.png", "prompt": "p", "click": [3, 4], "translate": [0.1, 0, 0]}),
+        json.dumps({"id": "ok-1", "image": "a.png", "prompt": "p", "click": [3, 4], "translate": [0.1, 0, 0],
+                    "transfer_source": "latent"}),
         json.dumps({"id": "ok-2", "image": "/abs/a.png", "prompt": "p", "click": [[1, 2], [3, 4.5]]}),
         "",
         "# a comment",
@@ -57,6 +58,7 @@ def test_parse_jobs_validates_every_line(tmp_path):
         json.dumps({"id": "w", "image": "a.png", "prompt": "p", "mask": "m.png", "colour": "red"}),
         json.dumps({"id": "OK-1", "image": "a.png", "prompt": "p", "mask": "m.png"}),
         "[1, 2]",
+        json.dumps({"id": "x", "image": "a.png", "prompt": "p", "mask": "m.png", "transfer_source": "pixel"}),
         "{not json",
     ]
     f = tmp_path / "sub" / "jobs.jsonl"
@@ -67,7 +69,8 @@ def test_parse_jobs_validates_every_line(tmp_path):
     assert jobs[0].spec["image"] == str((f.parent / "a.png").resolve())  # relative to the JSONL file
     assert jobs[0].spec["click"] == [[3.0, 4.0]] and jobs[1].spec["click"] == [[1.0, 2.0], [3.0, 4.5]]
     errors = {b.line: b.error for b in bad}
-    assert sorted(errors) == [5, 6, 7, 8, 9, 10, 11, 12]
+    assert sorted(errors) == [5, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert "transfer_source" in errors[12] and "'pixel'" in errors[12]
     assert "id: expected a folder-safe name" in errors[5]
     assert "steps: expected an integer" in errors[6]
     assert "mask/object/click: expected exactly one" in errors[7]
@@ -77,6 +80,7 @@ def test_parse_jobs_validates_every_line(tmp_path):
     assert all(e.startswith(f"line {n}: ") for n, e in errors.items())
     argv = jobs[0].edit_argv("OUT/ok-1", "OUT/.cache")
     assert "--click=3.0,4.0" in argv and argv[-1] == "--out=OUT/ok-1"
+    assert "--transfer-source=latent" in argv
 
 
 def test_batch_failures_resume_and_report(ray_local, scene, capsys):

@@ -85,6 +85,10 @@ def test_presets_and_guidance_flags(inputs, tiny_model_dir, tmp_path):
     g = s["config"]["guidance"]
     assert g["mode"] == "paper" and not g["composite"] and g["identity_transfer"] is None and g["blend_latents"]
     assert s["energy_monitor"], "the energies of every recorded step are logged"
+    out = tmp_path / "latent"
+    assert main(_args(inputs, tiny_model_dir, out, "--transfer-source", "latent", "--identity-transfer", "0.5")) == 0
+    g = json.loads((out / "summary.json").read_text())["config"]["guidance"]
+    assert g["transfer_source"] == "latent" and g["identity_transfer"] == 0.5
     out = tmp_path / "fast"
     args = _args(inputs, tiny_model_dir, out, "--preset", "fast")
     del args[args.index("--steps"):args.index("--steps") + 2]  # the preset's 20 steps
@@ -114,6 +118,15 @@ def test_broken_inputs_exit_2_with_one_line(inputs, tiny_model_dir, tmp_path, ca
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("handles edit: error:") and needle in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_choice_exits_2_with_one_line(inputs, tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_args(inputs, tiny_model_dir, tmp_path / "out", "--transfer-source", "pixel"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--transfer-source" in err[0] and "'pixel'" in err[0], err
     assert not (tmp_path / "out").exists()
 
 

@@ -122,3 +122,25 @@ def test_many_edits_of_one_inversion_do_their_shared_work_once(handles, scene, m
     outs = [handles.edit(inv, HandleEdit((0.05 * k, 0.0, 0.0)), progress=False) for k in range(1, 4)]
     assert len(fills) == 1 and checks == []
     assert not torch.equal(outs[0].edited_depth, outs[2].edited_depth)  # still three different edits
+
+
+def test_pixel_transfer_changes_nothing_for_an_identity_edit_and_something_for_a_move(handles, inverted, scene):
+    """``transfer_source="pixels"`` swaps the warped clean latent for the encoding of the warped
+    image: with no move the two are the same latent, so the edit must be bit-for-bit the latent
+    transfer's (a wrong reference latent, e.g. the inversion's sampled one, or a flow applied at
+    the wrong resolution would show here); with a move it must differ."""
+    image, depth, mask = scene
+    sampled = handles.invert(image, "a box in front of a wall", depth, mask, progress=False, seed=3,
+                             inversion=InversionConfig(num_steps=N, null_inner_steps=2))  # E(I) is not latent_0
+    cases = [(inverted, HandleEdit(), True), (sampled, HandleEdit(), True),
+             (inverted, HandleEdit(translate=(0.25, 0.0, 0.0), rotate_deg=30.0), False)]
+    for inv, edit, same in cases:
+        a = handles.edit(inv, edit, background_depth=depth, progress=False,
+                         guidance=GuidanceConfig(transfer_source="latent"))
+        b = handles.edit(inv, edit, background_depth=depth, progress=False)  # the default: pixels
+        assert torch.allclose(a.generated, b.generated, atol=1e-5) == same
+
+
+def test_transfer_source_is_checked():
+    with pytest.raises(ValueError, match="transfer_source"):
+        GuidanceConfig(transfer_source="pixel")

@@ -259,3 +259,38 @@ def test_world_eval_writes_every_figure_under_stable_keys(tmp_path, capsys):
     assert "--train-data" in capsys.readouterr().err
     assert main(["world", "eval", "--n", "2", "--threads", "0", "--out", str(tmp_path / "e3")]) == 2
     assert "--threads" in capsys.readouterr().err and not (tmp_path / "e3").exists()
+
+
+def test_pixel_transfer_latent_decodes_to_the_warped_image():
+    """The identity transfer's clean part, warped in pixels and re-encoded
+    (:func:`~diffusion_handles.pipeline.pixel_transfer` at ``alpha = 1``), decodes closer to the
+    input warped by the 3D flow than the latent warped in its 4x coarser grid: 6-9 dB on these
+    held-out scenes (rotation 40 degrees and a move). A flipped correction, holes left unfilled
+    or the image warped by the wrong flow fails it."""
+    pytest.importorskip("mitsuba")
+    from types import SimpleNamespace
+
+    from diffusion_handles.diffusion.backbone import Backbone
+    from diffusion_handles.diffusion.config import InversionConfig
+    from diffusion_handles.geometry import Camera, HandleEdit, compute_edit, warp
+    from diffusion_handles.pipeline import pixel_transfer
+
+    bb = Backbone.from_pretrained("tinyworld")
+    edit = HandleEdit(translate=(0.1, 0.0, 0.2), rotate_axis=(0.0, 1.0, 0.0), rotate_deg=40.0)
+    gains = []
+    for r in _heldout(3):
+        x = torch.from_numpy(r["rgb"]).permute(2, 0, 1)[None].float() / 255.0
+        depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
+        mask = torch.from_numpy((r["ids"] == 0).astype(np.float32))[None, None]
+        geom = compute_edit(depth, mask, edit, Camera(128, 128, 55.0))
+        z = bb.encode_image(x)
+        latent_warp = warp(z, geom.at_resolution(*z.shape[-2:]).source)
+        inv = SimpleNamespace(image=x, config=InversionConfig(), seed=None, latent_0=z)
+        pixel = pixel_transfer(bb, inv, geom, SimpleNamespace(transfer=latent_warp), 1.0)
+        target = warp(x, geom.source)
+        m = (geom.edited_mask * geom.valid).bool().expand_as(x)
+
+        err = [(bb.decode(lat) - target)[m].pow(2).mean() for lat in (pixel, latent_warp)]
+        gains.append(float(10 * torch.log10(err[1] / err[0])))  # PSNR(pixel) - PSNR(latent warp)
+    print("pixel transfer gain over the latent warp (dB):", [round(g, 2) for g in gains])
+    assert min(gains) > 3.0

@@ -10,7 +10,8 @@ A line is a JSON object; keys (``handles edit`` flags, with ``_`` for ``-``):
   ``rotate_axis`` (three numbers), ``rotate_deg``, ``scale``, ``fov`` (numbers), ``model``,
   ``preset`` (``default|paper|fast``), ``inversion`` (``null-text|ddim|negative-prompt``),
   ``steps``, ``guidance_steps``, ``grad_steps``, ``seed`` (integers), ``identity_transfer``
-  (number or ``"off"``), ``composite`` (bool), ``device`` (``cpu|cuda``), ``dtype``.
+  (number or ``"off"``), ``transfer_source`` (``latent|pixels``), ``composite`` (bool),
+  ``device`` (``cpu|cuda``), ``dtype``.
 
 Relative paths are relative to the JSONL file's folder. Blank lines and lines starting with
 ``#`` are skipped. A line that fails validation becomes a :class:`BadLine` (its 1-based line
@@ -35,6 +36,7 @@ CHOICES = {
     "inversion": ("null-text", "ddim", "negative-prompt"),
     "device": ("cpu", "cuda"),
     "dtype": ("float32", "float16", "bfloat16"),
+    "transfer_source": ("latent", "pixels"),
 }
 INT_KEYS = {"steps": 1, "guidance_steps": 0, "grad_steps": 0, "seed": 0}
 NUMBER_KEYS = ("rotate_deg", "scale", "fov", "depth_scale")
@@ -45,7 +47,7 @@ KNOWN_KEYS = frozenset({"id", "image", "prompt", "mask", "object", "click", "dep
                         *TEXT_KEYS})
 # keys that do not change the inversion: jobs equal on everything else share one (cache)
 EDIT_ONLY_KEYS = frozenset({"id", "translate", "rotate_axis", "rotate_deg", "scale", "fov", "background_depth",
-                            "composite", "identity_transfer", "grad_steps"})
+                            "composite", "identity_transfer", "transfer_source", "grad_steps"})
 
 
 @dataclass
@@ -71,7 +73,7 @@ class Job:
             argv.append(f"--object={s['object']}")
         for x, y in s.get("click", []):
             argv.append(f"--click={x!r},{y!r}")
-        for key in ("depth", "background_depth", "model", "preset", "inversion", "device", "dtype"):
+        for key in ("depth", "background_depth", "model", "preset", "inversion", "device", "dtype", "transfer_source"):
             if key in s:
                 argv.append(f"--{key.replace('_', '-')}={s[key]}")
         for key in VECTOR_KEYS:

@@ -63,8 +63,8 @@ _DEFAULT_WB = 1.25 * 30  # GuidanceConfig.w_background default (release value)
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours", "diffusion", "the default: normalized guidance (scale-free energies, noise-relative steps), "
-           "local G_o + G_b, cyclic layers 3/2/both until step 38/50, identity transfer at step 30/50, "
-           "input kept outside the edit region"),
+           "local G_o + G_b, cyclic layers 3/2/both until step 38/50, identity transfer at step 35/50 (warped in "
+           "pixels), input kept outside the edit region"),
     Method("paper", "diffusion", "the paper exactly: raw energies, 3 steps of 0.1 on the latent, no composite",
            lambda n: {"mode": "paper", "composite": False, "identity_transfer": None}),
     Method("ours_no_composite", "diffusion", "ours without the pixel composite (the generation everywhere)",
@@ -73,6 +73,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            lambda n: {"blend_latents": True}, "preservation"),
     Method("ours_no_transfer", "diffusion", "ours without the identity transfer",
            lambda n: {"identity_transfer": None}, "preservation"),
+    Method("ours_latent_transfer", "diffusion", "ours with the identity transfer warped in the latent grid, not in pixels",
+           lambda n: {"transfer_source": "latent"}, "preservation"),
     Method("ours_normalized_only", "diffusion", "the normalized guidance alone: no transfer, no composite",
            lambda n: {"identity_transfer": None, "composite": False}, "preservation"),
     Method("warp_only", "warp", "the 3D preview (image warped by the 3D flow), holes filled by OpenCV Telea inpainting"),
@@ -102,7 +104,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 
 FAST_METHODS = ("ours", "warp_only")
 MAIN_METHODS = ("ours", "paper", "warp_only", "depth_only", "reconstruction", "ours_no_composite", "ours_blend",
-                "ours_no_transfer", "ours_normalized_only")
+                "ours_no_transfer", "ours_latent_transfer", "ours_normalized_only")
 
 
 def resolve_methods(names: list[str] | None) -> list[Method]:

@@ -62,7 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace the latent outside the edit region by the inversion's during guidance")
     p.add_argument("--identity-transfer", default=None, metavar="F",
                    help="after this fraction of the steps, set the object's latents to the inversion's warped by the "
-                        "3D flow, or 'off' (default: the preset's, 0.6; paper: off)")
+                        "3D flow, or 'off' (default: the preset's, 0.7; paper: off)")
+    p.add_argument("--transfer-source", default=None, choices=["latent", "pixels"],
+                   help="what the identity transfer warps: the inversion's latent, or its clean part re-encoded from "
+                        "the image warped in pixels, sharper (default: the preset's, pixels)")
     p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's, 50 (Sec. 5); fast: 20)")
     p.add_argument("--guidance-steps", default=None, metavar="N",
                    help="guide steps 0..N-1 (default 38 of 50, scaled to --steps; Sec. 5.2)")
@@ -149,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
         over["composite"] = args.composite == "on"
     if args.blend_latents:
         over["blend_latents"] = True
+    if args.transfer_source is not None:
+        over["transfer_source"] = args.transfer_source
     if args.identity_transfer is not None:
         if args.identity_transfer == "off":
             over["identity_transfer"] = None

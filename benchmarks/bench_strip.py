@@ -1,0 +1,54 @@
+"""Rows of one ``handles bench`` folder's pictures, one row per edit, for a person to compare
+methods side by side: input | 3D preview (holes magenta) | each method | ground truth.
+
+    python benchmarks/bench_strip.py runs/bench/v2p --methods ours_latent_transfer ours \\
+        --n 6 --out docs/images/pixel_transfer.png
+
+The edits are the folder's first ``--n`` in case order (no picking); panels are enlarged by
+nearest neighbour to at least 256 px (``viz.side_by_side``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def load(path: Path) -> torch.Tensor:
+    """A PNG as ``(1, 3, H, W)`` float in [0, 1]."""
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bench", type=Path, help="a handles bench output folder (its images/<case>/ pictures)")
+    ap.add_argument("--methods", nargs="+", default=["ours"])
+    ap.add_argument("--n", type=int, default=6)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    from diffusion_handles.io import save_image
+    from diffusion_handles.viz import side_by_side
+
+    cases = sorted(p for p in (args.bench / "images").iterdir() if p.is_dir())[: args.n]
+    if not cases:
+        raise SystemExit(f"bench: no images/<case>/ folders under {args.bench}")
+    names = [("input", "input"), ("3D preview", "preview"), *[(m, m) for m in args.methods], ("ground truth", "gt")]
+    rows = []
+    for case in cases:
+        missing = [f for _, f in names if not (case / f"{f}.png").is_file()]
+        if missing:
+            raise SystemExit(f"bench: {case.name} lacks {', '.join(m + '.png' for m in missing)}")
+        labels = [f"{case.name}: {names[0][0]}", *(label for label, _ in names[1:])]
+        rows.append(side_by_side([(lab, load(case / f"{f}.png")) for lab, (_, f) in zip(labels, names, strict=True)]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(args.out, torch.cat(rows, dim=2))
+    print(f"wrote {args.out} ({len(rows)} edits)")
+
+
+if __name__ == "__main__":
+    main()
