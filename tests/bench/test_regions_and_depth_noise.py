@@ -67,8 +67,11 @@ def test_paper_and_default_methods_differ_as_documented():
     assert paper.mode == "paper" and not paper.composite
     assert ours.mode == "normalized" and ours.composite
     assert depth_only.grad_steps == 0 and not depth_only.composite and depth_only.identity_transfer is None
-    assert ours.resolved_transfer_step(50) == 30 and paper.identity_transfer is None
+    assert ours.resolved_transfer_step(50) == 35 and paper.identity_transfer is None
+    assert ours.transfer_source == "pixels"
     assert METHODS["ours_no_transfer"].guidance(50).identity_transfer is None
+    latent = METHODS["ours_latent_transfer"].guidance(50)
+    assert latent.transfer_source == "latent" and latent.resolved_transfer_step(50) == 35
 
 
 def test_degrade_depth_rejects_bad_input():
