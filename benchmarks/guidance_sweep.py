@@ -11,7 +11,10 @@ every configuration of the sweep; printed per configuration (mean over cases):
 
 ``--transfers F ...`` sweeps the identity transfer instead (the default configuration, pixel
 composite included, with the transfer at each fraction F of the steps, or ``off``, for each of
-``--transfer-sources``). Tune on cases away from the benchmark's 20 (``--seed 1000700``).
+``--transfer-sources``, and with and without the object's mirrored back, ``--backs off on``).
+Tune on cases away from the benchmark's 20 (``--seed 1000700``); ``--kinds`` keeps only some edit
+kinds. With more than one configuration besides ``depth_only``, the paired differences against
+the first are printed with 95 % bootstrap intervals.
 
     python benchmarks/guidance_sweep.py --cases 8 --steps 50 --inversion null-text \\
         --relative-steps 0.1 0.3 0.6 1.0 --grad-steps 3 --json out/sweep.json
@@ -46,6 +49,9 @@ def main() -> None:
     ap.add_argument("--transfers", nargs="+", default=None, metavar="F",
                     help="sweep the identity transfer step (fractions of the steps, or 'off') instead of the step rule")
     ap.add_argument("--transfer-sources", nargs="+", default=["latent", "pixels"], choices=["latent", "pixels"])
+    ap.add_argument("--backs", nargs="+", default=["off"], choices=["off", "on"],
+                    help="with --transfers: also sweep GuidanceConfig.complete_back (the object's mirrored back)")
+    ap.add_argument("--kinds", nargs="+", default=None, help="only cases of these edit kinds (e.g. rotate_vertical)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -62,8 +68,10 @@ def main() -> None:
     configs: dict[str, GuidanceConfig] = {"depth_only": GuidanceConfig(grad_steps=0, composite=False)}
     for f in args.transfers or []:
         for src in args.transfer_sources:
-            frac = None if f == "off" else float(f)
-            configs[f"transfer {f} {src}"] = GuidanceConfig(identity_transfer=frac, transfer_source=src)
+            for back in args.backs:
+                frac = None if f == "off" else float(f)
+                name = f"transfer {f} {src}" + (" back" if back == "on" else "")
+                configs[name] = GuidanceConfig(identity_transfer=frac, transfer_source=src, complete_back=back == "on")
     for st in [] if args.transfers else args.paper_steps:
         configs[f"paper step {st}"] = GuidanceConfig(mode="paper", step_size=st, composite=False)
     for k in [] if args.transfers else args.grad_steps:
@@ -81,6 +89,8 @@ def main() -> None:
         try:
             case = make_case(seed, size=size)
         except Exception:
+            continue
+        if args.kinds and case.kind not in args.kinds:
             continue
         done += 1
         img = torch.from_numpy(case.image.astype(np.float32) / 255).permute(2, 0, 1)[None]
@@ -115,6 +125,20 @@ def main() -> None:
         summary[name] = s
         print(f"| {name} | {s['g_o_end']:.3f} | {s['psnr_obj']:.2f} | {s['psnr_full']:.2f} | {s['psnr_effects']:.2f} | "
               f"{s['psnr_bg']:.2f} | {div}/{len(rs)} |")
+    if len(configs) > 2:  # paired differences against the second configuration (the first is depth_only)
+        from diffusion_handles.bench.metrics import bootstrap_ci
+
+        ref = list(configs)[1]
+        print(f"\npaired differences against '{ref}', mean [95% bootstrap CI]")
+        print("| configuration | obj PSNR | full PSNR | effects PSNR | bg PSNR |\n|---|---|---|---|---|")
+        for name in list(configs)[2:]:
+            cells = []
+            for k in ("psnr_obj", "psnr_full", "psnr_effects", "psnr_bg"):
+                pairs = [(a[k], b[k]) for a, b in zip(rows[ref], rows[name], strict=True)
+                         if a[k] is not None and b[k] is not None and np.isfinite(a[k]) and np.isfinite(b[k])]
+                ci = bootstrap_ci([b - a for a, b in pairs])
+                cells.append(f"{ci['mean']:+.2f} [{ci['lo']:+.2f}, {ci['hi']:+.2f}]" if ci["n"] else "n/a")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.json:
         from pathlib import Path
 

@@ -492,7 +492,7 @@ class DiffusionHandles:
             geom = compute_multi_edit(depth, masks_w, transforms, cam)
             d_edit = edited_depth(geom, self._background(background_depth, depth, geom.object_mask))
         else:
-            geom = compute_edit(depth, inverted.mask, transform, cam)
+            geom = compute_edit(depth, inverted.mask, transform, cam, complete_back=guidance.complete_back)
             d_edit = edited_depth(geom, self._background(background_depth, depth, inverted.mask))  # (1, 1, H, W)
         # 2. guidance targets: Psi' = W[rho(Psi), F] (Eq. 6) and masks per layer resolution
         plan = guidance_targets(inverted, geom, guidance, schedule_layers, tuple(inverted.x_T.shape[-2:]))

@@ -47,7 +47,7 @@ def _job(jid: str, caption: str, **kw) -> str:
 def test_parse_jobs_validates_every_line(tmp_path):
     lines = [
         json.dumps({"id": "ok-1", "image": "a.png", "prompt": "p", "click": [3, 4], "translate": [0.1, 0, 0],
-                    "transfer_source": "latent"}),
+                    "transfer_source": "latent", "complete_back": True}),
         json.dumps({"id": "ok-2", "image": "/abs/a.png", "prompt": "p", "click": [[1, 2], [3, 4.5]]}),
         "",
         "# a comment",
@@ -80,7 +80,7 @@ def test_parse_jobs_validates_every_line(tmp_path):
     assert all(e.startswith(f"line {n}: ") for n, e in errors.items())
     argv = jobs[0].edit_argv("OUT/ok-1", "OUT/.cache")
     assert "--click=3.0,4.0" in argv and argv[-1] == "--out=OUT/ok-1"
-    assert "--transfer-source=latent" in argv
+    assert "--transfer-source=latent" in argv and "--complete-back" in argv
 
 
 def test_batch_failures_resume_and_report(ray_local, scene, capsys):

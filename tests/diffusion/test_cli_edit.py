@@ -86,9 +86,10 @@ def test_presets_and_guidance_flags(inputs, tiny_model_dir, tmp_path):
     assert g["mode"] == "paper" and not g["composite"] and g["identity_transfer"] is None and g["blend_latents"]
     assert s["energy_monitor"], "the energies of every recorded step are logged"
     out = tmp_path / "latent"
-    assert main(_args(inputs, tiny_model_dir, out, "--transfer-source", "latent", "--identity-transfer", "0.5")) == 0
+    assert main(_args(inputs, tiny_model_dir, out, "--transfer-source", "latent", "--identity-transfer", "0.5",
+                      "--complete-back")) == 0
     g = json.loads((out / "summary.json").read_text())["config"]["guidance"]
-    assert g["transfer_source"] == "latent" and g["identity_transfer"] == 0.5
+    assert g["transfer_source"] == "latent" and g["identity_transfer"] == 0.5 and g["complete_back"] is True
     out = tmp_path / "fast"
     args = _args(inputs, tiny_model_dir, out, "--preset", "fast")
     del args[args.index("--steps"):args.index("--steps") + 2]  # the preset's 20 steps

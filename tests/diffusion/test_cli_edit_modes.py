@@ -79,6 +79,7 @@ def test_remove(inputs, tiny_model_dir, tmp_path):
     ("edit", ["--edits", "bad.json"], "--edits"),
     ("edit", ["--edits", "sub/edits.json", "--translate", "1", "0", "0"], "--translate"),
     ("edit", ["--camera", "--edits", "sub/edits.json"], "--camera"),
+    ("edit", ["--camera", "--translate", "0.6", "0", "0", "--complete-back"], "--complete-back"),
     ("remove", [], "--mask/--object/--click"),
     ("remove", ["--mask", "a.png", "--margin", "0"], "--margin"),
 ])

@@ -10,7 +10,7 @@ A line is a JSON object; keys (``handles edit`` flags, with ``_`` for ``-``):
   ``rotate_axis`` (three numbers), ``rotate_deg``, ``scale``, ``fov`` (numbers), ``model``,
   ``preset`` (``default|paper|fast``), ``inversion`` (``null-text|ddim|negative-prompt``),
   ``steps``, ``guidance_steps``, ``grad_steps``, ``seed`` (integers), ``identity_transfer``
-  (number or ``"off"``), ``transfer_source`` (``latent|pixels``), ``composite`` (bool),
+  (number or ``"off"``), ``transfer_source`` (``latent|pixels``), ``composite``, ``complete_back`` (bool),
   ``device`` (``cpu|cuda``), ``dtype``.
 
 Relative paths are relative to the JSONL file's folder. Blank lines and lines starting with
@@ -43,11 +43,11 @@ NUMBER_KEYS = ("rotate_deg", "scale", "fov", "depth_scale")
 VECTOR_KEYS = ("translate", "rotate_axis")
 TEXT_KEYS = ("model", "object")
 KNOWN_KEYS = frozenset({"id", "image", "prompt", "mask", "object", "click", "depth", "background_depth",
-                        "identity_transfer", "composite", *CHOICES, *INT_KEYS, *NUMBER_KEYS, *VECTOR_KEYS,
+                        "identity_transfer", "composite", "complete_back", *CHOICES, *INT_KEYS, *NUMBER_KEYS, *VECTOR_KEYS,
                         *TEXT_KEYS})
 # keys that do not change the inversion: jobs equal on everything else share one (cache)
 EDIT_ONLY_KEYS = frozenset({"id", "translate", "rotate_axis", "rotate_deg", "scale", "fov", "background_depth",
-                            "composite", "identity_transfer", "transfer_source", "grad_steps"})
+                            "composite", "complete_back", "identity_transfer", "transfer_source", "grad_steps"})
 
 
 @dataclass
@@ -86,6 +86,8 @@ class Job:
             argv.append(f"--identity-transfer={s['identity_transfer']}")
         if "composite" in s:
             argv.append(f"--composite={'on' if s['composite'] else 'off'}")
+        if s.get("complete_back"):
+            argv.append("--complete-back")
         if cache_dir is not None:
             argv.append(f"--cache={cache_dir}")
         argv += ["--quiet", f"--out={out}"]
@@ -176,10 +178,11 @@ def _check(obj: dict, base: Path) -> dict:
         if v != "off" and not (_number(v) and 0 <= v < 1):
             raise HandlesError(f"identity_transfer: expected a fraction in [0, 1) or 'off', got {v!r}")
         spec["identity_transfer"] = v
-    if "composite" in obj:
-        if not isinstance(obj["composite"], bool):
-            raise HandlesError(f"composite: expected true or false, got {obj['composite']!r}")
-        spec["composite"] = obj["composite"]
+    for key in ("composite", "complete_back"):
+        if key in obj:
+            if not isinstance(obj[key], bool):
+                raise HandlesError(f"{key}: expected true or false, got {obj[key]!r}")
+            spec[key] = obj[key]
     return spec
 
 

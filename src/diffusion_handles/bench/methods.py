@@ -75,6 +75,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            lambda n: {"identity_transfer": None}, "preservation"),
     Method("ours_latent_transfer", "diffusion", "ours with the identity transfer warped in the latent grid, not in pixels",
            lambda n: {"transfer_source": "latent"}, "preservation"),
+    Method("ours_back", "diffusion", "ours with the object's mirrored back in the edited depth",
+           lambda n: {"complete_back": True}, "preservation"),
     Method("ours_normalized_only", "diffusion", "the normalized guidance alone: no transfer, no composite",
            lambda n: {"identity_transfer": None, "composite": False}, "preservation"),
     Method("warp_only", "warp", "the 3D preview (image warped by the 3D flow), holes filled by OpenCV Telea inpainting"),

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     add_out_args(p, required=False, default="out/demo")
     p.add_argument("--steps", type=int, default=50,
                    help=f"DDIM steps in [2, {MAX_STEPS}] (default 50, Sec. 5)")
+    p.add_argument("--complete-back", action="store_true",
+                   help="give the side the turn uncovers the depth of the sphere's mirrored back (handles edit --complete-back)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
     p.set_defaults(func=run)
 
@@ -51,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from diffusion_handles.diffusion.config import InversionConfig
+    from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
     from diffusion_handles.errors import HandlesError
     from diffusion_handles.geometry.transform import HandleEdit
     from diffusion_handles.io import save_image
@@ -80,7 +82,8 @@ def _run(args: argparse.Namespace) -> int:
     mask = torch.from_numpy(src.masks[DEMO_OBJECT].astype(np.float32))[None, None]
     inverted = handles.invert(image, src.caption, depth, mask, inversion=InversionConfig(num_steps=args.steps),
                               progress=not args.quiet)
-    result = handles.edit(inverted, edit, fov_deg=scene.fov_deg, source_image=image, progress=not args.quiet)
+    result = handles.edit(inverted, edit, fov_deg=scene.fov_deg, source_image=image, progress=not args.quiet,
+                          guidance=GuidanceConfig(complete_back=args.complete_back))
 
     gt_img = torch.from_numpy(gt.rgb).permute(2, 0, 1)[None].float() / 255.0
     gt_depth = torch.from_numpy(gt.depth)[None, None]
@@ -117,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         save_image(tmp / "comparison.png", strip)
         (tmp / "scene.json").write_text(scene.to_json())
         (tmp / "demo.json").write_text(json.dumps({
-            "seed": DEMO_SEED, "object": DEMO_OBJECT, "caption": src.caption, "edit": edit.to_dict(),
+            "seed": DEMO_SEED, "object": DEMO_OBJECT, "caption": src.caption, "edit": edit.to_dict(), "complete_back": args.complete_back,
             "pivot_camera": pivot.tolist(), "metrics": metrics, "timings": {**inverted.timings, **result.timings},
             "total_seconds": time.perf_counter() - t_all}, indent=1))
     out = Path(args.out)

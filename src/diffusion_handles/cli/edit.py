@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "to the noise level) or paper (raw energies, step 0.1 on the latent)")
     p.add_argument("--composite", default=None, choices=["on", "off"],
                    help="keep the input's pixels outside the edit region, feathered seam (default: the preset's)")
+    p.add_argument("--complete-back", action="store_true",
+                   help="one-object edits: give the side a rotation uncovers the depth of the object's back, mirrored "
+                        "from its front, instead of the background's (not in the paper)")
     p.add_argument("--blend-latents", action="store_true",
                    help="replace the latent outside the edit region by the inversion's during guidance")
     p.add_argument("--identity-transfer", default=None, metavar="F",
@@ -152,6 +155,10 @@ def _run(args: argparse.Namespace) -> int:
         over["composite"] = args.composite == "on"
     if args.blend_latents:
         over["blend_latents"] = True
+    if args.complete_back:
+        if mode != "object":
+            raise HandlesError("--complete-back: applies to one-object edits, not to --camera or --edits")
+        over["complete_back"] = True
     if args.transfer_source is not None:
         over["transfer_source"] = args.transfer_source
     if args.identity_transfer is not None:

@@ -118,6 +118,16 @@ class GuidanceConfig:
             TinyWorld, pixels against latent: object PSNR +0.82 dB [+0.41, +1.33], full image
             +0.58 [+0.28, +0.97], silhouettes and disocclusions unchanged (``handles bench
             --methods ours ours_latent_transfer``). Not in the paper.
+        complete_back: in a one-object edit, give the side a rotation uncovers (in the object's
+            old place) the depth of the object's back, mirrored from its front
+            (:mod:`diffusion_handles.geometry.shell`), instead of the background's, so that d'
+            shows the whole object. Off by default: on 20 rotation edits away from the
+            benchmark's it changed nothing measurable (object PSNR +0.01 [-0.06, +0.07] and
+            +0.00 [-0.02, +0.02], full image +0.01 and -0.10 on the two halves, ``python
+            benchmarks/guidance_sweep.py --seed 1000900 --kinds rotate_vertical rotate_tilted
+            --transfers 0.7 --transfer-sources pixels --backs off on``, and ``--seed 1001200``),
+            while the demo's 45-degree turn of a sphere gains 0.7 dB and stays round. Not in
+            the paper.
     """
 
     layers: tuple[int, ...] | None = None
@@ -136,6 +146,7 @@ class GuidanceConfig:
     blend_latents: bool = False
     identity_transfer: float | None = 0.7
     transfer_source: str = "pixels"
+    complete_back: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("normalized", "paper"):

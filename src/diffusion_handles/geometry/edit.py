@@ -33,6 +33,7 @@ from diffusion_handles.geometry.poisson import (
     fill_depth,
     poisson_composite,
 )
+from diffusion_handles.geometry.shell import shell_close_radius, shell_zbuffer
 from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
 from diffusion_handles.geometry.transform import HandleEdit, Similarity
 from diffusion_handles.geometry.warp import warp, warp_masked
@@ -74,6 +75,9 @@ class EditGeometry(FeatureEdit):
         pivots: ``(B, 3)`` the rotation/scale centres (object centroids), scene units.
         whole_scene: the "object" is the whole scene (a camera move, :func:`compute_camera_move`):
             every valid pixel follows its warped activations and nothing is background.
+        back_depth: ``(B, 1, H, W)`` z-depth of the object's mirrored back where it is the
+            nearest surface, the front is not and the object used to be (:mod:`.shell`; holes
+            already, ``M_v = 0``), 0 elsewhere; ``None`` when not computed (``complete_back=False``).
     """
 
     camera: Camera
@@ -85,6 +89,7 @@ class EditGeometry(FeatureEdit):
     object_distance: torch.Tensor
     pivots: torch.Tensor
     whole_scene: bool = False
+    back_depth: torch.Tensor | None = None
 
     def at_resolution(self, height: int, width: int) -> FeatureEdit:
         """The same edit on an ``height x width`` feature grid (e.g. a UNet decoder block).
@@ -160,6 +165,7 @@ def compute_edit(
     pivot: torch.Tensor | None = None,
     close_radius: int = 1,
     require_background: bool = True,
+    complete_back: bool = False,
 ) -> EditGeometry:
     """Apply a 3D edit to the object ``mask`` of a scene with z-depth ``depth`` (Sec. 5.1).
 
@@ -175,6 +181,9 @@ def compute_edit(
         require_background: refuse a mask that leaves no background to fill the object's
             place from (:func:`~.poisson.check_mask_leaves_background`); a camera move
             (:func:`compute_camera_move`, all-ones mask) passes False.
+        complete_back: also move the object's back, mirrored from its front (:mod:`.shell`),
+            so that a side a rotation uncovers in the object's old place gets the back's depth
+            (``back_depth``) instead of the background's.
 
     Returns:
         :class:`EditGeometry` at image resolution.
@@ -254,6 +263,14 @@ def compute_edit(
     zbuffer = torch.where(obj, torch.full_like(depth, math.inf), depth)
     zbuffer[:, :, y0:y1, x0:x1] = torch.where(wins_crop, z_obj, z_bg)
     valid = (~obj | object_wins).to(dtype)  # background keeps its pixel; the object's old place is a hole unless covered
+    back_depth = None
+    if complete_back:  # the uncovered back: a hole whose depth is known
+        z_back = shell_zbuffer(depth, obj, transforms, camera, close_radius)
+        # front and back as one surface, its seams closed (grazing front pixels spread apart when turned)
+        z_back = close_zbuffer(torch.minimum(torch.where(object_wins, zbuffer, torch.full_like(zbuffer, math.inf)),
+                                             z_back), shell_close_radius(h, w))
+        revealed = torch.isfinite(z_back) & ~object_wins & (z_back < zbuffer) & obj  # only where the object was
+        back_depth = torch.where(revealed, z_back, torch.zeros_like(z_back))
 
     # Eq. 5: inverse correspondence at the pixels the object won; elsewhere the source is the
     # pixel itself (identity flow).
@@ -305,6 +322,7 @@ def compute_edit(
         object_depth=object_depth,
         object_distance=object_distance,
         pivots=pivots,
+        back_depth=back_depth,
     )
 
 
@@ -380,9 +398,14 @@ def edited_depth(geometry: EditGeometry, background_depth: torch.Tensor, band_px
     if bool(holes.any()):
         background_depth = fill_depth(torch.where(holes, torch.ones_like(background_depth), background_depth), holes)
     inside = geometry.object_wins & (geometry.object_depth > 0)
+    object_depth = geometry.object_depth
+    if geometry.back_depth is not None:  # the uncovered back (compute_edit(complete_back=True))
+        back = geometry.back_depth > 0
+        inside = inside | back
+        object_depth = torch.where(back, geometry.back_depth, object_depth)
     if band_px is None:
         band_px = seam_band_px(geometry.camera.height, geometry.camera.width)
-    return poisson_composite(geometry.object_depth, background_depth, inside, band_px)
+    return poisson_composite(object_depth, background_depth, inside, band_px)
 
 
 def camera_move_depth(geometry: EditGeometry) -> torch.Tensor:
