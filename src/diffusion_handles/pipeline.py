@@ -243,7 +243,7 @@ def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan,
     Args:
         bb: the backbone (its VAE); inverted: the inversion (``image (1, 3, H, W)`` at the work size;
             its ``latent_0`` is ``E(I)`` when it was not a posterior sample, ``seed`` None).
-        geom: the edit's geometry at the work size (``source (1, H, W, 2)``, ``valid (1, 1, H, W)``).
+        geom: the edit's geometry at the work size (``source (1, 2, H, W)``, ``valid (1, 1, H, W)``).
         plan: the guide plan with ``plan.transfer (1, c, h, w)`` set.
         alpha: ``alphas_cumprod`` at the transfer step's timestep.
 

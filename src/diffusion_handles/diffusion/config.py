@@ -115,9 +115,10 @@ class GuidanceConfig:
             resolution (:func:`diffusion_handles.pipeline.pixel_transfer`). ``"latent"``: the
             latent itself, warped bilinearly in the latent grid (8x coarser than the pixels on
             SD2, 4x on TinyWorld), which smears stripes and dots. On the 20 benchmark edits of
-            TinyWorld, pixels against latent: object PSNR +0.82 dB [+0.41, +1.33], full image
-            +0.58 [+0.28, +0.97], silhouettes and disocclusions unchanged (``handles bench
-            --methods ours ours_latent_transfer``). Not in the paper.
+            TinyWorld, pixels against latent at step 35: object PSNR +1.25 dB [+0.66, +1.95],
+            full image +0.78 [+0.37, +1.28], silhouettes and disocclusions unchanged (``handles
+            bench --methods ours ours_latent_transfer``, then ``benchmarks/bench_paired.py R R
+            --methods ours --against ours_latent_transfer``). Not in the paper.
         complete_back: in a one-object edit, give the side a rotation uncovers (in the object's
             old place) the depth of the object's back, mirrored from its front
             (:mod:`diffusion_handles.geometry.shell`), instead of the background's, so that d'

@@ -34,11 +34,9 @@ from diffusion_handles.geometry.poisson import (
     poisson_composite,
 )
 from diffusion_handles.geometry.shell import shell_close_radius, shell_zbuffer
-from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
+from diffusion_handles.geometry.splat import MAX_FOOTPRINT, close_zbuffer, zbuffer_splat
 from diffusion_handles.geometry.transform import HandleEdit, Similarity
 from diffusion_handles.geometry.warp import warp, warp_masked
-
-MAX_FOOTPRINT = 8.0  # pixels; a point may cover at most an 8x8 square when magnified
 
 
 @dataclass(frozen=True)

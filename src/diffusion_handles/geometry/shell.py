@@ -10,11 +10,14 @@ ray through the silhouette's mean pixel; a front point at depth ``z`` on ray ``r
 on the same ray at ``2 z_mid - z``, where ``z_mid = (r . C) / (r . r)`` is the depth of the ray's
 closest approach to ``C`` (for a sphere centred on ``C`` this is its far side exactly, in
 perspective too). Upright cylinders and boxes seen face-on come out about right; other shapes
-get a plausible thickness. The moved back is splatted like the front (:mod:`.splat`, the two then closed as one surface) and
-where it is the nearest surface, the front is not, and the object used to be, the edit reports a
-hole of known depth (``EditGeometry.back_depth``). Only where the object used to be: elsewhere the
-background was seen, and a guessed back must not throw an observed pixel away (letting it do so
-cost 1.4 dB of background PSNR on 20 rotation edits with no gain on the object).
+get a plausible thickness.
+
+The moved back is splatted like the front (:mod:`.splat`; front and back are then closed as one
+surface), and where it is the nearest surface, the front is not and the object used to be, the
+edit gives it the back's depth (``EditGeometry.back_depth``, pixels that are holes already). Only
+where the object used to be: elsewhere the background was seen, and a guessed back must not
+replace an observed pixel (letting it do so cost 1.4 dB of background PSNR on 20 rotation edits,
+with no gain on the object).
 """
 
 from __future__ import annotations
@@ -22,10 +25,9 @@ from __future__ import annotations
 import torch
 
 from diffusion_handles.geometry.camera import Camera, lift_at, project
-from diffusion_handles.geometry.splat import close_zbuffer, zbuffer_splat
+from diffusion_handles.geometry.splat import MAX_FOOTPRINT, close_zbuffer, zbuffer_splat
 from diffusion_handles.geometry.transform import Similarity
 
-MAX_FOOTPRINT = 8.0  # pixels, as for the front (geometry.edit)
 SHELL_CLOSE = 0.03  # closing radius of the front + back surface, as a fraction of the image's short side
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 _EPS = 1e-4  # pixels: a centre exactly on a footprint's edge counts as covered
+MAX_FOOTPRINT = 8.0  # pixels; a point may cover at most an 8x8 square when magnified
 
 
 def zbuffer_splat(
