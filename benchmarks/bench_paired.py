@@ -6,7 +6,7 @@ file: two methods of one run).
 
     python benchmarks/bench_paired.py benchmarks/results/bench_tinyworld_v2e_exact_20.json \
         runs/bench/v2f-exact/results.json --methods ours reconstruction
-    python benchmarks/bench_paired.py R.json R.json --methods ours_pixel_transfer --against ours
+    python benchmarks/bench_paired.py R.json R.json --methods ours --against ours_latent_transfer
 """
 
 from __future__ import annotations
