@@ -13,14 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-
-
-def load(path: Path) -> torch.Tensor:
-    """A PNG as ``(1, 3, H, W)`` float in [0, 1]."""
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 def main() -> None:
@@ -31,7 +24,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    from diffusion_handles.io import save_image
+    from diffusion_handles.io import load_image, save_image
     from diffusion_handles.viz import side_by_side
 
     cases = sorted(p for p in (args.bench / "images").iterdir() if p.is_dir())[: args.n]
@@ -44,7 +37,7 @@ def main() -> None:
         if missing:
             raise SystemExit(f"bench: {case.name} lacks {', '.join(m + '.png' for m in missing)}")
         labels = [f"{case.name}: {names[0][0]}", *(label for label, _ in names[1:])]
-        rows.append(side_by_side([(lab, load(case / f"{f}.png")) for lab, (_, f) in zip(labels, names, strict=True)]))
+        rows.append(side_by_side([(lab, load_image(case / f"{f}.png")) for lab, (_, f) in zip(labels, names, strict=True)]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image(args.out, torch.cat(rows, dim=2))
     print(f"wrote {args.out} ({len(rows)} edits)")

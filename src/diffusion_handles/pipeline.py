@@ -237,8 +237,8 @@ def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan,
         ``W[x_k] + sqrt(a_k) (E(W_px[I]) - W[E(I)])``
 
     with ``E`` the VAE encoder (mode, the inversion's latent refinement) and the holes of
-    ``W_px[I]`` filled with ``D(W[E(I)])``, so they add nothing. An identity edit returns
-    ``plan.transfer`` unchanged.
+    ``W_px[I]`` filled with ``D(W[E(I)])``, so they change little (by the round trip's error). An
+    identity edit returns ``plan.transfer`` unchanged.
 
     Args:
         bb: the backbone (its VAE); inverted: the inversion (``image (1, 3, H, W)`` at the work size;

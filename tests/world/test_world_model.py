@@ -264,7 +264,7 @@ def test_world_eval_writes_every_figure_under_stable_keys(tmp_path, capsys):
 def test_pixel_transfer_latent_decodes_to_the_warped_image():
     """The identity transfer's clean part, warped in pixels and re-encoded
     (:func:`~diffusion_handles.pipeline.pixel_transfer` at ``alpha = 1``), decodes closer to the
-    input warped by the 3D flow than the latent warped in its 4x coarser grid: 6-9 dB on these
+    input warped by the 3D flow than the latent warped in its 4x coarser grid: 5.9-6.9 dB on these
     held-out scenes (rotation 40 degrees and a move). A flipped correction, holes left unfilled
     or the image warped by the wrong flow fails it."""
     pytest.importorskip("mitsuba")

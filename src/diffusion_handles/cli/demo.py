@@ -120,7 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         save_image(tmp / "comparison.png", strip)
         (tmp / "scene.json").write_text(scene.to_json())
         (tmp / "demo.json").write_text(json.dumps({
-            "seed": DEMO_SEED, "object": DEMO_OBJECT, "caption": src.caption, "edit": edit.to_dict(), "complete_back": args.complete_back,
+            "seed": DEMO_SEED, "object": DEMO_OBJECT, "caption": src.caption, "edit": edit.to_dict(),
+            "complete_back": args.complete_back,
             "pivot_camera": pivot.tolist(), "metrics": metrics, "timings": {**inverted.timings, **result.timings},
             "total_seconds": time.perf_counter() - t_all}, indent=1))
     out = Path(args.out)

@@ -263,7 +263,7 @@ def compute_edit(
     valid = (~obj | object_wins).to(dtype)  # background keeps its pixel; the object's old place is a hole unless covered
     back_depth = None
     if complete_back:  # the uncovered back: a hole whose depth is known
-        z_back = shell_zbuffer(depth, obj, transforms, camera, close_radius)
+        z_back = shell_zbuffer(depth, obj, transforms, camera)
         # front and back as one surface, its seams closed (grazing front pixels spread apart when turned)
         z_back = close_zbuffer(torch.minimum(torch.where(object_wins, zbuffer, torch.full_like(zbuffer, math.inf)),
                                              z_back), shell_close_radius(h, w))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from diffusion_handles.geometry.camera import Camera, lift_at, project
-from diffusion_handles.geometry.splat import MAX_FOOTPRINT, close_zbuffer, zbuffer_splat
+from diffusion_handles.geometry.splat import MAX_FOOTPRINT, zbuffer_splat
 from diffusion_handles.geometry.transform import Similarity
 
 SHELL_CLOSE = 0.03  # closing radius of the front + back surface, as a fraction of the image's short side
@@ -35,8 +35,8 @@ def shell_close_radius(height: int, width: int) -> int:
     """Closing radius (pixels) for the moved front + back: 3 % of the short side, at least 1.
 
     The front's pixels near the silhouette graze the surface; turned towards the camera they
-    spread over several pixels, leaving a seam between front and back that a 1-pixel closing
-    does not fill (4 px at 128 px for a sphere turned 90 degrees)."""
+    spread over several pixels, leaving a seam between front and back wider than the 1-pixel
+    closing of the front alone fills."""
     return max(1, round(SHELL_CLOSE * min(height, width)))
 
 
@@ -65,15 +65,15 @@ def mirror_depth(depth: torch.Tensor, obj: torch.Tensor, camera: Camera) -> torc
     return out
 
 
-def shell_zbuffer(depth: torch.Tensor, obj: torch.Tensor, transforms: tuple[Similarity, ...], camera: Camera,
-                  close_radius: int = 1) -> torch.Tensor:
-    """Z-buffer of the objects' mirrored backs after their transforms.
+def shell_zbuffer(depth: torch.Tensor, obj: torch.Tensor, transforms: tuple[Similarity, ...],
+                  camera: Camera) -> torch.Tensor:
+    """Z-buffer of the objects' mirrored backs after their transforms (not closed: the caller
+    closes front and back together, :func:`shell_close_radius`).
 
     Args:
         depth: ``(B, 1, H, W)`` z-depth, scene units; obj: ``(B, 1, H, W)`` bool object mask.
         transforms: one :class:`Similarity` per batch item (the edit's, about its pivot).
         camera: the intrinsics of ``depth``.
-        close_radius: pinhole closing of the splatted buffer (:func:`close_zbuffer`).
 
     Returns:
         ``(B, 1, H, W)`` z-depth of the nearest moved back point, ``+inf`` where none landed.
@@ -100,5 +100,4 @@ def shell_zbuffer(depth: torch.Tensor, obj: torch.Tensor, transforms: tuple[Simi
     proj, z_new = project(moved[ahead], camera)
     scales = torch.tensor([t.scale for t in transforms], dtype=depth.dtype, device=depth.device)[bi[ahead]]
     footprint = (scales * z_back[ahead] / z_new).clamp(1.0, MAX_FOOTPRINT)  # the front's rule (geometry.edit)
-    zbuf = zbuffer_splat(proj, z_new, bi[ahead], footprint, b, h, w)
-    return close_zbuffer(zbuf, close_radius)
+    return zbuffer_splat(proj, z_new, bi[ahead], footprint, b, h, w)
