@@ -8,6 +8,7 @@ folder is refused in one line before any model loads, and writes through
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -95,6 +96,15 @@ def check_output_dir(path: str | os.PathLike | None, overwrite: bool | None = Fa
     except OSError as e:  # a name too long, a loop of links, a folder that cannot be listed
         raise HandlesError(f"{arg}: expected a usable folder, got {_show(text)} ({e.strerror or e})") from None
     return p
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file beside it, then a rename);
+    NaN and infinity are refused (``allow_nan=False``), so a reader never meets invalid JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
+    tmp.replace(path)
 
 
 def _remove(path: Path) -> None:
