@@ -79,7 +79,7 @@ def run_one(name: str, size: int, steps: int, device: str, progress: bool) -> di
 
     t0 = time.perf_counter()
     components = build_backbone_components(sd2_depth_configs(), seed=0)
-    backbone = Backbone(**components, model_id="sd2-depth-architecture-random", device=device, dtype=dtype)
+    backbone = Backbone(components, model_id="sd2-depth-architecture-random", device=device, dtype=dtype)
     build_s = time.perf_counter() - t0
     params = sum(p.numel() for p in backbone.unet.parameters())
     dh = DiffusionHandles(backbone)

@@ -23,7 +23,7 @@ def tiny_components():
 
 @pytest.fixture(scope="session")
 def backbone(tiny_components) -> Backbone:
-    return Backbone(**tiny_components, model_id="tiny-random")
+    return Backbone(tiny_components, model_id="tiny-random")
 
 
 @pytest.fixture(scope="session")

@@ -107,17 +107,17 @@ def test_bad_inputs_raise_one_line_errors(handles):
 def test_many_edits_of_one_inversion_do_their_shared_work_once(handles, scene, monkeypatch):
     """An animation edits one inversion N times: the harmonic fill of d'_b is solved once per
     (depth, mask), and the inversion's integrity check runs when it is made, not per edit."""
-    import diffusion_handles.pipeline as pipeline
+    import diffusion_handles.stages.s2_geometry as stage
     from diffusion_handles.diffusion.inverted import InvertedImage
 
     image, depth, mask = make_scene(seed=3)
-    monkeypatch.setattr(handles, "_fill", (None, None))  # forget fills of other tests
+    monkeypatch.setattr(stage, "_FILL", {})  # forget fills of other tests
     inv = handles.invert(image, "a box", depth, mask, inversion=InversionConfig(method="ddim", num_steps=3),
                          progress=False)
     assert inv.verified
     fills, checks = [], []
-    real_fill, real_problem = pipeline.background_depth_fill, InvertedImage.problem
-    monkeypatch.setattr(pipeline, "background_depth_fill", lambda d, m: fills.append(1) or real_fill(d, m))
+    real_fill, real_problem = stage.background_depth_fill, InvertedImage.problem
+    monkeypatch.setattr(stage, "background_depth_fill", lambda d, m: fills.append(1) or real_fill(d, m))
     monkeypatch.setattr(InvertedImage, "problem", lambda self: checks.append(1) or real_problem(self))
     outs = [handles.edit(inv, HandleEdit((0.05 * k, 0.0, 0.0)), progress=False) for k in range(1, 4)]
     assert len(fills) == 1 and checks == []

@@ -40,8 +40,8 @@ def test_refinement_lowers_the_decoders_error_and_the_anchor_holds_the_latent(ba
 
 def test_encode_image_uses_the_models_own_refinement(tiny_components):
     x = make_scene()[0]
-    plain = Backbone(**tiny_components)
-    refined = Backbone(**tiny_components, encode_refine_steps=10)
+    plain = Backbone(tiny_components)
+    refined = Backbone(tiny_components, encode_refine_steps=10)
     z0, z10 = plain.encode_image(x), refined.encode_image(x)
     assert not torch.allclose(z0, z10)
     torch.testing.assert_close(refined.encode_image(x, refine_steps=0), z0)
@@ -62,7 +62,7 @@ def test_model_folder_settings_file_is_read_and_checked(tiny_model_dir, tmp_path
 
 def test_invert_resolves_the_models_refinement_before_the_cache_key(tiny_components, tmp_path):
     image, depth, mask = make_scene()
-    bb = Backbone(**tiny_components, model_id="tiny", encode_refine_steps=5)
+    bb = Backbone(tiny_components, model_id="tiny", encode_refine_steps=5)
     h = DiffusionHandles(bb)
     cfg = InversionConfig(num_steps=3, null_inner_steps=0)
     inv = h.invert(image, "a box", depth, mask, inversion=cfg, progress=False)

@@ -46,10 +46,10 @@ def test_guidance_energy_weights_and_gradient_direction():
     psi, target, mask = _data()
     x = psi.clone().requires_grad_(True)
     acts = {3: x}
-    g, parts = guidance_energy(acts, {3: target}, {3: mask}, {3: 1 - mask}, (3,), 45.0, 37.5)
+    g, parts = guidance_energy(acts, {3: target}, ({3: mask}, {3: 1 - mask}), (3,), (45.0, 37.5))
     torch.testing.assert_close(g, 45.0 * object_energy(psi, target, mask) + 37.5 * background_energy(psi, target, 1 - mask))
     assert set(parts) == {"G_o[3]", "G_b[3]", "G"}
     (grad,) = torch.autograd.grad(g, x)
     stepped = psi - 1e-3 * grad
-    g2, _ = guidance_energy({3: stepped}, {3: target}, {3: mask}, {3: 1 - mask}, (3,), 45.0, 37.5)
+    g2, _ = guidance_energy({3: stepped}, {3: target}, ({3: mask}, {3: 1 - mask}), (3,), (45.0, 37.5))
     assert g2 < g

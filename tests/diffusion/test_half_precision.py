@@ -18,8 +18,8 @@ from diffusion_handles.diffusion.sampler import Denoiser
 
 
 def _pair():
-    full = Backbone(**build_backbone_components(tiny_configs(), seed=0), model_id="tiny")
-    half = Backbone(**build_backbone_components(tiny_configs(), seed=0), model_id="tiny")
+    full = Backbone(build_backbone_components(tiny_configs(), seed=0), model_id="tiny")
+    half = Backbone(build_backbone_components(tiny_configs(), seed=0), model_id="tiny")
     half.unet.half()
     half.dtype = torch.float16  # bypasses the CPU check on purpose: CPU float16 is slow, not wrong
     return full, half

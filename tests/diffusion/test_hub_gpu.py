@@ -21,7 +21,7 @@ from .conftest import make_scene
 def test_tiny_model_on_cuda(tiny_components, dtype):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    dh = DiffusionHandles(Backbone(**tiny_components, model_id="tiny-cuda", device="cuda", dtype=dtype))
+    dh = DiffusionHandles(Backbone(tiny_components, model_id="tiny-cuda", device="cuda", dtype=dtype))
     image, depth, mask = make_scene()
     inv = dh.invert(image, "a box", depth, mask, progress=False, inversion=InversionConfig(num_steps=4, null_inner_steps=2))
     out = dh.edit(inv, HandleEdit(translate=(0.2, 0, 0)), progress=False)

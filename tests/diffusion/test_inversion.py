@@ -7,7 +7,7 @@ import torch
 
 from diffusion_handles.diffusion.conditioning import depth_to_condition
 from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
-from diffusion_handles.diffusion.inversion import invert
+from diffusion_handles.diffusion.inversion import Conditions, invert
 from diffusion_handles.diffusion.inverted import InvertedImage
 from diffusion_handles.errors import HandlesError
 
@@ -22,7 +22,7 @@ def test_null_text_reconstructs_far_better_than_ddim_at_high_guidance(backbone):
     errors = {}
     for method in ("ddim", "null-text"):
         cfg = InversionConfig(method=method, num_steps=6, guidance_scale=7.5, null_inner_steps=10, null_lr=0.1)
-        res = invert(backbone, z0, text, empty, dcond, cfg, progress=False)
+        res = invert(backbone, z0, Conditions(text, empty, dcond), cfg, progress=False)
         errors[method] = float((res.latent_0 - z0).pow(2).mean())
     assert errors["null-text"] < 0.2 * errors["ddim"], errors
 

@@ -59,7 +59,7 @@ def test_rejects_a_unet_without_the_depth_channel():
     configs = tiny_configs()
     configs["unet"] = dict(configs["unet"], in_channels=4)
     with pytest.raises(HandlesError, match="in_channels"):
-        Backbone(**build_backbone_components(configs), model_id="no-depth")
+        Backbone(build_backbone_components(configs), model_id="no-depth")
 
 
 def test_tinyworld_name_resolves_through_the_world_layer_or_fails_clearly():

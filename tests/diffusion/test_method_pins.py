@@ -87,8 +87,8 @@ def test_weights_reach_the_right_energy_terms(handles, inverted):
     assert float(go) > 0 and float(gb) > 0 and not math.isclose(float(go), float(gb), rel_tol=0.1)
     g, parts = plan.energy({lay: cur}, step, (lay,))
     assert float(g) == pytest.approx(2.0 * float(go) + 7.0 * float(gb), rel=1e-5)
-    g2, _ = guidance_energy({lay: cur}, {lay: plan.edited[(lay, step)]}, plan.mask_object, plan.mask_background,
-                            (lay,), 2.0, 7.0, scales={lay: 4.0})
+    g2, _ = guidance_energy({lay: cur}, {lay: plan.edited[(lay, step)]}, (plan.mask_object, plan.mask_background),
+                            (lay,), (2.0, 7.0), scales={lay: 4.0})
     assert float(g2) == pytest.approx(float(g) / 4.0, rel=1e-5)
 
 

@@ -39,7 +39,7 @@ CFG = InversionConfig(method="null-text", num_steps=3, null_inner_steps=2)
 
 @pytest.fixture(scope="module")
 def handles():
-    return DiffusionHandles(Backbone(**build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
+    return DiffusionHandles(Backbone(build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
 
 
 def _scene():
@@ -188,11 +188,11 @@ def test_bad_entry_is_reported_deleted_and_rebuilt(case, handles, reference, tmp
 def test_key_covers_the_weights_not_just_the_name(handles, tmp_path):
     """A model retrained in place (same id, other weights) must not reuse old inversions."""
     first = _invert(handles, tmp_path)
-    retrained = DiffusionHandles(Backbone(**build_backbone_components(tiny_configs(), seed=1), model_id="tiny"))
+    retrained = DiffusionHandles(Backbone(build_backbone_components(tiny_configs(), seed=1), model_id="tiny"))
     assert retrained.backbone.weights_digest != handles.backbone.weights_digest
     other = _invert(retrained, tmp_path)
     assert not other.cache_hit and other.key != first.key
-    same = DiffusionHandles(Backbone(**build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
+    same = DiffusionHandles(Backbone(build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
     assert same.backbone.weights_digest == handles.backbone.weights_digest
     assert _invert(same, tmp_path).cache_hit  # identical weights rebuilt in another process-like object
 

@@ -27,7 +27,7 @@ def test_facade_reports_each_step_of_each_pass():
     from diffusion_handles.pipeline import DiffusionHandles
 
     torch.manual_seed(0)
-    dh = DiffusionHandles(Backbone(**build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
+    dh = DiffusionHandles(Backbone(build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
     image = torch.rand(1, 3, 16, 16)
     depth = torch.full((1, 1, 16, 16), 3.0)
     depth[..., 4:12, 4:12] = 2.0

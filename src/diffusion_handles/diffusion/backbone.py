@@ -15,9 +15,10 @@ import hashlib
 import importlib
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ TINYWORLD_NAME = "tinyworld"
 # {"encode_refine_steps": N}, the steps of :func:`refine_latent` its encoder needs. Hub models
 # have none (0: the encoder's latent as it is, as Stable Diffusion's pipelines take it).
 SETTINGS_FILE = "handles.json"
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # a diffusers pipeline's parts we use
 REFINE_LR = 5e-2  # Adam learning rate of refine_latent
 REFINE_ANCHOR = 0.05  # weight of the drift from the encoder's latent in refine_latent's objective
 
@@ -196,10 +198,18 @@ class Backbone:
     Build with :meth:`from_pretrained` (hub id or local folder) or from components directly.
     """
 
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, *, model_id: str = "custom",
+    def __init__(self, parts: Mapping[str, Any], *, model_id: str = "custom",
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  encode_refine_steps: int = 0) -> None:
+        """``parts``: the diffusers components ``{"unet", "vae", "text_encoder", "tokenizer",
+        "scheduler"}`` (as :func:`~diffusion_handles.diffusion.random_models.build_backbone_components`
+        returns them)."""
         from diffusers import DDIMScheduler
+
+        missing = sorted(set(COMPONENTS) - set(parts))
+        if missing:
+            raise HandlesError(f"parts: expected the components {', '.join(COMPONENTS)}, missing {', '.join(missing)}")
+        unet, vae, text_encoder, tokenizer, scheduler = (parts[k] for k in COMPONENTS)
 
         self.device = torch.device(device)
         self.dtype = dtype
@@ -299,8 +309,7 @@ class Backbone:
 
             parts = load_pretrained(load, source, what="depth-to-image", option="--model",
                                     bypass="use --model tinyworld (the embedded offline model)")
-        unet, vae, text_encoder, tokenizer, scheduler = parts
-        return Backbone(unet, vae, text_encoder, tokenizer, scheduler, model_id=name, device=device, dtype=dtype,
+        return Backbone(dict(zip(COMPONENTS, parts, strict=True)), model_id=name, device=device, dtype=dtype,
                         **settings)
 
     # ---- encoders ----------------------------------------------------------------------

@@ -60,11 +60,9 @@ def activation_scale(psi: torch.Tensor) -> float:
 def guidance_energy(
     activations: Mapping[int, torch.Tensor],
     edited: Mapping[int, torch.Tensor],
-    mask_object: Mapping[int, torch.Tensor],
-    mask_background: Mapping[int, torch.Tensor],
+    masks: tuple[Mapping[int, torch.Tensor], Mapping[int, torch.Tensor]],
     layers: Sequence[int],
-    w_object: float,
-    w_background: float,
+    weights: tuple[float, float],
     object_guidance: str = "local",
     scales: Mapping[int, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -72,7 +70,8 @@ def guidance_energy(
 
     ``scales[i]`` (default 1) divides layer ``i``'s terms (see :func:`activation_scale`).
 
-    All mappings are keyed by up-block index; masks are at that layer's resolution.
+    All mappings are keyed by up-block index. ``masks`` is ``(M'_o, M'_b)``, each at its layer's
+    resolution (``M'_o`` may hold one channel per object); ``weights`` is ``(w^o, w^b)``.
     ``object_guidance="averaged"`` replaces Eq. 8's local L2 by a comparison of masked means
     over ``M'_o`` (the global, Self-Guidance-like term the paper contrasts with, Sec. 6).
     Returns ``(G, parts)`` with the float values of each term for logging.
@@ -80,6 +79,8 @@ def guidance_energy(
     if object_guidance not in ("local", "averaged"):
         raise ValueError(f"object_guidance: expected 'local' or 'averaged', got {object_guidance!r}")
     object_term = object_energy if object_guidance == "local" else background_energy
+    mask_object, mask_background = masks
+    w_object, w_background = weights
     total = None
     parts: dict[str, float] = {}
     for i in layers:

@@ -4,7 +4,7 @@
   (Eq. 6), the masks ``M'_o`` / ``M'_b`` per layer, the energy weights and the step rule; plus
   the optional latent preservation (blending with the inversion's trajectory outside the edit
   region, identity transfer of the object's latents at one step). Built by
-  :func:`diffusion_handles.pipeline.guidance_targets`.
+  :func:`diffusion_handles.stages.s3_targets.guidance_targets`.
 * :func:`guided_update`: the ``grad_steps`` gradient steps of one guided timestep.
 * :func:`latent_update`: the two step rules (``GuidanceConfig.mode``):
 
@@ -86,8 +86,8 @@ class GuidePlan:
 
     def energy(self, acts: Mapping[int, torch.Tensor], step: int, layers: Sequence[int]):
         """``(G, parts)`` of the activations ``acts`` at ``step`` over ``layers``."""
-        return guidance_energy(acts, {lay: self.edited[(lay, step)] for lay in layers}, self.mask_object,
-                               self.mask_background, layers, self.w_object, self.w_background,
+        return guidance_energy(acts, {lay: self.edited[(lay, step)] for lay in layers},
+                               (self.mask_object, self.mask_background), layers, (self.w_object, self.w_background),
                                self.object_guidance, {lay: self.scale.get((lay, step), 1.0) for lay in layers})
 
     def monitor_layers(self, step: int) -> tuple[int, ...]:

@@ -19,7 +19,7 @@ counter in stages ``"ddim_inversion"``, ``"null_text"`` and ``"reconstruction"``
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +30,7 @@ from diffusion_handles.diffusion.config import InversionConfig
 from diffusion_handles.diffusion.ddim import Schedule, ddim_step, to_eps_x0
 from diffusion_handles.diffusion.guidance import scaled_grad
 from diffusion_handles.diffusion.hooks import capture_activations
-from diffusion_handles.diffusion.sampler import Denoiser, sample
+from diffusion_handles.diffusion.sampler import Denoiser, Record, sample
 
 
 @dataclass
@@ -80,8 +80,7 @@ def null_text_lr(config: InversionConfig, step: int) -> float:
 
 
 def null_text_optimisation(denoiser: Denoiser, traj: Sequence[torch.Tensor], null: torch.Tensor,
-                           config: InversionConfig, *, record: Mapping[int, Sequence[int]] | None = None,
-                           record_dtype: torch.dtype = torch.float32, progress: bool = True,
+                           config: InversionConfig, *, record: Record | None = None, progress: bool = True,
                            callback: Callable[[dict], None] | None = None) -> InversionResult:
     """Null-Text Inversion: per step, Adam on the null embedding so the CFG step lands on ``traj``.
 
@@ -93,17 +92,17 @@ def null_text_optimisation(denoiser: Denoiser, traj: Sequence[torch.Tensor], nul
     """
     bb = denoiser.backbone
     n = len(denoiser)
-    record = record or {}
+    record = record or Record()
     x = traj[n].detach().float()
     emb = null.detach().float().clone()  # (1, L, D), warm-started from the previous step
     embeddings, losses, acts, steps = [], [], {}, []
     for i in tqdm(range(n), desc="null-text inversion", disable=not progress, leave=False):
         target = traj[n - i - 1].float()
-        rec_layers = tuple(record.get(i, ()))
+        rec_layers = tuple(record.layers.get(i, ()))
         with torch.no_grad(), capture_activations(bb.unet, rec_layers, detach=True) as cap:
             out_c = denoiser.conditional(x, i)
         for lay in rec_layers:
-            acts[(lay, i)] = cap.outputs[lay].to(record_dtype).clone()
+            acts[(lay, i)] = cap.outputs[lay].to(record.dtype).clone()
         emb = emb.detach().clone().requires_grad_(True)  # Adam updates it in place: never alias
         opt = torch.optim.Adam([emb], lr=null_text_lr(config, i))
         loss_value = float("nan")
@@ -129,13 +128,23 @@ def null_text_optimisation(denoiser: Denoiser, traj: Sequence[torch.Tensor], nul
                            trajectory=steps, activations=acts, null_losses=losses)
 
 
-def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, depth_cond: torch.Tensor,
-           config: InversionConfig, *, record: Mapping[int, Sequence[int]] | None = None,
-           record_dtype: torch.dtype = torch.float32, progress: bool = True,
-           callback: Callable[[dict], None] | None = None) -> InversionResult:
-    """Invert latent ``z0`` (1, c, h, w) with prompt embedding ``text`` and empty-prompt
-    embedding ``empty`` (both (1, L, D)); record ``{step: layers}`` on the reconstruction pass.
-    ``callback`` receives ``{"stage", "step", "total", ...}`` after every step of every pass."""
+@dataclass(frozen=True)
+class Conditions:
+    """What an inversion is conditioned on: ``text`` the prompt's embedding and ``empty`` the
+    empty prompt's, both ``(1, L, D)``; ``depth`` ``(1, 1, h, w)`` in [-1, 1] at the latent size
+    (:func:`~diffusion_handles.diffusion.conditioning.depth_to_condition`)."""
+
+    text: torch.Tensor
+    empty: torch.Tensor
+    depth: torch.Tensor
+
+
+def invert(backbone, z0: torch.Tensor, cond: Conditions, config: InversionConfig, *, record: Record | None = None,
+           progress: bool = True, callback: Callable[[dict], None] | None = None) -> InversionResult:
+    """Invert latent ``z0`` (1, c, h, w) under ``cond``; keep the ``record`` activations of the
+    reconstruction pass. ``callback`` receives ``{"stage", "step", "total", ...}`` after every
+    step of every pass."""
+    text, empty, depth_cond = cond.text, cond.empty, cond.depth
     schedule = backbone.schedule(config.num_steps)
     counter = backbone.counter
 
@@ -151,14 +160,14 @@ def invert(backbone, z0: torch.Tensor, text: torch.Tensor, empty: torch.Tensor, 
     if config.method == "null-text":
         den = Denoiser(backbone, text, None, depth_cond, schedule, config.guidance_scale)
         with counter.in_stage("null_text"):
-            res = null_text_optimisation(den, traj, empty, config, record=record, record_dtype=record_dtype,
+            res = null_text_optimisation(den, traj, empty, config, record=record,
                                          progress=progress, callback=staged("null_text"))
         res.timings = {**timings, "null_text": time.perf_counter() - t0}
         return res
     nulls = None if config.method == "negative-prompt" else empty.expand(len(schedule), -1, -1).contiguous()
     den = Denoiser(backbone, text, nulls, depth_cond, schedule, config.guidance_scale)
     with counter.in_stage("reconstruction"):
-        rec = sample(den, traj[-1], record=record, record_dtype=record_dtype, keep_trajectory=True,
+        rec = sample(den, traj[-1], record=record, keep_trajectory=True,
                      progress=progress, desc="reconstruction", callback=staged("reconstruction"))
     timings["reconstruction"] = time.perf_counter() - t0
     return InversionResult(x_T=traj[-1], null_embeddings=nulls, latent_0=rec.latent, trajectory=rec.trajectory,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,22 +43,25 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def inversion_key(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, prompt: str, model_id: str,
-                  config: InversionConfig, record_plan: dict[int, tuple[int, ...]], dtype: torch.dtype,
-                  seed: int | None = None, weights_digest: str = "") -> str:
+def inversion_key(inputs: Sequence[torch.Tensor], prompt: str, config: InversionConfig,
+                  record_plan: dict[int, tuple[int, ...]], *, seed: int | None = None, model: dict) -> str:
     """SHA-256 (hex, 24 chars) of every input that changes an inversion's result.
 
-    ``weights_digest`` (:attr:`Backbone.weights_digest`) ties the key to the model's weights, not
-    just its name: a model retrained at the same path never reuses the old inversions.
+    Args:
+        inputs: the work-size ``(image, depth, mask)`` tensors.
+        prompt, config, record_plan, seed: as :meth:`DiffusionHandles.invert` uses them.
+        model: ``{"model": id, "dtype": "torch.float32", "weights": digest}``; the weights'
+            digest (:attr:`Backbone.weights_digest`, or ``""``) ties the key to the model's weights,
+            not just its name: a model retrained at the same path never reuses the old inversions.
     """
     h = hashlib.sha256()
-    for t in (image, depth, mask):
+    for t in inputs:
         a = t.detach().to("cpu", torch.float32).contiguous()
         h.update(str(tuple(a.shape)).encode())
         h.update(a.numpy().tobytes())
-    meta = {"prompt": prompt, "model": model_id, "config": config.to_dict(), "dtype": str(dtype),
+    meta = {"prompt": prompt, "model": model["model"], "config": config.to_dict(), "dtype": model["dtype"],
             "record": sorted((int(s), list(v)) for s, v in record_plan.items()), "version": FORMAT_VERSION, "seed": seed,
-            "weights": weights_digest}
+            "weights": model["weights"]}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()[:24]
 

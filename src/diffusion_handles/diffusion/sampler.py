@@ -99,6 +99,15 @@ class Denoiser:
         return self.cfg(out_u, out_c), acts
 
 
+@dataclass(frozen=True)
+class Record:
+    """Which activations a pass keeps: ``layers`` ``{step: up-block indices}`` read from the
+    conditional branch, stored in ``dtype`` (float16 halves an SD2 inversion's memory)."""
+
+    layers: Mapping[int, Sequence[int]] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
+
+
 @dataclass
 class SampleResult:
     """Output of :func:`sample`: final latent ``x_0`` ``(1, c, h, w)``; recorded activations
@@ -119,8 +128,7 @@ def sample(
     x_T: torch.Tensor,
     *,
     plan: GuidePlan | None = None,
-    record: Mapping[int, Sequence[int]] | None = None,
-    record_dtype: torch.dtype = torch.float32,
+    record: Record | None = None,
     keep_trajectory: bool = False,
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -133,12 +141,13 @@ def sample(
         denoiser: the CFG-wrapped UNet on its schedule.
         x_T: initial noise latent.
         plan: guidance targets and rules (``None``: plain sampling, e.g. the reconstruction).
-        record: ``{step: up-block indices}`` to record from the conditional branch.
+        record: the activations to record from the conditional branch (``None``: none).
         keep_trajectory: keep the latent after every step in ``result.trajectory``.
         callback: called with ``{"step": i, "total": N, "x": x_prev, "energies": [...]}``.
     """
     n = len(denoiser)
-    record = record or {}
+    record = record or Record()
+    layers_at, record_dtype = record.layers, record.dtype
     result = SampleResult(latent=x_T)
     x = x_T.detach().float()
     for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
@@ -152,10 +161,10 @@ def sample(
             if grad is not None and plan.noise_guidance_scale:
                 extra_eps = plan.noise_guidance_scale * grad  # Eq. 3's lambda * grad G
         watch = plan.monitor_layers(i) if plan is not None else ()
-        rec_layers = tuple(sorted(set(record.get(i, ())) | set(watch)))
+        rec_layers = tuple(sorted(set(layers_at.get(i, ())) | set(watch)))
         with torch.no_grad():
             model_out, acts = denoiser.model_output(x.to(x_T.dtype), i, rec_layers)
-            for lay in record.get(i, ()):
+            for lay in layers_at.get(i, ()):
                 result.activations[(lay, i)] = acts[lay].to(record_dtype).clone()
             if watch:
                 result.monitor[i] = plan.energy_parts(acts, i, watch)

@@ -1,0 +1,34 @@
+"""One edit, five stages, shared by every edit kind (one object, several objects, a camera move,
+a removal, each frame of a trajectory). :class:`~diffusion_handles.pipeline.DiffusionHandles`
+composes them; a new stage or edit kind is added here, in one place.
+
+1. :func:`prepare` (``s1_prepare.py``): the caller's request and the inversion in the model's working
+   frame (work size, device, camera), checked: :class:`Prepared`.
+2. :func:`geometry` (``s2_geometry.py``): the 3D edit (Sec. 5.1): flow, edited depth ``d'``, the
+   region that is regenerated, the instant preview: :class:`Geometry`.
+3. :func:`targets` (``s3_targets.py``): what the guided generation follows (Eq. 6 targets, the masks
+   of Eqs. 8-9, the latent preservation) and the latent it starts from: :class:`Targets`.
+4. :func:`sample` (``s4_sample.py``): the guided generation (Eq. 3) conditioned on ``d'``:
+   :class:`Sampled`.
+5. :func:`finish` (``s5_finish.py``): decode, back to the input's frame, composite: :class:`EditOutput`.
+"""
+
+from diffusion_handles.stages.s1_prepare import (
+    CameraMove,
+    EditRequest,
+    ObjectMove,
+    Prepared,
+    prepare,
+    request_for_edit,
+    request_for_removal,
+)
+from diffusion_handles.stages.s2_geometry import Geometry, geometry
+from diffusion_handles.stages.s3_targets import Targets, guidance_targets, pixel_transfer, targets
+from diffusion_handles.stages.s4_sample import Sampled, sample
+from diffusion_handles.stages.s5_finish import EditOutput, finish
+
+__all__ = [
+    "CameraMove", "EditOutput", "EditRequest", "Geometry", "ObjectMove", "Prepared", "Sampled", "Targets",
+    "finish", "geometry", "guidance_targets", "pixel_transfer", "prepare", "request_for_edit",
+    "request_for_removal", "sample", "targets",
+]
