@@ -73,10 +73,10 @@ def main() -> None:
         depth = torch.from_numpy(src.depth)[None, None]
         mask = torch.from_numpy(src.masks[k].astype(np.float32))[None, None]
         t0 = time.perf_counter()
-        inv = dh.invert(image, scene.caption(), depth, mask, inversion=inversion, guidance=guidance, progress=False)
+        inv = dh.invert(image, scene.caption(), depth, mask, inversion=inversion, guidance=guidance)
         ours, warp = [], []
         for e in edits:
-            res = dh.edit(inv, e, guidance=guidance, source_image=image, progress=False)
+            res = dh.edit(inv, e, guidance=guidance, source_image=image)
             ours.append(_u8(res.edited))
             warp.append(_u8(res.preview))
         secs = time.perf_counter() - t0

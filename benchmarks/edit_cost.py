@@ -88,14 +88,13 @@ def run_one(name: str, size: int, steps: int, device: str, progress: bool) -> di
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    inv = dh.invert(image, "a box in front of a wall", depth, mask, inversion=inversion, guidance=guidance,
-                    progress=progress)
+    inv = dh.invert(image, "a box in front of a wall", depth, mask, inversion=inversion, guidance=guidance)
     if cuda:
         torch.cuda.synchronize()
         peak_invert = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
     cpu1, wall1 = time.process_time(), time.perf_counter()
-    out = dh.edit(inv, HandleEdit(translate=(0.15, 0.0, 0.0), rotate_deg=20.0), guidance=guidance, progress=progress)
+    out = dh.edit(inv, HandleEdit(translate=(0.15, 0.0, 0.0), rotate_deg=20.0), guidance=guidance)
     if cuda:
         torch.cuda.synchronize()
         peak_edit = torch.cuda.max_memory_allocated() / 2**30

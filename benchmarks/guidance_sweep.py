@@ -98,10 +98,10 @@ def main() -> None:
         mask = torch.from_numpy(case.mask_src.astype(np.float32))[None, None]
         clean = torch.from_numpy(case.clean_depth)[None, None]
         inv = pipe.invert(img, case.caption, depth, mask, inversion=InversionConfig(method=args.inversion, num_steps=args.steps),
-                          guidance=record, progress=False)
+                          guidance=record)
         examples = [(case.gt, case.mask_gt), (case.image, case.mask_src), (case.clean, np.zeros_like(case.mask_src))]
         for name, cfg in configs.items():
-            out = pipe.edit(inv, case.edit, guidance=cfg, background_depth=clean, fov_deg=case.fov_deg, progress=False)
+            out = pipe.edit(inv, case.edit, guidance=cfg, background_depth=clean, fov_deg=case.fov_deg)
             end = cfg.resolved_guide_until(args.steps) - 1
             finite = bool(torch.isfinite(out.edited).all())
             m = edit_metrics(_to_uint8(out.edited.nan_to_num()), case.gt, case.mask_gt, case.mask_src, examples) if finite else {}

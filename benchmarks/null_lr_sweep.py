@@ -63,7 +63,7 @@ def main() -> None:
         row = {"seed": seed, "vae": _psnr(bb.decode(bb.encode_image(x)), x)}
         for text in args.configs:
             inv = dh.invert(x, r["caption"], depth, mask, inversion=parse_config(text),
-                            guidance=GuidanceConfig(grad_steps=0), progress=False)
+                            guidance=GuidanceConfig(grad_steps=0))
             row[text] = _psnr(inv.reconstruction, x)
         rows.append(row)
         print(seed, " | ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "seed"), flush=True)

@@ -2,9 +2,10 @@
 
 Implements "Diffusion Handles: Enabling 3D Edits for Diffusion Models by Lifting Activations
 to 3D" (Pandey et al., CVPR 2024). Layers, lowest first: ``geometry`` (pure torch, Sec. 5.1),
-``perception`` (depth, masks, object removal), ``diffusion`` (backbone, inversion, guidance,
-Sec. 4-5.2), ``pipeline`` (the facade), ``world`` (offline miniature world), ``bench``, ``cli``
-and ``web``. Lower layers never import higher ones.
+``diffusion`` (backbone, inversion, guidance, Sec. 4-5.2) beside ``perception`` (depth, masks,
+object removal), ``stages`` (the five stages of one edit), ``pipeline`` (the facade), ``world``
+(offline miniature world), ``bench``, then ``batch`` and ``web``, and ``cli`` on top. Lower layers
+never import higher ones (``docs/architecture.md``; ``tests/architecture`` checks it).
 """
 
 from diffusion_handles.errors import HandlesError

@@ -48,6 +48,7 @@ from diffusion_handles.stages import (
     EditOutput,
     EditRequest,
     ObjectMove,
+    edit_target,
     finish,
     geometry,
     guidance_targets,
@@ -59,8 +60,8 @@ from diffusion_handles.stages import (
     targets,
 )
 
-__all__ = ["CameraMove", "DiffusionHandles", "EditOutput", "ObjectMove", "guidance_targets", "keep_loaded_models",
-           "pixel_transfer"]
+__all__ = ["CameraMove", "DiffusionHandles", "EditOutput", "ObjectMove", "edit_target", "guidance_targets",
+           "keep_loaded_models", "pixel_transfer"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 Callback = Callable[[dict], None]
@@ -180,7 +181,7 @@ class DiffusionHandles:
 
     def invert(self, image: torch.Tensor, prompt: str, depth: torch.Tensor, mask: torch.Tensor, *,
                inversion: InversionConfig | None = None, guidance: GuidanceConfig | None = None,
-               seed: int | None = 0, callback: Callback | None = None, **legacy) -> InvertedImage:
+               seed: int | None = 0, callback: Callback | None = None) -> InvertedImage:
         """Invert ``image`` with ``prompt`` and z-depth ``depth`` (Sec. 5, step (i)).
 
         Args:
@@ -192,9 +193,6 @@ class DiffusionHandles:
             callback: called with ``{"stage", "step", "total", ...}`` after every step of every
                 pass (``ddim_inversion``, then ``null_text`` or ``reconstruction``).
         """
-        if legacy:  # TEMPORARY-SHIM
-            return self._legacy(legacy, lambda: self.invert(image, prompt, depth, mask, inversion=inversion,
-                                                            guidance=guidance, seed=seed, callback=callback))
         inversion = inversion or InversionConfig()
         guidance = guidance or GuidanceConfig()
         if inversion.encode_refine_steps is None:  # the model's own, resolved before the cache key
@@ -258,7 +256,7 @@ class DiffusionHandles:
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,
              guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
              fov_deg: float = DEFAULT_FOV_DEG, source_image: torch.Tensor | None = None,
-             callback: Callback | None = None, **legacy) -> EditOutput:
+             callback: Callback | None = None) -> EditOutput:
         """Generate the edited image for a 3D ``transform`` (Sec. 5.1-5.2).
 
         ``transform`` says the kind of edit:
@@ -287,17 +285,6 @@ class DiffusionHandles:
                 (default: the work-size image resized back, exact when the sizes agree).
             callback: called with ``{"step", "total", "x", "energies"}`` after each step.
         """
-        if legacy:  # TEMPORARY-SHIM
-            if legacy.pop("camera", False):
-                transform = CameraMove(transform)
-            masks = legacy.pop("object_masks", None)
-            if masks is not None:
-                if len(masks) != len(transform):
-                    raise HandlesError("transform: expected one transform per mask")
-                transform = [ObjectMove(m, t) for m, t in zip(masks, transform, strict=True)]
-            return self._legacy(legacy, lambda: self.edit(inverted, transform, guidance=guidance,
-                                background_depth=background_depth, fov_deg=fov_deg, source_image=source_image,
-                                callback=callback))
         request = request_for_edit(transform, background_depth=background_depth, fov_deg=fov_deg,
                                    source_image=source_image)
         return self._run(inverted, request, guidance or GuidanceConfig(), callback)
@@ -305,7 +292,7 @@ class DiffusionHandles:
     def remove(self, inverted: InvertedImage, *, guidance: GuidanceConfig | None = None,
                background_depth: torch.Tensor | None = None, region_margin: int | None = None,
                noise_seed: int | None = 0, source_image: torch.Tensor | None = None,
-               callback: Callback | None = None, **legacy) -> EditOutput:
+               callback: Callback | None = None) -> EditOutput:
         """Remove the inversion's masked object and regenerate its region over the background.
 
         Not in the paper; built from its parts, through the same stages as :meth:`edit`: the region
@@ -335,28 +322,9 @@ class DiffusionHandles:
             region, ``region`` the soft regenerated region, ``preview`` the input with the
             region magenta.
         """
-        if legacy:  # TEMPORARY-SHIM
-            fresh = legacy.pop("fresh_noise", True)
-            noise_seed = legacy.pop("seed", 0) if fresh else None
-            return self._legacy(legacy, lambda: self.remove(inverted, guidance=guidance, background_depth=background_depth,
-                                region_margin=region_margin, noise_seed=noise_seed, source_image=source_image,
-                                callback=callback))
         request = request_for_removal(background_depth=background_depth, region_margin=region_margin,
                                       noise_seed=noise_seed, source_image=source_image)
         return self._run(inverted, request, guidance or GuidanceConfig(), callback)
-
-    def _legacy(self, legacy, call):  # TEMPORARY-SHIM
-        saved = (self.progress, self.cache_dir)
-        self.progress = legacy.pop("progress", self.progress)
-        if legacy.get("cache_dir") is not None:
-            self.cache_dir = Path(legacy.pop("cache_dir"))
-        legacy.pop("cache_dir", None)
-        if legacy:
-            raise TypeError(f"unexpected keyword arguments {sorted(legacy)}")
-        try:
-            return call()
-        finally:
-            self.progress, self.cache_dir = saved
 
     def _run(self, inverted: InvertedImage, request: EditRequest, guidance: GuidanceConfig,
              callback: Callback | None) -> EditOutput:

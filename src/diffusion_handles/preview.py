@@ -111,41 +111,57 @@ def make_preview(
 
     Returns the summary written to ``summary.json``.
     """
+    t_load = time.perf_counter()
+    image, depth, mask = _load_inputs(image_path, depth_path, mask_path, depth_scale, move_camera)
+    load_ms = (time.perf_counter() - t_load) * 1e3
+
+    res = preview_edit(image, depth, mask, edit, fov_deg, move_camera=move_camera)
+    inputs = {
+        "image": str(image_path),
+        "depth": str(depth_path),
+        "mask": None if mask_path is None else str(mask_path),
+        "move_camera": move_camera,
+    }
+    summary = _summary(inputs, depth, mask, edit, fov_deg, res)
+    summary["timings_ms"] = {"load": load_ms, **res.timings_ms}
+    _write_outputs(out_dir, image, depth, res, summary)
+    return summary
+
+
+def _load_inputs(image_path: str | Path, depth_path: str | Path, mask_path: str | Path | None, depth_scale: float,
+                 move_camera: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read and check the image ``(1, 3, H, W)``, z-depth ``(1, 1, H, W)`` and object mask
+    ``(1, 1, H, W)`` (all ones for a camera move without a mask)."""
     from diffusion_handles.io import (
         check_mask_not_empty,
         check_same_size,
         load_depth,
         load_image,
         load_mask,
-        save_image,
     )
-    from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.viz import colorize_depth, side_by_side
 
-    t_load = time.perf_counter()
     image = load_image(image_path, "IMAGE")
     depth = load_depth(depth_path, "--depth", depth_scale)
     check_same_size("IMAGE", image, "--depth", depth)
     if mask_path is None:
         if not move_camera:
             raise HandlesError("--mask: expected an object mask PNG (only --camera edits need none), got nothing")
-        mask = torch.ones_like(depth)
-    else:
-        mask = load_mask(mask_path, "--mask")
-        check_same_size("IMAGE", image, "--mask", mask)
-        check_mask_not_empty(mask)
-    load_ms = (time.perf_counter() - t_load) * 1e3
+        return image, depth, torch.ones_like(depth)
+    mask = load_mask(mask_path, "--mask")
+    check_same_size("IMAGE", image, "--mask", mask)
+    check_mask_not_empty(mask)
+    return image, depth, mask
 
-    res = preview_edit(image, depth, mask, edit, fov_deg, move_camera=move_camera)
+
+def _summary(inputs: dict, depth: torch.Tensor, mask: torch.Tensor, edit: HandleEdit, fov_deg: float,
+             res: PreviewResult) -> dict:
+    """The JSON summary of a preview (without its timings): inputs, transform, camera, results."""
     geom = res.geometry
     cam = geom.camera
-    summary = {
+    return {
         "command": "preview",
         "inputs": {
-            "image": str(image_path),
-            "depth": str(depth_path),
-            "mask": None if mask_path is None else str(mask_path),
-            "move_camera": move_camera,
+            **inputs,
             "size_hw": [cam.height, cam.width],
             "depth_range": [float(depth.min()), float(depth.max())],
             "object_pixels": int(mask.sum()),
@@ -162,8 +178,16 @@ def make_preview(
             "hole_pixels": int((res.valid < 0.5).sum()),
             "edited_depth_range": [float(res.edited_depth.min()), float(res.edited_depth.max())],
         },
-        "timings_ms": {"load": load_ms, **res.timings_ms},
     }
+
+
+def _write_outputs(out_dir: str | Path, image: torch.Tensor, depth: torch.Tensor, res: PreviewResult,
+                   summary: dict) -> None:
+    """Write the preview's images, edited depth and ``summary.json`` into ``out_dir`` atomically."""
+    from diffusion_handles.io import save_image
+    from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.viz import colorize_depth, side_by_side
+
     with atomic_output_dir(out_dir) as tmp:
         save_image(tmp / "preview.png", res.preview)
         save_image(tmp / "edited_mask.png", (res.edited_mask > 0.5).float())
@@ -181,5 +205,3 @@ def make_preview(
             ]),
         )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
-

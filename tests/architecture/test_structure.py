@@ -11,7 +11,6 @@ and a lower layer reaching up (``geometry`` importing ``diffusion``, ``bench`` i
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

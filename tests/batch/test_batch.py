@@ -147,6 +147,7 @@ def test_a_worker_reuses_the_model_from_job_to_job(scene, tmp_path, monkeypatch)
     """Ray runs many jobs in one worker process: the second job with the same model must not load
     it again (seconds to tens of seconds for SD2-depth), and a load outside a job still loads."""
     from diffusion_handles.batch.execute import run_job
+    from diffusion_handles.cli.batch import run_edit
     from diffusion_handles.diffusion.backbone import Backbone
     from diffusion_handles.pipeline import DiffusionHandles
 
@@ -160,7 +161,8 @@ def test_a_worker_reuses_the_model_from_job_to_job(scene, tmp_path, monkeypatch)
     monkeypatch.setattr(Backbone, "from_pretrained", staticmethod(counted))
     base = {"image": str(scene / "input.png"), "prompt": (scene / "caption.txt").read_text(), "mask": str(scene / "mask.png"),
             "depth": str(scene / "depth.npy"), "model": "tinyworld", "steps": 2, "preset": "fast"}
-    recs = [run_job({**base, "id": f"j{i}", "translate": [0.1 * i, 0.0, 0.0]}, str(tmp_path), None) for i in (1, 2)]
+    recs = [run_job({**base, "id": f"j{i}", "translate": [0.1 * i, 0.0, 0.0]}, str(tmp_path), None, run_edit)
+            for i in (1, 2)]
     assert [r["status"] for r in recs] == ["ok", "ok"], recs
     assert (tmp_path / "j2" / "edited.png").is_file()
     assert loads == ["tinyworld"]

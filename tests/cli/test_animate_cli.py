@@ -127,7 +127,7 @@ def test_edits_animate_several_objects_each_on_its_own_track(inputs, tmp_path, m
     calls, real_edit = [], DiffusionHandles.edit
 
     def spy(self, inverted, edit, **kw):
-        calls.append((edit, kw.get("object_masks")))
+        calls.append(([m.transform for m in edit], [m.mask for m in edit]))  # a list of ObjectMove
         return real_edit(self, inverted, edit, **kw)
 
     monkeypatch.setattr(DiffusionHandles, "edit", spy)

@@ -28,7 +28,7 @@ def backbone(tiny_components) -> Backbone:
 
 @pytest.fixture(scope="session")
 def handles(backbone) -> DiffusionHandles:
-    return DiffusionHandles(backbone)
+    return DiffusionHandles(backbone).set_progress_bar_config(disable=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import Camera, HandleEdit, camera_move, compute_camera_move
-from diffusion_handles.pipeline import guidance_targets
+from diffusion_handles.pipeline import CameraMove, ObjectMove, guidance_targets
 
 from .conftest import make_scene
 
@@ -19,8 +19,7 @@ INV = InversionConfig(num_steps=N, method="negative-prompt")
 @pytest.fixture(scope="module")
 def camera_inverted(handles, scene):
     image, depth, _ = scene
-    return handles.invert(image, "a box in front of a wall", depth, torch.ones_like(depth), inversion=INV,
-                          progress=False)
+    return handles.invert(image, "a box in front of a wall", depth, torch.ones_like(depth), inversion=INV)
 
 
 def test_camera_move_guides_every_valid_pixel_and_no_background(handles, camera_inverted):
@@ -47,7 +46,7 @@ def test_camera_move_guides_every_valid_pixel_and_no_background(handles, camera_
                                 g.schedule(N, handles.backbone.num_up_blocks), tuple(camera_inverted.x_T.shape[-2:]))
     assert float(obj_plan.w_background) > 0
 
-    out = handles.edit(camera_inverted, move, camera=True, progress=False)
+    out = handles.edit(camera_inverted, CameraMove(move))
     assert out.energies, "no guided steps ran"
     holes = out.valid_mask < 0.5
     assert bool((out.region[holes] == 1).all()), "every disocclusion is generated"
@@ -58,7 +57,7 @@ def test_camera_move_guides_every_valid_pixel_and_no_background(handles, camera_
     keep = (out.region == 0).expand_as(warped)
     assert bool(keep.any())
     torch.testing.assert_close(out.edited[keep], warped[keep])
-    off = handles.edit(camera_inverted, move, camera=True, progress=False, guidance=GuidanceConfig(composite=False))
+    off = handles.edit(camera_inverted, CameraMove(move), guidance=GuidanceConfig(composite=False))
     torch.testing.assert_close(off.edited, off.generated)
     torch.testing.assert_close(out.valid_mask, geom.valid.float())
     assert bool(torch.isfinite(out.edited_depth).all()) and float(out.edited_depth.min()) > 0
@@ -66,7 +65,7 @@ def test_camera_move_guides_every_valid_pixel_and_no_background(handles, camera_
 
 
 def test_identity_camera_move_reproduces_the_reconstruction(handles, camera_inverted):
-    out = handles.edit(camera_inverted, HandleEdit(), camera=True, progress=False)
+    out = handles.edit(camera_inverted, CameraMove(HandleEdit()))
     torch.testing.assert_close(out.generated, out.reconstruction, atol=1e-4, rtol=0)
 
 
@@ -76,9 +75,9 @@ def test_removal_regenerates_inside_and_keeps_the_input_outside(handles):
     mask = torch.zeros_like(mask)
     mask[..., 8:14, 9:15] = 1.0
     depth = torch.where(mask > 0.5, torch.full_like(depth, 2.0), torch.full_like(depth, 3.0))
-    inv = handles.invert(image, "a wall", depth, mask, inversion=INV, progress=False)
+    inv = handles.invert(image, "a wall", depth, mask, inversion=INV)
     background = torch.full_like(depth, 3.0)
-    out = handles.remove(inv, background_depth=background, progress=False)
+    out = handles.remove(inv, background_depth=background)
     torch.testing.assert_close(out.edited_depth, background)  # generated over d'_b
     region = out.region
     inside = mask > 0.5
@@ -108,15 +107,16 @@ def test_two_objects_in_one_pass(handles):
     depth[a > 0.5] = 2.0
     depth[b > 0.5] = 2.5
     union = ((a + b) > 0.5).float()
-    inv = handles.invert(image, "two boxes", depth, union, inversion=INV, progress=False)
+    inv = handles.invert(image, "two boxes", depth, union, inversion=INV)
     edits = [HandleEdit(translate=(0.0, -0.3, 0.0)), HandleEdit(translate=(0.0, 0.3, 0.0))]
-    out = handles.edit(inv, edits, object_masks=[a, b], progress=False)
+    out = handles.edit(inv, [ObjectMove(a, edits[0]), ObjectMove(b, edits[1])])
     assert out.energies
     assert float(out.edited_mask[..., :, :12].sum()) > 0 and float(out.edited_mask[..., :, 12:].sum()) > 0
     # one energy term per object: the plan's object masks have two channels
-    with pytest.raises(HandlesError, match="one transform per mask"):
-        handles.edit(inv, edits[:1], object_masks=[a, b], progress=False)
-    with pytest.raises(HandlesError, match="object_masks"):
-        handles.edit(inv, edits, object_masks=[a, b[..., :10, :10]], progress=False)
-    with pytest.raises(HandlesError, match="transform: expected a HandleEdit"):
-        handles.edit(inv, edits, progress=False)
+    # each object's mask is checked (named by its place in the list); a plain list of transforms,
+    # a mask without a transform, or an empty list is refused before any work
+    with pytest.raises(HandlesError, match=r"object_masks\[1\]: expected size"):
+        handles.edit(inv, [ObjectMove(a, edits[0]), ObjectMove(b[..., :10, :10], edits[1])])
+    for bad in (edits, [ObjectMove(a, edits[0]), ObjectMove(b, "left")], []):
+        with pytest.raises(HandlesError, match="transform"):
+            handles.edit(inv, bad)

@@ -65,14 +65,12 @@ def test_invert_resolves_the_models_refinement_before_the_cache_key(tiny_compone
     bb = Backbone(tiny_components, model_id="tiny", encode_refine_steps=5)
     h = DiffusionHandles(bb)
     cfg = InversionConfig(num_steps=3, null_inner_steps=0)
-    inv = h.invert(image, "a box", depth, mask, inversion=cfg, progress=False)
+    inv = h.invert(image, "a box", depth, mask, inversion=cfg)
     assert inv.config.encode_refine_steps == 5
     sample = lambda steps: bb.encode_image(image, torch.Generator().manual_seed(0), refine_steps=steps)  # noqa: E731
     torch.testing.assert_close(inv.latent_0, sample(5))  # invert's default seed 0 samples the posterior
-    explicit = h.invert(image, "a box", depth, mask, inversion=dataclasses.replace(cfg, encode_refine_steps=5),
-                        progress=False)
-    none = h.invert(image, "a box", depth, mask, inversion=dataclasses.replace(cfg, encode_refine_steps=0),
-                    progress=False)
+    explicit = h.invert(image, "a box", depth, mask, inversion=dataclasses.replace(cfg, encode_refine_steps=5))
+    none = h.invert(image, "a box", depth, mask, inversion=dataclasses.replace(cfg, encode_refine_steps=0))
     assert explicit.key == inv.key and none.key != inv.key
     torch.testing.assert_close(none.latent_0, sample(0))
     with pytest.raises(ValueError, match="encode_refine_steps"):

@@ -23,8 +23,8 @@ def test_tiny_model_on_cuda(tiny_components, dtype):
         pytest.skip("no CUDA GPU")
     dh = DiffusionHandles(Backbone(tiny_components, model_id="tiny-cuda", device="cuda", dtype=dtype))
     image, depth, mask = make_scene()
-    inv = dh.invert(image, "a box", depth, mask, progress=False, inversion=InversionConfig(num_steps=4, null_inner_steps=2))
-    out = dh.edit(inv, HandleEdit(translate=(0.2, 0, 0)), progress=False)
+    inv = dh.invert(image, "a box", depth, mask, inversion=InversionConfig(num_steps=4, null_inner_steps=2))
+    out = dh.edit(inv, HandleEdit(translate=(0.2, 0, 0)))
     assert torch.isfinite(out.edited).all() and out.edited.shape == (1, 3, 16, 16)
     assert inv.x_T.dtype == torch.float32  # latents stay fp32; only the networks run in dtype
 
@@ -37,7 +37,7 @@ def test_real_sd2_depth_edit():
     image, depth, mask = make_scene(size=512)
     guidance = GuidanceConfig()
     inv = dh.invert(image, "a box in front of a wall", depth, mask, inversion=InversionConfig(num_steps=10),
-                    guidance=guidance, progress=False)
+                    guidance=guidance)
     assert {lay for lay, _ in inv.activations} == {2, 3}  # the paper's decoder "layers 2 and 3"
-    out = dh.edit(inv, HandleEdit(translate=(0.1, 0, 0)), guidance=guidance, progress=False)
+    out = dh.edit(inv, HandleEdit(translate=(0.1, 0, 0)), guidance=guidance)
     assert out.edited.shape == (1, 3, 512, 512)

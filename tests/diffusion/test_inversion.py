@@ -10,6 +10,7 @@ from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
 from diffusion_handles.diffusion.inversion import Conditions, invert
 from diffusion_handles.diffusion.inverted import InvertedImage
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.pipeline import DiffusionHandles
 
 from .conftest import make_scene
 
@@ -31,7 +32,7 @@ def test_unet_counts_per_stage_match_the_configuration(handles):
     image, depth, mask = make_scene()
     n, inner = 4, 2
     guidance = GuidanceConfig(grad_steps=2)
-    inv = handles.invert(image, "a box", depth, mask, guidance=guidance, progress=False,
+    inv = handles.invert(image, "a box", depth, mask, guidance=guidance,
                          inversion=InversionConfig(num_steps=n, null_inner_steps=inner, null_early_stop=0.0))
     assert inv.unet_evals["ddim_inversion"] == {"forward": n, "backward": 0, "calls": n}
     # per step: 1 conditional + `inner` unconditional with backward + 1 unconditional
@@ -41,7 +42,7 @@ def test_unet_counts_per_stage_match_the_configuration(handles):
     assert set(inv.activations) == {(lay, i) for i, ls in enumerate(plan) for lay in ls}
 
     for method, per_step in (("ddim", 2), ("negative-prompt", 1)):
-        inv = handles.invert(image, "a box", depth, mask, guidance=guidance, progress=False,
+        inv = handles.invert(image, "a box", depth, mask, guidance=guidance,
                              inversion=InversionConfig(method=method, num_steps=n))
         assert inv.unet_evals["reconstruction"]["forward"] == per_step * n
         assert inv.unet_evals["reconstruction"]["backward"] == 0
@@ -49,7 +50,7 @@ def test_unet_counts_per_stage_match_the_configuration(handles):
 
 def test_inverted_image_round_trips_bit_exactly(handles, tmp_path):
     image, depth, mask = make_scene()
-    inv = handles.invert(image, "a box", depth, mask, progress=False,
+    inv = handles.invert(image, "a box", depth, mask,
                          inversion=InversionConfig(num_steps=3, null_inner_steps=1),
                          guidance=GuidanceConfig(record_dtype="float16"))
     inv.save(tmp_path / "inv")
@@ -66,14 +67,15 @@ def test_inverted_image_round_trips_bit_exactly(handles, tmp_path):
         InvertedImage.load(tmp_path / "nothing")
 
 
-def test_cache_skips_inversion_and_keys_on_inputs(handles, tmp_path):
+def test_cache_skips_inversion_and_keys_on_inputs(backbone, tmp_path):
     image, depth, mask = make_scene()
-    kw = dict(inversion=InversionConfig(method="negative-prompt", num_steps=3), progress=False, cache_dir=tmp_path)
-    first = handles.invert(image, "a box", depth, mask, **kw)
-    second = handles.invert(image, "a box", depth, mask, **kw)
+    cached = DiffusionHandles(backbone, cache_dir=tmp_path).set_progress_bar_config(disable=True)
+    kw = dict(inversion=InversionConfig(method="negative-prompt", num_steps=3))
+    first = cached.invert(image, "a box", depth, mask, **kw)
+    second = cached.invert(image, "a box", depth, mask, **kw)
     assert not first.cache_hit and second.cache_hit and first.key == second.key
     assert torch.equal(first.x_T, second.x_T)
-    other = handles.invert(image, "a red box", depth, mask, **kw)
+    other = cached.invert(image, "a red box", depth, mask, **kw)
     assert not other.cache_hit and other.key != first.key
     assert len(list(tmp_path.iterdir())) == 2
 
@@ -81,9 +83,9 @@ def test_cache_skips_inversion_and_keys_on_inputs(handles, tmp_path):
 def test_same_seed_same_output_and_seed_matters(handles):
     image, depth, mask = make_scene()
     cfg = InversionConfig(method="ddim", num_steps=3)
-    a = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=5, progress=False)
-    b = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=5, progress=False)
-    c = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=6, progress=False)
+    a = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=5)
+    b = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=5)
+    c = handles.invert(image, "a box", depth, mask, inversion=cfg, seed=6)
     assert torch.equal(a.x_T, b.x_T) and torch.equal(a.reconstruction, b.reconstruction)
     assert not torch.equal(a.x_T, c.x_T)  # the seed draws the VAE posterior sample
 

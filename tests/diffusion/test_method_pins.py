@@ -28,7 +28,7 @@ N = 6
 @pytest.fixture(scope="module")
 def inverted(handles, scene):
     image, depth, mask = scene
-    return handles.invert(image, "a box in front of a wall", depth, mask, progress=False,
+    return handles.invert(image, "a box in front of a wall", depth, mask,
                           guidance=GuidanceConfig(layer_cycle=((0, 1),), guide_until=N),
                           inversion=InversionConfig(num_steps=N, null_inner_steps=2))
 
@@ -97,8 +97,8 @@ def test_eq3_lambda_term_lowers_G(handles, inverted):
     it must lower the energy the next steps start from."""
     edit = HandleEdit(translate=(0.3, 0.0, 0.0))
     base = dict(grad_steps=1, relative_step=0.0, layer_cycle=((0, 1),), guide_until=N - 1, composite=False)
-    off = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(**base))
-    on = handles.edit(inverted, edit, progress=False, guidance=GuidanceConfig(**base, noise_guidance_scale=0.1))
+    off = handles.edit(inverted, edit, guidance=GuidanceConfig(**base))
+    on = handles.edit(inverted, edit, guidance=GuidanceConfig(**base, noise_guidance_scale=0.1))
     later = [s for s in on.monitor if s >= 1]
     assert later
     assert sum(on.monitor[s]["G"] for s in later) < 0.97 * sum(off.monitor[s]["G"] for s in later)
@@ -115,7 +115,7 @@ def test_null_text_learning_rate_schedule(handles, scene, monkeypatch):
 
     monkeypatch.setattr(torch.optim, "Adam", spy)
     cfg = InversionConfig(num_steps=N, null_inner_steps=1, null_lr=0.02)
-    handles.invert(image, "a box", depth, mask, progress=False, inversion=cfg)
+    handles.invert(image, "a box", depth, mask, inversion=cfg)
     assert lrs == pytest.approx([0.02 * (1 - i / 100) for i in range(N)])
 
 
@@ -124,10 +124,10 @@ def test_composite_keeps_the_input_outside_the_edit_region(handles):
     mask = torch.zeros_like(mask)
     mask[..., 14:22, 14:22] = 1.0  # a small object in a larger image
     depth = torch.where(mask > 0.5, torch.full_like(depth, 2.0), torch.full_like(depth, 3.0))
-    inv = handles.invert(image, "a box", depth, mask, progress=False,
+    inv = handles.invert(image, "a box", depth, mask,
                          inversion=InversionConfig(method="negative-prompt", num_steps=3))
     scene = (image, depth, mask)
-    out = handles.edit(inv, HandleEdit(translate=(0.2, 0.0, 0.0)), progress=False)
+    out = handles.edit(inv, HandleEdit(translate=(0.2, 0.0, 0.0)))
     outside = out.region[0, 0] == 0
     inside = out.region[0, 0] == 1
     assert bool(outside.any()) and bool(inside.any())

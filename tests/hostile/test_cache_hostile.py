@@ -39,7 +39,8 @@ CFG = InversionConfig(method="null-text", num_steps=3, null_inner_steps=2)
 
 @pytest.fixture(scope="module")
 def handles():
-    return DiffusionHandles(Backbone(build_backbone_components(tiny_configs(), seed=0), model_id="tiny"))
+    parts = build_backbone_components(tiny_configs(), seed=0)
+    return DiffusionHandles(Backbone(parts, model_id="tiny")).set_progress_bar_config(disable=True)
 
 
 def _scene():
@@ -53,7 +54,8 @@ def _scene():
 
 def _invert(handles, cache):
     image, depth, mask = _scene()
-    return handles.invert(image, "a box", depth, mask, inversion=CFG, progress=False, cache_dir=cache)
+    handles.cache_dir = None if cache is None else Path(cache)  # the facade's inversion cache
+    return handles.invert(image, "a box", depth, mask, inversion=CFG)
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +219,7 @@ def test_edit_refuses_an_unusable_inverted_image(handles, reference):
     fields = {**reference.__dict__, "x_T": torch.full_like(reference.x_T, float("nan")), "verified": False}
     bad = InvertedImage(**fields)
     with pytest.raises(HandlesError, match="x_T: holds non-finite"):
-        handles.edit(bad, HandleEdit((0.1, 0.0, 0.0)), progress=False)
+        handles.edit(bad, HandleEdit((0.1, 0.0, 0.0)))
 
 
 def test_cli_edit_rebuilds_a_corrupt_cache_entry(tmp_path, capsys):

@@ -48,10 +48,10 @@ def compute_all() -> dict[str, np.ndarray]:
     from diffusion_handles.animation import interpolate_keyframes
     from diffusion_handles.diffusion.config import InversionConfig
     from diffusion_handles.geometry.transform import HandleEdit
-    from diffusion_handles.pipeline import DiffusionHandles
+    from diffusion_handles.pipeline import CameraMove, DiffusionHandles, ObjectMove
 
     torch.manual_seed(0)
-    dh = DiffusionHandles.from_pretrained("tinyworld")
+    dh = DiffusionHandles.from_pretrained("tinyworld").set_progress_bar_config(disable=True)
     size = dh.backbone.default_size
     inv_cfg = InversionConfig(num_steps=STEPS, null_inner_steps=2, encode_refine_steps=4)
     out: dict[str, np.ndarray] = {}
@@ -65,23 +65,23 @@ def compute_all() -> dict[str, np.ndarray]:
 
     scene, src, image, depth, masks = _scene(SCENE_SEED, size)
     turn = HandleEdit(translate=(0.4, 0.0, 0.3), rotate_axis=(0.0, 1.0, 0.0), rotate_deg=30.0)
-    inv = dh.invert(image, src.caption, depth, masks[0], inversion=inv_cfg, progress=False)
-    keep("object", dh.edit(inv, turn, fov_deg=scene.fov_deg, source_image=image, progress=False))
+    inv = dh.invert(image, src.caption, depth, masks[0], inversion=inv_cfg)
+    keep("object", dh.edit(inv, turn, fov_deg=scene.fov_deg, source_image=image))
     frames = interpolate_keyframes([HandleEdit(), HandleEdit(translate=(-0.5, 0.0, 0.2))], 3)
     for i, e in enumerate(frames):
-        keep(f"trajectory{i}", dh.edit(inv, e, fov_deg=scene.fov_deg, source_image=image, progress=False))
-    keep("remove", dh.remove(inv, source_image=image, progress=False))
+        keep(f"trajectory{i}", dh.edit(inv, e, fov_deg=scene.fov_deg, source_image=image))
+    keep("remove", dh.remove(inv, source_image=image))
 
     union = torch.clamp(masks[0] + masks[1], 0, 1)
-    inv2 = dh.invert(image, src.caption, depth, union, inversion=inv_cfg, progress=False)
+    inv2 = dh.invert(image, src.caption, depth, union, inversion=inv_cfg)
     two = [HandleEdit(translate=(0.3, 0.0, 0.0)), HandleEdit(translate=(-0.3, 0.0, 0.2), scale=1.2)]
-    keep("two_objects", dh.edit(inv2, two, object_masks=masks[:2], fov_deg=scene.fov_deg, source_image=image,
-                                progress=False))
+    keep("two_objects", dh.edit(inv2, [ObjectMove(m, t) for m, t in zip(masks[:2], two, strict=True)], fov_deg=scene.fov_deg,
+                                source_image=image))
 
     whole = torch.ones_like(masks[0])
-    inv3 = dh.invert(image, src.caption, depth, whole, inversion=inv_cfg, progress=False)
-    keep("camera", dh.edit(inv3, HandleEdit(translate=(0.2, 0.0, 0.1)), camera=True, fov_deg=scene.fov_deg,
-                           source_image=image, progress=False))
+    inv3 = dh.invert(image, src.caption, depth, whole, inversion=inv_cfg)
+    keep("camera", dh.edit(inv3, CameraMove(HandleEdit(translate=(0.2, 0.0, 0.1))), fov_deg=scene.fov_deg,
+                           source_image=image))
     return out
 
 

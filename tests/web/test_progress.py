@@ -33,8 +33,8 @@ def test_facade_reports_each_step_of_each_pass():
     depth[..., 4:12, 4:12] = 2.0
     mask = (depth < 2.5).float()
     calls = []
-    inv = dh.invert(image, "a box", depth, mask, progress=False, inversion=InversionConfig(num_steps=3, null_inner_steps=1),
+    inv = dh.invert(image, "a box", depth, mask, inversion=InversionConfig(num_steps=3, null_inner_steps=1),
                     callback=lambda info: calls.append((info["stage"], info["step"], info["total"])))
-    dh.edit(inv, HandleEdit(translate=(0.1, 0, 0)), progress=False,
+    dh.edit(inv, HandleEdit(translate=(0.1, 0, 0)),
             callback=lambda info: calls.append(("edit", info["step"], info["total"])))
     assert calls == [(s, i, 3) for s in ("ddim_inversion", "null_text", "edit") for i in range(3)]

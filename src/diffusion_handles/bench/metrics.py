@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.stats import bootstrap_ci  # noqa: F401  (re-exported: the benchmarks' aggregates)
 
 PSNR_CAP = 100.0  # dB, reported when the region is reproduced exactly (MSE = 0)
 EFFECT_THRESHOLD = 0.03  # an effects pixel: truth and input differ by more than this (~8/255) in a channel
@@ -201,23 +202,6 @@ class LPIPS:
 
         with torch.no_grad():
             return float(self.net(t(a), t(b)).item())
-
-
-def bootstrap_ci(values: Sequence[float | None], n_resamples: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> dict:
-    """Mean and percentile-bootstrap confidence interval of ``values`` (None/NaN dropped).
-
-    Returns ``{"mean", "lo", "hi", "n"}`` (``None`` entries when no value is left).
-    """
-    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.size, size=(n_resamples, v.size))  # (R, n) resample indices
-    means = v[idx].mean(axis=1)
-    a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [a, 1.0 - a])
-    return {"mean": float(v.mean()), "lo": float(lo), "hi": float(hi), "n": int(v.size)}
 
 
 def effects_region(gt: np.ndarray, source: np.ndarray, mask_gt: np.ndarray, mask_src: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ streams (``numpy.random.default_rng([seed, 12, kind])``), so the object-edit cas
   (:meth:`~diffusion_handles.world.scene.Scene.with_object_edit` twice). Rejected as
   :func:`.cases.make_case` rejects (frustum, geometry, holes, hidden object).
 
-Methods: ``ours`` (the library: :meth:`DiffusionHandles.edit` with ``camera=True`` or
-``object_masks``, :meth:`DiffusionHandles.remove`), ``warp_only`` (the geometry alone: the 3D
+Methods: ``ours`` (the library: :meth:`DiffusionHandles.edit` with a ``CameraMove`` or
+``ObjectMove`` list, :meth:`DiffusionHandles.remove`), ``warp_only`` (the geometry alone: the 3D
 preview with its holes, or for a removal its region, filled by OpenCV Telea inpainting) and the
 ``input`` reference (no edit). Scores: PSNR and SSIM against the ground truth over the whole
 image and over the *changed* pixels (``max_c |G - I| > 0.03``: where the truth differs from
@@ -33,6 +33,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,82 +91,135 @@ def _candidates(src, size: int, min_fraction: float, min_pixels: int) -> list[in
     return [k for k, a in enumerate(areas) if a >= max(min_fraction * size * size, min_pixels)]
 
 
+@dataclass(frozen=True)
+class KindLimits:
+    """When :func:`make_kind_case` refuses a drawn edit, and how often it draws.
+
+    ``max_holes_camera``: most of the image a camera move may disocclude; ``min_pixels`` /
+    ``min_object_fraction``: the smallest object that can be moved or removed (and that must stay
+    visible after a move); ``max_tries``: draws before the seed is skipped.
+    """
+
+    max_holes_camera: float = 0.15
+    min_pixels: int = 30
+    min_object_fraction: float = 0.01
+    max_tries: int = 60
+
+
+@dataclass
+class _Draw:
+    """The scene of one seed as :func:`make_kind_case` draws edits in it: the render ``src``, its
+    camera, z-depth ``(1, 1, H, W)`` float64, the kind's random stream and the rejections so far."""
+
+    kind: str
+    seed: int
+    size: int
+    spp: int
+    scene: Any
+    src: Any
+    cam: Any
+    depth_t: Any
+    rng: np.random.Generator
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, why: str) -> None:
+        self.rejected[why] = self.rejected.get(why, 0) + 1
+
+    def case(self, gt, masks, edits, prompt, clean_depth, stats) -> KindCase:
+        src, size = self.src, self.size
+        return KindCase(case_id=f"{self.kind}_s{self.seed}", seed=int(self.seed), kind=self.kind, prompt=prompt,
+                        fov_deg=float(self.scene.fov_deg), image=src.rgb, depth=src.depth.astype(np.float32), gt=gt.rgb,
+                        gt_depth=gt.depth.astype(np.float32), masks=np.asarray(masks, bool).reshape(-1, size, size),
+                        clean_depth=clean_depth.astype(np.float32), edits=edits, stats={**stats, "rejected": self.rejected})
+
+
 def make_kind_case(kind: str, seed: int, size: int = 64, spp: int = 64, max_holes: float = 0.06,
-                   max_holes_camera: float = 0.15, min_pixels: int = 30, min_object_fraction: float = 0.01,
-                   max_tries: int = 60) -> KindCase:
+                   limits: KindLimits | None = None) -> KindCase:
     """Render the scene of ``seed``, draw an acceptable edit of ``kind``, render its ground truth.
 
+    ``max_holes``: most of the image a two-object edit may disocclude; ``limits``: the other
+    refusals (default :class:`KindLimits`).
+
     Raises:
-        NoEditFound: no acceptable edit in ``max_tries`` draws (the seed is skipped).
+        NoEditFound: no acceptable edit in ``limits.max_tries`` draws (the seed is skipped).
         HandlesError: an unknown kind.
     """
     import torch
 
-    from diffusion_handles.bench.cases import EDIT_KINDS, NoEditFound, _bbox_in_frustum, draw_edit
-    from diffusion_handles.geometry import (
-        Camera,
-        HandleEdit,
-        camera_move,
-        compute_camera_move,
-        compute_multi_edit,
-    )
-    from diffusion_handles.world.render import object_pivot, render, scene_for_seed
+    from diffusion_handles.geometry import Camera
+    from diffusion_handles.world.render import render, scene_for_seed
 
     if kind not in NEW_KINDS:
         raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {kind!r}")
+    limits = limits or KindLimits()
     scene = scene_for_seed(seed, size, size)
     src = render(scene, spp=spp, seed=seed)
-    cam = Camera(size, size, scene.fov_deg)
-    depth_t = torch.from_numpy(src.depth.astype(np.float64))[None, None]
-    rng = np.random.default_rng([seed, 12, NEW_KINDS.index(kind)])
-    cid = f"{kind}_s{seed}"
-    rejected: dict[str, int] = {}
-
-    def reject(why: str) -> None:
-        rejected[why] = rejected.get(why, 0) + 1
-
-    def case(gt, masks, edits, prompt, clean_depth, stats) -> KindCase:
-        return KindCase(case_id=cid, seed=int(seed), kind=kind, prompt=prompt, fov_deg=float(scene.fov_deg),
-                        image=src.rgb, depth=src.depth.astype(np.float32), gt=gt.rgb, gt_depth=gt.depth.astype(np.float32),
-                        masks=np.asarray(masks, bool).reshape(-1, size, size), clean_depth=clean_depth.astype(np.float32),
-                        edits=edits, stats={**stats, "rejected": rejected})
-
+    draw = _Draw(kind, seed, size, spp, scene, src, Camera(size, size, scene.fov_deg),
+                 torch.from_numpy(src.depth.astype(np.float64))[None, None],
+                 np.random.default_rng([seed, 12, NEW_KINDS.index(kind)]))
     if kind == "camera":
-        up_cam = scene.w2c()[:3, :3] @ np.array([0.0, 1.0, 0.0])
-        for attempt in range(max_tries):
-            sign = float(rng.choice([-1.0, 1.0]))
-            edit = HandleEdit(translate=(sign * float(rng.uniform(0.15, 0.5)), 0.0, float(rng.uniform(-0.2, 0.4))),
-                              rotate_axis=tuple(float(v) for v in up_cam),
-                              rotate_deg=float(rng.uniform(2.0, 8.0) * rng.choice([-1.0, 1.0])))
-            try:
-                geom = compute_camera_move(depth_t, camera_move(edit), cam)
-            except HandlesError:
-                reject("geometry")
-                continue
-            holes = float((geom.valid < 0.5).double().mean())
-            if holes > max_holes_camera:
-                reject("disocclusion")
-                continue
-            gt = render(scene.with_camera_edit(edit), spp=spp, seed=seed)
-            return case(gt, np.zeros((0, size, size), bool), [edit.to_dict()], src.caption, src.depth,
-                        {"holes_fraction": holes, "attempt": attempt})
-        raise NoEditFound(f"seed {seed}: no acceptable camera move in {max_tries} draws (rejected: {rejected})")
-
-    cands = _candidates(src, size, min_object_fraction, min_pixels)
+        return _camera_case(draw, limits)
+    cands = _candidates(src, size, limits.min_object_fraction, limits.min_pixels)
     if kind == "remove":
-        if not cands:
-            raise NoEditFound(f"seed {seed}: expected an object covering >= {min_object_fraction:.0%} of the image, got none")
-        k = int(rng.choice(cands))
-        empty = scene.copy()
-        empty.objects.pop(k)
-        gt = render(empty, spp=spp, seed=seed)
-        return case(gt, src.masks[k][None], [{"remove": k}], empty.caption(), gt.depth,
-                    {"object_index": k, "object_pixels": int(src.masks[k].sum())})
+        return _remove_case(draw, cands, limits)
+    return _multi_case(draw, cands, max_holes, limits)
 
-    # multi: two objects moved at once
+
+def _camera_case(draw: _Draw, limits: KindLimits) -> KindCase:
+    """A camera move whose disocclusion stays within ``limits.max_holes_camera``."""
+    from diffusion_handles.bench.cases import NoEditFound
+    from diffusion_handles.geometry import HandleEdit, camera_move, compute_camera_move
+    from diffusion_handles.world.render import render
+
+    scene, rng, size = draw.scene, draw.rng, draw.size
+    up_cam = scene.w2c()[:3, :3] @ np.array([0.0, 1.0, 0.0])
+    for attempt in range(limits.max_tries):
+        sign = float(rng.choice([-1.0, 1.0]))
+        edit = HandleEdit(translate=(sign * float(rng.uniform(0.15, 0.5)), 0.0, float(rng.uniform(-0.2, 0.4))),
+                          rotate_axis=tuple(float(v) for v in up_cam),
+                          rotate_deg=float(rng.uniform(2.0, 8.0) * rng.choice([-1.0, 1.0])))
+        try:
+            geom = compute_camera_move(draw.depth_t, camera_move(edit), draw.cam)
+        except HandlesError:
+            draw.reject("geometry")
+            continue
+        holes = float((geom.valid < 0.5).double().mean())
+        if holes > limits.max_holes_camera:
+            draw.reject("disocclusion")
+            continue
+        gt = render(scene.with_camera_edit(edit), spp=draw.spp, seed=draw.seed)
+        return draw.case(gt, np.zeros((0, size, size), bool), [edit.to_dict()], draw.src.caption, draw.src.depth,
+                         {"holes_fraction": holes, "attempt": attempt})
+    raise NoEditFound(f"seed {draw.seed}: no acceptable camera move in {limits.max_tries} draws (rejected: {draw.rejected})")
+
+
+def _remove_case(draw: _Draw, cands: list[int], limits: KindLimits) -> KindCase:
+    """One of the candidate objects removed (uniformly drawn)."""
+    from diffusion_handles.bench.cases import NoEditFound
+    from diffusion_handles.world.render import render
+
+    if not cands:
+        raise NoEditFound(f"seed {draw.seed}: expected an object covering >= {limits.min_object_fraction:.0%} of the image, got none")
+    k = int(draw.rng.choice(cands))
+    empty = draw.scene.copy()
+    empty.objects.pop(k)
+    gt = render(empty, spp=draw.spp, seed=draw.seed)
+    return draw.case(gt, draw.src.masks[k][None], [{"remove": k}], empty.caption(), gt.depth,
+                     {"object_index": k, "object_pixels": int(draw.src.masks[k].sum())})
+
+
+def _multi_case(draw: _Draw, cands: list[int], max_holes: float, limits: KindLimits) -> KindCase:
+    """Two distinct candidate objects moved at once, refused as :func:`.cases.make_case` refuses."""
+    import torch
+
+    from diffusion_handles.bench.cases import EDIT_KINDS, NoEditFound, _bbox_in_frustum, draw_edit
+    from diffusion_handles.geometry import compute_multi_edit
+    from diffusion_handles.world.render import object_pivot, render
+
+    scene, src, rng, seed = draw.scene, draw.src, draw.rng, draw.seed
     if len(cands) < 2:
-        raise NoEditFound(f"seed {seed}: expected two objects covering >= {min_object_fraction:.0%} of the image, got {len(cands)}")
-    for attempt in range(max_tries):
+        raise NoEditFound(f"seed {seed}: expected two objects covering >= {limits.min_object_fraction:.0%} of the image, got {len(cands)}")
+    for attempt in range(limits.max_tries):
         ks = [int(v) for v in rng.choice(cands, size=2, replace=False)]
         edits, pivots, moved = [], [], scene
         for k in ks:
@@ -176,29 +230,29 @@ def make_kind_case(kind: str, seed: int, size: int = 64, spp: int = 64, max_hole
             pivots.append(pivot)
             moved = moved.with_object_edit(k, e, pivot)
         if not all(_bbox_in_frustum(moved, k) for k in ks):
-            reject("frustum")
+            draw.reject("frustum")
             continue
         masks_t = [torch.from_numpy(src.masks[k].astype(np.float64))[None, None] for k in ks]
         try:
-            geom = compute_multi_edit(depth_t, masks_t, edits, cam)
+            geom = compute_multi_edit(draw.depth_t, masks_t, edits, draw.cam)
         except HandlesError:
-            reject("geometry")
+            draw.reject("geometry")
             continue
         holes = float((geom.valid < 0.5).double().mean())
         if holes > max_holes:
-            reject("disocclusion")
+            draw.reject("disocclusion")
             continue
-        gt = render(moved, spp=spp, seed=seed)
-        if any(gt.masks[k].sum() < min_pixels for k in ks):
-            reject("hidden")
+        gt = render(moved, spp=draw.spp, seed=seed)
+        if any(gt.masks[k].sum() < limits.min_pixels for k in ks):
+            draw.reject("hidden")
             continue
         empty = scene.copy()
         for k in sorted(ks, reverse=True):
             empty.objects.pop(k)
         clean_depth = render(empty, spp=1, seed=seed).depth
-        return case(gt, src.masks[ks], [{**e.to_dict(), "object_index": k} for e, k in zip(edits, ks, strict=True)],
-                    src.caption, clean_depth, {"holes_fraction": holes, "attempt": attempt, "objects": ks})
-    raise NoEditFound(f"seed {seed}: no acceptable two-object edit in {max_tries} draws (rejected: {rejected})")
+        return draw.case(gt, src.masks[ks], [{**e.to_dict(), "object_index": k} for e, k in zip(edits, ks, strict=True)],
+                         src.caption, clean_depth, {"holes_fraction": holes, "attempt": attempt, "objects": ks})
+    raise NoEditFound(f"seed {seed}: no acceptable two-object edit in {limits.max_tries} draws (rejected: {draw.rejected})")
 
 
 # ---------------------------------------------------------------------- methods and scores
@@ -260,6 +314,7 @@ def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, g
     import torch
 
     from diffusion_handles.bench.runner import _save_png, _tensors, _to_uint8
+    from diffusion_handles.pipeline import CameraMove, edit_target
 
     mask_union = case.masks.any(0) if case.masks.shape[0] else np.ones(case.depth.shape, bool)
     image, depth, mask = _tensors(case.image, case.depth, mask_union)
@@ -276,15 +331,15 @@ def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, g
             elif name == "ours":
                 pipe = pipe_factory()
                 g = dataclasses.replace(guidance, identity_transfer=None) if case.kind == "remove" else guidance
-                inv = pipe.invert(image, case.prompt, depth, mask, inversion=inversion, guidance=g, seed=0, progress=False)
+                inv = pipe.invert(image, case.prompt, depth, mask, inversion=inversion, guidance=g, seed=0)
                 if case.kind == "remove":
-                    res = pipe.remove(inv, guidance=g, background_depth=clean, source_image=image, progress=False)
+                    res = pipe.remove(inv, guidance=g, background_depth=clean, source_image=image)
                 elif case.kind == "camera":
-                    res = pipe.edit(inv, _edits_of(case)[0], guidance=g, camera=True, fov_deg=case.fov_deg,
-                                    source_image=image, progress=False)
+                    res = pipe.edit(inv, CameraMove(_edits_of(case)[0]), guidance=g, fov_deg=case.fov_deg,
+                                    source_image=image)
                 else:
-                    res = pipe.edit(inv, _edits_of(case), object_masks=masks, guidance=g, background_depth=clean,
-                                    fov_deg=case.fov_deg, source_image=image, progress=False)
+                    res = pipe.edit(inv, edit_target(_edits_of(case), object_masks=masks), guidance=g,
+                                    background_depth=clean, fov_deg=case.fov_deg, source_image=image)
                 edited = res.edited
             else:
                 raise HandlesError(f"method {name}: not available for the {case.kind} kind (ours, warp_only)")
@@ -307,34 +362,19 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
     per-method PNGs), ``out/kinds_edits/<id>.json`` and ``out/kinds_results.json`` with the
     mean per method and kind.
     """
-    import dataclasses
-
     from tqdm import tqdm
 
-    from diffusion_handles.bench.cases import NoEditFound, bench_seeds
-    from diffusion_handles.bench.runner import _save_png, _write_json, read_resume_record
-    from diffusion_handles.diffusion.config import preset
+    from diffusion_handles.bench.cases import bench_seeds
+    from diffusion_handles.outputs import write_json
 
-    unknown = [k for k in kinds if k not in NEW_KINDS]
-    if unknown or not kinds:
-        raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(unknown) or 'none'}")
-    methods = [m for m in (cfg.methods or ["ours", "warp_only"]) if m in ("ours", "warp_only")]
-    bad = [m for m in (cfg.methods or []) if m not in ("ours", "warp_only")]
-    if bad:
-        raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {', '.join(bad)}")
+    methods = _kinds_methods(cfg, kinds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    inversion, guidance = preset(preset_name, cfg.steps)
-    inversion = dataclasses.replace(inversion, method=cfg.inversion, null_inner_steps=cfg.null_inner_steps,
-                                    null_lr=cfg.null_lr, encode_refine_steps=cfg.encode_refine_steps)
-    pipe: list = []
+    inversion, guidance = _kinds_settings(cfg, preset_name)
+    pipe_factory = _pipe_factory(cfg)
 
-    def pipe_factory():
-        if not pipe:
-            from diffusion_handles.pipeline import DiffusionHandles
-
-            pipe.append(DiffusionHandles.from_pretrained(cfg.model, device=cfg.device))
-        return pipe[0]
+    def run_case(case: KindCase, img_dir: Path) -> dict:
+        return run_kind_case(case, methods, pipe_factory, inversion, guidance, img_dir)
 
     if cfg.threads:
         import torch
@@ -348,40 +388,101 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
         for seed in bench_seeds(cfg.scenes * 6, cfg.seed):
             if n >= cfg.scenes:
                 break
-            cid = f"{kind}_s{seed}"
-            bar.set_postfix_str(cid)
-            rec_path = out / "kinds_edits" / f"{cid}.json"
-            if (rec := read_resume_record(rec_path)) is not None:
-                if rec.get("skipped"):
-                    skipped.append(rec)
-                    continue
-                if all(m in rec.get("methods", {}) for m in methods):
-                    records.append(rec)
-                    n += 1
-                    bar.update(1)
-                    continue
-            case_dir = out / "kinds" / cid
-            try:
-                case = KindCase.load(case_dir) if (case_dir / "case.json").exists() else None
-                if case is None:
-                    case = make_kind_case(kind, seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
-                    case.save(case_dir)
-            except NoEditFound as e:
-                rec = {"case_id": cid, "seed": seed, "kind": kind, "skipped": True, "error": str(e)}
-                _write_json(rec_path, rec)
+            bar.set_postfix_str(f"{kind}_s{seed}")
+            what, rec = _kind_scene(cfg, out, kind, seed, methods, run_case)
+            if what == "skipped":
                 skipped.append(rec)
                 continue
-            img_dir = out / "kinds_images" / cid
-            _save_png(case.image, img_dir / "input.png")
-            _save_png(case.gt, img_dir / "gt.png")
-            res = run_kind_case(case, methods, pipe_factory, inversion, guidance, img_dir)
-            rec = {"case_id": cid, "seed": seed, "kind": kind, "prompt": case.prompt, "edits": case.edits,
-                   "stats": case.stats, "methods": res, "error": None}
-            _write_json(rec_path, rec)
             records.append(rec)
             n += 1
             bar.update(1)
     bar.close()
+    results = {"settings": {**cfg.to_dict(), "kinds": kinds, "preset": preset_name,
+                            "inversion": inversion.to_dict(), "guidance": guidance.to_dict()},
+               "wall_time_s_this_invocation": time.perf_counter() - t_start,
+               "aggregate": _kinds_aggregate(records, kinds, methods),
+               "skipped_seeds": [{"case_id": r["case_id"], "reason": r["error"]} for r in skipped], "edits": records}
+    write_json(out / "kinds_results.json", results)
+    log(format_kinds_table(results))
+    return results
+
+
+def _kinds_methods(cfg, kinds: list[str]) -> list[str]:
+    """The methods to run (``ours`` and/or ``warp_only``); refuses unknown kinds and methods."""
+    unknown = [k for k in kinds if k not in NEW_KINDS]
+    if unknown or not kinds:
+        raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(unknown) or 'none'}")
+    methods = [m for m in (cfg.methods or ["ours", "warp_only"]) if m in ("ours", "warp_only")]
+    bad = [m for m in (cfg.methods or []) if m not in ("ours", "warp_only")]
+    if bad:
+        raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {', '.join(bad)}")
+    return methods
+
+
+def _kinds_settings(cfg, preset_name: str):
+    """``(inversion, guidance)``: the preset's, with the run's inversion settings."""
+    import dataclasses
+
+    from diffusion_handles.diffusion.config import preset
+
+    inversion, guidance = preset(preset_name, cfg.steps)
+    inversion = dataclasses.replace(inversion, method=cfg.inversion, null_inner_steps=cfg.null_inner_steps,
+                                    null_lr=cfg.null_lr, encode_refine_steps=cfg.encode_refine_steps)
+    return inversion, guidance
+
+
+def _pipe_factory(cfg):
+    """A function that loads the pipeline on its first call and returns that one afterwards."""
+    pipe: list = []
+
+    def pipe_factory():
+        if not pipe:
+            from diffusion_handles.pipeline import DiffusionHandles
+
+            pipe.append(DiffusionHandles.from_pretrained(cfg.model, device=cfg.device))
+            pipe[0].set_progress_bar_config(disable=True)
+        return pipe[0]
+
+    return pipe_factory
+
+
+def _kind_scene(cfg, out: Path, kind: str, seed: int, methods: list[str], run_case) -> tuple[str, dict]:
+    """One case of ``kind``: ``("skipped", record)`` when the seed has no acceptable edit, else
+    ``("edit", record)``, resumed from ``kinds_edits/`` when it holds every method."""
+    from diffusion_handles.bench.cases import NoEditFound
+    from diffusion_handles.bench.runner import _save_png, read_resume_record
+    from diffusion_handles.outputs import write_json
+
+    cid = f"{kind}_s{seed}"
+    rec_path = out / "kinds_edits" / f"{cid}.json"
+    if (rec := read_resume_record(rec_path)) is not None:
+        if rec.get("skipped"):
+            return "skipped", rec
+        if all(m in rec.get("methods", {}) for m in methods):
+            return "edit", rec
+    case_dir = out / "kinds" / cid
+    try:
+        case = KindCase.load(case_dir) if (case_dir / "case.json").exists() else None
+        if case is None:
+            case = make_kind_case(kind, seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
+            case.save(case_dir)
+    except NoEditFound as e:
+        rec = {"case_id": cid, "seed": seed, "kind": kind, "skipped": True, "error": str(e)}
+        write_json(rec_path, rec)
+        return "skipped", rec
+    img_dir = out / "kinds_images" / cid
+    _save_png(case.image, img_dir / "input.png")
+    _save_png(case.gt, img_dir / "gt.png")
+    res = run_case(case, img_dir)
+    rec = {"case_id": cid, "seed": seed, "kind": kind, "prompt": case.prompt, "edits": case.edits,
+           "stats": case.stats, "methods": res, "error": None}
+    write_json(rec_path, rec)
+    return "edit", rec
+
+
+def _kinds_aggregate(records: list[dict], kinds: list[str], methods: list[str]) -> dict:
+    """``{kind: {method: {"n", "failed", "psnr", "psnr_changed", "ssim", "seconds"}}}``: means over
+    the cases without an error (the ``input`` reference included)."""
     aggregate: dict = {}
     for kind in kinds:
         rows = [r for r in records if r["kind"] == kind]
@@ -394,13 +495,7 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
                 vals = [e[key] for e in ok if e.get(key) is not None]
                 agg[key] = float(np.mean(vals)) if vals else None
             aggregate[kind][name] = agg
-    results = {"settings": {**cfg.to_dict(), "kinds": kinds, "preset": preset_name,
-                            "inversion": inversion.to_dict(), "guidance": guidance.to_dict()},
-               "wall_time_s_this_invocation": time.perf_counter() - t_start, "aggregate": aggregate,
-               "skipped_seeds": [{"case_id": r["case_id"], "reason": r["error"]} for r in skipped], "edits": records}
-    _write_json(out / "kinds_results.json", results)
-    log(format_kinds_table(results))
-    return results
+    return aggregate
 
 
 def format_kinds_table(results: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from diffusion_handles.bench.metrics import bootstrap_ci
+from diffusion_handles.stats import bootstrap_ci
 
 # (key, header, higher is better)
 COLUMNS = (

@@ -25,6 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from diffusion_handles.bench.metrics import (
     segment_object,
 )
 from diffusion_handles.errors import HandlesError, first_line
+from diffusion_handles.outputs import write_json
 
 RESULTS_VERSION = 1
 
@@ -95,11 +97,6 @@ class BenchConfig:
         return asdict(self)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False))
-    tmp.replace(path)
 
 
 # What ``handles bench`` writes into ``--out`` (plus ``*.tmp`` files of a write in progress).
@@ -240,6 +237,25 @@ def warp_only(image, depth, mask, transform, background_depth, fov_deg: float):
 
 
 # ---------------------------------------------------------------------- one case
+@dataclass
+class _CaseWork:
+    """What the methods of one case share: its tensors (``(1, C, H, W)``), the metric examples,
+    the inverse edit (for the cycle), the image folder, and the results so far."""
+
+    case: Case
+    image: Any
+    depth: Any
+    mask: Any
+    clean_depth: Any
+    examples: list
+    inverse: Any
+    img_dir: Path
+    done: dict  # {name: entry} finished before this call
+    out: dict = field(default_factory=dict)  # {name: entry} of this call
+    by_config: dict = field(default_factory=dict)  # resolved config -> first method name that ran it
+    inverted: Any = None  # the input's inversion, once a method needed it
+
+
 class CaseRunner:
     """Runs methods on cases with one loaded pipeline (loaded lazily: warp-only runs need none)."""
 
@@ -253,6 +269,7 @@ class CaseRunner:
             from diffusion_handles.pipeline import DiffusionHandles
 
             self._pipe = DiffusionHandles.from_pretrained(self.cfg.model, device=self.cfg.device)
+            self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
 
     def _inversion_config(self):
@@ -264,7 +281,7 @@ class CaseRunner:
 
     def _invert(self, image, prompt, depth, mask):
         return self.pipe.invert(image, prompt, depth, mask, inversion=self._inversion_config(),
-                                guidance=record_all_guidance(self.cfg.steps), seed=0, progress=False)
+                                guidance=record_all_guidance(self.cfg.steps), seed=0)
 
     def run(self, case: Case, methods: list[Method], done: dict, img_dir: Path, on_method=None) -> dict:
         """Results of ``methods`` on ``case`` not already in ``done`` (``{name: entry}``).
@@ -272,6 +289,26 @@ class CaseRunner:
         ``on_method(name, entry)`` is called after each method (the runner saves there, so an
         interrupted edit keeps the methods it finished).
         """
+        work = self._work(case, done, img_dir)
+        if any(m.kind != "warp" and m.name not in done for m in methods):
+            try:
+                _ = self.pipe  # load once, outside the per-method timers
+            except Exception:
+                pass  # reported per method below
+        for name, entry in done.items():
+            if entry.get("config_key"):
+                work.by_config.setdefault(entry["config_key"], name)
+        for m in methods:
+            if m.name in done:
+                continue
+            entry = self._run_method(m, work)
+            work.out[m.name] = entry
+            if on_method is not None:
+                on_method(m.name, entry)
+        return work.out
+
+    def _work(self, case: Case, done: dict, img_dir: Path) -> _CaseWork:
+        """The inputs every method of ``case`` gets (depths degraded on the ``estimated`` track)."""
         import torch
 
         given_depth, given_clean = case.depth, case.clean_depth
@@ -286,86 +323,99 @@ class CaseRunner:
                     (case.clean, np.zeros_like(case.mask_src))]
         pivot = _pivot(depth, mask, case.fov_deg)
         inverse = case.edit.resolve(pivot).inverse()  # = HandleEdit.inverse() about the moved pivot
-        out: dict[str, dict] = {}
-        inverted = None
-        if any(m.kind != "warp" and m.name not in done for m in methods):
-            try:
-                _ = self.pipe  # load once, outside the per-method timers
-            except Exception:
-                pass  # reported per method below
-        by_config: dict[str, str] = {}  # resolved config -> first method name that ran it
-        for name, entry in done.items():
-            if entry.get("config_key"):
-                by_config.setdefault(entry["config_key"], name)
-        for m in methods:
-            if m.name in done:
-                continue
-            t0 = time.perf_counter()
-            entry: dict = {"method": m.name, "error": None}
-            try:
-                if m.kind == "warp":
-                    edited, _, d_edit, m_edit = warp_only(image, depth, mask, case.edit, clean_depth, case.fov_deg)
-                    cycled = None
-                    if self.cfg.cycle:
-                        cycled = warp_only(edited, d_edit, m_edit, inverse, clean_depth, case.fov_deg)[0]
-                    entry["config_key"] = "warp"
-                elif m.kind == "reconstruction":
-                    if inverted is None:
-                        inverted = self._invert(image, case.caption, depth, mask)
-                    edited = self.pipe.backbone.resize_to_work(inverted.reconstruction.float().cpu(), tuple(image.shape[-2:]))
-                    cycled = edited if self.cfg.cycle else None  # the identity edit's "cycle"
-                    entry["config_key"] = "reconstruction"
-                else:
-                    guidance = m.guidance(self.cfg.steps)
-                    resolved = guidance.to_dict()
-                    resolved["guide_until"] = guidance.resolved_guide_until(self.cfg.steps)
-                    key = json.dumps(resolved, sort_keys=True)
-                    entry["config_key"] = key
-                    entry["config"] = guidance.to_dict()
-                    if key in by_config and by_config[key] in {**done, **out}:
-                        src = {**done, **out}[by_config[key]]
-                        entry.update({k: v for k, v in src.items() if k not in ("method", "seconds")})
-                        entry["same_as"] = by_config[key]
-                        entry["seconds"] = 0.0
-                        out[m.name] = entry
-                        if on_method is not None:
-                            on_method(m.name, entry)
-                        continue
-                    if inverted is None:
-                        inverted = self._invert(image, case.caption, depth, mask)
-                    res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
-                                         fov_deg=case.fov_deg, source_image=image, progress=False)
-                    edited, cycled = res.edited, None
-                    end = guidance.resolved_guide_until(self.cfg.steps) - 1  # the last step the default guides
-                    if end in res.monitor:
-                        entry["g_o_end"] = res.monitor[end]["G_o_rel"]
-                    entry["unet_evals"] = res.unet_evals.get("edit", {})
-                    if self.cfg.cycle:
-                        m_edit = (res.edited_mask > 0.5).float()
-                        if not bool(m_edit.any()):
-                            raise HandlesError("cycle: the edited object mask is empty, the inverse edit has no object")
-                        inv2 = self._invert(edited.clamp(0, 1), case.caption, res.edited_depth, m_edit)
-                        back = self.pipe.edit(inv2, inverse, guidance=guidance, background_depth=clean_depth,
-                                              fov_deg=case.fov_deg, source_image=edited.clamp(0, 1), progress=False)
-                        cycled = back.edited
-                    by_config.setdefault(key, m.name)
-                out_img = _to_uint8(edited)
-                entry.update(edit_metrics(out_img, case.gt, case.mask_gt, case.mask_src, examples))
-                _save_png(out_img, img_dir / f"{m.name}.png")
-                if cycled is not None:
-                    cyc = _to_uint8(cycled)
-                    entry["cycle_l1"] = cycle_l1(cyc, case.image)
-                    entry["cycle_l1_obj"] = cycle_l1(cyc, case.image, case.mask_src)
-                    _save_png(cyc, img_dir / f"{m.name}_cycle.png")
-                entry["lpips"] = None
-            except Exception as e:  # recorded, not fatal
-                entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                entry["traceback"] = traceback.format_exc(limit=3)
-            entry["seconds"] = time.perf_counter() - t0
-            out[m.name] = entry
-            if on_method is not None:
-                on_method(m.name, entry)
-        return out
+        return _CaseWork(case, image, depth, mask, clean_depth, examples, inverse, img_dir, done)
+
+    def _run_method(self, m: Method, work: _CaseWork) -> dict:
+        """One method's entry: its images saved and scored, or its error (never raises)."""
+        t0 = time.perf_counter()
+        entry: dict = {"method": m.name, "error": None}
+        try:
+            if m.kind == "warp":
+                edited, cycled = self._warp(work)
+                entry["config_key"] = "warp"
+            elif m.kind == "reconstruction":
+                edited, cycled = self._reconstruction(work)
+                entry["config_key"] = "reconstruction"
+            else:
+                guidance = m.guidance(self.cfg.steps)
+                resolved = guidance.to_dict()
+                resolved["guide_until"] = guidance.resolved_guide_until(self.cfg.steps)
+                key = json.dumps(resolved, sort_keys=True)
+                entry["config_key"] = key
+                entry["config"] = guidance.to_dict()
+                ran = {**work.done, **work.out}
+                if key in work.by_config and work.by_config[key] in ran:  # the same run under another name
+                    src = ran[work.by_config[key]]
+                    entry.update({k: v for k, v in src.items() if k not in ("method", "seconds")})
+                    entry["same_as"] = work.by_config[key]
+                    entry["seconds"] = 0.0
+                    return entry
+                edited, cycled = self._guided(work, guidance, entry)
+                work.by_config.setdefault(key, m.name)
+            self._score(work, m.name, edited, cycled, entry)
+        except Exception as e:  # recorded, not fatal
+            entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            entry["traceback"] = traceback.format_exc(limit=3)
+        entry["seconds"] = time.perf_counter() - t0
+        return entry
+
+    def _warp(self, work: _CaseWork):
+        """``(edited, cycled or None)`` of the warp-only baseline."""
+        image, depth, mask, case, clean_depth = work.image, work.depth, work.mask, work.case, work.clean_depth
+        edited, _, d_edit, m_edit = warp_only(image, depth, mask, case.edit, clean_depth, case.fov_deg)
+        cycled = None
+        if self.cfg.cycle:
+            cycled = warp_only(edited, d_edit, m_edit, work.inverse, clean_depth, case.fov_deg)[0]
+        return edited, cycled
+
+    def _inverted(self, work: _CaseWork):
+        """The inversion of the case's input, computed once for all its methods."""
+        if work.inverted is None:
+            work.inverted = self._invert(work.image, work.case.caption, work.depth, work.mask)
+        return work.inverted
+
+    def _reconstruction(self, work: _CaseWork):
+        """``(edited, cycled or None)`` of the identity edit: the inversion's reconstruction."""
+        inverted, image = self._inverted(work), work.image
+        edited = self.pipe.backbone.resize_to_work(inverted.reconstruction.float().cpu(), tuple(image.shape[-2:]))
+        cycled = edited if self.cfg.cycle else None  # the identity edit's "cycle"
+        return edited, cycled
+
+    def _guided(self, work: _CaseWork, guidance, entry: dict):
+        """``(edited, cycled or None)`` of a guided edit (and its inverse edit for the cycle);
+        adds ``g_o_end`` and ``unet_evals`` to ``entry``."""
+        inverted = self._inverted(work)
+        case, image, clean_depth, inverse = work.case, work.image, work.clean_depth, work.inverse
+        res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
+                             fov_deg=case.fov_deg, source_image=image)
+        edited, cycled = res.edited, None
+        end = guidance.resolved_guide_until(self.cfg.steps) - 1  # the last step the default guides
+        if end in res.monitor:
+            entry["g_o_end"] = res.monitor[end]["G_o_rel"]
+        entry["unet_evals"] = res.unet_evals.get("edit", {})
+        if self.cfg.cycle:
+            m_edit = (res.edited_mask > 0.5).float()
+            if not bool(m_edit.any()):
+                raise HandlesError("cycle: the edited object mask is empty, the inverse edit has no object")
+            inv2 = self._invert(edited.clamp(0, 1), case.caption, res.edited_depth, m_edit)
+            back = self.pipe.edit(inv2, inverse, guidance=guidance, background_depth=clean_depth,
+                                  fov_deg=case.fov_deg, source_image=edited.clamp(0, 1))
+            cycled = back.edited
+        return edited, cycled
+
+    @staticmethod
+    def _score(work: _CaseWork, name: str, edited, cycled, entry: dict) -> None:
+        """Metrics of ``edited`` (and of the cycle, when there is one) into ``entry``; their PNGs saved."""
+        case, img_dir = work.case, work.img_dir
+        out_img = _to_uint8(edited)
+        entry.update(edit_metrics(out_img, case.gt, case.mask_gt, case.mask_src, work.examples))
+        _save_png(out_img, img_dir / f"{name}.png")
+        if cycled is not None:
+            cyc = _to_uint8(cycled)
+            entry["cycle_l1"] = cycle_l1(cyc, case.image)
+            entry["cycle_l1_obj"] = cycle_l1(cyc, case.image, case.mask_src)
+            _save_png(cyc, img_dir / f"{name}_cycle.png")
+        entry["lpips"] = None
 
 
 def reference_rows(case: Case) -> dict:
@@ -387,11 +437,42 @@ def reference_rows(case: Case) -> dict:
 # ---------------------------------------------------------------------- the whole run
 def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=print) -> dict:
     """Run (or resume) a benchmark into ``out``; returns the results dict also saved as JSON."""
-    from tqdm import tqdm
-
-    from diffusion_handles.bench.report import aggregate, format_table, write_report
+    from diffusion_handles.bench.report import format_table, write_report
 
     out = Path(out)
+    methods = _check_run(cfg, out, log)
+    if cfg.encode_refine_steps is None:  # what the model will do, recorded so a resume cannot mix two
+        from diffusion_handles.diffusion.backbone import model_settings
+
+        cfg = dataclasses.replace(cfg, encode_refine_steps=model_settings(cfg.model).get("encode_refine_steps", 0))
+    if not cfg.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg, out)
+    if not cfg.report_only:
+        write_json(out / "settings.json", cfg.to_dict())
+    lpips = lpips_status()
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    t_start = time.perf_counter()
+    records, skipped = _run_scenes(cfg, out, methods, progress)
+    if cfg.report_only and not records:
+        raise HandlesError(f"--report-only: {str(out)!r} holds no edits of these scenes (--seed {cfg.seed}, "
+                           f"--scenes {cfg.scenes}); nothing written")
+    results = _results(cfg, methods, records, skipped, lpips, time.perf_counter() - t_start)
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    log(format_table(results))
+    n_common = sum(1 for r in records if all(m.name in r.get("methods", {}) for m in methods) and not r.get("error"))
+    if 0 < n_common < sum(1 for r in records if not r.get("error")):
+        log(f"\nOn the {n_common} edits that every method has run:")
+        log(format_table(results, key="aggregate_common"))
+    return results
+
+
+def _check_run(cfg: BenchConfig, out: Path, log) -> list[Method]:
+    """Refuse settings that cannot run (one line naming the flag); returns the methods."""
     if cfg.scenes < 1:
         raise HandlesError(f"--scenes: expected >= 1, got {cfg.scenes}")
     if cfg.steps < 1:
@@ -408,151 +489,172 @@ def run_benchmark(cfg: BenchConfig, out: str | Path, progress: bool = True, log=
     if cfg.report_only and not (out / "edits").is_dir():
         raise HandlesError(f"--report-only: expected a bench folder with edits/ to aggregate, got {str(out)!r} "
                            f"({'no edits/ in it' if out.is_dir() else 'no such folder'}); nothing written")
-    if cfg.encode_refine_steps is None:  # what the model will do, recorded so a resume cannot mix two
-        from diffusion_handles.diffusion.backbone import model_settings
+    return methods
 
-        cfg = dataclasses.replace(cfg, encode_refine_steps=model_settings(cfg.model).get("encode_refine_steps", 0))
-    if not cfg.report_only:
-        out.mkdir(parents=True, exist_ok=True)
+
+def _check_settings(cfg: BenchConfig, out: Path) -> None:
+    """Refuse to resume into ``out`` when its ``settings.json`` is corrupt or holds other settings."""
     settings = out / "settings.json"
-    if settings.exists():
-        try:
-            prev = json.loads(settings.read_text())
-            if not isinstance(prev, dict):
-                raise ValueError(f"expected a JSON object, got {type(prev).__name__}")
-        except (OSError, ValueError) as e:
-            raise HandlesError(f"--out: {settings} is corrupt ({first_line(e)}); "
-                               "delete it to resume with these settings, or use a new folder") from None
-        keys = ("model", "size", "steps", "inversion", "null_inner_steps", "null_lr", "encode_refine_steps", "cycle",
-                "spp", "max_holes", "depth")
-        default = BenchConfig().to_dict()  # a key older runs did not save has its default value,
-        default["encode_refine_steps"] = 0  # except the refinement: runs from before it had none
-        diff = [k for k in keys if prev.get(k, default[k]) != cfg.to_dict().get(k)]
-        if diff:
-            raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
-    if not cfg.report_only:
-        _write_json(settings, cfg.to_dict())
-    ok_lpips, lpips_why = lpips_status()
-    if cfg.threads:
-        import torch
+    if not settings.exists():
+        return
+    try:
+        prev = json.loads(settings.read_text())
+        if not isinstance(prev, dict):
+            raise ValueError(f"expected a JSON object, got {type(prev).__name__}")
+    except (OSError, ValueError) as e:
+        raise HandlesError(f"--out: {settings} is corrupt ({first_line(e)}); "
+                           "delete it to resume with these settings, or use a new folder") from None
+    keys = ("model", "size", "steps", "inversion", "null_inner_steps", "null_lr", "encode_refine_steps", "cycle",
+            "spp", "max_holes", "depth")
+    default = BenchConfig().to_dict()  # a key older runs did not save has its default value,
+    default["encode_refine_steps"] = 0  # except the refinement: runs from before it had none
+    diff = [k for k in keys if prev.get(k, default[k]) != cfg.to_dict().get(k)]
+    if diff:
+        raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
 
-        torch.set_num_threads(int(cfg.threads))
-    # Scenes are drawn from the seed sequence until ``scenes`` of them have an acceptable edit;
-    # seeds without one are skipped (recorded, not counted). A shard takes every k-th seed.
+
+def _run_scenes(cfg: BenchConfig, out: Path, methods: list[Method], progress: bool) -> tuple[list[dict], list[dict]]:
+    """``(records, skipped)``: this shard's scenes, each resumed, run, or (report only) read.
+
+    Scenes are drawn from the seed sequence until ``scenes`` of them have an acceptable edit;
+    seeds without one are skipped (recorded, not counted). A shard takes every k-th seed.
+    """
+    from tqdm import tqdm
+
+    i_shard, k_shard = cfg.shard
     candidates = bench_seeds(cfg.scenes * 4, cfg.seed)[i_shard::k_shard]
     target = -(-cfg.scenes // k_shard) if k_shard > 1 else cfg.scenes
     runner = CaseRunner(cfg)
-    t_start = time.perf_counter()
     records, skipped = [], []
     bar = tqdm(total=target, desc="bench", unit="edit", disable=not progress)
     for seed in candidates:
         if len(records) >= target:
             break
-        cid = f"s{seed}"
-        bar.set_postfix_str(cid)
-        rec_path = out / "edits" / f"{cid}.json"
-        rec, corrupt = _read_record(rec_path, cid)
-        if corrupt:
-            if cfg.report_only:
-                raise HandlesError(f"--report-only: {rec_path} is corrupt ({corrupt}); rerun without --report-only "
-                                   "to recompute that edit; nothing written")
-            print(f"handles bench: note: {rec_path} is corrupt ({corrupt}); recomputing that edit", file=sys.stderr)
-        if rec is not None and rec.get("skipped"):
+        bar.set_postfix_str(f"s{seed}")
+        outcome = _run_scene(cfg, out, seed, methods, runner, bar)
+        if outcome is None:
+            continue
+        kind, rec = outcome
+        if kind == "skipped":
             skipped.append(rec)
-            continue
-        done = rec["methods"] if rec else {}
-        todo = [m for m in methods if m.name not in done]
-        if cfg.report_only:
-            if rec is not None:
-                records.append(rec)
-                bar.update(1)
-            continue
-        if rec is not None and not todo:
+        else:
             records.append(rec)
             bar.update(1)
-            continue
-        case_dir = out / "cases" / cid
-        try:
-            case = None
-            if (case_dir / "case.json").exists():
-                try:
-                    case = Case.load(case_dir)
-                except Exception as e:  # a damaged case folder is rendered again
-                    print(f"handles bench: note: {case_dir} is corrupt ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); rendering it again",
-                          file=sys.stderr)
-            if case is None:
-                case = make_case(seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
-                case.save(case_dir)
-        except NoEditFound as e:
-            rec = {"case_id": cid, "seed": seed, "error": str(e), "skipped": True, "methods": {}}
-            _write_json(rec_path, rec)
-            skipped.append(rec)
-            continue
-        except Exception as e:
-            rec = {"case_id": cid, "seed": seed, "error": f"{type(e).__name__}: {e}", "methods": {}}
-            _write_json(rec_path, rec)
-            records.append(rec)
-            bar.update(1)
-            continue
-        img_dir = out / "images" / cid
-        for name, arr in (("input", case.image), ("gt", case.gt), ("clean", case.clean)):
-            if not (img_dir / f"{name}.png").exists():
-                _save_png(arr, img_dir / f"{name}.png")
-        if not (img_dir / "preview.png").exists():
-            try:
-                image, depth, mask = _tensors(case.image, case.depth, case.mask_src)
-                prev_img = warp_only(image, depth, mask, case.edit, _tensors(case.image, case.clean_depth, case.mask_src)[1],
-                                     case.fov_deg)[1]
-                _save_png(_to_uint8(prev_img), img_dir / "preview.png")
-            except Exception:
-                pass
-        rec = {
-            "case_id": cid, "seed": seed, "kind": case.kind, "edit": case.edit.to_dict(),
-            "object_index": case.object_index, "caption": case.caption, "stats": case.stats, "error": None,
-            "references": reference_rows(case), "methods": dict(done),
-        }
-
-        def save(name: str, entry: dict, rec=rec, rec_path=rec_path, cid=cid) -> None:
-            rec["methods"][name] = entry
-            _write_json(rec_path, rec)
-            bar.set_postfix_str(f"{cid} {name}")
-
-        runner.run(case, todo, done, img_dir, on_method=save)
-        _write_json(rec_path, rec)
-        records.append(rec)
-        bar.update(1)
     bar.close()
-    if cfg.report_only and not records:
-        raise HandlesError(f"--report-only: {str(out)!r} holds no edits of these scenes (--seed {cfg.seed}, "
-                           f"--scenes {cfg.scenes}); nothing written")
-    wall = time.perf_counter() - t_start
-    results = {
+    return records, skipped
+
+
+def _run_scene(cfg: BenchConfig, out: Path, seed: int, methods: list[Method], runner: CaseRunner,
+               bar) -> tuple[str, dict] | None:
+    """One scene: ``("skipped", record)`` (no acceptable edit), ``("edit", record)``, or None (a
+    report-only run and no record). Its record is written after each method."""
+    cid = f"s{seed}"
+    rec_path = out / "edits" / f"{cid}.json"
+    rec = _resumed_record(cfg, rec_path, cid)
+    if rec is not None and rec.get("skipped"):
+        return "skipped", rec
+    done = rec["methods"] if rec else {}
+    todo = [m for m in methods if m.name not in done]
+    if cfg.report_only:
+        return None if rec is None else ("edit", rec)
+    if rec is not None and not todo:
+        return "edit", rec
+    try:
+        case = _load_or_make_case(cfg, out / "cases" / cid, seed)
+    except NoEditFound as e:
+        rec = {"case_id": cid, "seed": seed, "error": str(e), "skipped": True, "methods": {}}
+        write_json(rec_path, rec)
+        return "skipped", rec
+    except Exception as e:
+        rec = {"case_id": cid, "seed": seed, "error": f"{type(e).__name__}: {e}", "methods": {}}
+        write_json(rec_path, rec)
+        return "edit", rec
+    img_dir = out / "images" / cid
+    _save_case_images(case, img_dir)
+    rec = {
+        "case_id": cid, "seed": seed, "kind": case.kind, "edit": case.edit.to_dict(),
+        "object_index": case.object_index, "caption": case.caption, "stats": case.stats, "error": None,
+        "references": reference_rows(case), "methods": dict(done),
+    }
+
+    def save(name: str, entry: dict) -> None:
+        rec["methods"][name] = entry
+        write_json(rec_path, rec)
+        bar.set_postfix_str(f"{cid} {name}")
+
+    runner.run(case, todo, done, img_dir, on_method=save)
+    write_json(rec_path, rec)
+    return "edit", rec
+
+
+def _resumed_record(cfg: BenchConfig, rec_path: Path, cid: str) -> dict | None:
+    """The edit's record from an earlier run, or None; a corrupt one is recomputed (with a note),
+    or refused in a report-only run."""
+    rec, corrupt = _read_record(rec_path, cid)
+    if corrupt:
+        if cfg.report_only:
+            raise HandlesError(f"--report-only: {rec_path} is corrupt ({corrupt}); rerun without --report-only "
+                               "to recompute that edit; nothing written")
+        print(f"handles bench: note: {rec_path} is corrupt ({corrupt}); recomputing that edit", file=sys.stderr)
+    return rec
+
+
+def _load_or_make_case(cfg: BenchConfig, case_dir: Path, seed: int) -> Case:
+    """The case saved in ``case_dir``, or (none there, or a damaged one) the case rendered afresh and saved."""
+    case = None
+    if (case_dir / "case.json").exists():
+        try:
+            case = Case.load(case_dir)
+        except Exception as e:  # a damaged case folder is rendered again
+            print(f"handles bench: note: {case_dir} is corrupt ({type(e).__name__}: "
+                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); rendering it again",
+                  file=sys.stderr)
+    if case is None:
+        case = make_case(seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
+        case.save(case_dir)
+    return case
+
+
+def _save_case_images(case: Case, img_dir: Path) -> None:
+    """The input, ground truth, clean plate and 3D preview PNGs of ``case`` (those not there yet)."""
+    for name, arr in (("input", case.image), ("gt", case.gt), ("clean", case.clean)):
+        if not (img_dir / f"{name}.png").exists():
+            _save_png(arr, img_dir / f"{name}.png")
+    if not (img_dir / "preview.png").exists():
+        try:
+            image, depth, mask = _tensors(case.image, case.depth, case.mask_src)
+            prev_img = warp_only(image, depth, mask, case.edit, _tensors(case.image, case.clean_depth, case.mask_src)[1],
+                                 case.fov_deg)[1]
+            _save_png(_to_uint8(prev_img), img_dir / "preview.png")
+        except Exception:
+            pass
+
+
+def _results(cfg: BenchConfig, methods: list[Method], records: list[dict], skipped: list[dict],
+             lpips: tuple[bool, str | None], wall: float) -> dict:
+    """The ``results.json`` of a run: settings, per-edit records and their aggregates."""
+    from diffusion_handles.bench.report import aggregate
+
+    ok_lpips, lpips_why = lpips
+    names = [m.name for m in methods]
+    return {
         "version": RESULTS_VERSION,
         "settings": cfg.to_dict(),
         "lpips": {"available": ok_lpips, "note": lpips_why},
         "wall_time_s_this_invocation": wall,
         "methods": {m.name: {"kind": m.kind, "group": m.group, "description": m.description} for m in methods},
-        "aggregate": aggregate(records, [m.name for m in methods]),
+        "aggregate": aggregate(records, names),
         # the edits on which every requested method has a result (ok or failed): a like-for-like
         # comparison when a run was stopped before the slower methods covered every edit
         "aggregate_common": aggregate(
-            [r for r in records if all(m.name in r.get("methods", {}) for m in methods)], [m.name for m in methods]),
+            [r for r in records if all(m.name in r.get("methods", {}) for m in methods)], names),
         "aggregate_by_kind": {
-            kind: aggregate([r for r in records if r.get("kind") == kind], [m.name for m in methods])
+            kind: aggregate([r for r in records if r.get("kind") == kind], names)
             for kind in sorted({r["kind"] for r in records if r.get("kind")})
         },
         "skipped_seeds": [{"seed": r["seed"], "reason": r["error"]} for r in skipped],
         "edits": records,
     }
-    _write_json(out / "results.json", results)
-    write_report(results, out)
-    log(format_table(results))
-    n_common = sum(1 for r in records if all(m.name in r.get("methods", {}) for m in methods) and not r.get("error"))
-    if 0 < n_common < sum(1 for r in records if not r.get("error")):
-        log(f"\nOn the {n_common} edits that every method has run:")
-        log(format_table(results, key="aggregate_common"))
-    return results
 
 
 __all__ = ["BenchConfig", "CaseRunner", "run_benchmark", "is_bench_folder", "warp_only", "reference_rows", "iou", "segment_object"]

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from diffusion_handles.cli.common import SEED_MAX, add_out_args
-from diffusion_handles.cli.edit import add_edit_input_args
+from diffusion_handles.cli.edit_modes import EditEntry
+from diffusion_handles.cli.inputs import ModeInputs, add_edit_input_args
+
+if TYPE_CHECKING:
+    from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
 
 DEFAULT_FRAMES = 12
 DEFAULT_FPS = 8.0
@@ -82,41 +89,40 @@ def _read_keyframes(path: str) -> object:
         raise HandlesError(f"--keyframes: expected a JSON list of transforms, got unreadable JSON ({e})") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-    import time
+@dataclass
+class _Request:
+    """What the flags ask for, validated before any work."""
 
-    import numpy as np
-    import torch
-    from PIL import Image
+    mode: str  # "object", "camera" or "multi" (--edits)
+    entries: list[EditEntry] | None  # --edits
+    edits: list  # per frame: one HandleEdit, or with --edits one per object
+    n_frames: int
+    fps: float
+    fov: float
+    inversion: InversionConfig
+    guidance: GuidanceConfig
+    seed: int
 
-    from diffusion_handles.animation import (
-        MAX_FRAMES,
-        display_frames,
-        interpolate_keyframes,
-        keyframes_from_json,
-        run_frames,
-        write_gif,
-        write_mp4,
-    )
-    from diffusion_handles.cli.common import (
-        check_device,
-        check_out,
-        fov_from_args,
-        parse_seed,
-        silence_progress_bars,
-    )
-    from diffusion_handles.cli.edit import SMALL_UNET_PARAMS, load_edit_inputs
+
+def _frame_edits(args: argparse.Namespace, mode: str, n_frames: int) -> tuple[list[EditEntry] | None, list]:
+    """``(entries of --edits or None, the edit of every frame)``, interpolated between the keyframes."""
+    from diffusion_handles.animation import interpolate_keyframes, keyframes_from_json
+    from diffusion_handles.cli.edit_modes import parse_edits_file
+
+    if mode != "multi":
+        return None, interpolate_keyframes(keyframes_from_json(_read_keyframes(args.keyframes)), n_frames)
+    entries = parse_edits_file(args.edits, keyframes=True)
+    tracks = [interpolate_keyframes(e.keyframes, n_frames) for e in entries]
+    return entries, [[t[i] for t in tracks] for i in range(n_frames)]  # per frame, one edit per object
+
+
+def _request_from_args(args: argparse.Namespace) -> _Request:
+    from diffusion_handles.animation import MAX_FRAMES
+    from diffusion_handles.cli.common import check_device, fov_from_args, parse_seed
+    from diffusion_handles.cli.edit_modes import check_mode_args
     from diffusion_handles.diffusion.config import preset
     from diffusion_handles.errors import HandlesError
-    from diffusion_handles.io import save_image
-    from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.pipeline import DiffusionHandles
-    from diffusion_handles.viz import side_by_side
 
-    t_start = time.perf_counter()
-    check_out(args)
     n_frames = int(_number(args.frames, "--frames", 2, MAX_FRAMES, integer=True))
     fps = _number(args.fps, "--fps", 0.5, 60)
     fov = fov_from_args(args)
@@ -125,49 +131,39 @@ def run(args: argparse.Namespace) -> int:
     seed = parse_seed(args.seed)
     if not args.prompt.strip():
         raise HandlesError("--prompt: expected a text describing the image, got an empty string")
-    from diffusion_handles.cli.edit_modes import check_mode_args, parse_edits_file
-
     if (args.keyframes is None) == (args.edits is None):
         raise HandlesError("--keyframes: expected either --keyframes (one object or the camera) or --edits (several "
                            f"objects), got {'both' if args.keyframes else 'neither'}")
     mode = check_mode_args(args)  # "object", "camera" or "multi" (--edits)
-    entries, object_masks = None, None
-    if mode == "multi":
-        entries = parse_edits_file(args.edits, keyframes=True)
-        tracks = [interpolate_keyframes(e.keyframes, n_frames) for e in entries]
-        edits = [[t[i] for t in tracks] for i in range(n_frames)]  # per frame, one edit per object
-    else:
-        edits = interpolate_keyframes(keyframes_from_json(_read_keyframes(args.keyframes)), n_frames)
+    entries, edits = _frame_edits(args, mode, n_frames)
     check_device(args.device)
-    if args.quiet:
-        silence_progress_bars()
-    if mode == "camera":
-        from diffusion_handles.cli.edit_modes import load_camera_inputs
+    return _Request(mode, entries, edits, n_frames, fps, fov, inversion, guidance, seed)
 
-        image, depth, mask, _ = load_camera_inputs(args)
-        background = None
-    elif mode == "multi":
-        from diffusion_handles.cli.edit_modes import load_multi_inputs
 
-        image, depth, object_masks, mask, background, _ = load_multi_inputs(args, entries, "animate")
-    else:
-        image, depth, mask, background, prepared = load_edit_inputs(args, "animate")
+def _invert(dh, args: argparse.Namespace, req: _Request, inputs: ModeInputs):
+    image, depth, mask = inputs.image, inputs.depth, inputs.mask
+    inversion, guidance, seed = req.inversion, req.guidance, req.seed
+    return dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed)
 
-    dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    if sum(p.numel() for p in dh.backbone.unet.parameters()) < SMALL_UNET_PARAMS:
-        torch.set_num_threads(1)  # small models: one thread is fastest (see handles edit)
-    t_load = time.perf_counter() - t_start
-    t0 = time.perf_counter()
-    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
-                    cache_dir=args.cache, progress=not args.quiet)
-    t_invert = time.perf_counter() - t0
 
+def _animate(dh, inv, args: argparse.Namespace, req: _Request, inputs: ModeInputs) -> tuple[list, list[dict]]:
+    """One guided edit per frame from the one inversion: ``(frames (H, W, 3) uint8, per-frame records)``."""
+    import sys
+
+    import numpy as np
+
+    from diffusion_handles.animation import run_frames
+    from diffusion_handles.pipeline import edit_target
+
+    image, background, object_masks = inputs.image, inputs.background, inputs.object_masks
+    guidance, fov, mode = req.guidance, req.fov, req.mode
     records: list[dict] = []
+    dh.set_progress_bar_config(disable=True)  # one line per frame instead (report)
 
     def frame(i: int, e) -> np.ndarray:
         t = time.perf_counter()
-        out = dh.edit(inv, e, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
-                      camera=args.camera, object_masks=object_masks, progress=False)
+        target = edit_target(e, camera=args.camera, object_masks=object_masks)
+        out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image)
         done = {"edits": [x.to_dict() for x in e]} if mode == "multi" else {"edit": e.to_dict()}
         records.append({"frame": i, **done, "seconds": time.perf_counter() - t})
         return (out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
@@ -176,28 +172,75 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"handles animate: frame {ev['step']} of {ev['total']}", file=sys.stderr, flush=True)
 
+    return run_frames(frame, req.edits, report), records
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffusion_handles.cli.common import check_out, set_threads, silence_progress_bars
+    from diffusion_handles.cli.inputs import load_mode_inputs
+    from diffusion_handles.pipeline import DiffusionHandles
+
+    t_start = time.perf_counter()
+    check_out(args)
+    req = _request_from_args(args)
+    if args.quiet:
+        silence_progress_bars()
+    inputs = load_mode_inputs(args, req.mode, req.entries, "animate")
+    dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
+    dh.set_progress_bar_config(disable=args.quiet)
+    set_threads(dh, None)  # small models: one thread is fastest (see handles edit)
+    t_load = time.perf_counter() - t_start
     t0 = time.perf_counter()
-    frames = run_frames(frame, edits, report)
+    inv = _invert(dh, args, req, inputs)
+    t_invert = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frames, records = _animate(dh, inv, args, req, inputs)
     t_frames = time.perf_counter() - t0
-    shown = display_frames(frames)
-    picks = sorted({round(i * (n_frames - 1) / 4) for i in range(5)})
-    summary = {
+    timings = {"load": t_load, "inversion": t_invert, "frames": t_frames, "per_frame": t_frames / req.n_frames}
+    _write(args.out, inputs.image, frames, req.fps, _summary(args, req, dh, inv, records, timings))
+    print(f"animation written to {args.out}: {req.n_frames} frames in {t_frames:.1f} s "
+          f"({t_frames / req.n_frames:.2f} s per frame, inversion {t_invert:.1f} s): frames/, animation.mp4, "
+          "animation.gif, comparison.png, summary.json")
+    return 0
+
+
+def _summary(args: argparse.Namespace, req: _Request, dh, inv, records: list[dict], timings: dict) -> dict:
+    """``summary.json``: inputs, model, settings, per-frame edits and timings."""
+    mode = req.mode
+    return {
         "command": "animate",
         "inputs": {"image": str(args.image), "depth": str(args.depth), "mask": str(args.mask),
                    "keyframes": str(args.keyframes), "edits": str(args.edits), "prompt": args.prompt,
                    "size_hw": list(inv.input_hw)},
         "model": {"id": dh.backbone.model_id, "device": str(dh.backbone.device)},
         "moves": {"camera": "camera", "multi": "objects", "object": "object"}[mode],
-        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": guidance.to_dict(),
-                   "seed": seed, "fov_deg": fov, "frames": n_frames, "fps": fps},
+        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": req.guidance.to_dict(),
+                   "seed": req.seed, "fov_deg": req.fov, "frames": req.n_frames, "fps": req.fps},
         "interpolation": "translation linear, rotation slerp (angle interpolated about a shared axis), scale geometric",
-        **({"objects": [e.to_json() for e in entries]} if mode == "multi" else {}),
+        **({"objects": [e.to_json() for e in req.entries]} if mode == "multi" else {}),
         "frames": records,
         "inversion": {"cache_hit": inv.cache_hit, "key": inv.key},
-        "timings_s": {"load": t_load, "inversion": t_invert, "frames": t_frames,
-                      "per_frame": t_frames / n_frames},
+        "timings_s": timings,
     }
-    with atomic_output_dir(args.out) as tmp:
+
+
+def _write(out_dir: str, image: Any, frames: list, fps: float, summary: dict) -> None:
+    """frames/NNNN.png, animation.mp4, animation.gif, comparison.png (input and five frames) and
+    summary.json, written into ``out_dir`` whole or not at all."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from diffusion_handles.animation import display_frames, write_gif, write_mp4
+    from diffusion_handles.io import save_image
+    from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.viz import side_by_side
+
+    n_frames = len(frames)
+    shown = display_frames(frames)
+    picks = sorted({round(i * (n_frames - 1) / 4) for i in range(5)})
+    with atomic_output_dir(out_dir) as tmp:
         (tmp / "frames").mkdir()
         for i, f in enumerate(frames):
             Image.fromarray(f).save(tmp / "frames" / f"{i:04d}.png")
@@ -207,7 +250,3 @@ def run(args: argparse.Namespace) -> int:
             [("input", image)] + [(f"frame {i}", torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float() / 255)
                                   for i in picks]))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"animation written to {args.out}: {n_frames} frames in {t_frames:.1f} s "
-          f"({t_frames / n_frames:.2f} s per frame, inversion {t_invert:.1f} s): frames/, animation.mp4, "
-          "animation.gif, comparison.png, summary.json")
-    return 0

@@ -42,6 +42,17 @@ def _float(value: str, arg: str, minimum: float, strict: bool) -> float:
     return v
 
 
+def run_edit(argv: list[str]) -> int:
+    """One batch job: ``handles edit`` with ``argv`` (``["edit", IMAGE, ...]``) through the same
+    parser and code path, in this process; returns the exit code. The parser's ``SystemExit`` on a
+    bad option and the edit's errors propagate (:func:`~diffusion_handles.batch.execute.run_job`
+    records them). Module-level, so that Ray pickles it by reference."""
+    from diffusion_handles.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
 def run(args: argparse.Namespace) -> int:
     from diffusion_handles.batch.execute import run_batch
     from diffusion_handles.batch.report import format_table
@@ -54,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         num_cpus = int(_float(args.num_cpus, "--num-cpus", 0.0, strict=True))
         if num_cpus != float(args.num_cpus):
             raise HandlesError(f"--num-cpus: expected a positive integer, got {args.num_cpus!r}")
-    state = run_batch(args.jobs, args.out, ray_address=args.ray, gpus_per_job=gpus, cpus_per_job=cpus,
-                      num_cpus=num_cpus)
+    state = run_batch(args.jobs, args.out, run_edit=run_edit, ray_address=args.ray, gpus_per_job=gpus,
+                      cpus_per_job=cpus, num_cpus=num_cpus)
     print(format_table(state))
     print(f"batch written to {args.out}: batch.json, report.html, <id>/ per job")
     return 1 if any(r["status"] == "failed" for r in state["jobs"]) else 0

@@ -111,30 +111,47 @@ def run(args: argparse.Namespace) -> int:
         restore_progress_bars()  # --quiet lasts for this command only (main() may run in-process)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import sys
-    from pathlib import Path
-
-    from diffusion_handles.bench.methods import resolve_methods
-    from diffusion_handles.bench.report import failures
-    from diffusion_handles.bench.runner import BenchConfig, is_bench_folder, run_benchmark
+def _checked_out(args: argparse.Namespace):
+    """``--out`` (with ``--report-only``: an existing bench folder to aggregate), checked first:
+    nothing is computed (or loaded) for a folder that cannot be used."""
+    from diffusion_handles.bench.runner import is_bench_folder
     from diffusion_handles.errors import HandlesError
-    from diffusion_handles.outputs import atomic_output_dir
 
-    if args.suite == "3deditbench":
-        from diffusion_handles.bench.editbench3d import run_cli
+    if not args.report_only:
+        return check_out(args, reusable=is_bench_folder, reuse_what="a bench run to resume")
+    if args.overwrite:
+        raise HandlesError("--overwrite: expected without --report-only (it would discard the edits to report)")
+    out = check_out(args, reusable=lambda _: True)  # only the path: any existing folder is looked into
+    if not is_bench_folder(out) or not (out / "edits").is_dir():
+        raise HandlesError(f"--report-only: expected a bench folder with edits/ to aggregate, got {args.out!r} "
+                           f"({'no bench run in it' if out.is_dir() else 'no such folder'}); nothing written")
+    return out
 
-        return run_cli(args)
-    # --out first: nothing is computed (or loaded) for a folder that cannot be used
-    if args.report_only:
-        if args.overwrite:
-            raise HandlesError("--overwrite: expected without --report-only (it would discard the edits to report)")
-        out = check_out(args, reusable=lambda _: True)  # only the path: any existing folder is looked into
-        if not is_bench_folder(out) or not (out / "edits").is_dir():
-            raise HandlesError(f"--report-only: expected a bench folder with edits/ to aggregate, got {args.out!r} "
-                               f"({'no bench run in it' if out.is_dir() else 'no such folder'}); nothing written")
-    else:
-        out = check_out(args, reusable=is_bench_folder, reuse_what="a bench run to resume")
+
+def _shard(args: argparse.Namespace) -> tuple[int, int]:
+    """``--shard I/K``, checked against ``--overwrite``, ``--ray`` and ``--report-only``."""
+    from diffusion_handles.errors import HandlesError
+
+    try:
+        i_shard, k_shard = (int(v) for v in args.shard.split("/"))
+    except ValueError:
+        raise HandlesError(f"--shard: expected I/K (two integers), got {args.shard!r}") from None
+    if not (k_shard >= 1 and 0 <= i_shard < k_shard):
+        raise HandlesError(f"--shard: expected I/K with 0 <= I < K, got {args.shard}")
+    if args.overwrite and k_shard > 1:
+        raise HandlesError("--overwrite: expected without --shard I/K (parallel shards share one folder)")
+    if args.ray is not None and (k_shard > 1 or args.report_only):
+        raise HandlesError("--ray: expected without --shard I/K or --report-only (Ray does the sharding)")
+    return i_shard, k_shard
+
+
+def _config_from_args(args: argparse.Namespace):
+    """The :class:`~diffusion_handles.bench.runner.BenchConfig` of the flags, every bound checked
+    (method names included) before any work."""
+    from diffusion_handles.bench.methods import resolve_methods
+    from diffusion_handles.bench.runner import BenchConfig
+    from diffusion_handles.errors import HandlesError
+
     _bounded(args.scenes, "--scenes", 1, MAX_SCENES)
     seed = parse_seed(args.seed, maximum=MAX_SEED)
     _bounded(args.size, "--size", 16, MAX_SIZE)
@@ -146,63 +163,72 @@ def _run(args: argparse.Namespace) -> int:
         _bounded(args.encode_refine_steps, "--encode-refine-steps", 0, 1000)
     _bounded(args.spp, "--spp", 1, MAX_SPP)
     _bounded(args.threads, "--threads", 1, MAX_THREADS)
-    methods = resolve_methods(args.methods)  # validate names before any work
-    try:
-        i_shard, k_shard = (int(v) for v in args.shard.split("/"))
-    except ValueError:
-        raise HandlesError(f"--shard: expected I/K (two integers), got {args.shard!r}") from None
-    if not (k_shard >= 1 and 0 <= i_shard < k_shard):
-        raise HandlesError(f"--shard: expected I/K with 0 <= I < K, got {args.shard}")
-    if args.overwrite and k_shard > 1:
-        raise HandlesError("--overwrite: expected without --shard I/K (parallel shards share one folder)")
-    if args.ray is not None and (k_shard > 1 or args.report_only):
-        raise HandlesError("--ray: expected without --shard I/K or --report-only (Ray does the sharding)")
+    resolve_methods(args.methods)  # validate names before any work
+    shard = _shard(args)
     check_device(args.device)
-    if args.quiet and any(m.kind != "warp" for m in methods):  # warp-only runs load no weights
-        silence_progress_bars()
-    cfg = BenchConfig(model=args.model, scenes=args.scenes, seed=seed, methods=args.methods, size=args.size,
-                      steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps, null_lr=args.null_lr,
-                      encode_refine_steps=args.encode_refine_steps, cycle=not args.no_cycle, spp=args.spp, device=args.device,
-                      shard=(i_shard, k_shard), report_only=args.report_only,
-                      threads=args.threads, depth=args.depth)
+    return BenchConfig(model=args.model, scenes=args.scenes, seed=seed, methods=args.methods, size=args.size,
+                       steps=args.steps, inversion=args.inversion, null_inner_steps=args.null_inner_steps, null_lr=args.null_lr,
+                       encode_refine_steps=args.encode_refine_steps, cycle=not args.no_cycle, spp=args.spp, device=args.device,
+                       shard=shard, report_only=args.report_only,
+                       threads=args.threads, depth=args.depth)
+
+
+def _fresh_or_resumed(out, overwrite: bool, work):
+    """``work(folder)``: into ``out``, or with ``--overwrite`` of a non-empty ``out`` into a fresh
+    folder swapped in whole when it is done."""
+    from diffusion_handles.outputs import atomic_output_dir
+
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        with atomic_output_dir(out) as tmp:
+            return work(tmp)
+    return work(out)
+
+
+def _run_kinds(args: argparse.Namespace, cfg, out) -> int:
+    """``--kinds``: camera / remove / multi cases (bench.new_kinds), their own random streams."""
+    import sys
+    from pathlib import Path
+
+    from diffusion_handles.bench.new_kinds import NEW_KINDS, run_kinds_benchmark
+    from diffusion_handles.errors import HandlesError
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in NEW_KINDS]
+    if bad or not kinds:
+        raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(bad) or 'none'}")
+    if args.ray is not None or cfg.shard[1] > 1 or args.report_only:
+        raise HandlesError("--kinds: expected without --ray, --shard I/K or --report-only")
+    if args.methods and any(m not in ("ours", "warp_only") for m in args.methods):
+        raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {' '.join(args.methods)}")
+    kres = _fresh_or_resumed(out, args.overwrite, lambda target: run_kinds_benchmark(
+        cfg, kinds, target, preset_name=args.preset, progress=not args.quiet))
+    print(f"results written to {args.out}: kinds_results.json, kinds_edits/, kinds_images/, kinds/")
+    failed = sum(1 for r in kres["edits"] for m, e in r["methods"].items() if e.get("error"))
+    if failed:
+        first = next(e["error"] for r in kres["edits"] for e in r["methods"].values() if e.get("error"))
+        print(f"handles bench: error: {failed} method runs failed; first: {first[:200]}; every error is in "
+              f"{Path(args.out) / 'kinds_results.json'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_edits(args: argparse.Namespace, cfg, out) -> int:
+    """The object edits: every method on every scene, in this process or on Ray."""
+    import sys
+    from pathlib import Path
+
+    from diffusion_handles.bench.report import failures
+    from diffusion_handles.bench.runner import run_benchmark
 
     def execute(target):
         if args.ray is not None:  # the same path as `handles batch`: Ray schedules one task per scene
-            from diffusion_handles.batch.bench_ray import run_benchmark_on_ray
+            from diffusion_handles.bench.ray import run_benchmark_on_ray
 
             return run_benchmark_on_ray(cfg, target, ray_address=args.ray, gpus_per_job=args.gpus_per_job,
                                         progress=not args.quiet)
         return run_benchmark(cfg, target, progress=not args.quiet)
 
-    if args.kinds is not None:  # camera / remove / multi cases (bench.new_kinds), their own random streams
-        from diffusion_handles.bench.new_kinds import NEW_KINDS, run_kinds_benchmark
-
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-        bad = [k for k in kinds if k not in NEW_KINDS]
-        if bad or not kinds:
-            raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(bad) or 'none'}")
-        if args.ray is not None or k_shard > 1 or args.report_only:
-            raise HandlesError("--kinds: expected without --ray, --shard I/K or --report-only")
-        if args.methods and any(m not in ("ours", "warp_only") for m in args.methods):
-            raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {' '.join(args.methods)}")
-        if args.overwrite and out.is_dir() and any(out.iterdir()):
-            with atomic_output_dir(out) as tmp:
-                kres = run_kinds_benchmark(cfg, kinds, tmp, preset_name=args.preset, progress=not args.quiet)
-        else:
-            kres = run_kinds_benchmark(cfg, kinds, out, preset_name=args.preset, progress=not args.quiet)
-        print(f"results written to {args.out}: kinds_results.json, kinds_edits/, kinds_images/, kinds/")
-        failed = sum(1 for r in kres["edits"] for m, e in r["methods"].items() if e.get("error"))
-        if failed:
-            first = next(e["error"] for r in kres["edits"] for e in r["methods"].values() if e.get("error"))
-            print(f"handles bench: error: {failed} method runs failed; first: {first[:200]}; every error is in "
-                  f"{Path(args.out) / 'kinds_results.json'}", file=sys.stderr)
-            return 1
-        return 0
-    if args.overwrite and out.is_dir() and any(out.iterdir()):
-        with atomic_output_dir(out) as tmp:  # a fresh run, swapped in whole when it is done
-            results = execute(tmp)
-    else:
-        results = execute(out)
+    results = _fresh_or_resumed(out, args.overwrite, execute)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/, cases/")
     f = failures(results)
     if f["failed"]:
@@ -213,3 +239,19 @@ def _run(args: argparse.Namespace) -> int:
               f"first: {first}; every error is in {Path(args.out) / 'results.json'}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.suite == "3deditbench":
+        from diffusion_handles.bench.editbench3d import run_cli
+
+        return run_cli(args)
+    from diffusion_handles.bench.methods import resolve_methods
+
+    out = _checked_out(args)
+    cfg = _config_from_args(args)
+    if args.quiet and any(m.kind != "warp" for m in resolve_methods(args.methods)):  # warp-only runs load no weights
+        silence_progress_bars()
+    if args.kinds is not None:
+        return _run_kinds(args, cfg, out)
+    return _run_edits(args, cfg, out)

@@ -1,4 +1,5 @@
-"""Inputs of ``handles edit --camera`` and ``handles edit --edits FILE.json`` (not a sub-command).
+"""Flags of ``handles edit --camera`` and ``handles edit --edits FILE.json`` (not a sub-command);
+their inputs are loaded by :mod:`diffusion_handles.cli.inputs`.
 
 * ``--camera``: the transform flags move the camera; no object is selected, the whole image is
   the inversion's mask. The depth is given (``--depth``) or estimated.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,100 +172,3 @@ def check_mode_args(args: argparse.Namespace) -> str:
                 raise HandlesError(f"{flag}: expected no transform flag with --edits (each entry has its own), got {flag}")
         return "multi"
     return "object"
-
-
-def load_camera_inputs(args: argparse.Namespace) -> tuple:
-    """IMAGE and its depth (given or estimated) for ``--camera``; the mask is the whole image.
-
-    Returns ``(image (1,3,H,W), depth (1,1,H,W), mask (1,1,H,W) ones, info dict or None)``.
-    """
-    import torch
-
-    from diffusion_handles.cli.perception_args import perception_config_from_args
-    from diffusion_handles.io import check_same_size, load_depth, load_image
-
-    depth_scale = _depth_scale(args)
-    image = load_image(args.image, "IMAGE")
-    info = None
-    if args.depth is not None:
-        depth = load_depth(args.depth, "--depth", depth_scale)
-        check_same_size("IMAGE", image, "--depth", depth)
-    else:
-        from diffusion_handles.perception.depth import DepthEstimator
-
-        cfg = perception_config_from_args(args)
-        est = DepthEstimator.load(cfg.depth, bypass="give --depth FILE to skip depth estimation").estimate(image)
-        depth = est.depth.float()
-        info = {"depth": {"source": "estimated", "model": est.model, "kind": est.kind}, "notes": []}
-    return image, depth, torch.ones_like(depth), info
-
-
-def _depth_scale(args) -> float:
-    from diffusion_handles.cli.edit import depth_scale_from_args
-
-    return depth_scale_from_args(args)
-
-
-def load_multi_inputs(args: argparse.Namespace, entries: list[EditEntry], command: str = "edit") -> tuple:
-    """IMAGE, depth, one mask per entry, the background depth of the scene without *all* the
-    objects, and the perception info. Segmentation models load before any runs; the depth and
-    d'_b come from :func:`~diffusion_handles.perception.prepare_inputs` with the union mask.
-
-    Returns ``(image, depth, masks [(1,1,H,W)], union, background, prepared)``.
-    """
-    from diffusion_handles.cli.perception_args import perception_config_from_args
-    from diffusion_handles.geometry.multi import disjoint_masks
-    from diffusion_handles.io import (
-        check_mask_not_empty,
-        check_same_size,
-        load_depth,
-        load_image,
-        load_mask,
-    )
-    from diffusion_handles.perception import prepare_inputs
-
-    depth_scale = _depth_scale(args)
-    image = load_image(args.image, "IMAGE")
-    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
-    if depth is not None:
-        check_same_size("IMAGE", image, "--depth", depth)
-    background = None
-    if getattr(args, "background_depth", None) is not None:
-        background = load_depth(args.background_depth, "--background-depth", depth_scale)
-        check_same_size("IMAGE", image, "--background-depth", background)
-    masks: list = [None] * len(entries)
-    for e in entries:
-        if e.mask_path is not None:
-            arg = f"--edits [{e.index}].mask"
-            m = load_mask(e.mask_path, arg)
-            check_same_size("IMAGE", image, arg, m)
-            check_mask_not_empty(m, arg)
-            masks[e.index] = m
-    cfg = perception_config_from_args(args)
-    need_text = any(e.text is not None for e in entries)
-    need_sam = any(e.mask_path is None for e in entries)
-    notes: list[str] = []
-    selections: dict = {}
-    if need_sam:  # every segmentation model loads before any runs
-        from diffusion_handles.perception.segment import SamSegmenter, TextDetector, select_object
-
-        detector = TextDetector.load(cfg.segment) if need_text else None
-        sam = SamSegmenter.load(cfg.segment, bypass='give "mask" files in --edits instead of "object"/"click"')
-        for e in entries:
-            if e.mask_path is None:
-                sel = select_object(image, text=e.text, clicks=e.clicks, config=cfg.segment, detector=detector, sam=sam)
-                masks[e.index] = (sel.mask > 0.5).float()
-                selections[str(e.index)] = sel.summary()
-                notes += sel.notes
-    masks = disjoint_masks(masks)
-    import torch
-
-    union = torch.stack([m > 0.5 for m in masks]).any(0).float()
-    check_mask_not_empty(union, "--edits")
-    prepared = prepare_inputs(image, depth=depth, mask=union, models=cfg, need_background=background is None)
-    for note in notes + prepared.info["notes"]:
-        print(f"handles {command}: note: {note}", file=sys.stderr)
-    prepared.info["objects"] = selections
-    depth = prepared.depth
-    background = prepared.background_depth if background is None else background
-    return image, depth, masks, union, background, prepared

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffusion_handles.cli.common import SEED_MAX, add_out_args
-from diffusion_handles.cli.edit import add_edit_input_args
+from diffusion_handles.cli.inputs import add_edit_input_args
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
 
@@ -57,39 +57,42 @@ def run(args: argparse.Namespace) -> int:
         restore_progress_bars()
 
 
-def _run(args: argparse.Namespace) -> int:
+def _configs_from_args(args: argparse.Namespace) -> tuple:
+    """``(inversion, guidance, seed, margin)`` from ``--preset``, ``--steps``, ``--inversion``,
+    ``--seed`` and ``--margin``, validated."""
     import dataclasses
-    import json
-    import time
 
-    import numpy as np
-    import torch
-
-    from diffusion_handles.cli.common import (
-        check_device,
-        check_out,
-        parse_seed,
-        silence_progress_bars,
-    )
-    from diffusion_handles.cli.edit import SMALL_UNET_PARAMS, _int, load_edit_inputs
+    from diffusion_handles.cli.common import parse_int, parse_seed
     from diffusion_handles.diffusion.config import preset
-    from diffusion_handles.errors import HandlesError
-    from diffusion_handles.io import save_image
-    from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.pipeline import DiffusionHandles
-    from diffusion_handles.viz import colorize_depth, side_by_side
 
-    t_start = time.perf_counter()
-    check_out(args)  # before any work
-    if not args.prompt.strip():
-        raise HandlesError("--prompt: expected a text describing the scene without the object, got an empty string")
-    steps = None if args.steps is None else _int(args.steps, "--steps", 1)
+    steps = None if args.steps is None else parse_int(args.steps, "--steps", 1)
     inversion, guidance = preset(args.preset, steps)
     if args.inversion is not None:
         inversion = dataclasses.replace(inversion, method=args.inversion)
     guidance = dataclasses.replace(guidance, identity_transfer=None)  # nothing to transfer: the object is gone
     seed = parse_seed(args.seed)
-    margin = None if args.margin is None else _int(args.margin, "--margin", 1)
+    margin = None if args.margin is None else parse_int(args.margin, "--margin", 1)
+    return inversion, guidance, seed, margin
+
+
+def _run(args: argparse.Namespace) -> int:
+    import time
+
+    from diffusion_handles.cli.common import (
+        check_device,
+        check_out,
+        set_threads,
+        silence_progress_bars,
+    )
+    from diffusion_handles.cli.inputs import load_edit_inputs
+    from diffusion_handles.errors import HandlesError
+    from diffusion_handles.pipeline import DiffusionHandles
+
+    t_start = time.perf_counter()
+    check_out(args)  # before any work
+    if not args.prompt.strip():
+        raise HandlesError("--prompt: expected a text describing the scene without the object, got an empty string")
+    inversion, guidance, seed, margin = _configs_from_args(args)
     check_device(args.device)
     if args.quiet:
         silence_progress_bars()
@@ -97,18 +100,27 @@ def _run(args: argparse.Namespace) -> int:
     t_load = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
+    dh.set_progress_bar_config(disable=args.quiet)
     t_model = time.perf_counter() - t0
-    if sum(p.numel() for p in dh.backbone.unet.parameters()) < SMALL_UNET_PARAMS:
-        torch.set_num_threads(1)
+    set_threads(dh, None)
     t0 = time.perf_counter()
-    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
-                    cache_dir=args.cache, progress=not args.quiet)
+    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed)
     t_invert = time.perf_counter() - t0
     out = dh.remove(inv, guidance=guidance, background_depth=background, region_margin=margin,
-                    fresh_noise=not args.keep_noise, seed=seed, source_image=image, progress=not args.quiet)
+                    noise_seed=None if args.keep_noise else seed, source_image=image)
 
-    bb = dh.backbone
+    timings = {"load_inputs": t_load, "load_model": t_model, "inversion": 0.0 if inv.cache_hit else t_invert}
+    settings = {"seed": seed, "margin_px": margin, "fresh_noise": not args.keep_noise}
+    summary = _summary(args, dh.backbone, inv, out, mask, prepared, settings, timings)
+    _write(args.out, image, mask, out, prepared, summary)
+    print(f"removal written to {args.out} ({sum(out.timings.values()):.1f} s): removed.png, region.png, "
+          "comparison.png, background_depth.npy/.png, summary.json")
+    return 0
+
+
+def _summary(args: argparse.Namespace, bb, inv, out, mask, prepared, settings: dict, timings: dict) -> dict:
+    """``summary.json``: inputs, model, settings, region sizes, timings and UNet evaluations."""
     region = out.region
     summary = {
         "command": "remove",
@@ -116,22 +128,32 @@ def _run(args: argparse.Namespace) -> int:
                    "background_depth": args.background_depth, "prompt": args.prompt,
                    "size_hw": list(inv.input_hw), "work_size_hw": list(inv.image.shape[-2:])},
         "model": {"id": bb.model_id, "device": str(bb.device), "dtype": str(bb.dtype).replace("torch.", "")},
-        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": out.config, "seed": seed,
-                   "margin_px": margin, "fresh_noise": not args.keep_noise},
+        "config": {"preset": args.preset, "inversion": inv.config.to_dict(), "guidance": out.config, **settings},
         "results": {"object_pixels": int((mask > 0.5).sum()), "region_pixels": int((region > 0.99).sum()),
                     "feathered_pixels": int(((region > 0) & (region <= 0.99)).sum())},
         "inversion": {"cache_hit": inv.cache_hit, "key": inv.key, "cache_dir": args.cache},
-        "timings_s": {"load_inputs": t_load, "load_model": t_model,
-                      "inversion": 0.0 if inv.cache_hit else t_invert,
-                      **{f"remove_{k}": v for k, v in out.timings.items()}},
+        "timings_s": {**timings, **{f"remove_{k}": v for k, v in out.timings.items()}},
         "unet_evals": {"inversion": {} if inv.cache_hit else inv.unet_evals, "remove": out.unet_evals},
     }
     if prepared is not None:
         summary["perception"] = {**prepared.info, "depth_kind": prepared.depth_kind, "candidates": prepared.candidates}
-    with atomic_output_dir(args.out) as tmp:
+    return summary
+
+
+def _write(out_dir: str, image, mask, out, prepared, summary: dict) -> None:
+    """The removal's images, background depth and ``summary.json``, into ``out_dir`` whole or not at all."""
+    import json
+
+    import numpy as np
+
+    from diffusion_handles.io import save_image
+    from diffusion_handles.outputs import atomic_output_dir
+    from diffusion_handles.viz import colorize_depth, side_by_side
+
+    with atomic_output_dir(out_dir) as tmp:
         save_image(tmp / "removed.png", out.edited)
         save_image(tmp / "reconstruction.png", out.reconstruction)
-        save_image(tmp / "region.png", region)
+        save_image(tmp / "region.png", out.region)
         save_image(tmp / "mask.png", mask)
         depth_rgb = colorize_depth(out.edited_depth)
         save_image(tmp / "background_depth.png", depth_rgb)
@@ -143,6 +165,3 @@ def _run(args: argparse.Namespace) -> int:
         if prepared is not None:
             np.save(tmp / "depth.npy", prepared.depth[0, 0].numpy().astype(np.float32))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"removal written to {args.out} ({sum(out.timings.values()):.1f} s): removed.png, region.png, "
-          "comparison.png, background_depth.npy/.png, summary.json")
-    return 0

@@ -28,7 +28,21 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("world", help="the offline miniature world: render scenes, train and evaluate the model",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="world_command", required=True, parser_class=type(p))
+    _register_render(sub)
+    _register_dataset(sub)
+    _register_pack(sub)
+    _register_train(sub)
+    _register_export(sub)
+    _register_eval(sub)
+    _register_leak_prior(sub)
+    _register_extend_vocab(sub)
+    _register_compare(sub)
+    _register_join(sub)
+    _register_bundle_renderer(sub)
+    _register_export_3deditbench(sub)
 
+
+def _register_render(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("render", help="render one scene (optionally with an object or the camera moved)")
     r.add_argument("--seed", type=int, default=None, help="scene seed (default 0 unless --scene is given)")
     r.add_argument("--scene", default=None, help="render this scene.json instead of a seed's scene")
@@ -40,6 +54,8 @@ def register(subparsers) -> None:
     add_transform_args(r)
     r.set_defaults(func=_render)
 
+
+def _register_dataset(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("dataset", help="render a training (or held-out) set into one .npz file")
     d.add_argument("--out", default="runs/world/train.npz", help="output .npz (default runs/world/train.npz)")
     d.add_argument("--seeds", default="0:1000", help="seed range A:B (default 0:1000; held-out seeds start at 1000000)")
@@ -49,6 +65,8 @@ def register(subparsers) -> None:
                    help="render processes, at most the machine's cores (default 2: this project's CPU machine has 2)")
     d.set_defaults(func=_dataset)
 
+
+def _register_pack(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("pack", help="rewrite training sets compactly into one (16-bit inverse depth, compressed)")
     k.add_argument("data", metavar="IN.npz", nargs="+", help="one or more training sets (merged in this order)")
     k.add_argument("out", metavar="OUT.npz")
@@ -57,6 +75,8 @@ def register(subparsers) -> None:
                         "lossy, so such a pack trains the UNet only (--vae-steps 0 --decoder-steps 0)")
     k.set_defaults(func=_pack)
 
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train (or resume) the miniature model; seeded, checkpointed")
     t.add_argument("--data", default="runs/world/train.npz")
     t.add_argument("--run-dir", default="runs/world/train", help="checkpoints and train.log (resumes from here)")
@@ -100,12 +120,16 @@ def register(subparsers) -> None:
     t.add_argument("--export", default=None, metavar="DIR", help="afterwards write the diffusers model folder here")
     t.set_defaults(func=_train)
 
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="write the diffusers model folder from a training run")
     e.add_argument("--run-dir", default="runs/world/train")
     e.add_argument("--out", required=True)
     e.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     e.set_defaults(func=_export)
 
+
+def _register_eval(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("eval", help="quality on held-out seeds: PSNR/SSIM, silhouette IoU, colour error, grid.png")
     v.add_argument("--model", default="tinyworld")
     v.add_argument("--n", type=int, default=32, help="number of held-out scenes (default 32)")
@@ -130,6 +154,8 @@ def register(subparsers) -> None:
     v.add_argument("--out", default="runs/world/eval")
     v.set_defaults(func=_eval)
 
+
+def _register_leak_prior(sub: argparse._SubParsersAction) -> None:
     lk = sub.add_parser("leak-prior", help="a copy of a model with a leak prior: the brightness its generations start "
                                            "from, predicted from caption and depth (fitted on a training set)")
     lk.add_argument("--model", default="tinyworld", help="the model folder to copy (default: the embedded model)")
@@ -144,6 +170,8 @@ def register(subparsers) -> None:
     lk.add_argument("--out", required=True, metavar="DIR", help="new folder for the model with its prior")
     lk.set_defaults(func=_leak_prior)
 
+
+def _register_extend_vocab(sub: argparse._SubParsersAction) -> None:
     xv = sub.add_parser("extend-vocab", help="a copy of a model whose tokenizer knows every word of the world's "
                                              "captions now (word embeddings kept by token; UNet and VAE untouched)")
     xv.add_argument("--model", default="tinyworld", help="the model folder to copy (default: the embedded model)")
@@ -151,6 +179,8 @@ def register(subparsers) -> None:
     xv.add_argument("--out", required=True, metavar="DIR", help="new folder for the extended model")
     xv.set_defaults(func=_extend_vocab)
 
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="two eval runs scene by scene: paired differences with 95%% bootstrap "
                                        "intervals, and the VAE's worst scenes")
     c.add_argument("base", metavar="BASE", help="the reference eval (its folder or metrics.json), e.g. the shipped model's")
@@ -159,6 +189,8 @@ def register(subparsers) -> None:
     c.add_argument("--json", default=None, metavar="FILE", help="also write the comparison here (a new file)")
     c.set_defaults(func=_compare)
 
+
+def _register_join(sub: argparse._SubParsersAction) -> None:
     j = sub.add_parser("join", help="one model from two runs trained side by side: the UNet run's UNet and text "
                                     "encoder with the encoder run's VAE (checked to share the decoder)")
     j.add_argument("unet_model", metavar="UNET_MODEL", help="the exported model of the UNet run")
@@ -167,6 +199,8 @@ def register(subparsers) -> None:
     j.add_argument("--out", required=True, metavar="DIR", help="new folder for the joined model")
     j.set_defaults(func=_join)
 
+
+def _register_bundle_renderer(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bundle-renderer", help="a trimmed Mitsuba + Dr.Jit that renders TinyWorld (for a machine "
                                                "without them: 14 MB instead of 67)")
     src = b.add_mutually_exclusive_group(required=True)
@@ -176,6 +210,8 @@ def register(subparsers) -> None:
     b.add_argument("--out", required=True, metavar="PATH", help="new .tar.xz file, or a new folder")
     b.set_defaults(func=_bundle_renderer)
 
+
+def _register_export_3deditbench(sub: argparse._SubParsersAction) -> None:
     x = sub.add_parser("export-3deditbench", help="write TinyWorld edits as 3DEditBench HDF5 cases (rendered ground truth)")
     x.add_argument("--scenes", type=int, default=50, help="number of cases (rigid edits only; default 50)")
     x.add_argument("--first-seed", type=int, default=None, metavar="S",
@@ -301,7 +337,12 @@ def _dataset(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from diffusion_handles.world.dataset import load_dataset, merge_datasets, save_dataset
+    from diffusion_handles.world.dataset import (
+        load_dataset,
+        lossy_psnr,
+        merge_datasets,
+        save_dataset,
+    )
 
     srcs, dst = [Path(p) for p in args.data], Path(args.out)
     for src in srcs:
@@ -326,13 +367,9 @@ def _pack(args: argparse.Namespace) -> int:
     print(f"handles world pack: wrote {dst} ({len(data['seed'])} scenes, {dst.stat().st_size / 2**20:.1f} MiB, "
           f"from {size / 2**20:.1f} MiB)")
     if args.jpeg_quality is not None:  # what the lossy images cost, measured on the file as written
-        import numpy as np
-
-        err = load_dataset(dst)["rgb"].astype(np.float32) - data["rgb"].astype(np.float32)
-        mse = np.mean(err.reshape(len(err), -1) ** 2, axis=1)
-        psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
-        print(f"handles world pack: JPEG quality {args.jpeg_quality}: images at {psnr.mean():.1f} dB PSNR against "
-              f"the input (lowest {psnr.min():.1f} dB)")
+        mean, lowest = lossy_psnr(dst, data)
+        print(f"handles world pack: JPEG quality {args.jpeg_quality}: images at {mean:.1f} dB PSNR against "
+              f"the input (lowest {lowest:.1f} dB)")
     return 0
 
 
@@ -478,21 +515,10 @@ def _leak_prior(args: argparse.Namespace) -> int:
     h, w = bb.latent_hw(bb.work_size(tuple(data["rgb"].shape[1:3])))
     if args.blocks < 1 or h % args.blocks or w % args.blocks:
         raise HandlesError(f"--blocks: expected a divisor of the latent grid {h}x{w} of --data's images, got {args.blocks}")
-    import datetime
-    import platform
-    import time
-
-    start = time.perf_counter()
-    prior, r2 = lp.fit_dataset(bb, data, args.n, blocks=args.blocks, holdout=args.holdout)
-    images = min(args.n or len(data["rgb"]), len(data["rgb"]))
-    seconds = time.perf_counter() - start
-    stage = {"images": images, "blocks": args.blocks, "seconds": round(seconds, 1)}
-    if r2 is not None:
-        stage.update(holdout=args.holdout, heldout_r2=round(r2, 4))
-    record = {"date": datetime.date.today().isoformat(),
-              "hardware": f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)",
-              "stages": {"leak_prior": stage}, "hours": round(seconds / 3600, 3)}
+    prior, record = lp.fit_with_record(bb, data, args.n, blocks=args.blocks, holdout=args.holdout)
     lp.write_model(folder, prior, args.out, record)
+    stage, r2 = record["stages"]["leak_prior"], record["stages"]["leak_prior"].get("heldout_r2")
+    images, seconds = stage["images"], stage["seconds"]
     held = "" if r2 is None else f"; it explains {100 * r2:.1f} % of the block means' variance on the held-out {args.holdout:g}"
     print(f"handles world leak-prior: wrote {args.out} ({folder.name} with {lp.PRIOR_FILE}, fitted on {images} "
           f"images in {seconds:.0f} s{held})")

@@ -104,6 +104,9 @@ class InvertedImage:
     weights_digest: str = ""
     cache_hit: bool = False  # set when loaded from a cache instead of computed (not saved)
     verified: bool = False  # :meth:`problem` found nothing (set by ``load`` and ``invert``; edits skip the check)
+    # values derived from this inversion that every edit of it would recompute (not saved; shared
+    # by the copies ``to`` makes, so the edits of one inversion compute each once)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def activation_bytes(self) -> int:

@@ -191,11 +191,60 @@ def compute_edit(
             (the message names the part of the transform that does it), or is not visible
             after the edit (out of frame or fully hidden).
     """
+    depth, obj, camera = _check_edit_inputs(depth, mask, camera, require_background)
+    # Steps 1-2, lift and transform: only the object's pixels move, so only they are lifted
+    pts, transforms, pivots = _lift_and_move(depth, obj, edit, camera, pivot)
+    # Step 3, project and splat: one z-buffer of the moved object and the background
+    object_wins, zbuffer = _splat_object(depth, obj, pts, transforms, camera, close_radius)
+    valid = (~obj | object_wins).to(depth.dtype)  # background keeps its pixel; the object's old place is a hole unless covered
+    back_depth = _back_depth(depth, obj, object_wins, zbuffer, transforms, camera) if complete_back else None
+    # Eq. 5: inverse correspondence at the pixels the object won; elsewhere the source is the
+    # pixel itself (identity flow).
+    won = _winner_sources(object_wins, zbuffer, transforms, camera)
+    source, flow = _flow_field(won, depth)
+    edited_mask, object_depth, object_distance = _object_signals(pts, won, depth)
+    object_wins &= object_depth > 0
+    return EditGeometry(
+        source=source,
+        flow=flow,
+        valid=valid,
+        edited_mask=edited_mask,
+        camera=camera,
+        transforms=transforms,
+        object_mask=obj.to(depth.dtype),
+        object_wins=object_wins,
+        zbuffer=zbuffer,
+        object_depth=object_depth,
+        object_distance=object_distance,
+        pivots=pivots,
+        back_depth=back_depth,
+    )
+
+
+def check_mask_shape(mask: torch.Tensor, depth: torch.Tensor, name: str = "mask") -> None:
+    """Refuse a mask whose shape is not the depth's ``(B, 1, H, W)`` (``name`` labels the message)."""
+    if tuple(mask.shape) != tuple(depth.shape):
+        raise HandlesError(f"{name}: expected shape {tuple(depth.shape)} (same as depth), got {tuple(mask.shape)}")
+
+
+def emptied(depth: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """``depth`` ``(B, 1, H, W)`` with the pixels of ``region`` (bool, broadcastable) made empty:
+    ``+inf``, no surface there (the z-buffer value of a hole)."""
+    return torch.where(region, torch.full_like(depth, math.inf), depth)
+
+
+def _check_edit_inputs(depth: torch.Tensor, mask: torch.Tensor, camera: Camera | None,
+                       require_background: bool) -> tuple[torch.Tensor, torch.Tensor, Camera]:
+    """Validate the inputs of :func:`compute_edit`.
+
+    Returns:
+        ``(depth, obj, camera)``: depth ``(B, 1, H, W)``, the object ``(B, 1, H, W)`` bool, and
+        the camera (default 55 degrees for this size).
+    """
     depth = check_depth(depth)
     mask = check_depth(mask.to(depth.dtype), "mask")
-    b, _, h, w = depth.shape
-    if mask.shape != depth.shape:
-        raise HandlesError(f"mask: expected shape {tuple(depth.shape)} (same as depth), got {tuple(mask.shape)}")
+    _, _, h, w = depth.shape
+    check_mask_shape(mask, depth)
     camera = camera or Camera(h, w)
     if (camera.height, camera.width) != (h, w):
         raise HandlesError(f"camera: expected size {h}x{w} (the depth's), got {camera.height}x{camera.width}")
@@ -204,23 +253,46 @@ def compute_edit(
         raise HandlesError("mask: expected at least one object pixel in every image, got an empty mask")
     if require_background:
         check_mask_leaves_background(obj)
-    dtype, device = depth.dtype, depth.device
+    return depth, obj, camera
 
-    # Step 1, lift: only the object's pixels move, so only they are lifted. (N,) indices
-    bi, _, yi, xi = torch.nonzero(obj, as_tuple=True)
-    src_px = torch.stack([xi, yi], dim=-1).to(dtype) + 0.5  # (N, 2) pixel centres
+
+@dataclass(frozen=True)
+class _ObjectPoints:
+    """The object's ``N`` pixels (over the whole batch) through Steps 1-2 of Sec. 5.1.
+
+    Attributes:
+        batch, row, col: ``(N,)`` int64 image index, y and x of each object pixel.
+        points: ``(N, 3)`` L_d(u), the pixel centres lifted with their z-depth (scene units).
+        moved: ``(N, 3)`` T(L_d(u)) with each image's own transform (scene units).
+    """
+
+    batch: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    points: torch.Tensor
+    moved: torch.Tensor
+
+
+def _lift_and_move(depth: torch.Tensor, obj: torch.Tensor, edit: HandleEdit | Similarity, camera: Camera,
+                   pivot: torch.Tensor | None) -> tuple[_ObjectPoints, tuple[Similarity, ...], torch.Tensor]:
+    """Steps 1-2 of Sec. 5.1 on the object's pixels: lift ``L_d``, then transform ``T``.
+
+    Args:
+        depth: ``(B, 1, H, W)`` z-depth; obj: ``(B, 1, H, W)`` bool object mask.
+        edit, pivot: as in :func:`compute_edit`.
+
+    Returns:
+        ``(points, transforms, pivots)``: the object's points, one resolved :class:`Similarity`
+        per image, and the ``(B, 3)`` pivots (scene units).
+
+    Raises:
+        HandlesError: the transform gives non-finite points or puts any at or behind the camera.
+    """
+    bi, _, yi, xi = torch.nonzero(obj, as_tuple=True)  # (N,) indices
+    src_px = torch.stack([xi, yi], dim=-1).to(depth.dtype) + 0.5  # (N, 2) pixel centres
     src_pts = lift_at(src_px, depth[bi, 0, yi, xi], camera)  # (N, 3)
-
-    centroids = _centroids(src_pts, bi, b)
-    if isinstance(edit, Similarity):
-        transforms = tuple(edit for _ in range(b))
-        pivots = centroids
-    else:
-        pivots = centroids if pivot is None else torch.as_tensor(pivot, dtype=torch.float64).reshape(-1, 3).expand(b, 3)
-        transforms = tuple(edit.resolve(pivots[i]) for i in range(b))
-
-    # Step 2, transform
-    if b == 1:
+    transforms, pivots = _resolve_transforms(edit, src_pts, bi, depth.shape[0], pivot)
+    if len(transforms) == 1:
         moved = transforms[0].apply(src_pts)
     else:
         moved = torch.empty_like(src_pts)
@@ -234,94 +306,171 @@ def compute_edit(
     behind = moved[:, 2] <= 1e-6
     if bool(behind.any()):
         raise HandlesError(_behind_camera_message(edit, src_pts, bi, pivots, behind))
+    return _ObjectPoints(bi, yi, xi, src_pts, moved), transforms, pivots
 
-    # Step 3, project and splat into a z-buffer over the object's projected bounding box only;
-    # footprint = local magnification s * z / z' (pixels)
-    proj, z_new = project(moved, camera)  # (N, 2), (N,)
-    scales = torch.tensor([t.scale for t in transforms], dtype=dtype, device=device)[bi]
-    footprint = (scales * src_pts[:, 2] / z_new).clamp(1.0, MAX_FOOTPRINT)
+
+def _resolve_transforms(edit: HandleEdit | Similarity, points: torch.Tensor, batch_index: torch.Tensor, batch: int,
+                        pivot: torch.Tensor | None) -> tuple[tuple[Similarity, ...], torch.Tensor]:
+    """One :class:`Similarity` per image and the ``(B, 3)`` pivots: a :class:`HandleEdit` turns
+    and scales about ``pivot`` (default the object's centroid of the lifted ``points`` ``(N, 3)``);
+    a :class:`Similarity` is used as is (the pivots are then the centroids)."""
+    centroids = _centroids(points, batch_index, batch)
+    if isinstance(edit, Similarity):
+        return tuple(edit for _ in range(batch)), centroids
+    pivots = centroids if pivot is None else torch.as_tensor(pivot, dtype=torch.float64).reshape(-1, 3).expand(batch, 3)
+    return tuple(edit.resolve(pivots[i]) for i in range(batch)), pivots
+
+
+def _splat_object(depth: torch.Tensor, obj: torch.Tensor, pts: _ObjectPoints, transforms: tuple[Similarity, ...],
+                  camera: Camera, close_radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3 of Sec. 5.1: project the moved object, splat it into a z-buffer (over its projected
+    bounding box only) and z-test it against the background, whose object pixels are empty.
+
+    The splat footprint is the local magnification ``s * z / z'`` (pixels).
+
+    Returns:
+        ``(object_wins, zbuffer)``: ``(B, 1, H, W)`` bool, pixels where the moved object is the
+        nearest surface; ``(B, 1, H, W)`` z-depth of the nearest surface, ``+inf`` in holes.
+
+    Raises:
+        HandlesError: the object leaves the frame or is hidden in some image.
+    """
+    b, _, h, w = depth.shape
+    dtype, device = depth.dtype, depth.device
+    proj, z_new = project(pts.moved, camera)  # (N, 2), (N,)
+    scales = torch.tensor([t.scale for t in transforms], dtype=dtype, device=device)[pts.batch]
+    footprint = (scales * pts.points[:, 2] / z_new).clamp(1.0, MAX_FOOTPRINT)
+    x0, y0, x1, y1 = _splat_window(proj, close_radius, h, w)
+    origin = torch.tensor([x0, y0], dtype=dtype, device=device)
+    z_obj = zbuffer_splat(proj - origin, z_new, pts.batch, footprint, b, y1 - y0, x1 - x0)
+    z_obj = close_zbuffer(z_obj, close_radius)  # (B, 1, hc, wc)
+    z_bg = emptied(depth[:, :, y0:y1, x0:x1], obj[:, :, y0:y1, x0:x1])
+    wins_crop = torch.isfinite(z_obj) & (z_obj < z_bg)
+    if not bool(wins_crop.flatten(1).any(1).all()):
+        raise HandlesError("transform: the object is not visible after the edit (out of frame or hidden behind the scene)")
+    object_wins = torch.zeros_like(obj)
+    object_wins[:, :, y0:y1, x0:x1] = wins_crop
+    zbuffer = emptied(depth, obj)
+    zbuffer[:, :, y0:y1, x0:x1] = torch.where(wins_crop, z_obj, z_bg)
+    return object_wins, zbuffer
+
+
+def _splat_window(proj: torch.Tensor, close_radius: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the half-open pixel box, clipped to the ``h x w`` image, around the
+    in-frame projections ``proj`` ``(N, 2)`` with room for the largest footprint and the closing.
+
+    Raises:
+        HandlesError: no projection is inside the frame.
+    """
     in_frame = (proj[:, 0] > 0) & (proj[:, 0] < w) & (proj[:, 1] > 0) & (proj[:, 1] < h)
     if not bool(in_frame.any()):
         raise HandlesError("transform: moves the object completely out of the frame")
     margin = int(MAX_FOOTPRINT) + 2 * close_radius + 2
     lo = proj[in_frame].amin(0).floor().long() - margin
     hi = proj[in_frame].amax(0).ceil().long() + margin
-    x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
-    x1, y1 = min(int(hi[0]), w), min(int(hi[1]), h)
-    origin = torch.tensor([x0, y0], dtype=dtype, device=device)
-    z_obj = zbuffer_splat(proj - origin, z_new, bi, footprint, b, y1 - y0, x1 - x0)
-    z_obj = close_zbuffer(z_obj, close_radius)  # (B, 1, hc, wc)
-    depth_crop = depth[:, :, y0:y1, x0:x1]
-    z_bg = torch.where(obj[:, :, y0:y1, x0:x1], torch.full_like(depth_crop, math.inf), depth_crop)
-    wins_crop = torch.isfinite(z_obj) & (z_obj < z_bg)
-    if not bool(wins_crop.flatten(1).any(1).all()):
-        raise HandlesError("transform: the object is not visible after the edit (out of frame or hidden behind the scene)")
-    object_wins = torch.zeros_like(obj)
-    object_wins[:, :, y0:y1, x0:x1] = wins_crop
-    zbuffer = torch.where(obj, torch.full_like(depth, math.inf), depth)
-    zbuffer[:, :, y0:y1, x0:x1] = torch.where(wins_crop, z_obj, z_bg)
-    valid = (~obj | object_wins).to(dtype)  # background keeps its pixel; the object's old place is a hole unless covered
-    back_depth = None
-    if complete_back:  # the uncovered back: a hole whose depth is known
-        z_back = shell_zbuffer(depth, obj, transforms, camera)
-        # front and back as one surface, its seams closed (grazing front pixels spread apart when turned)
-        z_back = close_zbuffer(torch.minimum(torch.where(object_wins, zbuffer, torch.full_like(zbuffer, math.inf)),
-                                             z_back), shell_close_radius(h, w))
-        revealed = torch.isfinite(z_back) & ~object_wins & (z_back < zbuffer) & obj  # only where the object was
-        back_depth = torch.where(revealed, z_back, torch.zeros_like(z_back))
+    return max(int(lo[0]), 0), max(int(lo[1]), 0), min(int(hi[0]), w), min(int(hi[1]), h)
 
-    # Eq. 5: inverse correspondence at the pixels the object won; elsewhere the source is the
-    # pixel itself (identity flow).
+
+def _back_depth(depth: torch.Tensor, obj: torch.Tensor, object_wins: torch.Tensor, zbuffer: torch.Tensor,
+                transforms: tuple[Similarity, ...], camera: Camera) -> torch.Tensor:
+    """The uncovered back (``complete_back``, :mod:`.shell`): a hole whose depth is known.
+
+    Front and back are closed as one surface (grazing front pixels spread apart when turned).
+
+    Returns:
+        ``(B, 1, H, W)`` z-depth of the back where it is nearest, the front is not, and the
+        object used to be; 0 elsewhere.
+    """
+    h, w = depth.shape[-2:]
+    z_back = shell_zbuffer(depth, obj, transforms, camera)
+    front = emptied(zbuffer, ~object_wins)
+    z_back = close_zbuffer(torch.minimum(front, z_back), shell_close_radius(h, w))
+    revealed = torch.isfinite(z_back) & ~object_wins & (z_back < zbuffer) & obj  # only where the object was
+    return torch.where(revealed, z_back, torch.zeros_like(z_back))
+
+
+@dataclass(frozen=True)
+class _Winners:
+    """The ``M`` pixels (over the batch) the moved object won, with their exact sources (Eq. 5).
+
+    Attributes:
+        batch, row, col: ``(M,)`` int64 image index, y and x of each won pixel.
+        target: ``(M, 2)`` its pixel centre u' (x, y), pixels.
+        source: ``(M, 2)`` its source ``P(T^-1(L(u', z')))`` with the z-buffer's depth z', pixels.
+    """
+
+    batch: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    target: torch.Tensor
+    source: torch.Tensor
+
+
+def _winner_sources(object_wins: torch.Tensor, zbuffer: torch.Tensor, transforms: tuple[Similarity, ...],
+                    camera: Camera) -> _Winners:
+    """Eq. 5 at the pixels the object won (``object_wins`` ``(B, 1, H, W)`` bool): each target
+    pixel lifted with its z-buffer depth ``(B, 1, H, W)``, moved back by ``T^-1`` and projected."""
     wb, _, wy, wx = torch.nonzero(object_wins, as_tuple=True)  # (M,)
-    target_px = torch.stack([wx, wy], dim=-1).to(dtype) + 0.5  # (M, 2)
+    target_px = torch.stack([wx, wy], dim=-1).to(zbuffer.dtype) + 0.5  # (M, 2)
     z_win = zbuffer[wb, 0, wy, wx]
     source_win = torch.empty_like(target_px)
     for i, t in enumerate(transforms):
         sel = wb == i
         source_win[sel] = _inverse_map(target_px[sel], z_win[sel], t, camera)
+    return _Winners(wb, wy, wx, target_px, source_win)
+
+
+def _flow_field(won: _Winners, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3D-aware flow ``F`` of Eq. 5 on the image grid of ``depth`` ``(B, 1, H, W)``: the
+    winners' ``u' - source``, zero (identity) elsewhere.
+
+    Returns:
+        ``(source, flow)``, each ``(B, 2, H, W)`` in normalised ``[0, 1]^2`` units.
+    """
+    b, _, h, w = depth.shape
+    dtype, device = depth.dtype, depth.device
     scale_hw = torch.tensor([w, h], dtype=dtype, device=device)
     grid = pixel_grid(h, w, dtype, device)  # (2, H, W)
     identity = (grid / scale_hw[:, None, None]).expand(b, 2, h, w)  # (B, 2, H, W) normalised
     flow = torch.zeros(b, 2, h, w, dtype=dtype, device=device)
-    flow.permute(0, 2, 3, 1)[wb, wy, wx] = (target_px - source_win) / scale_hw
-    source = identity - flow
+    flow.permute(0, 2, 3, 1)[won.batch, won.row, won.col] = (won.target - won.source) / scale_hw
+    return identity - flow, flow
 
-    # Sample the object's signals at the winners' sources only (bilinear, Eq. 4): M_o for
-    # M'_o = W[M_o, F] * M_v, and the transformed points T o L_d for Eq. 7.
+
+def _object_signals(pts: _ObjectPoints, won: _Winners,
+                    depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The object's signals warped to the pixels it won, sampled (bilinear, Eq. 4) at the
+    winners' sources only: M_o for ``M'_o = W[M_o, F] * M_v``, and the transformed points
+    ``T o L_d`` for Eq. 7.
+
+    Returns:
+        ``(edited_mask, object_depth, object_distance)``, each ``(B, 1, H, W)`` like ``depth``
+        and zero away from the winners: M'_o in ``[0, 1]``, d'_o as z-depth and as camera
+        distance ``||p||`` (scene units).
+    """
+    b, _, h, w = depth.shape
+    dtype, device = depth.dtype, depth.device
+    scale_hw = torch.tensor([w, h], dtype=dtype, device=device)
     moved_map = torch.zeros(b, 4, h, w, dtype=dtype, device=device)  # (x', y', z', 1) on the object
-    moved_map.permute(0, 2, 3, 1)[bi, yi, xi] = torch.cat([moved, torch.ones_like(moved[:, :1])], dim=1)
-    sampled = _sample_points(moved_map, source_win / scale_hw, wb)  # (M, 4)
+    moved_map.permute(0, 2, 3, 1)[pts.batch, pts.row, pts.col] = torch.cat(
+        [pts.moved, torch.ones_like(pts.moved[:, :1])], dim=1)
+    sampled = _sample_points(moved_map, won.source / scale_hw, won.batch)  # (M, 4)
     weight = sampled[:, 3]
+    wb, wy, wx = won.batch, won.row, won.col
     edited_mask = torch.zeros_like(depth)
     edited_mask[wb, 0, wy, wx] = weight  # W[M_o, F] at the winners; zero elsewhere (holes or background)
 
     # Eq. 7: d'_o(u) = || W[T o L_d, F](u) ||, the warp restricted to object taps (renormalised)
     # so the object's edge does not mix in background points.
     ok = weight > 1e-3
-    pts = sampled[:, :3] / weight.clamp(min=1e-3)[:, None]
+    pts_won = sampled[:, :3] / weight.clamp(min=1e-3)[:, None]
     object_distance = torch.zeros_like(depth)
     object_depth = torch.zeros_like(depth)
-    object_distance[wb[ok], 0, wy[ok], wx[ok]] = pts[ok].norm(dim=1)
+    object_distance[wb[ok], 0, wy[ok], wx[ok]] = pts_won[ok].norm(dim=1)
     # the z-depth form of Eq. 7: the warped points' z (equal to ||.|| / ray norm in the interior,
     # and exact at the edge where renormalised taps need not lie on the target pixel's ray)
-    object_depth[wb[ok], 0, wy[ok], wx[ok]] = pts[ok, 2]
-    object_wins &= object_depth > 0
-
-    return EditGeometry(
-        source=source,
-        flow=flow,
-        valid=valid,
-        edited_mask=edited_mask,
-        camera=camera,
-        transforms=transforms,
-        object_mask=obj.to(dtype),
-        object_wins=object_wins,
-        zbuffer=zbuffer,
-        object_depth=object_depth,
-        object_distance=object_distance,
-        pivots=pivots,
-        back_depth=back_depth,
-    )
+    object_depth[wb[ok], 0, wy[ok], wx[ok]] = pts_won[ok, 2]
+    return edited_mask, object_depth, object_distance
 
 
 def _behind_camera_message(edit: HandleEdit | Similarity, src_pts: torch.Tensor, bi: torch.Tensor,

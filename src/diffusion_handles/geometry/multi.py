@@ -17,7 +17,6 @@ per object.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,13 @@ import torch.nn.functional as F
 
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import Camera, check_depth
-from diffusion_handles.geometry.edit import EditGeometry, FeatureEdit, compute_edit
+from diffusion_handles.geometry.edit import (
+    EditGeometry,
+    FeatureEdit,
+    check_mask_shape,
+    compute_edit,
+    emptied,
+)
 from diffusion_handles.geometry.poisson import check_mask_leaves_background
 from diffusion_handles.geometry.transform import HandleEdit, Similarity
 
@@ -123,6 +128,38 @@ def compute_multi_edit(depth: torch.Tensor, masks: Sequence[torch.Tensor],
             that together leave no background, or any per-object failure of
             :func:`~.edit.compute_edit` (the message is prefixed with ``edits[k]``).
     """
+    depth, masks, union = _check_multi_inputs(depth, masks, edits)
+    camera = camera or Camera(depth.shape[-2], depth.shape[-1])
+    parts = _edit_each_object(depth, masks, union, edits, camera, close_radius)
+    labels, zmin = _nearest_surface(depth, union, parts)
+    wins_any = labels >= 0
+    valid = (~union | wins_any).to(depth.dtype)
+    won = tuple(dataclasses.replace(p, object_wins=labels == k, zbuffer=emptied(p.zbuffer, labels != k))
+                for k, p in enumerate(parts))
+    edited_masks = torch.cat([torch.where(labels == k, p.edited_mask, torch.zeros_like(p.edited_mask))
+                              for k, p in enumerate(parts)], dim=1)  # (1, K, H, W)
+    first = parts[0]  # a part's source is the identity wherever it did not win
+    return MultiEditGeometry(
+        source=_winners_value(labels, [p.source for p in parts], first.source + first.flow),
+        flow=_winners_value(labels, [p.flow for p in parts], torch.zeros_like(first.flow)),
+        valid=valid, edited_mask=edited_masks.sum(1, keepdim=True), camera=camera,
+        transforms=tuple(p.transforms[0] for p in parts), object_mask=union.to(depth.dtype),
+        object_wins=wins_any, zbuffer=emptied(zmin, valid <= 0.5),
+        object_depth=_winners_value(labels, [p.object_depth for p in parts], torch.zeros_like(depth)),
+        object_distance=_winners_value(labels, [p.object_distance for p in parts], torch.zeros_like(depth)),
+        pivots=torch.cat([p.pivots for p in parts], dim=0), parts=won, labels=labels,
+        edited_masks=edited_masks,
+    )
+
+
+def _check_multi_inputs(depth: torch.Tensor, masks: Sequence[torch.Tensor],
+                        edits: Sequence) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Validate the inputs of :func:`compute_multi_edit`.
+
+    Returns:
+        ``(depth, masks, union)``: depth ``(1, 1, H, W)``, the ``K`` disjoint float masks
+        ``(1, 1, H, W)`` in {0, 1}, and their union ``(1, 1, H, W)`` bool.
+    """
     depth = check_depth(depth)
     if depth.shape[0] != 1:
         raise HandlesError(f"depth: expected one image (1, 1, H, W), got batch {depth.shape[0]}")
@@ -130,57 +167,54 @@ def compute_multi_edit(depth: torch.Tensor, masks: Sequence[torch.Tensor],
         raise HandlesError("edits: expected at least one object, got none")
     if len(masks) != len(edits):
         raise HandlesError(f"edits: expected one transform per mask, got {len(edits)} transforms for {len(masks)} masks")
-    _, _, h, w = depth.shape
     for k, m in enumerate(masks):
-        if tuple(m.shape) != tuple(depth.shape):
-            raise HandlesError(f"edits[{k}].mask: expected shape {tuple(depth.shape)} (same as depth), got {tuple(m.shape)}")
+        check_mask_shape(m, depth, f"edits[{k}].mask")
     masks = disjoint_masks([m.to(depth.dtype) for m in masks])
     union = torch.stack([m > 0.5 for m in masks]).any(0)  # (1, 1, H, W)
     check_mask_leaves_background(union, "edits")
-    camera = camera or Camera(h, w)
+    return depth, masks, union
 
-    # each object against the background without any object: other objects' pixels are empty
+
+def _edit_each_object(depth: torch.Tensor, masks: list[torch.Tensor], union: torch.Tensor,
+                      edits: Sequence[HandleEdit | Similarity], camera: Camera,
+                      close_radius: int) -> list[EditGeometry]:
+    """:func:`~.edit.compute_edit` of each object against the background without any object:
+    the other objects' pixels are empty (``+inf``), so no object hides behind another's old place.
+
+    Raises:
+        HandlesError: an object's edit fails (the message is prefixed with ``edits[k]``).
+    """
     parts = []
     for k, (m, e) in enumerate(zip(masks, edits, strict=True)):
-        others = union & ~(m > 0.5)
-        d_k = torch.where(others, torch.full_like(depth, math.inf), depth)
+        d_k = emptied(depth, union & ~(m > 0.5))
         try:
             parts.append(compute_edit(d_k, m, e, camera, close_radius=close_radius, require_background=False))
         except HandlesError as err:
             raise HandlesError(f"edits[{k}]: {err}") from None
+    return parts
 
-    # one z-buffer across objects: nearest of the static background and every moved object
-    inf = torch.full_like(depth, math.inf)
-    z_static = torch.where(union, inf, depth)
-    candidates = [z_static] + [torch.where(p.object_wins, p.zbuffer, inf) for p in parts]  # splatted z (as compute_edit's test)
+
+def _nearest_surface(depth: torch.Tensor, union: torch.Tensor,
+                     parts: list[EditGeometry]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One z-buffer across objects: at each pixel the nearest of the static background (``depth``
+    ``(1, 1, H, W)`` outside the ``union`` of the source masks) and every moved object (its
+    splatted z, as :func:`~.edit.compute_edit`'s z-test uses).
+
+    Returns:
+        ``(labels, zmin)``: ``(1, 1, H, W)`` int64 index of the object that won each pixel (-1
+        for the background or a hole), and ``(1, 1, H, W)`` the nearest z-depth (``+inf``: none).
+    """
+    candidates = [emptied(depth, union)] + [emptied(p.zbuffer, ~p.object_wins) for p in parts]
     zs = torch.cat(candidates, dim=1)  # (1, K + 1, H, W)
     zmin, arg = zs.min(dim=1, keepdim=True)
     labels = torch.where(torch.isfinite(zmin) & (arg > 0), arg - 1, torch.full_like(arg, -1))  # (1, 1, H, W)
-    wins_any = labels >= 0
-    valid = (~union | wins_any).to(depth.dtype)
+    return labels, zmin
 
-    won = []
-    source = flow = None
-    edited_masks = []
-    object_depth = torch.zeros_like(depth)
-    object_distance = torch.zeros_like(depth)
-    for k, p in enumerate(parts):
-        mine = labels == k
-        won.append(dataclasses.replace(p, object_wins=mine, zbuffer=torch.where(mine, p.zbuffer, inf)))
-        if source is None:
-            identity = p.source + p.flow
-            source, flow = identity.clone(), torch.zeros_like(p.flow)
-        source = torch.where(mine, p.source, source)
-        flow = torch.where(mine, p.flow, flow)
-        edited_masks.append(torch.where(mine, p.edited_mask, torch.zeros_like(p.edited_mask)))
-        object_depth = torch.where(mine, p.object_depth, object_depth)
-        object_distance = torch.where(mine, p.object_distance, object_distance)
-    edited_masks_t = torch.cat(edited_masks, dim=1)  # (1, K, H, W)
-    zbuffer = torch.where(valid > 0.5, zmin, inf)
-    return MultiEditGeometry(
-        source=source, flow=flow, valid=valid, edited_mask=edited_masks_t.sum(1, keepdim=True),
-        camera=camera, transforms=tuple(p.transforms[0] for p in parts), object_mask=union.to(depth.dtype),
-        object_wins=wins_any, zbuffer=zbuffer, object_depth=object_depth, object_distance=object_distance,
-        pivots=torch.cat([p.pivots for p in parts], dim=0), parts=tuple(won), labels=labels,
-        edited_masks=edited_masks_t,
-    )
+
+def _winners_value(labels: torch.Tensor, values: list[torch.Tensor], default: torch.Tensor) -> torch.Tensor:
+    """Per pixel, ``values[k]`` of the object ``k`` that won it (``labels`` ``(1, 1, H, W)``),
+    ``default`` where none did; all ``(1, C, H, W)``."""
+    out = default
+    for k, v in enumerate(values):
+        out = torch.where(labels == k, v, out)
+    return out

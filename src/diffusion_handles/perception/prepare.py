@@ -112,6 +112,27 @@ def prepare_inputs(
             weights that cannot be had (before any model runs).
     """
     cfg = models or PerceptionConfig()
+    _check_request(image, depth, mask, object_text, clicks)
+    estimate_background = need_background and (cfg.background == "estimate" or (cfg.background == "auto" and depth is None))
+    # 1. load every model this request needs, so a missing one fails before any work is done
+    loaded = _load_models(cfg, given_depth=depth is not None, object_text=object_text, clicks=bool(clicks),
+                          estimate_background=estimate_background)
+    info: dict = {"notes": list(loaded.notes)}
+    # 2. depth
+    depth, depth_kind, info["depth"] = _depth(image, depth, loaded.estimator)
+    # 3. object mask
+    mask, candidates, info["mask"] = _object_mask(image, mask, object_text, clicks, cfg.segment, loaded, info["notes"])
+    # 4. background depth d'_b
+    how = "none" if not need_background else "estimate" if estimate_background else "fill"
+    d_b, background_image, info["background"] = _background_depth(image, depth, mask, how, cfg.inpaint, loaded)
+    return PreparedInputs(depth=depth, depth_kind=depth_kind, mask=mask, background_depth=d_b,
+                          background_image=background_image, candidates=candidates, info=info)
+
+
+def _check_request(image: torch.Tensor, depth: torch.Tensor | None, mask: torch.Tensor | None,
+                   object_text: str | None, clicks: list[tuple[float, float]] | None) -> None:
+    """Refuse conflicting or missing ways to pick the object, a non-RGB ``(1, 3, H, W)`` image,
+    and a depth or mask of another size (or an empty mask)."""
     given = (mask is not None) + (object_text is not None) + bool(clicks)
     if given != 1:
         raise HandlesError(f"--mask/--object/--click: expected exactly one way to pick the object, got {given}")
@@ -122,64 +143,87 @@ def prepare_inputs(
     if mask is not None:
         check_same_size("IMAGE", image, "--mask", mask)
         check_mask_not_empty(mask)
-    estimate_background = need_background and (cfg.background == "estimate" or (cfg.background == "auto" and depth is None))
-    info: dict = {"notes": []}
 
-    # 1. load every model this request needs, so a missing one fails before any work is done
-    estimator = None
-    if depth is None or estimate_background:
-        bypass = "give --depth FILE to skip depth estimation" if depth is None else "pass --background-mode fill"
-        estimator = DepthEstimator.load(cfg.depth, bypass=bypass)
-    detector = sam = None
+
+@dataclass
+class _Models:
+    """The perception models one request needs, loaded (None: not needed), and the loaders' notes."""
+
+    estimator: DepthEstimator | None = None
+    detector: TextDetector | None = None
+    sam: SamSegmenter | None = None
+    inpainter: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _load_models(cfg: PerceptionConfig, *, given_depth: bool, object_text: str | None, clicks: bool,
+                 estimate_background: bool) -> _Models:
+    """Load every model the request needs before any runs, so a missing one fails at once,
+    naming the option that does without it."""
+    out = _Models()
+    if not given_depth or estimate_background:
+        bypass = "give --depth FILE to skip depth estimation" if not given_depth else "pass --background-mode fill"
+        out.estimator = DepthEstimator.load(cfg.depth, bypass=bypass)
     if object_text is not None:
-        detector = TextDetector.load(cfg.segment)
+        out.detector = TextDetector.load(cfg.segment)
     if object_text is not None or clicks:
-        sam = SamSegmenter.load(cfg.segment, bypass="give --mask FILE instead of --object/--click")
-    inpainter = None
+        out.sam = SamSegmenter.load(cfg.segment, bypass="give --mask FILE instead of --object/--click")
     if estimate_background:
-        inpainter, notes = load_inpainter(cfg.inpaint)
-        info["notes"] += notes
+        out.inpainter, notes = load_inpainter(cfg.inpaint)
+        out.notes += notes
+    return out
 
-    # 2. depth
+
+def _depth(image: torch.Tensor, depth: torch.Tensor | None,
+           estimator: DepthEstimator | None) -> tuple[torch.Tensor, str, dict]:
+    """The given depth, or the estimator's for ``image``.
+
+    Returns:
+        ``(depth, kind, info)``: float32 z-depth ``(1, 1, H, W)``, its kind and what was used.
+    """
     if depth is None:
         est = estimator.estimate(image)
-        depth, depth_kind = est.depth, est.kind
-        info["depth"] = {"source": "estimated", "model": est.model, "kind": est.kind}
-    else:
-        depth_kind = "given"
-        info["depth"] = {"source": "given"}
-    depth = depth.float()
+        return est.depth.float(), est.kind, {"source": "estimated", "model": est.model, "kind": est.kind}
+    return depth.float(), "given", {"source": "given"}
 
-    # 3. object mask
-    candidates: list[dict] = []
-    if mask is None:
-        sel = select_object(image, text=object_text, clicks=clicks, config=cfg.segment, detector=detector, sam=sam)
-        mask = sel.mask
-        candidates = [c.to_json() for c in sel.candidates]
-        info["mask"] = {"source": sel.source, **sel.summary(), "detector": detector.source if detector else None,
-                        "sam": sam.source}
-        info["notes"] += sel.notes
-    else:
-        info["mask"] = {"source": "file", "mask_pixels": int(mask.sum().item())}
-    mask = (mask > 0.5).float()
 
-    # 4. background depth d'_b
-    background_image = None
-    if not need_background:
-        d_b = depth
-        info["background"] = {"method": "none"}
-    elif estimate_background:
-        removal = remove_object(image, mask, cfg.inpaint, inpainter)
-        background_image = removal.image
-        bg = background_depth(removal.image, depth, removal.mask_dilated, estimator)
-        d_b = bg.depth
-        info["background"] = {"method": "inpaint+estimate+align", "inpainter": removal.method,
-                              "depth_model": estimator.source, "align_space": bg.space,
-                              "align_scale": bg.scale, "align_shift": bg.shift, "fit_pixels": bg.fit_pixels}
-    else:
-        from diffusion_handles.geometry import background_depth_fill
+def _object_mask(image: torch.Tensor, mask: torch.Tensor | None, object_text: str | None,
+                 clicks: list[tuple[float, float]] | None, cfg: SegmentConfig, loaded: _Models,
+                 notes: list[str]) -> tuple[torch.Tensor, list[dict], dict]:
+    """The given mask, or the object selected by ``object_text`` or ``clicks`` (the selection's
+    notes are added to ``notes``).
 
-        d_b = background_depth_fill(depth, mask)
-        info["background"] = {"method": "harmonic fill (geometry.background_depth_fill)"}
-    return PreparedInputs(depth=depth, depth_kind=depth_kind, mask=mask, background_depth=d_b,
-                          background_image=background_image, candidates=candidates, info=info)
+    Returns:
+        ``(mask, candidates, info)``: float32 {0, 1} mask ``(1, 1, H, W)``, the detector's
+        candidates as JSON-ready dicts, and what was used.
+    """
+    if mask is not None:
+        return (mask > 0.5).float(), [], {"source": "file", "mask_pixels": int(mask.sum().item())}
+    detector, sam = loaded.detector, loaded.sam
+    sel = select_object(image, text=object_text, clicks=clicks, config=cfg, detector=detector, sam=sam)
+    notes += sel.notes
+    info = {"source": sel.source, **sel.summary(), "detector": detector.source if detector else None,
+            "sam": sam.source}
+    return (sel.mask > 0.5).float(), [c.to_json() for c in sel.candidates], info
+
+
+def _background_depth(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, how: str, cfg: InpaintConfig,
+                      loaded: _Models) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """d'_b ``(1, 1, H, W)`` by ``how``: ``none`` (the depth itself), ``estimate`` (the paper's
+    route: remove the object, estimate depth on x_b, align it to d) or ``fill`` (harmonic).
+
+    Returns:
+        ``(d_b, background_image, info)``: the background depth, x_b ``(1, 3, H, W)`` (None
+        unless estimated) and what was used.
+    """
+    if how == "none":
+        return depth, None, {"method": "none"}
+    if how == "estimate":
+        removal = remove_object(image, mask, cfg, loaded.inpainter)
+        bg = background_depth(removal.image, depth, removal.mask_dilated, loaded.estimator)
+        return bg.depth, removal.image, {
+            "method": "inpaint+estimate+align", "inpainter": removal.method, "depth_model": loaded.estimator.source,
+            "align_space": bg.space, "align_scale": bg.scale, "align_shift": bg.shift, "fit_pixels": bg.fit_pixels}
+    from diffusion_handles.geometry import background_depth_fill
+
+    return background_depth_fill(depth, mask), None, {"method": "harmonic fill (geometry.background_depth_fill)"}

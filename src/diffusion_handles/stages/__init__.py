@@ -18,6 +18,7 @@ from diffusion_handles.stages.s1_prepare import (
     EditRequest,
     ObjectMove,
     Prepared,
+    edit_target,
     prepare,
     request_for_edit,
     request_for_removal,
@@ -29,6 +30,6 @@ from diffusion_handles.stages.s5_finish import EditOutput, finish
 
 __all__ = [
     "CameraMove", "EditOutput", "EditRequest", "Geometry", "ObjectMove", "Prepared", "Sampled", "Targets",
-    "finish", "geometry", "guidance_targets", "pixel_transfer", "prepare", "request_for_edit",
+    "edit_target", "finish", "geometry", "guidance_targets", "pixel_transfer", "prepare", "request_for_edit",
     "request_for_removal", "sample", "targets",
 ]

@@ -104,6 +104,23 @@ def request_for_edit(transform, **inputs) -> EditRequest:
                        f"non-empty list of ObjectMove (several objects), got {_describe(transform)}")
 
 
+def edit_target(transform, *, camera: bool = False, object_masks: Sequence[torch.Tensor] | None = None):
+    """The ``transform`` argument of ``DiffusionHandles.edit`` for a caller that holds a mode:
+    ``CameraMove(transform)`` when ``camera``, ``[ObjectMove(mask, T), ...]`` pairing
+    ``object_masks`` with the list ``transform`` (one each), else ``transform`` itself."""
+    if camera and object_masks:
+        raise HandlesError("camera: expected either a camera move or object masks, got both")
+    if camera:
+        return CameraMove(transform)
+    if object_masks:
+        transforms = list(transform) if isinstance(transform, (list, tuple)) else [transform]
+        if len(transforms) != len(object_masks):
+            raise HandlesError(f"transform: expected one transform per mask ({len(object_masks)}), "
+                               f"got {len(transforms)}")
+        return [ObjectMove(m, t) for m, t in zip(object_masks, transforms, strict=True)]
+    return transform
+
+
 def request_for_removal(**inputs) -> EditRequest:
     """The :class:`EditRequest` of ``DiffusionHandles.remove``."""
     return EditRequest("remove", **inputs)

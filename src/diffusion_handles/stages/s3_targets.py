@@ -181,6 +181,20 @@ def _removal_targets(prep: Prepared, geo: Geometry, guidance: GuidanceConfig) ->
     return Targets(plan, x_T, desc="removal")
 
 
+def _encoded_mode(bb: Backbone, inverted: InvertedImage, image: torch.Tensor) -> torch.Tensor:
+    """``E(I)`` ``(1, c, h, w)``: the VAE posterior's mode of the work-size image, refined as the
+    inversion was. It is ``latent_0`` unless the inversion sampled the posterior (``seed`` set);
+    then it is encoded once per inversion and device (``inverted.memo``), not once per edit: a
+    trajectory's frames share it."""
+    if inverted.seed is None:
+        return inverted.latent_0
+    steps = inverted.config.encode_refine_steps
+    key = ("encoded_mode", str(image.device), steps)
+    if key not in inverted.memo:
+        inverted.memo[key] = bb.encode_image(image, refine_steps=steps)
+    return inverted.memo[key]
+
+
 def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan, alpha: float) -> torch.Tensor:
     """The identity-transfer latent with its clean part warped in pixels instead of latents.
 
@@ -209,7 +223,7 @@ def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan,
     steps = inverted.config.encode_refine_steps
     image = inverted.image.float().to(device)
     fe = geom.at_resolution(*plan.transfer.shape[-2:])
-    z0 = inverted.latent_0 if inverted.seed is None else bb.encode_image(image, refine_steps=steps)  # E(I), the mode
+    z0 = _encoded_mode(bb, inverted, image)  # E(I)
     warped_z = warp(z0.float().to(device), fe.source.float().to(device))
     warped_px = warp(image, geom.source.float().to(device))
     valid = geom.valid.float().to(device)

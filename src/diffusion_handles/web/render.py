@@ -204,6 +204,7 @@ class RenderService:
 
             report("loading model", 0, 0, self.name)
             self._pipe = DiffusionHandles.from_pretrained(self.model, device=self.device, dtype=self.dtype)
+            self._pipe.set_progress_bar_config(disable=True)  # the page shows progress through callbacks
         return self._pipe
 
     def check(self, inp: RenderInput, edit: HandleEdit | list[HandleEdit] | None) -> None:
@@ -264,7 +265,7 @@ class RenderService:
             t0 = time.perf_counter()
             report("inversion", 0, progress.expected, "starting the inversion")
             inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
-                                   seed=opts.seed, progress=False, callback=progress)
+                                   seed=opts.seed, callback=progress)
             timings["invert_s"] = time.perf_counter() - t0
             self._cache[key] = inverted
             while self._cache and len(self._cache) > self.cache_size:
@@ -300,7 +301,7 @@ class RenderService:
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
             t1 = time.perf_counter()
-            out = pipe.remove(inverted, guidance=GuidanceConfig(identity_transfer=None), seed=opts.seed, progress=False,
+            out = pipe.remove(inverted, guidance=GuidanceConfig(identity_transfer=None), noise_seed=opts.seed,
                               callback=lambda info: progress({"stage": "removal", **info}))
             timings["remove_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
@@ -328,9 +329,13 @@ class RenderService:
 def _edit(pipe, inverted, inp: RenderInput, edit, callback):
     """``pipe.edit`` of what ``inp`` moves: ``edit`` for the selected object, a list of edits for
     ``inp.object_masks``, or the camera's move when ``inp.camera``."""
-    multi = bool(inp.object_masks)
-    return pipe.edit(inverted, list(edit) if multi else edit, fov_deg=inp.fov_deg, progress=False, camera=inp.camera,
-                     object_masks=list(inp.object_masks) if multi else None, callback=callback)
+    from diffusion_handles.pipeline import CameraMove, ObjectMove
+
+    if inp.object_masks:
+        edit = [ObjectMove(m, e) for m, e in zip(inp.object_masks, edit, strict=True)]
+    elif inp.camera:
+        edit = CameraMove(edit)
+    return pipe.edit(inverted, edit, fov_deg=inp.fov_deg, callback=callback)
 
 
 def fit_to_model(inp: RenderInput, side: int) -> RenderInput:

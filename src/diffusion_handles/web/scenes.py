@@ -16,6 +16,7 @@ import numpy as np
 
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
+from diffusion_handles.web.sessions import Session, make_session
 
 
 @dataclass
@@ -35,6 +36,16 @@ class SceneData:
     masks: list[tuple[str, np.ndarray]] = field(default_factory=list)
     caption: str = ""
     fov_deg: float = DEFAULT_FOV_DEG
+
+
+def scene_session(scene: SceneData, scene_id: str, max_side: int) -> Session:
+    """A session of a built-in scene at working resolution (longer side at most ``max_side``):
+    its image, depth, caption and object masks, the first one selected."""
+    s = make_session(scene.image, scene.depth, scene.caption, scene.fov_deg, scene_id, max_side)
+    for name, m in scene.masks:
+        s.add_mask(name, m)
+    s.selected = 0 if s.masks else None
+    return s
 
 
 def _hit_box(dx, dy, lo, hi):

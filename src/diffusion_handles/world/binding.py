@@ -135,12 +135,26 @@ def attention_bias(regions: torch.Tensor, tokens: list[list[int]], hw: tuple[int
     return (binding.alpha * r - binding.beta * (1.0 - r)).T @ words
 
 
+def cross_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """What diffusers' ``AttnProcessor`` computes for a plain cross-attention (no residual inside
+    the module, no group or spatial norm), with an optional additive logit ``bias (B * heads, HW, L)``.
+
+    Returns the layer's output ``(B, HW, C)`` and its attention probabilities ``(B * heads, HW, L)``.
+    """
+    q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+    k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+    v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+    probs = attn.get_attention_scores(q, k, bias)
+    out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
+    return out / attn.rescale_output_factor, probs
+
+
 class BoundAttention:
     """A cross-attention processor adding :func:`attention_bias` to the rows it is given.
 
-    It computes :func:`~diffusion_handles.world.grounding.cross_attention` with the bias on the
-    logits of the batch rows ``rows`` (the conditional branch), built once per map size. Use
-    :func:`bound`.
+    It computes :func:`cross_attention` with the bias on the logits of the batch rows ``rows``
+    (the conditional branch), built once per map size. Use :func:`bound`.
     """
 
     def __init__(self, regions: torch.Tensor, tokens: list[list[int]], latent_hw: tuple[int, int],
@@ -160,8 +174,6 @@ class BoundAttention:
         return self._cache[key]
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        from diffusion_handles.world.grounding import cross_attention
-
         b, n, _ = hidden_states.shape
         bias = self._bias(b, n, encoder_hidden_states.shape[1], attn.heads, hidden_states)
         return cross_attention(attn, hidden_states, encoder_hidden_states, bias)[0]

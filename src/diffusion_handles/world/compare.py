@@ -4,7 +4,7 @@ A trained model replaces the shipped one when it is better on the held-out figur
 scenes a mean moves by a few tenths of a dB from the choice of scenes alone, so each figure is
 compared scene by scene: the differences ``candidate - base`` on the seeds both runs evaluated,
 their mean and its 95 % percentile-bootstrap interval
-(:func:`diffusion_handles.bench.metrics.bootstrap_ci`). A figure is ``better`` or ``worse`` when
+(:func:`diffusion_handles.stats.bootstrap_ci`). A figure is ``better`` or ``worse`` when
 that interval excludes 0, ``unchanged`` otherwise. Eight figures are tested at once, so one
 verdict in twenty can come from chance alone.
 
@@ -84,7 +84,7 @@ def compare(base: dict, candidate: dict, n_resamples: int = 2000, seed: int = 0,
     excludes 0 by more than :data:`FLOAT_NOISE`, else ``unchanged``; ``n/a`` without values). ``vae_tail`` has each run's mean, worst scene
     and number of scenes below :data:`VAE_FLOOR_DB`, on the shared seeds.
     """
-    from diffusion_handles.bench.metrics import bootstrap_ci
+    from diffusion_handles.stats import bootstrap_ci
 
     by_seed = {s["seed"]: s for s in base["scenes"]}
     pairs = [(by_seed[s["seed"]], s) for s in candidate["scenes"] if s["seed"] in by_seed]

@@ -112,6 +112,15 @@ def save_dataset(out: str | Path, data: dict[str, np.ndarray], jpeg_quality: int
     return out
 
 
+def lossy_psnr(path: str | Path, data: dict[str, np.ndarray]) -> tuple[float, float]:
+    """What a lossy pack cost: PSNR (dB, mean and lowest over the images) of the images stored in
+    ``path`` against ``data["rgb"]`` ``(N, H, W, 3)`` uint8, measured on the file as written."""
+    err = load_dataset(path)["rgb"].astype(np.float32) - data["rgb"].astype(np.float32)
+    mse = np.mean(err.reshape(len(err), -1) ** 2, axis=1)
+    psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12))
+    return float(psnr.mean()), float(psnr.min())
+
+
 def merge_datasets(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """One training set of several (as :func:`load_dataset` returns them), scenes in order.
 

@@ -42,43 +42,61 @@ scenes. A train figure well below the held-out one means the model memorised its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How :func:`generate` samples: the noise ``seed``, DDIM ``steps``, classifier-free ``guidance``,
+    the leak ``prior`` (a :class:`~diffusion_handles.world.leak_prior.LeakPrior`, or None) and the
+    ``binding`` (a :class:`~diffusion_handles.world.binding.Binding`, or None: unbound)."""
+
+    seed: int = 0
+    steps: int = 25
+    guidance: float = 4.0
+    prior: Any = None
+    binding: Any = None
+
+
 @torch.no_grad()
-def generate(backbone, caption: str, depth: torch.Tensor, *, seed: int = 0, steps: int = 25,
-             guidance: float = 4.0, init: torch.Tensor | None = None, prior=None, binding=None) -> torch.Tensor:
+def generate(backbone, caption: str, depth: torch.Tensor, config: GenerateConfig | None = None, *,
+             init: torch.Tensor | None = None, **settings) -> torch.Tensor:
     """Image ``(1, 3, H, W)`` in [0, 1] from z-depth ``(1, 1, H, W)`` (scene units) and a caption.
 
+    ``config`` (default :class:`GenerateConfig`), with any of its fields given as keywords
+    (``seed=``, ``steps=``, ``guidance=``, ``prior=``, ``binding=``) taking precedence.
     ``init``: the starting latent x_T ``(1, C, h, w)``; default N(0, 1) drawn from ``seed``, given
-    the leak ``prior`` (a :class:`~diffusion_handles.world.leak_prior.LeakPrior`) predicts, if any.
-    ``binding`` (a :class:`~diffusion_handles.world.binding.Binding`): bind each object's words
+    the leak ``prior`` predicts, if any. ``binding``: bind each object's words
     to the region the depth gives it (:mod:`~diffusion_handles.world.binding`); generation is
     unbound when the caption names no object or the depth shows fewer objects than it names.
     """
     from diffusion_handles.diffusion.conditioning import depth_to_condition
     from diffusion_handles.world import binding as bd
 
+    cfg = dataclasses.replace(config or GenerateConfig(), **settings)
     h, w = backbone.latent_hw(tuple(depth.shape[-2:]))
     cond = depth_to_condition(depth.float(), (h, w)).to(backbone.device)
     text = torch.cat([backbone.encode_prompt(""), backbone.encode_prompt(caption)])  # (2, L, D)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(cfg.seed)
     c = int(backbone.vae.config.latent_channels)
-    sched = backbone.schedule(steps)
+    sched = backbone.schedule(cfg.steps)
     if init is None:
         init = torch.randn((1, c, h, w), generator=g)
-        if prior is not None:
-            init = prior.start(backbone, caption, depth, init, float(sched.alpha[0]))
+        if cfg.prior is not None:
+            init = cfg.prior.start(backbone, caption, depth, init, float(sched.alpha[0]))
     x = init.to(backbone.device)
-    tokens = bd.phrase_tokens(caption, backbone.tokenizer) if binding is not None else []
+    tokens = bd.phrase_tokens(caption, backbone.tokenizer) if cfg.binding is not None else []
     regions = bd.object_regions(depth[0, 0].cpu().numpy(), len(tokens)) if tokens else None
-    with (bd.bound(backbone.unet, torch.from_numpy(regions), tokens, (h, w), rows=[1], binding=binding)
+    with (bd.bound(backbone.unet, torch.from_numpy(regions), tokens, (h, w), rows=[1], binding=cfg.binding)
           if regions is not None else contextlib.nullcontext()):
-        x = _sample(backbone, x, sched, text, cond, guidance)
+        x = _sample(backbone, x, sched, text, cond, cfg.guidance)
     return backbone.decode(x)
 
 
@@ -151,7 +169,7 @@ def reconstruct(handles, image: torch.Tensor, caption: str, depth: torch.Tensor,
     from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
 
     inv = handles.invert(image, caption, depth, mask, inversion=InversionConfig(num_steps=steps),
-                         guidance=GuidanceConfig(grad_steps=0), progress=False)
+                         guidance=GuidanceConfig(grad_steps=0))
     return handles.backbone.resize_to_work(inv.reconstruction.float().cpu(), tuple(image.shape[-2:]))
 
 
@@ -205,100 +223,161 @@ def _train_denoise_loss(bb, path: str | Path, n: int, seed: int) -> float:
     return float(np.mean(losses))
 
 
-def evaluate(model: str = "tinyworld", n: int = 32, out: str | Path = "runs/world/eval", steps: int = 25,
-             guidance: float = 4.0, seed: int = 0, first_seed: int | None = None, recon_n: int = 8,
-             size: int | None = None, train_data: str | Path | None = None, leak_prior: bool = True,
-             binding: bool = True) -> dict:
+@dataclass(frozen=True)
+class EvalConfig:
+    """What :func:`evaluate` measures: ``n`` held-out scenes from ``first_seed`` (None: the first
+    held-out seed), generated with ``steps`` DDIM steps at ``guidance`` from noise seeds ``seed + j``;
+    ``recon_n`` of them (the first ones) also reconstructed; rendered at ``size`` (None: the model's
+    native size); ``train_data`` (a training set) adds ``denoise_loss_train``; ``leak_prior`` /
+    ``binding``: generate with the model folder's leak prior / with layout-bound cross-attention."""
+
+    n: int = 32
+    steps: int = 25
+    guidance: float = 4.0
+    seed: int = 0
+    first_seed: int | None = None
+    recon_n: int = 8
+    size: int | None = None
+    train_data: str | Path | None = None
+    leak_prior: bool = True
+    binding: bool = True
+
+
+@dataclass
+class _Eval:
+    """An evaluation under way: its settings, the loaded pipeline and what generation uses."""
+
+    cfg: EvalConfig
+    handles: Any
+    first: int
+    size: int
+    prior: Any
+
+
+def evaluate(model: str = "tinyworld", out: str | Path = "runs/world/eval", config: EvalConfig | None = None,
+             **settings) -> dict:
     """Evaluate on held-out seeds ``first_seed .. first_seed + n - 1``; writes ``metrics.json``, ``grid.png``
     and ``recon_grid.png`` (input | reconstruction) into ``out``.
 
-    ``recon_n`` scenes (the first ones) also get the null-text reconstruction figure (0: none).
-    ``size`` renders at another size than the model's native one (the images are processed at
-    the size the model accepts). ``train_data`` (a training set, ``handles world dataset``) adds
-    ``denoise_loss_train`` on its first ``n`` scenes. ``leak_prior=False`` generates from plain
-    noise even when the model folder has a leak prior; ``binding=False`` without the layout-bound
-    cross-attention (:mod:`~diffusion_handles.world.binding`).
+    ``config`` (default :class:`EvalConfig`), with any of its fields given as keywords taking
+    precedence. ``recon_n`` scenes (the first ones) also get the null-text reconstruction figure
+    (0: none). ``size`` renders at another size than the model's native one (the images are
+    processed at the size the model accepts). ``train_data`` (a training set, ``handles world
+    dataset``) adds ``denoise_loss_train`` on its first ``n`` scenes. ``leak_prior=False``
+    generates from plain noise even when the model folder has a leak prior; ``binding=False``
+    without the layout-bound cross-attention (:mod:`~diffusion_handles.world.binding`).
     """
-    from PIL import Image
     from tqdm import tqdm
 
+    cfg = dataclasses.replace(config or EvalConfig(), **settings)
+    ev = _start(model, cfg)
+    rows, grid, rgrid, cells = [], [], [], []
+    for j in tqdm(range(cfg.n), desc="eval"):
+        row, obj_cells, tile, recon_tile = _eval_scene(ev, j)
+        rows.append(row)
+        cells += obj_cells
+        if tile is not None:
+            grid.append(tile)
+        if recon_tile is not None:
+            rgrid.append(recon_tile)
+    recon = [r["reconstruction_psnr"] for r in rows if "reconstruction_psnr" in r]
+    summary = {name: {m: float(np.nanmean([r[name][m] for r in rows])) for m in rows[0]["model"]}
+               for name in ("model", "ceiling", "vae", "other", "relit")}
+    figures = _figures(ev, rows, summary, cells, recon)
+    if cfg.train_data is not None:
+        figures["denoise_loss_train"] = _train_denoise_loss(ev.handles.backbone, cfg.train_data, cfg.n, cfg.seed)
+    result = {"model": model, "n": cfg.n, "steps": cfg.steps, "guidance": cfg.guidance, "first_seed": ev.first,
+              "size": ev.size, "recon_n": len(recon), "figures": figures, "summary": summary, "scenes": rows}
+    _write_eval(Path(out), result, (grid, rgrid), ev.size)
+    return result
+
+
+def _start(model: str, cfg: EvalConfig) -> _Eval:
+    """Seed torch, load the pipeline (and the model folder's leak prior, when wanted)."""
     from diffusion_handles.diffusion.backbone import model_folder
     from diffusion_handles.pipeline import DiffusionHandles
     from diffusion_handles.world import leak_prior as lp
+    from diffusion_handles.world.dataset import HELDOUT_SEED0
+
+    first = HELDOUT_SEED0 if cfg.first_seed is None else int(cfg.first_seed)
+    torch.manual_seed(cfg.seed)
+    handles = DiffusionHandles.from_pretrained(model).set_progress_bar_config(disable=True)
+    bb = handles.backbone
+    folder = model_folder(model)
+    prior = lp.load(folder, bb) if cfg.leak_prior and folder is not None else None
+    return _Eval(cfg, handles, first, cfg.size or bb.default_size, prior)
+
+
+def _eval_scene(ev: _Eval, j: int) -> tuple[dict, list[float], np.ndarray | None, np.ndarray | None]:
+    """Scene ``j``: ``(row, each object's latent cells, grid tile, reconstruction tile)`` (tiles
+    for the first 8 scenes only, else None)."""
     from diffusion_handles.world.binding import Binding
-    from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed
+    from diffusion_handles.world.dataset import render_seed
     from diffusion_handles.world.render import DEFAULT_SPP, render, scene_for_seed
     from diffusion_handles.world.scene import LIGHT_SIDES, relight
 
-    first = HELDOUT_SEED0 if first_seed is None else int(first_seed)
-    torch.manual_seed(seed)
-    handles = DiffusionHandles.from_pretrained(model)
-    bb = handles.backbone
-    folder = model_folder(model)
-    prior = lp.load(folder, bb) if leak_prior and folder is not None else None
-    size = size or bb.default_size
-    rows, grid, rgrid, recon, cells, dl = [], [], [], [], [], []
-    for j in tqdm(range(n), desc="eval"):
-        s = first + j
-        r = render_seed((s, size, DEFAULT_SPP))
-        ref = r["rgb"].astype(np.float32) / 255.0
-        depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
-        n_obj = object_count(r["ids"])
-        gen = generate(bb, r["caption"], depth, seed=seed + j, steps=steps, guidance=guidance, prior=prior,
-                       binding=Binding() if binding else None)
-        gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
-        scene = scene_for_seed(s, size, size)
-        rerender, relit = (render(sc, spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
-                           for sc in (scene, relight(scene, s + RELIGHT_SEED, len(LIGHT_SIDES))))
-        x = torch.from_numpy(ref).permute(2, 0, 1)[None]
-        xw = bb.resize_to_work(x, bb.work_size((size, size)))
-        z_enc = bb.encode_image(xw, refine_steps=0)  # (1, c, h, w), scaled: the encoder's latent
-        z0 = bb.encode_image(xw) if bb.encode_refine_steps else z_enc  # what the pipeline starts from
-        vae, vae_enc = (bb.resize_to_work(bb.decode(z).float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
-                        for z in (z0, z_enc))
-        other = render_seed((first + (j + 1) % max(n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
-        row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
-               "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
-               "other": image_metrics(other, ref, r["ids"], n_obj), "relit": image_metrics(relit, ref, r["ids"], n_obj)}
-        row["vae_encoder_psnr"] = _psnr(vae_enc, ref)
-        row["denoise_loss"] = denoising_loss(bb, z_enc, depth, r["caption"], seed=seed)
-        dl.append(row["denoise_loss"])
-        lh, lw = bb.latent_hw((size, size))
-        cells += [float((r["ids"] == k).sum()) * lh * lw / (size * size) for k in range(n_obj)]
-        if j < recon_n and n_obj:
-            mask = torch.from_numpy((r["ids"] == 0).astype(np.float32))[None, None]
-            rec = reconstruct(handles, x, r["caption"], depth, mask)[0].permute(1, 2, 0).numpy()
-            row["reconstruction_psnr"] = _psnr(rec, ref)
-            recon.append(row["reconstruction_psnr"])
-            if j < 8:
-                rgrid.append(np.concatenate([ref, rec], 1))
-        rows.append(row)
+    cfg, bb, size, s = ev.cfg, ev.handles.backbone, ev.size, ev.first + j
+    r = render_seed((s, size, DEFAULT_SPP))
+    ref = r["rgb"].astype(np.float32) / 255.0
+    depth = torch.from_numpy(r["depth"].astype(np.float32))[None, None]
+    n_obj = object_count(r["ids"])
+    gen = generate(bb, r["caption"], depth, seed=cfg.seed + j, steps=cfg.steps, guidance=cfg.guidance, prior=ev.prior,
+                   binding=Binding() if cfg.binding else None)
+    gen = bb.resize_to_work(gen.float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+    scene = scene_for_seed(s, size, size)
+    rerender, relit = (render(sc, spp=DEFAULT_SPP, seed=s + 12345).rgb.astype(np.float32) / 255.0
+                       for sc in (scene, relight(scene, s + RELIGHT_SEED, len(LIGHT_SIDES))))
+    x = torch.from_numpy(ref).permute(2, 0, 1)[None]
+    xw = bb.resize_to_work(x, bb.work_size((size, size)))
+    z_enc = bb.encode_image(xw, refine_steps=0)  # (1, c, h, w), scaled: the encoder's latent
+    z0 = bb.encode_image(xw) if bb.encode_refine_steps else z_enc  # what the pipeline starts from
+    vae, vae_enc = (bb.resize_to_work(bb.decode(z).float().cpu(), (size, size))[0].permute(1, 2, 0).numpy()
+                    for z in (z0, z_enc))
+    other = render_seed((ev.first + (j + 1) % max(cfg.n, 2), size, 16))["rgb"].astype(np.float32) / 255.0
+    row = {"seed": s, "caption": r["caption"], "model": image_metrics(gen, ref, r["ids"], n_obj),
+           "ceiling": image_metrics(rerender, ref, r["ids"], n_obj), "vae": image_metrics(vae, ref, r["ids"], n_obj),
+           "other": image_metrics(other, ref, r["ids"], n_obj), "relit": image_metrics(relit, ref, r["ids"], n_obj)}
+    row["vae_encoder_psnr"] = _psnr(vae_enc, ref)
+    row["denoise_loss"] = denoising_loss(bb, z_enc, depth, r["caption"], seed=cfg.seed)
+    lh, lw = bb.latent_hw((size, size))
+    cells = [float((r["ids"] == k).sum()) * lh * lw / (size * size) for k in range(n_obj)]
+    recon_tile = None
+    if j < cfg.recon_n and n_obj:
+        mask = torch.from_numpy((r["ids"] == 0).astype(np.float32))[None, None]
+        rec = reconstruct(ev.handles, x, r["caption"], depth, mask)[0].permute(1, 2, 0).numpy()
+        row["reconstruction_psnr"] = _psnr(rec, ref)
         if j < 8:
-            inv = 1.0 / r["depth"].astype(np.float32)
-            dimg = np.repeat(((inv - inv.min()) / max(float(np.ptp(inv)), 1e-6))[..., None], 3, -1)
-            grid.append(np.concatenate([dimg, gen, ref], 1))
-    summary = {name: {m: float(np.nanmean([r[name][m] for r in rows])) for m in rows[0]["model"]}
-               for name in ("model", "ceiling", "vae", "other", "relit")}
-    gm = summary["model"]
-    figures = {"vae_psnr": summary["vae"]["psnr"], "vae_psnr_encoder": float(np.mean([r["vae_encoder_psnr"] for r in rows])),
-               "vae_psnr_min": float(min(r["vae"]["psnr"] for r in rows)),
-               "encode_refine_steps": bb.encode_refine_steps, "reconstruction_psnr": float(np.mean(recon)) if recon else None,
-               "generation_psnr": gm["psnr"], "generation_ssim": gm["ssim"], "generation_iou_obj": gm["iou_obj"],
-               "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
-               "object_cells": float(np.mean(cells)) if cells else None, "relit_psnr": summary["relit"]["psnr"],
-               "relit_iou_obj": summary["relit"]["iou_obj"], "relit_colour_err": summary["relit"]["colour_err"],
-               "leak_prior": prior is not None, "binding": bool(binding),
-               "denoise_loss_heldout": float(np.mean(dl)), "denoise_loss_train": None}
-    if train_data is not None:
-        figures["denoise_loss_train"] = _train_denoise_loss(bb, train_data, n, seed)
-    result = {"model": model, "n": n, "steps": steps, "guidance": guidance, "first_seed": first, "size": size,
-              "recon_n": len(recon), "figures": figures, "summary": summary, "scenes": rows}
-    out = Path(out)
+            recon_tile = np.concatenate([ref, rec], 1)
+    tile = None
+    if j < 8:
+        inv = 1.0 / r["depth"].astype(np.float32)
+        dimg = np.repeat(((inv - inv.min()) / max(float(np.ptp(inv)), 1e-6))[..., None], 3, -1)
+        tile = np.concatenate([dimg, gen, ref], 1)
+    return row, cells, tile, recon_tile
+
+
+def _figures(ev: _Eval, rows: list[dict], summary: dict, cells: list[float], recon: list[float]) -> dict:
+    """The headline figures of ``metrics.json`` (module docstring); ``denoise_loss_train`` None."""
+    bb, gm = ev.handles.backbone, summary["model"]
+    return {"vae_psnr": summary["vae"]["psnr"], "vae_psnr_encoder": float(np.mean([r["vae_encoder_psnr"] for r in rows])),
+            "vae_psnr_min": float(min(r["vae"]["psnr"] for r in rows)),
+            "encode_refine_steps": bb.encode_refine_steps, "reconstruction_psnr": float(np.mean(recon)) if recon else None,
+            "generation_psnr": gm["psnr"], "generation_ssim": gm["ssim"], "generation_iou_obj": gm["iou_obj"],
+            "generation_iou_fg": gm["iou_fg"], "generation_colour_err": gm["colour_err"],
+            "object_cells": float(np.mean(cells)) if cells else None, "relit_psnr": summary["relit"]["psnr"],
+            "relit_iou_obj": summary["relit"]["iou_obj"], "relit_colour_err": summary["relit"]["colour_err"],
+            "leak_prior": ev.prior is not None, "binding": bool(ev.cfg.binding),
+            "denoise_loss_heldout": float(np.mean([r["denoise_loss"] for r in rows])), "denoise_loss_train": None}
+
+
+def _write_eval(out: Path, result: dict, grids: tuple[list, list], size: int) -> None:
+    """``metrics.json``, and ``grid.png`` / ``recon_grid.png`` from their tiles (when there are any)."""
+    from PIL import Image
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    for name, tiles in (("grid.png", grid), ("recon_grid.png", rgrid)):
+    for name, tiles in zip(("grid.png", "recon_grid.png"), grids, strict=True):
         if tiles:
             g = (np.clip(np.concatenate(tiles, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
             scale = max(1, 256 // size)  # nearest-neighbour upscale so tiles are at least 256 px
             Image.fromarray(g).resize((g.shape[1] * scale, g.shape[0] * scale), Image.NEAREST).save(out / name)
-    return result

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffusion_handles.world.binding import cross_attention, phrase_tokens
+
 MAX_OBJECTS = 3  # the world's scenes hold one to three objects
 MAX_WORDS = 3  # colour, pattern, shape (the article is not an object's word)
 
@@ -33,7 +35,6 @@ def object_token_positions(scene_json: str, tokenizer, mirrored: bool = False) -
     Row ``k`` is object ``k`` of the scene (the index its pixels carry in ``ids``); ``-1`` pads.
     ``mirrored`` gives the positions in the caption of the left-right mirrored image.
     """
-    from diffusion_handles.world.binding import phrase_tokens
     from diffusion_handles.world.scene import Scene
 
     scene = Scene.from_json(scene_json)
@@ -57,27 +58,12 @@ def object_masks(ids: np.ndarray, side: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def cross_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                    bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """What diffusers' ``AttnProcessor`` computes for a plain cross-attention (no residual inside
-    the module, no group or spatial norm), with an optional additive logit ``bias (B * heads, HW, L)``.
-
-    Returns the layer's output ``(B, HW, C)`` and its attention probabilities ``(B * heads, HW, L)``.
-    """
-    q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-    k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-    v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-    probs = attn.get_attention_scores(q, k, bias)
-    out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
-    return out / attn.rescale_output_factor, probs
-
-
 class AttentionRecorder:
     """Cross-attention processor that also keeps its attention probabilities.
 
     Installed on every ``attn2`` of a diffusers ``UNet2DConditionModel`` by :meth:`install`;
     ``maps`` collects ``(B, heads, HW, L)`` tensors during a forward pass (cleared by the caller).
-    It computes :func:`cross_attention` (no mask).
+    It computes :func:`~diffusion_handles.world.binding.cross_attention` (no bias).
     """
 
     def __init__(self) -> None:

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.world.model import PRIOR_FILE, cumulative_hours
 
-PRIOR_FILE = "leak_prior.safetensors"  # in the model folder, beside unet/ vae/ ...
 BLOCKS = 4  # k: the prior predicts a k x k grid of block means per latent channel
 DEPTH_POOL = 8  # the inverse depth enters as its averages over a DEPTH_POOL x DEPTH_POOL grid
 RIDGE = 1.0  # ridge penalty of the fit
@@ -176,6 +176,29 @@ def fit_dataset(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS
     return fit(backbone, captions_of(data)[0][:n], depth, z, blocks=blocks, holdout=holdout)
 
 
+def fit_with_record(backbone, data: dict, n: int | None = None, blocks: int = BLOCKS,
+                    holdout: float = 0.0) -> tuple[LeakPrior, dict]:
+    """:func:`fit_dataset`, timed, with the training record :func:`write_model` stores:
+    ``{"date", "hardware", "stages": {"leak_prior": {"images", "blocks", "seconds"[, "holdout",
+    "heldout_r2"]}}, "hours"}``."""
+    import datetime
+    import platform
+    import time
+
+    start = time.perf_counter()
+    prior, r2 = fit_dataset(backbone, data, n, blocks=blocks, holdout=holdout)
+    seconds = time.perf_counter() - start
+    images = min(n or len(data["rgb"]), len(data["rgb"]))
+    stage = {"images": images, "blocks": blocks, "seconds": round(seconds, 1)}
+    if r2 is not None:
+        stage.update(holdout=holdout, heldout_r2=round(r2, 4))
+    threads = torch.get_num_threads()
+    record = {"date": datetime.date.today().isoformat(),
+              "hardware": f"CPU ({platform.processor() or platform.machine()}), {threads} thread(s)",
+              "stages": {"leak_prior": stage}, "hours": round(seconds / 3600, 3)}
+    return prior, record
+
+
 def write_model(model: str | Path, prior: LeakPrior, out: str | Path, record: dict | None = None) -> Path:
     """A copy of the model folder ``model`` with ``prior`` in it, at the new folder ``out``
     (staged by :func:`~diffusion_handles.outputs.atomic_output_dir`: whole or not at all).
@@ -187,7 +210,6 @@ def write_model(model: str | Path, prior: LeakPrior, out: str | Path, record: di
     import shutil
 
     from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.world.model import cumulative_hours
 
     with atomic_output_dir(out) as tmp:
         shutil.copytree(model, tmp, dirs_exist_ok=True)

@@ -25,6 +25,7 @@ MAX_TOKENS = 32  # captions have at most ~24 words; CLIP adds <|startoftext|>, <
 LATENT_CHANNELS = 8
 IMAGE_SIZE = 128  # images are IMAGE_SIZE x IMAGE_SIZE; latents IMAGE_SIZE / 4
 UNET_CHANNELS = (48, 96, 96)  # block_out_channels of the CPU-trained UNet
+PRIOR_FILE = "leak_prior.safetensors"  # a leak prior (world.leak_prior) in the model folder, beside unet/ vae/ ...
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -328,7 +329,6 @@ def extend_vocabulary(model: str | Path, out: str | Path, seed: int = 0) -> dict
 
     from diffusion_handles.errors import HandlesError
     from diffusion_handles.outputs import atomic_output_dir
-    from diffusion_handles.world.leak_prior import PRIOR_FILE
 
     model = Path(model)
     old_tok = load_tokenizer(model / "tokenizer")

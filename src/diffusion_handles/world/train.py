@@ -36,6 +36,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,18 +171,30 @@ def _checkpoint(ckpt: Path, parts: dict, opt, step: int, seconds: float, done: b
            "seconds": seconds, "done": done}, ckpt)
 
 
+@dataclass(frozen=True)
+class _Sitting:
+    """One call of :func:`train`: its settings, run folder, log, and the two time limits
+    (``out_of_time()``: the call's; ``stage_over(name, t0)``: a stage's, :func:`_stage_clock`)."""
+
+    cfg: TrainConfig
+    run: Path
+    log: Callable[[str], None]
+    out_of_time: Callable[[], bool]
+    stage_over: Callable[[str, float], bool]
+
+
 class _Progress:
     """What every training loop does around its steps: a progress bar over ``step..steps``, a
     log line every ``log_every`` steps (``"<name> step <i> <figure> <value> ... t <seconds>s"``), a
     checkpoint of ``parts`` and ``opt`` every ``ckpt_every`` steps, at the last step and when a
-    time limit ends the call or the stage (``out_of_time()``, ``stage_over(name, t0)``)."""
+    time limit of the ``sitting`` ends the call or the stage."""
 
-    def __init__(self, name: str, cfg: TrainConfig, ckpt: Path, parts: dict, opt, step: int, steps: int,
-                 secs: float, log, out_of_time, stage_over):
+    def __init__(self, name: str, sitting: _Sitting, ckpt: Path, parts: dict, opt, step: int, steps: int,
+                 secs: float):
         from tqdm import tqdm
 
-        self.name, self.cfg, self.ckpt, self.parts, self.opt, self.steps = name, cfg, ckpt, parts, opt, steps
-        self.secs, self.log, self.out_of_time, self.stage_over = secs, log, out_of_time, stage_over
+        self.name, self.cfg, self.ckpt, self.parts, self.opt, self.steps = name, sitting.cfg, ckpt, parts, opt, steps
+        self.secs, self.log, self.out_of_time, self.stage_over = secs, sitting.log, sitting.out_of_time, sitting.stage_over
         self.t0 = time.time()
         self.bar = tqdm(range(step, steps), desc=name, initial=step, total=steps)
 
@@ -399,7 +412,8 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
     n, cs = len(rgb), min(cfg.vae_crop, rgb.shape[2])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     vae.train()
-    progress = _Progress("vae", cfg, ckpt, parts, opt, step, cfg.vae_steps, secs, log, out_of_time, stage_over)
+    sitting = _Sitting(cfg, run, log, out_of_time, stage_over)
+    progress = _Progress("vae", sitting, ckpt, parts, opt, step, cfg.vae_steps, secs)
     for i in progress:
         idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
         oy, ox = (torch.randint(0, rgb.shape[2] - cs + 1, (2,), generator=gen)).tolist()
@@ -450,25 +464,41 @@ def train_encoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_
         loss = mse + cfg.encoder_anchor * (drift + (post.logvar - logvar0.clamp(-30.0, 20.0)).pow(2).mean())
         return loss, {"mse": mse, "drift": drift}
 
-    _image_stage("encoder", cfg, vae, rgb, run, log, out_of_time, stage_over,
-                 parts={"encoder": vae.encoder, "quant_conv": vae.quant_conv}, steps=cfg.encoder_steps,
-                 batch=cfg.encoder_batch, lr_at=lambda i: _lr(i, cfg.encoder_lr, cfg.warmup), loss_fn=loss_fn, seed=17)
+    stage = _ImageStage("encoder", parts={"encoder": vae.encoder, "quant_conv": vae.quant_conv}, steps=cfg.encoder_steps,
+                        batch=cfg.encoder_batch, lr_at=lambda i: _lr(i, cfg.encoder_lr, cfg.warmup), loss_fn=loss_fn,
+                        seed=17)
+    _image_stage(stage, _Sitting(cfg, run, log, out_of_time, stage_over), vae, rgb)
 
 
-def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_time, stage_over, *,
-                 parts: dict, steps: int, batch: int, lr_at, loss_fn, seed: int) -> None:
-    """The loop of the two full-image VAE stages (encoder, decoder): resumable from
-    ``run/<name>.pt``, AdamW on the parameters of ``parts`` (``{key: module}``, the rest of the VAE
-    frozen), ``batch`` images of ``rgb`` ``(N, 3, H, W)`` uint8 a step (mirrored half the time)
-    in [-1, 1], ``loss_fn(x, gen) -> (loss, {name: value to log})``, learning rate ``lr_at(step)``."""
+@dataclass(frozen=True)
+class _ImageStage:
+    """One of the two full-image VAE stages (encoder, decoder): checkpoint ``run/<name>.pt``, the
+    modules it trains (``parts``, ``{key: module}``; the rest of the VAE frozen), ``steps``,
+    ``batch`` images a step, the learning rate ``lr_at(step)``, ``loss_fn(x, gen) -> (loss,
+    {name: value to log})`` and the offset ``seed`` of its random stream."""
+
+    name: str
+    parts: dict
+    steps: int
+    batch: int
+    lr_at: Callable[[int], float]
+    loss_fn: Callable
+    seed: int
+
+
+def _image_stage(stage: _ImageStage, sitting: _Sitting, vae, rgb: torch.Tensor) -> None:
+    """The loop of a full-image VAE stage: resumable from its checkpoint, AdamW on the parameters
+    of ``stage.parts``, ``stage.batch`` images of ``rgb`` ``(N, 3, H, W)`` uint8 a step (mirrored
+    half the time) in [-1, 1]."""
+    name, parts, steps, batch, lr_at, loss_fn = stage.name, stage.parts, stage.steps, stage.batch, stage.lr_at, stage.loss_fn
     dev = next(vae.parameters()).device
-    ckpt = run / f"{name}.pt"
+    ckpt = sitting.run / f"{name}.pt"
     params = [p for m in parts.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr_at(0), weight_decay=0.0)
-    step, secs, done = _resume(ckpt, dev, parts, opt, log, name)
+    step, secs, done = _resume(ckpt, dev, parts, opt, sitting.log, name)
     if done or step >= steps:
         return
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed + step)
+    gen = torch.Generator().manual_seed(sitting.cfg.seed * 1000 + stage.seed + step)
     vae.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
@@ -476,7 +506,7 @@ def _image_stage(name: str, cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path,
         m.train()
     rgb = rgb.to(dev)  # uint8; on a GPU the whole set lives there (~50 MB for 1000 scenes)
     n = len(rgb)
-    progress = _Progress(name, cfg, ckpt, parts, opt, step, steps, secs, log, out_of_time, stage_over)
+    progress = _Progress(name, sitting, ckpt, parts, opt, step, steps, secs)
     for i in progress:
         idx = torch.randint(0, n, (batch,), generator=gen).to(dev)
         x = rgb[idx].float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
@@ -602,7 +632,8 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         obj_masks, obj_tokens = batches["obj_masks"].to(dev), batches["obj_tokens"].to(dev)
         recorder = AttentionRecorder()
         recorder.install(unet)
-    progress = _Progress("unet", cfg, ckpt, parts, opt, step, cfg.unet_steps, secs, log, out_of_time, stage_over)
+    sitting = _Sitting(cfg, run, log, out_of_time, stage_over)
+    progress = _Progress("unet", sitting, ckpt, parts, opt, step, cfg.unet_steps, secs)
     run_loss = None
     for i in progress:
         b = cfg.unet_batch
@@ -669,9 +700,9 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
     def lr_at(i: int) -> float:  # cosine decay to a tenth over the stage
         return cfg.decoder_lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * i / max(1, cfg.decoder_steps))))
 
-    _image_stage("decoder", cfg, vae, rgb, run, log, out_of_time, stage_over,
-                 parts={"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}, steps=cfg.decoder_steps,
-                 batch=cfg.decoder_batch, lr_at=lr_at, loss_fn=loss_fn, seed=13)
+    stage = _ImageStage("decoder", parts={"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder},
+                        steps=cfg.decoder_steps, batch=cfg.decoder_batch, lr_at=lr_at, loss_fn=loss_fn, seed=13)
+    _image_stage(stage, _Sitting(cfg, run, log, out_of_time, stage_over), vae, rgb)
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware: str | None = None) -> Path:

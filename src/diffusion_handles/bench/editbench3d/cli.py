@@ -35,10 +35,11 @@ def run_cli(args) -> int:
                           null_inner_steps=args.null_inner_steps, gt_mask=args.gt_mask, sam_model=args.sam_model,
                           prompt=args.prompt, device=args.device, threads=args.threads)
     if args.ray is not None:
-        from diffusion_handles.batch.bench_ray import run_editbench_on_ray
+        from diffusion_handles.bench.ray import RaySettings, run_editbench_on_ray
 
-        results = run_editbench_on_ray(cfg, args.data, out, [p.stem for p in files], ray_address=args.ray,
-                                       gpus_per_job=args.gpus_per_job, progress=not args.quiet)
+        results = run_editbench_on_ray(cfg, args.data, out, [p.stem for p in files],
+                                       RaySettings(address=args.ray, gpus_per_job=args.gpus_per_job),
+                                       progress=not args.quiet)
     else:
         results = run_editbench(cfg, args.data, out, progress=not args.quiet, report_only=args.report_only)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/")

@@ -21,8 +21,10 @@ from diffusion_handles.bench.editbench3d.camera import camera_from_K, handle_edi
 from diffusion_handles.bench.editbench3d.io import EditBenchCase, list_cases, read_case
 from diffusion_handles.bench.editbench3d.report import METRICS, format_table, write_report
 from diffusion_handles.bench.editbench3d.scoring import PointSegmenter, resize_uint8, score_edit
-from diffusion_handles.bench.runner import _save_png, _write_json, read_resume_record
+from diffusion_handles.bench.runner import _save_png, read_resume_record
 from diffusion_handles.errors import HandlesError
+from diffusion_handles.outputs import write_json
+from diffusion_handles.stats import bootstrap_ci
 
 RESULTS_VERSION = 1
 
@@ -84,6 +86,7 @@ class EditBenchRunner:
             from diffusion_handles.pipeline import DiffusionHandles
 
             self._pipe = DiffusionHandles.from_pretrained(self.cfg.model, device=self.cfg.device)
+            self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
 
     def inputs(self, case: EditBenchCase):
@@ -144,14 +147,13 @@ class EditBenchRunner:
                         inv_cfg = InversionConfig(method=self.cfg.inversion, num_steps=self.cfg.steps,
                                                   null_inner_steps=self.cfg.null_inner_steps)
                         inverted = self.pipe.invert(image, prompt, depth, mask, inversion=inv_cfg,
-                                                    guidance=record_all_guidance(self.cfg.steps), seed=0, progress=False)
+                                                    guidance=record_all_guidance(self.cfg.steps), seed=0)
                     if m.kind == "reconstruction":
                         edited = self.pipe.backbone.resize_to_work(inverted.reconstruction.float().cpu(),
                                                                    tuple(image.shape[-2:]))
                     else:
                         res = self.pipe.edit(inverted, edit, guidance=m.guidance(self.cfg.steps),
-                                             background_depth=background, fov_deg=win.fov_deg, source_image=image,
-                                             progress=False)
+                                             background_depth=background, fov_deg=win.fov_deg, source_image=image)
                         edited = res.edited
                 full = case.image1.copy()
                 full[y0:y1, x0:x1] = _to_uint8(edited)
@@ -175,24 +177,15 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
     """
     from tqdm import tqdm
 
-    from diffusion_handles.bench.metrics import LPIPS, bootstrap_ci, lpips_status
+    from diffusion_handles.bench.methods import resolve_methods
+    from diffusion_handles.bench.metrics import LPIPS, lpips_status
 
     files = list_cases(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = out / "settings.json"
-    keys = ("model", "steps", "inversion", "null_inner_steps", "gt_mask", "prompt")
-    if settings.exists():
-        prev = json.loads(settings.read_text())
-        diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
-        if diff:
-            raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
-    if not report_only:
-        _write_json(settings, {**cfg.to_dict(), "suite": "3deditbench", "data": str(Path(data).resolve())})
+    _check_settings(cfg, data, out, report_only)
     ok_lpips, lpips_why = lpips_status()
     runner = None if report_only else EditBenchRunner(cfg)
-    from diffusion_handles.bench.methods import resolve_methods
-
     methods = resolve_methods(cfg.methods or ["ours"])
     segmenter = None
     if not report_only:  # one SAM for both: the click path's (when --gt-mask is off) also scores adherence
@@ -209,48 +202,10 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
     todo_files = [p for p in files if only is None or p.stem in only]
     bar = tqdm(todo_files, desc="3deditbench", unit="case", disable=not progress)
     for path in bar:
-        name = path.stem
-        rec_path = out / "edits" / f"{name}.json"
-        rec = read_resume_record(rec_path)
-        done = dict(rec["methods"]) if rec and not rec.get("error") else {}
-        if report_only or (rec is not None and not rec.get("error") and all(m.name in done for m in methods)):
-            if rec is not None:
-                records.append(rec)
-            continue
-        img_dir = out / "images" / name
-        try:
-            case = read_case(path)
-            rec = {"case": name, "error": None, "methods": done, "segmenter": segmenter.kind, "flow": "opencv-dis",
-                   "references": {}}
-            _save_png(resize_uint8(case.image1), img_dir / "input.png")
-            _save_png(resize_uint8(case.image2), img_dir / "gt.png")
-            rec["references"]["input"] = {**score_edit(case.image1, case, segmenter, lp), "error": None}
-            rec["references"]["ground_truth"] = {**score_edit(case.image2, case, segmenter, lp), "error": None}
-
-            def save(mname: str, entry: dict, full, rec=rec, case=case, img_dir=img_dir, rec_path=rec_path) -> None:
-                if full is not None:
-                    entry.update(score_edit(full, case, segmenter, lp))
-                    _save_png(resize_uint8(full), img_dir / f"{mname}.png")
-                rec["methods"][mname] = entry
-                _write_json(rec_path, rec)
-
-            runner.run(case, done, on_method=save)
-        except HandlesError as e:
-            rec = {"case": name, "error": str(e), "methods": {}}
-        except Exception as e:
-            rec = {"case": name, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-                   "methods": {}}
-        _write_json(rec_path, rec)
-        records.append(rec)
+        rec = _run_case(path, out, runner, methods, segmenter, lp, report_only)
+        if rec is not None:
+            records.append(rec)
     bar.close()
-    agg = {}
-    refs = ("input", "ground_truth")
-    for row in [m.name for m in methods] + list(refs):
-        entries = [(r.get("references", {}) if row in refs else r.get("methods", {})).get(row) for r in records]
-        good = [e for e in entries if e and not e.get("error")]
-        failed = sum(1 for r, e in zip(records, entries, strict=False) if r.get("error") or (e and e.get("error")))
-        agg[row] = {k: bootstrap_ci([e.get(k) for e in good]) for k, _ in METRICS}
-        agg[row].update(ok=len(good), failed=failed)
     segs = sorted({r.get("segmenter") for r in records if r.get("segmenter")})
     results = {
         "version": RESULTS_VERSION, "suite": "3deditbench", "settings": cfg.to_dict(),
@@ -260,10 +215,73 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
                                     "edited image from object_points_image1 moved by the input->edited flow "
                                     "(neuroailab/3DEditBench edit_bench/utils.py get_iou_score)"},
         "wall_time_s_this_invocation": time.perf_counter() - t_start,
-        "methods": [m.name for m in methods], "aggregate": agg, "edits": records,
+        "methods": [m.name for m in methods], "aggregate": _aggregate(records, methods), "edits": records,
     }
     if only is None:
-        _write_json(out / "results.json", results)
+        write_json(out / "results.json", results)
         write_report(results, out)
         log(format_table(results))
     return results
+
+
+def _check_settings(cfg: EditBenchConfig, data: str | Path, out: Path, report_only: bool) -> None:
+    """Refuse to resume a run of other settings in ``out``; record these (unless ``report_only``)."""
+    settings = out / "settings.json"
+    keys = ("model", "steps", "inversion", "null_inner_steps", "gt_mask", "prompt")
+    if settings.exists():
+        prev = json.loads(settings.read_text())
+        diff = [k for k in keys if prev.get(k) != cfg.to_dict().get(k)]
+        if diff:
+            raise HandlesError(f"--out: {out} holds a run with other settings ({', '.join(diff)}); use a new folder")
+    if not report_only:
+        write_json(settings, {**cfg.to_dict(), "suite": "3deditbench", "data": str(Path(data).resolve())})
+
+
+def _run_case(path: Path, out: Path, runner: EditBenchRunner | None, methods: list, segmenter, lp,
+              report_only: bool) -> dict | None:
+    """The record of one file: resumed when it holds every method (or in a report-only run: None
+    when there is none), else the missing methods run and scored (an error is recorded, not raised)."""
+    name = path.stem
+    rec_path = out / "edits" / f"{name}.json"
+    rec = read_resume_record(rec_path)
+    done = dict(rec["methods"]) if rec and not rec.get("error") else {}
+    if report_only or (rec is not None and not rec.get("error") and all(m.name in done for m in methods)):
+        return rec
+    img_dir = out / "images" / name
+    try:
+        case = read_case(path)
+        rec = {"case": name, "error": None, "methods": done, "segmenter": segmenter.kind, "flow": "opencv-dis",
+               "references": {}}
+        _save_png(resize_uint8(case.image1), img_dir / "input.png")
+        _save_png(resize_uint8(case.image2), img_dir / "gt.png")
+        rec["references"]["input"] = {**score_edit(case.image1, case, segmenter, lp), "error": None}
+        rec["references"]["ground_truth"] = {**score_edit(case.image2, case, segmenter, lp), "error": None}
+
+        def save(mname: str, entry: dict, full) -> None:
+            if full is not None:
+                entry.update(score_edit(full, case, segmenter, lp))
+                _save_png(resize_uint8(full), img_dir / f"{mname}.png")
+            rec["methods"][mname] = entry
+            write_json(rec_path, rec)
+
+        runner.run(case, done, on_method=save)
+    except HandlesError as e:
+        rec = {"case": name, "error": str(e), "methods": {}}
+    except Exception as e:
+        rec = {"case": name, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+               "methods": {}}
+    write_json(rec_path, rec)
+    return rec
+
+
+def _aggregate(records: list[dict], methods: list) -> dict:
+    """Per method and reference: each metric's mean with its bootstrap interval, ``ok`` and ``failed``."""
+    agg = {}
+    refs = ("input", "ground_truth")
+    for row in [m.name for m in methods] + list(refs):
+        entries = [(r.get("references", {}) if row in refs else r.get("methods", {})).get(row) for r in records]
+        good = [e for e in entries if e and not e.get("error")]
+        failed = sum(1 for r, e in zip(records, entries, strict=False) if r.get("error") or (e and e.get("error")))
+        agg[row] = {k: bootstrap_ci([e.get(k) for e in good]) for k, _ in METRICS}
+        agg[row].update(ok=len(good), failed=failed)
+    return agg

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.geometry import Camera, lift, object_centroid
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
-from diffusion_handles.web.context import ERRORS, ApiError, WebContext, b64, png
+from diffusion_handles.web.context import ERRORS, WebContext, png
+from diffusion_handles.web.points import point_cloud
+from diffusion_handles.web.scenes import scene_session
 from diffusion_handles.web.schemas import PointCloud, SceneRequest, SelectRequest, SessionInfo
+from diffusion_handles.web.selection import select_object
 from diffusion_handles.web.sessions import make_session
 from diffusion_handles.web.uploads import (
     UploadError,
@@ -28,16 +29,20 @@ from diffusion_handles.web.uploads import (
 
 def router(ctx: WebContext) -> APIRouter:
     r = APIRouter(tags=["sessions"], responses=ERRORS)
-    cfg, sessions, perception = ctx.cfg, ctx.sessions, ctx.perception
+    _open_routes(r, ctx)
+    _selection_routes(r, ctx)
+    _view_routes(r, ctx)
+    return r
+
+
+def _open_routes(r: APIRouter, ctx: WebContext) -> None:
+    """Open a session: a built-in scene, or an uploaded image (with depth and mask); read one back."""
+    cfg, sessions = ctx.cfg, ctx.sessions
 
     @r.post("/api/sessions/scene", response_model=SessionInfo, status_code=201)
     def open_scene(req: SceneRequest) -> SessionInfo:
         """Open a built-in scene (demo or TinyWorld) with its depth, object masks and caption."""
-        sc = ctx.catalog.get(req.scene)
-        s = make_session(sc.image, sc.depth, sc.caption, sc.fov_deg, req.scene, cfg.work_side)
-        for name, m in sc.masks:
-            s.add_mask(name, m)
-        s.selected = 0 if s.masks else None
+        s = scene_session(ctx.catalog.get(req.scene), req.scene, cfg.work_side)
         return ctx.session_info(sessions.add(s))
 
     @r.post("/api/sessions", response_model=SessionInfo, status_code=201)
@@ -55,7 +60,7 @@ def router(ctx: WebContext) -> APIRouter:
         if depth is not None and depth.filename:
             d = read_depth(await _read(depth, lim, "depth"), depth.content_type, "depth", lim)
         else:
-            d = await asyncio.to_thread(perception.estimate_depth, img)
+            d = await asyncio.to_thread(ctx.perception.estimate_depth, img)
         s = make_session(img, d, prompt.strip(), fov_deg, "upload", cfg.work_side)
         if mask is not None and mask.filename:
             m = read_mask(await _read(mask, lim, "mask"), mask.content_type, "mask", lim)
@@ -66,6 +71,11 @@ def router(ctx: WebContext) -> APIRouter:
     @r.get("/api/sessions/{sid}", response_model=SessionInfo)
     def get_session(sid: str) -> SessionInfo:
         return ctx.session_info(sessions.get(sid))
+
+
+def _selection_routes(r: APIRouter, ctx: WebContext) -> None:
+    """Choose the object: upload a mask, or select one (a mask, a click or a text query)."""
+    cfg, sessions = ctx.cfg, ctx.sessions
 
     @r.post("/api/sessions/{sid}/mask", response_model=SessionInfo)
     async def upload_mask(sid: str, mask: UploadFile = File(..., description="object mask PNG")) -> SessionInfo:
@@ -81,30 +91,13 @@ def router(ctx: WebContext) -> APIRouter:
     def select(sid: str, req: SelectRequest) -> SessionInfo:
         """Select the object: one of the session's masks, or a click / text query (segmenter)."""
         s = sessions.get(sid)
-        if req.mode == "mask":
-            if req.index is None or req.index >= len(s.masks):
-                raise ApiError(422, f"index: expected a mask index in [0, {len(s.masks)}), got {req.index}")
-            with s.lock:
-                s.selected = req.index
-            return ctx.session_info(s)
-        if req.mode == "click":
-            if req.x is None or req.y is None:
-                raise ApiError(422, "x, y: expected the clicked pixel's coordinates, got none")
-            h, w = s.size_hw
-            if not (0 <= req.x < w and 0 <= req.y < h):
-                raise ApiError(422, f"x, y: expected a pixel inside the {w}x{h} image, got ({req.x}, {req.y})")
-            with _way_round():
-                m = perception.segment_click(s.image, req.x, req.y)
-            name = f"click ({req.x:.0f}, {req.y:.0f})"
-        else:
-            if not req.query or not req.query.strip():
-                raise ApiError(422, "query: expected a text query such as 'the red cube', got nothing")
-            with _way_round():
-                m = perception.segment_text(s.image, req.query.strip())
-            name = f"text: {req.query.strip()[:40]}"
-        with s.lock:
-            s.add_mask(name, m)
+        select_object(s, req, ctx.perception)
         return ctx.session_info(s)
+
+
+def _view_routes(r: APIRouter, ctx: WebContext) -> None:
+    """Read the session: its image, depth and mask as PNGs, and its lifted point cloud."""
+    sessions = ctx.sessions
 
     @r.get("/api/sessions/{sid}/image.png", response_class=Response)
     def session_image(sid: str):
@@ -125,31 +118,7 @@ def router(ctx: WebContext) -> APIRouter:
     @r.get("/api/sessions/{sid}/points", response_model=PointCloud)
     def points(sid: str) -> PointCloud:
         """The depth as a coloured point cloud (three.js axes) with the selected object flagged."""
-        s = sessions.get(sid)
-        h, w = s.size_hw
-        cam = Camera(h, w, s.fov_deg)
-        depth = torch.from_numpy(s.depth)[None, None].double()
-        pts = lift(depth, cam)  # (1, 3, H, W) camera axes
-        stride = max(1, math.ceil(math.sqrt(h * w / cfg.max_points)))
-        sub = pts[0, :, ::stride, ::stride]  # (3, h', w')
-        gh, gw = sub.shape[1:]
-        xyz = sub.reshape(3, -1).T.numpy() * np.array([1.0, -1.0, -1.0])  # three.js axes
-        rgb = s.image[::stride, ::stride].reshape(-1, 3)
-        mask = s.mask
-        obj = (mask[::stride, ::stride].reshape(-1) if mask is not None else np.zeros(gh * gw, bool)).astype(np.uint8)
-        pivot = pivot3 = None
-        if mask is not None and mask.any():
-            c = object_centroid(pts, torch.from_numpy(mask)[None, None])[0].tolist()
-            pivot = (c[0], c[1], c[2])
-            pivot3 = (c[0], -c[1], -c[2])
-        vfov = 2 * math.degrees(math.atan(math.tan(math.radians(s.fov_deg) / 2) * h / w))
-        return PointCloud(
-            count=gh * gw, stride=stride, grid_width=gw, grid_height=gh, positions=b64(xyz.astype(np.float32)),
-            colors=b64(rgb.astype(np.uint8)), object=b64(obj), pivot=pivot3, pivot_camera=pivot,
-            vertical_fov_deg=vfov, aspect=w / h, point_size=stride / cam.fx,
-        )
-
-    return r
+        return point_cloud(sessions.get(sid), ctx.cfg.max_points)
 
 
 async def _read(f: UploadFile, limits: UploadLimits, field: str) -> bytes:
@@ -158,18 +127,6 @@ async def _read(f: UploadFile, limits: UploadLimits, field: str) -> bytes:
     if len(data) > limits.max_bytes:
         raise UploadError(413, f"{field}: expected a file of at most {limits.max_bytes // (1024 * 1024)} MB, got more")
     return data
-
-
-@contextmanager
-def _way_round():
-    """A selection tool's failure (e.g. its weights are missing) says how to do without it."""
-    try:
-        yield
-    except HandlesError as e:
-        msg = str(e)
-        if "mask" not in msg:
-            msg += "; select a scene object or upload a mask instead"
-        raise HandlesError(msg) from None
 
 
 def check_fov(fov_deg: float) -> None:

@@ -1,0 +1,231 @@
+"""The inputs of the edit-like commands (``edit``, ``remove``, ``animate``): their flags, and IMAGE,
+depth, mask(s) and background depth loaded and validated (not a sub-command).
+
+* one object: ``--mask`` / ``--object`` / ``--click`` (:func:`load_edit_inputs`);
+* ``--camera``: no object, the whole image is the inversion's mask (:func:`load_camera_inputs`);
+* ``--edits FILE.json``: several objects (:func:`load_multi_inputs`).
+
+Missing depth or masks come from the perception stages (Sec. 5); every model loads before any runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from diffusion_handles.cli.edit_modes import EditEntry
+from diffusion_handles.cli.perception_args import (
+    add_object_args,
+    add_perception_args,
+    check_one_object_source,
+    clicks_from_args,
+    perception_config_from_args,
+)
+from diffusion_handles.errors import HandlesError
+
+
+def add_edit_input_args(p: argparse.ArgumentParser, *, prompt_help: str, mask_help: str,
+                        background_help: str | None = None) -> None:
+    """IMAGE, ``--prompt``, ``--depth``, ``--depth-scale``, ``--mask`` / ``--object`` / ``--click``,
+    the perception models and (with ``background_help``) ``--background-depth``: the inputs every
+    edit-like command reads with :func:`load_edit_inputs`."""
+    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help=prompt_help)
+    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres "
+                   "(default: estimated with --depth-model)")
+    p.add_argument("--depth-scale", default="1000",
+                   help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
+    p.add_argument("--mask", default=None, help=mask_help)
+    add_object_args(p, mask=False)
+    add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
+    if background_help is not None:
+        p.add_argument("--background-depth", default=None, help=background_help)
+
+
+def depth_scale_from_args(args: argparse.Namespace) -> float:
+    """``--depth-scale`` as a number (its range is checked where a 16-bit PNG depth is read)."""
+    try:
+        return float(args.depth_scale)
+    except ValueError:
+        raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+
+
+def _print_notes(command: str, notes: list[str]) -> None:
+    for note in notes:
+        print(f"handles {command}: note: {note}", file=sys.stderr)
+
+
+def _background_depth(args: argparse.Namespace, image, depth_scale: float):
+    """``--background-depth`` (``None`` when not given), the size of IMAGE."""
+    from diffusion_handles.io import check_same_size, load_depth
+
+    if getattr(args, "background_depth", None) is None:
+        return None
+    background = load_depth(args.background_depth, "--background-depth", depth_scale)
+    check_same_size("IMAGE", image, "--background-depth", background)
+    return background
+
+
+def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
+    """IMAGE, ``--depth``, ``--mask`` (or ``--object``/``--click``) and ``--background-depth`` of an
+    edit-like command, validated; missing depth or mask come from the perception stages (Sec. 5).
+
+    Checks ``--depth-scale`` and that exactly one object source is given first.
+
+    Returns:
+        ``(image (1,3,H,W), depth (1,1,H,W), mask (1,1,H,W), background (1,1,H,W) or None,
+        prepared)``; ``prepared`` is the :func:`~diffusion_handles.perception.prepare_inputs`
+        result when a perception stage ran, else ``None``.
+    """
+    from diffusion_handles.io import (
+        check_mask_not_empty,
+        check_same_size,
+        load_depth,
+        load_image,
+        load_mask,
+    )
+    from diffusion_handles.perception import prepare_inputs
+
+    depth_scale = depth_scale_from_args(args)
+    check_one_object_source(args)
+    image = load_image(args.image, "IMAGE")
+    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
+    mask = None if args.mask is None else load_mask(args.mask, "--mask")
+    if depth is not None:
+        check_same_size("IMAGE", image, "--depth", depth)
+    if mask is not None:
+        check_same_size("IMAGE", image, "--mask", mask)
+        check_mask_not_empty(mask)
+    background = _background_depth(args, image, depth_scale)
+    prepared = None
+    if depth is None or mask is None:  # perception stages (Sec. 5): all models load before any runs
+        prepared = prepare_inputs(image, depth=depth, mask=mask, object_text=args.object,
+                                  clicks=clicks_from_args(args), models=perception_config_from_args(args),
+                                  need_background=background is None)
+        _print_notes(command, prepared.info["notes"])
+        depth, mask = prepared.depth, prepared.mask
+        background = prepared.background_depth if background is None else background
+    return image, depth, mask, background, prepared
+
+
+def load_camera_inputs(args: argparse.Namespace) -> tuple:
+    """IMAGE and its depth (given or estimated) for ``--camera``; the mask is the whole image.
+
+    Returns ``(image (1,3,H,W), depth (1,1,H,W), mask (1,1,H,W) ones, info dict or None)``.
+    """
+    import torch
+
+    from diffusion_handles.io import check_same_size, load_depth, load_image
+
+    depth_scale = depth_scale_from_args(args)
+    image = load_image(args.image, "IMAGE")
+    info = None
+    if args.depth is not None:
+        depth = load_depth(args.depth, "--depth", depth_scale)
+        check_same_size("IMAGE", image, "--depth", depth)
+    else:
+        from diffusion_handles.perception.depth import DepthEstimator
+
+        cfg = perception_config_from_args(args)
+        est = DepthEstimator.load(cfg.depth, bypass="give --depth FILE to skip depth estimation").estimate(image)
+        depth = est.depth.float()
+        info = {"depth": {"source": "estimated", "model": est.model, "kind": est.kind}, "notes": []}
+    return image, depth, torch.ones_like(depth), info
+
+
+def _entry_masks(image, entries: list[EditEntry]) -> list:
+    """The masks of the entries that name a ``"mask"`` file, validated; ``None`` for the others."""
+    from diffusion_handles.io import check_mask_not_empty, check_same_size, load_mask
+
+    masks: list = [None] * len(entries)
+    for e in entries:
+        if e.mask_path is not None:
+            arg = f"--edits [{e.index}].mask"
+            m = load_mask(e.mask_path, arg)
+            check_same_size("IMAGE", image, arg, m)
+            check_mask_not_empty(m, arg)
+            masks[e.index] = m
+    return masks
+
+
+def _segment_entries(image, entries: list[EditEntry], masks: list, cfg) -> tuple[dict, list[str]]:
+    """Fill in ``masks`` for the entries with an ``"object"`` or ``"click"`` (every segmentation
+    model loads before any runs); returns the selections' summaries and notes."""
+    notes: list[str] = []
+    selections: dict = {}
+    if all(e.mask_path is not None for e in entries):
+        return selections, notes
+    from diffusion_handles.perception.segment import SamSegmenter, TextDetector, select_object
+
+    detector = TextDetector.load(cfg.segment) if any(e.text is not None for e in entries) else None
+    sam = SamSegmenter.load(cfg.segment, bypass='give "mask" files in --edits instead of "object"/"click"')
+    for e in entries:
+        if e.mask_path is None:
+            sel = select_object(image, text=e.text, clicks=e.clicks, config=cfg.segment, detector=detector, sam=sam)
+            masks[e.index] = (sel.mask > 0.5).float()
+            selections[str(e.index)] = sel.summary()
+            notes += sel.notes
+    return selections, notes
+
+
+def load_multi_inputs(args: argparse.Namespace, entries: list[EditEntry], command: str = "edit") -> tuple:
+    """IMAGE, depth, one mask per entry, the background depth of the scene without *all* the
+    objects, and the perception info. Segmentation models load before any runs; the depth and
+    d'_b come from :func:`~diffusion_handles.perception.prepare_inputs` with the union mask.
+
+    Returns ``(image, depth, masks [(1,1,H,W)], union, background, prepared)``.
+    """
+    import torch
+
+    from diffusion_handles.geometry.multi import disjoint_masks
+    from diffusion_handles.io import check_mask_not_empty, check_same_size, load_depth, load_image
+    from diffusion_handles.perception import prepare_inputs
+
+    depth_scale = depth_scale_from_args(args)
+    image = load_image(args.image, "IMAGE")
+    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
+    if depth is not None:
+        check_same_size("IMAGE", image, "--depth", depth)
+    background = _background_depth(args, image, depth_scale)
+    masks = _entry_masks(image, entries)
+    cfg = perception_config_from_args(args)
+    selections, notes = _segment_entries(image, entries, masks, cfg)
+    masks = disjoint_masks(masks)
+    union = torch.stack([m > 0.5 for m in masks]).any(0).float()
+    check_mask_not_empty(union, "--edits")
+    prepared = prepare_inputs(image, depth=depth, mask=union, models=cfg, need_background=background is None)
+    _print_notes(command, notes + prepared.info["notes"])
+    prepared.info["objects"] = selections
+    depth = prepared.depth
+    background = prepared.background_depth if background is None else background
+    return image, depth, masks, union, background, prepared
+
+
+@dataclass
+class ModeInputs:
+    """What :func:`load_mode_inputs` read: every tensor (1,C,H,W); ``mask`` is the inversion's mask
+    (the object's, the union of the objects' with ``--edits``, all ones with ``--camera``)."""
+
+    image: Any
+    depth: Any
+    mask: Any
+    background: Any = None  # d'_b, None with --camera
+    object_masks: list | None = None  # --edits: one mask per entry
+    prepared: Any = None  # the perception stages' result when one ran
+    perception_info: dict | None = None  # --camera: the depth estimate's description
+
+
+def load_mode_inputs(args: argparse.Namespace, mode: str, entries: list[EditEntry] | None,
+                     command: str) -> ModeInputs:
+    """The inputs of an edit of ``mode`` (``"object"``, ``"camera"`` or ``"multi"``, as returned by
+    :func:`~diffusion_handles.cli.edit_modes.check_mode_args`)."""
+    if mode == "camera":
+        image, depth, mask, info = load_camera_inputs(args)
+        return ModeInputs(image, depth, mask, perception_info=info)
+    if mode == "multi":
+        image, depth, object_masks, mask, background, prepared = load_multi_inputs(args, entries, command)
+        return ModeInputs(image, depth, mask, background, object_masks, prepared)
+    image, depth, mask, background, prepared = load_edit_inputs(args, command)
+    return ModeInputs(image, depth, mask, background, prepared=prepared)
