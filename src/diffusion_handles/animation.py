@@ -13,21 +13,30 @@ guided generation from the same inversion:
 Keyframes are spread evenly over the frames: with ``K`` keyframes and ``N`` frames, frame
 ``i`` sits at keyframe position ``i * (K - 1) / (N - 1)``, so the first and last frames are the
 first and last keyframes.
+
+Keyframes files are read strictly (:func:`keyframes_from_json`): a vector is a list of three
+numbers (never a string), a number is never a boolean, and every magnitude lies within
+:mod:`diffusion_handles.limits` (``TRANSLATE``, ``ROTATE_DEG``, ``SCALE``), so every
+interpolated transform is finite.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from diffusion_handles import limits
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.transform import HandleEdit
 
-MAX_FRAMES = 240
-MAX_KEYFRAMES = 64
+MAX_FRAMES = limits.FRAMES[1]
+MAX_KEYFRAMES = limits.KEYFRAMES[1]
+TRANSFORM_KEYS = ("translate", "rotate_axis", "rotate_deg", "scale")
+_IDENTITY = {"translate": [0, 0, 0], "rotate_axis": [0, 1, 0], "rotate_deg": 0, "scale": 1}
 _AXIS_TOL = 1e-9
 
 
@@ -95,18 +104,19 @@ def _directed(axis: Sequence[float], ref: Sequence[float]) -> bool:
     return float(np.dot(axis, ref)) > 0
 
 
-def interpolate_keyframes(keyframes: Sequence[HandleEdit], n_frames: int) -> list[HandleEdit]:
+def interpolate_keyframes(keyframes: Sequence[HandleEdit], n_frames: int, arg: str = "--keyframes") -> list[HandleEdit]:
     """``n_frames`` edits spread evenly from the first keyframe to the last.
 
     Args:
         keyframes: at least one :class:`HandleEdit` (one keyframe: every frame is that edit).
-        n_frames: frames to make, in [1, MAX_FRAMES]; at least 2 when there are several
-            keyframes (the first and last frames are the first and last keyframes).
+        n_frames: frames to make, in :data:`~diffusion_handles.limits.FRAMES`; at least 2 when
+            there are several keyframes (the first and last frames are the first and last keyframes).
+        arg: how the user gave the keyframes (named when an interpolated transform is not finite).
     """
     if not keyframes:
-        raise HandlesError("--keyframes: expected at least one keyframe, got none")
-    if n_frames < 1 or n_frames > MAX_FRAMES:
-        raise HandlesError(f"--frames: expected an integer in [1, {MAX_FRAMES}], got {n_frames}")
+        raise HandlesError(f"{arg}: expected at least one keyframe, got none")
+    if not limits.in_range(n_frames, limits.FRAMES):
+        raise HandlesError(f"--frames: expected an integer in [{limits.FRAMES[0]}, {MAX_FRAMES}], got {n_frames}")
     k = len(keyframes)
     if k > 1 and n_frames < 2:
         raise HandlesError(f"--frames: expected at least 2 frames for {k} keyframes (first and last), got {n_frames}")
@@ -116,13 +126,75 @@ def interpolate_keyframes(keyframes: Sequence[HandleEdit], n_frames: int) -> lis
     for i in range(n_frames):
         pos = i * (k - 1) / (n_frames - 1)
         j = min(int(math.floor(pos)), k - 2)
-        out.append(interpolate(keyframes[j], keyframes[j + 1], pos - j))
+        try:
+            out.append(interpolate(keyframes[j], keyframes[j + 1], pos - j))
+        except ValueError as e:  # HandleEdit refuses non-finite numbers
+            raise HandlesError(f"{arg}: expected finite transforms between keyframes {j} and {j + 1}, got frame {i}: "
+                               f"{e}") from None
     return out
 
 
+def _shown(v: object) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _json_number(v: object, name: str) -> float:
+    """A JSON number (never a boolean or a string), finite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise HandlesError(f"{name}: expected a number, got {_shown(v)}")
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float
+        f = math.inf
+    if not math.isfinite(f):
+        raise HandlesError(f"{name}: expected a finite number, got {_shown(v)}")
+    return f
+
+
+def _json_vector(v: object, name: str) -> list[float]:
+    """A JSON list of three numbers (a string is never a vector)."""
+    if not isinstance(v, list) or len(v) != 3 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+        raise HandlesError(f"{name}: expected a list of 3 numbers, got {_shown(v)}")
+    return [_json_number(x, name) for x in v]
+
+
+def edit_from_values(translate: Sequence[float], axis: Sequence[float], deg: float, scale: float,
+                     names: Mapping[str, str]) -> HandleEdit:
+    """A :class:`HandleEdit` whose numbers lie within :mod:`~diffusion_handles.limits`: every
+    ``|translate|`` component within ``TRANSLATE``, ``|deg|`` within ``ROTATE_DEG``, ``scale`` in
+    ``SCALE``, a non-zero axis of finite length when it rotates. ``names`` maps each key of
+    :data:`TRANSFORM_KEYS` to how the user gave it (``--scale``, ``--edits: [0].scale``, ...)."""
+    t, r = limits.TRANSLATE, limits.ROTATE_DEG
+    if not all(abs(v) <= t for v in translate):
+        raise HandlesError(f"{names['translate']}: expected numbers in [-{t:g}, {t:g}], got "
+                           f"{' '.join(f'{v:g}' for v in translate)}")
+    if not abs(deg) <= r:
+        raise HandlesError(f"{names['rotate_deg']}: expected degrees in [-{r:g}, {r:g}], got {deg:g}")
+    lo, hi = limits.SCALE
+    if not limits.in_range(scale, limits.SCALE):
+        raise HandlesError(f"{names['scale']}: expected a factor in [{lo:g}, {hi:g}], got {scale:g} (out of range)")
+    length2 = sum(a * a for a in axis)
+    if not math.isfinite(length2) or (deg != 0 and length2 < 1e-24):
+        want = "an axis of finite length" if not math.isfinite(length2) else "a non-zero axis"
+        raise HandlesError(f"{names['rotate_axis']}: expected {want}, got {' '.join(f'{a:g}' for a in axis)}")
+    return HandleEdit(tuple(translate), tuple(axis), deg, scale)  # type: ignore[arg-type]
+
+
+def edit_from_json(d: Mapping, where: str) -> HandleEdit:
+    """The transform keys of a parsed JSON object, strictly (a missing key is the identity's
+    value; other keys are the caller's business); errors name ``{where}{key}``."""
+    translate = _json_vector(d.get("translate", _IDENTITY["translate"]), f"{where}translate")
+    axis = _json_vector(d.get("rotate_axis", _IDENTITY["rotate_axis"]), f"{where}rotate_axis")
+    deg = _json_number(d.get("rotate_deg", _IDENTITY["rotate_deg"]), f"{where}rotate_deg")
+    scale = _json_number(d.get("scale", _IDENTITY["scale"]), f"{where}scale")
+    return edit_from_values(translate, axis, deg, scale, {k: f"{where}{k}" for k in TRANSFORM_KEYS})
+
+
 def keyframes_from_json(data: object, arg: str = "--keyframes") -> list[HandleEdit]:
-    """Keyframes from parsed JSON: a list of objects with the keys ``translate``, ``rotate_axis``,
-    ``rotate_deg``, ``scale`` (a missing key is the identity's value)."""
+    """Keyframes from parsed JSON: a list of 1 to ``KEYFRAMES`` objects with the keys ``translate``,
+    ``rotate_axis`` (lists of three numbers), ``rotate_deg``, ``scale`` (numbers); a missing key
+    is the identity's value. Read by :func:`edit_from_json` (types and magnitudes checked)."""
     if not isinstance(data, list) or not data:
         raise HandlesError(f"{arg}: expected a JSON list of transforms, got {type(data).__name__ if not isinstance(data, list) else 'an empty list'}")
     if len(data) > MAX_KEYFRAMES:
@@ -131,10 +203,11 @@ def keyframes_from_json(data: object, arg: str = "--keyframes") -> list[HandleEd
     for i, d in enumerate(data):
         if not isinstance(d, dict):
             raise HandlesError(f"{arg}: keyframe {i}: expected an object with translate/rotate_axis/rotate_deg/scale, got {type(d).__name__}")
-        try:
-            out.append(HandleEdit.from_dict(d))
-        except ValueError as e:
-            raise HandlesError(f"{arg}: keyframe {i}: {e}") from None
+        unknown = sorted(set(d) - set(TRANSFORM_KEYS))
+        if unknown:
+            raise HandlesError(f"{arg}: keyframe {i}: unknown keys {', '.join(unknown)[:80]}; expected "
+                               f"{', '.join(TRANSFORM_KEYS)}")
+        out.append(edit_from_json(d, f"{arg}: keyframe {i}: "))
     return out
 
 

@@ -6,7 +6,10 @@ argument, what was expected and what arrived. The decoding functions (:func:`ima
 shared by the command line (files) and the web app (uploads), so both read every input the
 same way.
 
-Images: any size from :data:`MIN_SIDE` pixels per side. 8-bit grey, palette, RGB, CMYK and
+Images, masks and depth maps: width and height in :data:`~diffusion_handles.limits.IMAGE_SIDE`
+and at most :data:`~diffusion_handles.limits.IMAGE_PIXELS` pixels, read from the file's header
+before anything is decoded (a small file can ask for gigabytes); only regular files are read (a
+FIFO, a device or a folder is refused, saying which). 8-bit grey, palette, RGB, CMYK and
 YCbCr images are converted to RGB; 16-bit grey (PNG ``I;16``, or ``I`` with values in
 0..65535) is scaled by 1/65535 (not clipped at 255); 32-bit float grey (``F``) is accepted with
 values in [0, 1]. Images with transparency (an alpha channel or a transparent palette entry)
@@ -24,21 +27,32 @@ Depth files (the file's contents decide, not its name):
 After conversion every depth value must lie in :data:`DEPTH_RANGE` = [1e-6, 1e6] scene units:
 beyond it float32 geometry and the inverse-depth Poisson solves lose all precision (a depth
 scaled by 1e30 would give a constant edited depth), so such a map is refused rather than used.
+
+JSON files (``--keyframes``, ``--edits``; :func:`read_json_file`) are read up to
+:data:`~diffusion_handles.limits.JSON_BYTES` and no further (a FIFO or ``/dev/zero`` never ends),
+and their nesting is checked against :data:`~diffusion_handles.limits.JSON_DEPTH` before
+``json.loads`` recurses (:func:`check_json_depth`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import stat
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_handles.errors import HandlesError
+from diffusion_handles import limits
+from diffusion_handles.errors import HandlesError, first_line
 
 PNG16_DEPTH_SCALE = 1000.0  # 16-bit PNG depth: millimetres -> scene units (metres)
-MIN_SIDE = 16  # smallest image / depth width or height (the web app's limit too)
-MAX_DEPTH_SIDE = 16384  # largest depth width or height (checked from the .npy header, before loading)
+MIN_SIDE = limits.IMAGE_SIDE[0]  # smallest image / depth width or height (the web app's limit too)
+MAX_SIDE = limits.IMAGE_SIDE[1]  # largest image / mask / depth width or height, from the file's header
 DEPTH_RANGE = (1e-6, 1e6)  # accepted z-depth in scene units, after conversion
 NPY_MAGIC = b"\x93NUMPY"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -46,10 +60,30 @@ ZIP_MAGIC = b"PK\x03\x04"  # .npz archives are zip files
 _GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words: ``a folder``, ``a FIFO``, ``a device``, ``a socket``, ``a regular file``."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
 def _existing(path: str | Path, arg: str) -> Path:
+    """``path`` if it is a regular file (a FIFO would block or never end, a device never ends)."""
     p = Path(path)
-    if not p.is_file():
-        raise HandlesError(f"{arg}: file not found: {p}")
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise HandlesError(f"{arg}: file not found: {p}") from None
+    except OSError as e:
+        raise HandlesError(f"{arg}: could not read {p}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise HandlesError(f"{arg}: expected a regular file, got {file_kind(mode)}: {p}")
     return p
 
 
@@ -57,6 +91,38 @@ def check_side(width: int, height: int, arg: str, min_side: int = MIN_SIDE) -> N
     """Refuse an image or depth smaller than ``min_side`` pixels in width or height."""
     if min(width, height) < min_side:
         raise HandlesError(f"{arg}: expected width and height of at least {min_side} pixels, got {width}x{height}")
+
+
+def check_max_size(width: int, height: int, arg: str) -> None:
+    """Refuse an image, mask or depth larger than :data:`~diffusion_handles.limits.IMAGE_SIDE` per
+    side or :data:`~diffusion_handles.limits.IMAGE_PIXELS` in all (4096x4096 is accepted)."""
+    if max(width, height) > MAX_SIDE:
+        raise HandlesError(f"{arg}: expected width and height of at most {MAX_SIDE} pixels, got {width}x{height}")
+    if width * height > limits.IMAGE_PIXELS:
+        raise HandlesError(f"{arg}: expected at most {limits.IMAGE_PIXELS} pixels, got {width}x{height}")
+
+
+@contextlib.contextmanager
+def _opened(p: Path, arg: str, what: str) -> Iterator[Image.Image]:
+    """``Image.open(p)`` with its size checked from the header, before any pixel is decoded; PIL's
+    own errors become one line ``{arg}: expected {what}, could not read ...``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower: checked below
+            im = Image.open(p)
+    except Image.DecompressionBombError as e:
+        raise HandlesError(f"{arg}: expected width and height of at most {MAX_SIDE} pixels, got a larger image "
+                           f"({first_line(e)})") from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise HandlesError(f"{arg}: expected {what}, could not read {p}: {e}") from None
+    with im:
+        check_max_size(im.width, im.height, arg)
+        try:
+            yield im
+        except HandlesError:
+            raise
+        except Exception as e:  # decoding a broken file
+            raise HandlesError(f"{arg}: expected {what}, could not read {p}: {e}") from None
 
 
 def _opaque(alpha: np.ndarray, what: str, arg: str) -> None:
@@ -113,15 +179,10 @@ def image_to_rgb(im: Image.Image, arg: str = "IMAGE") -> np.ndarray:
 def load_image(path: str | Path, arg: str = "IMAGE") -> torch.Tensor:
     """An RGB image as ``(1, 3, H, W)`` float32 in ``[0, 1]`` (decoded by :func:`image_to_rgb`)."""
     p = _existing(path, arg)
-    try:
-        with Image.open(p) as im:
-            im.load()
-            check_side(im.width, im.height, arg)
-            arr = image_to_rgb(im, arg)
-    except HandlesError:
-        raise
-    except Exception as e:  # PIL raises many types for broken files
-        raise HandlesError(f"{arg}: expected an image file (PNG/JPEG), could not read {p}: {e}") from None
+    with _opened(p, arg, "an image file (PNG/JPEG)") as im:
+        check_side(im.width, im.height, arg)
+        im.load()
+        arr = image_to_rgb(im, arg)
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].contiguous()
 
 
@@ -205,29 +266,46 @@ def load_depth(path: str | Path, arg: str = "--depth", depth_scale: float = PNG1
         raise HandlesError(f"{arg}: got a Python pickle in {p} (never loaded: files are data, not code); "
                            "expected a .npy array (np.save) or a 16-bit PNG")
     if head.startswith(NPY_MAGIC):
-        try:
-            mm = np.load(p, mmap_mode="r", allow_pickle=False)
-            shape = tuple(mm.shape)
-            if len(shape) >= 2 and max(shape) > MAX_DEPTH_SIDE:
-                raise HandlesError(f"{arg}: expected an (H, W) array of at most {MAX_DEPTH_SIDE} pixels per side, got shape {shape}")
-            arr = np.array(mm)
-            del mm
-        except HandlesError:
-            raise
-        except Exception as e:
-            raise HandlesError(f"{arg}: expected a .npy float array, could not read {p}: {e}") from None
-        return torch.from_numpy(depth_from_array(arr, arg))[None, None].contiguous()
+        return torch.from_numpy(depth_from_array(_load_npy(p, arg), arg))[None, None].contiguous()
     if p.suffix.lower() == ".npy":
         raise HandlesError(f"{arg}: expected a .npy array, but {p} has no .npy header (got {head[:6]!r}...)")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            arr = depth_from_png16(im, arg, depth_scale)
-    except HandlesError:
-        raise
-    except Exception as e:
-        raise HandlesError(f"{arg}: expected a .npy array or a 16-bit PNG, could not read {p}: {e}") from None
+    with _opened(p, arg, "a .npy array or a 16-bit PNG") as im:
+        im.load()
+        arr = depth_from_png16(im, arg, depth_scale)
     return torch.from_numpy(arr)[None, None].contiguous()
+
+
+def _npy_header(p: Path, arg: str) -> tuple[tuple, np.dtype]:
+    """``(shape, dtype)`` of a ``.npy`` file from its header, nothing else read."""
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(p, "rb") as f:
+            version = npy_format.read_magic(f)
+            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except Exception as e:
+        raise HandlesError(f"{arg}: expected a .npy float array, could not read {p}: {first_line(e)}") from None
+    return tuple(shape) + tuple(dtype.shape), dtype.base
+
+
+def _load_npy(p: Path, arg: str) -> np.ndarray:
+    """A ``.npy`` array, its shape and dtype checked from the header before any of it is read."""
+    shape, dtype = _npy_header(p, arg)
+    if dtype.hasobject or dtype.kind in "VSUMm" or dtype.itemsize > 16:
+        raise HandlesError(f"{arg}: expected a numeric (integer or float) z-depth array, got dtype {dtype} (shape {shape})")
+    core = list(shape)  # the (H, W) inside singleton axes, as depth_from_array reads it
+    while len(core) > 2 and core[0] == 1:
+        core.pop(0)
+    while len(core) > 2 and core[-1] == 1:
+        core.pop()
+    if len(core) != 2:
+        raise HandlesError(f"{arg}: expected a 2-D (H, W) z-depth array, got shape {shape}")
+    check_max_size(int(core[1]), int(core[0]), arg)
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception as e:
+        raise HandlesError(f"{arg}: expected a .npy float array, could not read {p}: {first_line(e)}") from None
 
 
 def load_mask(path: str | Path, arg: str = "--mask") -> torch.Tensor:
@@ -237,17 +315,14 @@ def load_mask(path: str | Path, arg: str = "--mask") -> torch.Tensor:
     constant) are accepted.
     """
     p = _existing(path, arg)
-    try:
-        with Image.open(p) as im:
-            if im.mode in ("RGBA", "LA") and np.ptp(np.asarray(im.convert("L"))) == 0:
-                arr = np.asarray(im.getchannel("A"))
-            elif im.mode in ("I;16", "I;16B", "I"):
-                a = np.asarray(im).astype(np.float64)
-                arr = (a > 0).astype(np.uint8) * 255
-            else:
-                arr = np.asarray(im.convert("L"))
-    except Exception as e:
-        raise HandlesError(f"{arg}: expected a PNG mask, could not read {p}: {e}") from None
+    with _opened(p, arg, "a PNG mask") as im:
+        if im.mode in ("RGBA", "LA") and np.ptp(np.asarray(im.convert("L"))) == 0:
+            arr = np.asarray(im.getchannel("A"))
+        elif im.mode in ("I;16", "I;16B", "I"):
+            a = np.asarray(im).astype(np.float64)
+            arr = (a > 0).astype(np.uint8) * 255
+        else:
+            arr = np.asarray(im.convert("L"))
     mask = (arr >= 128).astype(np.float32)
     return torch.from_numpy(mask)[None, None].contiguous()
 
@@ -286,3 +361,67 @@ def save_depth_png16(path: str | Path, depth: torch.Tensor, depth_scale: float =
     """Save z-depth as a 16-bit PNG in the format :func:`load_depth` reads."""
     arr = depth.detach().float().cpu().squeeze().numpy() * depth_scale
     Image.fromarray(np.clip(np.round(arr), 1, 65535).astype(np.uint16)).save(path)
+
+
+# ---- JSON files ---------------------------------------------------------------------------------
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+def json_depth(text: str) -> int:
+    """How deeply ``text``'s arrays and objects nest (brackets inside strings do not count), in
+    linear time and without recursion: ``[]`` is 1, ``[{}]`` 2. Exact for valid JSON and for the
+    part of invalid JSON before its first error (all that ``json.loads`` reads)."""
+    b = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)  # multi-byte UTF-8 has no ASCII bytes
+    if not b.size:
+        return 0
+    pos = np.arange(b.size, dtype=np.int64)
+    last_plain = np.maximum.accumulate(np.where(b != _BACKSLASH, pos, -1))  # last non-backslash at or before i
+    backslashes_before = pos - 1 - np.concatenate(([-1], last_plain[:-1]))
+    quote = (b == _QUOTE) & (backslashes_before % 2 == 0)  # a quote that is not escaped
+    outside = np.cumsum(quote) % 2 == 0  # not inside a string (an opening quote counts as inside)
+    step = (np.isin(b, _OPEN).astype(np.int64) - np.isin(b, _CLOSE)) * outside
+    return max(0, int(np.cumsum(step).max()))
+
+
+def check_json_depth(text: str, arg: str) -> None:
+    """Refuse JSON nested deeper than :data:`~diffusion_handles.limits.JSON_DEPTH` (before
+    ``json.loads``, whose recursion a deeply nested file would blow)."""
+    depth = json_depth(text)
+    if depth > limits.JSON_DEPTH:
+        raise HandlesError(f"{arg}: expected JSON nested at most {limits.JSON_DEPTH} levels deep, got {depth}")
+
+
+def parse_json(text: str, arg: str, expected: str) -> object:
+    """``json.loads(text)`` after :func:`check_json_depth`; errors are one line naming ``arg``."""
+    check_json_depth(text, arg)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HandlesError(f"{arg}: expected {expected}, got invalid JSON ({e.msg} at line {e.lineno} "
+                           f"column {e.colno})") from None
+    except RecursionError:  # not reached after check_json_depth; kept as a guard
+        raise HandlesError(f"{arg}: expected JSON nested at most {limits.JSON_DEPTH} levels deep, got deeper") from None
+
+
+def read_json_file(path: str | Path, arg: str, expected: str = "a JSON list") -> object:
+    """The parsed JSON of a small file (``--keyframes``, ``--edits``): at most
+    :data:`~diffusion_handles.limits.JSON_BYTES` bytes are read, whatever the file is (a FIFO or
+    ``/dev/zero`` never ends), UTF-8, nested at most :data:`~diffusion_handles.limits.JSON_DEPTH` deep."""
+    p = Path(path)
+    if p.is_dir() or not p.exists():
+        raise HandlesError(f"{arg}: expected a JSON file, got {str(path)!r} ({'a folder' if p.is_dir() else 'no such file'})")
+    limit = limits.JSON_BYTES
+    try:
+        with open(p, "rb") as f:
+            size = p.stat().st_size if p.is_file() else 0
+            data = f.read(limit + 1) if size <= limit else b""
+    except OSError as e:
+        raise HandlesError(f"{arg}: could not read {str(path)!r} ({e.strerror or e})") from None
+    if size > limit or len(data) > limit:
+        raise HandlesError(f"{arg}: expected a JSON file of at most {limit} bytes, got {size if size > limit else 'more'}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HandlesError(f"{arg}: expected UTF-8 JSON text, got undecodable bytes in {str(path)!r}") from None
+    return parse_json(text, arg, expected)

@@ -129,7 +129,7 @@ def test_two_objects_preview_and_one_render(client, demo_session):
     ({"objects": [{"mask": 0}]}, "objects.0.transform"),
     ({"objects": [{"mask": 0, "transform": {}, "x": 1}]}, "objects.0.x"),
     ({"objects": {"mask": 0}}, "objects:"),
-    ({"objects": [{"mask": k, "transform": {}} for k in range(1, 9)]}, "objects: expected at most 7 other objects (8 with the selected one), 8 listed"),
+    ({"objects": [{"mask": k, "transform": {}} for k in range(1, 17)]}, "objects: expected at most 15 other objects (16 with the selected one), 16 listed"),
 ])
 def test_bad_modes_and_object_lists_are_clear_422s(client, demo_session, body, needle):
     body = {"transform": {}, **body}

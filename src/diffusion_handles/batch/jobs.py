@@ -13,6 +13,11 @@ A line is a JSON object; keys (``handles edit`` flags, with ``_`` for ``-``):
   (number or ``"off"``), ``transfer_source`` (``latent|pixels``), ``composite``, ``complete_back`` (bool),
   ``device`` (``cpu|cuda``), ``dtype``.
 
+Every number has the range ``handles edit`` gives it, from :mod:`diffusion_handles.limits`
+(``steps`` in ``STEPS``, ``grad_steps`` in ``GRAD_STEPS``, ``seed`` in ``SEED``, transforms within
+``TRANSLATE`` / ``ROTATE_DEG`` / ``SCALE``, ``fov`` in ``FOV_DEG``); a line is at most
+``JSON_BYTES`` long and nested at most ``JSON_DEPTH`` deep, a file at most ``BATCH_JOBS`` lines.
+
 Relative paths are relative to the JSONL file's folder. Blank lines and lines starting with
 ``#`` are skipped. A line that fails validation becomes a :class:`BadLine` (its 1-based line
 number and a one-line reason); the other lines still run.
@@ -22,11 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffusion_handles import limits
 from diffusion_handles.errors import HandlesError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -38,7 +44,8 @@ CHOICES = {
     "dtype": ("float32", "float16", "bfloat16"),
     "transfer_source": ("latent", "pixels"),
 }
-INT_KEYS = {"steps": 1, "guidance_steps": 0, "grad_steps": 0, "seed": 0}
+INT_KEYS = {"steps": limits.STEPS, "guidance_steps": (0, limits.STEPS[1]), "grad_steps": limits.GRAD_STEPS,
+            "seed": limits.SEED}  # inclusive ranges, as handles edit checks them
 NUMBER_KEYS = ("rotate_deg", "scale", "fov", "depth_scale")
 VECTOR_KEYS = ("translate", "rotate_axis")
 TEXT_KEYS = ("model", "object")
@@ -104,11 +111,12 @@ class BadLine:
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    """A finite JSON number (a boolean is not one; an integer beyond float is not finite)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max
 
 
-def _check(obj: dict, base: Path) -> dict:
-    """The validated spec of one line (paths absolute); raises HandlesError naming the key."""
+def _check_required(obj: dict, spec: dict) -> None:
+    """Unknown keys, ``id``, ``prompt`` and the one object source."""
     unknown = sorted(set(obj) - KNOWN_KEYS)
     if unknown:
         raise HandlesError(f"{unknown[0]}: expected one of the known keys ({', '.join(sorted(KNOWN_KEYS))}), "
@@ -116,7 +124,6 @@ def _check(obj: dict, base: Path) -> dict:
     for key in ("id", "image", "prompt"):
         if key not in obj:
             raise HandlesError(f"{key}: expected a value, got no such key")
-    spec: dict = {}
     jid = obj["id"]
     if not isinstance(jid, str) or not ID_PATTERN.match(jid):
         raise HandlesError(f"id: expected a folder-safe name (letters, digits, '.', '_', '-', starting with a "
@@ -128,6 +135,10 @@ def _check(obj: dict, base: Path) -> dict:
     sources = [k for k in ("mask", "object", "click") if k in obj]
     if len(sources) != 1:
         raise HandlesError(f"mask/object/click: expected exactly one, got {', '.join(sources) or 'none'}")
+
+
+def _check_texts(obj: dict, spec: dict, base: Path) -> None:
+    """Paths (made absolute), texts and clicks."""
     for key in PATH_KEYS:
         if key in obj:
             v = obj[key]
@@ -145,45 +156,95 @@ def _check(obj: dict, base: Path) -> dict:
         points = [c] if isinstance(c, list) and len(c) == 2 and all(_number(v) for v in c) else c
         if not isinstance(points, list) or not points or not all(
                 isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p) for p in points):
-            raise HandlesError(f"click: expected [x, y] or a list of [x, y] (pixels), got {c!r}")
+            raise HandlesError(f"click: expected [x, y] or a list of [x, y] (pixels), got {_shown(c)}")
         spec["click"] = [[float(x), float(y)] for x, y in points]
+
+
+def _check_transform(obj: dict, spec: dict) -> None:
+    """``translate``, ``rotate_axis``, ``rotate_deg``, ``scale``, ``fov``, ``depth_scale``: types, then
+    the ranges of :mod:`~diffusion_handles.limits` (as ``handles edit`` checks its flags)."""
+    from diffusion_handles.animation import edit_from_values
+
     for key in VECTOR_KEYS:
         if key in obj:
             v = obj[key]
             if not isinstance(v, list) or len(v) != 3 or not all(_number(x) for x in v):
-                raise HandlesError(f"{key}: expected three finite numbers [x, y, z], got {v!r}")
+                raise HandlesError(f"{key}: expected three finite numbers [x, y, z], got {_shown(v)}")
             spec[key] = [float(x) for x in v]
     for key in NUMBER_KEYS:
         if key in obj:
             if not _number(obj[key]):
-                raise HandlesError(f"{key}: expected a finite number, got {obj[key]!r}")
+                raise HandlesError(f"{key}: expected a finite number, got {_shown(obj[key])}")
             spec[key] = float(obj[key])
     if "scale" in spec and spec["scale"] <= 0:
         raise HandlesError(f"scale: expected a positive number, got {obj['scale']!r}")
-    if "fov" in spec and not 0 < spec["fov"] < 180:
-        raise HandlesError(f"fov: expected degrees in (0, 180), got {obj['fov']!r}")
-    for key, lo in INT_KEYS.items():
+    if "depth_scale" in spec and spec["depth_scale"] <= 0:
+        raise HandlesError(f"depth_scale: expected a positive number, got {obj['depth_scale']!r}")
+    lo, hi = limits.FOV_DEG
+    if "fov" in spec and not lo < spec["fov"] < hi:
+        raise HandlesError(f"fov: expected degrees in ({lo:g}, {hi:g}), got {obj['fov']!r}")
+    edit_from_values(spec.get("translate", (0.0, 0.0, 0.0)), spec.get("rotate_axis", (0.0, 1.0, 0.0)),
+                     spec.get("rotate_deg", 0.0), spec.get("scale", 1.0), {k: k for k in (*VECTOR_KEYS, "rotate_deg", "scale")})
+
+
+def _check_settings(obj: dict, spec: dict) -> None:
+    """Integers in their ranges, choices, ``identity_transfer`` and the booleans."""
+    for key, (lo, hi) in INT_KEYS.items():
         if key in obj:
             v = obj[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise HandlesError(f"{key}: expected an integer >= {lo}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise HandlesError(f"{key}: expected an integer in [{lo}, {hi}], got {_shown(v)}")
             spec[key] = v
+    if "guidance_steps" in spec and "steps" in spec and spec["guidance_steps"] > spec["steps"]:
+        raise HandlesError(f"guidance_steps: expected at most steps ({spec['steps']}), got {spec['guidance_steps']}")
     for key, allowed in CHOICES.items():
         if key in obj:
             if obj[key] not in allowed:
-                raise HandlesError(f"{key}: expected one of {', '.join(allowed)}, got {obj[key]!r}")
+                raise HandlesError(f"{key}: expected one of {', '.join(allowed)}, got {_shown(obj[key])}")
             spec[key] = obj[key]
     if "identity_transfer" in obj:
         v = obj["identity_transfer"]
         if v != "off" and not (_number(v) and 0 <= v < 1):
-            raise HandlesError(f"identity_transfer: expected a fraction in [0, 1) or 'off', got {v!r}")
+            raise HandlesError(f"identity_transfer: expected a fraction in [0, 1) or 'off', got {_shown(v)}")
         spec["identity_transfer"] = v
     for key in ("composite", "complete_back"):
         if key in obj:
             if not isinstance(obj[key], bool):
-                raise HandlesError(f"{key}: expected true or false, got {obj[key]!r}")
+                raise HandlesError(f"{key}: expected true or false, got {_shown(obj[key])}")
             spec[key] = obj[key]
+
+
+def _shown(v: object) -> str:
+    """``repr(v)``, at most 60 characters (a line may hold a megabyte)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _check(obj: dict, base: Path) -> dict:
+    """The validated spec of one line (paths absolute); raises HandlesError naming the key."""
+    spec: dict = {}
+    _check_required(obj, spec)
+    _check_texts(obj, spec, base)
+    _check_transform(obj, spec)
+    _check_settings(obj, spec)
     return spec
+
+
+def _parse_line(line: str, n: int) -> dict:
+    """One line's JSON object: at most ``JSON_BYTES`` long, nested at most ``JSON_DEPTH`` deep."""
+    from diffusion_handles.io import check_json_depth
+
+    size = len(line.encode("utf-8", "surrogatepass"))
+    if size > limits.JSON_BYTES:
+        raise HandlesError(f"line {n}: expected a line of at most {limits.JSON_BYTES} bytes, got {size}")
+    check_json_depth(line, f"line {n}")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise HandlesError(f"line {n}: expected a JSON object, got invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise HandlesError(f"line {n}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def parse_jobs(path: str | Path) -> tuple[list[Job], list[BadLine]]:
@@ -203,17 +264,15 @@ def parse_jobs(path: str | Path) -> tuple[list[Job], list[BadLine]]:
     jobs: list[Job] = []
     bad: list[BadLine] = []
     seen: dict[str, int] = {}
-    for n, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    lines = [(n, raw.strip()) for n, raw in enumerate(text.splitlines(), start=1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    if len(lines) > limits.BATCH_JOBS:
+        raise HandlesError(f"JOBS: expected at most {limits.BATCH_JOBS} jobs, got {len(lines)} lines in {str(path)!r}")
+    for n, line in lines:
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            bad.append(BadLine(f"line-{n}", n, f"line {n}: expected a JSON object, got invalid JSON ({e.msg} at column {e.colno})"))
-            continue
-        if not isinstance(obj, dict):
-            bad.append(BadLine(f"line-{n}", n, f"line {n}: expected a JSON object, got {type(obj).__name__}"))
+            obj = _parse_line(line, n)
+        except HandlesError as e:
+            bad.append(BadLine(f"line-{n}", n, str(e)))
             continue
         jid = obj.get("id") if isinstance(obj.get("id"), str) and ID_PATTERN.match(obj.get("id", "")) else None
         try:

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from diffusion_handles import limits
 from diffusion_handles.cli.common import SEED_MAX, add_out_args
 from diffusion_handles.cli.edit_modes import EditEntry
 from diffusion_handles.cli.inputs import ModeInputs, add_edit_input_args
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 DEFAULT_FRAMES = 12
 DEFAULT_FPS = 8.0
+MIN_FRAMES = max(2, limits.FRAMES[0])  # the first and last frames are the first and last keyframes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         'a JSON list of {"mask": PNG | "object": TEXT | "click": [X, Y], "keyframes": [transforms as '
                         "in --keyframes]} (relative paths relative to the file)")
     p.add_argument("--frames", default=str(DEFAULT_FRAMES), metavar="N",
-                   help=f"number of frames, 2..{MAX_FRAMES} (default {DEFAULT_FRAMES}); the first and last are the "
+                   help=f"number of frames, {MIN_FRAMES}..{MAX_FRAMES} (default {DEFAULT_FRAMES}); the first and last are the "
                         "first and last keyframes")
     p.add_argument("--camera", action="store_true",
                    help="the keyframes move the camera instead of an object (as handles edit --camera): no "
@@ -51,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hub id, local diffusers folder, or 'tinyworld' (default stabilityai/stable-diffusion-2-depth)")
     p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
                    help="method settings as in handles edit (default: default; fast: 20 steps, one gradient step)")
-    p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's)")
+    p.add_argument("--steps", default=None, metavar="N",
+                   help=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] (default: the preset's)")
     p.add_argument("--seed", default="0", metavar="S", help=f"seed of the VAE posterior sample, in [0, {SEED_MAX}] (default 0)")
     p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N", help="torch device (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
@@ -66,27 +69,22 @@ def _number(text: str, arg: str, lo: float, hi: float, integer: bool = False) ->
     from diffusion_handles.errors import HandlesError
 
     kind = "an integer" if integer else "a number"
+    shown = str(text) if len(str(text)) <= 40 else str(text)[:40] + "..."
     try:
         v = int(text) if integer else float(text)
     except (TypeError, ValueError):
-        raise HandlesError(f"{arg}: expected {kind} in [{lo:g}, {hi:g}], got {text!r}") from None
+        raise HandlesError(f"{arg}: expected {kind} in [{lo:g}, {hi:g}], got {shown!r}") from None
     if not lo <= v <= hi:
-        raise HandlesError(f"{arg}: expected {kind} in [{lo:g}, {hi:g}], got {text}")
+        raise HandlesError(f"{arg}: expected {kind} in [{lo:g}, {hi:g}], got {shown}")
     return v
 
 
 def _read_keyframes(path: str) -> object:
-    """The parsed JSON of ``--keyframes`` (checked by :func:`~diffusion_handles.animation.keyframes_from_json`)."""
-    import json
+    """The parsed JSON of ``--keyframes`` (checked by :func:`~diffusion_handles.animation.keyframes_from_json`):
+    at most ``limits.JSON_BYTES`` read, nested at most ``limits.JSON_DEPTH`` deep."""
+    from diffusion_handles.io import read_json_file
 
-    from diffusion_handles.errors import HandlesError
-
-    try:
-        return json.loads(open(path, encoding="utf-8").read())
-    except OSError as e:
-        raise HandlesError(f"--keyframes: could not read {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HandlesError(f"--keyframes: expected a JSON list of transforms, got unreadable JSON ({e})") from None
+    return read_json_file(path, "--keyframes", "a JSON list of transforms")
 
 
 @dataclass
@@ -112,7 +110,7 @@ def _frame_edits(args: argparse.Namespace, mode: str, n_frames: int) -> tuple[li
     if mode != "multi":
         return None, interpolate_keyframes(keyframes_from_json(_read_keyframes(args.keyframes)), n_frames)
     entries = parse_edits_file(args.edits, keyframes=True)
-    tracks = [interpolate_keyframes(e.keyframes, n_frames) for e in entries]
+    tracks = [interpolate_keyframes(e.keyframes, n_frames, f"--edits: [{e.index}].keyframes") for e in entries]
     return entries, [[t[i] for t in tracks] for i in range(n_frames)]  # per frame, one edit per object
 
 
@@ -123,10 +121,10 @@ def _request_from_args(args: argparse.Namespace) -> _Request:
     from diffusion_handles.diffusion.config import preset
     from diffusion_handles.errors import HandlesError
 
-    n_frames = int(_number(args.frames, "--frames", 2, MAX_FRAMES, integer=True))
+    n_frames = int(_number(args.frames, "--frames", MIN_FRAMES, MAX_FRAMES, integer=True))
     fps = _number(args.fps, "--fps", 0.5, 60)
     fov = fov_from_args(args)
-    steps = None if args.steps is None else int(_number(args.steps, "--steps", 1, 1000, integer=True))
+    steps = None if args.steps is None else int(_number(args.steps, "--steps", *limits.STEPS, integer=True))
     inversion, guidance = preset(args.preset, steps)
     seed = parse_seed(args.seed)
     if not args.prompt.strip():

@@ -12,12 +12,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run one edit per line of JOBS (a JSON object: id, image, prompt, mask|object|click, optional "
         "depth, translate, rotate_axis, rotate_deg, scale, model, steps, inversion, preset, ...; relative paths are "
         "relative to JOBS). Job <id> writes OUT/<id>/ exactly as 'handles edit' does; jobs on the same image and "
-        "settings share one inversion (OUT/.cache). Rerun the same command to resume: finished jobs are skipped. "
+        "settings share one inversion (OUT/.cache). Rerun the same command to resume: a finished job is skipped "
+        "when its line, its input files and its model are those it was made from, and runs again otherwise. "
         "Prints one line per finished job on stderr, a summary table on stdout, writes OUT/batch.json and "
-        "OUT/report.html; exits 1 if any job failed.",
+        "OUT/report.html; exits 1 if any job failed, 130 when stopped by Ctrl-C or SIGTERM (finished jobs are kept).",
     )
     p.add_argument("jobs", metavar="JOBS.jsonl", help="job file, one JSON object per line")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (reused to resume)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder: new, empty, or the folder of an earlier run of this command (resumed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole: the batch starts afresh in a folder beside it, swapped in "
+                        "when it is done (the old one is deleted only then)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="inversion cache shared by the jobs (default OUT/.cache; not inside --out otherwise); on a "
+                        "cluster it must be on a shared file system")
     p.add_argument("--ray", default="auto", metavar="auto|local|ADDRESS",
                    help="auto (default): $RAY_ADDRESS if set, else a local Ray instance started and stopped here; "
                         "local; or the address of a running cluster (HOST:PORT or ray://HOST:PORT)")
@@ -54,8 +62,11 @@ def run_edit(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffusion_handles.batch.execute import run_batch
+    import sys
+
+    from diffusion_handles.batch.execute import BatchOptions, is_batch_folder, run_batch
     from diffusion_handles.batch.report import format_table
+    from diffusion_handles.cli.common import check_out
     from diffusion_handles.errors import HandlesError
 
     gpus = _float(args.gpus_per_job, "--gpus-per-job", 0.0, strict=False)
@@ -65,8 +76,18 @@ def run(args: argparse.Namespace) -> int:
         num_cpus = int(_float(args.num_cpus, "--num-cpus", 0.0, strict=True))
         if num_cpus != float(args.num_cpus):
             raise HandlesError(f"--num-cpus: expected a positive integer, got {args.num_cpus!r}")
-    state = run_batch(args.jobs, args.out, run_edit=run_edit, ray_address=args.ray, gpus_per_job=gpus,
-                      cpus_per_job=cpus, num_cpus=num_cpus)
+    out = check_out(args, reusable=is_batch_folder, reuse_what="a batch run to resume")  # and --cache
+    fresh = args.overwrite and out.is_dir() and any(out.iterdir())
+    opts = BatchOptions(ray_address=args.ray, gpus_per_job=gpus, cpus_per_job=cpus, num_cpus=num_cpus,
+                        cache=args.cache, overwrite=args.overwrite)
+    try:
+        state = run_batch(args.jobs, out, run_edit=run_edit, options=opts)
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if e.args == ("SIGTERM",) else "interrupted"
+        kept = (f"nothing written, {args.out} left as it was" if fresh else
+                f"the jobs finished so far are recorded in {out / 'batch.json'}; rerun the same command to resume")
+        print(f"handles batch: {how}: stopped, {kept}", file=sys.stderr)
+        return 130
     print(format_table(state))
     print(f"batch written to {args.out}: batch.json, report.html, <id>/ per job")
     return 1 if any(r["status"] == "failed" for r in state["jobs"]) else 0

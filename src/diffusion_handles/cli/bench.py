@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles import limits
 from diffusion_handles.cli.common import (
+    MAX_THREADS,
     add_out_args,
     check_device,
     check_out,
@@ -17,10 +19,11 @@ _BENCH_SEED0 = 1_000_500  # = diffusion_handles.bench.cases.BENCH_SEED0 (not imp
 # Upper bounds (a larger value is a typo, or a run that cannot fit in memory or time).
 MAX_SIZE = 1024  # pixels per side; the path tracer and the UNet scale with its square
 MAX_SCENES = 10_000
-MAX_STEPS = 1000  # the schedulers' training timesteps: more DDIM steps do not exist
+MIN_SIZE = limits.IMAGE_SIDE[0]
+MAX_STEPS = limits.STEPS[1]  # the schedulers' training timesteps: more DDIM steps do not exist
 MAX_SPP = 4096
 MAX_NULL_INNER = 100
-MAX_THREADS = 1024
+MAX_ENCODE_REFINE = 1000
 MAX_SEED = 2**62  # seeds walk upwards from --seed; this keeps every one a 63-bit integer
 
 
@@ -44,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "ours_blend ours_transfer averaged_guidance layer2_only layer3_only layers_both layers_cyclic "
                    "stop20 stop28 stop38 stop50 wb_low wb_high")
     p.add_argument("--size", type=int, default=128,
-                   help=f"image side in pixels, in [16, {MAX_SIZE}] (tinyworld's native size: 128)")
+                   help=f"image side in pixels, in [{MIN_SIZE}, {MAX_SIZE}] (tinyworld's native size: 128)")
     p.add_argument("--steps", type=int, default=50,
-                   help=f"DDIM steps of inversion and generation, in [1, {MAX_STEPS}] (paper: 50)")
+                   help=f"DDIM steps of inversion and generation, in [{limits.STEPS[0]}, {MAX_STEPS}] (paper: 50)")
     p.add_argument("--inversion", default="null-text", choices=("null-text", "ddim", "negative-prompt"),
                    help="inversion method (paper: null-text)")
     p.add_argument("--null-inner-steps", type=int, default=5,
@@ -54,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--null-lr", type=float, default=1e-2,
                    help="null-text Adam learning rate, in (0, 1] (default 1e-2, NTI's; MODEL_CARD.md measures 5e-2)")
     p.add_argument("--encode-refine-steps", type=int, default=None, metavar="N",
-                   help="latent refinement steps after the VAE encoder, in [0, 1000] (default: the model's own; "
+                   help=f"latent refinement steps after the VAE encoder, in [0, {MAX_ENCODE_REFINE}] (default: the model's own; "
                         "tinyworld: 20, a hub model: 0)")
     p.add_argument("--no-cycle", action="store_true", help="skip the inverse edit (no cycle-consistency metric)")
     p.add_argument("--spp", type=int, default=128,
@@ -102,6 +105,14 @@ def _bounded(value: int | None, arg: str, lo: int, hi: int) -> None:
 
     if value is not None and not lo <= value <= hi:
         raise HandlesError(f"{arg}: expected an integer in [{lo}, {hi}], got {value}")
+
+
+def _check_work(args: argparse.Namespace) -> None:
+    """The bounds both suites share: ``--steps`` (:data:`~diffusion_handles.limits.STEPS`),
+    ``--null-inner-steps`` and ``--threads``."""
+    _bounded(args.steps, "--steps", *limits.STEPS)
+    _bounded(args.null_inner_steps, "--null-inner-steps", 0, MAX_NULL_INNER)
+    _bounded(args.threads, "--threads", 1, MAX_THREADS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,15 +165,13 @@ def _config_from_args(args: argparse.Namespace):
 
     _bounded(args.scenes, "--scenes", 1, MAX_SCENES)
     seed = parse_seed(args.seed, maximum=MAX_SEED)
-    _bounded(args.size, "--size", 16, MAX_SIZE)
-    _bounded(args.steps, "--steps", 1, MAX_STEPS)
-    _bounded(args.null_inner_steps, "--null-inner-steps", 0, MAX_NULL_INNER)
+    _bounded(args.size, "--size", MIN_SIZE, MAX_SIZE)
+    _check_work(args)
     if not 0 < args.null_lr <= 1:  # also refuses NaN
         raise HandlesError(f"--null-lr: expected a learning rate in (0, 1], got {args.null_lr}")
     if args.encode_refine_steps is not None:
-        _bounded(args.encode_refine_steps, "--encode-refine-steps", 0, 1000)
+        _bounded(args.encode_refine_steps, "--encode-refine-steps", 0, MAX_ENCODE_REFINE)
     _bounded(args.spp, "--spp", 1, MAX_SPP)
-    _bounded(args.threads, "--threads", 1, MAX_THREADS)
     resolve_methods(args.methods)  # validate names before any work
     shard = _shard(args)
     check_device(args.device)
@@ -245,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.suite == "3deditbench":
         from diffusion_handles.bench.editbench3d import run_cli
 
+        _check_work(args)  # before run_cli looks at --data or loads anything
         return run_cli(args)
     from diffusion_handles.bench.methods import resolve_methods
 

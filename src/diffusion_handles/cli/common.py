@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles import limits
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.camera import DEFAULT_FOV_DEG
 from diffusion_handles.geometry.transform import HandleEdit
 
-# Uniform scale about the object's centroid: a factor outside this range is a typo (an object
-# a thousand times larger or smaller than itself leaves the frame or vanishes).
-SCALE_RANGE = (1e-3, 1e3)
-# Seeds: non-negative 63-bit integers (torch generators take 64 bits; numpy takes more; 63 keeps
-# every consumer, including signed 64-bit ones, exact).
-SEED_MAX = 2**63 - 1
+# Aliases of diffusion_handles.limits (the one table), kept for the modules that import them.
+SCALE_RANGE = limits.SCALE  # uniform scale about the object's centroid: outside it, a typo
+SEED_MAX = limits.SEED[1]  # non-negative 63-bit seeds: every consumer (signed 64-bit ones too) is exact
+# torch CPU threads (--threads): not in limits.py (a machine's count, not a work size); beyond it, a typo
+MAX_THREADS = limits.THREADS[1]
 # Below this UNet size, one CPU thread is faster: the convolutions are too small to split, and on a
 # shared 2-core machine OpenMP threads spin against other processes (measured here: a 1.4 M-param
 # UNet forward at 32x32 latents took 0.08 s on 1 thread, 4.6 s on 2 threads under load).
@@ -33,34 +33,37 @@ def add_out_args(parser: argparse.ArgumentParser, *, required: bool = True, defa
 
 
 def check_out(args: argparse.Namespace, **kwargs):
-    """:func:`~diffusion_handles.outputs.check_output_dir` on ``args.out`` / ``args.overwrite``."""
-    from diffusion_handles.outputs import check_output_dir
+    """:func:`~diffusion_handles.outputs.check_output_dir` on ``args.out`` / ``args.overwrite``, then
+    :func:`~diffusion_handles.outputs.check_cache_dir` on ``args.cache`` for the commands that have one."""
+    from diffusion_handles.outputs import check_cache_dir, check_output_dir
 
-    return check_output_dir(args.out, getattr(args, "overwrite", None), **kwargs)
+    out = check_output_dir(args.out, getattr(args, "overwrite", None), **kwargs)
+    check_cache_dir(getattr(args, "cache", None), out)
+    return out
 
 
 def parse_seed(value, arg: str = "--seed", maximum: int = SEED_MAX) -> int:
-    """A seed: an integer in ``[0, maximum]``."""
+    """A seed: an integer in ``[0, maximum]`` (:data:`~diffusion_handles.limits.SEED`)."""
+    return parse_int(value, arg, limits.SEED[0], maximum)
+
+
+def parse_int(value: str, arg: str, minimum: int, maximum: int | None = None) -> int:
+    """An integer flag in ``[minimum, maximum]`` (``>= minimum`` when ``maximum`` is ``None``)."""
     text = str(value)
     shown = text if len(text) <= 40 else text[:40] + "..."
+    want = f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
     try:
         v = int(text)
-    except (TypeError, ValueError):
-        raise HandlesError(f"{arg}: expected an integer in [0, {maximum}], got {shown!r}") from None
-    if not 0 <= v <= maximum:
-        raise HandlesError(f"{arg}: expected an integer in [0, {maximum}], got {shown}")
+    except (TypeError, ValueError):  # ValueError also for integers of more than 4300 digits
+        raise HandlesError(f"{arg}: expected {want}, got {shown!r}") from None
+    if v < minimum or (maximum is not None and v > maximum):
+        raise HandlesError(f"{arg}: expected {want}, got {shown}")
     return v
 
 
-def parse_int(value: str, arg: str, minimum: int) -> int:
-    """An integer flag ``>= minimum``."""
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise HandlesError(f"{arg}: expected an integer, got {value!r}") from None
-    if v < minimum:
-        raise HandlesError(f"{arg}: expected an integer >= {minimum}, got {v}")
-    return v
+def parse_steps(value: str, arg: str = "--steps") -> int:
+    """DDIM steps: an integer in :data:`~diffusion_handles.limits.STEPS`."""
+    return parse_int(value, arg, *limits.STEPS)
 
 
 def set_threads(handles, threads: int | None) -> None:
@@ -158,10 +161,11 @@ def add_transform_args(parser: argparse.ArgumentParser) -> None:
     """``--translate X Y Z --rotate-axis X Y Z --rotate-deg A --scale S --fov DEG``."""
     g = parser.add_argument_group("3D transform (camera axes: x right, y down, z forward; scene units)")
     g.add_argument("--translate", nargs=3, metavar=("X", "Y", "Z"), default=["0", "0", "0"],
-                   help="translation in scene units (default 0 0 0)")
+                   help=f"translation in scene units, each within +-{limits.TRANSLATE:g} (default 0 0 0)")
     g.add_argument("--rotate-axis", nargs=3, metavar=("X", "Y", "Z"), default=["0", "1", "0"],
                    help="rotation axis through the object's centroid (default 0 1 0, vertical)")
-    g.add_argument("--rotate-deg", metavar="A", default="0", help="rotation angle in degrees (default 0)")
+    g.add_argument("--rotate-deg", metavar="A", default="0",
+                   help=f"rotation angle in degrees, within +-{limits.ROTATE_DEG:g} (default 0)")
     g.add_argument("--scale", metavar="S", default="1",
                    help=f"uniform scale about the centroid, in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}] (default 1)")
     g.add_argument("--fov", metavar="DEG", default=str(DEFAULT_FOV_DEG),
@@ -186,22 +190,22 @@ def edit_from_args(args: argparse.Namespace) -> HandleEdit:
     (scale,) = _floats([args.scale], "--scale")
     if scale <= 0:
         raise HandlesError(f"--scale: expected a positive number, got {args.scale}")
-    return checked_edit(translate, axis, deg, scale, ("--scale", "--rotate-axis"))
+    names = {"translate": "--translate", "rotate_axis": "--rotate-axis", "rotate_deg": "--rotate-deg", "scale": "--scale"}
+    return checked_edit(translate, axis, deg, scale, names)
 
 
-def checked_edit(translate, axis, deg: float, scale: float, names: tuple[str, str]) -> HandleEdit:
-    """A :class:`HandleEdit` whose scale is in :data:`SCALE_RANGE` and whose rotation has an axis;
-    ``names``: how the user gave the scale and the axis (``--scale``, ``--edits: [0].scale``, ...)."""
-    lo, hi = SCALE_RANGE
-    if not lo <= scale <= hi:
-        raise HandlesError(f"{names[0]}: expected a factor in [{lo:g}, {hi:g}], got {scale:g} (out of range)")
-    if deg != 0 and sum(a * a for a in axis) < 1e-24:
-        raise HandlesError(f"{names[1]}: expected a non-zero axis, got {' '.join(f'{a:g}' for a in axis)}")
-    return HandleEdit(tuple(translate), tuple(axis), deg, scale)
+def checked_edit(translate, axis, deg: float, scale: float, names: dict[str, str]) -> HandleEdit:
+    """A :class:`HandleEdit` within :mod:`~diffusion_handles.limits` (``TRANSLATE``, ``ROTATE_DEG``,
+    ``SCALE``) whose rotation has an axis; ``names``: how the user gave each of ``translate``,
+    ``rotate_axis``, ``rotate_deg`` and ``scale`` (``--scale``, ``--edits: [0].scale``, ...)."""
+    from diffusion_handles.animation import edit_from_values
+
+    return edit_from_values(translate, axis, deg, scale, names)
 
 
 def fov_from_args(args: argparse.Namespace) -> float:
     (fov,) = _floats([args.fov], "--fov")
-    if not 0 < fov < 180:
-        raise HandlesError(f"--fov: expected degrees in (0, 180), got {args.fov}")
+    lo, hi = limits.FOV_DEG
+    if not lo < fov < hi:
+        raise HandlesError(f"--fov: expected degrees in ({lo:g}, {hi:g}), got {args.fov}")
     return fov

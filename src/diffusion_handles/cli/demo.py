@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles import limits
 from diffusion_handles.cli.common import (
     add_out_args,
     check_out,
@@ -16,7 +17,8 @@ from diffusion_handles.cli.common import (
     silence_progress_bars,
 )
 
-MAX_STEPS = 1000  # the scheduler's training timesteps: more DDIM steps than this do not exist
+MAX_STEPS = limits.STEPS[1]  # the scheduler's training timesteps: more DDIM steps than this do not exist
+MIN_STEPS = max(2, limits.STEPS[0])  # the demo's edit needs at least two steps
 
 
 def register(subparsers) -> None:
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
                               description=__doc__)
     add_out_args(p, required=False, default="out/demo")
     p.add_argument("--steps", type=int, default=50,
-                   help=f"DDIM steps in [2, {MAX_STEPS}] (default 50, Sec. 5)")
+                   help=f"DDIM steps in [{MIN_STEPS}, {MAX_STEPS}] (default 50, Sec. 5)")
     p.add_argument("--complete-back", action="store_true",
                    help="give the side the turn uncovers the depth of the sphere's mirrored back (handles edit --complete-back)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
@@ -45,8 +47,8 @@ def _run(args: argparse.Namespace) -> int:
     from diffusion_handles.errors import HandlesError
 
     check_out(args)
-    if not 2 <= args.steps <= MAX_STEPS:
-        raise HandlesError(f"--steps: expected an integer in [2, {MAX_STEPS}], got {args.steps}")
+    if not MIN_STEPS <= args.steps <= MAX_STEPS:
+        raise HandlesError(f"--steps: expected an integer in [{MIN_STEPS}, {MAX_STEPS}], got {args.steps}")
     if args.quiet:
         silence_progress_bars()
     t_all = time.perf_counter()

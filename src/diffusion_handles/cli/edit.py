@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from diffusion_handles import limits
 from diffusion_handles.cli.common import (
+    MAX_THREADS,
     SEED_MAX,
     add_out_args,
     add_transform_args,
@@ -17,6 +19,7 @@ from diffusion_handles.cli.common import (
     fov_from_args,
     parse_int,
     parse_seed,
+    parse_steps,
     restore_progress_bars,
     set_threads,
     silence_progress_bars,
@@ -74,11 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transfer-source", default=None, choices=["latent", "pixels"],
                    help="what the identity transfer warps: the inversion's latent, or its clean part re-encoded from "
                         "the image warped in pixels, sharper (default: the preset's, pixels)")
-    p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's, 50 (Sec. 5); fast: 20)")
+    p.add_argument("--steps", default=None, metavar="N",
+                   help=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] (default: the preset's, 50 (Sec. 5); "
+                        "fast: 20)")
     p.add_argument("--guidance-steps", default=None, metavar="N",
-                   help="guide steps 0..N-1 (default 38 of 50, scaled to --steps; Sec. 5.2)")
+                   help="guide steps 0..N-1, N at most --steps (default 38 of 50, scaled to --steps; Sec. 5.2)")
     p.add_argument("--grad-steps", default=None, metavar="K",
-                   help="gradient steps on the latent per guided step (default: the preset's, 3; fast: 1)")
+                   help=f"gradient steps on the latent per guided step, in [{limits.GRAD_STEPS[0]}, "
+                        f"{limits.GRAD_STEPS[1]}] (default: the preset's, 3; fast: 1)")
     p.add_argument("--inversion", default=None, choices=["null-text", "ddim", "negative-prompt"],
                    help="inversion method (default: the preset's, null-text as the paper; fast: negative-prompt)")
     p.add_argument("--seed", default="0", metavar="S",
@@ -90,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, metavar="DIR",
                    help="cache folder for inverted images: a second edit of the same inputs skips inversion")
     p.add_argument("--threads", default="auto", metavar="N",
-                   help="CPU threads for torch (default auto: 1 for small models, where intra-op "
+                   help=f"CPU threads for torch, in [1, {MAX_THREADS}] (default auto: 1 for small models, where intra-op "
                         "threads only contend, else torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
     add_out_args(p)
@@ -135,7 +141,7 @@ def _guidance_overrides(args: argparse.Namespace, mode: str, guide_until: int | 
     """The guidance fields the flags set over the preset's."""
     over: dict = {"guide_until": guide_until}
     if args.grad_steps is not None:
-        over["grad_steps"] = parse_int(args.grad_steps, "--grad-steps", 0)
+        over["grad_steps"] = parse_int(args.grad_steps, "--grad-steps", *limits.GRAD_STEPS)
     if args.guidance_mode is not None:
         over["mode"] = args.guidance_mode
     if args.composite is not None:
@@ -159,11 +165,12 @@ def _configs_from_args(args: argparse.Namespace, mode: str) -> tuple[InversionCo
 
     from diffusion_handles.diffusion.config import preset
 
-    steps = None if args.steps is None else parse_int(args.steps, "--steps", 1)
+    steps = None if args.steps is None else parse_steps(args.steps)
     inversion, guidance = preset(args.preset, steps)
     steps = inversion.num_steps
     seed = parse_seed(args.seed)
-    guide_until = None if args.guidance_steps is None else parse_int(args.guidance_steps, "--guidance-steps", 0)
+    guide_until = (None if args.guidance_steps is None
+                   else parse_int(args.guidance_steps, "--guidance-steps", 0, limits.STEPS[1]))
     if guide_until is not None and guide_until > steps:
         raise HandlesError(f"--guidance-steps: expected at most --steps ({steps}), got {guide_until}")
     if not args.prompt.strip():
@@ -185,7 +192,7 @@ def _request_from_args(args: argparse.Namespace) -> _Request:
     fov = fov_from_args(args)
     inversion, guidance, seed = _configs_from_args(args, mode)
     check_device(args.device)
-    threads = None if args.threads == "auto" else parse_int(args.threads, "--threads", 1)
+    threads = None if args.threads == "auto" else parse_int(args.threads, "--threads", 1, MAX_THREADS)
     return _Request(mode, entries, edit, fov, inversion, guidance, seed, threads)
 
 

@@ -21,12 +21,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusion_handles.cli.common import checked_edit
+from diffusion_handles import limits
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry.transform import HandleEdit
 
-MAX_EDITS = 16  # objects in one --edits file (a TinyWorld scene has at most 16)
-MAX_EDITS_BYTES = 1_000_000
+MAX_EDITS = limits.OBJECTS[1]  # objects in one --edits file (a TinyWorld scene has at most 16)
+MAX_EDITS_BYTES = limits.JSON_BYTES  # read no further (a FIFO or /dev/zero never ends)
 SOURCE_KEYS = ("mask", "object", "click")
 TRANSFORM_KEYS = ("translate", "rotate_axis", "rotate_deg", "scale")
 
@@ -70,19 +70,18 @@ def _numbers(v, where: str, n: int | None) -> list[float]:
     if (n is not None and len(vals) != n) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
         want = f"a list of {n} numbers" if n is not None else "a number"
         raise HandlesError(f"--edits: {where}: expected {want}, got {json.dumps(v)[:60]}")
-    out = [float(x) for x in vals]
+    out = [float(x) if abs(x) < 1e308 else math.inf for x in vals]  # an integer beyond float is not finite
     if not all(math.isfinite(x) for x in out):
         raise HandlesError(f"--edits: {where}: expected finite numbers, got {json.dumps(v)[:60]}")
     return out
 
 
 def _transform(d: dict, where: str) -> HandleEdit:
-    """The transform keys of one ``--edits`` entry (a missing key is the identity's value)."""
-    translate = _numbers(d.get("translate", [0, 0, 0]), f"{where}.translate", 3)
-    axis = _numbers(d.get("rotate_axis", [0, 1, 0]), f"{where}.rotate_axis", 3)
-    (deg,) = _numbers(d.get("rotate_deg", 0), f"{where}.rotate_deg", None)
-    (scale,) = _numbers(d.get("scale", 1), f"{where}.scale", None)
-    return checked_edit(translate, axis, deg, scale, (f"--edits: {where}.scale", f"--edits: {where}.rotate_axis"))
+    """The transform keys of one ``--edits`` entry (a missing key is the identity's value), read
+    strictly (types, and magnitudes within :mod:`~diffusion_handles.limits`)."""
+    from diffusion_handles.animation import edit_from_json
+
+    return edit_from_json(d, f"--edits: {where}.")
 
 
 def parse_edits_file(path: str | Path, keyframes: bool = False) -> list[EditEntry]:
@@ -90,21 +89,10 @@ def parse_edits_file(path: str | Path, keyframes: bool = False) -> list[EditEntr
 
     ``keyframes``: each entry has ``"keyframes"`` (``handles animate``) instead of the transform keys.
     """
+    from diffusion_handles.io import read_json_file
+
     p = Path(path)
-    if not p.is_file():
-        raise HandlesError(f"--edits: expected a JSON file, got {str(path)!r} ({'a folder' if p.is_dir() else 'no such file'})")
-    try:
-        if p.stat().st_size > MAX_EDITS_BYTES:
-            raise HandlesError(f"--edits: expected a JSON file of at most {MAX_EDITS_BYTES} bytes, got {p.stat().st_size}")
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise HandlesError(f"--edits: expected UTF-8 JSON text, got undecodable bytes in {str(path)!r}") from None
-    except json.JSONDecodeError as e:
-        raise HandlesError(f"--edits: expected a JSON list, got invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except RecursionError:
-        raise HandlesError("--edits: expected a JSON list, got JSON nested too deeply") from None
-    except OSError as e:
-        raise HandlesError(f"--edits: could not read {str(path)!r} ({e.strerror or e})") from None
+    data = read_json_file(p, "--edits", "a JSON list")  # at most limits.JSON_BYTES, nested at most JSON_DEPTH
     if not isinstance(data, list) or not data:
         raise HandlesError(f"--edits: expected a non-empty JSON list of edits, got {type(data).__name__ if data else 'an empty list'}")
     if len(data) > MAX_EDITS:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_handles import limits
 from diffusion_handles.cli.common import SEED_MAX, add_out_args
 from diffusion_handles.cli.inputs import add_edit_input_args
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
+# --margin: not a number of its own in limits.py: a margin wider than the largest image side
+# (limits.IMAGE_SIDE) covers any image whole, so more is a typo
+MAX_MARGIN = limits.MARGIN[1]  # --margin, work-size pixels
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,14 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         background_help="z-depth of the scene without the object (d'_b); default: harmonic fill with "
                                         "a given --depth, inpainting + depth estimation with an estimated one")
     p.add_argument("--margin", default=None, metavar="PX",
-                   help="how far the regenerated region extends around the object, in pixels of the model's work size "
-                        "(default: a quarter of the square root of the object's area, at least 3; twice that further "
+                   help=f"how far the regenerated region extends around the object, in pixels of the model's work "
+                        f"size, in [1, {MAX_MARGIN}] (default: a quarter of the square root of the object's area, at least 3; twice that further "
                         "down, for the shadow)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                    help=f"hub id, local diffusers folder, or 'tinyworld' (default {DEFAULT_MODEL})")
     p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
                    help="inversion and guidance settings as in handles edit (fast: 20 steps, one gradient step)")
-    p.add_argument("--steps", default=None, metavar="N", help="DDIM steps (default: the preset's)")
+    p.add_argument("--steps", default=None, metavar="N",
+                   help=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] (default: the preset's)")
     p.add_argument("--inversion", default=None, choices=["null-text", "ddim", "negative-prompt"],
                    help="inversion method (default: the preset's)")
     p.add_argument("--keep-noise", action="store_true",
@@ -62,16 +67,16 @@ def _configs_from_args(args: argparse.Namespace) -> tuple:
     ``--seed`` and ``--margin``, validated."""
     import dataclasses
 
-    from diffusion_handles.cli.common import parse_int, parse_seed
+    from diffusion_handles.cli.common import parse_int, parse_seed, parse_steps
     from diffusion_handles.diffusion.config import preset
 
-    steps = None if args.steps is None else parse_int(args.steps, "--steps", 1)
+    steps = None if args.steps is None else parse_steps(args.steps)
     inversion, guidance = preset(args.preset, steps)
     if args.inversion is not None:
         inversion = dataclasses.replace(inversion, method=args.inversion)
     guidance = dataclasses.replace(guidance, identity_transfer=None)  # nothing to transfer: the object is gone
     seed = parse_seed(args.seed)
-    margin = None if args.margin is None else parse_int(args.margin, "--margin", 1)
+    margin = None if args.margin is None else parse_int(args.margin, "--margin", limits.MARGIN[0], MAX_MARGIN)
     return inversion, guidance, seed, margin
 
 

@@ -75,6 +75,7 @@ def create_app(config: WebConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         yield
         ctx.previews.close()
+        ctx.decoder.close()
         ctx.jobs.close()
 
     app = FastAPI(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import io
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -67,6 +69,27 @@ class PreviewQueue:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+# uploads decoded at the same time: each holds a decoded image of up to 4096x4096 pixels (50 MB as
+# 8-bit RGB, several times that for 16-bit or float decodes) and keeps a CPU core busy
+DECODE_WORKERS = 2
+
+
+class DecodePool:
+    """Uploads are decoded (and scaled to the working size) on at most ``workers`` threads, never
+    on the event loop: while they decode, the server keeps answering (``/api/info``, progress,
+    previews). More uploads wait their turn, holding only their bytes."""
+
+    def __init__(self, workers: int = DECODE_WORKERS):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="handles-decode")
+
+    async def run(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` on a decode thread; its exception, if any, raised here."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def png(arr_or_tensor) -> bytes:
     """PNG bytes of ``(H, W, 3)`` uint8, ``(H, W)`` bool/uint8, or a ``(1, C, H, W)`` [0, 1] tensor."""
     if isinstance(arr_or_tensor, torch.Tensor):
@@ -105,6 +128,7 @@ class WebContext:
     jobs: JobQueue
     previews: PreviewQueue
     hide_paths: Callable[[str], str]
+    decoder: DecodePool = field(default_factory=DecodePool)
 
     def session_info(self, s: Session) -> SessionInfo:
         base = f"/api/sessions/{s.id}"

@@ -157,15 +157,27 @@ class JobQueue:
             try:
                 job.results = job.task(job)
                 job.state, job.stage, job.step, job.message = DONE, "done", job.total, "done"
-            except Exception as e:  # keep the worker alive; report one line
-                if isinstance(e, HandlesError):
-                    error = str(e).strip()
-                else:
-                    log.error("render job %s failed:\n%s", job.id, traceback.format_exc())
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    error = f"render failed: {type(e).__name__}: {first}"
-                where = job.stage + (f", step {job.step} of {job.total}" if job.total else "")
-                job.error = self._scrub(error.splitlines()[0] if error else "render failed")[:500]
-                job.state, job.stage, job.message = FAILED, "failed", f"failed during {where}"
+            except Exception as e:  # keep the worker alive; report one line, log one line (never a traceback)
+                self._failed(job, e)
             job.finished = time.time()
             job._bump()
+
+    def _failed(self, job: Job, e: Exception) -> None:
+        """Mark ``job`` failed with a one-line error; an unexpected error (not a HandlesError) is
+        logged in one line naming the job, its stage and where in the code it was raised."""
+        try:
+            text = str(e).strip()
+        except Exception:  # an exception whose text cannot be made
+            text = ""
+        first = text.splitlines()[0] if text else ""
+        if isinstance(e, HandlesError):
+            error = first
+        else:
+            error = f"render failed: {type(e).__name__}: {first}"
+            tb = traceback.extract_tb(e.__traceback__)
+            at = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
+            log.error("render job %s failed during %s: %s%s", job.id, job.stage,
+                      self._scrub(error)[:500], at)
+        where = job.stage + (f", step {job.step} of {job.total}" if job.total else "")
+        job.error = self._scrub(error or "render failed")[:500]
+        job.state, job.stage, job.message = FAILED, "failed", f"failed during {where}"

@@ -35,6 +35,12 @@ from diffusion_handles.geometry.poisson import check_mask_leaves_background
 
 log = logging.getLogger(__name__)
 
+# shortest image side at the model's render size: thinner renders have nothing to edit (and a 1-px
+# side breaks the result's depth view); reached only through uploads allowed below the working size's
+# minimum (UploadLimits.min_side < 16) or models whose native size is below the working size
+MIN_RENDER_SIDE = 4
+
+
 def check_background(mask: torch.Tensor) -> None:
     """Refuse a ``(1, 1, H, W)`` mask that leaves no background to fill the object's region from
     (the library's check, naming the request's field ``mask``)."""
@@ -221,6 +227,11 @@ class RenderService:
             return
         bb = pipe.backbone
         fit = fit_to_model(inp, int(bb.default_size))
+        fh, fw = (int(v) for v in fit.image.shape[-2:])
+        if min(fh, fw) < MIN_RENDER_SIDE:
+            raise HandlesError(f"render: expected the image's shorter side to be at least {MIN_RENDER_SIDE} px at the "
+                               f"model's {fw}x{fh} render size, got {min(fh, fw)} px; use an image of a less extreme "
+                               "aspect ratio")
         work = bb.work_size(tuple(int(v) for v in fit.image.shape[-2:]))
         depth = bb.resize_to_work(fit.depth.float(), work)
         h, w = work

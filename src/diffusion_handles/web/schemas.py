@@ -7,11 +7,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from diffusion_handles import limits
 from diffusion_handles.animation import MAX_FRAMES
 from diffusion_handles.geometry import HandleEdit
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Vec3 = tuple[Finite, Finite, Finite]
+# the ranges every entry point states (diffusion_handles.limits)
+Offset = Annotated[float, Field(ge=-limits.TRANSLATE, le=limits.TRANSLATE, allow_inf_nan=False)]
+Steps = Annotated[int, Field(ge=limits.STEPS[0], le=limits.STEPS[1])]
+Seed = Annotated[int, Field(ge=limits.SEED[0], le=limits.SEED[1])]
 
 
 class Strict(BaseModel):
@@ -23,13 +28,16 @@ class Transform(Strict):
     the camera); scene units are the depth map's units. Rotation and scale are about the
     object's centroid; applied as scale and rotate, then translate."""
 
-    translate: Vec3 = (0.0, 0.0, 0.0)
+    translate: tuple[Offset, Offset, Offset] = (0.0, 0.0, 0.0)
     rotate_axis: Vec3 = (0.0, 1.0, 0.0)
-    rotate_deg: Finite = Field(0.0, ge=-3600, le=3600)
-    scale: float = Field(1.0, gt=0.0, le=100.0, allow_inf_nan=False, description="uniform scale, > 0")
+    rotate_deg: Finite = Field(0.0, ge=-limits.ROTATE_DEG, le=limits.ROTATE_DEG)
+    scale: float = Field(1.0, ge=limits.SCALE[0], le=limits.SCALE[1], allow_inf_nan=False,
+                         description=f"uniform scale, in [{limits.SCALE[0]:g}, {limits.SCALE[1]:g}]")
 
     @model_validator(mode="after")
     def _axis_nonzero(self) -> Transform:
+        if not math.isfinite(sum(a * a for a in self.rotate_axis)):
+            raise ValueError(f"rotate_axis: expected an axis of finite length, got {list(self.rotate_axis)}")
         if self.rotate_deg != 0 and math.sqrt(sum(a * a for a in self.rotate_axis)) < 1e-12:
             raise ValueError(f"rotate_axis: expected a non-zero axis when rotate_deg != 0, got {list(self.rotate_axis)}")
         return self
@@ -38,7 +46,7 @@ class Transform(Strict):
         return HandleEdit(tuple(self.translate), tuple(self.rotate_axis), self.rotate_deg, self.scale)
 
 
-MAX_OBJECTS = 8  # objects one request may move (the selected one and up to 7 listed)
+MAX_OBJECTS = limits.OBJECTS[1]  # objects one request may move (the selected one and the others listed)
 MODES = ("object", "camera")
 
 
@@ -187,8 +195,9 @@ class PreviewResponse(BaseModel):
 class RenderRequest(EditRequest):
     session_id: str = Field(max_length=64)
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
-    num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    num_steps: Steps | None = Field(None, description=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] "
+                                    "(default: the model's, 50)")
+    seed: Seed = Field(0, description=f"seed, in [{limits.SEED[0]}, {limits.SEED[1]}]")
 
 
 class AnimateRequest(EditRequest):
@@ -200,8 +209,9 @@ class AnimateRequest(EditRequest):
     frames: int = Field(8, description=f"number of frames, 2..{MAX_FRAMES} (the first is the input's pose, the last the transform)")
     fps: float = Field(8.0, ge=0.5, le=60, allow_inf_nan=False, description="frames per second of the GIF and MP4")
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
-    num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    num_steps: Steps | None = Field(None, description=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] "
+                                    "(default: the model's, 50)")
+    seed: Seed = Field(0, description=f"seed, in [{limits.SEED[0]}, {limits.SEED[1]}]")
 
     @field_validator("frames", mode="before")
     @classmethod
@@ -217,8 +227,9 @@ class RemoveRequest(Strict):
     background depth. ``prompt`` should describe the scene without the object."""
 
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
-    num_steps: int | None = Field(None, ge=1, le=200, description="DDIM steps (default: the model's, 50)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    num_steps: Steps | None = Field(None, description=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] "
+                                    "(default: the model's, 50)")
+    seed: Seed = Field(0, description=f"seed, in [{limits.SEED[0]}, {limits.SEED[1]}]")
 
 
 class JobStatus(BaseModel):

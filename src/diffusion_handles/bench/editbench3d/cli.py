@@ -43,12 +43,20 @@ def run_cli(args) -> int:
     else:
         results = run_editbench(cfg, args.data, out, progress=not args.quiet, report_only=args.report_only)
     print(f"results written to {args.out}: results.json, report.html, edits/, images/")
-    failed = sum(a["failed"] for a in results["aggregate"].values())
+    failed = results["failed"]
     if failed:
         import sys
 
-        first = next((r.get("error") or next((e.get("error") for e in r.get("methods", {}).values() if e.get("error")), None)
-                      for r in results["edits"] if r.get("error") or any(e.get("error") for e in r.get("methods", {}).values())), None)
-        print(f"handles bench: error: {failed} failed result(s); first: {first}", file=sys.stderr)
+        cases = results["cases"]
+        first = next((_first_error(r) for r in results["edits"]
+                      if r.get("error") or any(e.get("error") for e in r.get("methods", {}).values())), None)
+        print(f"handles bench: error: {cases['failed']} of {cases['total']} case(s) failed as a whole, "
+              f"{failed - cases['failed']} method result(s) failed; first: {first}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_error(rec: dict) -> str:
+    """The error of a case record (or of its first failed method), naming the case."""
+    err = rec.get("error") or next(f"{m}: {e['error']}" for m, e in rec["methods"].items() if e.get("error"))
+    return err if err.startswith(rec["case"]) else f"{rec['case']}: {err}"

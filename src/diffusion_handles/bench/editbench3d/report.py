@@ -20,7 +20,8 @@ def _fmt(ci: dict) -> str:
 
 
 def format_table(results: dict) -> str:
-    """One row per method, then the input and ground truth: ``mean [lo, hi]`` of each score, ok/failed."""
+    """One row per method, then the input and ground truth: ``mean [lo, hi]`` of each score, ok/failed
+    (over the cases that were read), then the number of cases that failed as a whole."""
     header = ["method", *[h for _, h in METRICS], "ok/failed"]
     rows = [header]
     for name, a in results["aggregate"].items():
@@ -28,6 +29,10 @@ def format_table(results: dict) -> str:
         rows.append([label, *[_fmt(a[k]) for k, _ in METRICS], f"{a['ok']}/{a['failed']}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
+    cases = results.get("cases")
+    if cases:  # a case that failed as a whole counts once here, in no row above
+        lines.append(f"cases: {cases['total']}, {cases['ok']} read and run, {cases['failed']} failed as a whole "
+                     "(could not be read or prepared)")
     seg = ", ".join(results["adherence"]["segmenter"]) or "-"
     lines.append(f"3DEditBench scores at {EVAL_SIZE}x{EVAL_SIZE}; edit adherence segmenter: {seg}, flow: OpenCV DIS"
                  + ("" if results["lpips"]["available"] else f"; LPIPS n/a ({results['lpips']['note']})"))

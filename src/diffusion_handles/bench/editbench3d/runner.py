@@ -207,6 +207,7 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
             records.append(rec)
     bar.close()
     segs = sorted({r.get("segmenter") for r in records if r.get("segmenter")})
+    agg = _aggregate(records, methods)
     results = {
         "version": RESULTS_VERSION, "suite": "3deditbench", "settings": cfg.to_dict(),
         "data": str(Path(data).resolve()), "lpips": {"available": ok_lpips, "note": lpips_why},
@@ -215,7 +216,7 @@ def run_editbench(cfg: EditBenchConfig, data: str | Path, out: str | Path, *, on
                                     "edited image from object_points_image1 moved by the input->edited flow "
                                     "(neuroailab/3DEditBench edit_bench/utils.py get_iou_score)"},
         "wall_time_s_this_invocation": time.perf_counter() - t_start,
-        "methods": [m.name for m in methods], "aggregate": _aggregate(records, methods), "edits": records,
+        "methods": [m.name for m in methods], "aggregate": agg, **_totals(records, agg), "edits": records,
     }
     if only is None:
         write_json(out / "results.json", results)
@@ -275,13 +276,24 @@ def _run_case(path: Path, out: Path, runner: EditBenchRunner | None, methods: li
 
 
 def _aggregate(records: list[dict], methods: list) -> dict:
-    """Per method and reference: each metric's mean with its bootstrap interval, ``ok`` and ``failed``."""
+    """Per method and reference: each metric's mean with its bootstrap interval, ``ok`` and ``failed``
+    over the cases that were read (a case that failed as a whole is counted once, in :func:`_totals`)."""
     agg = {}
     refs = ("input", "ground_truth")
+    cases = [r for r in records if not r.get("error")]
     for row in [m.name for m in methods] + list(refs):
-        entries = [(r.get("references", {}) if row in refs else r.get("methods", {})).get(row) for r in records]
+        entries = [(r.get("references", {}) if row in refs else r.get("methods", {})).get(row) for r in cases]
         good = [e for e in entries if e and not e.get("error")]
-        failed = sum(1 for r, e in zip(records, entries, strict=False) if r.get("error") or (e and e.get("error")))
+        failed = sum(1 for e in entries if e and e.get("error"))
         agg[row] = {k: bootstrap_ci([e.get(k) for e in good]) for k, _ in METRICS}
         agg[row].update(ok=len(good), failed=failed)
     return agg
+
+
+def _totals(records: list[dict], agg: dict) -> dict:
+    """``cases``: files run (``ok``) or failed as a whole (unreadable, or refused before any method
+    ran: each counts once, whatever the number of methods); ``failed``: those cases plus the failed
+    method and reference results of the cases that were read."""
+    bad = sum(1 for r in records if r.get("error"))
+    cases = {"total": len(records), "ok": len(records) - bad, "failed": bad}
+    return {"cases": cases, "failed": bad + sum(a["failed"] for a in agg.values())}

@@ -17,7 +17,7 @@ from diffusion_handles.web.points import point_cloud
 from diffusion_handles.web.scenes import scene_session
 from diffusion_handles.web.schemas import PointCloud, SceneRequest, SelectRequest, SessionInfo
 from diffusion_handles.web.selection import select_object
-from diffusion_handles.web.sessions import make_session
+from diffusion_handles.web.sessions import Session, make_session
 from diffusion_handles.web.uploads import (
     UploadError,
     UploadLimits,
@@ -53,19 +53,19 @@ def _open_routes(r: APIRouter, ctx: WebContext) -> None:
         prompt: str = Form("", max_length=500),
         fov_deg: float = Form(DEFAULT_FOV_DEG, description="horizontal field of view, degrees in (0, 180)"),
     ) -> SessionInfo:
-        """Upload an image (with its depth, unless a depth estimator is installed) and optionally a mask."""
+        """Upload an image (with its depth, unless a depth estimator is installed) and optionally a mask.
+        Sizes are checked from the files' headers; decoding runs on the decode threads."""
         check_fov(fov_deg)
         lim = cfg.limits
-        img = read_image(await _read(image, lim, "image"), image.content_type, "image", lim)
+        img = await ctx.decoder.run(read_image, await _read(image, lim, "image"), image.content_type, "image", lim,
+                                    work_side=cfg.work_side)
         if depth is not None and depth.filename:
-            d = read_depth(await _read(depth, lim, "depth"), depth.content_type, "depth", lim)
+            d = await ctx.decoder.run(read_depth, await _read(depth, lim, "depth"), depth.content_type, "depth", lim)
         else:
             d = await asyncio.to_thread(ctx.perception.estimate_depth, img)
-        s = make_session(img, d, prompt.strip(), fov_deg, "upload", cfg.work_side)
-        if mask is not None and mask.filename:
-            m = read_mask(await _read(mask, lim, "mask"), mask.content_type, "mask", lim)
-            _check_aspect(m, img, "mask")
-            s.add_mask("uploaded mask", m)
+        mask_bytes = await _read(mask, lim, "mask") if mask is not None and mask.filename else None
+        s = await ctx.decoder.run(_new_session, img, d, mask_bytes, mask.content_type if mask is not None else None,
+                                  prompt.strip(), fov_deg, cfg)
         return ctx.session_info(sessions.add(s))
 
     @r.get("/api/sessions/{sid}", response_model=SessionInfo)
@@ -81,10 +81,7 @@ def _selection_routes(r: APIRouter, ctx: WebContext) -> None:
     async def upload_mask(sid: str, mask: UploadFile = File(..., description="object mask PNG")) -> SessionInfo:
         """Add an uploaded object mask and select it (resized to the session's image)."""
         s = sessions.get(sid)
-        m = read_mask(await _read(mask, cfg.limits, "mask"), mask.content_type, "mask", cfg.limits)
-        _check_aspect(m, s.image, "mask")
-        with s.lock:
-            s.add_mask("uploaded mask", m)
+        await ctx.decoder.run(_add_mask, s, await _read(mask, cfg.limits, "mask"), mask.content_type, cfg.limits)
         return ctx.session_info(s)
 
     @r.post("/api/sessions/{sid}/select", response_model=SessionInfo)
@@ -119,6 +116,25 @@ def _view_routes(r: APIRouter, ctx: WebContext) -> None:
     def points(sid: str) -> PointCloud:
         """The depth as a coloured point cloud (three.js axes) with the selected object flagged."""
         return point_cloud(sessions.get(sid), ctx.cfg.max_points)
+
+
+def _new_session(img: np.ndarray, d: np.ndarray, mask_bytes: bytes | None, mask_type: str | None, prompt: str,
+                 fov_deg: float, cfg) -> Session:
+    """The session at the working size, with the uploaded mask if any; on a decode thread."""
+    s = make_session(img, d, prompt, fov_deg, "upload", cfg.work_side)
+    if mask_bytes is not None:
+        m = read_mask(mask_bytes, mask_type, "mask", cfg.limits)
+        _check_aspect(m, img, "mask")
+        s.add_mask("uploaded mask", m)
+    return s
+
+
+def _add_mask(s: Session, data: bytes, content_type: str | None, limits: UploadLimits) -> None:
+    """Decode an uploaded mask and add it to ``s`` (resized to its image); on a decode thread."""
+    m = read_mask(data, content_type, "mask", limits)
+    _check_aspect(m, s.image, "mask")
+    with s.lock:
+        s.add_mask("uploaded mask", m)
 
 
 async def _read(f: UploadFile, limits: UploadLimits, field: str) -> bytes:
