@@ -2,7 +2,7 @@
 
 For each scene: the VAE round trip (the ceiling of any inversion) and the null-text
 reconstruction at 50 DDIM steps (an identity edit) for each setting, PSNR against the render.
-The model card's table of the learning rate was made with::
+The learning-rate table of docs/releases/tinyworld-v2.2.md was made with::
 
     python benchmarks/null_lr_sweep.py --seeds 7000001 7000002 7000003
 

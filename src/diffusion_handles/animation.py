@@ -226,9 +226,28 @@ def display_frames(frames: Sequence[np.ndarray], min_side: int = 256) -> list[np
     return out
 
 
+def mp4_available() -> bool:
+    """Whether :func:`write_mp4` can run: imageio-ffmpeg (the ``video`` extra) is installed."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("imageio_ffmpeg") is not None
+    except (ImportError, ValueError):  # a broken installation
+        return False
+
+
 def write_mp4(frames: Sequence[np.ndarray], path: str | Path, fps: float) -> None:
-    """H.264 (libx264, yuv420p) through imageio-ffmpeg's bundled ffmpeg. Frames must have even sides."""
-    import imageio_ffmpeg
+    """H.264 (libx264, yuv420p) through imageio-ffmpeg's bundled ffmpeg. Frames must have even sides.
+
+    Raises:
+        HandlesError: one line naming the ``video`` extra when imageio-ffmpeg is not installed.
+    """
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        from diffusion_handles.hub import needs_extra
+
+        raise HandlesError(needs_extra("animation.mp4", "video")) from None
 
     h, w = frames[0].shape[:2]
     writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p",

@@ -14,7 +14,9 @@ network that is not there:
 
 When none works it raises :class:`~diffusion_handles.errors.HandlesError` with one line naming
 the model id, the option that selects another model or a local folder, and the option that
-bypasses the stage (e.g. ``--depth`` or ``--mask``).
+bypasses the stage (e.g. ``--depth`` or ``--mask``). :func:`check_available` makes the same
+decision without loading (and without importing transformers or diffusers), so that a command
+refuses an unavailable model before its heavy imports.
 """
 
 from __future__ import annotations
@@ -128,6 +130,16 @@ def load_pretrained(
     except (ValueError, KeyError) as e:  # cached, but not a model of the expected kind
         raise HandlesError(f"{option}: could not load a {what} model {source!r} from the local cache: "
                            f"{first_line(e)}") from None
+    _check_hub(source, what=what, option=option, bypass=bypass)
+    try:
+        return load(source, False)
+    except load_errors as e:
+        raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
+                                               reason=f"download failed: {first_line(e)}")) from None
+
+
+def _check_hub(source: str, *, what: str, option: str, bypass: str | None) -> None:
+    """Raise the one-line message when the hub may not be used (offline mode) or cannot be reached."""
     if is_offline():
         raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
                                                reason="HF_HUB_OFFLINE is set and it is not in the local cache"))
@@ -135,8 +147,46 @@ def load_pretrained(
         host = urlparse(hub_endpoint()).hostname
         raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
                                                reason=f"not in the local cache and {host} is unreachable"))
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache the libraries read (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``), as ``huggingface_hub`` resolved it."""
     try:
-        return load(source, False)
-    except load_errors as e:
-        raise HandlesError(unavailable_message(source, what=what, option=option, bypass=bypass,
-                                               reason=f"download failed: {first_line(e)}")) from None
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE).expanduser()
+    except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub is a dependency of transformers
+        home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+        return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")).expanduser()
+
+
+def in_local_cache(repo_id: str) -> bool:
+    """Whether the hub cache holds a snapshot of the model ``repo_id`` with files in it (a look at
+    the folder: no network, no import of transformers or diffusers)."""
+    snapshots = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    try:
+        return any(s.is_dir() and any(s.iterdir()) for s in snapshots.iterdir())
+    except OSError:
+        return False
+
+
+def check_available(source: str, *, what: str, option: str, bypass: str | None = None) -> None:
+    """What :func:`load_pretrained` will decide about ``source``, decided before anything heavy is
+    imported: an existing folder, a hub id in the local cache, or a hub id the hub can serve
+    (offline mode off, the endpoint reachable) passes; otherwise :func:`load_pretrained`'s
+    one-line :class:`~diffusion_handles.errors.HandlesError`. A folder's contents and a partly
+    cached model are left to the loader."""
+    if not isinstance(source, str) or not source.strip():
+        raise HandlesError(f"{option}: expected a hub id or a local folder, got {source!r}")
+    if Path(source).expanduser().is_dir():
+        return
+    if looks_like_path(source):
+        raise HandlesError(f"{option}: expected a hub id or an existing folder, got {source!r} (no such folder)")
+    if not in_local_cache(source):
+        _check_hub(source, what=what, option=option, bypass=bypass)
+
+
+def needs_extra(option: str, extra: str) -> str:
+    """The one-line message for a feature whose optional dependencies are not installed."""
+    return f"{option}: needs the {extra!r} extra: pip install 'diffusion-handles[{extra}]'"

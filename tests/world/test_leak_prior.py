@@ -157,7 +157,7 @@ def test_leak_prior_command_copies_the_model_and_adds_its_prior(tmp_path, capsys
 def test_the_shipped_model_follows_the_named_side_of_the_sun(bb):
     """The shipped model with its prior: on the same noise and depth, a caption naming the sun in
     front (lighting the back wall) gives a brighter image than one naming it behind the wall
-    (eleventh sitting: 0.52 against 0.27 mean luminance over 8 held-out scenes), and the light
+    (model version 2.8: 0.52 against 0.27 mean luminance over 8 held-out scenes), and the light
     words are single tokens of its vocabulary."""
     from diffusion_handles.world import model_path
     from diffusion_handles.world.dataset import HELDOUT_SEED0, render_seed

@@ -49,7 +49,7 @@ def test_tiny_preset_trains_every_stage_resumes_and_exports(data, tmp_path):
     k = next(iter(a))
     torch.testing.assert_close(b[k], a[k])  # step 0 of the new run is the old model
     hist = json.loads((export(tmp_path / "run2", tmp_path / "model2") / "training.json").read_text())["history"]
-    assert len(hist) == 2  # the first run's sitting is carried into the second's record
+    assert len(hist) == 2  # the first run is carried into the second's record
 
 
 def test_checkpoints_are_loaded_without_pickled_code(data, tmp_path):
@@ -209,7 +209,7 @@ def test_depth_is_stored_as_invertible_differences_and_old_files_still_load(data
 
 
 def test_encoder_stage_widens_and_trains_only_the_encoder(data, tmp_path, capsys):
-    """``--stage encoder --encoder-width 2``, as a GPU sitting would run it beside a UNet run: the
+    """``--stage encoder --encoder-width 2``, as a GPU training run would run it beside a UNet run: the
     decoder, the UNet and the latent scale stay the shipped ones, the encoder is wider and trains."""
     from safetensors.torch import load_file
 
@@ -284,9 +284,9 @@ def test_a_time_limit_stops_with_a_checkpoint_that_resumes(data, tmp_path):
 
 
 def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_path, capsys):
-    """``handles world join``: the two runs a sitting trains side by side from one model (the UNet
+    """``handles world join``: the two runs trained side by side from one model (the UNet
     run, and ``--stage encoder --encoder-width 2``) become one model. It keeps the UNet run's UNet
-    and the encoder run's (wider) VAE and its class, records both sittings once, and refuses a VAE
+    and the encoder run's (wider) VAE and its class, records both runs once, and refuses a VAE
     whose decoder is not the UNet run's (it would decode the UNet's latents differently)."""
     import shutil
 
@@ -301,7 +301,7 @@ def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_pat
     base = run("base", vae_steps=1, unet_steps=1, decoder_steps=0)  # a plain AutoencoderKL
     mu = run("u", init_from=str(base), vae_steps=0, decoder_steps=0, unet_steps=1)
     me = run("e", init_from=str(base), stage="encoder", encoder_width=2, encoder_steps=1, encoder_batch=2)
-    for model, hours in ((mu, 0.25), (me, 1.5)):  # tiny runs last seconds: give each sitting hours to add
+    for model, hours in ((mu, 0.25), (me, 1.5)):  # tiny runs last seconds: give each run hours to add
         info = json.loads((model / "training.json").read_text())
         info["history"][-1]["hours"] = hours
         (model / "training.json").write_text(json.dumps(info))
@@ -325,7 +325,7 @@ def test_join_puts_the_encoder_runs_vae_next_to_the_unet_runs_unet(data, tmp_pat
     stages = [h["stages"] for h in hist["history"]]
     assert len(stages) == 3 and "unet" in stages[1] and "encoder" in stages[2]  # base, then each run once
     assert [h["hours"] for h in hist["history"][1:]] == [0.25, 1.5]
-    assert hist["cumulative_hours"] == pytest.approx(hist["history"][0]["hours"] + 1.75)  # both sittings counted
+    assert hist["cumulative_hours"] == pytest.approx(hist["history"][0]["hours"] + 1.75)  # both runs counted
 
     # a VAE with another decoder is refused, naming the argument; nothing is written
     bad = tmp_path / "bad"

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffusion_handles.errors import HandlesError, first_line
+from diffusion_handles.hub import needs_extra
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,22 @@ class RaySettings:
     gpus_per_job: float = 0.0
     cpus_per_job: float = 1.0
     num_cpus: int | None = None
+
+
+def ray_installed() -> bool:
+    """Whether Ray (the ``batch`` extra) is installed, found without importing it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # a broken installation
+        return False
+
+
+def check_ray_installed() -> None:
+    """Refuse at once, in one line naming the ``batch`` extra, when Ray is not installed."""
+    if not ray_installed():
+        raise HandlesError(needs_extra("--ray", "batch"))
 
 
 def one_line(e: BaseException) -> str:
@@ -64,7 +81,7 @@ def ray_session(address: str = "auto", num_cpus: int | None = None) -> Iterator[
     try:
         import ray
     except ImportError:
-        raise HandlesError("--ray: expected the ray package, got none installed (pip install 'ray>=2.9')") from None
+        raise HandlesError(needs_extra("--ray", "batch")) from None
     if ray.is_initialized():  # e.g. a caller (or a test) that manages Ray itself
         yield "the Ray instance already running in this process"
         return
@@ -217,5 +234,5 @@ def _drain(pending: dict, err) -> None:
         err(f"handles bench: [{done}/{total}] {label} {what} ({rec.get('seconds', 0.0):.1f} s)")
 
 
-__all__ = ["RaySettings", "check_resources", "one_line", "ray_session", "run_benchmark_on_ray", "run_editbench_case",
+__all__ = ["RaySettings", "check_ray_installed", "check_resources", "one_line", "ray_session", "run_benchmark_on_ray", "run_editbench_case",
            "run_editbench_on_ray", "run_shard"]

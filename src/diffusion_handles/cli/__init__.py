@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 
 from diffusion_handles.errors import HandlesError
 
@@ -42,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started_at = time.perf_counter()  # the closing lines state the whole command's wall time
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started_at = started_at
     try:
         return int(args.func(args) or 0)
     except HandlesError as e:

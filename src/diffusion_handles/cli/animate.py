@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="animate an object (or the camera) along a 3D trajectory (keyframes): frames, MP4 and GIF",
         description="Invert IMAGE once, then make one guided edit per frame along the transform interpolated "
         "between keyframes (translation linear, rotation by slerp, scale geometric). Writes frames/0000.png..., "
-        "animation.mp4 (H.264), animation.gif, comparison.png and summary.json.",
+        "animation.mp4 (H.264; needs the 'video' extra, else the GIF only), animation.gif, comparison.png and "
+        "summary.json.",
     )
     add_edit_input_args(p, prompt_help="text prompt describing the image",
                         mask_help="object mask PNG (pixels >= 128 are the object), or --object / --click")
@@ -174,16 +175,25 @@ def _animate(dh, inv, args: argparse.Namespace, req: _Request, inputs: ModeInput
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffusion_handles.cli.common import check_out, set_threads, silence_progress_bars
-    from diffusion_handles.cli.inputs import load_mode_inputs
-    from diffusion_handles.pipeline import DiffusionHandles
+    from diffusion_handles.animation import mp4_available
+    from diffusion_handles.cli.common import (
+        check_out,
+        set_threads,
+        silence_progress_bars,
+        started,
+    )
+    from diffusion_handles.cli.inputs import check_models, load_mode_inputs
 
-    t_start = time.perf_counter()
+    t_start = started(args)
     check_out(args)
     req = _request_from_args(args)
+    check_models(args, req.mode)  # before transformers/diffusers are imported (perception or the backbone)
+    mp4 = mp4_available()  # without the 'video' extra: the GIF only, said in the closing line
     if args.quiet:
         silence_progress_bars()
     inputs = load_mode_inputs(args, req.mode, req.entries, "animate")
+    from diffusion_handles.pipeline import DiffusionHandles
+
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
     dh.set_progress_bar_config(disable=args.quiet)
     set_threads(dh, None)  # small models: one thread is fastest (see handles edit)
@@ -195,10 +205,13 @@ def run(args: argparse.Namespace) -> int:
     frames, records = _animate(dh, inv, args, req, inputs)
     t_frames = time.perf_counter() - t0
     timings = {"load": t_load, "inversion": t_invert, "frames": t_frames, "per_frame": t_frames / req.n_frames}
-    _write(args.out, inputs.image, frames, req.fps, _summary(args, req, dh, inv, records, timings))
-    print(f"animation written to {args.out}: {req.n_frames} frames in {t_frames:.1f} s "
-          f"({t_frames / req.n_frames:.2f} s per frame, inversion {t_invert:.1f} s): frames/, animation.mp4, "
-          "animation.gif, comparison.png, summary.json")
+    _write(args.out, inputs.image, frames, req.fps, _summary(args, req, dh, inv, records, timings), mp4=mp4)
+    from diffusion_handles.hub import needs_extra
+
+    files = f"frames/, {'animation.mp4, ' if mp4 else ''}animation.gif, comparison.png, summary.json"
+    print(f"animation written to {args.out} in {time.perf_counter() - t_start:.1f} s: {req.n_frames} frames in "
+          f"{t_frames:.1f} s ({t_frames / req.n_frames:.2f} s per frame, inversion {t_invert:.1f} s): {files}"
+          + ("" if mp4 else f"; no animation.mp4 ({needs_extra('MP4', 'video')})"))
     return 0
 
 
@@ -222,9 +235,9 @@ def _summary(args: argparse.Namespace, req: _Request, dh, inv, records: list[dic
     }
 
 
-def _write(out_dir: str, image: Any, frames: list, fps: float, summary: dict) -> None:
-    """frames/NNNN.png, animation.mp4, animation.gif, comparison.png (input and five frames) and
-    summary.json, written into ``out_dir`` whole or not at all."""
+def _write(out_dir: str, image: Any, frames: list, fps: float, summary: dict, mp4: bool = True) -> None:
+    """frames/NNNN.png, animation.mp4 (with ``mp4``), animation.gif, comparison.png (input and five
+    frames) and summary.json, written into ``out_dir`` whole or not at all."""
     import json
 
     import torch
@@ -242,7 +255,8 @@ def _write(out_dir: str, image: Any, frames: list, fps: float, summary: dict) ->
         (tmp / "frames").mkdir()
         for i, f in enumerate(frames):
             Image.fromarray(f).save(tmp / "frames" / f"{i:04d}.png")
-        write_mp4(shown, tmp / "animation.mp4", fps)
+        if mp4:
+            write_mp4(shown, tmp / "animation.mp4", fps)
         write_gif(shown, tmp / "animation.gif", fps)
         save_image(tmp / "comparison.png", side_by_side(
             [("input", image)] + [(f"frame {i}", torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float() / 255)

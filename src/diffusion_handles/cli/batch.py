@@ -66,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
     from diffusion_handles.batch.execute import BatchOptions, is_batch_folder, run_batch
     from diffusion_handles.batch.report import format_table
+    from diffusion_handles.bench.ray import check_ray_installed
     from diffusion_handles.cli.common import check_out
     from diffusion_handles.errors import HandlesError
 
+    check_ray_installed()  # the 'batch' extra: one line at once, not after the jobs are read
     gpus = _float(args.gpus_per_job, "--gpus-per-job", 0.0, strict=False)
     cpus = _float(args.cpus_per_job, "--cpus-per-job", 0.0, strict=True)
     num_cpus = None

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--null-inner-steps", type=int, default=5,
                    help=f"null-text Adam steps per timestep, in [0, {MAX_NULL_INNER}] (default 5)")
     p.add_argument("--null-lr", type=float, default=1e-2,
-                   help="null-text Adam learning rate, in (0, 1] (default 1e-2, NTI's; MODEL_CARD.md measures 5e-2)")
+                   help="null-text Adam learning rate, in (0, 1] (default 1e-2, NTI's; docs/releases/tinyworld-v2.2.md measures 5e-2)")
     p.add_argument("--encode-refine-steps", type=int, default=None, metavar="N",
                    help=f"latent refinement steps after the VAE encoder, in [0, {MAX_ENCODE_REFINE}] (default: the model's own; "
                         "tinyworld: 20, a hub model: 0)")
@@ -68,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N",
                    help="torch device (default cpu); checked before anything runs")
     p.add_argument("--threads", type=int, default=None,
-                   help=f"torch CPU threads, in [1, {MAX_THREADS}] (default: torch's; 1 is best on a busy machine)")
+                   help=f"torch CPU threads, in [1, {MAX_THREADS}] (default: 1 for a small model such as tinyworld, as "
+                        "handles edit chooses, else torch's)")
     p.add_argument("--shard", default="0/1", metavar="I/K",
                    help="do only scenes I, I+K, I+2K, ... (parallel processes sharing --out; default 0/1 = all)")
     p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
@@ -250,16 +251,44 @@ def _run_edits(args: argparse.Namespace, cfg, out) -> int:
     return 0
 
 
+def _check_needs(args: argparse.Namespace) -> None:
+    """Before any work: the extras the flags need (``--ray``: ``batch``; ``--suite 3deditbench``:
+    ``bench3d``), the model (when a method loads one; before transformers/diffusers are imported)
+    and, without ``--threads``, one torch thread for a small model (as ``handles edit``)."""
+    from diffusion_handles.bench.methods import resolve_methods
+    from diffusion_handles.cli.common import check_model, small_model_threads
+
+    if args.ray is not None:
+        from diffusion_handles.bench.ray import check_ray_installed
+
+        check_ray_installed()
+    if args.suite == "3deditbench":
+        from diffusion_handles.bench.editbench3d.io import require_h5py
+
+        require_h5py("--suite 3deditbench")
+    if args.report_only or all(m.kind == "warp" for m in resolve_methods(args.methods)):
+        return  # no weights are loaded
+    check_model(args.model)
+    if args.threads is None and args.ray is None:
+        threads = small_model_threads(args.model)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.suite == "3deditbench":
         from diffusion_handles.bench.editbench3d import run_cli
 
         _check_work(args)  # before run_cli looks at --data or loads anything
+        _check_needs(args)
         return run_cli(args)
     from diffusion_handles.bench.methods import resolve_methods
 
     out = _checked_out(args)
     cfg = _config_from_args(args)
+    _check_needs(args)
     if args.quiet and any(m.kind != "warp" for m in resolve_methods(args.methods)):  # warp-only runs load no weights
         silence_progress_bars()
     if args.kinds is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 from diffusion_handles import limits
 from diffusion_handles.errors import HandlesError
@@ -75,6 +76,61 @@ def set_threads(handles, threads: int | None) -> None:
         threads = 1
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+def small_model_threads(model: str) -> int | None:
+    """The auto thread count of :func:`set_threads`, decided before the model loads: 1 when
+    ``model`` (``"tinyworld"`` or a local folder) has a UNet of fewer than
+    :data:`SMALL_UNET_PARAMS` parameters (counted from its safetensors header), else ``None``."""
+    import json
+
+    from diffusion_handles.diffusion.backbone import model_folder
+
+    try:
+        folder = model_folder(model)
+    except HandlesError:
+        return None  # the loader says why
+    files = sorted((folder / "unet").glob("*.safetensors")) if folder is not None else []
+    params = 0
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        except (OSError, ValueError):
+            return None
+        for name, t in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in t.get("shape", []):
+                    n *= int(d)
+                params += n
+    return 1 if files and params < SMALL_UNET_PARAMS else None
+
+
+def check_model(model: str, option: str = "--model") -> None:
+    """The depth-to-image model, checked before any heavy import (transformers, diffusers): a hub
+    id that is neither in the local cache nor downloadable (``HF_HUB_OFFLINE`` set, the hub
+    unreachable) is refused at once with the loader's one line. ``"tinyworld"`` and folders
+    (existing or not: the loader names what is wrong with them) pass."""
+    from pathlib import Path
+
+    from diffusion_handles.hub import check_available, looks_like_path
+
+    name = str(model)
+    if name == "tinyworld" or looks_like_path(name) or Path(name).exists():
+        return
+    check_available(name, what="depth-to-image", option=option,
+                    bypass="use --model tinyworld (the embedded offline model)")
+
+
+def started(args: argparse.Namespace) -> float:
+    """When the command started (``time.perf_counter()``): as :func:`~diffusion_handles.cli.main`
+    recorded it before building the parser, else now (a command called in-process)."""
+    t = getattr(args, "started_at", None)
+    if not isinstance(t, float):
+        t = time.perf_counter()
+        args.started_at = t
+    return t
 
 
 def check_device(name: str, arg: str = "--device") -> str:

@@ -11,10 +11,14 @@ import argparse
 
 from diffusion_handles import limits
 from diffusion_handles.cli.common import (
+    MAX_THREADS,
     add_out_args,
     check_out,
+    parse_int,
     restore_progress_bars,
     silence_progress_bars,
+    small_model_threads,
+    started,
 )
 
 MAX_STEPS = limits.STEPS[1]  # the scheduler's training timesteps: more DDIM steps than this do not exist
@@ -29,6 +33,9 @@ def register(subparsers) -> None:
                    help=f"DDIM steps in [{MIN_STEPS}, {MAX_STEPS}] (default 50, Sec. 5)")
     p.add_argument("--complete-back", action="store_true",
                    help="give the side the turn uncovers the depth of the sphere's mirrored back (handles edit --complete-back)")
+    p.add_argument("--threads", default="auto", metavar="N",
+                   help=f"CPU threads for torch, in [1, {MAX_THREADS}] (default auto: 1 for the miniature model, as "
+                        "handles edit chooses for small models)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (weight loading included)")
     p.set_defaults(func=run)
 
@@ -46,12 +53,18 @@ def _run(args: argparse.Namespace) -> int:
 
     from diffusion_handles.errors import HandlesError
 
+    t_all = started(args)
     check_out(args)
     if not MIN_STEPS <= args.steps <= MAX_STEPS:
         raise HandlesError(f"--steps: expected an integer in [{MIN_STEPS}, {MAX_STEPS}], got {args.steps}")
+    threads = (small_model_threads("tinyworld") if args.threads == "auto"
+               else parse_int(args.threads, "--threads", 1, MAX_THREADS))
     if args.quiet:
         silence_progress_bars()
-    t_all = time.perf_counter()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from diffusion_handles.world.demo import run_demo
 
     demo = run_demo(args.steps, complete_back=args.complete_back, progress=not args.quiet)
@@ -59,6 +72,11 @@ def _run(args: argparse.Namespace) -> int:
     _print(args.out, demo)
     print(f"done in {time.perf_counter() - t_all:.1f} s")
     return 0
+
+
+# every file _write writes, in its order
+FILES = ("input.png", "reconstruction.png", "preview.png", "edited.png", "ground_truth.png", "mask.png",
+         "input_depth.npy", "edited_depth.npy", "ground_truth_depth.npy", "comparison.png", "scene.json", "demo.json")
 
 
 def _write(out_dir: str, demo, complete_back: bool, t_all: float) -> None:
@@ -106,6 +124,5 @@ def _print(out_dir: str, demo) -> None:
     print("PSNR vs ground truth: edited {:.2f} dB, unedited input {:.2f} dB; reconstruction vs input {:.2f} dB".format(
         metrics["psnr_edited_vs_ground_truth"], metrics["psnr_input_vs_ground_truth"],
         metrics["psnr_reconstruction_vs_input"]))
-    for name in ("comparison.png", "input.png", "reconstruction.png", "edited.png", "ground_truth.png", "input_depth.npy",
-                 "edited_depth.npy", "ground_truth_depth.npy"):
+    for name in FILES:
         print(f"wrote {out / name}")

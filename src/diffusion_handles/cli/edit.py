@@ -23,6 +23,7 @@ from diffusion_handles.cli.common import (
     restore_progress_bars,
     set_threads,
     silence_progress_bars,
+    started,
 )
 from diffusion_handles.cli.edit_modes import (
     EditEntry,
@@ -30,7 +31,12 @@ from diffusion_handles.cli.edit_modes import (
     check_mode_args,
     parse_edits_file,
 )
-from diffusion_handles.cli.inputs import ModeInputs, add_edit_input_args, load_mode_inputs
+from diffusion_handles.cli.inputs import (
+    ModeInputs,
+    add_edit_input_args,
+    check_models,
+    load_mode_inputs,
+)
 from diffusion_handles.errors import HandlesError
 
 if TYPE_CHECKING:
@@ -213,15 +219,16 @@ def _invert_and_edit(dh, args: argparse.Namespace, req: _Request, inputs: ModeIn
 
 
 def _run(args: argparse.Namespace) -> int:
-    from diffusion_handles.pipeline import DiffusionHandles
-
-    t_start = time.perf_counter()
+    t_start = started(args)
     check_out(args)  # before any work: a bad --out is refused at once, not after the edit
     req = _request_from_args(args)
+    check_models(args, req.mode)  # before transformers/diffusers are imported (perception or the backbone)
     if args.quiet:
         silence_progress_bars()
     inputs = load_mode_inputs(args, req.mode, req.entries, "edit")
     t_load = time.perf_counter() - t_start
+
+    from diffusion_handles.pipeline import DiffusionHandles
 
     t0 = time.perf_counter()
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
@@ -232,9 +239,18 @@ def _run(args: argparse.Namespace) -> int:
     timings = {"load_inputs": t_load, "load_model": t_model, "invert": t_invert}
     _write(args.out, inputs, out, _summary(args, req, inputs, dh.backbone, inv, out, timings))
     state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({req.inversion.method})"
-    print(f"edit written to {args.out} ({state}; edit {sum(out.timings.values()):.1f} s): edited.png, "
-          "reconstruction.png, edited_depth.png, comparison.png, summary.json")
+    print(f"edit written to {args.out} in {time.perf_counter() - t_start:.1f} s ({state}; edit "
+          f"{sum(out.timings.values()):.1f} s): {', '.join(_written(inputs))}")
     return 0
+
+
+def _written(inputs: ModeInputs) -> list[str]:
+    """The files :func:`_write` writes, in its order."""
+    files = ["edited.png", "reconstruction.png", "edited_depth.png", "edited_depth.npy", "edited_mask.png",
+             "comparison.png"]
+    if inputs.prepared is not None:
+        files += ["depth.npy", "mask.png", "background_depth.npy"]
+    return [*files, "summary.json"]
 
 
 def _summary(args: argparse.Namespace, req: _Request, inputs: ModeInputs, bb, inv, out, timings: dict) -> dict:

@@ -229,3 +229,26 @@ def load_mode_inputs(args: argparse.Namespace, mode: str, entries: list[EditEntr
         return ModeInputs(image, depth, mask, background, object_masks, prepared)
     image, depth, mask, background, prepared = load_edit_inputs(args, command)
     return ModeInputs(image, depth, mask, background, prepared=prepared)
+
+
+def check_models(args: argparse.Namespace, mode: str) -> None:
+    """Every model the command will load from a hub id, in the order it loads them (the perception
+    models the flags call for, then ``--model``), checked before transformers or diffusers are
+    imported: an unavailable one fails at once with its loader's one line
+    (:func:`~diffusion_handles.hub.check_available`). ``--edits`` entries' segmentation models are
+    left to their loaders."""
+    from diffusion_handles.cli.common import check_model
+    from diffusion_handles.hub import check_available
+
+    if mode == "object":
+        check_one_object_source(args)  # conflicting flags are named before any model
+    if args.depth is None:
+        check_available(args.depth_model, what="depth", option="--depth-model",
+                        bypass="give --depth FILE to skip depth estimation")
+    if mode == "object" and args.object:
+        check_available(args.detector_model, what="text detection", option="--detector-model",
+                        bypass="give --click X,Y or --mask FILE instead of --object")
+    if mode == "object" and (args.object or args.click):
+        check_available(args.sam_model, what="SAM", option="--sam-model",
+                        bypass="give --mask FILE instead of --object/--click")
+    check_model(args.model)

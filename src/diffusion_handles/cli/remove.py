@@ -88,21 +88,24 @@ def _run(args: argparse.Namespace) -> int:
         check_out,
         set_threads,
         silence_progress_bars,
+        started,
     )
-    from diffusion_handles.cli.inputs import load_edit_inputs
+    from diffusion_handles.cli.inputs import check_models, load_edit_inputs
     from diffusion_handles.errors import HandlesError
-    from diffusion_handles.pipeline import DiffusionHandles
 
-    t_start = time.perf_counter()
+    t_start = started(args)
     check_out(args)  # before any work
     if not args.prompt.strip():
         raise HandlesError("--prompt: expected a text describing the scene without the object, got an empty string")
     inversion, guidance, seed, margin = _configs_from_args(args)
     check_device(args.device)
+    check_models(args, "object")  # before transformers/diffusers are imported (perception or the backbone)
     if args.quiet:
         silence_progress_bars()
     image, depth, mask, background, prepared = load_edit_inputs(args, "remove")
     t_load = time.perf_counter() - t_start
+
+    from diffusion_handles.pipeline import DiffusionHandles
 
     t0 = time.perf_counter()
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
@@ -119,8 +122,11 @@ def _run(args: argparse.Namespace) -> int:
     settings = {"seed": seed, "margin_px": margin, "fresh_noise": not args.keep_noise}
     summary = _summary(args, dh.backbone, inv, out, mask, prepared, settings, timings)
     _write(args.out, image, mask, out, prepared, summary)
-    print(f"removal written to {args.out} ({sum(out.timings.values()):.1f} s): removed.png, region.png, "
-          "comparison.png, background_depth.npy/.png, summary.json")
+    files = ["removed.png", "reconstruction.png", "region.png", "mask.png", "background_depth.png",
+             "background_depth.npy", "comparison.png", *(["depth.npy"] if prepared is not None else []), "summary.json"]
+    state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({inversion.method})"
+    print(f"removal written to {args.out} in {time.perf_counter() - t_start:.1f} s ({state}; removal "
+          f"{sum(out.timings.values()):.1f} s): {', '.join(files)}")
     return 0
 
 

@@ -594,8 +594,10 @@ def _bundle_renderer(args: argparse.Namespace) -> int:
 
 def _export_3deditbench(args: argparse.Namespace) -> int:
     from diffusion_handles.bench.editbench3d import export_tinyworld
+    from diffusion_handles.bench.editbench3d.io import require_h5py
 
     check_out(args)
+    require_h5py("export-3deditbench")  # the 'bench3d' extra, before anything renders
     files = export_tinyworld(args.scenes, args.out, first_seed=args.first_seed, size=args.size, spp=args.spp, log=print)
     print(f"handles world export-3deditbench: wrote {len(files)} case(s) to {args.out}")
     return 0

@@ -28,7 +28,7 @@ class InversionConfig:
         null_inner_steps: at most this many Adam steps on the null embedding per timestep
             (release: up to 5).
         null_lr: Adam learning rate, decayed linearly as ``lr * (1 - i / 100)`` (NTI's 1e-2,
-            tuned for SD; on TinyWorld 5e-2 reconstructs better but edits worse, MODEL_CARD.md).
+            tuned for SD; on TinyWorld 5e-2 reconstructs better but edits worse, docs/releases/tinyworld-v2.2.md).
         null_early_stop: stop the inner loop when the latent loss drops below
             ``null_early_stop + i * 2e-5`` (NTI, epsilon = 1e-5).
         encode_refine_steps: steps of latent refinement after the VAE encoder

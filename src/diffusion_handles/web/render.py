@@ -402,24 +402,28 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
 def write_animation(folder: Path, result: dict, fps: float) -> dict[str, str]:
     """Save an animation into ``folder``; return ``{result name: file name}``.
 
-    Files: ``animation.gif`` and ``animation.mp4`` (H.264; frames enlarged nearest-neighbour
-    to at least 256 px, as ``handles animate`` writes them), ``frames/0000.png ...`` (the
+    Files: ``animation.gif`` and ``animation.mp4`` (H.264, when the ``video`` extra is installed;
+    frames enlarged nearest-neighbour to at least 256 px, as ``handles animate`` writes them),
+    ``frames/0000.png ...`` (the
     frames at the model's size, named ``frame_0000 ...``), ``input.png``, ``info.json``.
     """
     from PIL import Image
 
-    from diffusion_handles.animation import display_frames, write_gif, write_mp4
+    from diffusion_handles.animation import display_frames, mp4_available, write_gif, write_mp4
     from diffusion_handles.io import save_image
 
     frames = result["frames"]
     (folder / "frames").mkdir()
-    files = {"gif": "animation.gif", "mp4": "animation.mp4", "input": "input.png"}
+    files = {"gif": "animation.gif", "input": "input.png"}
+    if mp4_available():
+        files["mp4"] = "animation.mp4"
     for i, f in enumerate(frames):
         Image.fromarray(f).save(folder / "frames" / f"{i:04d}.png")
         files[f"frame_{i:04d}"] = f"frames/{i:04d}.png"
     shown = display_frames(frames)
     write_gif(shown, folder / files["gif"], fps)
-    write_mp4(shown, folder / files["mp4"], fps)
+    if "mp4" in files:
+        write_mp4(shown, folder / files["mp4"], fps)
     save_image(folder / files["input"], result["input"].image)
     info = {"reused_inversion": result["reused_inversion"], "frames": len(frames), "fps": fps,
             "render_size_hw": list(frames[0].shape[:2]), "timings": dict(result.get("timings", {})),

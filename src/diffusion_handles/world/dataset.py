@@ -56,8 +56,8 @@ def captions_of(data: dict) -> tuple[list[str], list[str]]:
     """The captions of a loaded training set and of its mirrored images, ``(N,)`` each.
 
     Written afresh from the scene records when the file has them, so a training set rendered
-    before a change of the world's caption (such as the light's side, added in the eleventh
-    sitting) trains on the captions the world writes now; otherwise the stored ones.
+    before a change of the world's caption (such as the light's side, added in model version
+    2.8) trains on the captions the world writes now; otherwise the stored ones.
     """
     from diffusion_handles.world.scene import Scene
 

@@ -10,7 +10,7 @@
 #
 #   pip download diffusers==$(python -c "import diffusers; print(diffusers.__version__)") --no-deps \
 #       --only-binary=:all: --python-version 3.12 -d runs/wheels          # 6.4 MB, once
-#   handles world dataset --seeds A:B --out runs/world3/new.npz             # a seed range no sitting used
+#   handles world dataset --seeds A:B --out runs/world3/new.npz             # a seed range no training run used
 #   handles world pack runs/world3/all.npz runs/world3/train_q95.npz --jpeg-quality 95
 #   # then, on the device machine (carry runs/wheels and runs/world3/train_q95.npz):
 #   bash src/diffusion_handles/world/gpu_train.sh runs/world3/train_q95.npz runs/wheels "$OUT/model"

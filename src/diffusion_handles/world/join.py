@@ -1,7 +1,7 @@
 """Join two runs trained side by side from one warm start into one model folder.
 
-On a 2-core CPU (and on one GPU, which a small UNet leaves idle between kernels) a sitting runs
-two processes at once: ``handles world train`` for the UNet + text encoder, and ``--stage
+On a 2-core CPU (and on one GPU, which a small UNet leaves idle between kernels) a training run
+can be two processes at once: ``handles world train`` for the UNet + text encoder, and ``--stage
 encoder`` for the VAE's encoder alone. The encoder stage freezes the decoder, ``post_quant_conv``
 and the latent scale, and anchors its latents to those the UNet learned, so the UNet run's UNet
 and the encoder run's VAE belong together. :func:`join` writes that model: the first folder with
@@ -54,7 +54,7 @@ def join(unet_model: str | Path, encoder_model: str | Path, out: str | Path,
          names: tuple[str, str, str] = ("unet_model", "encoder_model", "out")) -> Path:
     """Write ``out``: ``unet_model`` (UNet, text encoder, tokenizer, scheduler) with ``encoder_model``'s VAE.
 
-    ``training.json`` keeps ``unet_model``'s record and appends the sittings of ``encoder_model``
+    ``training.json`` keeps ``unet_model``'s record and appends the runs of ``encoder_model``
     that ``unet_model`` does not have (both start from the warm start's history), so the
     cumulative hours count both runs. ``out`` must be new or empty; it appears complete or not at all.
     ``names`` are the arguments as the caller's user knows them (the CLI passes its own).

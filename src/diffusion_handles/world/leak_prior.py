@@ -78,7 +78,7 @@ def features(backbone, captions: list[str], depth: torch.Tensor, depth_pool: int
     ``depth (N, 1, H, W)``: z-depth in scene units (positive). The side enters as its own
     features because the model's token-averaged encoding dilutes it; with them the shipped prior
     explains 72.3 % of the block means' variance on held-out training images, against 50.7 % for
-    the tenth sitting's prior without them (``handles world leak-prior --holdout 0.1``, the
+    model version 2.7's prior without them (``handles world leak-prior --holdout 0.1``, the
     figure each fit prints and records in ``training.json``).
     """
     from diffusion_handles.world.scene import LIGHT_SIDES, light_side_of

@@ -255,15 +255,15 @@ def component_tensors(folder: str | Path, name: str) -> dict:
 
 
 # Steps of latent refinement after the encoder (diffusion.backbone.refine_latent) that TinyWorld
-# models ask for in their settings file. On the 32 held-out scenes of MODEL_CARD.md (seeds
-# 1,000,000-031, the sixth sitting's encoder) the round trip goes 33.60 -> 35.00 dB, worst scene
+# models ask for in their settings file. On the 32 held-out scenes of the model card (seeds
+# 1,000,000-031, model version 2.5's encoder) the round trip goes 33.60 -> 35.00 dB, worst scene
 # 26.29 -> 28.66, scenes below 30 dB 4 -> 1; 40 steps add 0.03 dB (`python benchmarks/vae_gap.py
-# --n 32 --steps S --lr 5e-2 --anchor 0.05`; MODEL_CARD.md).
+# --n 32 --steps S --lr 5e-2 --anchor 0.05`; docs/releases/tinyworld-v2.6.md).
 ENCODE_REFINE_STEPS = 20
 
 
 def cumulative_hours(history: list[dict]) -> float:
-    """The hours of every sitting in a ``training.json`` ``history`` (entries without ``hours``: 0)."""
+    """The hours of every training run in a ``training.json`` ``history`` (entries without ``hours``: 0)."""
     return round(sum(h.get("hours") or 0.0 for h in history), 3)
 
 
@@ -313,7 +313,7 @@ def save_model(folder: str | Path, *, vae, unet, text_encoder, tokenizer, schedu
 def extend_vocabulary(model: str | Path, out: str | Path, seed: int = 0) -> dict:
     """A copy of the model folder ``model`` whose tokenizer knows every word of the world's captions now.
 
-    For a model trained before the captions gained words (the eleventh sitting's light words):
+    For a model trained before the captions gained words (model version 2.8's light words):
     the tokenizer is rebuilt from :data:`~diffusion_handles.world.scene.CAPTION_WORDS`, the text
     encoder keeps every row of its word embeddings under the new ids (:func:`remap_token_embedding`)
     and starts the new tokens' rows as a new model would (N(0, 0.02), seeded); the UNet and VAE

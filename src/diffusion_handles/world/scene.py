@@ -66,7 +66,7 @@ WALLS = {
 # The side the sun shines from, as the caption names it ("... lit from the front left"): the
 # sampler's azimuth range (SUN_AZIMUTH_DEG) in equal sectors, seen from the camera, from the left
 # of the back wall round to its right. Six 50-degree sectors put a perfect generator within reach
-# of the generation targets (`benchmarks/light_bound.py --sectors 1 2 3 6`, MODEL_CARD.md).
+# of the generation targets (`benchmarks/light_bound.py --sectors 1 2 3 6`, docs/releases/tinyworld-v2.7.md).
 LIGHT_SIDES = ("back left", "left", "front left", "front right", "right", "back right")
 LIGHT_PHRASE = " lit from the "  # caption + LIGHT_PHRASE + side
 LIGHT_WORDS = tuple(sorted({*LIGHT_PHRASE.split(), *" ".join(LIGHT_SIDES).split()}))  # the words the light adds

@@ -22,11 +22,11 @@ output (:func:`diffusion_handles.world.model.widen_encoder`).
 ``export`` writes the diffusers folder (:func:`diffusion_handles.world.model.save_model`).
 Every stage logs ``step, loss, seconds`` lines to ``run_dir/train.log``.
 
-Training accumulates over sittings: a stage resumes from its checkpoint in ``run_dir``; when a
+Training accumulates over runs: a stage resumes from its checkpoint in ``run_dir``; when a
 run folder has no checkpoint yet, every weight whose name and shape match is taken from
 ``init_from`` (by default the shipped model), with a fresh optimizer. Checkpoints hold tensors
 and numbers only and are read with ``torch.load(weights_only=True)`` (no pickled code).
-The cumulative steps and seconds of every sitting are carried into the exported
+The cumulative steps and seconds of every run are carried into the exported
 ``training.json`` (``history``).
 """
 
@@ -58,7 +58,7 @@ from diffusion_handles.world.model import (
 
 @dataclass
 class TrainConfig:
-    """Training settings (defaults: the CPU recipe of the shipped v2 model; see MODEL_CARD.md)."""
+    """Training settings (defaults: the CPU recipe of TinyWorld v2.0; see docs/releases/tinyworld-v2.0.md)."""
 
     data: str = "runs/world/train.npz"
     run_dir: str = "runs/world/train"
@@ -116,7 +116,7 @@ PRESETS: dict[str, dict] = {
     # continues the shipped model (same architecture, so every weight is warm-started and the
     # encoder, hence the latents, stay the same): no VAE stage, the UNet + text encoder at 8x the
     # CPU batch (bf16 autocast on the GPU) for the whole time. No decoder stage: in the first GPU
-    # sitting its loss stayed flat over 4000 steps at batch 32 (MODEL_CARD.md), and a JPEG pack
+    # run (model version 2.2) its loss stayed flat over 4000 steps at batch 32 (docs/releases/tinyworld-v2.2.md), and a JPEG pack
     # (twice the scenes per carried MiB) trains the UNet only. With ``--stage encoder
     # --encoder-steps N [--encoder-width 2]`` it trains the encoder alone instead (a second run
     # beside the UNet run on the same GPU).
@@ -172,7 +172,7 @@ def _checkpoint(ckpt: Path, parts: dict, opt, step: int, seconds: float, done: b
 
 
 @dataclass(frozen=True)
-class _Sitting:
+class _Run:
     """One call of :func:`train`: its settings, run folder, log, and the two time limits
     (``out_of_time()``: the call's; ``stage_over(name, t0)``: a stage's, :func:`_stage_clock`)."""
 
@@ -187,14 +187,14 @@ class _Progress:
     """What every training loop does around its steps: a progress bar over ``step..steps``, a
     log line every ``log_every`` steps (``"<name> step <i> <figure> <value> ... t <seconds>s"``), a
     checkpoint of ``parts`` and ``opt`` every ``ckpt_every`` steps, at the last step and when a
-    time limit of the ``sitting`` ends the call or the stage."""
+    time limit of the ``call`` (a :class:`_Run`) ends the call or the stage."""
 
-    def __init__(self, name: str, sitting: _Sitting, ckpt: Path, parts: dict, opt, step: int, steps: int,
+    def __init__(self, name: str, call: _Run, ckpt: Path, parts: dict, opt, step: int, steps: int,
                  secs: float):
         from tqdm import tqdm
 
-        self.name, self.cfg, self.ckpt, self.parts, self.opt, self.steps = name, sitting.cfg, ckpt, parts, opt, steps
-        self.secs, self.log, self.out_of_time, self.stage_over = secs, sitting.log, sitting.out_of_time, sitting.stage_over
+        self.name, self.cfg, self.ckpt, self.parts, self.opt, self.steps = name, call.cfg, ckpt, parts, opt, steps
+        self.secs, self.log, self.out_of_time, self.stage_over = secs, call.log, call.out_of_time, call.stage_over
         self.t0 = time.time()
         self.bar = tqdm(range(step, steps), desc=name, initial=step, total=steps)
 
@@ -412,8 +412,8 @@ def train_vae(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_of_t
     n, cs = len(rgb), min(cfg.vae_crop, rgb.shape[2])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
     vae.train()
-    sitting = _Sitting(cfg, run, log, out_of_time, stage_over)
-    progress = _Progress("vae", sitting, ckpt, parts, opt, step, cfg.vae_steps, secs)
+    call = _Run(cfg, run, log, out_of_time, stage_over)
+    progress = _Progress("vae", call, ckpt, parts, opt, step, cfg.vae_steps, secs)
     for i in progress:
         idx = torch.randint(0, n, (cfg.vae_batch,), generator=gen)
         oy, ox = (torch.randint(0, rgb.shape[2] - cs + 1, (2,), generator=gen)).tolist()
@@ -467,7 +467,7 @@ def train_encoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, out_
     stage = _ImageStage("encoder", parts={"encoder": vae.encoder, "quant_conv": vae.quant_conv}, steps=cfg.encoder_steps,
                         batch=cfg.encoder_batch, lr_at=lambda i: _lr(i, cfg.encoder_lr, cfg.warmup), loss_fn=loss_fn,
                         seed=17)
-    _image_stage(stage, _Sitting(cfg, run, log, out_of_time, stage_over), vae, rgb)
+    _image_stage(stage, _Run(cfg, run, log, out_of_time, stage_over), vae, rgb)
 
 
 @dataclass(frozen=True)
@@ -486,19 +486,19 @@ class _ImageStage:
     seed: int
 
 
-def _image_stage(stage: _ImageStage, sitting: _Sitting, vae, rgb: torch.Tensor) -> None:
+def _image_stage(stage: _ImageStage, call: _Run, vae, rgb: torch.Tensor) -> None:
     """The loop of a full-image VAE stage: resumable from its checkpoint, AdamW on the parameters
     of ``stage.parts``, ``stage.batch`` images of ``rgb`` ``(N, 3, H, W)`` uint8 a step (mirrored
     half the time) in [-1, 1]."""
     name, parts, steps, batch, lr_at, loss_fn = stage.name, stage.parts, stage.steps, stage.batch, stage.lr_at, stage.loss_fn
     dev = next(vae.parameters()).device
-    ckpt = sitting.run / f"{name}.pt"
+    ckpt = call.run / f"{name}.pt"
     params = [p for m in parts.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr_at(0), weight_decay=0.0)
-    step, secs, done = _resume(ckpt, dev, parts, opt, sitting.log, name)
+    step, secs, done = _resume(ckpt, dev, parts, opt, call.log, name)
     if done or step >= steps:
         return
-    gen = torch.Generator().manual_seed(sitting.cfg.seed * 1000 + stage.seed + step)
+    gen = torch.Generator().manual_seed(call.cfg.seed * 1000 + stage.seed + step)
     vae.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
@@ -506,7 +506,7 @@ def _image_stage(stage: _ImageStage, sitting: _Sitting, vae, rgb: torch.Tensor) 
         m.train()
     rgb = rgb.to(dev)  # uint8; on a GPU the whole set lives there (~50 MB for 1000 scenes)
     n = len(rgb)
-    progress = _Progress(name, sitting, ckpt, parts, opt, step, steps, secs)
+    progress = _Progress(name, call, ckpt, parts, opt, step, steps, secs)
     for i in progress:
         idx = torch.randint(0, n, (batch,), generator=gen).to(dev)
         x = rgb[idx].float().div(127.5).sub(1.0)  # (B, 3, H, W) in [-1, 1]
@@ -632,8 +632,8 @@ def train_unet(cfg: TrainConfig, comps: dict, batches: dict, run: Path, log, out
         obj_masks, obj_tokens = batches["obj_masks"].to(dev), batches["obj_tokens"].to(dev)
         recorder = AttentionRecorder()
         recorder.install(unet)
-    sitting = _Sitting(cfg, run, log, out_of_time, stage_over)
-    progress = _Progress("unet", sitting, ckpt, parts, opt, step, cfg.unet_steps, secs)
+    call = _Run(cfg, run, log, out_of_time, stage_over)
+    progress = _Progress("unet", call, ckpt, parts, opt, step, cfg.unet_steps, secs)
     run_loss = None
     for i in progress:
         b = cfg.unet_batch
@@ -702,7 +702,7 @@ def finetune_decoder(cfg: TrainConfig, vae, rgb: torch.Tensor, run: Path, log, o
 
     stage = _ImageStage("decoder", parts={"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder},
                         steps=cfg.decoder_steps, batch=cfg.decoder_batch, lr_at=lr_at, loss_fn=loss_fn, seed=13)
-    _image_stage(stage, _Sitting(cfg, run, log, out_of_time, stage_over), vae, rgb)
+    _image_stage(stage, _Run(cfg, run, log, out_of_time, stage_over), vae, rgb)
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, hardware: str | None = None) -> Path:

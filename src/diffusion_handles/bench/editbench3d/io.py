@@ -39,6 +39,17 @@ CHUNK_ELEMS_FLOOR = 1 << 20  # a chunk may hold this many elements (or the datas
 NUMBERS = ("u", "i", "f", "b")
 
 
+def require_h5py(option: str = "3DEditBench files"):
+    """The h5py module (the ``bench3d`` extra), or a one-line :class:`HandlesError` naming the extra."""
+    try:
+        import h5py
+    except ImportError:
+        from diffusion_handles.hub import needs_extra
+
+        raise HandlesError(needs_extra(option, "bench3d")) from None
+    return h5py
+
+
 @dataclass
 class EditBenchCase:
     """One 3DEditBench case (the keys: the docstring of :mod:`diffusion_handles.bench.editbench3d`)."""
@@ -195,8 +206,7 @@ def _attrs(f) -> dict:
 
 
 def _open(path: Path):
-    import h5py
-
+    h5py = require_h5py()
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as e:
@@ -240,7 +250,7 @@ def read_case(path: str | Path) -> EditBenchCase:
 
 def write_case(path: str | Path, case: EditBenchCase) -> Path:
     """Write ``case`` as one HDF5 file in 3DEditBench's layout (atomically: temp file + rename)."""
-    import h5py
+    h5py = require_h5py()
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

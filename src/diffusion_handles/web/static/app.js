@@ -435,7 +435,8 @@ $('animate-btn').addEventListener('click', () => guarded(async () => {
 }));
 function showAnimation(st) {
   $('anim-gif').src = st.results.gif;
-  $('anim-mp4').href = st.results.mp4;
+  $('anim-mp4').hidden = !st.results.mp4;  // without the 'video' extra there is no MP4
+  if (st.results.mp4) $('anim-mp4').href = st.results.mp4;
   $('anim-gif-link').href = st.results.gif;
   $('anim-info').textContent = `${st.info.frames} frames · ${st.info.reused_inversion ? 'inversion reused from the render' : 'inverted'}`;
   $('anim-result').hidden = false;
