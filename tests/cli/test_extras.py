@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from diffusion_handles.cli import main
 
@@ -94,14 +93,9 @@ def test_animate_without_imageio_ffmpeg_writes_the_gif_only_and_says_so(tmp_path
         tiny_configs,
     )
 
-    s = 16
-    rng = np.random.default_rng(0)
-    Image.fromarray((rng.random((s, s, 3)) * 255).astype(np.uint8)).save(tmp_path / "image.png")
-    np.save(tmp_path / "depth.npy", np.full((s, s), 3.0, np.float32))
-    mask = np.zeros((s, s), np.uint8)
-    mask[4:12, 4:12] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    (tmp_path / "keys.json").write_text(json.dumps([{}, {"translate": [0.2, 0, 0]}]))
+    from .test_fast_fail import write_inputs
+
+    write_inputs(tmp_path)
     save_model_folder(build_backbone_components(tiny_configs(), seed=0), tmp_path / "model")
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
     out = tmp_path / "anim"

@@ -37,9 +37,8 @@ print(json.dumps({"code": code, "imported": sorted(m for m in ("diffusers", "tra
 """
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fastfail")
+def write_inputs(d: Path) -> Path:
+    """A 16 px image, its depth, a mask and a two-keyframe track in folder ``d``."""
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((S, S, 3)) * 255).astype(np.uint8)).save(d / "image.png")
     np.save(d / "depth.npy", np.full((S, S), 3.0, np.float32))
@@ -48,6 +47,11 @@ def inputs(tmp_path_factory):
     Image.fromarray(mask).save(d / "mask.png")
     (d / "keys.json").write_text(json.dumps([{}, {"translate": [0.2, 0, 0]}]))
     return d
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("fastfail"))
 
 
 def _offline_env(tmp_path: Path) -> dict:

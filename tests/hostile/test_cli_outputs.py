@@ -118,15 +118,16 @@ def cwd(tmp_path, monkeypatch) -> Path:
     return work
 
 
-def _unwritable(tmp_path: Path) -> str:
+def _unwritable(tmp_path: Path, name: str = "out") -> str:
+    """A place no folder can be made at: under /proc as root, else in a read-only folder."""
     if os.geteuid() == 0:  # root writes through permission bits: use a file system that takes no folders
         if os.access("/proc", os.F_OK):
-            return "/proc/handles-out"
+            return f"/proc/handles-{name}"
         pytest.skip("running as root and no /proc to stand for an unwritable place")
     ro = tmp_path / "readonly"
     ro.mkdir(exist_ok=True)
     ro.chmod(0o555)
-    return str(ro / "out")
+    return str(ro / name)
 
 
 COMMANDS = {  # argv without --out; valid, so that only --out can stop them

@@ -27,6 +27,8 @@ from PIL import Image
 
 from diffusion_handles.cli import main
 
+from .test_cli_outputs import _unwritable
+
 H = W = 48
 
 
@@ -48,17 +50,6 @@ def one_line(code: int, err: str, cmd: str, arg: str) -> str:
 def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): None if p.is_dir() or p.is_symlink() else (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*"))}
-
-
-def _unwritable(tmp_path: Path) -> str:
-    if os.geteuid() == 0:  # root writes through permission bits: a file system that takes no folders
-        if os.access("/proc", os.F_OK):
-            return "/proc/handles-cache"
-        pytest.skip("running as root and no /proc to stand for an unwritable place")
-    ro = tmp_path / "readonly"
-    ro.mkdir(exist_ok=True)
-    ro.chmod(0o555)
-    return str(ro / "cache")
 
 
 def _wait_for(predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
@@ -247,7 +238,7 @@ def test_bad_cache_is_refused_before_any_work(command, bad, scene, tmp_path, tri
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     if cache is None:
-        cache = _unwritable(tmp_path)
+        cache = _unwritable(tmp_path, "cache")
     argv = _argv(command, scene, tmp_path)
     before = snapshot(tmp_path)
     code, _, err = run(capsys, *argv, "--cache", cache, "--out", out)

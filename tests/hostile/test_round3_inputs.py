@@ -27,6 +27,8 @@ from PIL import Image
 from diffusion_handles import limits
 from diffusion_handles.cli import main
 
+from .test_inputs_hostile import assert_refused
+
 S = 20
 
 
@@ -60,19 +62,6 @@ def scene(tmp_path) -> dict:
 def run(capsys, *argv) -> tuple[int, str]:
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
-
-
-def assert_refused(code: int, err: str, out_dir: Path, command: str, *needles: str) -> str:
-    """Exit 2, one line ``handles <command>: error: ...`` mentioning ``needles``, nothing written."""
-    assert code == 2, err
-    assert "Traceback" not in err and 'File "' not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"handles {command}: error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    assert not out_dir.exists() or not any(out_dir.iterdir()), sorted(out_dir.iterdir())
-    return lines[0]
 
 
 def edit_args(scene, out, *extra, command="edit"):
@@ -179,19 +168,21 @@ def _nested(depth: int) -> str:
     return "[" * depth + "{}" + "]" * depth
 
 
+def run_json_flag(capsys, scene, out: Path, flag: str, path) -> tuple[int, str, str]:
+    """``handles animate --keyframes PATH`` or ``handles edit --edits PATH``: (code, stderr, command)."""
+    if flag == "--keyframes":
+        return (*run(capsys, *animate_args(scene, out, "--keyframes", path)), "animate")
+    return (*run(capsys, "edit", scene["image"], "--prompt", "boxes", "--depth", scene["depth"],
+                 "--model", "tinyworld", "--edits", path, "--out", out), "edit")
+
+
 @pytest.mark.parametrize("flag, depth", [("--keyframes", 100_000), ("--keyframes", 17), ("--edits", 100_000),
                                          ("--edits", 17)])
 def test_json_nested_too_deeply_is_refused(flag, depth, scene, tmp_path, capsys):
     p = tmp_path / "deep.json"
     p.write_text(_nested(depth))
     out = tmp_path / "out"
-    if flag == "--keyframes":
-        code, err = run(capsys, *animate_args(scene, out, "--keyframes", p))
-        command = "animate"
-    else:
-        code, err = run(capsys, "edit", scene["image"], "--prompt", "boxes", "--depth", scene["depth"],
-                        "--model", "tinyworld", "--edits", p, "--out", out)
-        command = "edit"
+    code, err, command = run_json_flag(capsys, scene, out, flag, p)
     assert_refused(code, err, out, command, f"{flag}: expected JSON nested at most 16 levels deep")
 
 
@@ -229,13 +220,7 @@ def test_json_files_are_read_only_up_to_the_limit(flag, source, scene, tmp_path,
     else:
         path = Path(source)
     out = tmp_path / "out"
-    if flag == "--keyframes":
-        code, err = run(capsys, *animate_args(scene, out, "--keyframes", path))
-        command = "animate"
-    else:
-        code, err = run(capsys, "edit", scene["image"], "--prompt", "boxes", "--depth", scene["depth"],
-                        "--model", "tinyworld", "--edits", path, "--out", out)
-        command = "edit"
+    code, err, command = run_json_flag(capsys, scene, out, flag, path)
     assert_refused(code, err, out, command, f"{flag}: expected a JSON file of at most {limits.JSON_BYTES} bytes")
     if fifo is not None:
         fifo["thread"].join(timeout=10)
