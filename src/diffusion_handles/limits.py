@@ -25,6 +25,7 @@ FOV_DEG = (0.0, 180.0)  # horizontal field of view, degrees, both ends excluded
 # ---- files --------------------------------------------------------------------------------------
 IMAGE_SIDE = (16, 4096)  # width and height of an image, mask or depth (any format), from the file's header
 IMAGE_PIXELS = 4096 * 4096  # width x height of one image, from the header (a decompression bomb's size)
+DEPTH_ASPECT = 0.02  # a depth map of another size is resized to the image if the aspect ratios differ by at most 2 %
 JSON_BYTES = 1 << 20  # a keyframes or edits file, or one batch line
 JSON_DEPTH = 16  # nesting of a keyframes or edits file, or of a batch line
 BATCH_JOBS = 100_000  # lines of a batch file

@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from diffusion_handles.geometry import (
     edited_depth,
     render_preview,
 )
+
+if TYPE_CHECKING:
+    from diffusion_handles.io import DepthReading
 
 
 @dataclass
@@ -104,10 +108,14 @@ def make_preview(
     edit: HandleEdit,
     fov_deg: float,
     out_dir: str | Path,
-    depth_scale: float = 1000.0,
+    depth_scale: float | DepthReading = 1000.0,
     move_camera: bool = False,
 ) -> dict:
     """Read the inputs, run :func:`preview_edit` and write ``out_dir`` (all files or none).
+
+    ``depth_scale`` is how the depth file is read: a number (the divisor of a 16-bit z-depth
+    image) or a :class:`~diffusion_handles.io.DepthReading` (``--depth-kind`` and the rest). The
+    image is read upright (its EXIF orientation applied), the depth resized to it.
 
     Returns the summary written to ``summary.json``.
     """
@@ -128,27 +136,27 @@ def make_preview(
     return summary
 
 
-def _load_inputs(image_path: str | Path, depth_path: str | Path, mask_path: str | Path | None, depth_scale: float,
-                 move_camera: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Read and check the image ``(1, 3, H, W)``, z-depth ``(1, 1, H, W)`` and object mask
-    ``(1, 1, H, W)`` (all ones for a camera move without a mask)."""
+def _load_inputs(image_path: str | Path, depth_path: str | Path, mask_path: str | Path | None,
+                 depth_scale: float | DepthReading, move_camera: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Read and check the image ``(1, 3, H, W)`` (upright), z-depth ``(1, 1, H, W)`` (resized to
+    it) and object mask ``(1, 1, H, W)`` (all ones for a camera move without a mask)."""
     from diffusion_handles.io import (
         check_mask_not_empty,
-        check_same_size,
+        check_matches_image,
         load_depth,
-        load_image,
         load_mask,
+        read_photo,
     )
 
-    image = load_image(image_path, "IMAGE")
-    depth = load_depth(depth_path, "--depth", depth_scale)
-    check_same_size("IMAGE", image, "--depth", depth)
+    photo = read_photo(image_path, "IMAGE")
+    image = photo.image
+    depth = load_depth(depth_path, "--depth", depth_scale, fit_to=photo)
     if mask_path is None:
         if not move_camera:
             raise HandlesError("--mask: expected an object mask PNG (only --camera edits need none), got nothing")
         return image, depth, torch.ones_like(depth)
     mask = load_mask(mask_path, "--mask")
-    check_same_size("IMAGE", image, "--mask", mask)
+    check_matches_image(photo, "--mask", mask)
     check_mask_not_empty(mask)
     return image, depth, mask
 

@@ -96,7 +96,9 @@ def test_kind_override_and_unknown_family():
     with pytest.raises(HandlesError, match="--depth-kind"):
         kind_of_model(Cfg())
     with pytest.raises(HandlesError, match="--depth-kind"):
-        DepthConfig(kind="inverse")
+        DepthConfig(kind="disparity")
+    # the --depth-kind words of files name the estimator kinds too
+    assert DepthConfig(kind="inverse").kind == RELATIVE_DISPARITY and DepthConfig(kind="z").kind == METRIC_DEPTH
     with pytest.raises(HandlesError, match="--depth-range"):
         DepthConfig(near=5, far=1)
 

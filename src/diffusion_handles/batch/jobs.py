@@ -6,7 +6,8 @@ A line is a JSON object; keys (``handles edit`` flags, with ``_`` for ``-``):
   a letter or digit, at most 100 characters; unique, case-insensitively), ``image`` (path),
   ``prompt`` (text), and exactly one of ``mask`` (path), ``object`` (text) or ``click``
   (``[x, y]`` or a list of them, pixels);
-* optional: ``depth``, ``background_depth`` (paths), ``depth_scale`` (number), ``translate``,
+* optional: ``depth``, ``background_depth`` (paths), ``depth_scale`` (number), ``depth_kind``
+  (``z|inverse|relative-depth``: what ``depth`` holds, as ``--depth-kind``), ``translate``,
   ``rotate_axis`` (three numbers), ``rotate_deg``, ``scale``, ``fov`` (numbers), ``model``,
   ``preset`` (``default|paper|fast``), ``inversion`` (``null-text|ddim|negative-prompt``),
   ``steps``, ``guidance_steps``, ``grad_steps``, ``seed`` (integers), ``identity_transfer``
@@ -43,6 +44,7 @@ CHOICES = {
     "device": ("cpu", "cuda"),
     "dtype": ("float32", "float16", "bfloat16"),
     "transfer_source": ("latent", "pixels"),
+    "depth_kind": ("z", "inverse", "relative-depth"),
 }
 INT_KEYS = {"steps": limits.STEPS, "guidance_steps": (0, limits.STEPS[1]), "grad_steps": limits.GRAD_STEPS,
             "seed": limits.SEED}  # inclusive ranges, as handles edit checks them
@@ -80,7 +82,8 @@ class Job:
             argv.append(f"--object={s['object']}")
         for x, y in s.get("click", []):
             argv.append(f"--click={x!r},{y!r}")
-        for key in ("depth", "background_depth", "model", "preset", "inversion", "device", "dtype", "transfer_source"):
+        for key in ("depth", "background_depth", "model", "preset", "inversion", "device", "dtype", "transfer_source",
+                    "depth_kind"):
             if key in s:
                 argv.append(f"--{key.replace('_', '-')}={s[key]}")
         for key in VECTOR_KEYS:

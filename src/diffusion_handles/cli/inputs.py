@@ -6,6 +6,9 @@ depth, mask(s) and background depth loaded and validated (not a sub-command).
 * ``--edits FILE.json``: several objects (:func:`load_multi_inputs`).
 
 Missing depth or masks come from the perception stages (Sec. 5); every model loads before any runs.
+IMAGE is read upright (its EXIF orientation applied); masks must have its upright size; a depth
+file of another size (same aspect ratio) is resized to it; ``--depth-kind`` says what the depth
+file's values are (:class:`~diffusion_handles.io.DepthReading`).
 """
 
 from __future__ import annotations
@@ -25,18 +28,22 @@ from diffusion_handles.cli.perception_args import (
 )
 from diffusion_handles.errors import HandlesError
 
+IMAGE_HELP = "input image (PNG, JPEG, WebP, TIFF or HEIC; turned upright by its EXIF orientation)"
+DEPTH_HELP = ("depth map: .npy (H, W), 16-bit PNG or TIFF (value / --depth-scale), float TIFF, PFM or OpenEXR, of "
+              "IMAGE's aspect ratio (resized to it, bilinear); its values are z-depth in scene units unless "
+              "--depth-kind says otherwise")
+DEPTH_SCALE_HELP = "16-bit PNG or TIFF z-depth: scene units = value / depth-scale (default 1000: millimetres -> metres)"
+
 
 def add_edit_input_args(p: argparse.ArgumentParser, *, prompt_help: str, mask_help: str,
                         background_help: str | None = None) -> None:
     """IMAGE, ``--prompt``, ``--depth``, ``--depth-scale``, ``--mask`` / ``--object`` / ``--click``,
     the perception models and (with ``background_help``) ``--background-depth``: the inputs every
     edit-like command reads with :func:`load_edit_inputs`."""
-    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
+    p.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
     p.add_argument("--prompt", required=True, metavar="TEXT", help=prompt_help)
-    p.add_argument("--depth", default=None, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres "
-                   "(default: estimated with --depth-model)")
-    p.add_argument("--depth-scale", default="1000",
-                   help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
+    p.add_argument("--depth", default=None, help=DEPTH_HELP + " (default: estimated with --depth-model)")
+    p.add_argument("--depth-scale", default="1000", help=DEPTH_SCALE_HELP)
     p.add_argument("--mask", default=None, help=mask_help)
     add_object_args(p, mask=False)
     add_perception_args(p, depth=True, segment=True, inpaint=True, device=False)
@@ -44,12 +51,36 @@ def add_edit_input_args(p: argparse.ArgumentParser, *, prompt_help: str, mask_he
         p.add_argument("--background-depth", default=None, help=background_help)
 
 
-def depth_scale_from_args(args: argparse.Namespace) -> float:
-    """``--depth-scale`` as a number (its range is checked where a 16-bit PNG depth is read)."""
+def depth_reading_from_args(args: argparse.Namespace):
+    """How ``--depth`` (and ``--background-depth``) files are read: ``--depth-kind`` (``z`` unless
+    given), ``--depth-scale``, ``--depth-range``, checked (:class:`~diffusion_handles.io.DepthReading`)."""
+    from diffusion_handles.io import DEFAULT_DEPTH_RANGE, DepthReading
+
     try:
-        return float(args.depth_scale)
+        scale = float(args.depth_scale)
     except ValueError:
         raise HandlesError(f"--depth-scale: expected a number, got {args.depth_scale!r}") from None
+    near, far = getattr(args, "depth_range", None) or DEFAULT_DEPTH_RANGE
+    return DepthReading(kind=getattr(args, "depth_kind", None) or "z", scale=scale, near=near, far=far)
+
+
+def _read_image_and_depth(args: argparse.Namespace) -> tuple:
+    """IMAGE upright (a :class:`~diffusion_handles.io.Photo`), ``--depth`` resized to it (None
+    when not given) and how depth files are read."""
+    from diffusion_handles.io import load_depth, read_photo
+
+    reading = depth_reading_from_args(args)
+    photo = read_photo(args.image, "IMAGE")
+    depth = None if args.depth is None else load_depth(args.depth, "--depth", reading, fit_to=photo)
+    return photo, depth, reading
+
+
+def _note_orientation(command: str, photo) -> None:
+    """Say that IMAGE was turned upright (once every input file was read and checked)."""
+    if photo.orientation != 1:
+        (sw, sh), (w, h) = photo.stored_size, photo.size
+        _print_notes(command, [f"IMAGE: turned upright by its EXIF orientation {photo.orientation} (stored {sw}x{sh}, "
+                               f"edited and written as {w}x{h})"])
 
 
 def _print_notes(command: str, notes: list[str]) -> None:
@@ -57,15 +88,18 @@ def _print_notes(command: str, notes: list[str]) -> None:
         print(f"handles {command}: note: {note}", file=sys.stderr)
 
 
-def _background_depth(args: argparse.Namespace, image, depth_scale: float):
-    """``--background-depth`` (``None`` when not given), the size of IMAGE."""
-    from diffusion_handles.io import check_same_size, load_depth
+def _background_depth(args: argparse.Namespace, photo, reading):
+    """``--background-depth`` (``None`` when not given), resized to IMAGE; z-depth only: a relative
+    map's scale and shift are unknown, so it could not be put in the frame of ``--depth``."""
+    from diffusion_handles.io import kind_flag, load_depth
 
     if getattr(args, "background_depth", None) is None:
         return None
-    background = load_depth(args.background_depth, "--background-depth", depth_scale)
-    check_same_size("IMAGE", image, "--background-depth", background)
-    return background
+    if reading.relative:
+        raise HandlesError(f"--background-depth: expected no background depth with --depth-kind {kind_flag(reading.kind)} "
+                           "(a relative map's scale and shift are unknown, so it cannot be put in the frame of --depth), "
+                           "got a file; leave it out (it is filled from the depth) or give z-depth maps")
+    return load_depth(args.background_depth, "--background-depth", reading, fit_to=photo)
 
 
 def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
@@ -79,26 +113,18 @@ def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
         prepared)``; ``prepared`` is the :func:`~diffusion_handles.perception.prepare_inputs`
         result when a perception stage ran, else ``None``.
     """
-    from diffusion_handles.io import (
-        check_mask_not_empty,
-        check_same_size,
-        load_depth,
-        load_image,
-        load_mask,
-    )
+    from diffusion_handles.io import check_mask_not_empty, check_matches_image, load_mask
     from diffusion_handles.perception import prepare_inputs
 
-    depth_scale = depth_scale_from_args(args)
     check_one_object_source(args)
-    image = load_image(args.image, "IMAGE")
-    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
+    photo, depth, reading = _read_image_and_depth(args)
+    image = photo.image
     mask = None if args.mask is None else load_mask(args.mask, "--mask")
-    if depth is not None:
-        check_same_size("IMAGE", image, "--depth", depth)
     if mask is not None:
-        check_same_size("IMAGE", image, "--mask", mask)
+        check_matches_image(photo, "--mask", mask)
         check_mask_not_empty(mask)
-    background = _background_depth(args, image, depth_scale)
+    background = _background_depth(args, photo, reading)
+    _note_orientation(command, photo)
     prepared = None
     if depth is None or mask is None:  # perception stages (Sec. 5): all models load before any runs
         prepared = prepare_inputs(image, depth=depth, mask=mask, object_text=args.object,
@@ -110,22 +136,18 @@ def load_edit_inputs(args: argparse.Namespace, command: str) -> tuple:
     return image, depth, mask, background, prepared
 
 
-def load_camera_inputs(args: argparse.Namespace) -> tuple:
+def load_camera_inputs(args: argparse.Namespace, command: str = "edit") -> tuple:
     """IMAGE and its depth (given or estimated) for ``--camera``; the mask is the whole image.
 
     Returns ``(image (1,3,H,W), depth (1,1,H,W), mask (1,1,H,W) ones, info dict or None)``.
     """
     import torch
 
-    from diffusion_handles.io import check_same_size, load_depth, load_image
-
-    depth_scale = depth_scale_from_args(args)
-    image = load_image(args.image, "IMAGE")
+    photo, depth, _ = _read_image_and_depth(args)
+    image = photo.image
+    _note_orientation(command, photo)
     info = None
-    if args.depth is not None:
-        depth = load_depth(args.depth, "--depth", depth_scale)
-        check_same_size("IMAGE", image, "--depth", depth)
-    else:
+    if depth is None:
         from diffusion_handles.perception.depth import DepthEstimator
 
         cfg = perception_config_from_args(args)
@@ -135,16 +157,16 @@ def load_camera_inputs(args: argparse.Namespace) -> tuple:
     return image, depth, torch.ones_like(depth), info
 
 
-def _entry_masks(image, entries: list[EditEntry]) -> list:
+def _entry_masks(photo, entries: list[EditEntry]) -> list:
     """The masks of the entries that name a ``"mask"`` file, validated; ``None`` for the others."""
-    from diffusion_handles.io import check_mask_not_empty, check_same_size, load_mask
+    from diffusion_handles.io import check_mask_not_empty, check_matches_image, load_mask
 
     masks: list = [None] * len(entries)
     for e in entries:
         if e.mask_path is not None:
             arg = f"--edits [{e.index}].mask"
             m = load_mask(e.mask_path, arg)
-            check_same_size("IMAGE", image, arg, m)
+            check_matches_image(photo, arg, m)
             check_mask_not_empty(m, arg)
             masks[e.index] = m
     return masks
@@ -180,16 +202,14 @@ def load_multi_inputs(args: argparse.Namespace, entries: list[EditEntry], comman
     import torch
 
     from diffusion_handles.geometry.multi import disjoint_masks
-    from diffusion_handles.io import check_mask_not_empty, check_same_size, load_depth, load_image
+    from diffusion_handles.io import check_mask_not_empty
     from diffusion_handles.perception import prepare_inputs
 
-    depth_scale = depth_scale_from_args(args)
-    image = load_image(args.image, "IMAGE")
-    depth = None if args.depth is None else load_depth(args.depth, "--depth", depth_scale)
-    if depth is not None:
-        check_same_size("IMAGE", image, "--depth", depth)
-    background = _background_depth(args, image, depth_scale)
-    masks = _entry_masks(image, entries)
+    photo, depth, reading = _read_image_and_depth(args)
+    image = photo.image
+    background = _background_depth(args, photo, reading)
+    masks = _entry_masks(photo, entries)
+    _note_orientation(command, photo)
     cfg = perception_config_from_args(args)
     selections, notes = _segment_entries(image, entries, masks, cfg)
     masks = disjoint_masks(masks)
@@ -222,7 +242,7 @@ def load_mode_inputs(args: argparse.Namespace, mode: str, entries: list[EditEntr
     """The inputs of an edit of ``mode`` (``"object"``, ``"camera"`` or ``"multi"``, as returned by
     :func:`~diffusion_handles.cli.edit_modes.check_mode_args`)."""
     if mode == "camera":
-        image, depth, mask, info = load_camera_inputs(args)
+        image, depth, mask, info = load_camera_inputs(args, command)
         return ModeInputs(image, depth, mask, perception_info=info)
     if mode == "multi":
         image, depth, object_masks, mask, background, prepared = load_multi_inputs(args, entries, command)

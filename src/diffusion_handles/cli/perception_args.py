@@ -22,10 +22,7 @@ def add_perception_args(parser: argparse.ArgumentParser, *, depth: bool = True, 
     if depth:
         g.add_argument("--depth-model", default=DEFAULT_DEPTH_MODEL, metavar="ID|DIR",
                        help=f"depth estimator: ZoeDepth, Depth Anything (V2) or DPT (default {DEFAULT_DEPTH_MODEL})")
-        g.add_argument("--depth-kind", default=None, choices=["metric-depth", "relative-disparity", "relative-depth"],
-                       help="override what the depth model predicts (default: from its family)")
-        g.add_argument("--depth-range", nargs=2, type=float, default=[1.0, 10.0], metavar=("NEAR", "FAR"),
-                       help="scene units for the nearest/farthest pixels of a relative estimate (default 1 10)")
+        add_depth_kind_args(g)
     if segment:
         g.add_argument("--detector-model", default=DEFAULT_DETECTOR_MODEL, metavar="ID|DIR",
                        help=f"zero-shot detector for --object: OWLv2 or Grounding DINO (default {DEFAULT_DETECTOR_MODEL})")
@@ -45,6 +42,22 @@ def add_perception_args(parser: argparse.ArgumentParser, *, depth: bool = True, 
     if device:
         g.add_argument("--device", default="cpu", metavar="cpu|cuda|cuda:N",
                        help="torch device for the perception models (default cpu); checked before any model loads")
+
+
+def add_depth_kind_args(g) -> None:
+    """``--depth-kind`` and ``--depth-range``: what a ``--depth`` file's values are (or, without
+    one, what the depth model predicts), and where a relative map's nearest and farthest pixels go."""
+    from diffusion_handles.io import DEFAULT_DEPTH_RANGE, DEPTH_KIND_FLAGS, DEPTH_KINDS
+
+    near, far = DEFAULT_DEPTH_RANGE
+    kinds = list(dict.fromkeys([*DEPTH_KIND_FLAGS, *DEPTH_KINDS]))  # the flag's words, then the kinds' own names
+    g.add_argument("--depth-kind", default=None, choices=kinds, metavar="z|inverse",
+                   help="what --depth holds: z (z-depth in scene units, the default for a file) or inverse (relative "
+                        "inverse depth, as MiDaS and Depth Anything give: its 1st..99th percentile mapped linearly in "
+                        "inverse depth onto --depth-range), or relative-depth; without --depth, what the depth model "
+                        "predicts (default: from its family). metric-depth = z, relative-disparity = inverse")
+    g.add_argument("--depth-range", nargs=2, type=float, default=[near, far], metavar=("NEAR", "FAR"),
+                   help=f"scene units for the nearest/farthest pixels of a relative depth (default {near:g} {far:g})")
 
 
 def add_object_args(parser: argparse.ArgumentParser, *, mask: bool = True, required: bool = False) -> None:
@@ -85,7 +98,9 @@ def perception_config_from_args(args: argparse.Namespace):
     depth = DepthConfig(device=device)
     if hasattr(args, "depth_model"):
         near, far = args.depth_range
-        depth = DepthConfig(model=args.depth_model, kind=args.depth_kind, near=near, far=far, device=device)
+        # with a --depth file, --depth-kind says what the file holds, not what the model predicts
+        kind = args.depth_kind if getattr(args, "depth", None) is None else None
+        depth = DepthConfig(model=args.depth_model, kind=kind, near=near, far=far, device=device)
     segment = SegmentConfig(device=device)
     if hasattr(args, "detector_model"):
         if args.box_threshold is not None and not 0 <= args.box_threshold <= 1:

@@ -11,6 +11,13 @@ from diffusion_handles.cli.common import (
     edit_from_args,
     fov_from_args,
 )
+from diffusion_handles.cli.inputs import (
+    DEPTH_HELP,
+    DEPTH_SCALE_HELP,
+    IMAGE_HELP,
+    depth_reading_from_args,
+)
+from diffusion_handles.cli.perception_args import add_depth_kind_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Lift the image with its depth, move the masked object in 3D, and re-render by splatting. "
         "Holes (disocclusions) are shown in magenta.",
     )
-    p.add_argument("image", metavar="IMAGE", help="input image (PNG/JPEG)")
-    p.add_argument("--depth", required=True, help="z-depth: .npy float (H, W) in scene units, or 16-bit PNG in millimetres")
-    p.add_argument("--depth-scale", type=float, default=1000.0,
-                   help="16-bit PNG depth: scene units = value / depth-scale (default 1000: millimetres -> metres)")
+    p.add_argument("image", metavar="IMAGE", help=IMAGE_HELP)
+    p.add_argument("--depth", required=True, help=DEPTH_HELP)
+    p.add_argument("--depth-scale", type=float, default=1000.0, help=DEPTH_SCALE_HELP)
+    add_depth_kind_args(p)
     p.add_argument("--mask", help="object mask PNG (pixels >= 128 are the object), same size as IMAGE")
     add_transform_args(p)
     p.add_argument("--camera", action="store_true",
@@ -38,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     check_out(args)
     edit = edit_from_args(args)
     fov = fov_from_args(args)
-    result = make_preview(args.image, args.depth, args.mask, edit, fov, args.out, depth_scale=args.depth_scale,
-                          move_camera=args.camera)
+    result = make_preview(args.image, args.depth, args.mask, edit, fov, args.out,
+                          depth_scale=depth_reading_from_args(args), move_camera=args.camera)
     print(f"preview written to {args.out} ({result['timings_ms']['total']:.0f} ms): preview.png, comparison.png, "
           f"edited_mask.png, valid_mask.png, edited_depth.npy/.png, summary.json")
     return 0

@@ -1,22 +1,27 @@
 """Monocular depth estimation through ``transformers`` (ZoeDepth, Depth Anything V2, DPT).
 
 Each estimator family predicts a different quantity; this module states which and converts it
-to **z-depth in scene units** in one place, :func:`to_z_depth`:
+to **z-depth in scene units** in one place, :func:`~diffusion_handles.io.to_z_depth` (re-exported
+here as :func:`to_z_depth`):
 
 =========================  ===============================  ==================================
-family (``model_type``)    raw output                       kind
+family (``model_type``)    raw output                       kind (``--depth-kind``)
 =========================  ===============================  ==================================
-``zoedepth``               metric z-depth in metres         ``metric-depth`` (passed through)
-``depth_anything``         relative inverse depth, or       ``relative-disparity`` or
-                           metric depth (``depth_estima-    ``metric-depth`` (from the config)
-                           tion_type == "metric"``)
-``dpt`` (MiDaS / DPT)      relative inverse depth           ``relative-disparity``
+``zoedepth``               metric z-depth in metres         ``metric-depth`` (``z``: passed
+                                                            through)
+``depth_anything``         relative inverse depth, or       ``relative-disparity``
+                           metric depth (``depth_estima-    (``inverse``) or ``metric-depth``
+                           tion_type == "metric"``)         (``z``), from the config
+``dpt`` (MiDaS / DPT)      relative inverse depth           ``relative-disparity`` (``inverse``)
+``glpn``, ``depth_pro``    metric z-depth                   ``metric-depth`` (``z``)
 =========================  ===============================  ==================================
 
 A relative disparity ``r`` is known only up to an unknown scale and shift of inverse depth
-(MiDaS-style affine invariance). :func:`to_z_depth` maps its robust range (the 1st to 99th
-percentile) linearly in inverse depth onto ``[1/far, 1/near]``, so the nearest pixels sit at
+(MiDaS-style affine invariance). :func:`~diffusion_handles.io.to_z_depth`, the one conversion
+that depth files given with ``--depth-kind`` go through too, maps its robust range (the 1st to
+99th percentile) linearly in inverse depth onto ``[1/far, 1/near]``, so the nearest pixels sit at
 ``near`` and the farthest at ``far`` scene units (defaults 1 and 10: room-to-street scale).
+Each estimate carries its kind (:attr:`DepthEstimate.kind`, ``summary.json``'s ``kind``).
 
 :func:`align_scale_shift` is the one least-squares scale-and-shift fit of one depth map to
 another, used to put the background depth d'_b estimated on the object-removed image into the
@@ -33,12 +38,21 @@ import torch.nn.functional as F
 
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.hub import load_pretrained
+from diffusion_handles.io import (  # the kinds and their conversion live with the depth files' reader
+    DEFAULT_DEPTH_RANGE,
+    DEPTH_KINDS,
+    METRIC_DEPTH,
+    RELATIVE_DEPTH,
+    RELATIVE_DISPARITY,
+    check_depth_range,
+    depth_kind,
+    to_z_depth,
+)
 from diffusion_handles.perception.model_folder import check_model_folder, guarded_loader
 
-METRIC_DEPTH = "metric-depth"
-RELATIVE_DISPARITY = "relative-disparity"
-RELATIVE_DEPTH = "relative-depth"
-DEPTH_KINDS = (METRIC_DEPTH, RELATIVE_DISPARITY, RELATIVE_DEPTH)
+__all__ = ["DEFAULT_DEPTH_MODEL", "DEPTH_KINDS", "METRIC_DEPTH", "RELATIVE_DEPTH", "RELATIVE_DISPARITY",
+           "DepthConfig", "DepthEstimate", "DepthEstimator", "align_scale_shift", "depth_model_types",
+           "image_to_pil", "kind_of_model", "to_z_depth"]
 
 # Sec. 5 / supplement: the paper estimates depth with ZoeDepth (metric, trained with the 55 deg
 # field of view the geometry assumes). This is its NYU+KITTI checkpoint on the hub.
@@ -54,23 +68,23 @@ class DepthConfig:
             paper (Sec. 5). Alternatives: ``depth-anything/Depth-Anything-V2-Small-hf``
             (relative), ``depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf`` (metric),
             ``Intel/dpt-hybrid-midas`` (relative).
-        kind: override the kind inferred from the model family (one of :data:`DEPTH_KINDS`).
+        kind: override the kind inferred from the model family (one of :data:`DEPTH_KINDS`, or
+            the ``--depth-kind`` words ``z``, ``inverse``, ``relative-depth``; stored as the former).
         near, far: scene units that a relative estimate's nearest/farthest pixels map to.
         device, dtype: where the estimator runs.
     """
 
     model: str = DEFAULT_DEPTH_MODEL
     kind: str | None = None
-    near: float = 1.0
-    far: float = 10.0
+    near: float = DEFAULT_DEPTH_RANGE[0]
+    far: float = DEFAULT_DEPTH_RANGE[1]
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
-        if self.kind is not None and self.kind not in DEPTH_KINDS:
-            raise HandlesError(f"--depth-kind: expected one of {', '.join(DEPTH_KINDS)}, got {self.kind!r}")
-        if not (0 < self.near < self.far < float("inf")):
-            raise HandlesError(f"--depth-range: expected 0 < near < far, got near={self.near} far={self.far}")
+        if self.kind is not None:
+            self.kind = depth_kind(self.kind)
+        check_depth_range(self.near, self.far)
 
 
 def depth_model_types() -> list[str]:
@@ -95,47 +109,6 @@ def kind_of_model(config) -> str:
         return RELATIVE_DISPARITY if model_type == "dpt" else METRIC_DEPTH
     raise HandlesError(f"--depth-model: cannot tell whether a {model_type!r} model predicts metric or relative "
                        f"depth; pass --depth-kind ({', '.join(DEPTH_KINDS)})")
-
-
-def to_z_depth(raw: torch.Tensor, kind: str, *, near: float = 1.0, far: float = 10.0,
-               quantiles: tuple[float, float] = (0.01, 0.99)) -> torch.Tensor:
-    """Convert an estimator's raw output to positive z-depth in scene units (the one place).
-
-    Args:
-        raw: ``(B, 1, H, W)`` estimator output of the given ``kind``.
-        kind: ``metric-depth`` (z-depth in metres: passed through, clamped to >= 1e-3),
-            ``relative-disparity`` (affine-invariant inverse depth) or ``relative-depth``
-            (affine-invariant depth).
-        near, far: scene units the robust minimum/maximum of a relative estimate maps to.
-        quantiles: the robust range of a relative estimate.
-
-    Returns:
-        ``(B, 1, H, W)`` z-depth in scene units, finite and > 0. A constant relative map (no
-        information) becomes the constant ``sqrt(near * far)``.
-    """
-    if raw.dim() != 4 or raw.shape[1] != 1:
-        raise ValueError(f"raw: expected (B, 1, H, W), got {tuple(raw.shape)}")
-    raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    if kind == METRIC_DEPTH:
-        return raw.clamp_min(1e-3)
-    if kind not in (RELATIVE_DISPARITY, RELATIVE_DEPTH):
-        raise ValueError(f"kind: expected one of {DEPTH_KINDS}, got {kind!r}")
-    flat = raw.flatten(1)  # (B, H*W)
-    if flat.shape[1] > 1_000_000:  # torch.quantile has a size limit; a strided sample is plenty
-        flat = flat[:, :: -(-flat.shape[1] // 1_000_000)]
-    q = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device), dim=1)  # (2, B)
-    lo, hi = q[0].view(-1, 1, 1, 1), q[1].view(-1, 1, 1, 1)
-    span = hi - lo
-    degenerate = span <= 1e-8 * (hi.abs() + lo.abs() + 1e-12)
-    t = ((raw - lo) / torch.where(degenerate, torch.ones_like(span), span)).clamp(0.0, 1.0)
-    t = torch.where(degenerate, torch.full_like(t, 0.5), t)  # t in [0, 1], 1 = the largest raw value
-    if kind == RELATIVE_DISPARITY:
-        inv = (1.0 / far) + t * (1.0 / near - 1.0 / far)  # large disparity -> near
-        z = 1.0 / inv
-        # the constant map: the geometric middle of the range
-        return torch.where(degenerate, torch.full_like(z, float(np.sqrt(near * far))), z)
-    z = near + t * (far - near)
-    return torch.where(degenerate, torch.full_like(z, float(np.sqrt(near * far))), z)
 
 
 def align_scale_shift(source: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
