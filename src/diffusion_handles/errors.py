@@ -13,3 +13,9 @@ class HandlesError(ValueError):
     The message is one line that names the argument, what was expected and what arrived, e.g.
     ``--mask: expected a PNG of size 512x384 (same as IMAGE), got 256x256``.
     """
+
+
+class Cancelled(HandlesError):
+    """The run was asked to stop (a cancel flag, Ctrl-C, the page's Cancel button) and stopped
+    at the end of a step; nothing was cached or written. The message says where it stopped,
+    e.g. ``cancelled during guided generation 12/50``."""

@@ -58,6 +58,34 @@ def test_fast_split_writes_results_report_and_table(run_dir, capsys):
         assert any(p.endswith(needed) for p in links)
 
 
+def test_every_result_row_carries_its_cost_and_results_aggregate_it(run_dir):
+    """UNet forward-equivalents (a backward counts 2) and seconds per edit and per stage, in each
+    row and aggregated per method in results.json. (Before the tests below rerun ``run_dir``.)"""
+    res = json.loads((run_dir / "results.json").read_text())
+    n, until, k = 3, 2, 3  # 3 steps, guided until round(38/50 * 3) = 2, 3 gradient steps (forward + backward)
+    for e in res["edits"]:
+        ours, warp = e["methods"]["ours"], e["methods"]["warp_only"]
+        fwd = ours["unet_evals"]["forward"] + 2 * ours["unet_evals"]["backward"]
+        assert ours["fwd_eq"] == fwd == 2 * n + k * until * 3
+        assert ours["fwd_eq_inversion"] == n + 2 * n  # DDIM inversion, then the CFG reconstruction
+        assert set(ours["seconds_by_stage"]) >= {"prepare", "geometry", "targets", "sample", "finish"}
+        assert ours["seconds"] == pytest.approx(sum(ours["seconds_by_stage"].values()))
+        assert ours["seconds_inversion"] > 0 and ours["seconds_total"] >= ours["seconds"]
+        assert warp["fwd_eq"] == warp["fwd_eq_inversion"] == 0 and warp["seconds"] >= 0
+    agg = res["aggregate"]
+    assert agg["ours"]["fwd_eq"]["mean"] == 2 * n + k * until * 3 and agg["ours"]["fwd_eq"]["n"] == 2
+    assert agg["ours"]["seconds"]["n"] == 2 and agg["ours"]["seconds"]["mean"] > 0
+    assert agg["ours"]["fwd_eq_inversion"]["mean"] == 3 * n
+    assert agg["warp_only"]["fwd_eq"]["mean"] == 0
+    assert agg["ground_truth"]["fwd_eq"]["n"] == 0
+    from diffusion_handles.bench.report import format_table
+
+    header, *_, warp_row = [r for r in format_table(res).splitlines() if r.startswith("| ")]
+    assert "UNet fwd-eq / edit | s / edit" in header
+    row = next(r for r in format_table(res).splitlines() if r.startswith("| ours |"))
+    assert f"| {2 * n + k * until * 3} |" in row
+
+
 def test_rerun_resumes_and_adds_missing_methods(run_dir, tiny_model, capsys):
     edit_file = run_dir / "edits" / "s1000500.json"
     before = edit_file.stat().st_mtime_ns
@@ -155,3 +183,4 @@ def test_resume_refuses_a_folder_that_is_not_a_bench_run(run_dir, tmp_path, caps
     assert main(["bench", *ARGS, "--methods", "warp_only", "--out", str(out)]) == 2
     assert "--out: expected a new or empty folder or a bench run to resume" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["summary.json"]
+

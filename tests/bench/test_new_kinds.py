@@ -77,6 +77,7 @@ def test_bench_kinds_cli_and_bad_kind(tmp_path, capsys):
     res = json.loads((out / "kinds_results.json").read_text())
     agg = res["aggregate"]["remove"]
     assert agg["warp_only"]["n"] == 1 and agg["input"]["psnr"] is not None
+    assert agg["warp_only"]["fwd_eq"] == 0 and agg["warp_only"]["seconds"] >= 0  # its cost: no UNet evaluation
     # resumable: the same command reuses the folder
     assert main(["bench", "--kinds", "remove", "--methods", "warp_only", "--scenes", "1", "--size", "32",
                  "--spp", "2", "--quiet", "--out", str(out)]) == 0

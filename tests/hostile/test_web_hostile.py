@@ -343,7 +343,7 @@ def test_finished_job_says_done_not_a_running_stage(client):
     st = wait_job(client, r.json()["id"])
     assert st["state"] == "done", st
     assert (st["stage"], st["message"], st["fraction"]) == ("done", "done", 1.0)
-    assert st["step"] == st["total"] > 0
+    assert st["done"] == st["total"] > 0
     for key in ("edited", "preview"):
         assert client.get(st["results"][key]).status_code == 200
 

@@ -29,11 +29,11 @@ def preview_pixels(page) -> np.ndarray:
 
 
 def wait_job(client, jid: str, timeout: float = 120.0) -> dict:
-    """Poll ``/api/jobs/{jid}`` until it is done or failed; its last status."""
+    """Poll ``/api/jobs/{jid}`` until it is done, failed or cancelled; its last status."""
     deadline, st = time.time() + timeout, None
     while time.time() < deadline:
         st = client.get(f"/api/jobs/{jid}").json()
-        if st["state"] in ("done", "error"):
+        if st["state"] in ("done", "error", "cancelled"):
             return st
         time.sleep(0.05)
     raise AssertionError(f"job {jid} did not finish in {timeout} s: {st}")

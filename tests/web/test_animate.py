@@ -19,9 +19,9 @@ def test_animate_after_a_render_reuses_the_inversion(client, demo_session, monke
     seen = []
     report = Job.report
 
-    def recording(self, stage, step, total, message=""):
-        seen.append((stage, step, total))
-        report(self, stage, step, total, message)
+    def recording(self, stage, step, steps, message="", **kw):
+        seen.append((stage, step, steps, kw.get("done")))
+        report(self, stage, step, steps, message, **kw)
 
     monkeypatch.setattr(Job, "report", recording)
     sid = demo_session["id"]
@@ -36,11 +36,13 @@ def test_animate_after_a_render_reuses_the_inversion(client, demo_session, monke
     st = wait_job(client, r.json()["id"])
     assert st["state"] == "done", st
     assert st["info"]["reused_inversion"] is True and st["info"]["frames"] == 3
-    assert st["step"] == st["total"] == 3 * 2 and st["fraction"] == 1.0  # 3 frames of 2 steps, no inversion
-    stages = [s for s, _, _ in seen]
+    assert st["done"] == st["total"] == 3 * 2 and st["fraction"] == 1.0  # 3 frames of 2 steps, no inversion
+    stages = [s for s, _, _, _ in seen]
     for i in (1, 2, 3):
-        assert f"frame {i} of 3" in stages
-    assert [s for _, s, _ in seen if s] == sorted(s for _, s, _ in seen if s)  # progress only grows
+        assert f"frame {i}/3: guided generation" in stages
+    assert [(s, n) for st_, s, n, _ in seen if st_.startswith("frame")] == [(1, 2), (2, 2)] * 3  # each frame's own
+    done = [d for *_, d in seen if d]
+    assert done == sorted(done)  # progress only grows
     edits = st["info"]["edits"]
     assert edits[0]["translate"] == [0, 0, 0] and edits[-1]["translate"] == pytest.approx([0.3, 0, 0])
     assert edits[1]["rotate_deg"] == pytest.approx(10) and edits[-1]["rotate_deg"] == pytest.approx(20)

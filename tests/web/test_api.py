@@ -29,7 +29,8 @@ def test_openapi_describes_the_api(client):
     doc = client.get("/openapi.json").json()
     paths = doc["paths"]
     for p in ["/api/info", "/api/sessions", "/api/sessions/scene", "/api/sessions/{sid}/preview",
-              "/api/jobs", "/api/jobs/{jid}", "/api/jobs/{jid}/events", "/api/jobs/{jid}/results/{name}"]:
+              "/api/jobs", "/api/jobs/{jid}", "/api/jobs/{jid}/cancel", "/api/jobs/{jid}/events",
+              "/api/jobs/{jid}/results/{name}"]:
         assert p in paths, p
     schemas = doc["components"]["schemas"]
     assert {"Transform", "PreviewRequest", "RenderRequest", "JobStatus", "SessionInfo", "Error"} <= set(schemas)
@@ -229,7 +230,8 @@ def test_finished_and_failed_jobs_leave_no_running_stage(tmp_path):
         time.sleep(0.01)
     q.close()
     done, failed, crashed = jobs
-    assert (done.state, done.stage, done.message, done.step, done.total) == ("done", "done", "done", 3, 3)
+    assert (done.state, done.stage, done.message, done.step, done.steps, done.done, done.total) == \
+        ("done", "done", "done", 3, 3, 3, 3)
     assert (failed.state, failed.stage) == ("error", "failed")
     assert failed.message == "failed during guided generation, step 1 of 3"
     assert failed.error == "mask: expected background, got none"
@@ -395,8 +397,15 @@ def test_render_job_progress_results_and_inversion_cache(client, demo_session):
                 events.append(json.loads(line[6:]))
     st = events[-1]
     assert st["state"] == "done", st
-    assert st["fraction"] == 1.0 and st["step"] == st["total"] == 9  # 3 inversion + 3 + 3 edit steps
+    assert st["fraction"] == 1.0 and st["done"] == st["total"] == 9  # 3 inversion + 3 + 3 edit steps
+    assert st["step"] == st["steps"] == 3 and st["eta_s"] == 0 and st["elapsed_s"] > 0
     assert all(e["total"] in (0, 9) for e in events)
+    running = [e for e in events if e["state"] == "running" and e["done"]]  # after a step
+    # each stage with its own steps (not "step 4 of 9"), the time elapsed and an estimate of the time left
+    # (the stream samples the job every 0.1 s: fast steps may be skipped)
+    assert running and all(e["stage"] in ("inversion", "null-text", "guided generation") and 1 <= e["step"] <= 3
+                           and e["steps"] == 3 for e in running), running
+    assert all(e["elapsed_s"] >= 0 and e["eta_s"] is not None and e["eta_s"] >= 0 for e in running)
     assert [e["fraction"] for e in events] == sorted(e["fraction"] for e in events)
     assert st["info"]["reused_inversion"] is False
     rh, rw = st["info"]["render_size_hw"]

@@ -54,7 +54,7 @@ def test_camera_render_job(client, demo_session):
     assert r.status_code == 202, r.text
     st = wait_job(client, r.json()["id"])
     assert st["state"] == "done", st
-    assert st["info"]["mode"] == "camera" and st["fraction"] == 1.0 and st["step"] == st["total"] == 3 * 2
+    assert st["info"]["mode"] == "camera" and st["fraction"] == 1.0 and st["done"] == st["total"] == 3 * 2
     img = client.get(st["results"]["edited"])
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
     # the camera's inversion (all-ones mask) is not the object's: an object render inverts again
@@ -73,7 +73,7 @@ def test_remove_job_reuses_the_render_inversion(client, demo_session):
     st = wait_job(client, r.json()["id"])
     assert st["state"] == "done", st
     assert st["info"]["mode"] == "remove" and st["info"]["reused_inversion"] is True
-    assert st["step"] == st["total"] == 2 and st["fraction"] == 1.0
+    assert st["done"] == st["total"] == 2 and st["fraction"] == 1.0
     for name in ("edited", "input", "preview", "region", "edited_depth"):
         res = client.get(st["results"][name])
         assert res.status_code == 200 and res.headers["content-type"] == "image/png", name

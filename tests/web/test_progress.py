@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from diffusion_handles.web.render import StepProgress
+from diffusion_handles.web.render import step_progress
 
 
-def test_step_progress_counts_every_pass_to_completion():
+def test_step_progress_names_each_stage_with_its_own_steps():
+    from diffusion_handles.progress import Stage
+
     seen = []
-    prog = StepProgress(lambda stage, i, n, msg: seen.append((stage, i, n)), expected_total=3 * 4)
+
+    def report(stage, step, steps, message="", *, done, total, eta_s):
+        seen.append((stage, step, steps, done, total, eta_s, message))
+
+    plan = [Stage(k, 4) for k in ("ddim_inversion", "null_text", "guided_generation")]
+    prog = step_progress(report, plan)
     for stage in ("ddim_inversion", "null_text", "guided_generation"):
         for i in range(4):
             prog({"stage": stage, "step": i, "total": 4})
-    steps = [i for _, i, _ in seen]
-    assert steps == list(range(1, 13))
-    assert seen[-1] == ("guided generation", 12, 12)
-    assert seen[4][0] == "null-text inversion"
+    assert [done for _, _, _, done, *_ in seen] == list(range(1, 13))  # all stages together: the fraction
+    assert [(st, i, n) for st, i, n, *_ in seen[3:6]] == [("inversion", 4, 4), ("null-text", 1, 4), ("null-text", 2, 4)]
+    assert seen[-1][:5] == ("guided generation", 4, 4, 12, 12)
+    assert all(eta is not None and eta >= 0 for *_, eta, _ in seen)
+    assert seen[4][6].startswith("null-text 1/4, ") and "elapsed" in seen[4][6]
 
 
 def test_facade_reports_each_step_of_each_pass():

@@ -313,7 +313,7 @@ def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, g
 
     import torch
 
-    from diffusion_handles.bench.runner import _save_png, _tensors, _to_uint8
+    from diffusion_handles.bench.runner import _save_png, _tensors, _to_uint8, edit_cost
     from diffusion_handles.pipeline import CameraMove, edit_target
 
     mask_union = case.masks.any(0) if case.masks.shape[0] else np.ones(case.depth.shape, bool)
@@ -327,11 +327,14 @@ def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, g
         try:
             if name == "warp_only":
                 edited, preview = warp_only_kind(case, image, depth, masks)
+                entry.update(edit_cost(), seconds=time.perf_counter() - t0)
                 _save_png(_to_uint8(preview), img_dir / "preview.png")
             elif name == "ours":
                 pipe = pipe_factory()
                 g = dataclasses.replace(guidance, identity_transfer=None) if case.kind == "remove" else guidance
+                t_inv = time.perf_counter()
                 inv = pipe.invert(image, case.prompt, depth, mask, inversion=inversion, guidance=g, seed=0)
+                t_inv = time.perf_counter() - t_inv
                 if case.kind == "remove":
                     res = pipe.remove(inv, guidance=g, background_depth=clean, source_image=image)
                 elif case.kind == "camera":
@@ -341,6 +344,7 @@ def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, g
                     res = pipe.edit(inv, edit_target(_edits_of(case), object_masks=masks), guidance=g,
                                     background_depth=clean, fov_deg=case.fov_deg, source_image=image)
                 edited = res.edited
+                entry.update(edit_cost(res, inv, t_inv))  # seconds: the edit's stages; the inversion apart
             else:
                 raise HandlesError(f"method {name}: not available for the {case.kind} kind (ours, warp_only)")
             img = _to_uint8(edited)
@@ -349,7 +353,8 @@ def run_kind_case(case: KindCase, methods: list[str], pipe_factory, inversion, g
         except Exception as e:  # recorded, not fatal
             entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             entry["traceback"] = traceback.format_exc(limit=3)
-        entry["seconds"] = time.perf_counter() - t0
+        entry["seconds_total"] = time.perf_counter() - t0
+        entry.setdefault("seconds", entry["seconds_total"])
         out[name] = entry
     return out
 
@@ -481,8 +486,9 @@ def _kind_scene(cfg, out: Path, kind: str, seed: int, methods: list[str], run_ca
 
 
 def _kinds_aggregate(records: list[dict], kinds: list[str], methods: list[str]) -> dict:
-    """``{kind: {method: {"n", "failed", "psnr", "psnr_changed", "ssim", "seconds"}}}``: means over
-    the cases without an error (the ``input`` reference included)."""
+    """``{kind: {method: {"n", "failed", "psnr", "psnr_changed", "ssim", "seconds", "fwd_eq",
+    "seconds_inversion", "fwd_eq_inversion"}}}``: means over the cases without an error (the
+    ``input`` reference included); the cost keys as in :func:`~diffusion_handles.bench.runner.edit_cost`."""
     aggregate: dict = {}
     for kind in kinds:
         rows = [r for r in records if r["kind"] == kind]
@@ -491,7 +497,7 @@ def _kinds_aggregate(records: list[dict], kinds: list[str], methods: list[str]) 
             entries = [r["methods"].get(name, {}) for r in rows]
             ok = [e for e in entries if not e.get("error")]
             agg = {"n": len(ok), "failed": len(entries) - len(ok)}
-            for key in ("psnr", "psnr_changed", "ssim", "seconds"):
+            for key in ("psnr", "psnr_changed", "ssim", "seconds", "fwd_eq", "seconds_inversion", "fwd_eq_inversion"):
                 vals = [e[key] for e in ok if e.get(key) is not None]
                 agg[key] = float(np.mean(vals)) if vals else None
             aggregate[kind][name] = agg

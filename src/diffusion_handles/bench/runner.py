@@ -114,6 +114,24 @@ def is_bench_folder(path: str | Path) -> bool:
     return any(n in BENCH_ENTRIES for n in names) and all(n in BENCH_ENTRIES or n.endswith(".tmp") for n in names)
 
 
+# per method and edit: UNet forward-equivalents (a backward counts 2) of the edit and of the inversion it
+# used, and seconds of the edit (its five stages) and of that inversion; seconds_total: the method's wall time here
+COST_KEYS = ("fwd_eq", "fwd_eq_inversion", "seconds_inversion", "seconds_total")
+
+
+def edit_cost(res=None, inverted=None, inversion_seconds: float = 0.0) -> dict:
+    """The cost fields of a result row: ``fwd_eq`` and ``seconds`` (with ``seconds_by_stage``) of
+    the edit ``res`` (an ``EditOutput``; ``None``: no guided generation), ``fwd_eq_inversion`` and
+    ``seconds_inversion`` of the inversion ``inverted`` it used (``None``: none)."""
+    from diffusion_handles.progress import forward_equivalents
+
+    stages = {k: float(v) for k, v in (res.timings if res is not None else {}).items()}
+    return {"fwd_eq": forward_equivalents(res.unet_evals) if res is not None else 0,
+            "fwd_eq_inversion": forward_equivalents(inverted.unet_evals) if inverted is not None else 0,
+            "seconds": sum(stages.values()), "seconds_by_stage": stages,
+            "seconds_inversion": inversion_seconds if inverted is not None else 0.0}
+
+
 def _number_or_none(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
@@ -133,7 +151,7 @@ def _record_problem(rec, cid: str) -> str | None:
         if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
             return f"expected {group!r} to map names to objects"
         for name, e in entries.items():
-            for key in ("seconds", "cycle_l1", *(k for k, _, _ in COLUMNS)):
+            for key in ("seconds", "cycle_l1", *COST_KEYS, *(k for k, _, _ in COLUMNS)):
                 if not _number_or_none(e.get(key)):
                     return f"{group}.{name}.{key}: expected a number, got {e.get(key)!r}"
             for key in ("error", "same_as"):
@@ -254,6 +272,7 @@ class _CaseWork:
     out: dict = field(default_factory=dict)  # {name: entry} of this call
     by_config: dict = field(default_factory=dict)  # resolved config -> first method name that ran it
     inverted: Any = None  # the input's inversion, once a method needed it
+    inversion_seconds: float = 0.0  # its wall time
 
 
 class CaseRunner:
@@ -332,10 +351,10 @@ class CaseRunner:
         try:
             if m.kind == "warp":
                 edited, cycled = self._warp(work)
-                entry["config_key"] = "warp"
+                entry.update(edit_cost(), seconds=time.perf_counter() - t0, config_key="warp")
             elif m.kind == "reconstruction":
                 edited, cycled = self._reconstruction(work)
-                entry["config_key"] = "reconstruction"
+                entry.update(edit_cost(None, work.inverted, work.inversion_seconds), config_key="reconstruction")
             else:
                 guidance = m.guidance(self.cfg.steps)
                 resolved = guidance.to_dict()
@@ -346,9 +365,9 @@ class CaseRunner:
                 ran = {**work.done, **work.out}
                 if key in work.by_config and work.by_config[key] in ran:  # the same run under another name
                     src = ran[work.by_config[key]]
-                    entry.update({k: v for k, v in src.items() if k not in ("method", "seconds")})
-                    entry["same_as"] = work.by_config[key]
-                    entry["seconds"] = 0.0
+                    entry.update({k: v for k, v in src.items() if k not in ("method", "seconds_total")})
+                    entry["same_as"] = work.by_config[key]  # its cost is its twin's; none was spent here
+                    entry["seconds_total"] = 0.0
                     return entry
                 edited, cycled = self._guided(work, guidance, entry)
                 work.by_config.setdefault(key, m.name)
@@ -356,7 +375,8 @@ class CaseRunner:
         except Exception as e:  # recorded, not fatal
             entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             entry["traceback"] = traceback.format_exc(limit=3)
-        entry["seconds"] = time.perf_counter() - t0
+        entry["seconds_total"] = time.perf_counter() - t0
+        entry.setdefault("seconds", entry["seconds_total"])  # a failed method: its wall time
         return entry
 
     def _warp(self, work: _CaseWork):
@@ -371,7 +391,9 @@ class CaseRunner:
     def _inverted(self, work: _CaseWork):
         """The inversion of the case's input, computed once for all its methods."""
         if work.inverted is None:
+            t0 = time.perf_counter()
             work.inverted = self._invert(work.image, work.case.caption, work.depth, work.mask)
+            work.inversion_seconds = time.perf_counter() - t0
         return work.inverted
 
     def _reconstruction(self, work: _CaseWork):
@@ -383,7 +405,8 @@ class CaseRunner:
 
     def _guided(self, work: _CaseWork, guidance, entry: dict):
         """``(edited, cycled or None)`` of a guided edit (and its inverse edit for the cycle);
-        adds ``g_o_end`` and ``unet_evals`` to ``entry``."""
+        adds ``g_o_end``, ``unet_evals`` and the edit's cost (:func:`edit_cost`, the forward
+        edit only: not the cycle's) to ``entry``."""
         inverted = self._inverted(work)
         case, image, clean_depth, inverse = work.case, work.image, work.clean_depth, work.inverse
         res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
@@ -393,6 +416,7 @@ class CaseRunner:
         if end in res.monitor:
             entry["g_o_end"] = res.monitor[end]["G_o_rel"]
         entry["unet_evals"] = res.unet_evals.get("edit", {})
+        entry.update(edit_cost(res, inverted, work.inversion_seconds))
         if self.cfg.cycle:
             m_edit = (res.edited_mask > 0.5).float()
             if not bool(m_edit.any()):

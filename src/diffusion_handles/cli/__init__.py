@@ -13,7 +13,7 @@ import importlib
 import sys
 import time
 
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import Cancelled, HandlesError
 
 # Sub-command modules, in the order ``handles --help`` lists them. A module that is not
 # present in this installation is skipped.
@@ -49,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     args.started_at = started_at
     try:
         return int(args.func(args) or 0)
+    except (KeyboardInterrupt, Cancelled):  # Ctrl-C: one line, status 130; outputs are written whole or not at all
+        from diffusion_handles.cli.common import interrupted_line
+
+        print(interrupted_line(args), file=sys.stderr)
+        return 130
     except HandlesError as e:
         print(f"handles {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"handles {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -139,45 +139,79 @@ def _request_from_args(args: argparse.Namespace) -> _Request:
     return _Request(mode, entries, edits, n_frames, fps, fov, inversion, guidance, seed)
 
 
-def _invert(dh, args: argparse.Namespace, req: _Request, inputs: ModeInputs):
+def _invert(dh, args: argparse.Namespace, req: _Request, inputs: ModeInputs, progress=None):
     image, depth, mask = inputs.image, inputs.depth, inputs.mask
     inversion, guidance, seed = req.inversion, req.guidance, req.seed
-    return dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed)
+    return dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
+                     callback=progress)
 
 
-def _animate(dh, inv, args: argparse.Namespace, req: _Request, inputs: ModeInputs) -> tuple[list, list[dict]]:
-    """One guided edit per frame from the one inversion: ``(frames (H, W, 3) uint8, per-frame records)``."""
-    import sys
+def _estimate_note(progress, n_frames: int, steps: int, first_frame_s: float | None = None) -> str | None:
+    """The animation's estimate, before its frames start (from the inversion's step times) or
+    after the first frame (from its measured time)."""
+    from diffusion_handles.progress import format_seconds
+
+    frames = [s for s in progress.plan if s.key == "guided_generation"]
+    if first_frame_s is None:
+        est = progress.estimate(frames)
+        if est is None:
+            return None
+        return (f"{n_frames} frames of {steps} steps, about {format_seconds(est)} "
+                "(estimated from the inversion's step times)")
+    est = progress.estimate(frames[1:])
+    if n_frames < 2 or est is None:
+        return None
+    return (f"frame 1 took {format_seconds(first_frame_s)}; about {format_seconds(est)} for the other "
+            f"{n_frames - 1} frames")
+
+
+def _animate(dh, inv, args: argparse.Namespace, req: _Request, inputs: ModeInputs,
+             progress) -> tuple[list, list[dict], list]:
+    """One guided edit per frame from the one inversion: ``(frames (H, W, 3) uint8, per-frame
+    records, per-frame costs)``; the estimate of the time they take is printed before they start
+    and after the first one."""
+    from types import SimpleNamespace
 
     import numpy as np
 
     from diffusion_handles.animation import run_frames
     from diffusion_handles.pipeline import edit_target
+    from diffusion_handles.progress import forward_equivalents
 
     image, background, object_masks = inputs.image, inputs.background, inputs.object_masks
     guidance, fov, mode = req.guidance, req.fov, req.mode
     records: list[dict] = []
-    dh.set_progress_bar_config(disable=True)  # one line per frame instead (report)
+    costs: list = []
+    printer = progress.printer
+    note = _estimate_note(progress, req.n_frames, req.inversion.num_steps)
+    if printer is not None and note:
+        printer.note(note)
 
     def frame(i: int, e) -> np.ndarray:
         t = time.perf_counter()
         target = edit_target(e, camera=args.camera, object_masks=object_masks)
-        out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image)
+        out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
+                      callback=progress.callback("guided_generation", f"frame {i + 1}/{req.n_frames}"))
         done = {"edits": [x.to_dict() for x in e]} if mode == "multi" else {"edit": e.to_dict()}
-        records.append({"frame": i, **done, "seconds": time.perf_counter() - t})
+        seconds = time.perf_counter() - t
+        records.append({"frame": i, **done, "seconds": seconds, "fwd_eq": forward_equivalents(out.unet_evals),
+                        "seconds_by_stage": dict(out.timings)})
+        costs.append(SimpleNamespace(unet_evals=out.unet_evals, timings=out.timings))
+        if i == 0 and printer is not None:
+            later = _estimate_note(progress, req.n_frames, req.inversion.num_steps, seconds)
+            if later:
+                printer.note(later)
         return (out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
 
-    def report(ev: dict) -> None:
-        if not args.quiet:
-            print(f"handles animate: frame {ev['step']} of {ev['total']}", file=sys.stderr, flush=True)
-
-    return run_frames(frame, req.edits, report), records
+    return run_frames(frame, req.edits), records, costs
 
 
 def run(args: argparse.Namespace) -> int:
     from diffusion_handles.animation import mp4_available
     from diffusion_handles.cli.common import (
         check_out,
+        command_progress,
+        cost_summary,
         set_threads,
         silence_progress_bars,
         started,
@@ -195,17 +229,22 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_handles.pipeline import DiffusionHandles
 
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
-    dh.set_progress_bar_config(disable=args.quiet)
+    dh.set_progress_bar_config(disable=True)  # progress lines instead, per stage and frame (command_progress)
     set_threads(dh, None)  # small models: one thread is fastest (see handles edit)
     t_load = time.perf_counter() - t_start
+    from diffusion_handles.progress import plan_for
+
+    progress = command_progress(args, plan_for(req.inversion, req.guidance, edits=req.n_frames, frames=True))
     t0 = time.perf_counter()
-    inv = _invert(dh, args, req, inputs)
+    inv = _invert(dh, args, req, inputs, progress)
     t_invert = time.perf_counter() - t0
     t0 = time.perf_counter()
-    frames, records = _animate(dh, inv, args, req, inputs)
+    frames, records, costs = _animate(dh, inv, args, req, inputs, progress)
     t_frames = time.perf_counter() - t0
     timings = {"load": t_load, "inversion": t_invert, "frames": t_frames, "per_frame": t_frames / req.n_frames}
-    _write(args.out, inputs.image, frames, req.fps, _summary(args, req, dh, inv, records, timings), mp4=mp4)
+    summary = _summary(args, req, dh, inv, records, timings)
+    summary["cost"] = cost_summary(inv, costs, t_invert)
+    _write(args.out, inputs.image, frames, req.fps, summary, mp4=mp4)
     from diffusion_handles.hub import needs_extra
 
     files = f"frames/, {'animation.mp4, ' if mp4 else ''}animation.gif, comparison.png, summary.json"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any
 
 from diffusion_handles import limits
 from diffusion_handles.errors import HandlesError
@@ -265,3 +267,104 @@ def fov_from_args(args: argparse.Namespace) -> float:
     if not lo < fov < hi:
         raise HandlesError(f"--fov: expected degrees in ({lo:g}, {hi:g}), got {args.fov}")
     return fov
+
+
+# ---------------------------------------------------------------------- progress, Ctrl-C, cost
+class ProgressPrinter:
+    """Prints a command's :class:`~diffusion_handles.progress.ProgressEvent` s on stderr:
+    ``handles edit: inversion 12/50, 3.1 s elapsed, about 9 s left``.
+
+    On a terminal one line is rewritten in place (a new line per stage); elsewhere (a log, a
+    pipe) a line is printed at each stage's first and last step and at most every ``every``
+    seconds between them.
+    """
+
+    def __init__(self, command: str, *, every: float = 2.0, stream=None) -> None:
+        import sys
+
+        self.command = command
+        self.every = every
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.open = False  # a rewritten line is waiting for its newline
+        self._stage = None
+        self._printed = 0.0
+
+    def __call__(self, ev) -> None:
+        now = time.perf_counter()
+        first, last = ev.stage != self._stage, ev.step >= ev.steps
+        if first and self.open:
+            self.end_line()
+        self._stage = ev.stage
+        line = f"handles {self.command}: {ev.text()}"
+        if self.tty:
+            self.stream.write(f"\r\x1b[K{line}")
+            self.open = True
+            if last:
+                self.end_line()
+            self.stream.flush()
+        elif first or last or now - self._printed >= self.every:
+            print(line, file=self.stream, flush=True)
+            self._printed = now
+
+    def note(self, text: str) -> None:
+        """A line of its own (``handles animate: ...``), after any line being rewritten."""
+        self.end_line()
+        print(f"handles {self.command}: {text}", file=self.stream, flush=True)
+
+    def end_line(self) -> None:
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+
+
+def command_progress(args: argparse.Namespace, plan) -> Any:
+    """A :class:`~diffusion_handles.progress.Progress` over ``plan`` that prints on stderr
+    (nothing with ``--quiet``), kept on ``args`` so that an interrupt can say where it stopped
+    (:func:`interrupted_line`)."""
+    from diffusion_handles.progress import Progress
+
+    printer = None if getattr(args, "quiet", False) else ProgressPrinter(args.command)
+    prog = Progress(plan, report=printer)
+    prog.printer = printer
+    args.progress = prog
+    return prog
+
+
+def interrupted_line(args: argparse.Namespace) -> str:
+    """The one line printed when Ctrl-C (or a cancel) stops a command: where it stopped, and for
+    the commands that write their ``--out`` whole at the end, that nothing was written."""
+    prog = getattr(args, "progress", None)
+    if prog is None:
+        return f"handles {args.command}: interrupted"
+    if prog.printer is not None:
+        prog.printer.end_line()
+    ev = prog.event
+    where = f" during {ev.stage} {ev.step}/{ev.steps} after {ev.elapsed_s:.1f} s" if ev is not None else ""
+    out = getattr(args, "out", None)
+    kept = "; nothing written"
+    if out:
+        kept += f" ({out} left as it was)" if Path(out).exists() else f" ({out} not created)"
+    return f"handles {args.command}: interrupted{where}{kept}"
+
+
+def cost_summary(inv, outs: list, inversion_seconds: float) -> dict:
+    """The ``cost`` block of a ``summary.json``: UNet forward-equivalents (a backward counts 2)
+    and seconds per stage, of the inversion (zero when it came from the cache) and of the
+    edits ``outs`` (``EditOutput`` s: one, or one per frame)."""
+    from diffusion_handles.progress import forward_equivalents
+
+    inv_fwd = 0 if inv.cache_hit else forward_equivalents(inv.unet_evals)
+    edit_fwd = sum(forward_equivalents(o.unet_evals) for o in outs)
+    edit_s: dict[str, float] = {}
+    for o in outs:
+        for k, v in o.timings.items():
+            edit_s[k] = edit_s.get(k, 0.0) + float(v)
+    inv_s = {} if inv.cache_hit else {k: float(v) for k, v in inv.timings.items()}
+    return {
+        "counting": "UNet forward-equivalents: forward evaluations + 2 x backward passes",
+        "fwd_eq": {"inversion": inv_fwd, "edit": edit_fwd, "total": inv_fwd + edit_fwd},
+        "seconds": {"inversion": inversion_seconds if not inv.cache_hit else 0.0,
+                    "inversion_stages": inv_s, "edit": sum(edit_s.values()), "edit_stages": edit_s},
+    }

@@ -15,6 +15,8 @@ from diffusion_handles.cli.common import (
     add_transform_args,
     check_device,
     check_out,
+    command_progress,
+    cost_summary,
     edit_from_args,
     fov_from_args,
     parse_int,
@@ -205,16 +207,20 @@ def _request_from_args(args: argparse.Namespace) -> _Request:
 def _invert_and_edit(dh, args: argparse.Namespace, req: _Request, inputs: ModeInputs) -> tuple[Any, Any, float]:
     """Invert IMAGE (or load it from ``--cache``), then edit; returns ``(inv, out, inversion seconds)``."""
     from diffusion_handles.pipeline import edit_target
+    from diffusion_handles.progress import plan_for
 
     image, depth, mask, background = inputs.image, inputs.depth, inputs.mask, inputs.background
     object_masks, mode, entries, edit, fov = inputs.object_masks, req.mode, req.entries, req.edit, req.fov
     inversion, guidance, seed = req.inversion, req.guidance, req.seed
+    progress = command_progress(args, plan_for(inversion, guidance))
     t0 = time.perf_counter()
-    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed)
+    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
+                    callback=progress)
     t_invert = time.perf_counter() - t0
     target = edit_target([e.edit for e in entries] if mode == "multi" else edit, camera=mode == "camera",
                          object_masks=object_masks)
-    out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image)
+    out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
+                  callback=progress.callback("guided_generation"))
     return inv, out, t_invert
 
 
@@ -232,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
-    dh.set_progress_bar_config(disable=args.quiet)
+    dh.set_progress_bar_config(disable=True)  # progress lines instead, per stage with the time left (command_progress)
     t_model = time.perf_counter() - t0
     set_threads(dh, req.threads)
     inv, out, t_invert = _invert_and_edit(dh, args, req, inputs)
@@ -288,6 +294,7 @@ def _summary(args: argparse.Namespace, req: _Request, inputs: ModeInputs, bb, in
             "inversion": {} if inv.cache_hit else inv.unet_evals,
             "edit": out.unet_evals,
         },
+        "cost": cost_summary(inv, [out], t_invert),
         "energies": {str(k): v for k, v in out.energies.items()},
         "energy_monitor": {str(k): v for k, v in out.monitor.items()},
     }

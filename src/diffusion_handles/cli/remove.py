@@ -86,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     from diffusion_handles.cli.common import (
         check_device,
         check_out,
+        command_progress,
         set_threads,
         silence_progress_bars,
         started,
@@ -109,18 +110,26 @@ def _run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     dh = DiffusionHandles.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache)
-    dh.set_progress_bar_config(disable=args.quiet)
+    dh.set_progress_bar_config(disable=True)  # progress lines instead (command_progress)
     t_model = time.perf_counter() - t0
     set_threads(dh, None)
+    from diffusion_handles.progress import plan_for
+
+    progress = command_progress(args, plan_for(inversion, guidance, edit_key="removal"))
     t0 = time.perf_counter()
-    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed)
+    inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
+                    callback=progress)
     t_invert = time.perf_counter() - t0
     out = dh.remove(inv, guidance=guidance, background_depth=background, region_margin=margin,
-                    noise_seed=None if args.keep_noise else seed, source_image=image)
+                    noise_seed=None if args.keep_noise else seed, source_image=image,
+                    callback=progress.callback("removal"))
 
     timings = {"load_inputs": t_load, "load_model": t_model, "inversion": 0.0 if inv.cache_hit else t_invert}
     settings = {"seed": seed, "margin_px": margin, "fresh_noise": not args.keep_noise}
     summary = _summary(args, dh.backbone, inv, out, mask, prepared, settings, timings)
+    from diffusion_handles.cli.common import cost_summary
+
+    summary["cost"] = cost_summary(inv, [out], t_invert)
     _write(args.out, image, mask, out, prepared, summary)
     files = ["removed.png", "reconstruction.png", "region.png", "mask.png", "background_depth.png",
              "background_depth.npy", "comparison.png", *(["depth.npy"] if prepared is not None else []), "summary.json"]

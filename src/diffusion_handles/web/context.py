@@ -144,11 +144,13 @@ class WebContext:
         if job.state == DONE:
             frac = 1.0
         elif job.total > 0:
-            frac = min(0.99, job.step / job.total)
+            frac = min(0.99, job.done / job.total)
         else:
             frac = 0.0
         return JobStatus(
-            id=job.id, state=job.state, stage=job.stage, step=job.step, total=job.total, fraction=frac,
+            id=job.id, state=job.state, stage=job.stage, step=job.step, steps=job.steps, done=job.done,
+            total=job.total, elapsed_s=snap["elapsed_s"], eta_s=snap["eta_s"],
+            cancel_requested=snap["cancel_requested"], fraction=frac,
             queue_position=self.jobs.position(job), message=job.message, error=job.error,
             results={k: f"/api/jobs/{job.id}/results/{k}" for k in snap["results"]}, info=snap["info"],
             created=job.created, started=job.started, finished=job.finished,

@@ -1,10 +1,16 @@
 """Render jobs: a bounded queue served by ONE worker thread, so concurrent renders wait their
 turn instead of loading several models or running several generations at once.
 
-A job's progress (stage, step i of n) is updated by the running task through
-:meth:`Job.report`; readers poll :meth:`Job.snapshot` (its ``version`` grows on every change,
-which the Server-Sent Events stream watches). Results are files in a per-job folder inside the
-queue's server-owned temporary directory.
+A job's progress (its stage and that stage's own step i of n, the steps of all stages done of
+planned, the time elapsed and an estimate of the time left) is updated by the running task
+through :meth:`Job.report`; readers poll :meth:`Job.snapshot` (its ``version`` grows on every
+change, which the Server-Sent Events stream watches). Results are files in a per-job folder
+inside the queue's server-owned temporary directory.
+
+:meth:`JobQueue.cancel` stops a job: a waiting one at once, a running one at the end of its
+current step (the task checks ``job.cancel_event`` once per step and raises
+:class:`~diffusion_handles.errors.Cancelled`); either way it ends in the ``cancelled`` state
+with no results.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffusion_handles.errors import HandlesError
+from diffusion_handles.errors import Cancelled, HandlesError
 from diffusion_handles.web.sessions import NotFound, new_id
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "error"
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "error", "cancelled"
+ENDED = (DONE, FAILED, CANCELLED)
 
 
 class QueueFull(Exception):
@@ -43,8 +50,12 @@ class Job:
     folder: Path
     state: str = QUEUED
     stage: str = "queued"
-    step: int = 0
-    total: int = 0
+    step: int = 0  # of the stage
+    steps: int = 0  # of the stage
+    done: int = 0  # steps of all stages done
+    total: int = 0  # steps of all stages planned
+    eta_s: float | None = None  # estimated seconds left, as of eta_at
+    eta_at: float | None = None
     message: str = ""
     error: str | None = None
     results: dict[str, str] = field(default_factory=dict)
@@ -53,19 +64,48 @@ class Job:
     started: float | None = None
     finished: float | None = None
     version: int = 0
+    cancel_event: threading.Event = field(default_factory=threading.Event)
 
     def _bump(self) -> None:
         self.version += 1
 
-    def report(self, stage: str, step: int, total: int, message: str = "") -> None:
-        """Progress from the running task: ``step`` of ``total`` in ``stage``."""
-        self.stage, self.step, self.total, self.message = stage, int(step), int(total), message
+    def report(self, stage: str, step: int, steps: int, message: str = "", *, done: int | None = None,
+               total: int | None = None, eta_s: float | None = None) -> None:
+        """Progress from the running task: ``step`` of ``steps`` in ``stage``; ``done`` of
+        ``total`` steps over all stages (default: the stage's own); ``eta_s`` seconds left."""
+        self.stage, self.step, self.steps, self.message = stage, int(step), int(steps), message
+        self.done = int(step if done is None else done)
+        self.total = int(steps if total is None else total)
+        self.eta_s, self.eta_at = (None, None) if eta_s is None else (float(eta_s), time.time())
         self._bump()
+
+    def progress(self, ev) -> None:
+        """:meth:`report` of a :class:`~diffusion_handles.progress.ProgressEvent`."""
+        self.report(ev.stage, ev.step, ev.steps, ev.text(), done=ev.done, total=ev.total, eta_s=ev.eta_s)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def elapsed_s(self) -> float | None:
+        """Seconds since the job started (to when it ended); ``None`` while it waits."""
+        if self.started is None:
+            return None
+        return max(0.0, (self.finished or time.time()) - self.started)
+
+    def eta_left_s(self) -> float | None:
+        """Seconds left: the last estimate less the time since it was made (0 once ended)."""
+        if self.state in ENDED:
+            return 0.0 if self.state == DONE else None
+        if self.eta_s is None or self.eta_at is None:
+            return None
+        return max(0.0, self.eta_s - (time.time() - self.eta_at))
 
     def snapshot(self) -> dict:
         return {
-            "id": self.id, "state": self.state, "stage": self.stage, "step": self.step,
-            "total": self.total, "message": self.message, "error": self.error,
+            "id": self.id, "state": self.state, "stage": self.stage, "step": self.step, "steps": self.steps,
+            "done": self.done, "total": self.total, "elapsed_s": self.elapsed_s(), "eta_s": self.eta_left_s(),
+            "cancel_requested": self.cancel_requested, "message": self.message, "error": self.error,
             "results": dict(self.results), "info": dict(self.info), "version": self.version,
             "created": self.created, "started": self.started, "finished": self.finished,
         }
@@ -134,6 +174,21 @@ class JobQueue:
             ahead = [j for j in self._jobs.values() if j.state in (QUEUED, RUNNING) and j.created < job.created]
         return len(ahead)
 
+    def cancel(self, jid: str) -> Job:
+        """Ask job ``jid`` to stop: a waiting job is cancelled at once (it never runs); a running
+        one stops at the end of its current step and then reads ``cancelled``; a job that has
+        ended is left as it is. Returns the job."""
+        job = self.get(jid)
+        with self._lock:
+            if job.state in ENDED:
+                return job
+            job.cancel_event.set()
+            if job.state == QUEUED:
+                self._mark_cancelled(job, "cancelled before it started")
+                job.finished = time.time()
+            job._bump()
+        return job
+
     def close(self) -> None:
         self._q.put(None)
         self._worker.join(timeout=5)
@@ -142,7 +197,7 @@ class JobQueue:
 
     # ------------------------------------------------------------------ worker
     def _forget_old(self) -> None:
-        finished = [j for j in self._jobs.values() if j.state in (DONE, FAILED)]
+        finished = [j for j in self._jobs.values() if j.state in ENDED]
         for j in finished[: max(0, len(finished) - self.keep)]:
             self._jobs.pop(j.id, None)
             shutil.rmtree(j.folder, ignore_errors=True)
@@ -152,15 +207,40 @@ class JobQueue:
             job = self._q.get()
             if job is None:
                 return
-            job.state, job.stage, job.started = RUNNING, "starting", time.time()
-            job._bump()
+            with self._lock:
+                if job.state == CANCELLED:  # cancelled while it waited
+                    continue
+                job.state, job.stage, job.started = RUNNING, "starting", time.time()
+                job._bump()
             try:
-                job.results = job.task(job)
-                job.state, job.stage, job.step, job.message = DONE, "done", job.total, "done"
+                results = job.task(job)
+                with self._lock:  # a cancel asked after the last step still ends it cancelled, without results
+                    cancelled = job.cancel_requested
+                    if not cancelled:
+                        job.results = results
+                        job.state, job.stage, job.step, job.done, job.message = DONE, "done", job.steps, job.total, "done"
+                if cancelled:
+                    raise Cancelled(f"cancelled during {job.stage}")
+            except Cancelled:
+                self._cancelled(job)
             except Exception as e:  # keep the worker alive; report one line, log one line (never a traceback)
                 self._failed(job, e)
             job.finished = time.time()
             job._bump()
+
+    @staticmethod
+    def _mark_cancelled(job: Job, message: str) -> None:
+        job.state, job.stage, job.message, job.error, job.results = CANCELLED, "cancelled", message, None, {}
+
+    def _cancelled(self, job: Job) -> None:
+        """Mark ``job`` cancelled where it stopped; delete anything it wrote."""
+        where = job.stage + (f" {job.step}/{job.steps}" if job.steps else "")
+        self._mark_cancelled(job, f"cancelled during {where}")
+        for entry in job.folder.iterdir() if job.folder.is_dir() else ():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def _failed(self, job: Job, e: Exception) -> None:
         """Mark ``job`` failed with a one-line error; an unexpected error (not a HandlesError) is
@@ -178,6 +258,6 @@ class JobQueue:
             at = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name})" if tb else ""
             log.error("render job %s failed during %s: %s%s", job.id, job.stage,
                       self._scrub(error)[:500], at)
-        where = job.stage + (f", step {job.step} of {job.total}" if job.total else "")
+        where = job.stage + (f", step {job.step} of {job.steps}" if job.steps else "")
         job.error = self._scrub(error or "render failed")[:500]
         job.state, job.stage, job.message = FAILED, "failed", f"failed during {where}"

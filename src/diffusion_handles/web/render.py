@@ -111,39 +111,21 @@ class RenderInput:
     camera: bool = False  # the edit moves the camera
 
 
-Progress = Callable[[str, int, int, str], None]
+Progress = Callable[..., None]  # Job.report: (stage, step, steps, message="", *, done=, total=, eta_s=)
 
 
-class StepProgress:
-    """Job progress from the facade's step callbacks (no polling of progress bars).
+def step_progress(report: Progress, plan, cancel=None):
+    """Job progress from the facade's step callbacks (no polling of progress bars): a
+    :class:`diffusion_handles.progress.Progress` over ``plan`` (its stages, each reported with its
+    own step, the steps of all stages done of planned, and the time left estimated from the
+    measured step times) that sends every step to ``report`` and stops the run at the end of a
+    step once ``cancel`` (a ``threading.Event``) is set."""
+    from diffusion_handles.progress import Progress as Tracker
 
-    An inversion reports two passes of ``n`` steps (DDIM inversion, then null-text optimisation
-    or the reconstruction), an edit one pass (guided generation); each callback carries
-    ``{"stage", "step", "total"}``. Overall progress is the number of steps done of
-    ``expected`` (extended if a pass reports more steps than expected).
-    """
+    def send(ev) -> None:
+        report(ev.stage, ev.step, ev.steps, ev.text(), done=ev.done, total=ev.total, eta_s=ev.eta_s)
 
-    LABELS = {"ddim_inversion": "DDIM inversion", "null_text": "null-text inversion",
-              "reconstruction": "reconstruction", "guided_generation": "guided generation",
-              "removal": "removal"}
-
-    def __init__(self, report: Progress, expected_total: int):
-        self.report = report
-        self.expected = expected_total
-        self.done = 0  # steps of passes that have finished
-        self._stage: str | None = None
-        self._stage_total = 0
-
-    def __call__(self, info: dict) -> None:
-        stage, step, total = str(info.get("stage", "working")), int(info["step"]), int(info["total"])
-        if stage != self._stage:
-            if self._stage is not None:
-                self.done += self._stage_total
-            self._stage, self._stage_total = stage, total
-        current = self.done + step + 1
-        self.expected = max(self.expected, self.done + total)
-        label = self.LABELS.get(stage, stage)
-        self.report(label, current, self.expected, f"{label}: {step + 1} of {total}")
+    return Tracker(plan, report=send, cancel=cancel)
 
 
 class RenderService:
@@ -259,10 +241,14 @@ class RenderService:
                 compute_edit(depth, mask, edit, cam)
             background_depth_fill(depth, mask)
 
-    def _inverted(self, pipe, inp: RenderInput, opts: RenderOptions, report: Progress, passes: int):
+    def _inverted(self, pipe, inp: RenderInput, opts: RenderOptions, report: Progress, passes: int,
+                  cancel=None, **plan_kw):
         """The inversion of ``inp`` (from the cache, or computed and cached) and the progress
-        counter for it and ``passes`` guided generations of ``n`` steps each after it."""
-        from diffusion_handles.diffusion.config import InversionConfig
+        tracker for it and ``passes`` guided generations of ``n`` steps each after it
+        (``plan_kw``: :func:`~diffusion_handles.progress.plan_for`'s ``guidance``, ``frames``,
+        ``edit_key``). Stops at the end of a step once ``cancel`` is set (nothing is cached)."""
+        from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
+        from diffusion_handles.progress import check_cancel, plan_for
 
         inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
         n = inv_cfg.num_steps
@@ -270,11 +256,13 @@ class RenderService:
         timings: dict[str, float] = {}
         inverted = self._cache.get(key)
         reused = inverted is not None
-        # an inversion reports two passes of n steps (DDIM + null-text or reconstruction), an edit one
-        progress = StepProgress(report, (0 if reused else 2 * n) + passes * n)
+        guidance = plan_kw.pop("guidance", None) or GuidanceConfig()
+        plan = plan_for(None if reused else inv_cfg, guidance, edits=passes, steps=n, **plan_kw)
+        progress = step_progress(report, plan, cancel)
+        check_cancel(cancel, "loading the model")
         if inverted is None:
             t0 = time.perf_counter()
-            report("inversion", 0, progress.expected, "starting the inversion")
+            report("inversion", 0, n, "starting the inversion", done=0, total=progress.total)
             inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
                                    seed=opts.seed, callback=progress)
             timings["invert_s"] = time.perf_counter() - t0
@@ -283,55 +271,62 @@ class RenderService:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(key)
-            report("editing", 0, progress.expected, "inversion reused from the cache")
+            report("editing", 0, 0, "inversion reused from the cache", done=0, total=progress.total)
         return inverted, reused, progress, timings
 
-    def run(self, inp: RenderInput, edit: HandleEdit | list[HandleEdit], opts: RenderOptions, report: Progress) -> dict:
+    def run(self, inp: RenderInput, edit: HandleEdit | list[HandleEdit], opts: RenderOptions, report: Progress,
+            cancel=None) -> dict:
         """Invert (or reuse the cached inversion) and edit; returns the facade's output and info.
         A camera move when ``inp.camera``; several objects (``edit`` a list, one per mask of
-        ``inp.object_masks``) in one z-buffer and one guided generation."""
+        ``inp.object_masks``) in one z-buffer and one guided generation. Stops with
+        :class:`~diffusion_handles.errors.Cancelled` at the end of a step once ``cancel`` is set."""
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edit)  # before the inversion: an impossible edit fails at once
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
-            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
+            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, 1, cancel)
             t1 = time.perf_counter()
-            out = _edit(pipe, inverted, inp, edit, lambda info: progress({"stage": "guided_generation", **info}))
+            out = _edit(pipe, inverted, inp, edit, progress.callback("guided_generation"))
             timings["edit_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
-    def remove(self, inp: RenderInput, opts: RenderOptions, report: Progress) -> dict:
+    def remove(self, inp: RenderInput, opts: RenderOptions, report: Progress, cancel=None) -> dict:
         """Remove ``inp``'s object: invert with its mask (the same inversion as a render of that
         object, reused from the cache), then regenerate its region over the background depth
-        (``DiffusionHandles.remove``, fresh noise of ``opts.seed`` in the region)."""
+        (``DiffusionHandles.remove``, fresh noise of ``opts.seed`` in the region). ``cancel`` as
+        in :meth:`run`."""
         from diffusion_handles.diffusion.config import GuidanceConfig
 
+        guidance = GuidanceConfig(identity_transfer=None)
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, None)
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
-            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=1)
+            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, 1, cancel,
+                                                                 guidance=guidance, edit_key="removal")
             t1 = time.perf_counter()
-            out = pipe.remove(inverted, guidance=GuidanceConfig(identity_transfer=None), noise_seed=opts.seed,
-                              callback=lambda info: progress({"stage": "removal", **info}))
+            out = pipe.remove(inverted, guidance=guidance, noise_seed=opts.seed, callback=progress.callback("removal"))
             timings["remove_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
-    def animate(self, inp: RenderInput, edits: list, opts: RenderOptions, report: Progress) -> dict:
+    def animate(self, inp: RenderInput, edits: list, opts: RenderOptions, report: Progress, cancel=None) -> dict:
         """One inversion (the render's, reused from the cache when it is there), then one guided
-        generation per frame; progress names the frame (``frame i of N``). ``edits``: one per
-        frame, each what :meth:`run` takes (an edit, a list for ``inp.object_masks``, or the
-        camera's move when ``inp.camera``). Returns the frames as ``(H, W, 3)`` uint8 arrays and info."""
+        generation per frame; progress names the frame (``frame i/N: guided generation``) and
+        estimates the time left for all frames from the step times measured so far. ``edits``:
+        one per frame, each what :meth:`run` takes (an edit, a list for ``inp.object_masks``, or
+        the camera's move when ``inp.camera``); ``cancel`` as in :meth:`run`. Returns the frames
+        as ``(H, W, 3)`` uint8 arrays and info."""
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edits[-1])  # the full transform: an impossible edit fails before the inversion
             inp = fit_to_model(inp, int(pipe.backbone.default_size))
-            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, passes=len(edits))
+            inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, len(edits), cancel,
+                                                                 frames=True)
             t1 = time.perf_counter()
             frames = []
             for i, e in enumerate(edits):
-                stage = f"frame {i + 1} of {len(edits)}"
-                out = _edit(pipe, inverted, inp, e, lambda info, stage=stage: progress({**info, "stage": stage}))
+                callback = progress.callback("guided_generation", f"frame {i + 1}/{len(edits)}")
+                out = _edit(pipe, inverted, inp, e, callback)
                 frames.append((out.edited[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy())
             timings["frames_s"] = time.perf_counter() - t1
         return {"frames": frames, "edits": edits, "input": inp, "reused_inversion": reused, "timings": timings}
@@ -393,8 +388,11 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
     if result.get("kind") == "remove":
         files["region"] = "region.png"
         save_image(folder / files["region"], out.region)
+    from diffusion_handles.progress import forward_equivalents
+
     info = {"reused_inversion": result["reused_inversion"], "render_size_hw": list(out.edited.shape[-2:]),
-            "timings": timings, "unet_evals": out.unet_evals, **result.get("meta", {})}
+            "timings": timings, "unet_evals": out.unet_evals, "fwd_eq": forward_equivalents(out.unet_evals),
+            **result.get("meta", {})}
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     return files
 

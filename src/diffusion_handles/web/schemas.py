@@ -234,10 +234,18 @@ class RemoveRequest(Strict):
 
 class JobStatus(BaseModel):
     id: str
-    state: Literal["queued", "running", "done", "error"]
-    stage: str
-    step: int
-    total: int
+    state: Literal["queued", "running", "done", "error", "cancelled"]
+    stage: str = Field(description="the running stage, e.g. 'inversion', 'null-text', 'guided generation', "
+                                   "'frame 3/8: guided generation'; 'queued', 'done', 'failed' or 'cancelled' otherwise")
+    step: int = Field(description="steps of the stage done (its own count, 1-based)")
+    steps: int = Field(0, description="steps of the stage")
+    done: int = Field(0, description="steps of all stages done")
+    total: int = Field(description="steps of all stages planned (the fraction's denominator)")
+    elapsed_s: float | None = Field(None, description="seconds since the job started running (null while queued)")
+    eta_s: float | None = Field(None, description="estimated seconds left, from the measured step times (null "
+                                                  "before the first step is measured; 0 once done)")
+    cancel_requested: bool = Field(False, description="POST /api/jobs/{id}/cancel was called; a running job stops "
+                                                      "at the end of its current step")
     fraction: float = Field(description="0..1, reaches 1 when the job is done")
     queue_position: int
     message: str

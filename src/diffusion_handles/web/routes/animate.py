@@ -34,8 +34,8 @@ def router(ctx: WebContext) -> APIRouter:
         opts = RenderOptions(num_steps=req.num_steps or ctx.cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:
-            result = ctx.renderer.animate(inp, edits, opts, job.report)
-            job.report("writing the GIF and MP4", job.step, job.total, f"{len(edits)} frames")
+            result = ctx.renderer.animate(inp, edits, opts, job.report, cancel=job.cancel_event)
+            job.report("writing the GIF and MP4", 0, 0, f"{len(edits)} frames", done=job.done, total=job.total)
             files = write_animation(job.folder, result, req.fps)
             job.info = json.loads((job.folder / "info.json").read_text())
             return files

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from diffusion_handles.web import modes
 from diffusion_handles.web.context import ERRORS, ApiError, WebContext
-from diffusion_handles.web.jobs import DONE, FAILED, Job
+from diffusion_handles.web.jobs import ENDED, Job
 from diffusion_handles.web.modes import EditTarget, resolve
 from diffusion_handles.web.render import RenderInput, RenderOptions, write_results
 from diffusion_handles.web.routes.preview import submit_preview
@@ -55,7 +55,7 @@ def router(ctx: WebContext) -> APIRouter:
         opts = RenderOptions(num_steps=req.num_steps or cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:
-            result = renderer.run(inp, edit, opts, job.report)
+            result = renderer.run(inp, edit, opts, job.report, cancel=job.cancel_event)
             result["meta"] = {"mode": req.mode, "objects": 1 + len(req.objects) if req.mode == "object" else 0}
             files = write_results(job.folder, inp, result)
             job.info = json.loads((job.folder / "info.json").read_text())
@@ -66,6 +66,14 @@ def router(ctx: WebContext) -> APIRouter:
     @r.get("/api/jobs/{jid}", response_model=JobStatus)
     def get_job(jid: str) -> JobStatus:
         return ctx.job_status(jobs.get(jid))
+
+    @r.post("/api/jobs/{jid}/cancel", response_model=JobStatus)
+    def cancel_job(jid: str) -> JobStatus:
+        """Cancel a job (a render, removal or animation). A queued job is cancelled at once and
+        never runs; a running one stops at the end of its current step (``cancel_requested`` is
+        true until then) and ends in the ``cancelled`` state without results; a job that has
+        already ended is answered unchanged. 404 for an unknown id."""
+        return ctx.job_status(jobs.cancel(jid))
 
     @r.get("/api/jobs/{jid}/events", responses={200: {"content": {"text/event-stream": {}}}})
     async def job_events(jid: str, request: Request):
@@ -79,7 +87,7 @@ def router(ctx: WebContext) -> APIRouter:
                     last = job.version
                     yield f"data: {ctx.job_status(job).model_dump_json()}\n\n"
                     idle = 0.0
-                    if job.state in (DONE, FAILED):
+                    if job.state in ENDED:
                         return
                 if await request.is_disconnected():
                     return

@@ -45,7 +45,7 @@ def router(ctx: WebContext) -> APIRouter:
         opts = RenderOptions(num_steps=req.num_steps or ctx.cfg.default_steps, seed=req.seed)
 
         def task(job: Job) -> dict[str, str]:
-            result = ctx.renderer.remove(inp, opts, job.report)
+            result = ctx.renderer.remove(inp, opts, job.report, cancel=job.cancel_event)
             result.update(kind="remove", meta={"mode": "remove", "objects": 1})
             files = write_results(job.folder, inp, result)
             job.info = json.loads((job.folder / "info.json").read_text())
