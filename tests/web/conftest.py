@@ -1,9 +1,14 @@
 """Fixtures of the web app tests: a tiny random diffusion model, an in-process client, a live
-uvicorn server and headless Chromium (Debian's /usr/bin/chromium driven by Playwright)."""
+uvicorn server and headless Chromium (Debian's /usr/bin/chromium driven by Playwright).
+
+``HANDLES_WEB_STATIC=/some/folder`` serves the page from that folder instead of the package's
+``web/static`` (e.g. an older copy of the page, to check that a new browser test fails on it).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import threading
 import time
@@ -68,8 +73,12 @@ def live_server(web_config):
     """The app served by uvicorn on a free loopback port, in a background thread."""
     import uvicorn
 
+    from diffusion_handles.web import app as app_module
     from diffusion_handles.web.app import create_app
 
+    static = app_module.STATIC
+    if os.environ.get("HANDLES_WEB_STATIC"):
+        app_module.STATIC = Path(os.environ["HANDLES_WEB_STATIC"])
     port = _free_port()
     cfg = dataclasses.replace(web_config, allowed_hosts=(f"127.0.0.1:{port}",))  # as ``handles serve`` does
     server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
@@ -83,6 +92,7 @@ def live_server(web_config):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+    app_module.STATIC = static
 
 
 @pytest.fixture(scope="module")

@@ -119,8 +119,11 @@ def test_open_select_move_with_gizmo_and_fields_then_render(page):
     page.fill("#compare-range", "30")
     page.dispatch_event("#compare-range", "input")
     assert "30%" in page.eval_on_selector("#compare-after-wrap", "e => e.style.clipPath")
-    links = page.eval_on_selector_all("#downloads a", "as => as.map(a => a.textContent)")
-    assert {"edited.png", "edited_depth.png", "edited_depth.npy"} <= set(links)
+    links = dict(page.eval_on_selector_all("#downloads a", "as => as.map(a => [a.href.split('/').pop(), a.download])"))
+    assert {"edited", "edited_depth", "edited_depth_npy"} <= set(links)
+    base = links["edited"].removesuffix(".png")  # named after the scene and the edit
+    assert base.startswith("demo_translate-") and "_scale-1.4" in base, base
+    assert links["edited_depth"] == f"{base}_edited_depth.png" and links["edited_depth_npy"] == f"{base}_edited_depth.npy"
     assert page.is_hidden("#error")
     page.screenshot(path=str(ARTIFACTS / "05-render-done.png"), full_page=True)
 
@@ -192,7 +195,7 @@ def test_upload_image_depth_and_mask_in_the_form(page, tmp_path):
     page.set_input_files("#upload-image", str(tmp_path / "photo.png"))
     page.set_input_files("#upload-depth", str(tmp_path / "depth.npy"))
     page.set_input_files("#upload-mask", str(tmp_path / "mask.png"))
-    page.fill("#prompt", "a box on a floor")
+    page.fill("#upload-prompt", "a box on a floor")  # the upload's own caption
     page.click("#upload-submit")
     page.wait_for_function("window.__handles.previewCount >= 1 && !window.__handles.previewBusy", timeout=30000)
     assert page.evaluate("[window.__handles.session.width, window.__handles.session.height]") == [80, 60]

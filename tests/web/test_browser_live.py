@@ -143,3 +143,45 @@ def test_webgl1_and_2d_fallbacks_draw_the_same_splat(page):
         assert splat.shape == exact.shape
         agree = (np.abs(splat - exact).sum(-1) <= 60).mean()
         assert agree > 0.9, f"{kind}: splat and exact preview agree on {agree:.1%} of the pixels"
+
+
+COUNT_VIEW3D_JS = """() => {
+    // count the 3D view's draws on screen and the points each one draws (three.js resets its
+    // counters per draw); draws into a texture (the background kept during a drag) count apart
+    const r = window.__handles.three.renderer, rec = { draws: 0, points: [], offscreen: 0 };
+    const draw = r.render.bind(r);
+    r.render = (scene, camera) => {
+        const screen = r.getRenderTarget() === null;
+        draw(scene, camera);
+        if (!screen) { rec.offscreen += 1; return; }
+        rec.draws += 1;
+        rec.points.push(r.info.render.points);
+    };
+    window.__view3d = rec;
+}"""
+
+
+def test_the_3d_view_redraws_only_on_change_and_lighter_while_dragging(page, tmp_path):
+    upload_scene(page, tmp_path, SIZE)
+    full = page.evaluate("window.__handles.cloud.count")
+    c = page.evaluate("window.__handles.gizmoScreen()")
+    page.mouse.move(c["x"], c["y"])  # hovering highlights the handle: one redraw, before the drag
+    page.evaluate("window.__handles.probe.idleFrames(5)")
+    page.evaluate(COUNT_VIEW3D_JS)
+    page.evaluate("window.__handles.probe.idleFrames(20)")
+    assert page.evaluate("window.__view3d.draws") == 0, "the 3D view is redrawn while nothing changes"
+    out = drag_and_measure(page, moves=40)
+    rec = page.evaluate("window.__view3d")
+    frames = len(out["stats"]["frames"])
+    assert 3 <= rec["draws"] <= frames + 3, (rec["draws"], frames)  # at most one draw per frame
+    assert rec["offscreen"] <= 1, rec["offscreen"]  # the background: once per drag at most
+    during = rec["points"][:-1]
+    assert max(during) <= full / 3, f"the 3D view drew {max(during)} of {full} points while dragging"
+    page.evaluate("window.__handles.probe.idleFrames(5)")
+    rec = page.evaluate("window.__view3d")
+    assert rec["points"][-1] >= 0.9 * full, "the 3D view stays at reduced detail after the drag"
+    result = {"image": f"{SIZE}x{SIZE}", "moves": 40, **summary(out["stats"]), "view3d_draws": rec["draws"],
+              "view3d_offscreen_draws": rec["offscreen"],
+              "view3d_points_dragging": max(during), "view3d_points_full": full}
+    (ARTIFACTS / "live-drag-lod.json").write_text(json.dumps(result, indent=2))
+    print("live drag (3D view at reduced detail):", json.dumps(result))

@@ -1,8 +1,7 @@
 // What the gizmo moves: the selected object (other objects' moves kept in a list, all of them
 // moved by one render: one z-buffer, one guided generation) or the camera (the whole scene seen
-// from a moved viewpoint; a camera marker in the 3D view carries the gizmo).
-
-export const IDENTITY = Object.freeze({ translate: [0, 0, 0], rotate_axis: [0, 1, 0], rotate_deg: 0, scale: 1 });
+// from a moved viewpoint; a camera marker in the 3D view carries the gizmo). The moves themselves
+// live in the page's store (store.js).
 
 /** A wireframe camera (apex at the origin, looking down -z in three.js axes). */
 export function cameraRig(THREE) {
@@ -26,54 +25,20 @@ export function describeEdit(e) {
   return `move (${e.translate.map(f2).join(', ')})${r}${e.scale !== 1 ? ` · scale ${f2(e.scale)}` : ''}`;
 }
 
-/** The objects kept for the render besides the selected one, shown as a list with remove buttons. */
-export class ObjectList {
-  constructor(listEl, onChange) {
-    this.el = listEl;
-    this.onChange = onChange;
-    this.items = [];  // {mask, name, transform}
-  }
-
-  has(mask) { return this.items.some((o) => o.mask === mask); }
-
-  /** Keep (or replace) `mask`'s move. */
-  keep(mask, name, transform) {
-    this.items = this.items.filter((o) => o.mask !== mask);
-    this.items.push({ mask, name, transform: structuredClone(transform) });
-    this.changed();
-  }
-
-  /** Take `mask` out of the list (it becomes the one the gizmo moves); its move, or null. */
-  take(mask) {
-    const o = this.items.find((x) => x.mask === mask);
-    if (!o) return null;
-    this.items = this.items.filter((x) => x !== o);
-    this.changed();
-    return o.transform;
-  }
-
-  clear() { this.items = []; this.changed(); }
-
-  /** The request's `objects`: every kept object except the selected one. */
-  others(selected) {
-    return this.items.filter((o) => o.mask !== selected).map((o) => ({ mask: o.mask, transform: o.transform }));
-  }
-
-  changed() {
-    this.el.innerHTML = '';
-    for (const o of this.items) {
-      const li = document.createElement('li');
-      li.dataset.mask = String(o.mask);
-      const text = document.createElement('span');
-      text.textContent = `${o.name}: ${describeEdit(o.transform)}`;
-      const del = document.createElement('button');
-      del.type = 'button';
-      del.textContent = '×';
-      del.setAttribute('aria-label', `remove ${o.name} from the list`);
-      del.addEventListener('click', () => { this.items = this.items.filter((x) => x !== o); this.changed(); });
-      li.append(text, del);
-      this.el.appendChild(li);
-    }
-    this.onChange();
+/** The objects kept for the render besides the selected one, as a list with remove buttons. */
+export function renderObjectList(el, items, onDrop) {
+  el.innerHTML = '';
+  for (const o of items) {
+    const li = document.createElement('li');
+    li.dataset.mask = String(o.mask);
+    const text = document.createElement('span');
+    text.textContent = `${o.name}: ${describeEdit(o.transform)}`;
+    const del = document.createElement('button');
+    del.type = 'button';
+    del.textContent = '×';
+    del.setAttribute('aria-label', `remove ${o.name} from the list`);
+    del.addEventListener('click', () => onDrop(o.mask));
+    li.append(text, del);
+    el.appendChild(li);
   }
 }

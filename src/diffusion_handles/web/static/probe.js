@@ -2,6 +2,8 @@
 // continue a gizmo drag the test started with a real mouse press, one pointer move per
 // displayed frame (as a browser delivers a continuous drag), and time the page's drawing.
 
+import { setDragging } from './view3d.js';
+
 const nextFrame = () => new Promise((r) => requestAnimationFrame(r));
 
 function timeIt(fn, n) {
@@ -35,14 +37,20 @@ export function installProbe(state) {
       for (let i = 0; i <= n; i++) ts.push(await nextFrame());
       return ts.slice(1).map((t, i) => t - ts[i]);
     },
-    /** Draw times (ms, waiting for the GPU) of the splat alone and of the 3D view alone. */
+    /** Draw times (ms, waiting for the GPU) of the splat alone and of the 3D view alone, at full
+     * detail and at the reduced detail of a drag. */
     profile(n = 20) {
       const live = state.live, t = state.three, gl = t.renderer.getContext();
       const px = new Uint8Array(4);
-      return {
-        splat: timeIt(() => live.splat.draw(live.matrix, live.scale, true), n),
-        view3d: timeIt(() => { t.renderer.render(t.scene, t.camera); gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px); }, n),
-      };
+      const view = () => { t.renderer.render(t.scene, t.camera); gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, px); };
+      const out = { splat: timeIt(() => live.splat.draw(live.matrix, live.scale, true), n), view3d: timeIt(view, n) };
+      setDragging(t, true, 'gizmo');
+      out.view3dDragging = timeIt(view, n);
+      setDragging(t, false);
+      setDragging(t, true, 'orbit');
+      out.view3dOrbiting = timeIt(view, n);
+      setDragging(t, false);
+      return out;
     },
   };
 }

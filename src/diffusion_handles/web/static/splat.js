@@ -4,6 +4,8 @@
 // WebGL2 first (background depth from the point cloud: a moved object goes behind nearer
 // scenery), then WebGL1 (no occlusion by the background), then a 2D canvas.
 // The exact preview (holes, edited depth) still comes from the server when the drag pauses.
+// Between two draws the canvas keeps its pixels, so a draw redraws only the rectangle where the
+// object was or is now.
 
 const HOLE = [1, 0, 1];  // magenta
 
@@ -95,6 +97,17 @@ function sceneData(cloud) {
   return { pos: new Float32Array(p), color: new Float32Array(c), z0: new Float32Array(z0), n: z0.length, depth, far: 4 * far };
 }
 
+/** The bounding box [x0, y0, z0, x1, y1, z1] of the object's samples (offsets from the pivot). */
+function localBox(pos) {
+  const b = [Infinity, Infinity, Infinity, -Infinity, -Infinity, -Infinity];
+  for (let i = 0; i < pos.length; i += 3) {
+    for (let k = 0; k < 3; k++) { b[k] = Math.min(b[k], pos[i + k]); b[k + 3] = Math.max(b[k + 3], pos[i + k]); }
+  }
+  return b;
+}
+
+const unite = (a, b) => [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[2], b[2]), Math.max(a[3], b[3])];
+
 export class Splat {
   /** @param {HTMLCanvasElement} canvas drawn at the session image's size (CSS scales it) */
   constructor(canvas) {
@@ -147,7 +160,8 @@ export class Splat {
     this.canvas.width = width;
     this.canvas.height = height;
     const d = sceneData(cloud);
-    this.data = { ...d, cloud, width, height };
+    this.data = { ...d, cloud, width, height, box: localBox(d.pos), z0max: d.z0.reduce((a, v) => Math.max(a, v), 0) };
+    this.lastRect = null;  // the next draw is a whole one
     if (this.kind === '2d') return this.setScene2d(image, mask, d, width, height);
     if (!this.gl) return;
     const gl = this.gl;
@@ -189,6 +203,14 @@ export class Splat {
     if (this.kind === '2d') return this.draw2d(matrix, [tanV * c.aspect, tanV], size);
     const gl = this.gl;
     if (!gl) return;
+    // the canvas keeps its pixels between draws: only where the object was or is now is redrawn
+    const rect = this.objectRect(matrix, [tanV * c.aspect, tanV], size);
+    const region = rect && this.lastRect ? unite(rect, this.lastRect) : null;
+    this.lastRect = rect;
+    if (region) {
+      gl.enable(gl.SCISSOR_TEST);
+      gl.scissor(region[0], region[1], region[2] - region[0], region[3] - region[1]);
+    }
     gl.viewport(0, 0, this.canvas.width, this.canvas.height);
     gl.enable(gl.DEPTH_TEST);
     gl.depthFunc(gl.LEQUAL);  // holes sit at the far plane (1.0), the cleared depth
@@ -215,7 +237,29 @@ export class Splat {
       gl.uniform1f(gl.getUniformLocation(p, 'uSize'), size);
       gl.drawArrays(gl.POINTS, 0, d.n);
     }
+    gl.disable(gl.SCISSOR_TEST);
+    this.redrawn = region ? ((region[2] - region[0]) * (region[3] - region[1])) / (this.canvas.width * this.canvas.height) : 1;
     if (sync) gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+  }
+
+  /** The canvas rectangle [x0, y0, x1, y1] (pixels, y up) that the moved object covers, or null. */
+  objectRect(m, tan, size) {
+    const d = this.data, b = d.box, w = this.canvas.width, h = this.canvas.height;
+    if (!d.n) return null;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity, zmin = Infinity;
+    for (let i = 0; i < 8; i++) {
+      const x = b[i & 1 ? 3 : 0], y = b[i & 2 ? 4 : 1], z = b[i & 4 ? 5 : 2];
+      const depth = -(m[2] * x + m[6] * y + m[10] * z + m[14]);
+      if (depth < 1e-4) return null;  // partly behind the camera: draw it all
+      const nx = (m[0] * x + m[4] * y + m[8] * z + m[12]) / (depth * tan[0]);
+      const ny = (m[1] * x + m[5] * y + m[9] * z + m[13]) / (depth * tan[1]);
+      x0 = Math.min(x0, nx); x1 = Math.max(x1, nx); y0 = Math.min(y0, ny); y1 = Math.max(y1, ny);
+      zmin = Math.min(zmin, depth);
+    }
+    const pad = Math.ceil((size * d.z0max) / zmin) + 2;  // the largest point's half size, and then some
+    const r = [Math.floor(((x0 + 1) / 2) * w) - pad, Math.floor(((y0 + 1) / 2) * h) - pad,
+      Math.ceil(((x1 + 1) / 2) * w) + pad, Math.ceil(((y1 + 1) / 2) * h) + pad];
+    return [Math.max(0, r[0]), Math.max(0, r[1]), Math.min(w, r[2]), Math.min(h, r[3])];
   }
 
   // ---------------------------------------------------------------- 2D canvas fallback
