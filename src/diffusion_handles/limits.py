@@ -15,6 +15,7 @@ KEYFRAMES = (1, 64)  # keyframes of an animation track
 OBJECTS = (1, 16)  # objects moved in one edit (an edits file, a web request)
 THREADS = (1, 1024)  # torch CPU threads (--threads)
 MARGIN = (1, 4096)  # a removal region's margin around the object, work-size pixels (--margin)
+PRESETS = ("default", "paper", "fast", "draft")  # named inversion + guidance settings (--preset; diffusion.config.preset)
 
 # ---- transforms ---------------------------------------------------------------------------------
 SCALE = (1e-3, 1e3)  # uniform scale about the centroid: outside this, a typo

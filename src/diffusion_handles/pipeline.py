@@ -49,6 +49,7 @@ from diffusion_handles.stages import (
     EditRequest,
     ObjectMove,
     edit_target,
+    effects,
     finish,
     geometry,
     guidance_targets,
@@ -336,6 +337,8 @@ class DiffusionHandles:
             prep = prepare(bb, inverted, request, guidance)
         with _timed(timings, "geometry"):
             geo = geometry(prep, guidance)
+        with _timed(timings, "effects"):
+            geo = effects(prep, geo, guidance)
         with _timed(timings, "targets"):
             tg = targets(bb, prep, geo, guidance)
         with _timed(timings, "sample"):

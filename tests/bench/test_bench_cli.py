@@ -86,6 +86,31 @@ def test_every_result_row_carries_its_cost_and_results_aggregate_it(run_dir):
     assert f"| {2 * n + k * until * 3} |" in row
 
 
+def test_ours_draft_inverts_on_its_own_and_is_charged_its_own_inversion(run_dir, tiny_model, tmp_path):
+    """``ours_draft`` (issue 35) has its own inversion (negative-prompt, a fifth of the steps),
+    computed once per edit beside the run's, and its rows carry that inversion's cost."""
+    out = tmp_path / "draft"
+    out.mkdir()
+    (out / "cases").symlink_to(run_dir / "cases")  # the same rendered cases
+    args = [a if a != "3" else "10" for a in ARGS]  # 10 steps: the draft runs 2
+    assert args[args.index("--steps") + 1] == "10"
+    assert main(["bench", "--model", str(tiny_model), *args, "--no-cycle", "--methods", "ours", "ours_draft",
+                 "reconstruction", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for e in res["edits"]:
+        ours, draft, rec = (e["methods"][k] for k in ("ours", "ours_draft", "reconstruction"))
+        assert ours["error"] is None and draft["error"] is None, (ours["error"], draft["error"])
+        assert draft["inversion"]["method"] == "negative-prompt" and draft["inversion"]["num_steps"] == 2
+        assert "inversion" not in ours  # the run's inversion (ddim, 10 steps)
+        assert ours["fwd_eq_inversion"] == rec["fwd_eq_inversion"] == 10 + 2 * 10
+        assert draft["fwd_eq_inversion"] == 2 + 2  # DDIM inversion, then the one-pass reconstruction
+        assert ours["fwd_eq"] == 2 * 10 + 3 * 8 * 3 and draft["fwd_eq"] == 2 + 2 * 3  # guided 8 of 10, 2 of 2
+        assert draft["config_key"] != ours["config_key"] and draft["seconds_inversion"] > 0
+    agg = res["aggregate"]
+    assert agg["ours_draft"]["fwd_eq_inversion"]["mean"] == 4 and agg["ours"]["fwd_eq_inversion"]["mean"] == 30
+    assert "ours_draft" in res["methods"]
+
+
 def test_rerun_resumes_and_adds_missing_methods(run_dir, tiny_model, capsys):
     edit_file = run_dir / "edits" / "s1000500.json"
     before = edit_file.stat().st_mtime_ns

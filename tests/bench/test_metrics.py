@@ -129,3 +129,55 @@ def test_lpips_is_never_computed_without_real_weights():
     assert why
     with pytest.raises(HandlesError, match="lpips"):
         LPIPS()
+
+
+def _shadow_scene():
+    """Grey textured floor; the input has a shadow at rows 4-8, the truth at rows 20-24 instead."""
+    rng = np.random.default_rng(1)
+    floor = 0.6 + rng.uniform(-0.1, 0.1, (H, W, 1)) * np.ones((1, 1, 3))
+    src, gt = floor.copy(), floor.copy()
+    src[4:8, 4:20] *= 0.5
+    gt[20:24, 4:20] *= 0.5
+    no = np.zeros((H, W), bool)
+    return src, gt, no
+
+
+def test_shadow_regions_split_by_the_sign_of_the_truth_change():
+    from diffusion_handles.bench.metrics import shadow_regions
+
+    src, gt, no = _shadow_scene()
+    old, new = shadow_regions(gt, src, no, no)
+    assert old[4:8, 4:20].all() and old.sum() == 4 * 16  # the truth is brighter where the old shadow was
+    assert new[20:24, 4:20].all() and new.sum() == 4 * 16
+
+
+def test_shadow_psnrs_score_a_kept_old_shadow_and_a_missing_new_one():
+    src, gt, no = _shadow_scene()
+    ex = [(gt, no), (src, no), (gt, no)]
+    perfect = edit_metrics(gt, gt, no, no, ex, source=src)
+    assert perfect["psnr_shadow_old"] == PSNR_CAP and perfect["psnr_shadow_new"] == PSNR_CAP
+    only_removed = src.copy()
+    only_removed[4:8, 4:20] = gt[4:8, 4:20]  # old shadow gone, new one not drawn
+    m = edit_metrics(only_removed, gt, no, no, ex, source=src)
+    assert m["psnr_shadow_old"] == PSNR_CAP and m["psnr_shadow_new"] < 25
+    m = edit_metrics(src, gt, no, no, ex, source=src)  # the input kept: both wrong
+    assert m["psnr_shadow_old"] < 25 and m["psnr_shadow_new"] < 25
+
+
+def test_sharpness_is_one_for_the_truth_below_for_a_blur_above_for_noise():
+    from scipy.ndimage import uniform_filter
+
+    from diffusion_handles.bench.metrics import sharpness_ratio
+
+    rng = np.random.default_rng(2)
+    gt = rng.uniform(0.2, 0.8, (H, W, 3))
+    region = np.zeros((H, W), bool)
+    region[8:24, 8:24] = True
+    assert sharpness_ratio(gt, gt, region) == pytest.approx(1.0)
+    blurred = uniform_filter(gt, size=(3, 3, 1), mode="nearest")
+    assert sharpness_ratio(blurred, gt, region) < 0.6
+    noisy = np.clip(gt + rng.normal(0, 0.1, gt.shape), 0, 1)
+    assert sharpness_ratio(noisy, gt, region) > 1.1
+    assert sharpness_ratio(gt, gt, np.zeros((H, W), bool)) is None
+    flat = np.full((H, W, 3), 0.5)
+    assert sharpness_ratio(flat, flat, region) is None

@@ -100,6 +100,23 @@ def test_presets_and_guidance_flags(inputs, tiny_model_dir, tmp_path):
     assert ev["forward"] + 2 * ev["backward"] <= 100  # the fast preset's budget per edit
 
 
+def test_draft_preset_runs(inputs, tiny_model_dir, tmp_path):
+    """``--preset draft`` (issue 35): its own 10 steps, negative-prompt inversion, one gradient
+    step; summary.json's cost is a tenth of the default's 442 per edit."""
+    out = tmp_path / "draft"
+    args = _args(inputs, tiny_model_dir, out, "--preset", "draft")
+    del args[args.index("--steps"):args.index("--steps") + 2]  # the preset's 10 steps
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    inv, g = s["config"]["inversion"], s["config"]["guidance"]
+    assert inv["method"] == "negative-prompt" and inv["num_steps"] == 10
+    assert g["grad_steps"] == 1 and g["guide_until"] == 8 and g["identity_transfer"] == 0.7 and g["composite"]
+    assert s["cost"]["fwd_eq"] == {"inversion": 10 + 10, "edit": 10 + 8 * 3, "total": 54}
+    assert 10 * s["cost"]["fwd_eq"]["edit"] <= 442
+    with Image.open(out / "edited.png") as im:
+        assert im.size == (20, 20)
+
+
 @pytest.mark.parametrize("change, needle", [
     (("--mask", "empty.png"), "--mask"),
     (("--depth", "mask.png"), "--depth"),

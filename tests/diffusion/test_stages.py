@@ -16,7 +16,7 @@ from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import HandleEdit
 from diffusion_handles.pipeline import CameraMove, ObjectMove, edit_target
 
-STAGES = ("prepare", "geometry", "targets", "sample", "finish")
+STAGES = ("prepare", "geometry", "effects", "targets", "sample", "finish")
 INV = InversionConfig(num_steps=3, method="negative-prompt")
 
 
@@ -60,7 +60,7 @@ def _edits(handles, inverted, scene):
 
 
 @pytest.mark.parametrize("kind", ["object", "camera", "objects", "remove"])
-def test_every_kind_runs_the_five_stages_once_in_order(handles, inverted, scene, spied, kind):
+def test_every_kind_runs_the_stages_once_in_order(handles, inverted, scene, spied, kind):
     out = _edits(handles, inverted, scene)[kind]()
     assert spied == [(stage, kind) for stage in STAGES]
     assert tuple(out.timings) == STAGES and all(t >= 0 for t in out.timings.values())

@@ -3,7 +3,7 @@
 Five edits on the shipped TinyWorld model, fixed scenes and seeds, 6 DDIM steps (2 null-text
 steps per timestep, 4 latent refinement steps after the encoder: the default code path, fewer
 iterations) with the default guidance (null-text inversion, normalized guidance, identity transfer warped in pixels,
-composite): one object moved and turned, two objects moved at once, a camera move, a removal and
+effects stage, detail-preserving finish, composite): one object moved and turned, two objects moved at once, a camera move, a removal and
 a 3-frame trajectory. Their edited images, edited depths and soft regions were recorded once in
 ``tests/data/pinned_edits.npz`` (regenerate deliberately with
 ``python tests/pipeline/test_pinned_edits.py --write`` when a change is *meant* to alter them).
@@ -11,7 +11,10 @@ a 3-frame trajectory. Their edited images, edited depths and soft regions were r
 Which bugs this catches: any change of behaviour anywhere in the edit path: the geometry (flow,
 z-buffer, edited depth), the guidance targets (a warped activation, a swapped mask, a dropped
 energy term), the sampler, the identity transfer, the composite, the removal region or the
-trajectory's interpolation.
+trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
+Recorded again on 2026-12-07 when the effects stage and the detail-preserving finish became the
+default (with ``GuidanceConfig(effects=False, keep_detail=False)`` the previous reference was
+reproduced exactly before that).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def _scene(seed: int, size: int):
     return scene, src, image, depth, masks
 
 
-def compute_all() -> dict[str, np.ndarray]:
-    """Run the five edits; ``{name/field: array}``."""
+def compute_all(guidance=None) -> dict[str, np.ndarray]:
+    """Run the five edits (``guidance``: a GuidanceConfig, default the library's); ``{name/field: array}``."""
     from diffusion_handles.animation import interpolate_keyframes
     from diffusion_handles.diffusion.config import InversionConfig
     from diffusion_handles.geometry.transform import HandleEdit
@@ -66,21 +69,21 @@ def compute_all() -> dict[str, np.ndarray]:
     scene, src, image, depth, masks = _scene(SCENE_SEED, size)
     turn = HandleEdit(translate=(0.4, 0.0, 0.3), rotate_axis=(0.0, 1.0, 0.0), rotate_deg=30.0)
     inv = dh.invert(image, src.caption, depth, masks[0], inversion=inv_cfg)
-    keep("object", dh.edit(inv, turn, fov_deg=scene.fov_deg, source_image=image))
+    keep("object", dh.edit(inv, turn, guidance=guidance, fov_deg=scene.fov_deg, source_image=image))
     frames = interpolate_keyframes([HandleEdit(), HandleEdit(translate=(-0.5, 0.0, 0.2))], 3)
     for i, e in enumerate(frames):
-        keep(f"trajectory{i}", dh.edit(inv, e, fov_deg=scene.fov_deg, source_image=image))
-    keep("remove", dh.remove(inv, source_image=image))
+        keep(f"trajectory{i}", dh.edit(inv, e, guidance=guidance, fov_deg=scene.fov_deg, source_image=image))
+    keep("remove", dh.remove(inv, guidance=guidance, source_image=image))
 
     union = torch.clamp(masks[0] + masks[1], 0, 1)
     inv2 = dh.invert(image, src.caption, depth, union, inversion=inv_cfg)
     two = [HandleEdit(translate=(0.3, 0.0, 0.0)), HandleEdit(translate=(-0.3, 0.0, 0.2), scale=1.2)]
-    keep("two_objects", dh.edit(inv2, [ObjectMove(m, t) for m, t in zip(masks[:2], two, strict=True)], fov_deg=scene.fov_deg,
+    keep("two_objects", dh.edit(inv2, [ObjectMove(m, t) for m, t in zip(masks[:2], two, strict=True)], guidance=guidance, fov_deg=scene.fov_deg,
                                 source_image=image))
 
     whole = torch.ones_like(masks[0])
     inv3 = dh.invert(image, src.caption, depth, whole, inversion=inv_cfg)
-    keep("camera", dh.edit(inv3, CameraMove(HandleEdit(translate=(0.2, 0.0, 0.1))), fov_deg=scene.fov_deg,
+    keep("camera", dh.edit(inv3, CameraMove(HandleEdit(translate=(0.2, 0.0, 0.1))), guidance=guidance, fov_deg=scene.fov_deg,
                            source_image=image))
     return out
 

@@ -39,7 +39,7 @@ from diffusion_handles.errors import HandlesError
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PATH_KEYS = ("image", "mask", "depth", "background_depth")
 CHOICES = {
-    "preset": ("default", "paper", "fast"),
+    "preset": limits.PRESETS,
     "inversion": ("null-text", "ddim", "negative-prompt"),
     "device": ("cpu", "cuda"),
     "dtype": ("float32", "float16", "bfloat16"),

@@ -2,8 +2,11 @@
 
 Every diffusion method is *one* pipeline (:class:`~diffusion_handles.pipeline.DiffusionHandles`)
 with a different :class:`~diffusion_handles.diffusion.config.GuidanceConfig`; the image is
-inverted once per scene and the inversion is reused by all of them. Methods whose resolved
-configurations coincide (e.g. ``layers_cyclic`` and ``stop38`` are ``ours``) are computed once.
+inverted once per scene and per distinct inversion configuration: most methods share the run's
+(``--inversion``, ``--steps``), a method that names its own (``ours_draft``: fewer steps,
+negative-prompt inversion) gets its own, and each row is charged the inversion it used
+(``fwd_eq_inversion``). Methods whose resolved configurations coincide (e.g. ``layers_cyclic``
+and ``stop38`` are ``ours``) are computed once.
 
 Step counts in names refer to the paper's 50-step schedule; with fewer steps they are scaled
 (``stop20`` guides the first ``round(20 * N / 50)`` of ``N`` steps).
@@ -27,8 +30,11 @@ class Method:
         kind: ``"diffusion"`` (the pipeline with :attr:`guidance`), ``"warp"`` (no diffusion) or
             ``"reconstruction"`` (the shared inversion's reconstruction, no edit: a reference).
         description: one line for the report.
-        overrides: ``num_steps -> dict`` of GuidanceConfig fields that differ from the defaults.
+        overrides: ``num_steps -> dict`` of GuidanceConfig fields that differ from the defaults
+            (``num_steps``: the method's own, :meth:`inversion_config`).
         group: where it sits in the table ("main", "ablation: ...").
+        inversion: ``None`` (the run's inversion, shared) or ``run's num_steps -> dict`` of
+            InversionConfig fields that differ from the run's: the method inverts on its own.
     """
 
     name: str
@@ -36,6 +42,14 @@ class Method:
     description: str
     overrides: Callable[[int], dict] = lambda n: {}
     group: str = "main"
+    inversion: Callable[[int], dict] | None = None
+
+    def inversion_config(self, base):
+        """The :class:`InversionConfig` this method uses: the run's ``base``, or ``base`` with
+        the method's own fields (:attr:`inversion`)."""
+        if self.inversion is None:
+            return base
+        return dataclasses.replace(base, **self.inversion(base.num_steps))
 
     def guidance(self, num_steps: int):
         """The :class:`GuidanceConfig` of this method for a ``num_steps`` schedule.
@@ -55,6 +69,27 @@ class Method:
         return GuidanceConfig(**over)
 
 
+def _changed(config, default) -> dict:
+    """The fields of dataclass ``config`` whose values differ from ``default``'s."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(default, f.name)}
+
+
+def _draft_inversion(n: int) -> dict:
+    """The draft preset's inversion fields for a run of ``n`` steps (its steps scaled as ``n / 50``)."""
+    from diffusion_handles.diffusion.config import InversionConfig, draft_steps, preset
+
+    inversion = preset("draft", draft_steps(n))[0]
+    return {**_changed(inversion, InversionConfig()), "num_steps": inversion.num_steps}
+
+
+def _draft_guidance(n: int) -> dict:
+    """The draft preset's guidance fields that differ from the defaults, for its ``n`` steps."""
+    from diffusion_handles.diffusion.config import GuidanceConfig, preset
+
+    return _changed(preset("draft", n)[1], GuidanceConfig())
+
+
 def _stop(k: int) -> Callable[[int], dict]:
     return lambda n: {"guide_until": int(round(k * n / 50))}
 
@@ -65,8 +100,12 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours", "diffusion", "the default: normalized guidance (scale-free energies, noise-relative steps), "
            "local G_o + G_b, cyclic layers 3/2/both until step 38/50, identity transfer at step 35/50 (warped in "
            "pixels), input kept outside the edit region"),
+    Method("ours_draft", "diffusion", "the draft preset (--preset draft): its own negative-prompt inversion on a "
+           "fifth of the steps (10 of 50), guidance with one gradient step, identity transfer and composite as ours",
+           _draft_guidance, inversion=_draft_inversion),
     Method("paper", "diffusion", "the paper exactly: raw energies, 3 steps of 0.1 on the latent, no composite",
-           lambda n: {"mode": "paper", "composite": False, "identity_transfer": None}),
+           lambda n: {"mode": "paper", "composite": False, "identity_transfer": None, "effects": False,
+                      "keep_detail": False}),
     Method("ours_no_composite", "diffusion", "ours without the pixel composite (the generation everywhere)",
            lambda n: {"composite": False}, "preservation"),
     Method("ours_blend", "diffusion", "ours + latent blending with the inversion outside the edit region",
@@ -77,6 +116,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            lambda n: {"transfer_source": "latent"}, "preservation"),
     Method("ours_back", "diffusion", "ours with the object's mirrored back in the edited depth",
            lambda n: {"complete_back": True}, "preservation"),
+    Method("ours_no_effects", "diffusion", "ours without the effects stage (no shadows found, lifted or cast)",
+           lambda n: {"effects": False}, "effects"),
+    Method("ours_plain_finish", "diffusion", "ours before the effects stage and the detail finish: the generation "
+           "fills the whole edit region (the previous default)",
+           lambda n: {"effects": False, "keep_detail": False}, "effects"),
     Method("ours_normalized_only", "diffusion", "the normalized guidance alone: no transfer, no composite",
            lambda n: {"identity_transfer": None, "composite": False}, "preservation"),
     Method("warp_only", "warp", "the 3D preview (image warped by the 3D flow), holes filled by OpenCV Telea inpainting"),
@@ -84,7 +128,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "no edit: the inversion's reconstruction of the input (what the model keeps of the image; "
            "its cycle error is the identity floor of every diffusion method)"),
     Method("depth_only", "diffusion", "regenerate from the inverted noise with the edited depth, no activation guidance",
-           lambda n: {"grad_steps": 0, "composite": False, "identity_transfer": None}),
+           lambda n: {"grad_steps": 0, "composite": False, "identity_transfer": None, "effects": False}),
     Method("averaged_guidance", "diffusion", "G_o on masked means of the activations (stand-in for Diffusion Self-Guidance)",
            lambda n: {"object_guidance": "averaged"}),
     Method("layer2_only", "diffusion", "guide decoder layer 2 only, every guided step",
@@ -121,7 +165,8 @@ def resolve_methods(names: list[str] | None) -> list[Method]:
 
 def record_all_guidance(num_steps: int):
     """A GuidanceConfig whose recording plan covers every (layer, step) any method guides:
-    both guided layers at every step. Used for the one inversion per scene."""
+    both guided layers at every step. Used for the inversions of a scene (one per inversion
+    configuration)."""
     from diffusion_handles.diffusion.config import GuidanceConfig
 
     return GuidanceConfig(layer_cycle=((0, 1),), guide_until=num_steps)

@@ -22,31 +22,39 @@ COLUMNS = (
     ("ssim_obj", "SSIM obj ↑", True),
     ("ssim_bg", "SSIM bg ↑", True),
     ("cycle_l1_obj", "E_L1 cycle obj x10 ↓", False),
+    ("psnr_shadow_old", "PSNR old shadow ↑", True),
+    ("psnr_shadow_new", "PSNR new shadow ↑", True),
+    ("sharpness_edit", "sharpness edit (1 = truth)", True),
 )
 REFERENCES = ("ground_truth", "input")
+# the cost of an edit, per method: UNet forward-equivalents (a backward counts 2) and seconds of the edit,
+# and of the inversion it used
+COST = ("fwd_eq", "seconds", "fwd_eq_inversion", "seconds_inversion")
 
 
 def aggregate(records: list[dict], method_names: list[str]) -> dict:
-    """``{row: {metric: {"mean","lo","hi","n"}, "ok": int, "failed": int, "seconds": float}}``
-    over edits, for every method and the two reference rows."""
+    """``{row: {metric: {"mean","lo","hi","n"}, "ok": int, "failed": int, "seconds_total": float}}``
+    over edits, for every method and the two reference rows. The metrics include the cost per
+    edit (:data:`COST`: ``fwd_eq``, ``seconds``, ``fwd_eq_inversion``, ``seconds_inversion``;
+    ``n`` is 0 for rows without one); ``seconds_total``: the wall time the rows took in all."""
     out: dict[str, dict] = {}
     for name in list(method_names) + list(REFERENCES):
         entries = []
         failed = 0
-        seconds = 0.0
+        total = 0.0
         for r in records:
             e = (r.get("references") or {}).get(name) if name in REFERENCES else r.get("methods", {}).get(name)
             if e is None:
                 if r.get("error"):
                     failed += 1
                 continue
-            seconds += float(e.get("seconds") or 0.0)
+            total += float(e.get("seconds_total", e.get("seconds")) or 0.0)
             if e.get("error"):
                 failed += 1
             else:
                 entries.append(e)
-        row = {key: bootstrap_ci([e.get(key) for e in entries]) for key, _, _ in COLUMNS}
-        row.update(ok=len(entries), failed=failed, seconds=seconds)
+        row = {key: bootstrap_ci([e.get(key) for e in entries]) for key in (*(k for k, _, _ in COLUMNS), *COST)}
+        row.update(ok=len(entries), failed=failed, seconds_total=total)
         out[name] = row
     return out
 
@@ -60,20 +68,24 @@ def _fmt(ci: dict, digits: int = 3) -> str:
 def table_rows(results: dict, key: str = "aggregate") -> tuple[list[str], list[list[str]]]:
     """Header and rows (strings) of the Table-2-like summary of ``results[key]``."""
     agg = results[key]
-    header = ["method", *[h for _, h, _ in COLUMNS], "ok/failed"]
+    header = ["method", *[h for _, h, _ in COLUMNS], "UNet fwd-eq / edit", "s / edit", "ok/failed"]
     rows = []
     for name in list(results["methods"]) + list(REFERENCES):
         if name not in agg:
             continue
         a = agg[name]
         label = name if name not in REFERENCES else f"({name.replace('_', ' ')})"
-        digits = {k: 2 for k in ("psnr_obj", "psnr_bg", "psnr_full", "psnr_effects", "psnr_disocc")}
+        digits = {k: 2 for k in ("psnr_obj", "psnr_bg", "psnr_full", "psnr_effects", "psnr_disocc",
+                                 "psnr_shadow_old", "psnr_shadow_new")}
         cells = []
         for key, _, _ in COLUMNS:
             if key == "lpips" and a[key]["mean"] is None:
                 cells.append("n/a")
             else:
                 cells.append(_fmt(a[key], digits.get(key, 3)))
+        for key, digits_ in (("fwd_eq", 0), ("seconds", 2)):
+            mean = (a.get(key) or {}).get("mean")
+            cells.append("n/a" if mean is None or name in REFERENCES else f"{mean:.{digits_}f}")
         rows.append([label, *cells, f"{a['ok']}/{a['failed']}"])
     return header, rows
 

@@ -271,8 +271,8 @@ class _CaseWork:
     done: dict  # {name: entry} finished before this call
     out: dict = field(default_factory=dict)  # {name: entry} of this call
     by_config: dict = field(default_factory=dict)  # resolved config -> first method name that ran it
-    inverted: Any = None  # the input's inversion, once a method needed it
-    inversion_seconds: float = 0.0  # its wall time
+    inversions: dict = field(default_factory=dict)  # inversion config (JSON) -> the input's inversion with it
+    inversion_seconds: dict = field(default_factory=dict)  # the same key -> that inversion's wall time
 
 
 class CaseRunner:
@@ -298,9 +298,11 @@ class CaseRunner:
                                null_inner_steps=self.cfg.null_inner_steps, null_lr=self.cfg.null_lr,
                                encode_refine_steps=self.cfg.encode_refine_steps)
 
-    def _invert(self, image, prompt, depth, mask):
-        return self.pipe.invert(image, prompt, depth, mask, inversion=self._inversion_config(),
-                                guidance=record_all_guidance(self.cfg.steps), seed=0)
+    def _invert(self, image, prompt, depth, mask, inversion=None):
+        """Invert with ``inversion`` (default: the run's), recording every (layer, step) a method may guide."""
+        inversion = inversion or self._inversion_config()
+        return self.pipe.invert(image, prompt, depth, mask, inversion=inversion,
+                                guidance=record_all_guidance(inversion.num_steps), seed=0)
 
     def run(self, case: Case, methods: list[Method], done: dict, img_dir: Path, on_method=None) -> dict:
         """Results of ``methods`` on ``case`` not already in ``done`` (``{name: entry}``).
@@ -354,11 +356,15 @@ class CaseRunner:
                 entry.update(edit_cost(), seconds=time.perf_counter() - t0, config_key="warp")
             elif m.kind == "reconstruction":
                 edited, cycled = self._reconstruction(work)
-                entry.update(edit_cost(None, work.inverted, work.inversion_seconds), config_key="reconstruction")
+                entry.update(edit_cost(None, *self._inverted(work, with_seconds=True)), config_key="reconstruction")
             else:
-                guidance = m.guidance(self.cfg.steps)
+                inversion = m.inversion_config(self._inversion_config())
+                guidance = m.guidance(inversion.num_steps)
                 resolved = guidance.to_dict()
-                resolved["guide_until"] = guidance.resolved_guide_until(self.cfg.steps)
+                resolved["guide_until"] = guidance.resolved_guide_until(inversion.num_steps)
+                if m.inversion is not None:  # its own inversion (the shared one keeps the keys of older runs)
+                    resolved["inversion"] = inversion.to_dict()
+                    entry["inversion"] = inversion.to_dict()
                 key = json.dumps(resolved, sort_keys=True)
                 entry["config_key"] = key
                 entry["config"] = guidance.to_dict()
@@ -369,7 +375,7 @@ class CaseRunner:
                     entry["same_as"] = work.by_config[key]  # its cost is its twin's; none was spent here
                     entry["seconds_total"] = 0.0
                     return entry
-                edited, cycled = self._guided(work, guidance, entry)
+                edited, cycled = self._guided(work, guidance, entry, inversion)
                 work.by_config.setdefault(key, m.name)
             self._score(work, m.name, edited, cycled, entry)
         except Exception as e:  # recorded, not fatal
@@ -388,40 +394,46 @@ class CaseRunner:
             cycled = warp_only(edited, d_edit, m_edit, work.inverse, clean_depth, case.fov_deg)[0]
         return edited, cycled
 
-    def _inverted(self, work: _CaseWork):
-        """The inversion of the case's input, computed once for all its methods."""
-        if work.inverted is None:
+    def _inverted(self, work: _CaseWork, inversion=None, *, with_seconds: bool = False):
+        """The inversion of the case's input with ``inversion`` (an ``InversionConfig``; default:
+        the run's), computed once per configuration for all the case's methods; with
+        ``with_seconds``, ``(inversion, its wall time)``."""
+        inversion = inversion or self._inversion_config()
+        key = json.dumps(inversion.to_dict(), sort_keys=True)
+        if key not in work.inversions:
             t0 = time.perf_counter()
-            work.inverted = self._invert(work.image, work.case.caption, work.depth, work.mask)
-            work.inversion_seconds = time.perf_counter() - t0
-        return work.inverted
+            work.inversions[key] = self._invert(work.image, work.case.caption, work.depth, work.mask, inversion)
+            work.inversion_seconds[key] = time.perf_counter() - t0
+        return (work.inversions[key], work.inversion_seconds[key]) if with_seconds else work.inversions[key]
 
     def _reconstruction(self, work: _CaseWork):
-        """``(edited, cycled or None)`` of the identity edit: the inversion's reconstruction."""
+        """``(edited, cycled or None)`` of the identity edit: the run's inversion's reconstruction."""
         inverted, image = self._inverted(work), work.image
         edited = self.pipe.backbone.resize_to_work(inverted.reconstruction.float().cpu(), tuple(image.shape[-2:]))
         cycled = edited if self.cfg.cycle else None  # the identity edit's "cycle"
         return edited, cycled
 
-    def _guided(self, work: _CaseWork, guidance, entry: dict):
-        """``(edited, cycled or None)`` of a guided edit (and its inverse edit for the cycle);
-        adds ``g_o_end``, ``unet_evals`` and the edit's cost (:func:`edit_cost`, the forward
-        edit only: not the cycle's) to ``entry``."""
-        inverted = self._inverted(work)
+    def _guided(self, work: _CaseWork, guidance, entry: dict, inversion=None):
+        """``(edited, cycled or None)`` of a guided edit of the inversion with ``inversion`` (an
+        ``InversionConfig``; default: the run's), and its inverse edit for the cycle; adds
+        ``g_o_end``, ``unet_evals`` and the edit's cost (:func:`edit_cost`: the forward edit and
+        the inversion it used, not the cycle's) to ``entry``."""
+        inversion = inversion or self._inversion_config()
+        inverted, inversion_seconds = self._inverted(work, inversion, with_seconds=True)
         case, image, clean_depth, inverse = work.case, work.image, work.clean_depth, work.inverse
         res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
                              fov_deg=case.fov_deg, source_image=image)
         edited, cycled = res.edited, None
-        end = guidance.resolved_guide_until(self.cfg.steps) - 1  # the last step the default guides
+        end = guidance.resolved_guide_until(inversion.num_steps) - 1  # the last step the default guides
         if end in res.monitor:
             entry["g_o_end"] = res.monitor[end]["G_o_rel"]
         entry["unet_evals"] = res.unet_evals.get("edit", {})
-        entry.update(edit_cost(res, inverted, work.inversion_seconds))
+        entry.update(edit_cost(res, inverted, inversion_seconds))
         if self.cfg.cycle:
             m_edit = (res.edited_mask > 0.5).float()
             if not bool(m_edit.any()):
                 raise HandlesError("cycle: the edited object mask is empty, the inverse edit has no object")
-            inv2 = self._invert(edited.clamp(0, 1), case.caption, res.edited_depth, m_edit)
+            inv2 = self._invert(edited.clamp(0, 1), case.caption, res.edited_depth, m_edit, inversion)
             back = self.pipe.edit(inv2, inverse, guidance=guidance, background_depth=clean_depth,
                                   fov_deg=case.fov_deg, source_image=edited.clamp(0, 1))
             cycled = back.edited

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"horizontal field of view in degrees (default {DEFAULT_FOV_DEG:g}, Sec. 5.1)")
     p.add_argument("--model", default="stabilityai/stable-diffusion-2-depth", metavar="ID_OR_DIR",
                    help="hub id, local diffusers folder, or 'tinyworld' (default stabilityai/stable-diffusion-2-depth)")
-    p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
+    p.add_argument("--preset", default="default", choices=list(limits.PRESETS),
                    help="method settings as in handles edit (default: default; fast: 20 steps, one gradient step)")
     p.add_argument("--steps", default=None, metavar="N",
                    help=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] (default: the preset's)")

@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="edits beyond one object, instead of the object edits: camera (a moved camera), remove (an "
                         "object removed), multi (two objects moved in one pass), comma-separated; --scenes cases of "
                         "each, methods ours and warp_only; written to kinds_results.json (default: object edits)")
-    p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
+    p.add_argument("--preset", default="default", choices=list(limits.PRESETS),
                    help="with --kinds: the guidance settings of handles edit's preset (--steps and --inversion still "
                         "apply; default: default)")
     add_out_args(p, help="output folder; a folder holding a bench run of the same settings is resumed")

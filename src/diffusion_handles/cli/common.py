@@ -368,3 +368,11 @@ def cost_summary(inv, outs: list, inversion_seconds: float) -> dict:
         "seconds": {"inversion": inversion_seconds if not inv.cache_hit else 0.0,
                     "inversion_stages": inv_s, "edit": sum(edit_s.values()), "edit_stages": edit_s},
     }
+
+
+def effects_summary(out) -> dict:
+    """What the effects stage found: the light's direction (camera axes: x right, y down, z
+    forward; the way the light travels) or ``None``, and the effects region's size in pixels."""
+    light = None if out.light is None else [round(float(v), 4) for v in out.light]
+    return {"light_direction": light, "region_pixels": int((out.effects > 0.5).sum()),
+            "file": "effects_region.png"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffusion_handles import limits
-from diffusion_handles.cli.common import SEED_MAX, add_out_args
+from diffusion_handles.cli.common import SEED_MAX, add_out_args, effects_summary
 from diffusion_handles.cli.inputs import add_edit_input_args
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "down, for the shadow)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                    help=f"hub id, local diffusers folder, or 'tinyworld' (default {DEFAULT_MODEL})")
-    p.add_argument("--preset", default="default", choices=["default", "paper", "fast"],
+    p.add_argument("--preset", default="default", choices=list(limits.PRESETS),
                    help="inversion and guidance settings as in handles edit (fast: 20 steps, one gradient step)")
     p.add_argument("--steps", default=None, metavar="N",
                    help=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] (default: the preset's)")
@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
 
     summary["cost"] = cost_summary(inv, [out], t_invert)
     _write(args.out, image, mask, out, prepared, summary)
-    files = ["removed.png", "reconstruction.png", "region.png", "mask.png", "background_depth.png",
+    files = ["removed.png", "reconstruction.png", "region.png", "effects_region.png", "mask.png", "background_depth.png",
              "background_depth.npy", "comparison.png", *(["depth.npy"] if prepared is not None else []), "summary.json"]
     state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({inversion.method})"
     print(f"removal written to {args.out} in {time.perf_counter() - t_start:.1f} s ({state}; removal "
@@ -154,6 +154,7 @@ def _summary(args: argparse.Namespace, bb, inv, out, mask, prepared, settings: d
         "inversion": {"cache_hit": inv.cache_hit, "key": inv.key, "cache_dir": args.cache},
         "timings_s": {**timings, **{f"remove_{k}": v for k, v in out.timings.items()}},
         "unet_evals": {"inversion": {} if inv.cache_hit else inv.unet_evals, "remove": out.unet_evals},
+        "effects": effects_summary(out),
     }
     if prepared is not None:
         summary["perception"] = {**prepared.info, "depth_kind": prepared.depth_kind, "candidates": prepared.candidates}
@@ -174,6 +175,7 @@ def _write(out_dir: str, image, mask, out, prepared, summary: dict) -> None:
         save_image(tmp / "removed.png", out.edited)
         save_image(tmp / "reconstruction.png", out.reconstruction)
         save_image(tmp / "region.png", out.region)
+        save_image(tmp / "effects_region.png", out.effects)
         save_image(tmp / "mask.png", mask)
         depth_rgb = colorize_depth(out.edited_depth)
         save_image(tmp / "background_depth.png", depth_rgb)

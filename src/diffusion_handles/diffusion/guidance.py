@@ -4,7 +4,7 @@
   (Eq. 6), the masks ``M'_o`` / ``M'_b`` per layer, the energy weights and the step rule; plus
   the optional latent preservation (blending with the inversion's trajectory outside the edit
   region, identity transfer of the object's latents at one step). Built by
-  :func:`diffusion_handles.stages.s3_targets.guidance_targets`.
+  :func:`diffusion_handles.stages.s4_targets.guidance_targets`.
 * :func:`guided_update`: the ``grad_steps`` gradient steps of one guided timestep.
 * :func:`latent_update`: the two step rules (``GuidanceConfig.mode``):
 

@@ -28,6 +28,7 @@ from diffusion_handles.geometry import (
     render_preview,
     warp,
 )
+from diffusion_handles.geometry.shadow import Effects
 from diffusion_handles.geometry.transform import HandleEdit
 from diffusion_handles.stages.s1_prepare import Prepared
 
@@ -49,6 +50,7 @@ class Geometry:
         preview: (C = 3) the instant preview: the input warped by the flow, holes magenta.
         edited_mask: ``M'_o`` (C = 1): where the moved object lands (empty for a removal).
         valid: ``M_v`` (C = 1): pixels the flow fills (for a removal: outside the region).
+        effects: the object's old and new shadows (stage 3, :mod:`.s3_effects`); ``None`` before it.
     """
 
     flow: EditGeometry | None
@@ -59,6 +61,7 @@ class Geometry:
     preview: torch.Tensor
     edited_mask: torch.Tensor
     valid: torch.Tensor
+    effects: Effects | None = None
 
 
 def geometry(prep: Prepared, guidance: GuidanceConfig) -> Geometry:

@@ -132,7 +132,9 @@ class EditBenchRunner:
             return out
         win, image, depth, mask, background, _, edit = self.inputs(case)
         y0, y1, x0, x1 = win.box
-        inverted = None
+        run_inversion = InversionConfig(method=self.cfg.inversion, num_steps=self.cfg.steps,
+                                        null_inner_steps=self.cfg.null_inner_steps)
+        inversions: dict = {}  # one inversion per configuration (ours_draft has its own)
         for m in todo:
             t0 = time.perf_counter()
             entry: dict = {"method": m.name, "error": None, "edit": edit.to_dict(), "fov_deg": win.fov_deg,
@@ -142,17 +144,18 @@ class EditBenchRunner:
                 if m.kind == "warp":
                     edited = warp_only(image, depth, mask, edit, background, win.fov_deg)[0]
                 else:
-                    if inverted is None:
+                    inv_cfg = m.inversion_config(run_inversion) if m.kind == "diffusion" else run_inversion
+                    key = repr(inv_cfg)
+                    if key not in inversions:
                         prompt = case.caption if case.caption is not None else self.cfg.prompt
-                        inv_cfg = InversionConfig(method=self.cfg.inversion, num_steps=self.cfg.steps,
-                                                  null_inner_steps=self.cfg.null_inner_steps)
-                        inverted = self.pipe.invert(image, prompt, depth, mask, inversion=inv_cfg,
-                                                    guidance=record_all_guidance(self.cfg.steps), seed=0)
+                        inversions[key] = self.pipe.invert(image, prompt, depth, mask, inversion=inv_cfg,
+                                                           guidance=record_all_guidance(inv_cfg.num_steps), seed=0)
+                    inverted = inversions[key]
                     if m.kind == "reconstruction":
                         edited = self.pipe.backbone.resize_to_work(inverted.reconstruction.float().cpu(),
                                                                    tuple(image.shape[-2:]))
                     else:
-                        res = self.pipe.edit(inverted, edit, guidance=m.guidance(self.cfg.steps),
+                        res = self.pipe.edit(inverted, edit, guidance=m.guidance(inv_cfg.num_steps),
                                              background_depth=background, fov_deg=win.fov_deg, source_image=image)
                         edited = res.edited
                 full = case.image1.copy()

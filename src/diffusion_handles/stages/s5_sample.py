@@ -1,4 +1,4 @@
-"""Stage 4 of an edit: the guided generation (Eq. 3) conditioned on the edited depth ``d'``.
+"""Stage 5 of an edit: the guided generation (Eq. 3) conditioned on the edited depth ``d'``.
 
 The sampler itself is :func:`diffusion_handles.diffusion.sampler.sample`, a plain function of
 (denoiser, starting latent, plan, callback); this stage builds the denoiser for the edit (the
@@ -20,12 +20,12 @@ from diffusion_handles.diffusion.sampler import sample as run_sampler
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.stages.s1_prepare import Prepared
 from diffusion_handles.stages.s2_geometry import Geometry
-from diffusion_handles.stages.s3_targets import Targets
+from diffusion_handles.stages.s4_targets import Targets
 
 
 @dataclass
 class Sampled:
-    """Stage 4's output.
+    """Stage 5's output.
 
     Attributes:
         latent: ``(1, c, h, w)`` the generated clean latent (finite).
@@ -42,7 +42,7 @@ class Sampled:
 
 def sample(backbone: Backbone, prep: Prepared, geo: Geometry, tg: Targets, *, progress: bool = True,
            callback: Callable[[dict], None] | None = None) -> Sampled:
-    """Stage 4: DDIM from ``tg.x_T`` with classifier-free guidance and the plan's guidance;
+    """Stage 5: DDIM from ``tg.x_T`` with classifier-free guidance and the plan's guidance;
     ``callback`` receives ``{"step", "total", "x", "energies"}`` after each step."""
     inv = prep.inverted
     counter = backbone.counter

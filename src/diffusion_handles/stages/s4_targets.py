@@ -1,4 +1,4 @@
-"""Stage 3 of an edit: what the guided generation follows, and the latent it starts from.
+"""Stage 4 of an edit: what the guided generation follows, and the latent it starts from.
 
 For every recorded ``(layer, step)``: the target ``Psi' = W[rho(Psi), F]`` (Eq. 6, bilinear
 ``rho``, the flow evaluated at that layer's resolution), per layer the masks of the object term
@@ -30,6 +30,7 @@ from diffusion_handles.geometry import (
     latent_region,
     warp,
 )
+from diffusion_handles.geometry.shadow import Effects
 from diffusion_handles.stages.s1_prepare import Prepared
 from diffusion_handles.stages.s2_geometry import Geometry
 
@@ -40,7 +41,7 @@ FollowRule = Callable[[tuple[int, int], torch.Tensor], tuple[torch.Tensor, torch
 
 @dataclass
 class Targets:
-    """Stage 3's output.
+    """Stage 4's output.
 
     Attributes:
         plan: the guide plan (targets, masks, weights, step rule, latent preservation).
@@ -54,15 +55,17 @@ class Targets:
 
 
 def targets(backbone: Backbone, prep: Prepared, geo: Geometry, guidance: GuidanceConfig) -> Targets:
-    """Stage 3 for ``prep.request.kind``: a removal follows the input's own activations outside
+    """Stage 4 for ``prep.request.kind``: a removal follows the input's own activations outside
     its region; every other kind the activations warped by its flow."""
     inv = prep.inverted
     if geo.flow is None:
         return _removal_targets(prep, geo, guidance)
-    plan = guidance_targets(inv, geo.flow, guidance, prep.schedule_layers, tuple(inv.x_T.shape[-2:]))
+    fx = geo.effects if geo.effects is not None and geo.effects.any else None
+    shadows = None if fx is None else fx.region.to(inv.x_T.device)
+    plan = guidance_targets(inv, geo.flow, guidance, prep.schedule_layers, tuple(inv.x_T.shape[-2:]), shadows)
     if plan.transfer is not None and guidance.transfer_source == "pixels":
         alpha = backbone.schedule(inv.config.num_steps).alpha[plan.transfer_step]
-        plan.transfer = pixel_transfer(backbone, inv, geo.flow, plan, alpha)
+        plan.transfer = pixel_transfer(backbone, inv, geo.flow, plan, alpha, fx)
     return Targets(plan, inv.x_T)
 
 
@@ -84,7 +87,8 @@ def follow(inverted: InvertedImage, guidance: GuidanceConfig, rule: FollowRule, 
 
 
 def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: GuidanceConfig,
-                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int]) -> GuidePlan:
+                     schedule_layers: list[tuple[int, ...]], latent_hw: tuple[int, int],
+                     shadows: torch.Tensor | None = None) -> GuidePlan:
     """The guide plan of an edit with a flow (Sec. 5.1-5.2).
 
     Per layer ``M'_o = W[M_o, F] * M_v`` and ``M'_b = (1 - M'_o) * M_v`` (holes excluded from both
@@ -97,6 +101,9 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
         geom: the edit's geometry at the work size.
         guidance: the configuration; schedule_layers: per step, the up-blocks to guide.
         latent_hw: the latent grid ``(h, w)``.
+        shadows: ``(1, 1, H, W)`` in [0, 1], the old and new shadows (stage 3), or ``None``: their
+            feature cells leave ``M'_b`` (Eq. 9 would pull them back to the input's shading) and
+            join the identity transfer's cells.
     """
     camera = geom.whole_scene
     per_res: dict = {}
@@ -112,6 +119,8 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
             return target, m_obj, torch.zeros_like(m_obj)
         per_object = geom.object_masks_at(*hw) if isinstance(geom, MultiEditGeometry) else fe.edited_mask
         m_bg = ((1.0 - fe.edited_mask.float()) * fe.valid.float()).to(psi.device)  # M'_b, Sec. 5.1
+        if shadows is not None:
+            m_bg = m_bg * (1.0 - _cells(shadows, hw).to(psi.device))
         return target, per_object.float().to(psi.device), m_bg
 
     plan = follow(inverted, guidance, warped, schedule_layers)
@@ -125,7 +134,14 @@ def guidance_targets(inverted: InvertedImage, geom: EditGeometry, guidance: Guid
         _blend(plan, inverted, latent_region(hard, latent_hw).float())
     if k is not None:
         _transfer(plan, inverted, geom, k, latent_hw)
+        if shadows is not None:
+            plan.transfer_mask = torch.maximum(plan.transfer_mask, _cells(shadows, latent_hw).to(plan.transfer_mask))
     return plan
+
+
+def _cells(m: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``(1, 1, h, w)`` in {0, 1}: the cells of an ``h x w`` grid that touch ``m > 0.5`` ``(1, 1, H, W)``."""
+    return (F.adaptive_max_pool2d((m.float() > 0.5).float(), hw) > 0.5).float()
 
 
 def _need_trajectory(inverted: InvertedImage) -> None:
@@ -195,7 +211,8 @@ def _encoded_mode(bb: Backbone, inverted: InvertedImage, image: torch.Tensor) ->
     return inverted.memo[key]
 
 
-def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan, alpha: float) -> torch.Tensor:
+def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan, alpha: float,
+                   shadows: Effects | None = None) -> torch.Tensor:
     """The identity-transfer latent with its clean part warped in pixels instead of latents.
 
     DDIM's latent at the transfer step is ``x_k = sqrt(a_k) x0 + sqrt(1 - a_k) eps`` (Song et al.
@@ -207,7 +224,9 @@ def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan,
 
     with ``E`` the VAE encoder (mode, the inversion's latent refinement) and the holes of
     ``W_px[I]`` filled with ``D(W[E(I)])``, so they change little (by the round trip's error). An
-    identity edit returns ``plan.transfer`` unchanged.
+    identity edit returns ``plan.transfer`` unchanged. With ``shadows`` (stage 3), the warped
+    image has the old shadow lifted and the new one cast before it is encoded, so the cells of
+    both shadows start the last steps from the shadow-moved input.
 
     Args:
         bb: the backbone (its VAE); inverted: the inversion (``image (1, 3, H, W)`` at the work size;
@@ -215,6 +234,7 @@ def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan,
         geom: the edit's geometry at the work size (``source (1, 2, H, W)``, ``valid (1, 1, H, W)``).
         plan: the guide plan with ``plan.transfer (1, c, h, w)`` set.
         alpha: ``alphas_cumprod`` at the transfer step's timestep.
+        shadows: the edit's :class:`~diffusion_handles.geometry.shadow.Effects`, or ``None``.
 
     Returns:
         ``(1, c, h, w)`` float32, the corrected transfer latent.
@@ -228,5 +248,7 @@ def pixel_transfer(bb: Backbone, inverted: InvertedImage, geom, plan: GuidePlan,
     warped_px = warp(image, geom.source.float().to(device))
     valid = geom.valid.float().to(device)
     filled = warped_px * valid + bb.decode(warped_z).to(device) * (1.0 - valid)
+    if shadows is not None:
+        filled = shadows.apply(filled)
     z = bb.encode_image(filled, refine_steps=steps).float().to(device)
     return plan.transfer + alpha ** 0.5 * (z - warped_z)

@@ -1,0 +1,318 @@
+"""Cast shadows from a depth map: where an object's shadow falls for a sun direction (beyond the paper).
+
+Diffusion Handles regenerates a region around the edited object and keeps the input elsewhere;
+a sun's shadow falls outside that region, so the object's old shadow would stay where it was.
+This module finds where a shadow lies without any ground truth, from the depth alone:
+
+1. The occluder is the object's lifted pixels (its visible front) together with the same pixels
+   mirrored to the back about the object's centroid depth (a closed shell, as a convex object's
+   back mirrors its front; at least :data:`THICKNESS` of the object's width deep, so that a flat
+   face seen head-on still has a body), and the points between them.
+2. :func:`cast_shadow`: every occluder point marches along the light's direction ``l`` (the
+   way the light travels, camera axes, unit) until it passes behind the receiving surface (the
+   depth map without the object, ``d'_b``); the pixels where the marches end are in shadow.
+3. :func:`estimate_light`: of a fixed set of candidate directions (light travelling downwards
+   in the camera's frame, up to 80 degrees from its y axis, then refined around the best), the one whose cast shadow best covers the pixels that are
+   darker than their surroundings (``darkness``), or ``None`` when no candidate's shadow covers
+   dark pixels better than it covers bright ones.
+
+Units: points and depths in scene units, camera axes (x right, y down, z forward); images
+``(1, C, H, W)``; masks ``(1, 1, H, W)`` float in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_handles.geometry.camera import Camera, lift, project
+
+MARCH_STEPS = 48  # samples along each shadow ray
+MIN_MARCH = 2  # a ray must travel this many samples before its hit counts (no shadow at the point itself)
+THICKNESS = 0.8  # the least depth of the shell, as a fraction of the object's width
+SHELL_LAYERS = 3  # occluder points per object pixel: front, middle, mirrored back
+DARK_RATIO = 0.75 # a pixel is dark when its luminance is below this fraction of its surroundings'
+MIN_PRECISION = 0.6  # the fraction of the found shadow's pixels that must be dark to accept it
+MIN_SCORE = 0.05  # the best candidate's score (fraction of the object's area) needed to accept a light
+SEARCH = ((64, 80.0), (24, 12.0))  # candidates and their cap's half-angle (degrees): whole sky, then refined
+ESTIMATE_POINTS = 400  # occluder points used to score the candidates (all are used for the result)
+
+
+@dataclass
+class Effects:
+    """An edit's shadows (:mod:`diffusion_handles.stages.s3_effects`), at the work size.
+
+    Attributes:
+        light: ``(3,)`` the unit direction the light travels (camera axes), or ``None``.
+        old: ``(1, 1, H, W)`` in [0, 1], the object's shadow in the input (outside the object
+            and the moved object).
+        new: ``(1, 1, H, W)`` in [0, 1], the moved object's shadow (outside the moved object).
+        ratio: ``(1, 3, 1, 1)`` the light a shadow leaves, per channel (1: no shadow); the new
+            shadow multiplies the image by it.
+        lift: ``(1, 3, H, W)`` in ``[1, 1 / ratio]``: what lifts the old shadow at each pixel
+            (the surroundings' brightness over the pixel's, :func:`lift_map`), so a penumbra or a
+            pixel the estimate covers but the shadow does not is lifted only as far as it is dark.
+    """
+
+    light: torch.Tensor | None
+    old: torch.Tensor
+    new: torch.Tensor
+    ratio: torch.Tensor
+    lift: torch.Tensor | None = None
+
+    @property
+    def region(self) -> torch.Tensor:
+        """``(1, 1, H, W)`` in [0, 1]: both shadows."""
+        return torch.maximum(self.old, self.new)
+
+    @property
+    def any(self) -> bool:
+        return self.light is not None and float(self.region.sum()) > 0
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` ``(1, 3, H, W)`` (work size or any size: the masks are resized) with the old
+        shadow lifted and the new one cast."""
+        if not self.any:
+            return image
+        size = tuple(image.shape[-2:])
+        lift = 1.0 / self.ratio if self.lift is None else self.lift
+        old, new, lift = (F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                          if m.dim() == 4 and m.shape[-1] > 1 and tuple(m.shape[-2:]) != size else m
+                          for m in (self.old, self.new, lift))
+        return move_shadow(image, old.to(image), new.to(image), self.ratio.to(image), lift.to(image))
+
+    @staticmethod
+    def none(size: tuple[int, int]) -> Effects:
+        """No effects: empty shadows of ``size`` ``(H, W)``."""
+        zero = torch.zeros(1, 1, *size)
+        return Effects(None, zero, zero.clone(), torch.ones(1, 3, 1, 1))
+
+
+def occluder_points(depth: torch.Tensor, mask: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """``(N, 3)`` camera-space points of the object's shell (see the module docstring, step 1).
+
+    Args:
+        depth: ``(1, 1, H, W)`` z-depth; mask: ``(1, 1, H, W)`` the object (> 0.5).
+    """
+    pts = lift(depth.float(), camera)[0].permute(1, 2, 0)[mask[0, 0] > 0.5]  # (n, 3)
+    if pts.shape[0] == 0:
+        return pts
+    zc = pts[:, 2].mean()
+    width = float(pts[:, 0].max() - pts[:, 0].min())
+    # the back: the front mirrored about the centroid's depth plane (a round object), but at least
+    # THICKNESS of the object's width behind its nearest point (a flat face seen head-on)
+    back = torch.maximum(2.0 * zc - pts[:, 2], pts[:, 2].min() + THICKNESS * width).clamp(min=pts[:, 2])
+    layers = []
+    for s in torch.linspace(0.0, 1.0, SHELL_LAYERS):
+        z = pts[:, 2] + s * (back - pts[:, 2])
+        layers.append(pts * (z / pts[:, 2]).unsqueeze(1))  # same pixel, further along its ray
+    return torch.cat(layers)
+
+
+def cast_shadow(points: torch.Tensor, receiver: torch.Tensor, directions: torch.Tensor, camera: Camera,
+                reach: float) -> torch.Tensor:
+    """Pixels of ``receiver`` shadowed by ``points`` for light travelling along each direction.
+
+    Args:
+        points: ``(N, 3)`` occluder points, camera space, scene units.
+        receiver: ``(1, 1, H, W)`` z-depth of the receiving surface (the scene without the occluder).
+        directions: ``(3,)`` or ``(K, 3)`` unit directions the light travels, camera axes.
+        reach: longest march in scene units (e.g. a few object sizes).
+
+    Returns:
+        ``(K, 1, H, W)`` float in {0, 1} (``K = 1`` for one direction): 1 where a march from an
+        occluder point first passes behind the receiver, closed with a 3x3 max/min pool so the
+        points' gaps do not show. Points already behind the receiver cast nothing.
+    """
+    dirs = directions.float().reshape(-1, 3)
+    k, (h, w) = dirs.shape[0], receiver.shape[-2:]
+    out = torch.zeros(k, h * w)
+    if points.shape[0] > 0:
+        t = torch.linspace(0.0, reach, MARCH_STEPS)[1:]  # (T,)
+        q = points.float()[None, :, None, :] + t[None, None, :, None] * dirs[:, None, None, :]  # (K, N, T, 3)
+        px, z = project(q, camera)
+        ix, iy = px[..., 0].floor().long(), px[..., 1].floor().long()
+        inside = (z > 1e-6) & (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+        flat = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)  # (K, N, T)
+        behind = inside & (z >= receiver.float().reshape(-1)[flat] - 1e-3)
+        first = torch.argmax(behind.int(), dim=2, keepdim=True)  # the first sample behind the surface
+        where = torch.gather(flat, 2, first)[..., 0]  # (K, N)
+        hit = behind.any(dim=2) & (first[..., 0] >= MIN_MARCH) & _in_front(points.float(), receiver, camera)[None, :]
+        cand = torch.arange(k)[:, None].expand_as(where)
+        out[cand[hit], where[hit]] = 1.0
+    m = out.view(k, 1, h, w)
+    closed = -F.max_pool2d(-F.max_pool2d(m, 3, 1, 1), 3, 1, 1)
+    return torch.maximum(m, closed)
+
+
+def box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean of ``x`` ``(1, C, H, W)`` over a ``k x k`` box, ``k = 2 (size // 2) + 1``, edges
+    replicated; separable, so the cost does not grow with ``k`` squared."""
+    r = size // 2
+    if r <= 0:
+        return x
+    k = 2 * r + 1
+    x = F.avg_pool2d(F.pad(x, (r, r, 0, 0), mode="replicate"), (1, k), 1)
+    return F.avg_pool2d(F.pad(x, (0, 0, r, r), mode="replicate"), (k, 1), 1)
+
+
+def _in_front(points: torch.Tensor, receiver: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """``(N,)`` bool: the points ``(N, 3)`` that lie in front of the receiving surface (or outside
+    the image); a point already behind it (a moved shell sunk into the floor, a mirrored back
+    through the wall) casts no shadow."""
+    h, w = receiver.shape[-2:]
+    px, z = project(points, camera)
+    ix, iy = px[:, 0].floor().long(), px[:, 1].floor().long()
+    inside = (z > 1e-6) & (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    surface = receiver.float().reshape(-1)[iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)]
+    return ~inside | (z < surface - 1e-3)
+
+
+def darkness(image: torch.Tensor, ignore: torch.Tensor, window: int) -> torch.Tensor:
+    """``(1, 1, H, W)`` luminance over the surroundings' (1 = as bright, < 1 darker).
+
+    Luminance (Rec. 709) is smoothed over 5x5 pixels first so that texture does not count as
+    shadow; the surroundings' luminance is its mean within ``window`` pixels, with ``ignore``
+    (e.g. the object, ``(1, 1, H, W)``) left out of both. ``image`` ``(1, 3, H, W)`` in [0, 1].
+    """
+    luma = (image.float() * torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    keep = (ignore < 0.5).float()
+
+    smooth = box_mean(luma * keep, 5) / box_mean(keep, 5).clamp(min=1e-6)
+    around = box_mean(luma * keep, window) / box_mean(keep, window).clamp(min=1e-6)
+    return smooth / around.clamp(min=1e-4)
+
+
+def candidate_directions(axis: torch.Tensor, count: int, max_angle_deg: float) -> torch.Tensor:
+    """``(count, 3)`` unit directions spread evenly (a Fibonacci lattice) over the cap of
+    directions within ``max_angle_deg`` of the unit ``axis`` ``(3,)``."""
+    axis = axis.float() / axis.float().norm()
+    i = torch.arange(count, dtype=torch.float32) + 0.5
+    cos_min = math.cos(math.radians(max_angle_deg))
+    c = 1.0 - (1.0 - cos_min) * i / count  # cos of the angle to ``axis``
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    s = (1.0 - c * c).clamp(min=0).sqrt()
+    a = torch.tensor([1.0, 0.0, 0.0]) if abs(float(axis[0])) < 0.9 else torch.tensor([0.0, 0.0, 1.0])
+    e1 = torch.linalg.cross(axis, a)
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(axis, e1)
+    return c[:, None] * axis + s[:, None] * (torch.cos(phi)[:, None] * e1 + torch.sin(phi)[:, None] * e2)
+
+
+def estimate_light(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, receiver: torch.Tensor,
+                   camera: Camera) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The light direction whose cast shadow of the object best explains the image's dark pixels.
+
+    Args:
+        image: ``(1, 3, H, W)`` in [0, 1]; depth: ``(1, 1, H, W)`` z-depth with the object;
+        mask: ``(1, 1, H, W)`` the object; receiver: ``(1, 1, H, W)`` the depth without it
+        (``d'_b``).
+
+    Returns:
+        ``(direction, shadow)``: ``(3,)`` unit direction the light travels (camera axes), or
+        ``None`` when no candidate's shadow lies on dark pixels (score at most
+        :data:`MIN_SCORE` of the object's area: light from behind the camera, or a shadow
+        hidden by the object) or the best one's pixels are not mostly dark (fewer than
+        :data:`MIN_PRECISION`: dark texture rather than a shadow); ``shadow`` ``(1, 1, H, W)``: the object's shadow for it, outside
+        the object (zeros for ``None``). Score of a candidate: pixels of its shadow that are dark
+        (:func:`darkness` below :data:`DARK_RATIO`) minus those that are not.
+    """
+    obj = (mask > 0.5).float()
+    area = float(obj.sum())
+    zero = torch.zeros_like(obj)
+    if area == 0:
+        return None, zero
+    pts = occluder_points(depth, obj, camera)
+    size = float((pts.max(0).values - pts.min(0).values).norm())
+    sparse = pts[torch.linspace(0, pts.shape[0] - 1, min(pts.shape[0], ESTIMATE_POINTS)).long()]
+    dark = darkness(image, obj, window=max(9, int(4 * math.sqrt(area)))) < DARK_RATIO
+    vote = torch.where(dark, 1.0, -1.0) * (1.0 - obj)
+    best, best_score = torch.tensor([0.0, 1.0, 0.0]), -math.inf
+    for count, angle in SEARCH:  # the lower hemisphere, then a cap around the best so far
+        dirs = candidate_directions(best, count, angle)
+        scores = (cast_shadow(sparse, receiver, dirs, camera, 3.0 * size) * vote).sum((1, 2, 3))
+        if float(scores.max()) > best_score:
+            best, best_score = dirs[int(scores.argmax())], float(scores.max())
+    if best_score <= MIN_SCORE * area:
+        return None, zero
+    best_shadow = cast_shadow(pts, receiver, best, camera, 3.0 * size) * (1.0 - obj)
+    if float((best_shadow * dark).sum()) < MIN_PRECISION * float(best_shadow.sum()):
+        return None, zero
+    return best, best_shadow
+
+
+def shadow_ratio(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, window: int) -> torch.Tensor:
+    """``(1, 3, 1, 1)`` how much of the light a shadow leaves, per channel, in (0, 1]: the median
+    over ``shadow`` pixels of the image over the mean of the unshadowed pixels around them
+    (within ``window`` pixels, ``shadow`` and ``ignore`` left out); 1 for an empty shadow."""
+    if float(shadow.sum()) < 1:
+        return torch.ones(1, 3, 1, 1)
+    lit = ((shadow < 0.5) & (ignore < 0.5)).float()
+    around = box_mean(image.float() * lit, window) / box_mean(lit, window).clamp(min=1e-6)
+    ratio = (image.float() / around.clamp(min=1e-4))[0][:, shadow[0, 0] > 0.5]  # (3, n)
+    return ratio.median(dim=1).values.clamp(0.05, 1.0).view(1, 3, 1, 1)
+
+
+def move_shadow(image: torch.Tensor, old: torch.Tensor, new: torch.Tensor, ratio: torch.Tensor,
+                lift: torch.Tensor | None = None) -> torch.Tensor:
+    """``image * (1 + (r - 1) new) * (1 + (l - 1) old)``: the shadow ``old`` lifted and ``new``
+    cast, ``(1, 3, H, W)``; ``old``, ``new`` ``(1, 1, H, W)`` in [0, 1] (soft edges blend),
+    ``ratio`` ``r`` from :func:`shadow_ratio`, ``lift`` ``l`` from :func:`lift_map` (default
+    ``1 / r`` everywhere)."""
+    lift = 1.0 / ratio if lift is None else lift
+    return (image * (1.0 + (ratio - 1.0) * new) * (1.0 + (lift - 1.0) * old)).clamp(0, 1)
+
+
+def lift_map(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ratio: torch.Tensor,
+             window: int) -> torch.Tensor:
+    """``(1, 3, H, W)`` in ``[1, 1 / ratio]``: the mean of the lit surroundings (within ``window``
+    px, ``shadow`` and ``ignore`` left out) over the mean of the shadow's pixels within 5x5 of it
+    (texture averages out, a lit pixel the estimate covers stays lit), per channel; the factor
+    that brings each shadowed pixel back to its surroundings' brightness, never darker, never more
+    than the shadow took."""
+    lit = ((shadow < 0.5) & (ignore < 0.5)).float()
+    around = box_mean(image.float() * lit, window) / box_mean(lit, window).clamp(min=1e-6)
+    inside = ((shadow > 0.5) & (ignore < 0.5)).float()
+    own = box_mean(image.float() * inside, 5) / box_mean(inside, 5).clamp(min=1e-6)
+    return torch.minimum((around / own.clamp(min=1e-4)).clamp(min=1.0), 1.0 / ratio)
+
+
+def find_shadows(image: torch.Tensor, depth: torch.Tensor, masks: list[torch.Tensor], receiver: torch.Tensor,
+                 camera: Camera, transforms: list | None, moved: torch.Tensor) -> Effects:
+    """An edit's old and new shadows (see the module docstring), all ``(1, C, H, W)`` at one size.
+
+    Args:
+        image: ``(1, 3, H, W)`` in [0, 1]; depth: ``(1, 1, H, W)`` z-depth with the objects.
+        masks: the moved objects, ``(1, 1, H, W)`` each; receiver: ``d'_b`` without them.
+        transforms: one :class:`~diffusion_handles.geometry.transform.Similarity` per mask, or
+            ``None`` (a removal: no new shadow).
+        moved: ``(1, 1, H, W)`` where the moved objects land (``M'_o``): no shadow shows there.
+    """
+    size = tuple(image.shape[-2:])
+    union = (torch.stack([m.float() for m in masks]).amax(0) > 0.5).float()
+    light, old = estimate_light(image, depth, union, receiver, camera)
+    if light is None:
+        return Effects.none(size)
+    on_top = (moved.float() > 0.5).float()
+    new = torch.zeros_like(union)
+    for m, t in zip(masks, transforms or [], strict=False):
+        pts = occluder_points(depth, (m.float() > 0.5).float(), camera)
+        if pts.shape[0]:
+            reach = 3.0 * float((pts.max(0).values - pts.min(0).values).norm())
+            new = torch.maximum(new, cast_shadow(t.apply(pts.double()).float(), receiver, light, camera, reach))
+    old, new = old * (1.0 - on_top), new * (1.0 - on_top)
+    window = max(9, int(4 * math.sqrt(float(union.sum()))))
+    ratio = shadow_ratio(image, old, union, window)
+    lift = lift_map(image, old, union, ratio, window)
+    return Effects(light, soften(old), soften(new), ratio, lift)
+
+
+def soften(m: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """``m`` ``(1, 1, H, W)`` with a soft edge of ``radius`` px outside it (grown, then
+    box-blurred), so a thin shadow keeps its full weight inside."""
+    k = 2 * radius + 1
+    grown = F.max_pool2d(m, k, 1, radius)
+    return torch.maximum(m, F.avg_pool2d(F.pad(grown, (radius,) * 4, mode="replicate"), k, 1)).clamp(0, 1)

@@ -1,0 +1,179 @@
+"""Stage 6 of an edit: decode, back to the input's frame, keep what the warp gets right, composite.
+
+The generated latent is decoded at the work size; every output is resized back to the input's
+size ``H x W``. With ``GuidanceConfig.composite`` (not in the paper) the input's pixels are kept
+outside the soft edit region (a feathered seam), or for a camera move the input warped to the
+new view. With ``GuidanceConfig.keep_detail`` as well (not in the paper), inside the region the
+input warped by the 3D flow at the input's own resolution, its shadows moved (stage 3), is kept
+wherever the warp has a pixel (:func:`keep_weight`) and the generation fills the holes (blended
+from their rims, :func:`hole_fill`): the generation is blurrier than the input and drifts in
+colour where nothing needs to change, so copying it there loses detail for nothing (measured:
+``GuidanceConfig.keep_detail``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_handles.diffusion.backbone import Backbone
+from diffusion_handles.diffusion.config import GuidanceConfig
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry import warp
+from diffusion_handles.stages.s1_prepare import Prepared
+from diffusion_handles.stages.s2_geometry import Geometry
+from diffusion_handles.stages.s5_sample import Sampled
+
+
+@dataclass
+class EditOutput:
+    """Result of an edit (:meth:`DiffusionHandles.edit`, :meth:`DiffusionHandles.remove`), at the
+    input image's size ``H x W``.
+
+    Attributes:
+        edited: ``(1, 3, H, W)`` the edited image x'_0 in [0, 1].
+        reconstruction: ``(1, 3, H, W)`` the inversion's reconstruction in [0, 1].
+        preview: ``(1, 3, H, W)`` the input warped by the 3D flow (holes magenta; a removal: its
+            region magenta).
+        edited_depth: ``(1, 1, H, W)`` d', z-depth in scene units.
+        edited_mask: ``(1, 1, H, W)`` M'_o in [0, 1]; valid_mask: ``(1, 1, H, W)`` M_v.
+        region: ``(1, 1, H, W)`` the soft edit region (1 = generated, 0 = input), whether or
+            not the composite was applied (:func:`diffusion_handles.geometry.region.edit_region`).
+        generated: ``(1, 3, H, W)`` the decoded generation before any composite.
+        effects: ``(1, 1, H, W)`` in [0, 1], the effects region (stage 3): the object's old shadow
+            and the moved object's new one; zeros when none was found.
+        light: ``(3,)`` the estimated direction the light travels (camera axes), or ``None``.
+        timings: seconds per stage of this edit; unet_evals: UNet evaluations of this edit.
+        energies: ``{step: [ {"G": ..., "G_o[i]": ..., ...} per gradient step ]}``.
+        monitor: ``{step: {"G": ..., "G_o[i]": ...}}`` the energies of the latent each step
+            starts from, for every recorded (layer, step), guided or not.
+        config: the resolved guidance configuration (layers, guide_until filled in).
+    """
+
+    edited: torch.Tensor
+    reconstruction: torch.Tensor
+    preview: torch.Tensor
+    edited_depth: torch.Tensor
+    edited_mask: torch.Tensor
+    valid_mask: torch.Tensor
+    region: torch.Tensor | None = None
+    generated: torch.Tensor | None = None
+    effects: torch.Tensor | None = None
+    light: torch.Tensor | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    unet_evals: dict[str, dict[str, int]] = field(default_factory=dict)
+    energies: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+    monitor: dict[int, dict[str, float]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
+           guidance: GuidanceConfig) -> EditOutput:
+    """Stage 6: decode ``sampled.latent``, resize every output to the input's size, keep the warp, composite."""
+    inv = prep.inverted
+
+    def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        return backbone.resize_to_work(x.float().cpu(), inv.input_hw, mode)
+
+    region = back(geo.region).clamp(0, 1)
+    generated = back(backbone.decode(sampled.latent))
+    edited = generated
+    if guidance.composite:
+        kept = _kept(prep, geo, back)
+        inside = _detail(prep, geo, generated, kept, back) if guidance.keep_detail else generated
+        edited = composite(inside, region, kept)
+    n = inv.config.num_steps
+    resolved = guidance.to_dict()
+    resolved["layers"] = list(guidance.resolved_layers(backbone.num_up_blocks))
+    resolved["guide_until"] = guidance.resolved_guide_until(n)
+    return EditOutput(
+        edited=edited, reconstruction=back(inv.reconstruction), preview=back(geo.preview),
+        edited_depth=back(geo.edited_depth), edited_mask=back(geo.edited_mask), valid_mask=back(geo.valid, "nearest"),
+        region=region, generated=generated, effects=_effects_region(geo, back), light=_light(geo), unet_evals=sampled.unet_evals, energies=sampled.energies,
+        monitor=sampled.monitor, config=resolved,
+    )
+
+
+def composite(generated: torch.Tensor, region: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``region * generated + (1 - region) * kept``: all ``(1, C, H, W)``, region in [0, 1]."""
+    return region * generated + (1.0 - region) * kept
+
+
+def keep_weight(valid: torch.Tensor) -> torch.Tensor:
+    """``(1, 1, H, W)`` in [0, 1]: how much of the warped input to keep over the generation: the
+    valid mask ``M_v`` ``(1, 1, H, W)`` eroded by one pixel and box-blurred over 3x3, so the
+    warp is kept wherever it has a pixel and a hole's rim blends into the generation."""
+    v = -F.max_pool2d(-(valid > 0.5).float(), 3, 1, 1)  # eroded by one pixel
+    return F.avg_pool2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3, 1)
+
+
+RIM_PX = 4.0  # work-size px over which a hole's fill goes from the inpainted warp (its rim) to the generation
+
+
+def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor, rim_px: float) -> torch.Tensor:
+    """``(1, 3, H, W)``: the generation in the holes of ``warped``, blended from its rim: within a
+    pixel of the rim the warp inpainted (OpenCV Telea, radius 3), the generation from ``rim_px + 1``
+    pixels in, linear between (``w = clamp(1 - (dist - 1) / rim_px, 0, 1)`` with ``dist`` the
+    distance to the nearest valid pixel). The inpainting continues the surrounding colour where the
+    hole meets it; the generation supplies what no neighbour has. On 8 tuning edits (``--seed
+    1003100``) against the generation alone in the holes: full-image PSNR 27.92 against 27.45,
+    object 19.89 against 19.42, disocclusions 17.49 against 16.42, sharpness 0.86 against 0.84.
+
+    Args:
+        warped: ``(1, 3, H, W)`` in [0, 1]; valid: ``(1, 1, H, W)`` ``M_v``; generated: like ``warped``.
+    """
+    import cv2
+    import numpy as np
+    from scipy.ndimage import distance_transform_edt
+
+    holes = (valid[0, 0] < 0.5).cpu().numpy()
+    if not holes.any():
+        return generated
+    img = (warped[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    filled = cv2.inpaint(img, holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    telea = torch.from_numpy(filled.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(generated)
+    dist = torch.from_numpy(distance_transform_edt(holes)).float()[None, None].to(generated)
+    w = (1.0 - (dist - 1.0) / rim_px).clamp(0, 1)
+    return w * telea + (1.0 - w) * generated
+
+
+def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, back) -> torch.Tensor:
+    """Inside the region: the input warped by the flow at the input's size (shadows moved, stage
+    3) where it has pixels (:func:`keep_weight`), the holes filled by :func:`hole_fill`. A camera
+    move keeps its warped input (``kept``); a removal the input outside its region."""
+    if geo.flow is None or geo.keep_image is not None:
+        warped = kept
+    else:
+        warped = warp(kept, back(geo.flow.source.float()))
+    if geo.effects is not None and geo.effects.any:
+        warped = geo.effects.apply(warped)
+    valid = back(geo.valid, "nearest")
+    rim = RIM_PX * prep.inverted.input_hw[0] / prep.inverted.image.shape[-2]
+    w = keep_weight(valid)
+    return w * warped + (1.0 - w) * hole_fill(warped, valid, generated, rim)
+
+
+def _effects_region(geo: Geometry, back) -> torch.Tensor:
+    fx = geo.effects
+    return back(geo.hard.new_zeros(geo.hard.shape).float()) if fx is None else back(fx.region.float()).clamp(0, 1)
+
+
+def _light(geo: Geometry) -> torch.Tensor | None:
+    return None if geo.effects is None else geo.effects.light
+
+
+def _kept(prep: Prepared, geo: Geometry, back) -> torch.Tensor:
+    """The image kept outside the region, at the input size: the camera's warped input, else the
+    caller's source image (or the work-size input resized back)."""
+    inv = prep.inverted
+    given = prep.request.source_image
+    if geo.keep_image is not None:
+        src = back(geo.keep_image)
+    else:
+        src = back(inv.image) if given is None else given.float().cpu()
+    if tuple(src.shape[-2:]) != tuple(inv.input_hw):
+        raise HandlesError(f"source_image: expected size {inv.input_hw[1]}x{inv.input_hw[0]} (W x H), "
+                           f"got {src.shape[-1]}x{src.shape[-2]}")
+    return src

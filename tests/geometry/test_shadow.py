@@ -1,0 +1,116 @@
+"""Cast shadows from depth (geometry/shadow.py): which side a shadow falls on, the light found
+from an image, the shadow moved in an image."""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion_handles.geometry import Camera
+from diffusion_handles.geometry.shadow import (
+    Effects,
+    cast_shadow,
+    darkness,
+    estimate_light,
+    move_shadow,
+    occluder_points,
+    shadow_ratio,
+)
+
+H = W = 96
+
+
+def floor_scene(box_x=(-0.4, 0.4), z_box=3.0):
+    """A camera 1 unit above a floor (y = 1, y down), a wall at z = 9, and a box standing on the
+    floor (front face at ``z_box``, 0.6 units tall). Returns ``(camera, depth with the box,
+    depth without it, box mask)``, all ``(1, 1, H, W)``."""
+    cam = Camera(H, W, 60.0)
+    v = torch.arange(H, dtype=torch.float32) + 0.5
+    u = torch.arange(W, dtype=torch.float32) + 0.5
+    ry = ((v - cam.cy) / cam.fy)[:, None].expand(H, W)
+    rx = ((u - cam.cx) / cam.fx)[None, :].expand(H, W)
+    floor_z = torch.where(ry > 1e-3, 1.0 / ry.clamp(min=1e-3), torch.full_like(ry, 1e9))
+    receiver = floor_z.clamp(max=9.0)[None, None]
+    x, y = rx * z_box, ry * z_box
+    box = (x >= box_x[0]) & (x <= box_x[1]) & (y >= 0.4) & (y <= 1.0) & (receiver[0, 0] > z_box)
+    depth = torch.where(box, torch.tensor(z_box), receiver[0, 0])[None, None]
+    return cam, depth, receiver, box.float()[None, None]
+
+
+def _columns(m):
+    return torch.nonzero(m[0, 0] > 0.5)[:, 1].float()
+
+
+def test_a_shadow_falls_on_the_side_the_light_travels_to():
+    cam, depth, receiver, box = floor_scene()
+    pts = occluder_points(depth, box, cam)
+    right = cast_shadow(pts, receiver, torch.tensor([0.8, 0.6, 0.0]), cam, 3.0) * (1 - box)
+    left = cast_shadow(pts, receiver, torch.tensor([-0.8, 0.6, 0.0]), cam, 3.0) * (1 - box)
+    box_cols = _columns(box)
+    assert right.sum() > 30 and left.sum() > 30
+    assert _columns(right).mean() > box_cols.max() - 2  # beyond the box's right edge
+    assert _columns(left).mean() < box_cols.min() + 2
+    down = cast_shadow(pts, receiver, torch.tensor([0.0, 0.6, 0.8]), cam, 3.0) * (1 - box)  # away from the camera
+    assert down.sum() < right.sum() / 3  # behind the box, mostly hidden by it
+
+
+def test_the_shell_reaches_behind_the_visible_front():
+    cam, depth, receiver, box = floor_scene()
+    pts = occluder_points(depth, box, cam)
+    n = int(box.sum())
+    assert pts.shape == (3 * n, 3)
+    assert float(pts[:, 2].max()) > 3.0 + 0.5  # a flat face gets a body behind it
+    assert torch.allclose(pts[:n, 2], torch.full((n,), 3.0))
+
+
+def _shadowed_image(direction):
+    cam, depth, receiver, box = floor_scene()
+    g = torch.Generator().manual_seed(0)
+    image = (0.55 + 0.08 * torch.rand(1, 1, H, W, generator=g)).repeat(1, 3, 1, 1)
+    image[:, 1] *= 0.9
+    truth = None
+    if direction is not None:
+        truth = cast_shadow(occluder_points(depth, box, cam), receiver, direction, cam, 3.0) * (1 - box)
+        image = image * (1 - 0.55 * truth)
+    image = image * (1 - box) + torch.tensor([0.9, 0.2, 0.1]).view(1, 3, 1, 1) * box
+    return cam, depth, receiver, box, image, truth
+
+
+def test_the_light_is_found_from_the_shadow_it_casts():
+    for d in ([0.7, 0.7, 0.1], [-0.6, 0.75, -0.2]):
+        true = torch.tensor(d) / torch.tensor(d).norm()
+        cam, depth, receiver, box, image, truth = _shadowed_image(true)
+        light, shadow = estimate_light(image, depth, box, receiver, cam)
+        assert light is not None
+        inter = float(((shadow > 0.5) & (truth > 0.5)).sum())
+        union = float(((shadow > 0.5) | (truth > 0.5)).sum())
+        assert inter / union > 0.6, (d, inter / union)
+        assert float(light @ true) > 0.9
+
+
+def test_no_shadow_no_light():
+    cam, depth, receiver, box, image, _ = _shadowed_image(None)
+    light, shadow = estimate_light(image, depth, box, receiver, cam)
+    assert light is None and float(shadow.sum()) == 0
+
+
+def test_darkness_is_relative_to_the_surroundings():
+    image = torch.full((1, 3, 40, 40), 0.6)
+    image[..., 15:25, 15:25] = 0.3
+    d = darkness(image, torch.zeros(1, 1, 40, 40), window=21)
+    assert float(d[0, 0, 20, 20]) < 0.7 and abs(float(d[0, 0, 2, 2]) - 1.0) < 0.05
+
+
+def test_move_shadow_lifts_the_old_and_casts_the_new():
+    cam, depth, receiver, box, image, truth = _shadowed_image(torch.tensor([0.7, 0.7, 0.1]))
+    ratio = shadow_ratio(image, truth, box, window=31)
+    assert torch.allclose(ratio.flatten(), torch.full((3,), 0.45), atol=0.06)  # 1 - 0.55
+    lit = move_shadow(image, truth, torch.zeros_like(truth), ratio)
+    clean = _shadowed_image(None)[4]
+    sel = truth[0, 0] > 0.5
+    assert float((lit - clean)[0][:, sel].abs().mean()) < 0.03  # the shadow is gone
+    assert float((image - clean)[0][:, sel].abs().mean()) > 0.2
+    cast = move_shadow(clean, torch.zeros_like(truth), truth, ratio)
+    assert float((cast - image)[0][:, sel].abs().mean()) < 0.03  # and cast again where it was
+    fx = Effects(torch.tensor([0.7, 0.7, 0.1]), truth, torch.zeros_like(truth), ratio)
+    assert torch.allclose(fx.apply(image), lit)
+    assert torch.equal(Effects.none((H, W)).apply(image), image)
