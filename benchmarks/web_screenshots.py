@@ -3,8 +3,9 @@
 Serves the app (the embedded TinyWorld model, its default scene size), opens the page in
 headless Chromium (``/usr/bin/chromium``, driven by Playwright) at 1400x950, opens a TinyWorld
 scene, moves and turns its first object, renders with the model's default steps, and saves the
-window at 1400x950 and the whole page at 390x844 (a phone). The images are written with a
-256-colour palette to keep them small.
+window at 1400x950 and the whole page at 390x844 (a phone); then moves the object on and saves
+the window with the draft the page renders by itself when the handle pauses
+(``web-draft-1400x950.png``). The images are written with a 256-colour palette to keep them small.
 
 Usage: ``python benchmarks/web_screenshots.py [--scene tinyworld-1000024] [--out docs/images]``
 """
@@ -77,6 +78,17 @@ def main() -> None:
             page.set_viewport_size({"width": 390, "height": 844})
             page.wait_for_timeout(1000)
             save(page.screenshot(full_page=True), args.out / "web-390x844.png")
+            # the cube moved on: the draft the page renders by itself when the handle pauses
+            page.set_viewport_size({"width": 1400, "height": 950})
+            done = page.evaluate("window.__handles.draftLog.length")
+            page.fill("#tx", str(float(args.translate.split(",")[0]) - 0.15))
+            page.wait_for_function(f"window.__handles.draftLog.length > {done}", timeout=300000)
+            entry = page.evaluate("window.__handles.draftLog.at(-1)")
+            print(f"draft shown {entry['seconds_from_pause']:.1f} s after the pause "
+                  f"({'inversion reused' if entry['reused_inversion'] else 'inverted'})")
+            page.wait_for_timeout(500)
+            page.mouse.move(5, 5)
+            save(page.screenshot(), args.out / "web-draft-1400x950.png")
             browser.close()
     finally:
         server.should_exit = True

@@ -107,6 +107,20 @@ def _cached(folder: Path, key: str, bb) -> InvertedImage | None:
     return inv
 
 
+def _window_inputs(box, input_hw, image, depth, mask) -> tuple:
+    """``(image, depth, mask)`` cropped to ``box`` (``InversionConfig.window``), checked."""
+    from diffusion_handles.geometry.window import crop
+
+    x0, y0, x1, y1 = box
+    h, w = input_hw
+    if not (x1 <= w and y1 <= h):
+        raise HandlesError(f"inversion.window: expected a box inside the {w}x{h} image, got {list(box)}")
+    cropped = tuple(crop(t, box) for t in (image, depth, mask))
+    if not bool((cropped[2] > 0.5).any()):
+        raise HandlesError(f"inversion.window: expected a box holding the object, got {list(box)}, which misses the mask")
+    return cropped
+
+
 def _check_inputs(image, depth, mask) -> None:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[:2] != (1, 3):
         raise HandlesError(f"image: expected a tensor (1, 3, H, W) in [0, 1], got {getattr(image, 'shape', type(image))}")
@@ -187,7 +201,9 @@ class DiffusionHandles:
 
         Args:
             image: ``(1, 3, H, W)`` in [0, 1]; depth: ``(1, 1, H, W)`` z-depth, scene units;
-            mask: ``(1, 1, H, W)`` object mask M_o (> 0.5 = object).
+            mask: ``(1, 1, H, W)`` object mask M_o (> 0.5 = object). Any size: the model works
+                at :meth:`~diffusion_handles.diffusion.backbone.Backbone.model_size` (the longer
+                side at most its native size) and every edit comes back at ``H x W``.
             inversion: method and steps; guidance: decides which (layer, step) activations are
                 recorded (only those the edit will guide).
             seed: seeds the VAE posterior sample (``None``: posterior mode).
@@ -203,7 +219,11 @@ class DiffusionHandles:
         _check_inputs(image, depth, mask)
         bb = self.backbone
         input_hw = tuple(int(v) for v in image.shape[-2:])
-        work = bb.work_size(input_hw)
+        context = None
+        if inversion.window is not None:
+            context = bb.resize_to_work(depth.float(), bb.model_size(input_hw))
+            image, depth, mask = _window_inputs(inversion.window, input_hw, image, depth, mask)
+        work = bb.model_size(tuple(image.shape[-2:]), upscale=inversion.window is not None)
         inputs = (bb.resize_to_work(image.float().clamp(0, 1), work), bb.resize_to_work(depth.float(), work),
                   (bb.resize_to_work((mask > 0.5).float(), work, mode="nearest") > 0.5).float())
         plan = self.record_plan(guidance, inversion.num_steps)
@@ -217,6 +237,7 @@ class DiffusionHandles:
         record = Record(plan, _DTYPES[guidance.record_dtype])
         inv = self._invert(inputs, prompt, inversion, record, seed, callback)
         inv.input_hw, inv.key, inv.weights_digest = input_hw, key, digest
+        inv.context_depth = None if context is None else context.to(bb.device)
         problem = inv.problem()
         if problem is not None:
             raise HandlesError(f"inversion: the model produced an unusable result ({problem}); "
@@ -252,6 +273,30 @@ class DiffusionHandles:
             null_losses=res.null_losses, seed=seed,
             trajectory=torch.cat(res.trajectory) if res.trajectory else None, weights_digest="",
         )
+
+    def edit_window(self, depth: torch.Tensor, mask: torch.Tensor,
+                    transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,
+                    fov_deg: float = DEFAULT_FOV_DEG) -> tuple[int, int, int, int] | None:
+        """The edit window for ``transform`` (``InversionConfig.window``): a square around the
+        object where it is and where it goes, with a margin, or ``None`` (the whole photo) when
+        the photo is no larger than the model's native size, for a camera move, or when the
+        square would cover most of the photo (:func:`diffusion_handles.geometry.window.choose_window`).
+
+        Args:
+            depth: ``(1, 1, H, W)`` z-depth; mask: ``(1, 1, H, W)`` the object (unused for
+                several objects: each :class:`ObjectMove` has its own); transform: as :meth:`edit`.
+        """
+        from diffusion_handles.geometry import Camera
+        from diffusion_handles.geometry.window import choose_window, edit_boxes
+
+        h, w = (int(v) for v in depth.shape[-2:])
+        if isinstance(transform, CameraMove) or max(h, w) <= self.backbone.default_size:
+            return None
+        if isinstance(transform, (HandleEdit, Similarity)):
+            masks, edits = [mask], [transform]
+        else:
+            masks, edits = [m.mask for m in transform], [m.transform for m in transform]
+        return choose_window((h, w), edit_boxes(depth.float(), masks, edits, Camera(h, w, fov_deg)))
 
     # ------------------------------------------------------------------------------------
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,

@@ -40,6 +40,7 @@ def test_draft_is_a_preset_with_the_default_preservation():
     inversion, guidance = preset("draft")
     default = GuidanceConfig()
     assert inversion.method == "negative-prompt" and inversion.num_steps == draft_steps(50) == 10
+    assert inversion.encode_refine_steps == 0  # the encoder's latent as it is: no decoder passes per encode
     assert guidance.grad_steps == 1 and guidance.mode == "normalized"
     for name in ("identity_transfer", "transfer_source", "composite", "effects", "keep_detail"):
         assert getattr(guidance, name) == getattr(default, name), name  # none costs a UNet evaluation

@@ -11,7 +11,7 @@ from diffusion_handles.geometry import Camera, HandleEdit
 from diffusion_handles.geometry.shadow import cast_shadow, occluder_points
 from diffusion_handles.stages.s6_finish import keep_weight
 
-S = 48
+S = 32  # the tiny model's native size (larger inputs are scaled down to it)
 FOV = 60.0
 LIGHT = torch.tensor([0.7, 0.7, 0.1]) / torch.tensor([0.7, 0.7, 0.1]).norm()
 MOVE = HandleEdit(translate=(-0.6, 0.0, 0.0))
@@ -26,9 +26,9 @@ def _floor_scene():
     ry = ((v - cam.cy) / cam.fy)[:, None].expand(S, S)
     rx = ((u - cam.cx) / cam.fx)[None, :].expand(S, S)
     receiver = torch.where(ry > 1e-3, 1.0 / ry.clamp(min=1e-3), torch.full_like(ry, 9.0)).clamp(max=9.0)[None, None]
-    x, y = rx * 3.0, ry * 3.0
-    box = ((x >= 0.0) & (x <= 0.6) & (y >= 0.4) & (y <= 1.0)).float()[None, None]
-    depth = torch.where(box > 0.5, torch.tensor(3.0), receiver)
+    x, y = rx * 2.0, ry * 2.0
+    box = ((x >= -0.2) & (x <= 0.6) & (y >= 0.4) & (y <= 1.0)).float()[None, None]
+    depth = torch.where(box > 0.5, torch.tensor(2.0), receiver)
     g = torch.Generator().manual_seed(0)
     clean = (0.55 + 0.08 * torch.rand(1, 1, S, S, generator=g)).repeat(1, 3, 1, 1)
     shadow = cast_shadow(occluder_points(depth, box, cam), receiver, LIGHT, cam, 3.0) * (1 - box)
@@ -101,8 +101,8 @@ def test_detail_finish_keeps_the_inputs_pixels_where_nothing_changes(handles, fl
     on = _edit(handles, floor, effects=False)
     plain = _edit(handles, floor, effects=False, keep_detail=False)
     busy = (on.valid_mask < 0.5) | (on.edited_mask > 0.01)
-    inside = (on.region > 0.99) & (torch.nn.functional.max_pool2d(busy.float(), 5, 1, 2) < 0.5)
+    inside = (on.region > 0.99) & (torch.nn.functional.max_pool2d(busy.float(), 3, 1, 1) < 0.5)
     sel = inside & (keep_weight(on.valid_mask) > 0.999)
-    assert int(sel.sum()) >= 10
+    assert int(sel.sum()) >= 5
     assert float((on.edited - image).abs().amax(1, keepdim=True)[sel].max()) < 1e-5
     assert float((plain.edited - image).abs().amax(1, keepdim=True)[sel].mean()) > 1e-3

@@ -101,7 +101,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "local G_o + G_b, cyclic layers 3/2/both until step 38/50, identity transfer at step 35/50 (warped in "
            "pixels), input kept outside the edit region"),
     Method("ours_draft", "diffusion", "the draft preset (--preset draft): its own negative-prompt inversion on a "
-           "fifth of the steps (10 of 50), guidance with one gradient step, identity transfer and composite as ours",
+           "fifth of the steps (10 of 50), encoder latent unrefined, one gradient step per guided step; transfer, "
+           "composite, effects and finish as ours",
            _draft_guidance, inversion=_draft_inversion),
     Method("paper", "diffusion", "the paper exactly: raw energies, 3 steps of 0.1 on the latent, no composite",
            lambda n: {"mode": "paper", "composite": False, "identity_transfer": None, "effects": False,

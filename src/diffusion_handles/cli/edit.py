@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -215,12 +216,15 @@ def _invert_and_edit(dh, args: argparse.Namespace, req: _Request, inputs: ModeIn
     object_masks, mode, entries, edit, fov = inputs.object_masks, req.mode, req.entries, req.edit, req.fov
     inversion, guidance, seed = req.inversion, req.guidance, req.seed
     progress = command_progress(args, plan_for(inversion, guidance))
+    target = edit_target([e.edit for e in entries] if mode == "multi" else edit, camera=mode == "camera",
+                         object_masks=object_masks)
+    window = dh.edit_window(depth, mask, target, fov_deg=fov)  # None: the whole photo (at most the model's size)
+    if window is not None:
+        inversion = dataclasses.replace(inversion, window=window)
     t0 = time.perf_counter()
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                     callback=progress)
     t_invert = time.perf_counter() - t0
-    target = edit_target([e.edit for e in entries] if mode == "multi" else edit, camera=mode == "camera",
-                         object_masks=object_masks)
     out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
                   callback=progress.callback("guided_generation"))
     return inv, out, t_invert

@@ -372,6 +372,17 @@ class Backbone:
             return F.interpolate(x, size=hw, mode="nearest")
         return F.interpolate(x, size=hw, mode=mode, align_corners=False, antialias=True)
 
+    def model_size(self, hw: tuple[int, int], upscale: bool = False) -> tuple[int, int]:
+        """The size an input of ``hw`` is edited at: scaled down so its longer side is at most
+        :attr:`default_size` (512 for SD2-depth, 128 for TinyWorld: the size the model was trained
+        at; with ``upscale``, a smaller input, an edit window, is scaled up to it), then snapped to
+        :meth:`work_size`. The result is brought back to ``hw`` (stage 6), so the model's cost
+        does not depend on the photo's size."""
+        h, w = (int(v) for v in hw)
+        s = self.default_size / max(h, w)
+        s = s if upscale else min(1.0, s)
+        return self.work_size((max(1, round(h * s)), max(1, round(w * s))))
+
     def work_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         """The nearest image size the model accepts (each side a multiple of :attr:`size_multiple`)."""
         m = self.size_multiple

@@ -36,6 +36,10 @@ class InversionConfig:
         encode_refine_steps: steps of latent refinement after the VAE encoder
             (``diffusion.backbone.refine_latent``); ``None``: the model's own setting (0 for
             Stable Diffusion, whose pipelines take the encoder's latent as it is).
+        window: ``(x0, y0, x1, y1)`` pixels (half-open) of the photo that the model inverts and
+            edits, scaled to its native size (:mod:`diffusion_handles.geometry.window`); ``None``:
+            the whole photo, scaled down to the native size if it is larger. Edits of such an
+            inversion come back at the whole photo's size, the input's pixels outside the window.
     """
 
     method: str = "null-text"
@@ -45,8 +49,14 @@ class InversionConfig:
     null_lr: float = 1e-2
     null_early_stop: float = 1e-5
     encode_refine_steps: int | None = None
+    window: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.window is not None:
+            box = tuple(int(v) for v in self.window)
+            if len(box) != 4 or not (0 <= box[0] < box[2] and 0 <= box[1] < box[3]):
+                raise ValueError(f"window: expected (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {self.window}")
+            object.__setattr__(self, "window", box)
         if self.method not in INVERSION_METHODS:
             raise ValueError(f"inversion method: expected one of {', '.join(INVERSION_METHODS)}, got {self.method!r}")
         if self.num_steps < 1:
@@ -59,7 +69,12 @@ class InversionConfig:
             raise ValueError(f"encode_refine_steps: expected an integer in [0, 1000] or None, got {self.encode_refine_steps}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["window"] is None:  # the whole photo: the same dictionary (and cache key) as before windows
+            del d["window"]
+        else:
+            d["window"] = list(d["window"])
+        return d
 
 
 @dataclass(frozen=True)
@@ -273,10 +288,12 @@ def preset(name: str, num_steps: int | None = None) -> tuple[InversionConfig, Gu
       20 steps, one gradient step per guided step: 20 + 15 x 3 = 65 UNet forward-equivalents
       per edit (a backward counts 2) and 40 for the inversion.
     * ``draft``: a render while the user is still deciding: negative-prompt inversion on
-      :data:`DRAFT_STEPS` (10) steps, the normalized guidance with one gradient step per guided
-      step, the identity transfer, composite, effects and detail keeping as ``default`` (none of
-      them costs a UNet evaluation): 10 + 8 x 3 = 34 UNet forward-equivalents per edit (1/13
-      of the default's 442) and 20 for the inversion (docs/method.md, measured quality).
+      :data:`DRAFT_STEPS` (10) steps with the encoder's latent as it is (``encode_refine_steps``
+      0: on TinyWorld the refinement's 20 decoder passes per encode were 6-10 s of a 12 s draft
+      edit, in the identity transfer), the normalized guidance with one gradient step per
+      guided step, the identity transfer, composite, effects and detail finish as ``default``
+      (none of them costs a UNet evaluation): 10 + 8 x 3 = 34 UNet forward-equivalents per edit
+      (1/13 of the default's 442) and 20 for the inversion (docs/method.md: its measured quality).
     """
     if name == "default":
         return InversionConfig(num_steps=num_steps or 50), GuidanceConfig()
@@ -286,6 +303,6 @@ def preset(name: str, num_steps: int | None = None) -> tuple[InversionConfig, Gu
         return (InversionConfig(method="negative-prompt", num_steps=num_steps or 20),
                 GuidanceConfig(grad_steps=1, relative_step=0.3))
     if name == "draft":
-        return (InversionConfig(method="negative-prompt", num_steps=num_steps or DRAFT_STEPS),
+        return (InversionConfig(method="negative-prompt", num_steps=num_steps or DRAFT_STEPS, encode_refine_steps=0),
                 GuidanceConfig(grad_steps=1, relative_step=0.3))
     raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")

@@ -78,7 +78,8 @@ class InvertedImage:
         the prompt (negative-prompt inversion); reconstruction ``(1, 3, H, W)`` the decoded
         reconstruction; activations ``{(layer, step): (1, C, h_l, w_l)}`` (model dtype or the
         record dtype); trajectory ``(N, c, h, w)`` the reconstruction's latent after each step
-        (``None`` if not kept).
+        (``None`` if not kept); context_depth ``(1, 1, h', w')`` the whole photo's z-depth at the
+        model's size when the model saw only a window of it (``config.window``), else ``None``.
     """
 
     model_id: str
@@ -101,6 +102,7 @@ class InvertedImage:
     null_losses: list[float] = field(default_factory=list)
     seed: int | None = None
     trajectory: torch.Tensor | None = None
+    context_depth: torch.Tensor | None = None
     weights_digest: str = ""
     cache_hit: bool = False  # set when loaded from a cache instead of computed (not saved)
     verified: bool = False  # :meth:`problem` found nothing (set by ``load`` and ``invert``; edits skip the check)
@@ -119,6 +121,7 @@ class InvertedImage:
             d[name] = getattr(self, name).to(device)
         d["null_embeddings"] = None if self.null_embeddings is None else self.null_embeddings.to(device)
         d["trajectory"] = None if self.trajectory is None else self.trajectory.to(device)
+        d["context_depth"] = None if self.context_depth is None else self.context_depth.to(device)
         d["activations"] = {k: v.to(device) for k, v in self.activations.items()}
         return InvertedImage(**d)
 
@@ -133,6 +136,8 @@ class InvertedImage:
             out["null_embeddings"] = self.null_embeddings
         if self.trajectory is not None:
             out["trajectory"] = self.trajectory
+        if self.context_depth is not None:
+            out["context_depth"] = self.context_depth
         for (layer, step), t in self.activations.items():
             out[f"act.{layer}.{step}"] = t
         return out
@@ -252,6 +257,9 @@ def _from_saved(meta: dict, tensors: dict[str, torch.Tensor]) -> InvertedImage:
     for name in ("model_id", "prompt"):
         if not isinstance(meta[name], str):
             raise TypeError(f"{name}: expected text, got {type(meta[name]).__name__}")
+    window = meta["config"].get("window")
+    if window is not None and not (0 <= window[0] < window[2] <= hw[1] and 0 <= window[1] < window[3] <= hw[0]):
+        raise ValueError(f"config.window: expected a box inside the {hw[1]}x{hw[0]} image, got {window}")
     return InvertedImage(
         model_id=meta["model_id"], prompt=meta["prompt"], config=InversionConfig(**meta["config"]),
         record_plan={int(s): tuple(int(x) for x in v) for s, v in meta["record_plan"].items()},
@@ -261,6 +269,6 @@ def _from_saved(meta: dict, tensors: dict[str, torch.Tensor]) -> InvertedImage:
         null_embeddings=tensors.get("null_embeddings"), reconstruction=tensors["reconstruction"],
         activations=acts, key=str(meta.get("key", "")), timings=meta.get("timings", {}),
         unet_evals=meta.get("unet_evals", {}), null_losses=meta.get("null_losses", []),
-        seed=meta.get("seed"), trajectory=tensors.get("trajectory"),
+        seed=meta.get("seed"), trajectory=tensors.get("trajectory"), context_depth=tensors.get("context_depth"),
         weights_digest=str(meta.get("weights_digest", "")),
     )

@@ -27,22 +27,32 @@ DEFAULT_FOV_DEG = 55.0  # Sec. 5.1: "We assume the same 55 deg field of view ...
 class Camera:
     """Pinhole intrinsics for an ``height x width`` image.
 
-    ``fx, fy, cx, cy`` are in pixels with the pixel-centre convention of this module.
+    ``fx, fy, cx, cy`` are in pixels with the pixel-centre convention of this module. By default
+    the principal point is the image centre and ``fx`` follows from the horizontal field of view
+    ``fov_deg``; a window of a larger image (:meth:`window`) has its own: ``focal`` and
+    ``principal`` (``(cx, cy)``) in this image's pixels, while ``fov_deg`` stays the whole
+    photo's.
     """
 
     height: int
     width: int
     fov_deg: float = DEFAULT_FOV_DEG
+    focal: float | None = None
+    principal: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (0.0 < self.fov_deg < 180.0):
             raise ValueError(f"fov_deg: expected a value in (0, 180), got {self.fov_deg}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"camera size: expected positive height and width, got {self.height}x{self.width}")
+        if self.focal is not None and not self.focal > 0:
+            raise ValueError(f"focal: expected a positive focal length in pixels, got {self.focal}")
 
     @property
     def fx(self) -> float:
-        """Focal length in pixels from the horizontal field of view."""
+        """Focal length in pixels (from the horizontal field of view unless ``focal`` is set)."""
+        if self.focal is not None:
+            return float(self.focal)
         return self.width / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))
 
     @property
@@ -51,15 +61,28 @@ class Camera:
 
     @property
     def cx(self) -> float:
-        return self.width / 2.0
+        return self.width / 2.0 if self.principal is None else float(self.principal[0])
 
     @property
     def cy(self) -> float:
-        return self.height / 2.0
+        return self.height / 2.0 if self.principal is None else float(self.principal[1])
 
     def resized(self, height: int, width: int) -> Camera:
-        """The same camera (same field of view) sampled on a ``height x width`` grid."""
-        return Camera(height, width, self.fov_deg)
+        """The same camera sampled on a ``height x width`` grid (the same rays: the focal length
+        and principal point scale with the grid; the default centred camera stays centred)."""
+        if self.focal is None and self.principal is None:
+            return Camera(height, width, self.fov_deg)
+        sx, sy = width / self.width, height / self.height
+        return Camera(height, width, self.fov_deg, self.fx * sx, (self.cx * sx, self.cy * sy))
+
+    def window(self, box: tuple[int, int, int, int]) -> Camera:
+        """The camera of the crop ``box = (x0, y0, x1, y1)`` (pixels, half-open) of this image: the
+        same focal length, the principal point shifted by ``(x0, y0)``. Resize it with
+        :meth:`resized` (which scales the focal length) for the crop at another resolution."""
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if not (0 <= x0 < x1 <= self.width and 0 <= y0 < y1 <= self.height):
+            raise ValueError(f"window: expected a box inside the {self.width}x{self.height} image, got {box}")
+        return Camera(y1 - y0, x1 - x0, self.fov_deg, self.fx, (self.cx - x0, self.cy - y0))
 
     def matrix(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
         """The 3x3 intrinsic matrix ``K`` (pixel units)."""

@@ -244,14 +244,29 @@ def estimate_light(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
     return best, best_shadow
 
 
-def shadow_ratio(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, window: int) -> torch.Tensor:
+def surroundings(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ring: int) -> torch.Tensor:
+    """``(1, 3, H, W)`` the brightness of the lit pixels next to a shadow, per channel: the mean of
+    the ring of pixels within ``ring`` px of ``shadow`` (``(1, 1, H, W)``) that are neither in it
+    nor in ``ignore``, taken locally (a box of ``4 ring + 1`` px) and, where the box holds none of
+    the ring, over the whole ring. Only the ring counts: a dark wall or sky farther away is
+    another surface, not the lit floor the shadow lies on."""
+    hard = (shadow > 0.5).float()
+    ringm = ((F.max_pool2d(hard, 2 * ring + 1, 1, ring) > 0.5) & (hard < 0.5) & (ignore < 0.5)).float()
+    img = image.float()
+    if float(ringm.sum()) < 1:
+        return torch.ones_like(img)
+    weight = box_mean(ringm, 4 * ring + 1)
+    local = box_mean(img * ringm, 4 * ring + 1) / weight.clamp(min=1e-6)
+    whole = (img * ringm).sum((2, 3), keepdim=True) / ringm.sum()
+    return torch.where(weight > 1e-3, local, whole)
+
+
+def shadow_ratio(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ring: int) -> torch.Tensor:
     """``(1, 3, 1, 1)`` how much of the light a shadow leaves, per channel, in (0, 1]: the median
-    over ``shadow`` pixels of the image over the mean of the unshadowed pixels around them
-    (within ``window`` pixels, ``shadow`` and ``ignore`` left out); 1 for an empty shadow."""
+    over ``shadow`` pixels of the image over its lit :func:`surroundings`; 1 for an empty shadow."""
     if float(shadow.sum()) < 1:
         return torch.ones(1, 3, 1, 1)
-    lit = ((shadow < 0.5) & (ignore < 0.5)).float()
-    around = box_mean(image.float() * lit, window) / box_mean(lit, window).clamp(min=1e-6)
+    around = surroundings(image, shadow, ignore, ring)
     ratio = (image.float() / around.clamp(min=1e-4))[0][:, shadow[0, 0] > 0.5]  # (3, n)
     return ratio.median(dim=1).values.clamp(0.05, 1.0).view(1, 3, 1, 1)
 
@@ -267,14 +282,12 @@ def move_shadow(image: torch.Tensor, old: torch.Tensor, new: torch.Tensor, ratio
 
 
 def lift_map(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ratio: torch.Tensor,
-             window: int) -> torch.Tensor:
-    """``(1, 3, H, W)`` in ``[1, 1 / ratio]``: the mean of the lit surroundings (within ``window``
-    px, ``shadow`` and ``ignore`` left out) over the mean of the shadow's pixels within 5x5 of it
-    (texture averages out, a lit pixel the estimate covers stays lit), per channel; the factor
-    that brings each shadowed pixel back to its surroundings' brightness, never darker, never more
-    than the shadow took."""
-    lit = ((shadow < 0.5) & (ignore < 0.5)).float()
-    around = box_mean(image.float() * lit, window) / box_mean(lit, window).clamp(min=1e-6)
+             ring: int) -> torch.Tensor:
+    """``(1, 3, H, W)`` in ``[1, 1 / ratio]``: the lit :func:`surroundings` over the mean of the
+    shadow's pixels within 5x5 of each pixel (texture averages out, a lit pixel the estimate
+    covers stays lit), per channel; the factor that brings each shadowed pixel back to its
+    surroundings' brightness, never darker, never more than the shadow took."""
+    around = surroundings(image, shadow, ignore, ring)
     inside = ((shadow > 0.5) & (ignore < 0.5)).float()
     own = box_mean(image.float() * inside, 5) / box_mean(inside, 5).clamp(min=1e-6)
     return torch.minimum((around / own.clamp(min=1e-4)).clamp(min=1.0), 1.0 / ratio)
@@ -304,9 +317,9 @@ def find_shadows(image: torch.Tensor, depth: torch.Tensor, masks: list[torch.Ten
             reach = 3.0 * float((pts.max(0).values - pts.min(0).values).norm())
             new = torch.maximum(new, cast_shadow(t.apply(pts.double()).float(), receiver, light, camera, reach))
     old, new = old * (1.0 - on_top), new * (1.0 - on_top)
-    window = max(9, int(4 * math.sqrt(float(union.sum()))))
-    ratio = shadow_ratio(image, old, union, window)
-    lift = lift_map(image, old, union, ratio, window)
+    ring = max(2, int(0.25 * math.sqrt(float(union.sum()))))  # a quarter of the object's size
+    ratio = shadow_ratio(image, old, union, ring)
+    lift = lift_map(image, old, union, ratio, ring)
     return Effects(light, soften(old), soften(new), ratio, lift)
 
 

@@ -166,11 +166,32 @@ def prepare(backbone: Backbone, inverted: InvertedImage, request: EditRequest,
     masks = work_masks(backbone, inverted, request.object_masks) if request.kind == "objects" else []
     background = None
     if request.background_depth is not None and request.kind != "camera":
-        background = _work_background(backbone, request.background_depth, inverted.depth)
+        background = _work_background(backbone, inverted, request.background_depth)
     source = None
     if request.kind == "camera" and request.source_image is not None:
-        source = backbone.resize_to_work(request.source_image.float().to(inverted.depth.device), (h, w))
-    return Prepared(request, inverted, schedule_layers, Camera(h, w, request.fov_deg), masks, background, source)
+        source = to_work(backbone, inverted, request.source_image.float().to(inverted.depth.device))
+    return Prepared(request, inverted, schedule_layers, work_camera(inverted, request.fov_deg), masks, background,
+                    source)
+
+
+def work_camera(inverted: InvertedImage, fov_deg: float) -> Camera:
+    """The camera of the work-size image: the photo's (``fov_deg`` across its width), or for an
+    edit window (``inverted.config.window``) the window's, scaled to the work size."""
+    h, w = inverted.depth.shape[-2:]
+    box = inverted.config.window
+    if box is None:
+        return Camera(h, w, fov_deg)
+    return Camera(*inverted.input_hw, fov_deg).window(box).resized(h, w)
+
+
+def to_work(backbone: Backbone, inverted: InvertedImage, x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``x`` ``(1, C, H_in, W_in)`` at the input's size -> the work frame: cropped to the edit window
+    (``inverted.config.window``) if there is one, resized to the work size."""
+    if inverted.config.window is not None:
+        from diffusion_handles.geometry.window import crop
+
+        x = crop(x, inverted.config.window)
+    return backbone.resize_to_work(x, tuple(inverted.depth.shape[-2:]), mode)
 
 
 def check_inverted(backbone: Backbone, inverted: InvertedImage, guidance: GuidanceConfig) -> list[tuple[int, ...]]:
@@ -198,21 +219,22 @@ def check_inverted(backbone: Backbone, inverted: InvertedImage, guidance: Guidan
 def work_masks(backbone: Backbone, inverted: InvertedImage, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per-object masks ``(1, 1, H, W)`` at the input size -> work size (nearest), validated."""
     out = []
-    work = tuple(inverted.depth.shape[-2:])
     for k, m in enumerate(masks):
         if not isinstance(m, torch.Tensor) or m.dim() != 4 or m.shape[:2] != (1, 1):
             raise HandlesError(f"object_masks[{k}]: expected a tensor (1, 1, H, W), got {getattr(m, 'shape', type(m))}")
         if tuple(m.shape[-2:]) != tuple(inverted.input_hw):
             raise HandlesError(f"object_masks[{k}]: expected size {inverted.input_hw[1]}x{inverted.input_hw[0]} "
                                f"(W x H, the inverted image's), got {m.shape[-1]}x{m.shape[-2]}")
-        mw = (backbone.resize_to_work((m > 0.5).float(), work, mode="nearest") > 0.5).float()
+        mw = (to_work(backbone, inverted, (m > 0.5).float(), "nearest") > 0.5).float()
         out.append(mw.to(inverted.depth.device))
     return out
 
 
-def _work_background(backbone: Backbone, background: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-    """The given ``d'_b`` ``(1, 1, H_in, W_in)`` resized to the work size of ``depth``."""
+def _work_background(backbone: Backbone, inverted: InvertedImage, background: torch.Tensor) -> torch.Tensor:
+    """The given ``d'_b`` ``(1, 1, H', W')`` (stretched to the input's size if it has another) in
+    the work frame (:func:`to_work`)."""
     if not isinstance(background, torch.Tensor) or background.dim() != 4 or background.shape[:2] != (1, 1):
         raise HandlesError("background_depth: expected a tensor (1, 1, H, W), got "
                            f"{getattr(background, 'shape', type(background))}")
-    return backbone.resize_to_work(background.float().to(depth.device), tuple(depth.shape[-2:]))
+    background = backbone.resize_to_work(background.float().to(inverted.depth.device), tuple(inverted.input_hw))
+    return to_work(backbone, inverted, background)

@@ -13,6 +13,7 @@ colour where nothing needs to change, so copying it there loses detail for nothi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ from diffusion_handles.diffusion.backbone import Backbone
 from diffusion_handles.diffusion.config import GuidanceConfig
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import warp
+from diffusion_handles.geometry.shadow import Effects
 from diffusion_handles.stages.s1_prepare import Prepared
 from diffusion_handles.stages.s2_geometry import Geometry
 from diffusion_handles.stages.s5_sample import Sampled
@@ -69,30 +71,74 @@ class EditOutput:
     config: dict = field(default_factory=dict)
 
 
+class Frame:
+    """The way back from the work frame to the input's: resized to the input's size, or for an
+    edit window (``inverted.config.window``) resized to the window and placed in the photo."""
+
+    def __init__(self, backbone: Backbone, prep: Prepared) -> None:
+        inv = prep.inverted
+        self.backbone, self.hw, self.box = backbone, tuple(inv.input_hw), inv.config.window
+        given = prep.request.source_image
+        if given is not None and tuple(given.shape[-2:]) != self.hw:
+            raise HandlesError(f"source_image: expected size {self.hw[1]}x{self.hw[0]} (W x H), "
+                               f"got {given.shape[-1]}x{given.shape[-2]}")
+        if given is None and self.box is not None:
+            raise HandlesError("source_image: an inversion of a window of the photo (inversion.window) needs the "
+                               "whole photo as source_image")
+        self.source = self.back(inv.image, 0.0) if given is None else given.float().cpu()
+        self.context = inv.context_depth
+
+    def back(self, x: torch.Tensor, fill: float | torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+        """``x`` ``(1, C, h, w)`` at the work size -> ``(1, C, H, W)`` at the input's; outside a
+        window ``fill`` (a number or a ``(1, C, H, W)`` tensor)."""
+        x = x.float().cpu()
+        if self.box is None:
+            return self.backbone.resize_to_work(x, self.hw, mode)
+        from diffusion_handles.geometry.window import paste
+
+        canvas = fill if isinstance(fill, torch.Tensor) else torch.full((1, x.shape[1], *self.hw), float(fill))
+        return paste(x, canvas.float().cpu(), self.box, mode)
+
+    def depth(self, x: torch.Tensor) -> torch.Tensor:
+        """A work-size depth back at the input's size; outside a window the photo's own depth."""
+        fill = 0.0 if self.context is None else self.backbone.resize_to_work(self.context.float().cpu(), self.hw)
+        return self.back(x, fill)
+
+    def flow_source(self, source: torch.Tensor) -> torch.Tensor:
+        """A flow's normalised source coordinates ``(1, 2, h, w)`` at the input's size (the
+        identity outside a window)."""
+        from diffusion_handles.geometry.window import resize_source, source_to_image
+
+        if self.box is None:
+            return resize_source(source.float().cpu(), self.hw)
+        return source_to_image(source.float().cpu(), self.box, self.hw)
+
+
 def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
            guidance: GuidanceConfig) -> EditOutput:
-    """Stage 6: decode ``sampled.latent``, resize every output to the input's size, keep the warp, composite."""
+    """Stage 6: decode ``sampled.latent``, bring every output to the input's size (:class:`Frame`),
+    keep the warp, composite."""
     inv = prep.inverted
-
-    def back(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-        return backbone.resize_to_work(x.float().cpu(), inv.input_hw, mode)
-
-    region = back(geo.region).clamp(0, 1)
-    generated = back(backbone.decode(sampled.latent))
+    frame = Frame(backbone, prep)
+    region = frame.back(geo.region, 0.0).clamp(0, 1)
+    generated = frame.back(backbone.decode(sampled.latent), frame.source)
     edited = generated
     if guidance.composite:
-        kept = _kept(prep, geo, back)
-        inside = _detail(prep, geo, generated, kept, back) if guidance.keep_detail else generated
+        kept = frame.back(geo.keep_image, frame.source) if geo.keep_image is not None else frame.source
+        inside = _detail(prep, geo, generated, kept, frame) if guidance.keep_detail else generated
         edited = composite(inside, region, kept)
     n = inv.config.num_steps
     resolved = guidance.to_dict()
     resolved["layers"] = list(guidance.resolved_layers(backbone.num_up_blocks))
     resolved["guide_until"] = guidance.resolved_guide_until(n)
+    effects = geo.effects.region if geo.effects is not None else torch.zeros_like(geo.hard.float())
     return EditOutput(
-        edited=edited, reconstruction=back(inv.reconstruction), preview=back(geo.preview),
-        edited_depth=back(geo.edited_depth), edited_mask=back(geo.edited_mask), valid_mask=back(geo.valid, "nearest"),
-        region=region, generated=generated, effects=_effects_region(geo, back), light=_light(geo), unet_evals=sampled.unet_evals, energies=sampled.energies,
-        monitor=sampled.monitor, config=resolved,
+        edited=edited, reconstruction=frame.back(inv.reconstruction, frame.source),
+        preview=frame.back(geo.preview, frame.source), edited_depth=frame.depth(geo.edited_depth),
+        edited_mask=frame.back(geo.edited_mask, 0.0), valid_mask=frame.back(geo.valid, 1.0, "nearest"),
+        region=region, generated=generated, effects=frame.back(effects, 0.0).clamp(0, 1),
+        light=None if geo.effects is None else geo.effects.light, unet_evals=sampled.unet_evals,
+        energies=sampled.energies, monitor=sampled.monitor, config=resolved,
     )
 
 
@@ -139,41 +185,22 @@ def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor
     return w * telea + (1.0 - w) * generated
 
 
-def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, back) -> torch.Tensor:
+def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, frame: Frame) -> torch.Tensor:
     """Inside the region: the input warped by the flow at the input's size (shadows moved, stage
     3) where it has pixels (:func:`keep_weight`), the holes filled by :func:`hole_fill`. A camera
     move keeps its warped input (``kept``); a removal the input outside its region."""
-    if geo.flow is None or geo.keep_image is not None:
-        warped = kept
-    else:
-        warped = warp(kept, back(geo.flow.source.float()))
-    if geo.effects is not None and geo.effects.any:
-        warped = geo.effects.apply(warped)
-    valid = back(geo.valid, "nearest")
-    rim = RIM_PX * prep.inverted.input_hw[0] / prep.inverted.image.shape[-2]
-    w = keep_weight(valid)
-    return w * warped + (1.0 - w) * hole_fill(warped, valid, generated, rim)
-
-
-def _effects_region(geo: Geometry, back) -> torch.Tensor:
+    warped = kept if geo.flow is None or geo.keep_image is not None else warp(kept, frame.flow_source(geo.flow.source))
     fx = geo.effects
-    return back(geo.hard.new_zeros(geo.hard.shape).float()) if fx is None else back(fx.region.float()).clamp(0, 1)
-
-
-def _light(geo: Geometry) -> torch.Tensor | None:
-    return None if geo.effects is None else geo.effects.light
-
-
-def _kept(prep: Prepared, geo: Geometry, back) -> torch.Tensor:
-    """The image kept outside the region, at the input size: the camera's warped input, else the
-    caller's source image (or the work-size input resized back)."""
+    if fx is not None and fx.any:
+        lift = fx.lift if fx.lift is not None else (1.0 / fx.ratio).expand(1, 3, *fx.old.shape[-2:])
+        placed = Effects(fx.light, frame.back(fx.old, 0.0), frame.back(fx.new, 0.0), fx.ratio, frame.back(lift, 1.0))
+        warped = placed.apply(warped)
     inv = prep.inverted
-    given = prep.request.source_image
-    if geo.keep_image is not None:
-        src = back(geo.keep_image)
-    else:
-        src = back(inv.image) if given is None else given.float().cpu()
-    if tuple(src.shape[-2:]) != tuple(inv.input_hw):
-        raise HandlesError(f"source_image: expected size {inv.input_hw[1]}x{inv.input_hw[0]} (W x H), "
-                           f"got {src.shape[-1]}x{src.shape[-2]}")
-    return src
+    box = inv.config.window
+    scale = (inv.input_hw[0] if box is None else box[3] - box[1]) / inv.image.shape[-2]  # input px per work px
+    valid = frame.back(geo.valid, 1.0, "nearest")
+    grow = int(math.ceil(scale)) - 1  # a hole's edge is only known to a work pixel: grow it by one
+    if grow > 0:
+        valid = -F.max_pool2d(-valid, 2 * grow + 1, 1, grow)
+    w = keep_weight(valid)
+    return w * warped + (1.0 - w) * hole_fill(warped, valid, generated, RIM_PX * scale)

@@ -91,10 +91,20 @@ class RenderOptions:
         num_steps: DDIM steps for inversion and generation (None: the facade's default, 50 as
             in Sec. 5).
         seed: seed of any randomness in the edit.
+        preset: the library's named settings of inversion and guidance
+            (``diffusion_handles.diffusion.config.preset``): ``default``, ``paper``, ``fast`` or
+            ``draft`` (the page's automatic renders while a handle pauses).
     """
 
     num_steps: int | None = None
     seed: int = 0  # seeds the VAE posterior sample of the inversion
+    preset: str = "default"
+
+    def configs(self):
+        """``(InversionConfig, GuidanceConfig)`` of the preset at ``num_steps`` (None: the preset's)."""
+        from diffusion_handles.diffusion.config import preset
+
+        return preset(self.preset, self.num_steps)
 
 
 @dataclass
@@ -247,16 +257,15 @@ class RenderService:
         tracker for it and ``passes`` guided generations of ``n`` steps each after it
         (``plan_kw``: :func:`~diffusion_handles.progress.plan_for`'s ``guidance``, ``frames``,
         ``edit_key``). Stops at the end of a step once ``cancel`` is set (nothing is cached)."""
-        from diffusion_handles.diffusion.config import GuidanceConfig, InversionConfig
         from diffusion_handles.progress import check_cancel, plan_for
 
-        inv_cfg = InversionConfig() if opts.num_steps is None else InversionConfig(num_steps=opts.num_steps)
+        inv_cfg, preset_guidance = opts.configs()
         n = inv_cfg.num_steps
-        key = f"{inp.key}:{inv_cfg.to_dict()}:{opts.seed}"
+        key = f"{inp.key}:{inv_cfg.to_dict()}:{opts.seed}:{opts.preset}"  # the preset's guidance decides what is recorded
         timings: dict[str, float] = {}
         inverted = self._cache.get(key)
         reused = inverted is not None
-        guidance = plan_kw.pop("guidance", None) or GuidanceConfig()
+        guidance = plan_kw.pop("guidance", None) or preset_guidance
         plan = plan_for(None if reused else inv_cfg, guidance, edits=passes, steps=n, **plan_kw)
         progress = step_progress(report, plan, cancel)
         check_cancel(cancel, "loading the model")
@@ -264,7 +273,7 @@ class RenderService:
             t0 = time.perf_counter()
             report("inversion", 0, n, "starting the inversion", done=0, total=progress.total)
             inverted = pipe.invert(inp.image, inp.prompt, inp.depth, inp.mask, inversion=inv_cfg,
-                                   seed=opts.seed, callback=progress)
+                                   guidance=preset_guidance, seed=opts.seed, callback=progress)
             timings["invert_s"] = time.perf_counter() - t0
             self._cache[key] = inverted
             while self._cache and len(self._cache) > self.cache_size:
@@ -283,10 +292,9 @@ class RenderService:
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edit)  # before the inversion: an impossible edit fails at once
-            inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, 1, cancel)
             t1 = time.perf_counter()
-            out = _edit(pipe, inverted, inp, edit, progress.callback("guided_generation"))
+            out = _edit(pipe, inverted, inp, edit, progress.callback("guided_generation"), opts.configs()[1])
             timings["edit_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
@@ -301,11 +309,11 @@ class RenderService:
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, None)
-            inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, 1, cancel,
                                                                  guidance=guidance, edit_key="removal")
             t1 = time.perf_counter()
-            out = pipe.remove(inverted, guidance=guidance, noise_seed=opts.seed, callback=progress.callback("removal"))
+            out = pipe.remove(inverted, guidance=guidance, noise_seed=opts.seed, source_image=inp.image,
+                              callback=progress.callback("removal"))
             timings["remove_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
@@ -319,7 +327,6 @@ class RenderService:
         with self._lock:
             pipe = self.pipeline(report)
             self.check(inp, edits[-1])  # the full transform: an impossible edit fails before the inversion
-            inp = fit_to_model(inp, int(pipe.backbone.default_size))
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, len(edits), cancel,
                                                                  frames=True)
             t1 = time.perf_counter()
@@ -332,21 +339,25 @@ class RenderService:
         return {"frames": frames, "edits": edits, "input": inp, "reused_inversion": reused, "timings": timings}
 
 
-def _edit(pipe, inverted, inp: RenderInput, edit, callback):
+def _edit(pipe, inverted, inp: RenderInput, edit, callback, guidance=None):
     """``pipe.edit`` of what ``inp`` moves: ``edit`` for the selected object, a list of edits for
-    ``inp.object_masks``, or the camera's move when ``inp.camera``."""
+    ``inp.object_masks``, or the camera's move when ``inp.camera`` (``guidance``: the preset's,
+    None: the default)."""
     from diffusion_handles.pipeline import CameraMove, ObjectMove
 
     if inp.object_masks:
         edit = [ObjectMove(m, e) for m, e in zip(inp.object_masks, edit, strict=True)]
     elif inp.camera:
         edit = CameraMove(edit)
-    return pipe.edit(inverted, edit, fov_deg=inp.fov_deg, callback=callback)
+    return pipe.edit(inverted, edit, guidance=guidance, fov_deg=inp.fov_deg, source_image=inp.image, callback=callback)
 
 
 def fit_to_model(inp: RenderInput, side: int) -> RenderInput:
     """``inp`` scaled down so its longer side is at most ``side`` (the model's native size:
-    512 for SD2-depth, 128 for TinyWorld); image area-averaged, depth and mask nearest."""
+    512 for SD2-depth, 128 for TinyWorld; what the library does itself,
+    ``Backbone.model_size``); image area-averaged, depth and mask nearest. Used to check an edit
+    at the size the model will see it; renders get the upload at its own size and come back at
+    it."""
     import torch.nn.functional as F
 
     h, w = inp.image.shape[-2:]
@@ -368,7 +379,9 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
 
     Files: ``edited.png`` (x'_0), ``input.png``, ``reconstruction.png`` (the inversion's),
     ``preview.png`` (the geometric preview, holes magenta), ``edited_depth.png`` (colour-mapped
-    d') and ``edited_depth.npy`` (z-depth, scene units), ``info.json``.
+    d') and ``edited_depth.npy`` (z-depth, scene units), ``effects_region.png`` (white where the
+    object's old shadow was and its new one falls, the region regenerated for them; black when
+    none was found), ``info.json``.
     """
     from diffusion_handles.io import save_image
     from diffusion_handles.viz import colorize_depth
@@ -376,8 +389,10 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
     out = result["output"]  # diffusion_handles.pipeline.EditOutput
     inp = result.get("input", inp)  # what was rendered (scaled to the model's size)
     files = {"edited": "edited.png", "input": "input.png", "reconstruction": "reconstruction.png",
-             "preview": "preview.png", "edited_depth": "edited_depth.png", "edited_depth_npy": "edited_depth.npy"}
+             "preview": "preview.png", "edited_depth": "edited_depth.png", "edited_depth_npy": "edited_depth.npy",
+             "effects": "effects_region.png"}
     save_image(folder / files["edited"], out.edited)
+    save_image(folder / files["effects"], out.effects)
     save_image(folder / files["input"], inp.image)
     save_image(folder / files["reconstruction"], out.reconstruction)
     save_image(folder / files["preview"], out.preview)
@@ -392,6 +407,7 @@ def write_results(folder: Path, inp: RenderInput, result: dict) -> dict[str, str
 
     info = {"reused_inversion": result["reused_inversion"], "render_size_hw": list(out.edited.shape[-2:]),
             "timings": timings, "unet_evals": out.unet_evals, "fwd_eq": forward_equivalents(out.unet_evals),
+            "light_direction": None if out.light is None else [float(v) for v in out.light],
             **result.get("meta", {})}
     (folder / "info.json").write_text(json.dumps(info, indent=2))
     return files

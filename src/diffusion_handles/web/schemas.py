@@ -198,6 +198,11 @@ class RenderRequest(EditRequest):
     num_steps: Steps | None = Field(None, description=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] "
                                     "(default: the model's, 50)")
     seed: Seed = Field(0, description=f"seed, in [{limits.SEED[0]}, {limits.SEED[1]}]")
+    preset: Literal[limits.PRESETS] = Field(  # type: ignore[valid-type]
+        "default", description="named settings of inversion and guidance: " + ", ".join(limits.PRESETS) + "; 'draft' is "
+        "the page's automatic render while a handle pauses (negative-prompt inversion, one gradient step per guided "
+        "step, a fifth of the steps: num_steps, or the server's --steps, is that of the full render it stands for; "
+        "10 of 50)")
 
 
 class AnimateRequest(EditRequest):

@@ -52,11 +52,17 @@ def router(ctx: WebContext) -> APIRouter:
         s = ctx.sessions.get(req.session_id)
         inp, target = render_input(ctx, s, req.transform, req.prompt, "render", req.mode, req.objects)
         edit = target.edit
-        opts = RenderOptions(num_steps=req.num_steps or cfg.default_steps, seed=req.seed)
+        steps = req.num_steps or cfg.default_steps
+        if req.preset == "draft" and steps:  # the draft of a render of `steps` steps
+            from diffusion_handles.diffusion.config import draft_steps
+
+            steps = draft_steps(steps)  # a fifth of the server's steps, as 10 of 50 (lazy import: the diffusion layer)
+        opts = RenderOptions(num_steps=steps, seed=req.seed, preset=req.preset)
 
         def task(job: Job) -> dict[str, str]:
             result = renderer.run(inp, edit, opts, job.report, cancel=job.cancel_event)
-            result["meta"] = {"mode": req.mode, "objects": 1 + len(req.objects) if req.mode == "object" else 0}
+            result["meta"] = {"mode": req.mode, "objects": 1 + len(req.objects) if req.mode == "object" else 0,
+                              "preset": req.preset}
             files = write_results(job.folder, inp, result)
             job.info = json.loads((job.folder / "info.json").read_text())
             return files

@@ -5,6 +5,7 @@
 // failure is shown in the page, next to what caused it; nothing fails silently.
 import { editFromPose, poseFromEdit, uniformScale } from './convert.js';
 import { DepthPad, imageFrame, minTz } from './depth.js';
+import { Drafts, PAUSE_MS, movesNothing } from './drafts.js';
 import { LivePreview } from './live.js';
 import { renderObjectList } from './modes.js';
 import { installProbe } from './probe.js';
@@ -15,7 +16,7 @@ import { applyModeToView, buildCloud, gizmoScreen, initThree, setDragging, updat
 const $ = (id) => document.getElementById(id);
 const store = new Store();
 // what the browser tests and benchmarks/web_drag.py read: counters, the 3D view, the live drawing
-const ui = { previewCount: 0, previewRequests: 0, previewBusy: false, lastJob: null, three: null, lastScale: 1 };
+const ui = { previewCount: 0, previewRequests: 0, previewBusy: false, lastJob: null, three: null, lastScale: 1, draftLog: [] };
 for (const key of ['session', 'cloud', 'info', 'job', 'jobsDone', 'editMode', 'frame']) {
   Object.defineProperty(ui, key, { get: () => store[key] });
 }
@@ -60,6 +61,26 @@ async function api(path, opts = {}) {
   return body;
 }
 const postJSON = (path, data) => api(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(data) });
+
+// ---------------------------------------------------------------- drafts (drafts.js)
+/** The draft's request for the current edit, or null when there is nothing to render. */
+function draftRequest() {
+  const s = store.session;
+  if (!s || (s.selected === null && store.editMode !== 'camera') || !store.cloud) return null;
+  const body = { session_id: s.id, ...editBody(), ...jobOptions(), preset: 'draft' };  // num_steps: the full render's
+  return movesNothing(body) ? null : body;
+}
+const currentDraftKey = () => { const b = draftRequest(); return b ? store.editKey(b) : null; };
+const drafts = new Drafts(store, { api, postJSON, request: draftRequest, log: ui.draftLog,
+  onChange: () => results.showDraft(currentDraftKey()) });
+ui.drafts = drafts;
+ui.draftKey = currentDraftKey;  // the key a draft of the current edit has
+ui.draftPauseMs = PAUSE_MS;
+$('auto-draft').addEventListener('click', () => {
+  store.autoDraft = !store.autoDraft;
+  $('auto-draft').setAttribute('aria-pressed', String(store.autoDraft));
+  if (store.autoDraft) { drafts.setStatus(''); drafts.start(performance.now()); } else { drafts.stop('auto draft is off'); drafts.setStatus('auto draft off: Render when ready'); }
+});
 
 // ---------------------------------------------------------------- transform <-> fields <-> gizmo
 const FIELDS = ['tx', 'ty', 'tz', 'ax', 'ay', 'az', 'deg', 'scale'];
@@ -146,6 +167,7 @@ function onGizmoChange() {
     store.edits.camera = editFromPose([0, 0, 0], r.position.toArray(), r.quaternion.toArray(), 1, current().rotate_axis);
     setFields(store.edits.camera);
     liveChange();
+    drafts.changed();
     return;
   }
   if (t.gizmo.mode === 'scale') {
@@ -165,6 +187,7 @@ function onGizmoChange() {
   store.edits.object = e;
   setFields(e);
   liveChange();  // drawn in the page now, exact preview when the drag pauses
+  drafts.changed();  // a draft render when the drag pauses long enough
 }
 for (const id of FIELDS) {
   $(id).addEventListener('input', () => {
@@ -176,6 +199,7 @@ for (const id of FIELDS) {
     store.edits[store.editMode] = e;
     applyEditToGizmo(e);
     requestPreview();
+    drafts.changed();
   });
 }
 for (const mode of ['translate', 'rotate', 'scale']) {
@@ -196,6 +220,7 @@ $('reset-transform').addEventListener('click', () => {
   setEdit({ ...store.identity(), rotate_axis: $('axes-camera').getAttribute('aria-pressed') === 'true' ? [0, 1, 0] : store.identity().rotate_axis });
   showNear('transform-error', '');
   requestPreview();
+  drafts.changed();
 });
 // the 3D view's keys: arrows move in the image plane, Page Up / Page Down in depth; Shift: fine
 function onViewKey(ev) {
@@ -208,6 +233,7 @@ function onViewKey(ev) {
   e.translate[2] = Math.min(lim.maxTz, Math.max(lim.minTz, e.translate[2]));
   setEdit(e);
   requestPreview();
+  drafts.changed();
 }
 const depthPad = new DepthPad($('depth-pad'), $('view3d'), {
   get: () => current().translate[2],
@@ -216,6 +242,7 @@ const depthPad = new DepthPad($('depth-pad'), $('view3d'), {
     e.translate[2] = tz;
     setEdit(e);
     if (dragging && ui.three) liveChange(); else requestPreview();
+    drafts.changed();
   },
   limits: () => (store.session && (store.editMode === 'camera' || store.session.selected !== null) ? limits() : null),
   onDrag: (on) => { setDragging(ui.three, on); live.setDragging(on); },
@@ -241,6 +268,7 @@ function setEditMode(mode) {
   showNear('transform-error', '');
   updateButtons();
   requestPreview();
+  drafts.changed();
 }
 $('edit-object').addEventListener('click', () => setEditMode('object'));
 $('edit-camera').addEventListener('click', () => setEditMode('camera'));
@@ -255,6 +283,7 @@ function renderObjects() {
     renderObjects();
     updateButtons();
     requestPreview();
+    drafts.changed();
   });
   $('objects-note').hidden = store.objects.length === 0;
 }
@@ -341,6 +370,8 @@ async function loadCloud(info, ticket, keepAxis) {
 }
 /** A new image (scene or upload): nothing of the last one stays on screen or in a request. */
 async function openSession(info, name) {
+  drafts.stop('another image was opened');
+  drafts.setStatus('');
   store.openSession(info, name);
   const ticket = store.ticket();
   $('input-img').src = info.image_url;
@@ -371,6 +402,7 @@ async function openSession(info, name) {
 }
 /** Another object of the open image: the last one keeps its move in the list. */
 async function selectObject(info, keep = false) {
+  drafts.stop('another object was selected');
   const e = store.selectObject(info, store.edits.object, keep);
   const ticket = store.ticket();
   fillMaskSelect(info);
@@ -381,6 +413,7 @@ async function selectObject(info, keep = false) {
   if (store.editMode === 'object') setEdit(e); else applyModeToView(ui.three, 'camera', store.cloud);
   updateButtons();
   if (info.selected !== null) showPreviewImage(info.image_url);
+  results.showDraft(currentDraftKey());
   await requestPreview();
 }
 function loadSession(info, name) {
@@ -525,6 +558,7 @@ function onJobUpdate(st) {
   if (st.state === 'done' && !result) setProgress(1, `${word} done, for an image no longer open (not shown)`);
   if (st.state === 'error') { showError(`${job.kind}: ${st.error}`); showNear('job-error', `${word} failed: ${st.error}`); }
   if (st.state === 'cancelled') setProgress(0, `${word}: ${describe(st)}`);
+  if (!store.draft) drafts.setStatus('');  // "draft cancelled: a render was asked" is over
   if (result) results.show();
   updateButtons();
   return true;
@@ -559,6 +593,7 @@ function jobOptions() {
   return o;
 }
 async function submitJob(path, body, kind) {
+  drafts.stop(`a ${KIND_WORD[kind]} was asked`);  // the full job gets the worker
   showNear('job-error', '');
   setProgress(0, `${KIND_WORD[kind]}: submitting…`);
   const s = store.session, mask = s && s.masks.find((m) => m.index === s.selected);

@@ -43,6 +43,9 @@ export class ResultPanel {
     for (const b of $('result-kinds').querySelectorAll('button')) {
       b.addEventListener('click', () => { this.store.shown = b.dataset.kind; this.show(); });
     }
+    this.effects = false;  // the effects region tinted over the result
+    $('effects-toggle').addEventListener('click', () => { this.effects = !this.effects; this.drawEffects(); });
+    $('draft-toggle').addEventListener('click', () => { this.store.draftShown = !this.store.draftShown; this.showDraft(); });
     new ResizeObserver(() => this.fit()).observe($('input-img'));
     this.fit();
   }
@@ -57,20 +60,80 @@ export class ResultPanel {
   fit() {
     const img = $('input-img'), s = this.store.session;
     const w = img.clientWidth, h = s ? (w * s.height) / s.width : 0;
-    const box = $('result-scroll'), view = $('result-view');
-    if (!s || !w) { box.style.width = ''; box.style.height = ''; view.style.width = ''; view.style.height = ''; return; }
+    const box = $('result-scroll'), views = [$('result-view'), $('draft-view')];
+    if (!s || !w) {
+      box.style.width = ''; box.style.height = '';
+      for (const v of views) { v.style.width = ''; v.style.height = ''; }
+      return;
+    }
     box.style.width = `${w}px`;
     box.style.height = `${h}px`;
-    view.style.width = `${w * this.zoom}px`;
-    view.style.height = `${h * this.zoom}px`;
+    for (const v of views) { v.style.width = `${w * this.zoom}px`; v.style.height = `${h * this.zoom}px`; }
+  }
+
+  /**
+   * The last draft drawn over the result box (tag "draft") while the store says so; dimmed with
+   * a caption once the edit has moved on from the position it shows.
+   * @param {string|null} currentKey the store's key of the current edit's draft request
+   */
+  showDraft(currentKey = this.currentKey) {
+    this.currentKey = currentKey;
+    const st = this.store, d = st.draftResult, on = Boolean(d) && st.draftShown;
+    $('draft-view').hidden = !on;
+    $('draft-toggle').hidden = !d;
+    $('draft-toggle').setAttribute('aria-pressed', String(on));
+    const full = st.shown ? st.results[st.shown] : null;
+    $('result-tag').textContent = on ? 'draft' : 'result';
+    $('result-empty').hidden = on || Boolean(full);
+    if (!d) { $('draft-img').removeAttribute('src'); return; }
+    const stale = d.key !== currentKey, wasHidden = $('draft-view').dataset.on !== String(on);
+    $('draft-view').dataset.on = String(on);
+    $('draft-view').classList.toggle('stale', stale);
+    $('result-tag').textContent = on ? (stale ? 'draft (earlier edit)' : 'draft') : 'result';
+    if ($('draft-img').getAttribute('src') !== d.status.results.edited) $('draft-img').src = d.status.results.edited;
+    $('draft-img').alt = `draft: ${describe({ kind: 'render', body: d.body }, this.objectName(d))}`;
+    if (wasHidden) this.fit();
+  }
+
+  /** The effects region (white where the old shadow was and the new one falls) tinted over the result. */
+  drawEffects() {
+    const st = this.store, r = st.shown ? st.results[st.shown] : null;
+    const url = r && r.kind !== 'animate' ? r.status.results.effects : null;
+    const canvas = $('effects-overlay');
+    $('effects-toggle').hidden = !url;
+    $('effects-toggle').setAttribute('aria-pressed', String(this.effects && Boolean(url)));
+    if (!url || !this.effects) { canvas.hidden = true; delete canvas.dataset.src; return; }
+    if (canvas.dataset.src === url) { canvas.hidden = false; return; }
+    const img = new Image();
+    img.onload = () => {
+      if ((st.shown ? st.results[st.shown] : null) !== r || !this.effects) return;  // another result meanwhile
+      canvas.width = img.naturalWidth;
+      canvas.height = img.naturalHeight;
+      const g = canvas.getContext('2d');
+      g.drawImage(img, 0, 0);
+      const px = g.getImageData(0, 0, canvas.width, canvas.height), a = px.data;
+      let lit = 0;
+      for (let i = 0; i < a.length; i += 4) {
+        const v = (a[i] + a[i + 1] + a[i + 2]) / 3;  // white: the region
+        a[i] = 40; a[i + 1] = 200; a[i + 2] = 255; a[i + 3] = Math.round(0.55 * v);
+        if (v > 127) lit += 1;
+      }
+      g.putImageData(px, 0, 0);
+      canvas.dataset.src = url;
+      canvas.dataset.pixels = String(lit);
+      canvas.hidden = false;
+      $('effects-note').textContent = lit ? `effects region: ${lit} px (tinted blue)` : 'no effects region was found for this edit';
+    };
+    img.onerror = () => { $('effects-note').textContent = 'the effects region did not load'; };
+    img.src = url;
   }
 
   /** Show the store's chosen result (or none). */
   show() {
     const st = this.store, r = st.shown ? st.results[st.shown] : null;
     $('results').hidden = !r;
-    $('result-empty').hidden = Boolean(r);
     $('result-view').hidden = !r;
+    this.showDraft();
     for (const b of $('result-kinds').querySelectorAll('button')) {
       b.hidden = !st.results[b.dataset.kind];
       b.setAttribute('aria-pressed', String(b.dataset.kind === st.shown));
@@ -101,7 +164,10 @@ export class ResultPanel {
       $('result-depth-caption').textContent = r.kind === 'remove' ? 'background depth (object removed)' : 'edited depth';
     }
     const tm = info.timings || {};
-    $('result-info').textContent = Object.entries(tm).map(([k, v]) => `${k} ${Number(v).toFixed(2)} s`).join(' · ');
+    const light = Array.isArray(info.light_direction) ? [`light direction (${info.light_direction.map((v) => Number(v).toFixed(2)).join(', ')})`] : [];
+    $('result-info').textContent = [...light, ...Object.entries(tm).map(([k, v]) => `${k} ${Number(v).toFixed(2)} s`)].join(' · ');
+    $('effects-note').textContent = '';
+    this.drawEffects();
     const dl = $('downloads');
     dl.innerHTML = '';
     for (const [n, url] of Object.entries(res)) {

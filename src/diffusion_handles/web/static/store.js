@@ -27,6 +27,12 @@ export class Store {
     this.shown = null;  // the kind of result on screen
     this.job = null;  // the job in flight: {id, kind, body, generation}
     this.jobsDone = 0;
+    // drafts: a quick render (preset "draft") of the current edit, started by the page itself when
+    // the handle pauses, cancelled when it moves again; never in `job` (Render stays free)
+    this.autoDraft = true;  // the "auto draft" switch
+    this.draft = null;  // the draft in flight: {id, key, body, ticket, generation, pausedAt, objectName}
+    this.draftResult = null;  // the last finished draft of this image: {id, key, body, status, seconds}
+    this.draftShown = false;  // the draft is drawn over the result box
   }
 
   /** A token for a request; `current(t)` says whether its answer still belongs on screen. */
@@ -50,7 +56,42 @@ export class Store {
     this.objects = [];
     this.results = {};
     this.shown = null;
+    this.draft = null;
+    this.draftResult = null;
+    this.draftShown = false;
     this.edits = { object: clone(IDENTITY), camera: clone(IDENTITY) };
+  }
+
+  /** What a render of `body` (and its prompt and seed) would produce on this image: equal keys, same result. */
+  editKey(body) {
+    return JSON.stringify([this.generation, this.session ? this.session.selected : null, body]);
+  }
+
+  /** A draft was asked for the current edit `key`; the one before it (if any) is returned to be cancelled. */
+  startDraft(key, body, pausedAt) {
+    const prev = this.draft;
+    const s = this.session, mask = s && s.masks.find((m) => m.index === s.selected);
+    this.draft = { id: null, key, body, ticket: this.ticket(), generation: this.generation, pausedAt,
+      objectName: mask ? mask.name : null };
+    return prev;
+  }
+
+  /** The handle moved: the draft in flight (if any) is dropped and returned, to be cancelled. */
+  dropDraft() {
+    const prev = this.draft;
+    this.draft = null;
+    return prev;
+  }
+
+  /** A draft ended; it is kept and shown only if it is still the one asked for. */
+  finishDraft(id, status, seconds) {
+    const d = this.draft;
+    if (!d || d.id !== id) return null;
+    this.draft = null;
+    if (d.generation !== this.generation || status.state !== 'done') return null;
+    this.draftResult = { id, key: d.key, body: d.body, objectName: d.objectName, status, seconds };
+    this.draftShown = true;
+    return this.draftResult;
   }
 
   /**
@@ -101,6 +142,7 @@ export class Store {
     const result = { kind: job.kind, body: job.body, objectName: job.objectName, status };
     this.results[job.kind] = result;
     this.shown = job.kind;
+    this.draftShown = false;  // the newer full result on top
     this.jobsDone += 1;
     return result;
   }

@@ -1,0 +1,84 @@
+"""Edits come back at the input's size, the input's pixels untouched outside the edit region, and
+an edit window runs the model at its own size on part of a larger photo (issue: any photo in, the
+same photo out). Tiny random model (native size 32 px)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_handles.diffusion.config import InversionConfig
+from diffusion_handles.errors import HandlesError
+from diffusion_handles.geometry import HandleEdit
+from diffusion_handles.io import save_image
+
+MOVE = HandleEdit(translate=(0.25, 0.0, 0.0))
+
+
+def _photo(size: int):
+    """A textured wall with a box in front of it, quantised to 8 bits like a file."""
+    g = torch.Generator().manual_seed(3)
+    image = (torch.rand(1, 3, size, size, generator=g) * 255).round() / 255
+    depth = torch.full((1, 1, size, size), 4.0)
+    mask = torch.zeros(1, 1, size, size)
+    a, b = int(size * 0.40), int(size * 0.55)
+    mask[..., a:b, a:b] = 1.0
+    depth[mask > 0.5] = 3.0
+    image[:, 0:1][mask > 0.5] = 0.9
+    return image, depth, mask
+
+
+def _inv(handles, size, **config):
+    image, depth, mask = _photo(size)
+    inv = handles.invert(image, "a red box", depth, mask,
+                         inversion=InversionConfig(num_steps=3, method="negative-prompt", **config))
+    return image, depth, inv
+
+
+def _png_roundtrip(x: torch.Tensor, tmp_path) -> np.ndarray:
+    save_image(tmp_path / "x.png", x)
+    return np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
+
+
+def test_a_large_input_is_edited_at_the_models_size_and_comes_back_at_its_own(handles, tmp_path):
+    """A model run at the input's size, or a result left at the model's, fails; so does a
+    composite that touches a pixel outside the region (compared byte for byte after the PNG)."""
+    image, _, inv = _inv(handles, 96)
+    assert tuple(inv.image.shape[-2:]) == (32, 32) and inv.input_hw == (96, 96)
+    out = handles.edit(inv, MOVE, source_image=image)
+    assert out.edited.shape == (1, 3, 96, 96) and out.region.shape == (1, 1, 96, 96)
+    outside = (out.region[0, 0] == 0).numpy()
+    assert outside.mean() > 0.3
+    got, want = _png_roundtrip(out.edited, tmp_path), _png_roundtrip(image, tmp_path)
+    assert np.array_equal(got[outside], want[outside])
+
+
+def test_a_window_edit_keeps_the_photo_outside_the_window(handles, tmp_path):
+    """The window's generation placed at the wrong offset, or scaled wrongly, changes pixels
+    outside it or misses the object; an edit without the photo cannot fill outside the window."""
+    box = (24, 24, 72, 72)
+    image, depth, inv = _inv(handles, 96, window=box)
+    assert tuple(inv.image.shape[-2:]) == (32, 32) and inv.config.window == box
+    out = handles.edit(inv, MOVE, source_image=image)
+    assert out.edited.shape == (1, 3, 96, 96)
+    outside_window = torch.ones(96, 96, dtype=torch.bool)
+    outside_window[24:72, 24:72] = False
+    assert torch.equal(out.edited[0][:, outside_window], image[0][:, outside_window])
+    assert float(out.region[0, 0][outside_window].max()) == 0.0
+    assert float(out.region[0, 0][24:72, 24:72].max()) == pytest.approx(1.0)
+    moved = out.edited_mask[0, 0] > 0.5  # the moved box lands right of where it was, inside the window
+    cols = torch.nonzero(moved)[:, 1].float()
+    assert cols.numel() > 0 and float(cols.mean()) > 47.5 + 2
+    assert torch.allclose(out.edited_depth[0, 0][:10, :10], torch.full((10, 10), 4.0), atol=1e-4)
+    with pytest.raises(HandlesError, match="source_image"):
+        handles.edit(inv, MOVE)
+
+
+def test_a_window_must_hold_the_object_and_lie_in_the_photo(handles):
+    image, depth, mask = _photo(96)
+    with pytest.raises(HandlesError, match="misses the mask"):
+        handles.invert(image, "x", depth, mask, inversion=InversionConfig(num_steps=2, window=(0, 0, 20, 20)))
+    with pytest.raises(HandlesError, match="inside the 96x96 image"):
+        handles.invert(image, "x", depth, mask, inversion=InversionConfig(num_steps=2, window=(50, 50, 120, 120)))
