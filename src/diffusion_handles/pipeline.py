@@ -275,28 +275,31 @@ class DiffusionHandles:
         )
 
     def edit_window(self, depth: torch.Tensor, mask: torch.Tensor,
-                    transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,
+                    *targets: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove],
                     fov_deg: float = DEFAULT_FOV_DEG) -> tuple[int, int, int, int] | None:
-        """The edit window for ``transform`` (``InversionConfig.window``): a square around the
-        object where it is and where it goes, with a margin, or ``None`` (the whole photo) when
-        the photo is no larger than the model's native size, for a camera move, or when the
-        square would cover most of the photo (:func:`diffusion_handles.geometry.window.choose_window`).
+        """The edit window (``InversionConfig.window``) for the edits ``targets`` of one inversion
+        (one edit, each frame of a trajectory, or none for a removal): a square around every
+        object where it is and where each edit takes it, with a margin for its shadow, or ``None``
+        (the whole photo) when the photo is no larger than the model's native size, for a camera
+        move, or when the square would cover most of the photo
+        (:func:`diffusion_handles.geometry.window.choose_window`).
 
         Args:
-            depth: ``(1, 1, H, W)`` z-depth; mask: ``(1, 1, H, W)`` the object (unused for
-                several objects: each :class:`ObjectMove` has its own); transform: as :meth:`edit`.
+            depth: ``(1, 1, H, W)`` z-depth; mask: ``(1, 1, H, W)`` the object (for several
+                objects each :class:`ObjectMove` has its own); targets: as :meth:`edit` takes them.
         """
         from diffusion_handles.geometry import Camera
         from diffusion_handles.geometry.window import choose_window, edit_boxes
 
         h, w = (int(v) for v in depth.shape[-2:])
-        if isinstance(transform, CameraMove) or max(h, w) <= self.backbone.default_size:
+        if any(isinstance(t, CameraMove) for t in targets) or max(h, w) <= self.backbone.default_size:
             return None
-        if isinstance(transform, (HandleEdit, Similarity)):
-            masks, edits = [mask], [transform]
-        else:
-            masks, edits = [m.mask for m in transform], [m.transform for m in transform]
-        return choose_window((h, w), edit_boxes(depth.float(), masks, edits, Camera(h, w, fov_deg)))
+        camera, boxes = Camera(h, w, fov_deg), []
+        for t in targets or (HandleEdit(),):  # a removal: the object where it is
+            masks, edits = ([mask], [t]) if isinstance(t, (HandleEdit, Similarity)) else \
+                ([m.mask for m in t], [m.transform for m in t])
+            boxes += edit_boxes(depth.float(), masks, edits, camera)
+        return choose_window((h, w), boxes)
 
     # ------------------------------------------------------------------------------------
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,

@@ -156,3 +156,33 @@ def test_entry_point_subprocess(inputs, tiny_model_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("handles edit: error: --mask")
     assert not out.exists()
+
+
+def test_a_photo_larger_than_the_model_comes_back_whole(tmp_path, tiny_model_dir):
+    """A 96-px photo on the 32-px tiny model: the edit runs in a window around the object and
+    writes a 96-px edited.png equal to the input byte for byte wherever region.png is 0 (a
+    result at the model's size, or a composite that touches the rest, fails)."""
+    rng = np.random.default_rng(1)
+    s = 96
+    image = (rng.random((s, s, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    depth = np.full((s, s), 4.0, np.float32)
+    depth[40:54, 40:54] = 3.0
+    np.save(tmp_path / "depth.npy", depth)
+    mask = np.zeros((s, s), np.uint8)
+    mask[40:54, 40:54] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    args = ["edit", str(tmp_path / "image.png"), "--prompt", "a box", "--depth", str(tmp_path / "depth.npy"),
+            "--mask", str(tmp_path / "mask.png"), "--model", str(tiny_model_dir), "--steps", "3",
+            "--inversion", "ddim", "--translate", "0.2", "0", "0", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    edited = np.asarray(Image.open(out / "edited.png").convert("RGB"))
+    region = np.asarray(Image.open(out / "region.png").convert("L"))
+    assert edited.shape == (s, s, 3)
+    outside = region == 0
+    assert outside.mean() > 0.5 and np.array_equal(edited[outside], image[outside])
+    summary = json.loads((out / "summary.json").read_text())
+    x0, y0, x1, y1 = summary["config"]["inversion"]["window"]
+    assert x1 - x0 == y1 - y0 < s and x0 <= 40 and x1 >= 54
+    assert summary["inputs"]["work_size_hw"] == [32, 32]

@@ -60,7 +60,7 @@ def test_animate_after_a_render_reuses_the_inversion(client, demo_session, monke
     for i in range(3):
         frame = client.get(st["results"][f"frame_{i:04d}"])
         assert frame.status_code == 200 and frame.headers["content-type"] == "image/png"
-        assert max(Image.open(io.BytesIO(frame.content)).size) == 32  # the tiny model's size
+        assert max(Image.open(io.BytesIO(frame.content)).size) > 32  # the input's size, not the tiny model's
 
 
 @pytest.mark.parametrize("frames", [1, 0, -3, MAX_FRAMES + 1, 10**9, 2.5, "8", True, None, [4]])

@@ -409,7 +409,8 @@ def test_render_job_progress_results_and_inversion_cache(client, demo_session):
     assert [e["fraction"] for e in events] == sorted(e["fraction"] for e in events)
     assert st["info"]["reused_inversion"] is False
     rh, rw = st["info"]["render_size_hw"]
-    assert max(rh, rw) == 32 and rw / rh == demo_session["width"] / demo_session["height"]  # the tiny model's 32 px
+    # the model works at its 32 px, the result comes back at the upload's own size
+    assert (rh, rw) == (demo_session["height"], demo_session["width"]) and max(rh, rw) > 32
     for name in ("edited", "input", "reconstruction", "preview", "edited_depth"):
         r = client.get(st["results"][name])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"

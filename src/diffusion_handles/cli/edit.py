@@ -259,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
 def _written(inputs: ModeInputs) -> list[str]:
     """The files :func:`_write` writes, in its order."""
     files = ["edited.png", "reconstruction.png", "edited_depth.png", "edited_depth.npy", "edited_mask.png",
-             "effects_region.png", "comparison.png"]
+             "region.png", "effects_region.png", "comparison.png"]
     if inputs.prepared is not None:
         files += ["depth.npy", "mask.png", "background_depth.npy"]
     return [*files, "summary.json"]
@@ -338,6 +338,7 @@ def _write(out_dir: str, inputs: ModeInputs, out, summary: dict) -> None:
         save_image(tmp / "edited_depth.png", depth_rgb)
         np.save(tmp / "edited_depth.npy", out.edited_depth[0, 0].numpy().astype(np.float32))
         save_image(tmp / "edited_mask.png", out.edited_mask)
+        save_image(tmp / "region.png", out.region)
         save_image(tmp / "effects_region.png", out.effects)
         save_image(tmp / "comparison.png", side_by_side([
             ("input", inputs.image), ("3D preview", out.preview), ("edited", out.edited),

@@ -116,6 +116,11 @@ def _run(args: argparse.Namespace) -> int:
     from diffusion_handles.progress import plan_for
 
     progress = command_progress(args, plan_for(inversion, guidance, edit_key="removal"))
+    window = dh.edit_window(depth, mask)  # None: the whole photo (at most the model's size)
+    if window is not None:
+        import dataclasses
+
+        inversion = dataclasses.replace(inversion, window=window)
     t0 = time.perf_counter()
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                     callback=progress)

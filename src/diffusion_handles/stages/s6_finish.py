@@ -125,7 +125,7 @@ def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
     edited = generated
     if guidance.composite:
         kept = frame.back(geo.keep_image, frame.source) if geo.keep_image is not None else frame.source
-        inside = _detail(prep, geo, generated, kept, frame) if guidance.keep_detail else generated
+        inside = _detail(prep, geo, generated, kept, frame, region) if guidance.keep_detail else generated
         edited = composite(inside, region, kept)
     n = inv.config.num_steps
     resolved = guidance.to_dict()
@@ -185,22 +185,51 @@ def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor
     return w * telea + (1.0 - w) * generated
 
 
-def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, frame: Frame) -> torch.Tensor:
-    """Inside the region: the input warped by the flow at the input's size (shadows moved, stage
-    3) where it has pixels (:func:`keep_weight`), the holes filled by :func:`hole_fill`. A camera
-    move keeps its warped input (``kept``); a removal the input outside its region."""
-    warped = kept if geo.flow is None or geo.keep_image is not None else warp(kept, frame.flow_source(geo.flow.source))
-    fx = geo.effects
-    if fx is not None and fx.any:
-        lift = fx.lift if fx.lift is not None else (1.0 / fx.ratio).expand(1, 3, *fx.old.shape[-2:])
-        placed = Effects(fx.light, frame.back(fx.old, 0.0), frame.back(fx.new, 0.0), fx.ratio, frame.back(lift, 1.0))
-        warped = placed.apply(warped)
+def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, frame: Frame,
+            region: torch.Tensor) -> torch.Tensor:
+    """Inside ``region``: the input warped by the flow at the input's size (shadows moved, stage
+    3) where it has pixels (:func:`keep_weight`), the holes filled by :func:`hole_fill`; ``kept``
+    outside (a camera move keeps its warped input, a removal the input outside its region).
+    The per-pixel work is done on the region's bounding box only, so a large photo costs what
+    its edit covers."""
     inv = prep.inverted
     box = inv.config.window
     scale = (inv.input_hw[0] if box is None else box[3] - box[1]) / inv.image.shape[-2]  # input px per work px
-    valid = frame.back(geo.valid, 1.0, "nearest")
     grow = int(math.ceil(scale)) - 1  # a hole's edge is only known to a work pixel: grow it by one
-    if grow > 0:
-        valid = -F.max_pool2d(-valid, 2 * grow + 1, 1, grow)
+    area = _bounds(region, pad=grow + int(math.ceil(RIM_PX * scale)) + 2)
+    if area is None:
+        return kept
+    sl = (slice(None), slice(None), slice(area[0], area[1]), slice(area[2], area[3]))
+    moves = geo.flow is not None and geo.keep_image is None
+    warped = (warp(kept, frame.flow_source(geo.flow.source)) if moves else kept)[sl]
+    fx = geo.effects
+    if fx is not None and fx.any:
+        lift = fx.lift if fx.lift is not None else (1.0 / fx.ratio).expand(1, 3, *fx.old.shape[-2:])
+        placed = Effects(fx.light, frame.back(fx.old, 0.0)[sl], frame.back(fx.new, 0.0)[sl], fx.ratio,
+                         frame.back(lift, 1.0)[sl])
+        warped = placed.apply(warped)
+    valid = _erode(frame.back(geo.valid, 1.0, "nearest")[sl], grow)
     w = keep_weight(valid)
-    return w * warped + (1.0 - w) * hole_fill(warped, valid, generated, RIM_PX * scale)
+    out = kept.clone()
+    out[sl] = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale)
+    return out
+
+
+def _bounds(region: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` of ``region > 0`` ``(1, 1, H, W)`` grown by ``pad`` px, or ``None``."""
+    ys = torch.nonzero(region[0, 0].amax(1) > 0).flatten()
+    xs = torch.nonzero(region[0, 0].amax(0) > 0).flatten()
+    if ys.numel() == 0:
+        return None
+    h, w = region.shape[-2:]
+    return (max(0, int(ys[0]) - pad), min(h, int(ys[-1]) + 1 + pad),
+            max(0, int(xs[0]) - pad), min(w, int(xs[-1]) + 1 + pad))
+
+
+def _erode(m: torch.Tensor, r: int) -> torch.Tensor:
+    """Square erosion of ``m`` ``(1, 1, H, W)`` in [0, 1] by ``r`` px (outside the image counts as
+    1), separable, so its cost grows with ``r``, not ``r`` squared."""
+    if r <= 0:
+        return m
+    m = -F.max_pool2d(F.pad(-m, (0, 0, r, r), value=-1.0), (2 * r + 1, 1), 1)
+    return -F.max_pool2d(F.pad(-m, (r, r, 0, 0), value=-1.0), (1, 2 * r + 1), 1)

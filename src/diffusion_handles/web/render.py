@@ -419,7 +419,7 @@ def write_animation(folder: Path, result: dict, fps: float) -> dict[str, str]:
     Files: ``animation.gif`` and ``animation.mp4`` (H.264, when the ``video`` extra is installed;
     frames enlarged nearest-neighbour to at least 256 px, as ``handles animate`` writes them),
     ``frames/0000.png ...`` (the
-    frames at the model's size, named ``frame_0000 ...``), ``input.png``, ``info.json``.
+    frames at the input's size, named ``frame_0000 ...``), ``input.png``, ``info.json``.
     """
     from PIL import Image
 
