@@ -35,6 +35,8 @@ class Method:
         group: where it sits in the table ("main", "ablation: ...").
         inversion: ``None`` (the run's inversion, shared) or ``run's num_steps -> dict`` of
             InversionConfig fields that differ from the run's: the method inverts on its own.
+        whole_image: run the model on the whole image scaled to its size even when the image is
+            larger (no edit window, ``DiffusionHandles.edit_window``).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Method:
     overrides: Callable[[int], dict] = lambda n: {}
     group: str = "main"
     inversion: Callable[[int], dict] | None = None
+    whole_image: bool = False
 
     def inversion_config(self, base):
         """The :class:`InversionConfig` this method uses: the run's ``base``, or ``base`` with
@@ -100,6 +103,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours", "diffusion", "the default: normalized guidance (scale-free energies, noise-relative steps), "
            "local G_o + G_b, cyclic layers 3/2/both until step 38/50, identity transfer at step 35/50 (warped in "
            "pixels), input kept outside the edit region"),
+    Method("ours_whole_image", "diffusion", "ours on the whole image scaled down to the model's size, without the "
+           "edit window (the same as ours when the image is no larger than the model's size)",
+           whole_image=True, group="window"),
     Method("ours_draft", "diffusion", "the draft preset (--preset draft): its own negative-prompt inversion on a "
            "fifth of the steps (10 of 50), encoder latent unrefined, one gradient step per guided step; transfer, "
            "composite, effects and finish as ours",

@@ -362,7 +362,11 @@ class CaseRunner:
                 guidance = m.guidance(inversion.num_steps)
                 resolved = guidance.to_dict()
                 resolved["guide_until"] = guidance.resolved_guide_until(inversion.num_steps)
-                if m.inversion is not None:  # its own inversion (the shared one keeps the keys of older runs)
+                window = None if m.whole_image else self.pipe.edit_window(work.depth, work.mask, work.case.edit,
+                                                                          fov_deg=work.case.fov_deg)
+                if window is not None:  # an image larger than the model's size: the edit window
+                    inversion = dataclasses.replace(inversion, window=window)
+                if m.inversion is not None or window is not None:  # its own inversion (the shared one keeps older keys)
                     resolved["inversion"] = inversion.to_dict()
                     entry["inversion"] = inversion.to_dict()
                 key = json.dumps(resolved, sort_keys=True)
