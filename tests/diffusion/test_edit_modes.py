@@ -87,7 +87,10 @@ def test_removal_regenerates_inside_and_keeps_the_input_outside(handles):
     # composite: the input exactly outside the region, the generation inside
     torch.testing.assert_close(out.edited.expand_as(image)[outside.expand_as(image)],
                                image[outside.expand_as(image)])
-    torch.testing.assert_close(out.edited[inside.expand_as(image)], out.generated[inside.expand_as(image)])
+    # the generation deep inside the region (its rim blends into an inpainting of the input, stage 6)
+    deep = -torch.nn.functional.max_pool2d(-(out.valid_mask < 0.5).float(), 11, 1, 5) > 0.5
+    assert int(deep.sum()) > 0
+    torch.testing.assert_close(out.edited[deep.expand_as(image)], out.generated[deep.expand_as(image)])
     # the region grows generously below the object (its shadow) more than above it
     rows = region[0, 0].amax(1) > 0.99
     top, bottom = int(rows.nonzero().min()), int(rows.nonzero().max())

@@ -127,7 +127,8 @@ def test_composite_keeps_the_input_outside_the_edit_region(handles):
     inv = handles.invert(image, "a box", depth, mask,
                          inversion=InversionConfig(method="negative-prompt", num_steps=3))
     scene = (image, depth, mask)
-    out = handles.edit(inv, HandleEdit(translate=(0.2, 0.0, 0.0)))
+    plain = GuidanceConfig(keep_detail=False, effects=False)  # the composite alone (the finish is pinned elsewhere)
+    out = handles.edit(inv, HandleEdit(translate=(0.2, 0.0, 0.0)), guidance=plain, source_image=image)
     outside = out.region[0, 0] == 0
     inside = out.region[0, 0] == 1
     assert bool(outside.any()) and bool(inside.any())
@@ -173,3 +174,16 @@ def test_normalized_step_is_bounded_by_the_noise_level_and_the_polyak_step():
     torch.testing.assert_close(latent_update(x, g, 0.0, plan, alpha), x)  # G = 0: not moved
     paper = GuidePlan(layers=[], edited={}, mask_object={}, mask_background={}, mode="paper", step_size=0.1)
     torch.testing.assert_close(latent_update(x, g, 1e9, paper, alpha), -0.1 * g)
+
+
+def test_long_schedules_keep_a_positive_learning_rate_and_valid_timesteps(backbone):
+    """``--steps`` goes up to 1000: null-text's rate must stay positive past step 100 (Adam
+    refuses a negative one) and the schedule must stay within the training timesteps."""
+    from diffusion_handles.diffusion.config import InversionConfig
+    from diffusion_handles.diffusion.ddim import make_schedule
+    from diffusion_handles.diffusion.inversion import null_text_lr
+
+    cfg = InversionConfig(num_steps=1000)
+    assert min(null_text_lr(cfg, i) for i in range(1000)) > 0
+    sched = make_schedule(backbone.scheduler, 1000)
+    assert len(sched.timesteps) == 1000 and max(sched.timesteps) < len(backbone.scheduler.alphas_cumprod)

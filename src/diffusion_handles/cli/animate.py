@@ -142,16 +142,13 @@ def _request_from_args(args: argparse.Namespace) -> _Request:
 def _invert(dh, args: argparse.Namespace, req: _Request, inputs: ModeInputs, progress=None):
     """Invert IMAGE, in the edit window that holds every frame's edit when the photo is larger
     than the model's size (``DiffusionHandles.edit_window``)."""
-    import dataclasses
-
+    from diffusion_handles.cli.common import windowed
     from diffusion_handles.pipeline import edit_target
 
     image, depth, mask = inputs.image, inputs.depth, inputs.mask
-    inversion, guidance, seed = req.inversion, req.guidance, req.seed
+    guidance, seed = req.guidance, req.seed
     targets = [edit_target(e, camera=args.camera, object_masks=inputs.object_masks) for e in req.edits]
-    window = dh.edit_window(depth, mask, *targets, fov_deg=req.fov)
-    if window is not None:
-        inversion = dataclasses.replace(inversion, window=window)
+    inversion = windowed(dh, req.inversion, depth, mask, *targets, fov_deg=req.fov)
     return dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                      callback=progress)
 

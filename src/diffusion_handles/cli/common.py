@@ -376,3 +376,12 @@ def effects_summary(out) -> dict:
     light = None if out.light is None else [round(float(v), 4) for v in out.light]
     return {"light_direction": light, "region_pixels": int((out.effects > 0.5).sum()),
             "file": "effects_region.png"}
+
+
+def windowed(dh, inversion, depth, mask, *targets, fov_deg: float):
+    """``inversion`` with the edit window ``dh.edit_window`` chooses for ``targets`` (none: a
+    removal; several: the frames of an animation), or unchanged when the whole photo is used."""
+    import dataclasses
+
+    window = dh.edit_window(depth, mask, *targets, fov_deg=fov_deg)
+    return inversion if window is None else dataclasses.replace(inversion, window=window)

@@ -28,6 +28,7 @@ from diffusion_handles.cli.common import (
     set_threads,
     silence_progress_bars,
     started,
+    windowed,
 )
 from diffusion_handles.cli.edit_modes import (
     EditEntry,
@@ -172,7 +173,6 @@ def _guidance_overrides(args: argparse.Namespace, mode: str, guide_until: int | 
 
 def _configs_from_args(args: argparse.Namespace, mode: str) -> tuple[InversionConfig, GuidanceConfig, int]:
     """``--preset`` with ``--steps``, ``--inversion`` and the guidance flags over it, and ``--seed``."""
-    import dataclasses
 
     from diffusion_handles.diffusion.config import preset
 
@@ -218,9 +218,7 @@ def _invert_and_edit(dh, args: argparse.Namespace, req: _Request, inputs: ModeIn
     progress = command_progress(args, plan_for(inversion, guidance))
     target = edit_target([e.edit for e in entries] if mode == "multi" else edit, camera=mode == "camera",
                          object_masks=object_masks)
-    window = dh.edit_window(depth, mask, target, fov_deg=fov)  # None: the whole photo (at most the model's size)
-    if window is not None:
-        inversion = dataclasses.replace(inversion, window=window)
+    inversion = windowed(dh, inversion, depth, mask, target, fov_deg=fov)  # photos larger than the model's size
     t0 = time.perf_counter()
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                     callback=progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from diffusion_handles import limits
-from diffusion_handles.cli.common import SEED_MAX, add_out_args, effects_summary
+from diffusion_handles.cli.common import SEED_MAX, add_out_args, effects_summary, windowed
 from diffusion_handles.cli.inputs import add_edit_input_args
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-depth"
@@ -116,11 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     from diffusion_handles.progress import plan_for
 
     progress = command_progress(args, plan_for(inversion, guidance, edit_key="removal"))
-    window = dh.edit_window(depth, mask)  # None: the whole photo (at most the model's size)
-    if window is not None:
-        import dataclasses
+    from diffusion_handles.geometry import DEFAULT_FOV_DEG
 
-        inversion = dataclasses.replace(inversion, window=window)
+    inversion = windowed(dh, inversion, depth, mask, fov_deg=DEFAULT_FOV_DEG)  # the object's box: the field of view does not matter
     t0 = time.perf_counter()
     inv = dh.invert(image, args.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=seed,
                     callback=progress)

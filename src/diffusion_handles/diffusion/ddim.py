@@ -34,8 +34,10 @@ class Schedule:
 def make_schedule(scheduler, num_steps: int) -> Schedule:
     """Timesteps and cumulative alphas of ``num_steps`` DDIM steps from a diffusers scheduler."""
     scheduler.set_timesteps(num_steps)
-    ts = [int(t) for t in scheduler.timesteps]
     ac = scheduler.alphas_cumprod
+    # a schedule of as many steps as training timesteps with a steps_offset would reach one past
+    # the last; that step becomes a repeat of the last (a DDIM step of zero length)
+    ts = [min(int(t), len(ac) - 1) for t in scheduler.timesteps]
     final = float(getattr(scheduler, "final_alpha_cumprod", ac[0]))
     alpha = [float(ac[t]) for t in ts]
     alpha_prev = [float(ac[t]) for t in ts[1:]] + [final]

@@ -75,8 +75,9 @@ def ddim_inversion(backbone, z0: torch.Tensor, text: torch.Tensor, depth_cond: t
 
 def null_text_lr(config: InversionConfig, step: int) -> float:
     """Adam learning rate of null-text optimisation at generation step ``step``:
-    ``null_lr * (1 - step / 100)`` (Mokady et al. 2023)."""
-    return config.null_lr * (1.0 - step / 100.0)
+    ``null_lr * (1 - step / 100)`` (Mokady et al. 2023, for 50 steps), held at 1 % of ``null_lr``
+    from step 99 on, so schedules of more than 100 steps keep a positive rate."""
+    return config.null_lr * max(1.0 - step / 100.0, 0.01)
 
 
 def null_text_optimisation(denoiser: Denoiser, traj: Sequence[torch.Tensor], null: torch.Tensor,

@@ -104,14 +104,18 @@ class Frame:
         fill = 0.0 if self.context is None else self.backbone.resize_to_work(self.context.float().cpu(), self.hw)
         return self.back(x, fill)
 
-    def flow_source(self, source: torch.Tensor) -> torch.Tensor:
-        """A flow's normalised source coordinates ``(1, 2, h, w)`` at the input's size (the
-        identity outside a window)."""
-        from diffusion_handles.geometry.window import resize_source, source_to_image
+    def flow_source(self, flow) -> torch.Tensor:
+        """The edit's normalised source coordinates at the input's size, ``(1, 2, H, W)`` (the
+        identity outside a window): the flow evaluated exactly at the finer grid's pixel centres
+        (``EditGeometry.at_resolution``: each pixel's source through the inverse 3D transform at
+        its interpolated depth), not the work-size coordinates interpolated, which would smear the
+        object's edge into its background."""
+        from diffusion_handles.geometry.window import source_to_image
 
         if self.box is None:
-            return resize_source(source.float().cpu(), self.hw)
-        return source_to_image(source.float().cpu(), self.box, self.hw)
+            return flow.at_resolution(*self.hw).source.float().cpu()
+        x0, y0, x1, y1 = self.box
+        return source_to_image(flow.at_resolution(y1 - y0, x1 - x0).source.float().cpu(), self.box, self.hw)
 
 
 def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
@@ -201,7 +205,7 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
         return kept
     sl = (slice(None), slice(None), slice(area[0], area[1]), slice(area[2], area[3]))
     moves = geo.flow is not None and geo.keep_image is None
-    warped = (warp(kept, frame.flow_source(geo.flow.source)) if moves else kept)[sl]
+    warped = (warp(kept, frame.flow_source(geo.flow)) if moves else kept)[sl]
     fx = geo.effects
     if fx is not None and fx.any:
         lift = fx.lift if fx.lift is not None else (1.0 / fx.ratio).expand(1, 3, *fx.old.shape[-2:])
