@@ -51,12 +51,19 @@ def _edit(inputs, out, *extra) -> list[str]:
             "--model", inputs["model"], "--translate", "0.1", "0", "0", "--out", str(out), *extra]
 
 
+def _default_sigint() -> None:
+    """A child of a non-interactive shell's background job inherits SIGINT ignored, and Python then
+    keeps it ignored; give the command under test the default disposition a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_during_edit_exits_130_and_writes_nothing(inputs, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # 100 steps: the run lasts far longer than the wait for its first progress line
     proc = subprocess.Popen([sys.executable, "-m", "diffusion_handles", *_edit(inputs, out, "--steps", "100")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
     lines = []
     try:
         for line in proc.stderr:  # wait until it is sampling: a progress line of the inversion
