@@ -102,7 +102,9 @@ def test_darkness_is_relative_to_the_surroundings():
 
 def test_move_shadow_lifts_the_old_and_casts_the_new():
     cam, depth, receiver, box, image, truth = _shadowed_image(torch.tensor([0.7, 0.7, 0.1]))
-    ratio = shadow_ratio(image, truth, box, ring=4)
+    from diffusion_handles.geometry.shadow import surroundings
+
+    ratio = shadow_ratio(image, truth, surroundings(image, truth, box, ring=4))
     assert torch.allclose(ratio.flatten(), torch.full((3,), 0.45), atol=0.06)  # 1 - 0.55
     lit = move_shadow(image, truth, torch.zeros_like(truth), ratio)
     clean = _shadowed_image(None)[4]

@@ -153,12 +153,13 @@ class GuidanceConfig:
         keep_detail: with ``composite``, keep the input warped by the 3D flow (its shadows moved)
             inside the edit region too, wherever the warp has a pixel, and take the generation only
             in the holes (:func:`diffusion_handles.stages.s6_finish.keep_weight`), so the result is
-            as sharp as the instant preview. On 8 tuning edits away from the benchmark's
-            (``--seed 1003100``), against the whole region from the generation: full-image PSNR
-            27.44 against 25.62, object 19.42 against 17.70, background 38.89 against 32.72,
-            sharpness of the edit region 0.84 against 0.74 (1 = the truth's); keeping the warp
-            only where the generation agreed with it within twice the model's reconstruction
-            error kept too little (the guided generation drifts in colour around the object).
+            as sharp as the instant preview. On 20 held-out edits (``handles bench --seed 1006100
+            --scenes 20 --methods ours ours_plain_finish``), against the generation over the whole
+            region and no effects stage: full-image PSNR +2.16 dB [+0.90, +3.32], object
+            +2.91 [+1.87, +3.91], background +4.56 [+2.60, +6.41], sharpness of the edit region
+            0.86 against 0.78 (docs/benchmark.md). Keeping the warp only where the generation
+            agreed with it within twice the model's reconstruction error kept too little on the
+            tuning edits (the guided generation drifts in colour around the object).
             Not in the paper.
     """
 

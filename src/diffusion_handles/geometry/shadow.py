@@ -34,7 +34,7 @@ MARCH_STEPS = 48  # samples along each shadow ray
 MIN_MARCH = 2  # a ray must travel this many samples before its hit counts (no shadow at the point itself)
 THICKNESS = 0.8  # the least depth of the shell, as a fraction of the object's width
 SHELL_LAYERS = 3  # occluder points per object pixel: front, middle, mirrored back
-DARK_RATIO = 0.75 # a pixel is dark when its luminance is below this fraction of its surroundings'
+DARK_RATIO = 0.75  # a pixel is dark when its luminance is below this fraction of its surroundings'
 MIN_PRECISION = 0.6  # the fraction of the found shadow's pixels that must be dark to accept it
 MIN_SCORE = 0.05  # the best candidate's score (fraction of the object's area) needed to accept a light
 SEARCH = ((64, 80.0), (24, 12.0))  # candidates and their cap's half-angle (degrees): whole sky, then refined
@@ -73,16 +73,19 @@ class Effects:
         return self.light is not None and float(self.region.sum()) > 0
 
     def apply(self, image: torch.Tensor) -> torch.Tensor:
-        """``image`` ``(1, 3, H, W)`` (work size or any size: the masks are resized) with the old
-        shadow lifted and the new one cast."""
+        """``image`` ``(1, 3, H, W)``, the maps' size, with the old shadow lifted and the new one
+        cast (:func:`move_shadow`); the maps of another size go through :meth:`placed` first."""
         if not self.any:
             return image
-        size = tuple(image.shape[-2:])
         lift = 1.0 / self.ratio if self.lift is None else self.lift
-        old, new, lift = (F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                          if m.dim() == 4 and m.shape[-1] > 1 and tuple(m.shape[-2:]) != size else m
-                          for m in (self.old, self.new, lift))
-        return move_shadow(image, old.to(image), new.to(image), self.ratio.to(image), lift.to(image))
+        return move_shadow(image, self.old.to(image), self.new.to(image), self.ratio.to(image), lift.to(image))
+
+    def placed(self, place) -> Effects:
+        """The same shadows with every map passed through ``place(map, fill)`` (e.g. back to the
+        input's size and into its frame; ``fill``: the value where a map has no pixel, 0 for the
+        shadows and 1 for the lift)."""
+        lift = (1.0 / self.ratio).expand(1, 3, *self.old.shape[-2:]) if self.lift is None else self.lift
+        return Effects(self.light, place(self.old, 0.0), place(self.new, 0.0), self.ratio, place(lift, 1.0))
 
     @staticmethod
     def none(size: tuple[int, int]) -> Effects:
@@ -216,8 +219,8 @@ def estimate_light(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
         ``None`` when no candidate's shadow lies on dark pixels (score at most
         :data:`MIN_SCORE` of the object's area: light from behind the camera, or a shadow
         hidden by the object) or the best one's pixels are not mostly dark (fewer than
-        :data:`MIN_PRECISION`: dark texture rather than a shadow); ``shadow`` ``(1, 1, H, W)``: the object's shadow for it, outside
-        the object (zeros for ``None``). Score of a candidate: pixels of its shadow that are dark
+        :data:`MIN_PRECISION`: dark texture rather than a shadow); ``shadow`` ``(1, 1, H, W)``:
+        the object's shadow for it, outside the object (zeros for ``None``). Score of a candidate: pixels of its shadow that are dark
         (:func:`darkness` below :data:`DARK_RATIO`) minus those that are not.
     """
     obj = (mask > 0.5).float()
@@ -261,12 +264,12 @@ def surroundings(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor
     return torch.where(weight > 1e-3, local, whole)
 
 
-def shadow_ratio(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ring: int) -> torch.Tensor:
+def shadow_ratio(image: torch.Tensor, shadow: torch.Tensor, around: torch.Tensor) -> torch.Tensor:
     """``(1, 3, 1, 1)`` how much of the light a shadow leaves, per channel, in (0, 1]: the median
-    over ``shadow`` pixels of the image over its lit :func:`surroundings`; 1 for an empty shadow."""
+    over ``shadow`` pixels of the image over ``around``, its lit :func:`surroundings`; 1 for an
+    empty shadow."""
     if float(shadow.sum()) < 1:
         return torch.ones(1, 3, 1, 1)
-    around = surroundings(image, shadow, ignore, ring)
     ratio = (image.float() / around.clamp(min=1e-4))[0][:, shadow[0, 0] > 0.5]  # (3, n)
     return ratio.median(dim=1).values.clamp(0.05, 1.0).view(1, 3, 1, 1)
 
@@ -282,12 +285,11 @@ def move_shadow(image: torch.Tensor, old: torch.Tensor, new: torch.Tensor, ratio
 
 
 def lift_map(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ratio: torch.Tensor,
-             ring: int) -> torch.Tensor:
-    """``(1, 3, H, W)`` in ``[1, 1 / ratio]``: the lit :func:`surroundings` over the mean of the
+             around: torch.Tensor) -> torch.Tensor:
+    """``(1, 3, H, W)`` in ``[1, 1 / ratio]``: ``around``, the lit :func:`surroundings`, over the mean of the
     shadow's pixels within 5x5 of each pixel (texture averages out, a lit pixel the estimate
     covers stays lit), per channel; the factor that brings each shadowed pixel back to its
     surroundings' brightness, never darker, never more than the shadow took."""
-    around = surroundings(image, shadow, ignore, ring)
     inside = ((shadow > 0.5) & (ignore < 0.5)).float()
     own = box_mean(image.float() * inside, 5) / box_mean(inside, 5).clamp(min=1e-6)
     return torch.minimum((around / own.clamp(min=1e-4)).clamp(min=1.0), 1.0 / ratio)
@@ -318,8 +320,9 @@ def find_shadows(image: torch.Tensor, depth: torch.Tensor, masks: list[torch.Ten
             new = torch.maximum(new, cast_shadow(t.apply(pts.double()).float(), receiver, light, camera, reach))
     old, new = old * (1.0 - on_top), new * (1.0 - on_top)
     ring = max(2, int(0.25 * math.sqrt(float(union.sum()))))  # a quarter of the object's size
-    ratio = shadow_ratio(image, old, union, ring)
-    lift = lift_map(image, old, union, ratio, ring)
+    around = surroundings(image, old, union, ring)
+    ratio = shadow_ratio(image, old, around)
+    lift = lift_map(image, old, union, ratio, around)
     return Effects(light, soften(old), soften(new), ratio, lift)
 
 
