@@ -305,7 +305,9 @@ class DiffusionHandles:
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,
              guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
              fov_deg: float = DEFAULT_FOV_DEG, source_image: torch.Tensor | None = None,
-             callback: Callback | None = None) -> EditOutput:
+             source_depth: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
+             callback: Callback | None = None, restyle: str | None = None,
+             restyle_words: str | None = None) -> EditOutput:
         """Generate the edited image for a 3D ``transform`` (Sec. 5.1-5.2).
 
         ``transform`` says the kind of edit:
@@ -332,10 +334,27 @@ class DiffusionHandles:
             fov_deg: horizontal field of view (Sec. 5.1: 55 degrees).
             source_image: ``(1, 3, H, W)`` the input at its own size, for the pixel composite
                 (default: the work-size image resized back, exact when the sizes agree).
+            source_depth, source_mask: ``(1, 1, H, W)`` the z-depth and (one object) the object's
+                mask at the input's own size, as given to :meth:`invert`. With them an object edit's
+                detail-preserving finish warps ``source_image`` by the 3D flow computed at the
+                input's resolution (the same resolved transform) instead of the work-size flow
+                interpolated, so the moved object's silhouette and its holes are as sharp as the
+                photo when it is larger than the model's size (issue 34; without them the
+                silhouette is stepped at the work grid). Unused by a camera move.
             callback: called with ``{"step", "total", "x", "energies"}`` after each step.
+            restyle: one object only: its new description (e.g. ``"a red striped sphere"``); the
+                generation's prompt is the inversion's with the object's words replaced
+                (:func:`~diffusion_handles.diffusion.prompts.restyle_prompt`; the null-text or
+                negative embeddings stay) and the object takes the new look while it moves: the
+                guidance carries its shape, pose and shading, not its old colour, and the finish
+                does not paste its old pixels (``EditOutput.prompt`` is the prompt used). Refused
+                for a camera move, several objects and a removal.
+            restyle_words: the words of the inversion's prompt that name the object (default:
+                its one object phrase, the part before " on "; required when it names several).
         """
         request = request_for_edit(transform, background_depth=background_depth, fov_deg=fov_deg,
-                                   source_image=source_image)
+                                   source_image=source_image, source_depth=source_depth,
+                                   source_mask=source_mask, restyle=restyle, restyle_words=restyle_words)
         return self._run(inverted, request, guidance or GuidanceConfig(), callback)
 
     def remove(self, inverted: InvertedImage, *, guidance: GuidanceConfig | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from diffusion_handles.diffusion.config import InversionConfig
@@ -82,3 +83,42 @@ def test_a_window_must_hold_the_object_and_lie_in_the_photo(handles):
         handles.invert(image, "x", depth, mask, inversion=InversionConfig(num_steps=2, window=(0, 0, 20, 20)))
     with pytest.raises(HandlesError, match="inside the 96x96 image"):
         handles.invert(image, "x", depth, mask, inversion=InversionConfig(num_steps=2, window=(50, 50, 120, 120)))
+
+
+def _silhouette_case(handles):
+    """A 96-px photo whose box (rows/cols 38-51) does not fall on the 32-px work grid's 3-px cells."""
+    image, depth, inv = _inv(handles, 96)
+    _, _, mask = _photo(96)
+    return image, depth, mask, inv
+
+
+def test_the_finish_warps_a_large_photo_by_the_flow_at_its_own_resolution(handles):
+    """With the input's depth and mask, the kept pixels are the photo warped by the 3D flow
+    computed at the photo's resolution (the same transform): a finish that interpolates the
+    work-size flow steps the moved box's edges on the work grid, a window camera without the
+    crop's principal point or another transform puts them elsewhere; both fail the equality."""
+    from diffusion_handles.geometry import Camera, compute_edit, warp
+    from diffusion_handles.stages.s6_finish import keep_weight
+
+    image, depth, mask, inv = _silhouette_case(handles)
+    fine = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    coarse = handles.edit(inv, MOVE, source_image=image)
+    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    want = warp(image, truth.source)
+    keep = (keep_weight(truth.valid) >= 1.0) & (fine.region >= 1.0) & (fine.effects <= 0.0)
+    edge = keep & (F.max_pool2d(truth.edited_mask, 3, 1, 1) > 0.5) & (-F.max_pool2d(-truth.edited_mask, 3, 1, 1) < 0.5)
+    assert int(edge.sum()) > 20  # the moved box's outline, inside the region, kept from the warp
+    k = keep.expand_as(want)
+    assert torch.allclose(fine.edited[k], want[k], atol=1e-5)
+    e = edge.expand_as(want)
+    assert float((coarse.edited[e] - want[e]).abs().max()) > 0.2  # the work-size flow misses pixels of the outline
+
+
+def test_source_depth_and_mask_are_checked_against_the_photo(handles):
+    image, depth, mask, inv = _silhouette_case(handles)
+    with pytest.raises(HandlesError, match=r"source_depth: expected size 96x96"):
+        handles.edit(inv, MOVE, source_image=image, source_depth=depth[..., :90, :], source_mask=mask)
+    with pytest.raises(HandlesError, match="source_depth: expected positive"):
+        handles.edit(inv, MOVE, source_image=image, source_depth=depth * 0, source_mask=mask)
+    with pytest.raises(HandlesError, match="source_mask: expected at least one object pixel"):
+        handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask * 0)

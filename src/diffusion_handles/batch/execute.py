@@ -55,7 +55,8 @@ EditRunner = Callable[[list[str]], int]
 def run_job(spec: dict, out_dir: str, cache_dir: str | None, run_edit: EditRunner) -> dict:
     """Run one job through ``run_edit`` (``handles edit``: same parser, same code path); never raises.
 
-    Returns ``{"id", "status": "ok"|"failed", "error", "seconds", "host", "cache_hit"}``.
+    Returns ``{"id", "status": "ok"|"failed", "error", "seconds", "host", "cache_hit"}``, and for a
+    finished restyle (the line's ``restyle``) ``generation_prompt``, the prompt its generation used.
     """
     t0 = time.perf_counter()
     job = Job(spec["id"], 0, spec)
@@ -79,8 +80,11 @@ def run_job(spec: dict, out_dir: str, cache_dir: str | None, run_edit: EditRunne
             raise HandlesError(f"handles edit exited with code {code}")
         rec["status"] = "ok"
         try:
-            rec["cache_hit"] = bool(json.loads((target / "summary.json").read_text())["inversion"]["cache_hit"])
-        except (OSError, ValueError, KeyError):
+            summary = json.loads((target / "summary.json").read_text())
+            rec["cache_hit"] = bool(summary["inversion"]["cache_hit"])
+            if "restyle" in spec:  # a restyle: the prompt the generation used (the object's words replaced)
+                rec["generation_prompt"] = summary["inputs"]["generation_prompt"]
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     except SystemExit:  # the edit parser rejected an option: its one-line message is on stderr
         lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]

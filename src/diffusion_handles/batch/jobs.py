@@ -12,7 +12,9 @@ A line is a JSON object; keys (``handles edit`` flags, with ``_`` for ``-``):
   ``preset`` (``default|paper|fast``), ``inversion`` (``null-text|ddim|negative-prompt``),
   ``steps``, ``guidance_steps``, ``grad_steps``, ``seed`` (integers), ``identity_transfer``
   (number or ``"off"``), ``transfer_source`` (``latent|pixels``), ``composite``, ``complete_back`` (bool),
-  ``device`` (``cpu|cuda``), ``dtype``.
+  ``device`` (``cpu|cuda``), ``dtype``, ``restyle`` (the object's new look, text, as ``--restyle``) and
+  ``restyle_words`` (the words of ``prompt`` naming the object, as ``--restyle-words``; only with
+  ``restyle``, which is checked against ``prompt`` by the library's rule).
 
 Every number has the range ``handles edit`` gives it, from :mod:`diffusion_handles.limits`
 (``steps`` in ``STEPS``, ``grad_steps`` in ``GRAD_STEPS``, ``seed`` in ``SEED``, transforms within
@@ -51,12 +53,14 @@ INT_KEYS = {"steps": limits.STEPS, "guidance_steps": (0, limits.STEPS[1]), "grad
 NUMBER_KEYS = ("rotate_deg", "scale", "fov", "depth_scale")
 VECTOR_KEYS = ("translate", "rotate_axis")
 TEXT_KEYS = ("model", "object")
+RESTYLE_KEYS = ("restyle", "restyle_words")  # the generation's prompt: the object's words replaced (--restyle)
 KNOWN_KEYS = frozenset({"id", "image", "prompt", "mask", "object", "click", "depth", "background_depth",
                         "identity_transfer", "composite", "complete_back", *CHOICES, *INT_KEYS, *NUMBER_KEYS, *VECTOR_KEYS,
-                        *TEXT_KEYS})
+                        *TEXT_KEYS, *RESTYLE_KEYS})
 # keys that do not change the inversion: jobs equal on everything else share one (cache)
 EDIT_ONLY_KEYS = frozenset({"id", "translate", "rotate_axis", "rotate_deg", "scale", "fov", "background_depth",
-                            "composite", "complete_back", "identity_transfer", "transfer_source", "grad_steps"})
+                            "composite", "complete_back", "identity_transfer", "transfer_source", "grad_steps",
+                            *RESTYLE_KEYS})
 
 
 @dataclass
@@ -94,6 +98,9 @@ class Job:
                 argv.append(f"--{key.replace('_', '-')}={s[key]!r}")
         if "identity_transfer" in s:
             argv.append(f"--identity-transfer={s['identity_transfer']}")
+        for key in RESTYLE_KEYS:  # "--flag=TEXT": a text starting with '-' stays the flag's value
+            if key in s:
+                argv.append(f"--{key.replace('_', '-')}={s[key]}")
         if "composite" in s:
             argv.append(f"--composite={'on' if s['composite'] else 'off'}")
         if s.get("complete_back"):
@@ -163,6 +170,23 @@ def _check_texts(obj: dict, spec: dict, base: Path) -> None:
         spec["click"] = [[float(x), float(y)] for x, y in points]
 
 
+def _check_restyle(obj: dict, spec: dict) -> None:
+    """``restyle`` and ``restyle_words``: texts, the words only with ``restyle``, both checked against
+    ``prompt`` as the edit will use them (:func:`~diffusion_handles.diffusion.prompts.restyle_prompt`)."""
+    for key in RESTYLE_KEYS:
+        if key in obj:
+            if not isinstance(obj[key], str) or not obj[key].strip():
+                raise HandlesError(f"{key}: expected a non-empty text, got {_shown(obj[key])}")
+            spec[key] = obj[key]
+    if "restyle" not in spec:
+        if "restyle_words" in spec:
+            raise HandlesError("restyle_words: expected restyle with it (the object's new look), got restyle_words alone")
+        return
+    from diffusion_handles.diffusion.prompts import restyle_prompt
+
+    restyle_prompt(spec["prompt"], spec["restyle"], spec.get("restyle_words"))  # raises naming restyle(_words)
+
+
 def _check_transform(obj: dict, spec: dict) -> None:
     """``translate``, ``rotate_axis``, ``rotate_deg``, ``scale``, ``fov``, ``depth_scale``: types, then
     the ranges of :mod:`~diffusion_handles.limits` (as ``handles edit`` checks its flags)."""
@@ -228,6 +252,7 @@ def _check(obj: dict, base: Path) -> dict:
     spec: dict = {}
     _check_required(obj, spec)
     _check_texts(obj, spec, base)
+    _check_restyle(obj, spec)
     _check_transform(obj, spec)
     _check_settings(obj, spec)
     return spec

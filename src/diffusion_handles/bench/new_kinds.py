@@ -1,6 +1,6 @@
-"""Benchmark kinds beyond the paper's object edits: ``camera``, ``remove`` and ``multi``.
+"""Benchmark kinds beyond the paper's object edits: ``camera``, ``remove``, ``multi`` and ``restyle``.
 
-Drawn only when asked for (``handles bench --kinds camera,remove,multi``), with their own random
+Drawn only when asked for (``handles bench --kinds camera,remove,multi,restyle``), with their own random
 streams (``numpy.random.default_rng([seed, 12, kind])``), so the object-edit cases of
 :mod:`.cases` (``default_rng([seed, 6])``) and every existing run stay as they were.
 
@@ -17,8 +17,11 @@ streams (``numpy.random.default_rng([seed, 12, kind])``), so the object-edit cas
   drawn uniformly); the ground truth re-renders both moved
   (:meth:`~diffusion_handles.world.scene.Scene.with_object_edit` twice). Rejected as
   :func:`.cases.make_case` rejects (frustum, geometry, holes, hidden object).
+* ``restyle``: one object moved by an edit of :func:`.cases.draw_edit` and given another colour
+  (in a share of the cases another pattern too); its cases, methods (``ours``, ``warp_only``,
+  ``depth_only``, ``chain``) and scores are in :mod:`.restyle`.
 
-Methods: ``ours`` (the library: :meth:`DiffusionHandles.edit` with a ``CameraMove`` or
+Methods of the first three kinds: ``ours`` (the library: :meth:`DiffusionHandles.edit` with a ``CameraMove`` or
 ``ObjectMove`` list, :meth:`DiffusionHandles.remove`), ``warp_only`` (the geometry alone: the 3D
 preview with its holes, or for a removal its region, filled by OpenCV Telea inpainting) and the
 ``input`` reference (no edit). Scores: PSNR and SSIM against the ground truth over the whole
@@ -39,7 +42,10 @@ import numpy as np
 
 from diffusion_handles.errors import HandlesError
 
-NEW_KINDS = ("camera", "remove", "multi")
+NEW_KINDS = ("camera", "remove", "multi", "restyle")  # the index is the kind's random stream: append only
+# the methods each kind can run (the first of each is the library's)
+KIND_METHODS = {"camera": ("ours", "warp_only"), "remove": ("ours", "warp_only"), "multi": ("ours", "warp_only"),
+                "restyle": ("ours", "warp_only", "depth_only", "chain")}
 EFFECT_THRESHOLD = 0.03
 
 
@@ -162,6 +168,10 @@ def make_kind_case(kind: str, seed: int, size: int = 64, spp: int = 64, max_hole
     cands = _candidates(src, size, limits.min_object_fraction, limits.min_pixels)
     if kind == "remove":
         return _remove_case(draw, cands, limits)
+    if kind == "restyle":
+        from diffusion_handles.bench.restyle import restyle_case
+
+        return restyle_case(draw, cands, max_holes, limits)
     return _multi_case(draw, cands, max_holes, limits)
 
 
@@ -373,13 +383,18 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
     from diffusion_handles.outputs import write_json
 
     methods = _kinds_methods(cfg, kinds)
+    by_kind = {kind: [m for m in methods if m in KIND_METHODS[kind]] for kind in kinds}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     inversion, guidance = _kinds_settings(cfg, preset_name)
     pipe_factory = _pipe_factory(cfg)
 
     def run_case(case: KindCase, img_dir: Path) -> dict:
-        return run_kind_case(case, methods, pipe_factory, inversion, guidance, img_dir)
+        if case.kind == "restyle":
+            from diffusion_handles.bench.restyle import run_restyle_case
+
+            return run_restyle_case(case, by_kind[case.kind], pipe_factory, inversion, guidance, img_dir)
+        return run_kind_case(case, by_kind[case.kind], pipe_factory, inversion, guidance, img_dir)
 
     if cfg.threads:
         import torch
@@ -394,7 +409,7 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
             if n >= cfg.scenes:
                 break
             bar.set_postfix_str(f"{kind}_s{seed}")
-            what, rec = _kind_scene(cfg, out, kind, seed, methods, run_case)
+            what, rec = _kind_scene(cfg, out, kind, seed, by_kind[kind], run_case)
             if what == "skipped":
                 skipped.append(rec)
                 continue
@@ -405,23 +420,38 @@ def run_kinds_benchmark(cfg, kinds: list[str], out: str | Path, preset_name: str
     results = {"settings": {**cfg.to_dict(), "kinds": kinds, "preset": preset_name,
                             "inversion": inversion.to_dict(), "guidance": guidance.to_dict()},
                "wall_time_s_this_invocation": time.perf_counter() - t_start,
-               "aggregate": _kinds_aggregate(records, kinds, methods),
+               "aggregate": _kinds_aggregate(records, kinds, by_kind),
                "skipped_seeds": [{"case_id": r["case_id"], "reason": r["error"]} for r in skipped], "edits": records}
     write_json(out / "kinds_results.json", results)
     log(format_kinds_table(results))
     return results
 
 
-def _kinds_methods(cfg, kinds: list[str]) -> list[str]:
-    """The methods to run (``ours`` and/or ``warp_only``); refuses unknown kinds and methods."""
+def kinds_methods(kinds: list[str], methods: list[str] | None) -> list[str]:
+    """The methods to run on ``kinds`` (``None``: every method of each kind,
+    :data:`KIND_METHODS`); each kind runs those of them it has.
+
+    Raises:
+        HandlesError: an unknown kind or method, or a method none of ``kinds`` has.
+    """
     unknown = [k for k in kinds if k not in NEW_KINDS]
     if unknown or not kinds:
         raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(unknown) or 'none'}")
-    methods = [m for m in (cfg.methods or ["ours", "warp_only"]) if m in ("ours", "warp_only")]
-    bad = [m for m in (cfg.methods or []) if m not in ("ours", "warp_only")]
+    offered = list(dict.fromkeys(m for k in kinds for m in KIND_METHODS[k]))
+    if not methods:
+        return offered
+    bad = [m for m in methods if m not in offered]
     if bad:
-        raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {', '.join(bad)}")
-    return methods
+        where = {m: [k for k in NEW_KINDS if m in KIND_METHODS[k]] for m in bad}
+        detail = "; ".join(f"{m} runs with --kinds {','.join(w)}" for m, w in where.items() if w)
+        raise HandlesError(f"--methods: with --kinds {','.join(kinds)}, expected names from {', '.join(offered)}, "
+                           f"got {', '.join(bad)}" + (f" ({detail})" if detail else ""))
+    return [m for m in offered if m in methods]
+
+
+def _kinds_methods(cfg, kinds: list[str]) -> list[str]:
+    """The methods to run (:func:`kinds_methods` of ``cfg.methods``)."""
+    return kinds_methods(kinds, cfg.methods)
 
 
 def _kinds_settings(cfg, preset_name: str):
@@ -455,6 +485,7 @@ def _kind_scene(cfg, out: Path, kind: str, seed: int, methods: list[str], run_ca
     """One case of ``kind``: ``("skipped", record)`` when the seed has no acceptable edit, else
     ``("edit", record)``, resumed from ``kinds_edits/`` when it holds every method."""
     from diffusion_handles.bench.cases import NoEditFound
+    from diffusion_handles.bench.restyle import RestyleCase
     from diffusion_handles.bench.runner import _save_png, read_resume_record
     from diffusion_handles.outputs import write_json
 
@@ -467,7 +498,8 @@ def _kind_scene(cfg, out: Path, kind: str, seed: int, methods: list[str], run_ca
             return "edit", rec
     case_dir = out / "kinds" / cid
     try:
-        case = KindCase.load(case_dir) if (case_dir / "case.json").exists() else None
+        loader = RestyleCase.load if kind == "restyle" else KindCase.load
+        case = loader(case_dir) if (case_dir / "case.json").exists() else None
         if case is None:
             case = make_kind_case(kind, seed, size=cfg.size, spp=cfg.spp, max_holes=cfg.max_holes)
             case.save(case_dir)
@@ -481,23 +513,31 @@ def _kind_scene(cfg, out: Path, kind: str, seed: int, methods: list[str], run_ca
     res = run_case(case, img_dir)
     rec = {"case_id": cid, "seed": seed, "kind": kind, "prompt": case.prompt, "edits": case.edits,
            "stats": case.stats, "methods": res, "error": None}
+    if isinstance(case, RestyleCase):
+        rec.update(restyle=case.restyle, restyle_words=case.restyle_words)
     write_json(rec_path, rec)
     return "edit", rec
 
 
-def _kinds_aggregate(records: list[dict], kinds: list[str], methods: list[str]) -> dict:
+def _kinds_aggregate(records: list[dict], kinds: list[str], methods: dict[str, list[str]]) -> dict:
     """``{kind: {method: {"n", "failed", "psnr", "psnr_changed", "ssim", "seconds", "fwd_eq",
     "seconds_inversion", "fwd_eq_inversion"}}}``: means over the cases without an error (the
-    ``input`` reference included); the cost keys as in :func:`~diffusion_handles.bench.runner.edit_cost`."""
+    ``input`` reference included; ``restyle``: the ``truth`` reference too, and its scores
+    :data:`~diffusion_handles.bench.restyle.RESTYLE_KEYS`) of each kind's ``methods[kind]``; the
+    cost keys as in :func:`~diffusion_handles.bench.runner.edit_cost`."""
+    from diffusion_handles.bench.restyle import RESTYLE_KEYS, RESTYLE_REFERENCES
+
     aggregate: dict = {}
     for kind in kinds:
         rows = [r for r in records if r["kind"] == kind]
         aggregate[kind] = {}
-        for name in ["input", *methods]:
+        refs, extra = (RESTYLE_REFERENCES, RESTYLE_KEYS) if kind == "restyle" else (("input",), ())
+        for name in [*refs, *methods[kind]]:
             entries = [r["methods"].get(name, {}) for r in rows]
             ok = [e for e in entries if not e.get("error")]
             agg = {"n": len(ok), "failed": len(entries) - len(ok)}
-            for key in ("psnr", "psnr_changed", "ssim", "seconds", "fwd_eq", "seconds_inversion", "fwd_eq_inversion"):
+            for key in ("psnr", "psnr_changed", "ssim", *extra, "seconds", "fwd_eq", "seconds_inversion",
+                        "fwd_eq_inversion"):
                 vals = [e[key] for e in ok if e.get(key) is not None]
                 agg[key] = float(np.mean(vals)) if vals else None
             aggregate[kind][name] = agg
@@ -514,4 +554,8 @@ def format_kinds_table(results: dict) -> str:
         for name, a in per.items():
             lines.append(f"{kind:8s} {name:10s} {a['n']:3d} {f(a['psnr']):>7s} {f(a['psnr_changed']):>9s} "
                          f"{f(a['ssim'], 3):>6s} {f(a['seconds'], 1):>7s}")
+    if "restyle" in results["aggregate"]:
+        from diffusion_handles.bench.restyle import format_restyle_table
+
+        lines += ["", format_restyle_table(results["aggregate"]["restyle"])]
     return "\n".join(lines)

@@ -426,7 +426,8 @@ class CaseRunner:
         inverted, inversion_seconds = self._inverted(work, inversion, with_seconds=True)
         case, image, clean_depth, inverse = work.case, work.image, work.clean_depth, work.inverse
         res = self.pipe.edit(inverted, case.edit, guidance=guidance, background_depth=clean_depth,
-                             fov_deg=case.fov_deg, source_image=image)
+                             fov_deg=case.fov_deg, source_image=image, source_depth=work.depth,
+                             source_mask=work.mask)
         edited, cycled = res.edited, None
         end = guidance.resolved_guide_until(inversion.num_steps) - 1  # the last step the default guides
         if end in res.monitor:

@@ -186,6 +186,7 @@ def _animate(dh, inv, args: argparse.Namespace, req: _Request, inputs: ModeInput
     from diffusion_handles.progress import forward_equivalents
 
     image, background, object_masks = inputs.image, inputs.background, inputs.object_masks
+    depth, mask = inputs.depth, inputs.mask
     guidance, fov, mode = req.guidance, req.fov, req.mode
     records: list[dict] = []
     costs: list = []
@@ -198,6 +199,7 @@ def _animate(dh, inv, args: argparse.Namespace, req: _Request, inputs: ModeInput
         t = time.perf_counter()
         target = edit_target(e, camera=args.camera, object_masks=object_masks)
         out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
+                      source_depth=depth, source_mask=mask,
                       callback=progress.callback("guided_generation", f"frame {i + 1}/{req.n_frames}"))
         done = {"edits": [x.to_dict() for x in e]} if mode == "multi" else {"edit": e.to_dict()}
         seconds = time.perf_counter() - t

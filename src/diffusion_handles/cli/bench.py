@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
                    help="methods to run (default all): ours paper warp_only reconstruction depth_only ours_no_composite "
                    "ours_blend ours_transfer averaged_guidance layer2_only layer3_only layers_both layers_cyclic "
-                   "stop20 stop28 stop38 stop50 wb_low wb_high")
+                   "stop20 stop28 stop38 stop50 wb_low wb_high; with --kinds: ours warp_only (every kind), "
+                   "depth_only chain (restyle)")
     p.add_argument("--size", type=int, default=128,
                    help=f"image side in pixels, in [{MIN_SIZE}, {MAX_SIZE}] (tinyworld's native size: 128)")
     p.add_argument("--steps", type=int, default=50,
@@ -88,8 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="3deditbench: SAM for point_prompt and for edit adherence (default facebook/sam-vit-base)")
     p.add_argument("--kinds", default=None, metavar="K[,K...]",
                    help="edits beyond one object, instead of the object edits: camera (a moved camera), remove (an "
-                        "object removed), multi (two objects moved in one pass), comma-separated; --scenes cases of "
-                        "each, methods ours and warp_only; written to kinds_results.json (default: object edits)")
+                        "object removed), multi (two objects moved in one pass), restyle (an object moved and given "
+                        "another colour or pattern), comma-separated; --scenes cases of each, methods ours and "
+                        "warp_only (restyle: also depth_only and chain); written to kinds_results.json (default: "
+                        "object edits)")
     p.add_argument("--preset", default="default", choices=list(limits.PRESETS),
                    help="with --kinds: the guidance settings of handles edit's preset (--steps and --inversion still "
                         "apply; default: default)")
@@ -160,7 +163,6 @@ def _shard(args: argparse.Namespace) -> tuple[int, int]:
 def _config_from_args(args: argparse.Namespace):
     """The :class:`~diffusion_handles.bench.runner.BenchConfig` of the flags, every bound checked
     (method names included) before any work."""
-    from diffusion_handles.bench.methods import resolve_methods
     from diffusion_handles.bench.runner import BenchConfig
     from diffusion_handles.errors import HandlesError
 
@@ -173,7 +175,7 @@ def _config_from_args(args: argparse.Namespace):
     if args.encode_refine_steps is not None:
         _bounded(args.encode_refine_steps, "--encode-refine-steps", 0, MAX_ENCODE_REFINE)
     _bounded(args.spp, "--spp", 1, MAX_SPP)
-    resolve_methods(args.methods)  # validate names before any work
+    _method_kinds(args)  # validate names before any work
     shard = _shard(args)
     check_device(args.device)
     return BenchConfig(model=args.model, scenes=args.scenes, seed=seed, methods=args.methods, size=args.size,
@@ -181,6 +183,24 @@ def _config_from_args(args: argparse.Namespace):
                        encode_refine_steps=args.encode_refine_steps, cycle=not args.no_cycle, spp=args.spp, device=args.device,
                        shard=shard, report_only=args.report_only,
                        threads=args.threads, depth=args.depth)
+
+
+def _kinds_of(args: argparse.Namespace) -> list[str]:
+    """``--kinds`` as a list of names (not checked)."""
+    return [k.strip() for k in args.kinds.split(",") if k.strip()]
+
+
+def _method_kinds(args: argparse.Namespace) -> list[str]:
+    """The kinds (``"warp"``, ``"diffusion"``, ...) of the methods the flags run, every name
+    checked: ``--methods`` against the object edits' registry, or with ``--kinds`` against the
+    kinds' methods (:func:`~diffusion_handles.bench.new_kinds.kinds_methods`, the kinds too)."""
+    from diffusion_handles.bench.methods import resolve_methods
+
+    if args.kinds is None:
+        return [m.kind for m in resolve_methods(args.methods)]
+    from diffusion_handles.bench.new_kinds import kinds_methods
+
+    return ["warp" if m == "warp_only" else "diffusion" for m in kinds_methods(_kinds_of(args), args.methods)]
 
 
 def _fresh_or_resumed(out, overwrite: bool, work):
@@ -195,21 +215,18 @@ def _fresh_or_resumed(out, overwrite: bool, work):
 
 
 def _run_kinds(args: argparse.Namespace, cfg, out) -> int:
-    """``--kinds``: camera / remove / multi cases (bench.new_kinds), their own random streams."""
+    """``--kinds``: camera / remove / multi / restyle cases (bench.new_kinds, bench.restyle), their
+    own random streams."""
     import sys
     from pathlib import Path
 
-    from diffusion_handles.bench.new_kinds import NEW_KINDS, run_kinds_benchmark
+    from diffusion_handles.bench.new_kinds import kinds_methods, run_kinds_benchmark
     from diffusion_handles.errors import HandlesError
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in NEW_KINDS]
-    if bad or not kinds:
-        raise HandlesError(f"--kinds: expected names from {', '.join(NEW_KINDS)}, got {', '.join(bad) or 'none'}")
+    kinds = _kinds_of(args)
+    kinds_methods(kinds, args.methods)  # the kinds and methods checked (again: _config_from_args did)
     if args.ray is not None or cfg.shard[1] > 1 or args.report_only:
         raise HandlesError("--kinds: expected without --ray, --shard I/K or --report-only")
-    if args.methods and any(m not in ("ours", "warp_only") for m in args.methods):
-        raise HandlesError(f"--methods: with --kinds, expected ours and/or warp_only, got {' '.join(args.methods)}")
     kres = _fresh_or_resumed(out, args.overwrite, lambda target: run_kinds_benchmark(
         cfg, kinds, target, preset_name=args.preset, progress=not args.quiet))
     print(f"results written to {args.out}: kinds_results.json, kinds_edits/, kinds_images/, kinds/")
@@ -255,7 +272,6 @@ def _check_needs(args: argparse.Namespace) -> None:
     """Before any work: the extras the flags need (``--ray``: ``batch``; ``--suite 3deditbench``:
     ``bench3d``), the model (when a method loads one; before transformers/diffusers are imported)
     and, without ``--threads``, one torch thread for a small model (as ``handles edit``)."""
-    from diffusion_handles.bench.methods import resolve_methods
     from diffusion_handles.cli.common import check_model, small_model_threads
 
     if args.ray is not None:
@@ -266,7 +282,7 @@ def _check_needs(args: argparse.Namespace) -> None:
         from diffusion_handles.bench.editbench3d.io import require_h5py
 
         require_h5py("--suite 3deditbench")
-    if args.report_only or all(m.kind == "warp" for m in resolve_methods(args.methods)):
+    if args.report_only or all(k == "warp" for k in _method_kinds(args)):
         return  # no weights are loaded
     check_model(args.model)
     if args.threads is None and args.ray is None:
@@ -284,12 +300,10 @@ def _run(args: argparse.Namespace) -> int:
         _check_work(args)  # before run_cli looks at --data or loads anything
         _check_needs(args)
         return run_cli(args)
-    from diffusion_handles.bench.methods import resolve_methods
-
     out = _checked_out(args)
     cfg = _config_from_args(args)
     _check_needs(args)
-    if args.quiet and any(m.kind != "warp" for m in resolve_methods(args.methods)):  # warp-only runs load no weights
+    if args.quiet and any(k != "warp" for k in _method_kinds(args)):  # warp-only runs load no weights
         silence_progress_bars()
     if args.kinds is not None:
         return _run_kinds(args, cfg, out)

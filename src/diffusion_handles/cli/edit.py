@@ -66,6 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "fill of the object region")
     add_transform_args(p)
     add_mode_args(p)
+    p.add_argument("--restyle", default=None, metavar="TEXT",
+                   help="the object's new look, e.g. 'a red striped sphere': the words of --prompt that name the "
+                        "object are replaced by TEXT for the generation (the inversion keeps --prompt), and the new "
+                        "look follows the 3D edit; one object (not with --camera or --edits)")
+    p.add_argument("--restyle-words", default=None, metavar="WORDS",
+                   help="with --restyle: the words of --prompt that name the object, e.g. 'orange cylinder' "
+                        "(default: the one object the prompt names, the part before ' on ', or the whole prompt "
+                        "when it has no ' on '; needed when it names several)")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="ID_OR_DIR",
                    help=f"hub id, local diffusers folder, or 'tinyworld' (default {DEFAULT_MODEL})")
     p.add_argument("--preset", default="default", choices=list(limits.PRESETS),
@@ -134,6 +142,8 @@ class _Request:
     guidance: GuidanceConfig
     seed: int
     threads: int | None  # None: auto
+    restyle: str | None = None  # --restyle: the object's new look
+    restyle_words: str | None = None  # --restyle-words: the prompt's words naming the object (None: the library finds them)
 
 
 def _identity_transfer(value: str) -> float | None:
@@ -147,6 +157,36 @@ def _identity_transfer(value: str) -> float | None:
     if not 0.0 <= f < 1.0:
         raise HandlesError(f"--identity-transfer: expected a fraction of the steps in [0, 1) or 'off', got {value!r}")
     return f
+
+
+def _restyle_from_args(args: argparse.Namespace, mode: str) -> tuple[str | None, str | None]:
+    """``(--restyle, --restyle-words)``, checked against ``--prompt`` by the library's own rule
+    (:func:`~diffusion_handles.diffusion.prompts.restyle_prompt`) before any work."""
+    text, words = args.restyle, args.restyle_words
+    if text is None:
+        if words is not None:
+            raise HandlesError("--restyle-words: expected --restyle with it (the object's new look), got "
+                               "--restyle-words alone")
+        return None, None
+    if mode != "object":
+        other = "--camera (a camera move restyles no object)" if mode == "camera" else "--edits (one object at a time)"
+        raise HandlesError(f"--restyle: expected a one-object edit, got {other}")
+    from diffusion_handles.diffusion.prompts import restyle_prompt
+
+    try:
+        restyle_prompt(args.prompt, text, words)
+    except HandlesError as e:  # the library names its parameters; the user gave flags
+        raise HandlesError(restyle_flags(str(e))) from None
+    return text, words
+
+
+def restyle_flags(message: str) -> str:
+    """A restyle error of the library (``restyle: ...``, ``restyle_words: ...``) as the flags name it."""
+    for name, flag in (("restyle_words", "--restyle-words"), ("restyle", "--restyle")):
+        if message.startswith(f"{name}:"):
+            message = flag + message[len(name):]
+            break
+    return message.replace("pass restyle_words", "pass --restyle-words")
 
 
 def _guidance_overrides(args: argparse.Namespace, mode: str, guide_until: int | None) -> dict:
@@ -202,9 +242,10 @@ def _request_from_args(args: argparse.Namespace) -> _Request:
     edit = edit_from_args(args)
     fov = fov_from_args(args)
     inversion, guidance, seed = _configs_from_args(args, mode)
+    restyle, restyle_words = _restyle_from_args(args, mode)
     check_device(args.device)
     threads = None if args.threads == "auto" else parse_int(args.threads, "--threads", 1, MAX_THREADS)
-    return _Request(mode, entries, edit, fov, inversion, guidance, seed, threads)
+    return _Request(mode, entries, edit, fov, inversion, guidance, seed, threads, restyle, restyle_words)
 
 
 def _invert_and_edit(dh, args: argparse.Namespace, req: _Request, inputs: ModeInputs) -> tuple[Any, Any, float]:
@@ -224,7 +265,7 @@ def _invert_and_edit(dh, args: argparse.Namespace, req: _Request, inputs: ModeIn
                     callback=progress)
     t_invert = time.perf_counter() - t0
     out = dh.edit(inv, target, guidance=guidance, background_depth=background, fov_deg=fov, source_image=image,
-                  callback=progress.callback("guided_generation"))
+                  source_depth=depth, source_mask=mask, restyle=req.restyle, restyle_words=req.restyle_words, callback=progress.callback("guided_generation"))
     return inv, out, t_invert
 
 
@@ -249,6 +290,8 @@ def _run(args: argparse.Namespace) -> int:
     timings = {"load_inputs": t_load, "load_model": t_model, "invert": t_invert}
     _write(args.out, inputs, out, _summary(args, req, inputs, dh.backbone, inv, out, timings))
     state = "inversion loaded from cache" if inv.cache_hit else f"inverted ({req.inversion.method})"
+    if req.restyle is not None:
+        state += f"; restyled, generated with the prompt {out.prompt!r}"
     print(f"edit written to {args.out} in {time.perf_counter() - t_start:.1f} s ({state}; edit "
           f"{sum(out.timings.values()):.1f} s): {', '.join(_written(inputs))}")
     return 0
@@ -273,6 +316,8 @@ def _summary(args: argparse.Namespace, req: _Request, inputs: ModeInputs, bb, in
         "command": "edit",
         "inputs": {"image": str(args.image), "depth": str(args.depth), "mask": str(args.mask),
                    "background_depth": args.background_depth, "prompt": args.prompt,
+                   "restyle": req.restyle, "restyle_words": req.restyle_words,
+                   "generation_prompt": out.prompt,
                    "size_hw": list(inv.input_hw), "work_size_hw": list(inv.image.shape[-2:])},
         "model": {"id": bb.model_id, "device": str(bb.device), "dtype": str(bb.dtype).replace("torch.", ""),
                   "cpu_threads": torch.get_num_threads(),

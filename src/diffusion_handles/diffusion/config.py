@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from diffusion_handles.limits import PRESETS as _PRESETS
 
 INVERSION_METHODS = ("null-text", "ddim", "negative-prompt")
+# The options of a restyle's three choices (GuidanceConfig.restyle_*), the default first.
+RESTYLE_CHOICES = {"restyle_energy": ("appearance", "plain"), "restyle_transfer": ("off", "keep"),
+                   "restyle_finish": ("generate", "detail", "warp")}
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,24 @@ class GuidanceConfig:
             agreed with it within twice the model's reconstruction error kept too little on the
             tuning edits (the guided generation drifts in colour around the object).
             Not in the paper.
+        restyle_energy, restyle_transfer, restyle_finish: how an edit with a restyle
+            (``DiffusionHandles.edit(..., restyle=...)``) treats the moved object, which must
+            take its new look, not its old colour; unused by every other edit. Not in the paper.
+            See :data:`RESTYLE_CHOICES`; measured in ``docs/method.md`` (restyle).
+
+            * ``restyle_energy``: ``"appearance"``: the object term of Eq. 8 on activations
+              normalized per channel over ``M'_o`` in both the generation and the target
+              (:func:`~diffusion_handles.diffusion.energies.appearance_energy`), so it carries
+              shape, pose, shading and the pattern's layout but not the old colour;
+              ``"plain"``: Eq. 8 as for any edit (``object_guidance``).
+            * ``restyle_transfer``: ``"off"``: the identity transfer leaves the object's cells
+              out (the shadows' cells keep it); ``"keep"``: as for any edit (it pastes the old
+              object's encoded pixels into the latent).
+            * ``restyle_finish``: with ``keep_detail``, inside the moved object ``M'_o``
+              (:func:`~diffusion_handles.stages.s6_finish.restyle_inside`): ``"generate"``: the
+              generation; ``"detail"``: the generation's low frequencies with the warped input's
+              high-frequency luminance; ``"warp"``: the warped input as for any edit (the old
+              look).
     """
 
     layers: tuple[int, ...] | None = None
@@ -182,8 +203,14 @@ class GuidanceConfig:
     complete_back: bool = False
     effects: bool = True
     keep_detail: bool = True
+    restyle_energy: str = "appearance"
+    restyle_transfer: str = "off"
+    restyle_finish: str = "generate"
 
     def __post_init__(self) -> None:
+        for name, options in RESTYLE_CHOICES.items():
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name}: expected one of {', '.join(options)}, got {getattr(self, name)!r}")
         if self.mode not in ("normalized", "paper"):
             raise ValueError(f"mode: expected 'normalized' or 'paper', got {self.mode!r}")
         if not 0.0 <= self.relative_step <= 2.0:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+OBJECT_TERMS = ("local", "averaged", "appearance")  # Eq. 8; masked means (Sec. 6); Eq. 8 normalized (a restyle)
+
 
 def object_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_object: torch.Tensor) -> torch.Tensor:
     """Eq. 8 for one layer and step, unweighted: local L2 inside ``M'_o``.
@@ -31,6 +33,47 @@ def object_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_object: torc
     sq = (psi.float() - psi_edited.float()).pow(2).mean(dim=1, keepdim=True)  # (B, 1, h, w)
     m = mask_object.float()
     return ((m * sq).sum(dim=(0, 2, 3)) / m.sum(dim=(0, 2, 3)).clamp(min=1.0)).sum()
+
+
+def _standardized(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, C, h, w)`` with each channel's mean and standard deviation over the mask ``m``
+    ``(B, 1, h, w)`` (weights in [0, 1]) taken out."""
+    area = m.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
+    mean = (x * m).sum(dim=(2, 3), keepdim=True) / area
+    var = ((x - mean).pow(2) * m).sum(dim=(2, 3), keepdim=True) / area
+    return (x - mean) / (var + 1e-6).sqrt()
+
+
+def appearance_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_object: torch.Tensor,
+                      unit: float = 1.0) -> torch.Tensor:
+    """Eq. 8 on appearance-normalized activations (a restyle's object term, not in the paper).
+
+    Inside each object's ``M'_o``, both ``Psi^e`` and ``Psi'`` have each channel's mean and
+    standard deviation over that mask taken out (instance normalization, as AdaIN does before it
+    puts another style's statistics in) before the local L2 of :func:`object_energy`. What a
+    per-channel affine change of the features expresses (the object's colour, its overall
+    brightness and contrast) is no longer pulled back to the old object's; where the features
+    sit relative to each other inside the object (shape, pose, shading, the pattern's layout)
+    still is. ``unit`` multiplies the result so it is in the activations' units (the plan passes
+    the layer's activation variance, :func:`activation_scale`, so the normalized mode's divisor
+    leaves the standardized distance).
+
+    Args:
+        psi, psi_edited: ``(B, C, h, w)`` as in :func:`object_energy`.
+        mask_object: ``(B, K, h, w)`` ``M'_o`` in ``[0, 1]``, one channel per object.
+        unit: a positive number (see above).
+
+    Returns:
+        scalar ``unit * sum_k sum_u M'_o,k(u) mean_c (z^e - z')^2(u) / sum_u M'_o,k(u)`` with
+        ``z`` the activations standardized per channel over ``M'_o,k`` (0 for an empty mask).
+    """
+    total = psi.new_zeros((), dtype=torch.float32)
+    for k in range(mask_object.shape[1]):
+        m = mask_object[:, k : k + 1].float()
+        if float(m.sum()) <= 0:
+            continue
+        total = total + object_energy(_standardized(psi.float(), m), _standardized(psi_edited.float(), m), m)
+    return total * float(unit)
 
 
 def background_energy(psi: torch.Tensor, psi_edited: torch.Tensor, mask_background: torch.Tensor) -> torch.Tensor:
@@ -65,10 +108,13 @@ def guidance_energy(
     weights: tuple[float, float],
     object_guidance: str = "local",
     scales: Mapping[int, float] | None = None,
+    units: Mapping[int, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """``G = sum_i (w^o G_o,i + w^b G_b,i) / s_i`` over the guided ``layers`` of one step (Sec. 5.2).
 
     ``scales[i]`` (default 1) divides layer ``i``'s terms (see :func:`activation_scale`).
+    ``object_guidance="appearance"`` (a restyle) takes :func:`appearance_energy` as the object
+    term, with ``units[i]`` (default 1) its unit.
 
     All mappings are keyed by up-block index. ``masks`` is ``(M'_o, M'_b)``, each at its layer's
     resolution (``M'_o`` may hold one channel per object); ``weights`` is ``(w^o, w^b)``.
@@ -76,8 +122,8 @@ def guidance_energy(
     over ``M'_o`` (the global, Self-Guidance-like term the paper contrasts with, Sec. 6).
     Returns ``(G, parts)`` with the float values of each term for logging.
     """
-    if object_guidance not in ("local", "averaged"):
-        raise ValueError(f"object_guidance: expected 'local' or 'averaged', got {object_guidance!r}")
+    if object_guidance not in OBJECT_TERMS:
+        raise ValueError(f"object_guidance: expected one of {', '.join(OBJECT_TERMS)}, got {object_guidance!r}")
     object_term = object_energy if object_guidance == "local" else background_energy
     mask_object, mask_background = masks
     w_object, w_background = weights
@@ -86,7 +132,10 @@ def guidance_energy(
     for i in layers:
         s = 1.0 if scales is None else float(scales.get(i, 1.0))
         m_o = mask_object[i]
-        if object_guidance == "local" or m_o.shape[1] == 1:
+        if object_guidance == "appearance":
+            unit = 1.0 if units is None else float(units.get(i, 1.0))
+            go = appearance_energy(activations[i], edited[i], m_o, unit) / s
+        elif object_guidance == "local" or m_o.shape[1] == 1:
             go = object_term(activations[i], edited[i], m_o) / s
         else:  # averaged guidance, several objects: one masked-means term per object
             go = sum(object_term(activations[i], edited[i], m_o[:, k : k + 1]) for k in range(m_o.shape[1])) / s

@@ -51,7 +51,10 @@ class GuidePlan:
         norm: ``{(layer, step): variance}`` the activation variance whatever the mode: the
             monitor reports ``G_o_rel`` = G_o / variance, comparable across modes and models.
         w_object, w_background, object_guidance, mode, grad_steps, step_size, relative_step,
-        noise_guidance_scale: see :class:`~diffusion_handles.diffusion.config.GuidanceConfig`.
+        noise_guidance_scale: see :class:`~diffusion_handles.diffusion.config.GuidanceConfig`;
+            ``object_guidance`` may also be ``"appearance"`` (a restyle: Eq. 8 on activations
+            normalized per channel over ``M'_o``, in units of ``norm``,
+            :func:`~diffusion_handles.diffusion.energies.appearance_energy`).
         blend_mask: ``(1, 1, h, w)`` at latent size, 1 where generation is free, 0 where the
             latent is replaced by the inversion's (``blend_trajectory[i]``, the latent after
             step ``i`` of the reconstruction) for steps ``< blend_until``; ``None``: off.
@@ -86,9 +89,10 @@ class GuidePlan:
 
     def energy(self, acts: Mapping[int, torch.Tensor], step: int, layers: Sequence[int]):
         """``(G, parts)`` of the activations ``acts`` at ``step`` over ``layers``."""
+        units = {lay: self.norm.get((lay, step), 1.0) for lay in layers} if self.object_guidance == "appearance" else None
         return guidance_energy(acts, {lay: self.edited[(lay, step)] for lay in layers},
                                (self.mask_object, self.mask_background), layers, (self.w_object, self.w_background),
-                               self.object_guidance, {lay: self.scale.get((lay, step), 1.0) for lay in layers})
+                               self.object_guidance, {lay: self.scale.get((lay, step), 1.0) for lay in layers}, units)
 
     def monitor_layers(self, step: int) -> tuple[int, ...]:
         """Layers with a target at ``step`` (guided or not): their energies are logged."""

@@ -21,6 +21,7 @@ from diffusion_handles.geometry.edit import (
     compute_camera_move,
     compute_edit,
     edited_depth,
+    mask_pivot,
     object_centroid,
     render_preview,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "fill_depth",
     "lift",
     "lift_at",
+    "mask_pivot",
     "object_centroid",
     "poisson_composite",
     "poisson_solve",

@@ -146,6 +146,25 @@ def object_centroid(points: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _centroids(points.permute(0, 2, 3, 1)[bi, yi, xi], bi, points.shape[0])
 
 
+def mask_pivot(depth: torch.Tensor, mask: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """The object's centroid (the rotation/scale pivot, :func:`object_centroid`) lifting only the
+    pixels of ``mask``, so a 12-megapixel photo costs its object's pixels, not the whole image.
+
+    Args:
+        depth: ``(1, 1, H, W)`` z-depth in scene units; mask: ``(1, 1, H, W)`` (> 0.5 = object);
+            camera: the photo's intrinsics (``H x W``).
+
+    Returns:
+        ``(3,)`` float64, scene units (camera axes).
+    """
+    ys, xs = torch.nonzero(mask[0, 0] > 0.5, as_tuple=True)
+    if ys.numel() == 0:
+        raise HandlesError("mask: expected at least one object pixel, got an empty mask")
+    pixels = torch.stack([xs.double() + 0.5, ys.double() + 0.5], dim=-1)  # pixel centres
+    pts = lift_at(pixels, depth[0, 0][ys, xs].double(), camera)
+    return _centroids(pts, torch.zeros(pts.shape[0], dtype=torch.long, device=pts.device), 1)[0]
+
+
 def _centroids(points: torch.Tensor, batch_index: torch.Tensor, batch: int) -> torch.Tensor:
     """Per-image mean of object points ``(N, 3)`` with batch indices ``(N,)``: ``(B, 3)`` float64.
     The one definition of the rotation/scale pivot."""

@@ -109,7 +109,7 @@ def disjoint_masks(masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def compute_multi_edit(depth: torch.Tensor, masks: Sequence[torch.Tensor],
                        edits: Sequence[HandleEdit | Similarity], camera: Camera | None = None,
-                       *, close_radius: int = 1) -> MultiEditGeometry:
+                       *, close_radius: int = 1, pivots: Sequence[torch.Tensor] | None = None) -> MultiEditGeometry:
     """Move ``K`` objects at once with one z-buffer (see the module docstring; Sec. 5.1).
 
     Args:
@@ -119,6 +119,8 @@ def compute_multi_edit(depth: torch.Tensor, masks: Sequence[torch.Tensor],
             object's centroid.
         camera: intrinsics (default 55 degrees horizontal field of view).
         close_radius: see :func:`~.edit.compute_edit`.
+        pivots: ``K`` rotation/scale centres ``(3,)`` (scene units) for the :class:`HandleEdit` s,
+            default each object's centroid in ``depth``.
 
     Returns:
         :class:`MultiEditGeometry` at image resolution.
@@ -130,7 +132,7 @@ def compute_multi_edit(depth: torch.Tensor, masks: Sequence[torch.Tensor],
     """
     depth, masks, union = _check_multi_inputs(depth, masks, edits)
     camera = camera or Camera(depth.shape[-2], depth.shape[-1])
-    parts = _edit_each_object(depth, masks, union, edits, camera, close_radius)
+    parts = _edit_each_object(depth, masks, union, edits, camera, close_radius, pivots)
     labels, zmin = _nearest_surface(depth, union, parts)
     wins_any = labels >= 0
     valid = (~union | wins_any).to(depth.dtype)
@@ -177,7 +179,7 @@ def _check_multi_inputs(depth: torch.Tensor, masks: Sequence[torch.Tensor],
 
 def _edit_each_object(depth: torch.Tensor, masks: list[torch.Tensor], union: torch.Tensor,
                       edits: Sequence[HandleEdit | Similarity], camera: Camera,
-                      close_radius: int) -> list[EditGeometry]:
+                      close_radius: int, pivots: Sequence[torch.Tensor] | None = None) -> list[EditGeometry]:
     """:func:`~.edit.compute_edit` of each object against the background without any object:
     the other objects' pixels are empty (``+inf``), so no object hides behind another's old place.
 
@@ -188,7 +190,9 @@ def _edit_each_object(depth: torch.Tensor, masks: list[torch.Tensor], union: tor
     for k, (m, e) in enumerate(zip(masks, edits, strict=True)):
         d_k = emptied(depth, union & ~(m > 0.5))
         try:
-            parts.append(compute_edit(d_k, m, e, camera, close_radius=close_radius, require_background=False))
+            pivot = None if pivots is None else pivots[k]
+            parts.append(compute_edit(d_k, m, e, camera, pivot=pivot, close_radius=close_radius,
+                                      require_background=False))
         except HandlesError as err:
             raise HandlesError(f"edits[{k}]: {err}") from None
     return parts

@@ -16,6 +16,7 @@ import torch
 from diffusion_handles.diffusion.backbone import Backbone
 from diffusion_handles.diffusion.config import GuidanceConfig
 from diffusion_handles.diffusion.inverted import InvertedImage
+from diffusion_handles.diffusion.prompts import restyle_prompt
 from diffusion_handles.errors import HandlesError
 from diffusion_handles.geometry import DEFAULT_FOV_DEG, Camera, HandleEdit, Similarity
 
@@ -62,10 +63,19 @@ class EditRequest:
             (the harmonic fill of the object region).
         source_image: ``(1, 3, H, W)`` the input at its own size for the composite, or ``None``
             (the work-size image resized back).
+        source_depth: ``(1, 1, H, W)`` the input's z-depth at its own size, or ``None``; with it
+            (and ``source_mask`` for one object) stage 6 recomputes the object edits' 3D flow at
+            the input's resolution, so a photo larger than the work size keeps sharp silhouettes.
+        source_mask: ``"object"``: ``(1, 1, H, W)`` the object's mask at the input's size, or ``None``.
         fov_deg: horizontal field of view, degrees (Sec. 5.1: 55).
         region_margin: ``"remove"``: the region's margin, work-size pixels (``None``: default).
         noise_seed: ``"remove"``: seed of the fresh noise in the region (``None``: keep the
             inverted noise).
+        restyle: ``"object"``: the object's new description (e.g. ``"a red striped sphere"``):
+            the generation's prompt is the inversion's with the object's words replaced
+            (:func:`~diffusion_handles.diffusion.prompts.restyle_prompt`); ``None``: no restyle.
+        restyle_words: the words of the inversion's prompt that name the object (``None``: its
+            one object phrase, :func:`~diffusion_handles.diffusion.prompts.object_phrases`).
     """
 
     kind: str
@@ -73,13 +83,34 @@ class EditRequest:
     object_masks: tuple = ()
     background_depth: torch.Tensor | None = None
     source_image: torch.Tensor | None = None
+    source_depth: torch.Tensor | None = None
+    source_mask: torch.Tensor | None = None
     fov_deg: float = DEFAULT_FOV_DEG
     region_margin: int | None = None
     noise_seed: int | None = 0
+    restyle: str | None = None
+    restyle_words: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in EDIT_KINDS:
             raise HandlesError(f"kind: expected one of {', '.join(EDIT_KINDS)}, got {self.kind!r}")
+        _check_restyle(self)
+
+
+def _check_restyle(request: EditRequest) -> None:
+    """A restyle changes one moved object's look: refuse it for the other kinds and refuse
+    ``restyle_words`` without ``restyle``."""
+    if request.restyle is None:
+        if request.restyle_words is not None:
+            raise HandlesError(f"restyle_words: expected only with restyle, got {request.restyle_words!r} and no restyle")
+        return
+    if not isinstance(request.restyle, str) or not request.restyle.strip():
+        raise HandlesError("restyle: expected the object's new description (e.g. 'a red striped sphere'), "
+                           f"got {request.restyle!r}")
+    if request.kind != "object":
+        what = {"camera": "a camera move", "remove": "a removal", "objects": "a several-object edit"}[request.kind]
+        raise HandlesError(f"restyle: expected a one-object edit (a HandleEdit or Similarity), got {what}; "
+                           "restyle one object at a time")
 
 
 def request_for_edit(transform, **inputs) -> EditRequest:
@@ -146,6 +177,11 @@ class Prepared:
         background: ``(1, 1, H, W)`` the given ``d'_b`` resized, or ``None`` (harmonic fill).
         source_work: ``"camera"``: ``(1, 3, H, W)`` the given source image resized, or ``None``
             (the inversion's image).
+        pivots: object edits with ``request.source_depth``: one ``(3,)`` rotation/scale centre
+            per object (scene units), its centroid lifted at the input's resolution
+            (:func:`input_pivots`); ``None``: the work-size centroids.
+        prompt: the generation's prompt: the inversion's, or under ``request.restyle`` the
+            inversion's with the object's words replaced; ``None``: the inversion's.
     """
 
     request: EditRequest
@@ -155,12 +191,15 @@ class Prepared:
     object_masks: list[torch.Tensor] = field(default_factory=list)
     background: torch.Tensor | None = None
     source_work: torch.Tensor | None = None
+    pivots: list[torch.Tensor] | None = None
+    prompt: str | None = None
 
 
 def prepare(backbone: Backbone, inverted: InvertedImage, request: EditRequest,
             guidance: GuidanceConfig) -> Prepared:
     """Stage 1: check the inversion and the guidance, bring the request to the work size."""
     schedule_layers = check_inverted(backbone, inverted, guidance)
+    check_sources(request, tuple(inverted.input_hw))
     inverted = inverted.to(backbone.device)
     h, w = inverted.depth.shape[-2:]
     masks = work_masks(backbone, inverted, request.object_masks) if request.kind == "objects" else []
@@ -170,8 +209,50 @@ def prepare(backbone: Backbone, inverted: InvertedImage, request: EditRequest,
     source = None
     if request.kind == "camera" and request.source_image is not None:
         source = to_work(backbone, inverted, request.source_image.float().to(inverted.depth.device))
+    prompt = inverted.prompt
+    if request.restyle is not None:
+        prompt = restyle_prompt(inverted.prompt, request.restyle, request.restyle_words)
     return Prepared(request, inverted, schedule_layers, work_camera(inverted, request.fov_deg), masks, background,
-                    source)
+                    source, pivots=input_pivots(request, tuple(inverted.input_hw)), prompt=prompt)
+
+
+def input_pivots(request: EditRequest, input_hw: tuple[int, int]) -> list[torch.Tensor] | None:
+    """The object edits' rotation/scale centres from the input's own depth and masks
+    (``source_depth``, and ``source_mask`` or ``object_masks``), one ``(3,)`` per object, or
+    ``None`` without them. The work-size centroid moves with the resampling (a few tenths of a
+    work pixel, several input pixels on a large photo), which turns and scales the object about
+    another point than the photo's own centroid; the finish then warps the photo by a transform
+    that is not the one asked for."""
+    from diffusion_handles.geometry import mask_pivot
+
+    if request.source_depth is None or request.kind not in ("object", "objects"):
+        return None
+    masks = [request.source_mask] if request.kind == "object" else list(request.object_masks)
+    if any(m is None for m in masks):
+        return None
+    camera = Camera(*input_hw, request.fov_deg)
+    depth = request.source_depth.float().cpu()
+    return [mask_pivot(depth, m.float().cpu(), camera) for m in masks]
+
+
+def check_sources(request: EditRequest, input_hw: tuple[int, int]) -> None:
+    """Refuse a ``source_depth`` or ``source_mask`` that is not ``(1, 1, H, W)`` at the inverted
+    image's input size ``input_hw``, a depth that is not positive and finite, or an empty mask."""
+    h, w = input_hw
+    for name in ("source_depth", "source_mask"):
+        t = getattr(request, name)
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[:2] != (1, 1):
+            raise HandlesError(f"{name}: expected a tensor (1, 1, H, W), got {getattr(t, 'shape', type(t))}")
+        if tuple(t.shape[-2:]) != (h, w):
+            raise HandlesError(f"{name}: expected size {w}x{h} (W x H, the inverted image's), "
+                               f"got {t.shape[-1]}x{t.shape[-2]}")
+    d = request.source_depth
+    if d is not None and not (bool(torch.isfinite(d).all()) and bool((d > 0).all())):
+        raise HandlesError("source_depth: expected positive, finite z-depth everywhere")
+    if request.source_mask is not None and not bool((request.source_mask > 0.5).any()):
+        raise HandlesError("source_mask: expected at least one object pixel, got an empty mask")
 
 
 def work_camera(inverted: InvertedImage, fov_deg: float) -> Camera:

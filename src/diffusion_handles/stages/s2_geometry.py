@@ -73,7 +73,9 @@ def _object(prep: Prepared, guidance: GuidanceConfig) -> Geometry:
     """One object (the paper): M_o moved by the transform about its centroid."""
     inv = prep.inverted
     depth = inv.depth.float()
-    flow = compute_edit(depth, inv.mask, prep.request.transforms[0], prep.camera, complete_back=guidance.complete_back)
+    pivot = None if prep.pivots is None else prep.pivots[0]
+    flow = compute_edit(depth, inv.mask, prep.request.transforms[0], prep.camera, pivot=pivot,
+                        complete_back=guidance.complete_back)
     d_edit = edited_depth(flow, background_fill(prep, inv.mask))
     return _with_flow(prep, flow, d_edit, edit_region(flow.object_mask, flow.edited_mask, flow.valid))
 
@@ -81,7 +83,7 @@ def _object(prep: Prepared, guidance: GuidanceConfig) -> Geometry:
 def _objects(prep: Prepared, guidance: GuidanceConfig) -> Geometry:
     """Several objects in one z-buffer, one transform each."""
     depth = prep.inverted.depth.float()
-    flow = compute_multi_edit(depth, prep.object_masks, list(prep.request.transforms), prep.camera)
+    flow = compute_multi_edit(depth, prep.object_masks, list(prep.request.transforms), prep.camera, pivots=prep.pivots)
     d_edit = edited_depth(flow, background_fill(prep, flow.object_mask))
     return _with_flow(prep, flow, d_edit, edit_region(flow.object_mask, flow.edited_mask, flow.valid))
 

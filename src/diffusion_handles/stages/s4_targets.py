@@ -63,10 +63,28 @@ def targets(backbone: Backbone, prep: Prepared, geo: Geometry, guidance: Guidanc
     fx = geo.effects if geo.effects is not None and geo.effects.any else None
     shadows = None if fx is None else fx.region.to(inv.x_T.device)
     plan = guidance_targets(inv, geo.flow, guidance, prep.schedule_layers, tuple(inv.x_T.shape[-2:]), shadows)
+    if prep.request.restyle is not None:
+        restyle_plan(plan, geo.flow, guidance)
     if plan.transfer is not None and guidance.transfer_source == "pixels":
         alpha = backbone.schedule(inv.config.num_steps).alpha[plan.transfer_step]
         plan.transfer = pixel_transfer(backbone, inv, geo.flow, plan, alpha, fx)
     return Targets(plan, inv.x_T)
+
+
+def restyle_plan(plan: GuidePlan, geom: EditGeometry, guidance: GuidanceConfig) -> None:
+    """A restyle's guide plan (``GuidanceConfig.restyle_energy``, ``restyle_transfer``): the
+    object term on appearance-normalized activations, and the identity transfer without the moved
+    object's latent cells (``W[M_o, F]`` at the latent's size; the shadows' cells keep it; no
+    transfer at all when nothing else is left)."""
+    if guidance.restyle_energy == "appearance":
+        plan.object_guidance = "appearance"
+    if plan.transfer is None or guidance.restyle_transfer == "keep":
+        return
+    fe = geom.at_resolution(*plan.transfer.shape[-2:])
+    moved = (fe.edited_mask.float() > 0.0).float().to(plan.transfer_mask)  # every cell the object touches
+    plan.transfer_mask = plan.transfer_mask * (1.0 - moved)
+    if not bool((plan.transfer_mask > 0).any()):
+        plan.transfer = plan.transfer_mask = plan.transfer_step = None
 
 
 def follow(inverted: InvertedImage, guidance: GuidanceConfig, rule: FollowRule, schedule_layers: list) -> GuidePlan:

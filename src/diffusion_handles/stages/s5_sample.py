@@ -47,8 +47,8 @@ def sample(backbone: Backbone, prep: Prepared, geo: Geometry, tg: Targets, *, pr
     inv = prep.inverted
     counter = backbone.counter
     dcond = depth_to_condition(geo.edited_depth.to(backbone.device), inv.x_T.shape[-2:])
-    den = Denoiser(backbone, inv.text_embedding, inv.null_embeddings, dcond, backbone.schedule(inv.config.num_steps),
-                   inv.config.guidance_scale)
+    text, null = generation_text(backbone, prep)
+    den = Denoiser(backbone, text, null, dcond, backbone.schedule(inv.config.num_steps), inv.config.guidance_scale)
     with counter.in_stage("edit"):
         res = run_sampler(den, tg.x_T, plan=tg.plan, progress=progress, desc=tg.desc, callback=callback)
     if not bool(torch.isfinite(res.latent).all()):
@@ -56,3 +56,20 @@ def sample(backbone: Backbone, prep: Prepared, geo: Geometry, tg: Targets, *, pr
                            "try float32 (--dtype), fewer guidance steps or a smaller transform")
     evals = {k: dict(v) for k, v in counter.counts.items()}
     return Sampled(res.latent, res.energies, res.monitor, evals)
+
+
+def generation_text(backbone: Backbone, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(text (1, L, D), null embeddings (N, L, D) or None)`` of the generation: the inversion's,
+    or under a restyle (``prep.prompt`` differs from the inversion's prompt) the new prompt's
+    embedding with the inversion's null-text embeddings kept. A negative-prompt inversion has no
+    null embeddings (its negative *is* the prompt, so CFG reduces to one branch); a restyle keeps
+    that negative, the old prompt's embedding, as the unconditional branch of every step."""
+    inv = prep.inverted
+    if prep.request.restyle is None or prep.prompt is None:
+        return inv.text_embedding, inv.null_embeddings
+    with torch.no_grad():
+        text = backbone.encode_prompt(prep.prompt).to(inv.text_embedding)
+    null = inv.null_embeddings
+    if null is None:
+        null = inv.text_embedding.expand(inv.config.num_steps, *inv.text_embedding.shape[1:])
+    return text, null

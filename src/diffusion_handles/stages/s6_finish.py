@@ -4,7 +4,8 @@ The generated latent is decoded at the work size; every output is resized back t
 size ``H x W``. With ``GuidanceConfig.composite`` (not in the paper) the input's pixels are kept
 outside the soft edit region (a feathered seam), or for a camera move the input warped to the
 new view. With ``GuidanceConfig.keep_detail`` as well (not in the paper), inside the region the
-input warped by the 3D flow at the input's own resolution, its shadows moved (stage 3), is kept
+input warped by the 3D flow at the input's own resolution (recomputed from the input's own depth
+and mask when the request carries them, :func:`fine_edit`), its shadows moved (stage 3), is kept
 wherever the warp has a pixel (:func:`keep_weight`) and the generation fills the holes (blended
 from their rims, :func:`hole_fill`): the generation is blurrier than the input and drifts in
 colour where nothing needs to change, so copying it there loses detail for nothing (measured:
@@ -51,6 +52,8 @@ class EditOutput:
         monitor: ``{step: {"G": ..., "G_o[i]": ...}}`` the energies of the latent each step
             starts from, for every recorded (layer, step), guided or not.
         config: the resolved guidance configuration (layers, guide_until filled in).
+        prompt: the generation's prompt: the inversion's, or a restyle's (the object's words
+            replaced, ``DiffusionHandles.edit(..., restyle=...)``).
     """
 
     edited: torch.Tensor
@@ -68,6 +71,7 @@ class EditOutput:
     energies: dict[int, list[dict[str, float]]] = field(default_factory=dict)
     monitor: dict[int, dict[str, float]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    prompt: str | None = None
 
 
 class Frame:
@@ -129,6 +133,10 @@ def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
     if guidance.composite:
         kept = frame.back(geo.keep_image, frame.source) if geo.keep_image is not None else frame.source
         inside = _detail(prep, geo, generated, kept, frame, region) if guidance.keep_detail else generated
+        if prep.request.restyle is not None and guidance.keep_detail:  # the moved object takes its new look
+            box = inv.config.window
+            scale = (inv.input_hw[0] if box is None else box[3] - box[1]) / inv.image.shape[-2]  # input px per work px
+            inside = restyle_inside(inside, generated, frame.back(geo.edited_mask, 0.0), guidance.restyle_finish, scale)
         edited = composite(inside, region, kept)
     n = inv.config.num_steps
     resolved = guidance.to_dict()
@@ -142,7 +150,49 @@ def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
         region=region, generated=generated, effects=frame.back(effects, 0.0).clamp(0, 1),
         light=None if geo.effects is None else geo.effects.light, unet_evals=sampled.unet_evals,
         energies=sampled.energies, monitor=sampled.monitor, config=resolved,
+        prompt=inv.prompt if prep.prompt is None else prep.prompt,
     )
+
+
+def restyle_inside(kept: torch.Tensor, generated: torch.Tensor, moved: torch.Tensor, how: str,
+                   scale: float = 1.0) -> torch.Tensor:
+    """A restyle's finish inside the moved object (``GuidanceConfig.restyle_finish``): where the
+    detail finish kept the input warped (the old look), the object's new look.
+
+    ``moved`` is ``M'_o`` ``(1, 1, H, W)`` in [0, 1] at the input's size; it is grown by one work
+    pixel (``scale`` input pixels per work pixel) so the old colour of the silhouette's blended
+    edge goes too. ``"generate"``: the generation there; ``"detail"``: the generation blurred
+    inside the object (a Gaussian of 1.5 work pixels normalized over the grown mask) plus the
+    high-pass luminance of ``kept`` over the same mask, so the warp's sharp pattern and shading
+    edges stay and its colour goes; ``"warp"``: ``kept`` unchanged. All images ``(1, 3, H, W)``.
+    """
+    if how == "warp":
+        return kept
+    r = max(1, int(math.ceil(scale)))
+    w = F.max_pool2d(moved.float().clamp(0, 1), 2 * r + 1, 1, r)
+    new = generated
+    if how == "detail":
+        sigma = 1.5 * scale
+        luma = torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1).to(kept)
+        lum = (kept * luma).sum(1, keepdim=True)
+        high = lum - _masked_blur(lum, w, sigma)
+        new = _masked_blur(generated, w, sigma) + high
+    return w * new + (1.0 - w) * kept
+
+
+def _masked_blur(x: torch.Tensor, m: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``blur(x m) / blur(m)`` with a separable Gaussian of ``sigma`` px (``x`` where ``blur(m)`` is 0)."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=x.dtype) / sigma) ** 2)
+    k = (k / k.sum()).to(x.device)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        c = t.shape[1]
+        t = F.conv2d(F.pad(t, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        return F.conv2d(F.pad(t, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+    den = blur(m)
+    return torch.where(den > 1e-6, blur(x * m) / den.clamp(min=1e-6), x)
 
 
 def composite(generated: torch.Tensor, region: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -205,15 +255,57 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
         return kept
     sl = (slice(None), slice(None), slice(area[0], area[1]), slice(area[2], area[3]))
     moves = geo.flow is not None and geo.keep_image is None
-    warped = (warp(kept, frame.flow_source(geo.flow)) if moves else kept)[sl]
+    fine = fine_edit(prep, geo, area) if moves and scale > 1.0 else None
+    if fine is not None:  # the flow and its holes at the input's resolution, on the area alone
+        warped, valid = warp(kept[sl], fine.source.float().cpu()), fine.valid.float().cpu()
+    else:
+        warped = (warp(kept, frame.flow_source(geo.flow)) if moves else kept)[sl]
+        valid = _erode(frame.back(geo.valid, 1.0, "nearest")[sl], grow)
     fx = geo.effects
     if fx is not None and fx.any:
         warped = fx.placed(lambda m, fill: frame.back(m, fill)[sl]).apply(warped)
-    valid = _erode(frame.back(geo.valid, 1.0, "nearest")[sl], grow)
     w = keep_weight(valid)
     out = kept.clone()
     out[sl] = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale)
     return out
+
+
+def fine_edit(prep: Prepared, geo: Geometry, area: tuple[int, int, int, int]):
+    """The object edit of ``geo.flow`` recomputed at the input's resolution on ``area``
+    ``(y0, y1, x0, x1)`` (input pixels), or ``None`` when the request has no ``source_depth``
+    (and, for one object, no ``source_mask``) or the recomputation fails.
+
+    The transforms are the work-size edit's resolved :class:`Similarity` s (camera axes, scene
+    units), which do not depend on the image's resolution; the camera is the photo's restricted
+    to ``area`` (:meth:`Camera.window`), so the flow is the work-size one sampled finer, but its
+    silhouettes and holes follow the input's depth and mask pixel by pixel instead of the work
+    grid's steps. ``area`` holds every pixel the region covers (the object where it is and
+    where it lands), so cropping loses no part of the object.
+
+    Returns:
+        an :class:`~diffusion_handles.geometry.EditGeometry` of the ``area`` crop (``source`` in
+        the crop's normalised coordinates) or ``None``.
+    """
+    from diffusion_handles.geometry import Camera, compute_edit, compute_multi_edit
+    from diffusion_handles.geometry.window import crop
+
+    req = prep.request
+    if req.source_depth is None or req.kind not in ("object", "objects"):
+        return None
+    if req.kind == "object" and req.source_mask is None:
+        return None
+    y0, y1, x0, x1 = area
+    box = (x0, y0, x1, y1)
+    camera = Camera(*prep.inverted.input_hw, req.fov_deg).window(box)
+    depth = crop(req.source_depth.float().cpu(), box)
+    try:
+        if req.kind == "object":
+            mask = (crop(req.source_mask.float().cpu(), box) > 0.5).float()
+            return compute_edit(depth, mask, geo.flow.transforms[0], camera, complete_back=geo.flow.back_depth is not None)
+        masks = [(crop(m.float().cpu(), box) > 0.5).float() for m in req.object_masks]
+        return compute_multi_edit(depth, masks, list(geo.flow.transforms), camera)
+    except HandlesError:  # e.g. an object too thin to survive at one resolution: the work-size flow
+        return None
 
 
 def _bounds(region: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:

@@ -94,11 +94,20 @@ class RenderOptions:
         preset: the library's named settings of inversion and guidance
             (``diffusion_handles.diffusion.config.preset``): ``default``, ``paper``, ``fast`` or
             ``draft`` (the page's automatic renders while a handle pauses).
+        restyle, restyle_words: the object's new look and the prompt's words that name it
+            (``DiffusionHandles.edit``'s); None: no restyle. They change the generation only, not
+            the inversion (nor its cache key).
     """
 
     num_steps: int | None = None
     seed: int = 0  # seeds the VAE posterior sample of the inversion
     preset: str = "default"
+    restyle: str | None = None
+    restyle_words: str | None = None
+
+    def restyle_kwargs(self) -> dict:
+        """``DiffusionHandles.edit``'s restyle arguments (none without a restyle)."""
+        return {} if self.restyle is None else {"restyle": self.restyle, "restyle_words": self.restyle_words}
 
     def configs(self):
         """``(InversionConfig, GuidanceConfig)`` of the preset at ``num_steps`` (None: the preset's)."""
@@ -294,7 +303,8 @@ class RenderService:
             self.check(inp, edit)  # before the inversion: an impossible edit fails at once
             inverted, reused, progress, timings = self._inverted(pipe, inp, opts, report, 1, cancel)
             t1 = time.perf_counter()
-            out = _edit(pipe, inverted, inp, edit, progress.callback("guided_generation"), opts.configs()[1])
+            out = _edit(pipe, inverted, inp, edit, progress.callback("guided_generation"), opts.configs()[1],
+                        opts.restyle_kwargs())
             timings["edit_s"] = time.perf_counter() - t1
         return {"output": out, "input": inp, "reused_inversion": reused, "timings": timings}
 
@@ -339,17 +349,19 @@ class RenderService:
         return {"frames": frames, "edits": edits, "input": inp, "reused_inversion": reused, "timings": timings}
 
 
-def _edit(pipe, inverted, inp: RenderInput, edit, callback, guidance=None):
+def _edit(pipe, inverted, inp: RenderInput, edit, callback, guidance=None, restyle: dict | None = None):
     """``pipe.edit`` of what ``inp`` moves: ``edit`` for the selected object, a list of edits for
     ``inp.object_masks``, or the camera's move when ``inp.camera`` (``guidance``: the preset's,
-    None: the default)."""
+    None: the default; ``restyle``: :meth:`RenderOptions.restyle_kwargs`)."""
     from diffusion_handles.pipeline import CameraMove, ObjectMove
 
     if inp.object_masks:
         edit = [ObjectMove(m, e) for m, e in zip(inp.object_masks, edit, strict=True)]
     elif inp.camera:
         edit = CameraMove(edit)
-    return pipe.edit(inverted, edit, guidance=guidance, fov_deg=inp.fov_deg, source_image=inp.image, callback=callback)
+    return pipe.edit(inverted, edit, guidance=guidance, fov_deg=inp.fov_deg, source_image=inp.image,
+                     source_depth=inp.depth, source_mask=inp.mask, callback=callback,
+                     **(restyle or {}))
 
 
 def fit_to_model(inp: RenderInput, side: int) -> RenderInput:

@@ -195,6 +195,15 @@ class PreviewResponse(BaseModel):
 class RenderRequest(EditRequest):
     session_id: str = Field(max_length=64)
     prompt: str | None = Field(None, max_length=500, description="overrides the session's prompt")
+    restyle: str | None = Field(None, max_length=200, description="the selected object's new look, e.g. 'a red striped "
+                                "sphere': the words of the prompt that name the object are replaced by it for the "
+                                "generation (the inversion keeps the prompt), and the new look follows the 3D edit; "
+                                "one object only (not with mode 'camera' or objects); info.restyle, info.restyle_words and info.generation_prompt say "
+                                "what ran")
+    restyle_words: str | None = Field(None, max_length=200, description="with restyle: the words of the prompt that "
+                                      "name the object (default: the prompt's phrase naming the selected object, "
+                                      "e.g. 'an orange cube' for the object 'orange cube', else the prompt's one "
+                                      "object)")
     num_steps: Steps | None = Field(None, description=f"DDIM steps, in [{limits.STEPS[0]}, {limits.STEPS[1]}] "
                                     "(default: the model's, 50)")
     seed: Seed = Field(0, description=f"seed, in [{limits.SEED[0]}, {limits.SEED[1]}]")

@@ -156,7 +156,8 @@ class EditBenchRunner:
                                                                    tuple(image.shape[-2:]))
                     else:
                         res = self.pipe.edit(inverted, edit, guidance=m.guidance(inv_cfg.num_steps),
-                                             background_depth=background, fov_deg=win.fov_deg, source_image=image)
+                                             background_depth=background, fov_deg=win.fov_deg, source_image=image,
+                                             source_depth=depth, source_mask=mask)
                         edited = res.edited
                 full = case.image1.copy()
                 full[y0:y1, x0:x1] = _to_uint8(edited)

@@ -39,6 +39,45 @@ def render_input(ctx: WebContext, s: Session, transform: Transform, prompt: str 
     return inp, target
 
 
+def restyle_of(req: RenderRequest, s: Session, prompt: str) -> tuple[str | None, str | None]:
+    """A render's restyle ``(new look, words)``, ``(None, None)`` without one, checked against
+    ``prompt`` by the library's rule (:func:`~diffusion_handles.diffusion.prompts.restyle_prompt`:
+    a one-line 422 naming ``restyle`` or ``restyle_words``). The words are the request's, else the
+    prompt's object phrase that names the selected object (:func:`object_words`), else None (the
+    library's rule: the prompt's one object)."""
+    if req.restyle is None:
+        if req.restyle_words is not None:
+            raise ApiError(422, "restyle_words: expected restyle with it (the object's new look), got restyle_words alone")
+        return None, None
+    if req.mode == "camera":
+        raise ApiError(422, "restyle: expected a one-object edit, got mode 'camera' (a camera move restyles no object)")
+    if req.objects:
+        raise ApiError(422, f"restyle: expected a one-object edit, got {1 + len(req.objects)} objects (one object "
+                            "at a time)")
+    from diffusion_handles.diffusion.prompts import restyle_prompt
+
+    with s.lock:
+        name = s.masks[s.selected][0] if s.selected is not None and s.selected < len(s.masks) else None
+    words = req.restyle_words if req.restyle_words is not None else object_words(prompt, name)
+    restyle_prompt(prompt, req.restyle, words)  # HandlesError: the app answers 422 with its line
+    return req.restyle, words
+
+
+def object_words(prompt: str, name: str | None) -> str | None:
+    """The words of ``prompt`` that name the object called ``name`` (a scene mask's name, such as
+    TinyWorld's ``"orange cube"``): the object phrase ending with it, article included
+    (``"an orange cube"`` in ``"an orange cube and a green sphere on ..."``), else ``name`` itself
+    when the prompt contains it, else None."""
+    from diffusion_handles.diffusion.prompts import object_phrases
+
+    if not name:
+        return None
+    for phrase in object_phrases(prompt) or []:
+        if phrase == name or phrase.endswith(f" {name}"):
+            return phrase
+    return name if name in prompt else None
+
+
 def router(ctx: WebContext) -> APIRouter:
     r = APIRouter(tags=["render"], responses=ERRORS)
     cfg, jobs, renderer = ctx.cfg, ctx.jobs, ctx.renderer
@@ -50,6 +89,8 @@ def router(ctx: WebContext) -> APIRouter:
         of a camera move (``mode`` "camera": the image inverted with an all-ones mask). One worker
         runs renders in order; watch progress with GET /api/jobs/{id} or its /events stream."""
         s = ctx.sessions.get(req.session_id)
+        # checked before the preview's work, on the prompt render_input takes
+        restyle, words = restyle_of(req, s, (req.prompt if req.prompt is not None else s.prompt).strip())
         inp, target = render_input(ctx, s, req.transform, req.prompt, "render", req.mode, req.objects)
         edit = target.edit
         steps = req.num_steps or cfg.default_steps
@@ -57,12 +98,13 @@ def router(ctx: WebContext) -> APIRouter:
             from diffusion_handles.diffusion.config import draft_steps
 
             steps = draft_steps(steps)  # a fifth of the server's steps, as 10 of 50 (lazy import: the diffusion layer)
-        opts = RenderOptions(num_steps=steps, seed=req.seed, preset=req.preset)
+        opts = RenderOptions(num_steps=steps, seed=req.seed, preset=req.preset, restyle=restyle, restyle_words=words)
 
         def task(job: Job) -> dict[str, str]:
             result = renderer.run(inp, edit, opts, job.report, cancel=job.cancel_event)
             result["meta"] = {"mode": req.mode, "objects": 1 + len(req.objects) if req.mode == "object" else 0,
-                              "preset": req.preset}
+                              "preset": req.preset, "restyle": restyle, "restyle_words": words,
+                              "generation_prompt": result["output"].prompt}
             files = write_results(job.folder, inp, result)
             job.info = json.loads((job.folder / "info.json").read_text())
             return files

@@ -67,8 +67,8 @@ const postJSON = (path, data) => api(path, { method: 'POST', headers: { 'content
 function draftRequest() {
   const s = store.session;
   if (!s || (s.selected === null && store.editMode !== 'camera') || !store.cloud) return null;
-  const body = { session_id: s.id, ...editBody(), ...jobOptions(), preset: 'draft' };  // num_steps: the full render's
-  return movesNothing(body) ? null : body;
+  const body = { session_id: s.id, ...editBody(), ...jobOptions(), ...restyleOptions(), preset: 'draft' };  // num_steps: the full render's
+  return movesNothing(body) && !body.restyle ? null : body;
 }
 const currentDraftKey = () => { const b = draftRequest(); return b ? store.editKey(b) : null; };
 const drafts = new Drafts(store, { api, postJSON, request: draftRequest, log: ui.draftLog,
@@ -526,6 +526,11 @@ function updateButtons() {
     : (others ? `the ${others + 1} objects from their places to their transforms, from the same inversion`
       : 'the object from its place to the transform, from the same inversion');
   $('add-object').disabled = !selected || camera;
+  const oneObject = !camera && !others;  // a restyle changes one object's look
+  $('restyle').disabled = !oneObject;
+  $('restyle-words').disabled = !oneObject;
+  $('restyle-note').textContent = oneObject || !$('restyle').value.trim() ? ''
+    : `New look: one object at a time, not used ${camera ? 'in camera mode' : `with ${others + 1} objects`}`;
   $('render-note').textContent = why ? `Rendering unavailable: ${why}` : (ready || !s ? '' : (camera ? 'loading…' : 'select an object first (step 2)'));
   $('render-note').classList.toggle('error', Boolean(why));
 }
@@ -586,6 +591,13 @@ async function pollJob(id) {
     showNear('job-error', e.message);
   }
 }
+/** The object's new look (restyle) for a render of one object: `{restyle, restyle_words}`, or nothing. */
+function restyleOptions() {
+  const text = $('restyle').value.trim(), words = $('restyle-words').value.trim();
+  if (!text || $('restyle').disabled) return {};
+  return words ? { restyle: text, restyle_words: words } : { restyle: text };
+}
+for (const id of ['restyle', 'restyle-words']) $(id).addEventListener('input', () => drafts.changed());
 function jobOptions() {
   const steps = $('steps').value.trim();
   const o = { prompt: $('prompt').value, seed: Number($('seed').value || 0) };
@@ -611,7 +623,7 @@ async function submitJob(path, body, kind) {
   }
 }
 $('render-btn').addEventListener('click', () => guarded(async () => {
-  await submitJob('/api/jobs', { session_id: store.session.id, ...editBody(), ...jobOptions() }, 'render');
+  await submitJob('/api/jobs', { session_id: store.session.id, ...editBody(), ...jobOptions(), ...restyleOptions() }, 'render');
 }));
 $('remove-btn').addEventListener('click', () => guarded(async () => {
   await submitJob(`/api/sessions/${store.session.id}/remove`, jobOptions(), 'remove');

@@ -16,6 +16,7 @@ export function editSlug(kind, body, objectName) {
   if (e.translate.some((v) => v !== 0)) parts.push(`translate-${e.translate.map(num).join('_')}`);
   if (e.rotate_deg) parts.push(`rotate-${num(e.rotate_deg)}`);
   if (e.scale !== 1) parts.push(`scale-${num(e.scale)}`);
+  if (body.restyle) parts.push(`restyle-${slug(body.restyle)}`);
   const what = parts.join('_') || 'unchanged';
   if (body.mode === 'camera') return `camera_${what}`;
   const n = (body.objects || []).length;
@@ -142,6 +143,7 @@ export class ResultPanel {
     const anim = r.kind === 'animate', res = r.status.results, info = r.status.info || {};
     const objectName = this.objectName(r);
     $('result-title').textContent = `${KINDS[r.kind]}: ${describe(r, objectName)}`;
+    this.showRestyle(r.kind === 'render' ? info : {});
     $('compare').hidden = anim;
     $('compare-controls').hidden = anim;
     $('anim-result').hidden = !anim;
@@ -182,6 +184,15 @@ export class ResultPanel {
   }
 
   objectName(r) { return r.objectName || 'object'; }
+
+  /** What a restyled render ran (the server's `info.restyle`, `restyle_words`, `generation_prompt`). */
+  showRestyle(info) {
+    const el = $('result-restyle');
+    el.hidden = !info.restyle;
+    if (!info.restyle) { el.textContent = ''; return; }
+    const old = info.restyle_words ? `“${info.restyle_words}”` : 'the object\'s words';
+    el.textContent = `New look applied: “${info.restyle}” in place of ${old}; generated with the prompt “${info.generation_prompt}”`;
+  }
 }
 
 function describe(r, objectName) {
@@ -194,5 +205,6 @@ function describe(r, objectName) {
   const what = parts.join(', ') || 'unchanged';
   const n = (r.body.objects || []).length;
   const whom = r.body.mode === 'camera' ? 'camera' : (n ? `${n + 1} objects` : objectName);
-  return `${whom}, ${what}${r.kind === 'animate' ? `, ${r.body.frames} frames` : ''}`;
+  const look = r.body.restyle ? `, new look “${r.body.restyle}”` : '';
+  return `${whom}, ${what}${look}${r.kind === 'animate' ? `, ${r.body.frames} frames` : ''}`;
 }
