@@ -143,6 +143,9 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - t0
 
 
+# The keyword inputs of DiffusionHandles.edit at the photo's own size (``**photo``).
+PHOTO_INPUTS = ("background_depth", "source_image", "source_depth", "source_mask")
+
 class DiffusionHandles:
     """3D object edits with a depth-conditioned diffusion model (the paper's method).
 
@@ -303,11 +306,9 @@ class DiffusionHandles:
 
     # ------------------------------------------------------------------------------------
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,
-             guidance: GuidanceConfig | None = None, background_depth: torch.Tensor | None = None,
-             fov_deg: float = DEFAULT_FOV_DEG, source_image: torch.Tensor | None = None,
-             source_depth: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
-             callback: Callback | None = None, restyle: str | None = None,
-             restyle_words: str | None = None) -> EditOutput:
+             guidance: GuidanceConfig | None = None, fov_deg: float = DEFAULT_FOV_DEG,
+             callback: Callback | None = None, restyle: str | None = None, restyle_words: str | None = None,
+             **photo: torch.Tensor | None) -> EditOutput:
         """Generate the edited image for a 3D ``transform`` (Sec. 5.1-5.2).
 
         ``transform`` says the kind of edit:
@@ -328,19 +329,21 @@ class DiffusionHandles:
             transform: see above.
             guidance: the guidance schedule, weights, mode and preservation options; must guide
                 only recorded (layer, step)s.
-            background_depth: ``(1, 1, H, W)`` z-depth of the object-free scene d'_b (e.g. from
-                an inpainter + depth estimator); default: a harmonic fill of the object region
-                (of all objects' regions for several; unused by a camera move).
             fov_deg: horizontal field of view (Sec. 5.1: 55 degrees).
-            source_image: ``(1, 3, H, W)`` the input at its own size, for the pixel composite
-                (default: the work-size image resized back, exact when the sizes agree).
-            source_depth, source_mask: ``(1, 1, H, W)`` the z-depth and (one object) the object's
-                mask at the input's own size, as given to :meth:`invert`. With them an object edit's
-                detail-preserving finish warps ``source_image`` by the 3D flow computed at the
-                input's resolution (the same resolved transform) instead of the work-size flow
-                interpolated, so the moved object's silhouette and its holes are as sharp as the
-                photo when it is larger than the model's size (issue 34; without them the
-                silhouette is stepped at the work grid). Unused by a camera move.
+            photo: the inputs at the photo's own size, by keyword (:data:`PHOTO_INPUTS`), each
+                optional:
+                background_depth: ``(1, 1, H, W)`` z-depth of the object-free scene d'_b (e.g. from
+                    an inpainter + depth estimator); default: a harmonic fill of the object region
+                    (of all objects' regions for several; unused by a camera move).
+                source_image: ``(1, 3, H, W)`` the input at its own size, for the pixel composite
+                    (default: the work-size image resized back, exact when the sizes agree).
+                source_depth, source_mask: ``(1, 1, H, W)`` the z-depth and (one object) the object's
+                    mask at the input's own size, as given to :meth:`invert`. With them an object edit's
+                    detail-preserving finish warps ``source_image`` by the 3D flow computed at the
+                    input's resolution (the same resolved transform) instead of the work-size flow
+                    interpolated, so the moved object's silhouette and its holes are as sharp as the
+                    photo when it is larger than the model's size (without them the silhouette
+                    is stepped at the work grid). Unused by a camera move.
             callback: called with ``{"step", "total", "x", "energies"}`` after each step.
             restyle: one object only: its new description (e.g. ``"a red striped sphere"``); the
                 generation's prompt is the inversion's with the object's words replaced
@@ -352,9 +355,11 @@ class DiffusionHandles:
             restyle_words: the words of the inversion's prompt that name the object (default:
                 its one object phrase, the part before " on "; required when it names several).
         """
-        request = request_for_edit(transform, background_depth=background_depth, fov_deg=fov_deg,
-                                   source_image=source_image, source_depth=source_depth,
-                                   source_mask=source_mask, restyle=restyle, restyle_words=restyle_words)
+        unknown = sorted(set(photo) - set(PHOTO_INPUTS))
+        if unknown:
+            raise HandlesError(f"{unknown[0]}: expected a keyword of DiffusionHandles.edit (the photo's inputs: "
+                               f"{', '.join(PHOTO_INPUTS)}), got an unknown one")
+        request = request_for_edit(transform, fov_deg=fov_deg, restyle=restyle, restyle_words=restyle_words, **photo)
         return self._run(inverted, request, guidance or GuidanceConfig(), callback)
 
     def remove(self, inverted: InvertedImage, *, guidance: GuidanceConfig | None = None,

@@ -77,7 +77,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_handles.bench.new_kinds import KindCase, KindLimits, _Draw
+from diffusion_handles.bench.kind_cases import KindCase, KindLimits, _Draw
 from diffusion_handles.errors import HandlesError
 
 RESTYLE_METHODS = ("ours", "warp_only", "depth_only", "chain")
@@ -278,13 +278,8 @@ def restyle_metrics(output: np.ndarray, case: RestyleCase, own_mask: np.ndarray 
 # ---------------------------------------------------------------------- methods
 def new_caption(case: RestyleCase) -> str:
     """The input's caption with the object's old phrase replaced by its new one."""
-    try:
-        from diffusion_handles.diffusion.prompts import restyle_prompt
-    except ImportError:  # a build without the restyle prompt rule: the same replacement
-        at = case.prompt.find(case.restyle_words)
-        if at < 0:
-            raise HandlesError(f"restyle_words: expected words of {case.prompt!r}, got {case.restyle_words!r}") from None
-        return case.prompt[:at] + case.restyle + case.prompt[at + len(case.restyle_words):]
+    from diffusion_handles.diffusion.prompts import restyle_prompt
+
     return restyle_prompt(case.prompt, case.restyle, case.restyle_words)
 
 

@@ -78,6 +78,17 @@ def object_words(prompt: str, name: str | None) -> str | None:
     return name if name in prompt else None
 
 
+def render_steps(req: RenderRequest, default_steps: int | None) -> int | None:
+    """The sampling steps of a render: the request's or the server's, and for the ``draft``
+    preset the draft of that many (a fifth, as 10 of 50)."""
+    steps = req.num_steps or default_steps
+    if req.preset == "draft" and steps:
+        from diffusion_handles.diffusion.config import draft_steps  # lazy: the diffusion layer
+
+        steps = draft_steps(steps)
+    return steps
+
+
 def router(ctx: WebContext) -> APIRouter:
     r = APIRouter(tags=["render"], responses=ERRORS)
     cfg, jobs, renderer = ctx.cfg, ctx.jobs, ctx.renderer
@@ -93,12 +104,8 @@ def router(ctx: WebContext) -> APIRouter:
         restyle, words = restyle_of(req, s, (req.prompt if req.prompt is not None else s.prompt).strip())
         inp, target = render_input(ctx, s, req.transform, req.prompt, "render", req.mode, req.objects)
         edit = target.edit
-        steps = req.num_steps or cfg.default_steps
-        if req.preset == "draft" and steps:  # the draft of a render of `steps` steps
-            from diffusion_handles.diffusion.config import draft_steps
-
-            steps = draft_steps(steps)  # a fifth of the server's steps, as 10 of 50 (lazy import: the diffusion layer)
-        opts = RenderOptions(num_steps=steps, seed=req.seed, preset=req.preset, restyle=restyle, restyle_words=words)
+        opts = RenderOptions(num_steps=render_steps(req, cfg.default_steps), seed=req.seed, preset=req.preset,
+                             restyle=restyle, restyle_words=words)
 
         def task(job: Job) -> dict[str, str]:
             result = renderer.run(inp, edit, opts, job.report, cancel=job.cancel_event)
