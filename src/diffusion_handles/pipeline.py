@@ -279,7 +279,7 @@ class DiffusionHandles:
 
     def edit_window(self, depth: torch.Tensor, mask: torch.Tensor,
                     *targets: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove],
-                    fov_deg: float = DEFAULT_FOV_DEG) -> tuple[int, int, int, int] | None:
+                    fov_deg: float = DEFAULT_FOV_DEG, margin: float | None = None) -> tuple[int, int, int, int] | None:
         """The edit window (``InversionConfig.window``) for the edits ``targets`` of one inversion
         (one edit, each frame of a trajectory, or none for a removal): a square around every
         object where it is and where each edit takes it, with a margin for its shadow, or ``None``
@@ -290,9 +290,11 @@ class DiffusionHandles:
         Args:
             depth: ``(1, 1, H, W)`` z-depth; mask: ``(1, 1, H, W)`` the object (for several
                 objects each :class:`ObjectMove` has its own); targets: as :meth:`edit` takes them.
+            margin: the window's margin around the edit's box, a fraction of the box's longer
+                side (``None``: :data:`~diffusion_handles.geometry.window.WINDOW_MARGIN`).
         """
         from diffusion_handles.geometry import Camera
-        from diffusion_handles.geometry.window import choose_window, edit_boxes
+        from diffusion_handles.geometry.window import WINDOW_MARGIN, choose_window, edit_boxes
 
         h, w = (int(v) for v in depth.shape[-2:])
         if any(isinstance(t, CameraMove) for t in targets) or max(h, w) <= self.backbone.default_size:
@@ -302,7 +304,7 @@ class DiffusionHandles:
             masks, edits = ([mask], [t]) if isinstance(t, (HandleEdit, Similarity)) else \
                 ([m.mask for m in t], [m.transform for m in t])
             boxes += edit_boxes(depth.float(), masks, edits, camera)
-        return choose_window((h, w), boxes)
+        return choose_window((h, w), boxes, WINDOW_MARGIN if margin is None else margin)
 
     # ------------------------------------------------------------------------------------
     def edit(self, inverted: InvertedImage, transform: HandleEdit | Similarity | CameraMove | Sequence[ObjectMove], *,
