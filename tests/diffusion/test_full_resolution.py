@@ -122,3 +122,34 @@ def test_source_depth_and_mask_are_checked_against_the_photo(handles):
         handles.edit(inv, MOVE, source_image=image, source_depth=depth * 0, source_mask=mask)
     with pytest.raises(HandlesError, match="source_mask: expected at least one object pixel"):
         handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask * 0)
+
+
+def test_a_turn_of_a_large_photo_pivots_about_the_photos_own_centroid(handles, monkeypatch):
+    """A rotation and scale of the box (rows/cols 38-51, off the work grid's cells) turns about
+    the object's centroid lifted from the photo's own depth and mask, as the instant preview and
+    the benchmark's truth do: the work-size centroid is off by a fraction of a work pixel, which
+    moves every kept pixel of the turned box. Without the photo's pivot the equality fails."""
+    from diffusion_handles.geometry import Camera, compute_edit, warp
+    from diffusion_handles.stages import s1_prepare
+    from diffusion_handles.stages.s6_finish import keep_weight
+
+    turn = HandleEdit(rotate_axis=(0.0, 0.0, 1.0), rotate_deg=35.0, scale=1.3)
+    image, depth, mask, inv = _silhouette_case(handles)
+    truth = compute_edit(depth, mask, turn, Camera(96, 96))
+    want = warp(image, truth.source)
+
+    def kept_error(out) -> float:
+        keep = (keep_weight(truth.valid) >= 1.0) & (out.region >= 1.0) & (out.effects <= 0.0) & (truth.edited_mask > 0.5)
+        assert int(keep.sum()) > 50  # the turned box, kept from the warp
+        k = keep.expand_as(want)
+        return float((out.edited[k] - want[k]).abs().max())
+
+    assert kept_error(handles.edit(inv, turn, source_image=image, source_depth=depth, source_mask=mask)) < 1e-5
+    monkeypatch.setattr(s1_prepare, "input_pivots", lambda request, input_hw: None)  # the work-size centroid
+    assert kept_error(handles.edit(inv, turn, source_image=image, source_depth=depth, source_mask=mask)) > 0.05
+
+
+def test_an_unknown_photo_keyword_is_refused_by_name(handles):
+    image, depth, mask, inv = _silhouette_case(handles)
+    with pytest.raises(HandlesError, match=r"^source_imag: expected a keyword of DiffusionHandles.edit"):
+        handles.edit(inv, MOVE, source_imag=image)
