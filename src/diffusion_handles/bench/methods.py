@@ -123,6 +123,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            lambda n: {"transfer_source": "latent"}, "preservation"),
     Method("ours_back", "diffusion", "ours with the object's mirrored back in the edited depth",
            lambda n: {"complete_back": True}, "preservation"),
+    Method("ours_hole_noise", "diffusion", "ours with fresh noise in the latent cells the move uncovers "
+           "(GuidanceConfig.hole_noise), away from the moved object",
+           lambda n: {"hole_noise": True}, "preservation"),
     Method("ours_no_effects", "diffusion", "ours without the effects stage (no shadows found, lifted or cast)",
            lambda n: {"effects": False}, "effects"),
     Method("ours_plain_finish", "diffusion", "ours before the effects stage and the detail finish: the generation "

@@ -164,6 +164,11 @@ class GuidanceConfig:
             agreed with it within twice the model's reconstruction error kept too little on the
             tuning edits (the guided generation drifts in colour around the object).
             Not in the paper.
+        hole_noise: an edit that moves something (not a removal) starts from fresh noise
+            (seeded 0) in the latent cells of its holes, the pixels the move uncovers, away from
+            where the moved object lands: the inverted noise there encodes what used to be
+            there, and the model tends to draw the object back where it left. The removal
+            already does this for its region. Not in the paper.
         restyle_energy, restyle_transfer, restyle_finish: how an edit with a restyle
             (``DiffusionHandles.edit(..., restyle=...)``) treats the moved object, which must
             take its new look, not its old colour; unused by every other edit. Not in the paper.
@@ -203,6 +208,7 @@ class GuidanceConfig:
     complete_back: bool = False
     effects: bool = True
     keep_detail: bool = True
+    hole_noise: bool = False
     restyle_energy: str = "appearance"
     restyle_transfer: str = "off"
     restyle_finish: str = "generate"

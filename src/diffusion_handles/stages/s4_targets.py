@@ -68,7 +68,26 @@ def targets(backbone: Backbone, prep: Prepared, geo: Geometry, guidance: Guidanc
     if plan.transfer is not None and guidance.transfer_source == "pixels":
         alpha = backbone.schedule(inv.config.num_steps).alpha[plan.transfer_step]
         plan.transfer = pixel_transfer(backbone, inv, geo.flow, plan, alpha, fx)
-    return Targets(plan, inv.x_T)
+    x_T = fresh_holes(inv.x_T, geo.flow) if guidance.hole_noise else inv.x_T
+    return Targets(plan, x_T)
+
+
+HOLE_NOISE_SEED = 0  # the fresh noise of GuidanceConfig.hole_noise (a removal's default noise_seed too)
+
+
+def fresh_holes(x_T: torch.Tensor, geom: EditGeometry) -> torch.Tensor:
+    """``x_T`` ``(1, c, h, w)`` with fresh noise (seed :data:`HOLE_NOISE_SEED`) in the latent cells
+    of the edit's holes (``M_v = 0``) that no pixel of the moved object touches:
+    ``GuidanceConfig.hole_noise``."""
+    hw = tuple(x_T.shape[-2:])
+    holes = (geom.valid.float() < 0.5).float()
+    cells = F.adaptive_max_pool2d(holes, hw) * (1.0 - F.adaptive_max_pool2d((geom.edited_mask.float() > 0).float(), hw))
+    if not bool((cells > 0).any()):
+        return x_T
+    gen = torch.Generator().manual_seed(HOLE_NOISE_SEED)
+    noise = torch.randn(tuple(x_T.shape), generator=gen).to(x_T.device, x_T.dtype)
+    cells = cells.to(x_T.device, x_T.dtype)
+    return cells * noise + (1.0 - cells) * x_T
 
 
 def restyle_plan(plan: GuidePlan, geom: EditGeometry, guidance: GuidanceConfig) -> None:
