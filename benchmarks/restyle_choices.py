@@ -23,13 +23,14 @@ import time
 
 import numpy as np
 
-# variant name -> (restyle_energy, restyle_transfer, restyle_finish)
+# variant name -> (restyle_energy, restyle_transfer, restyle_finish[, hole_noise])
 VARIANTS = {
     "appearance_off_generate": ("appearance", "off", "generate"),
     "plain_off_generate": ("plain", "off", "generate"),
     "appearance_keep_generate": ("appearance", "keep", "generate"),
     "appearance_off_detail": ("appearance", "off", "detail"),
     "plain_keep_warp": ("plain", "keep", "warp"),  # every choice as for an edit without restyle
+    "appearance_off_generate_hole_noise": ("appearance", "off", "generate", True),  # GuidanceConfig.hole_noise
 }
 KEYS = ("psnr", "psnr_obj", "ssim_obj", "colour_err_obj", "pattern_obj", "iou_obj")
 
@@ -78,8 +79,9 @@ def main() -> None:
         inv = pipe.invert(image, case.prompt, depth, mask, inversion=inversion, guidance=guidance, seed=0)
         row = {"case_id": case.case_id, "restyle": case.restyle, "restyle_words": case.restyle_words, "variants": {}}
         for name in args.variants:
-            energy, transfer, finish = VARIANTS[name]
-            g = dataclasses.replace(guidance, restyle_energy=energy, restyle_transfer=transfer, restyle_finish=finish)
+            energy, transfer, finish, *holes = VARIANTS[name]
+            g = dataclasses.replace(guidance, restyle_energy=energy, restyle_transfer=transfer, restyle_finish=finish,
+                                    hole_noise=bool(holes and holes[0]))
             t0 = time.perf_counter()
             res = pipe.edit(inv, case.edit, guidance=g, background_depth=clean, fov_deg=case.fov_deg,
                             source_image=image, source_depth=depth, source_mask=mask,
@@ -93,9 +95,9 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"settings": vars(args), "variants": {n: VARIANTS[n] for n in args.variants}, "mean": means,
                    "cases": rows}, f, indent=1)
-    print(f"{'variant':26s} " + " ".join(f"{k:>14s}" for k in KEYS))
+    print(f"{'variant':36s} " + " ".join(f"{k:>14s}" for k in KEYS))
     for n, m in means.items():
-        print(f"{n:26s} " + " ".join(f"{m[k]:14.3f}" for k in KEYS))
+        print(f"{n:36s} " + " ".join(f"{m[k]:14.3f}" for k in KEYS))
 
 
 if __name__ == "__main__":
