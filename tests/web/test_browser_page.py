@@ -90,8 +90,10 @@ def upload(page, tmp_path, *, mask: bool, prompt: str | None = None) -> None:
         page.set_input_files("#upload-mask", str(tmp_path / "mask.png"))
     if prompt is not None:
         page.fill("#upload-prompt", prompt)
-    page.click("#upload-submit")
-    page.wait_for_function("window.__handles.session && window.__handles.session.width === 80", timeout=30000)
+    before = page.evaluate("window.__handles.session ? window.__handles.session.id : null")
+    page.click("#upload-submit")  # then wait for *this* upload's session (a second upload has the same size)
+    page.wait_for_function("([before]) => window.__handles.session && window.__handles.session.id !== before"
+                           " && window.__handles.session.width === 80", arg=[before], timeout=30000)
 
 
 def box(page, selector: str) -> dict:
@@ -190,7 +192,7 @@ def test_d_an_upload_has_its_own_prompt_and_name(page, tmp_path):
     assert "photo.png" in label and "Demo" not in label, label
     # an upload with a prompt of its own
     upload(page, tmp_path, mask=True, prompt="a box seen in a mirror")
-    assert page.input_value("#prompt") == "a box seen in a mirror"
+    expect(page.locator("#prompt")).to_have_value("a box seen in a mirror")
 
 
 def test_e_the_result_shows_the_last_job(page):
