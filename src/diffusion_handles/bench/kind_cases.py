@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from diffusion_handles.errors import HandlesError
+
 NEW_KINDS = ("camera", "remove", "multi", "restyle")  # the index is the kind's random stream: append only
 # the methods each kind can run (the first of each is the library's)
 KIND_METHODS = {"camera": ("ours", "warp_only"), "remove": ("ours", "warp_only"), "multi": ("ours", "warp_only"),
@@ -99,6 +101,21 @@ class _Draw:
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1
+
+    def checked_edit(self, compute, args: tuple, max_holes: float):
+        """``(geometry, holes fraction)`` of the 3D edit ``compute(*args)`` (``compute_edit`` or
+        ``compute_multi_edit``), or ``None`` when it fails or uncovers more than ``max_holes`` of
+        the image (the refusal counted: ``"geometry"``, ``"disocclusion"``)."""
+        try:
+            geom = compute(*args)
+        except HandlesError:
+            self.reject("geometry")
+            return None
+        holes = float((geom.valid < 0.5).double().mean())
+        if holes > max_holes:
+            self.reject("disocclusion")
+            return None
+        return geom, holes
 
     def case(self, gt, masks, edits, prompt, clean_depth, stats) -> KindCase:
         src, size = self.src, self.size

@@ -154,15 +154,10 @@ def _multi_case(draw: _Draw, cands: list[int], max_holes: float, limits: KindLim
             draw.reject("frustum")
             continue
         masks_t = [torch.from_numpy(src.masks[k].astype(np.float64))[None, None] for k in ks]
-        try:
-            geom = compute_multi_edit(draw.depth_t, masks_t, edits, draw.cam)
-        except HandlesError:
-            draw.reject("geometry")
+        checked = draw.checked_edit(compute_multi_edit, (draw.depth_t, masks_t, edits, draw.cam), max_holes)
+        if checked is None:
             continue
-        holes = float((geom.valid < 0.5).double().mean())
-        if holes > max_holes:
-            draw.reject("disocclusion")
-            continue
+        _, holes = checked
         gt = render(moved, spp=draw.spp, seed=seed)
         if any(gt.masks[k].sum() < limits.min_pixels for k in ks):
             draw.reject("hidden")

@@ -77,10 +77,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion_handles.bench.kind_cases import KindCase, KindLimits, _Draw
+from diffusion_handles.bench.kind_cases import KIND_METHODS, KindCase, KindLimits, _Draw
 from diffusion_handles.errors import HandlesError
 
-RESTYLE_METHODS = ("ours", "warp_only", "depth_only", "chain")
+RESTYLE_METHODS = KIND_METHODS["restyle"]
 RESTYLE_REFERENCES = ("input", "truth")
 RESTYLE_KEYS = ("psnr_obj", "ssim_obj", "colour_err_obj", "pattern_obj", "iou_obj", "iou_mask")
 PATTERN_SHARE = 1.0 / 3.0  # share of the draws that also change the pattern
@@ -181,15 +181,10 @@ def restyle_case(draw: _Draw, cands: list[int], max_holes: float, limits: KindLi
             draw.reject("frustum")
             continue
         mask_t = torch.from_numpy(src.masks[k].astype(np.float64))[None, None]
-        try:
-            geom = compute_edit(draw.depth_t, mask_t, edit, draw.cam)
-        except HandlesError:
-            draw.reject("geometry")
+        checked = draw.checked_edit(compute_edit, (draw.depth_t, mask_t, edit, draw.cam), max_holes)
+        if checked is None:
             continue
-        holes = float((geom.valid < 0.5).double().mean())
-        if holes > max_holes:
-            draw.reject("disocclusion")
-            continue
+        geom, holes = checked
         moved.objects[k].colour, moved.objects[k].pattern = colour, pattern
         gt = render(moved, spp=draw.spp, seed=seed)
         if gt.masks[k].sum() < limits.min_pixels:

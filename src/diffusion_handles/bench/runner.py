@@ -222,10 +222,9 @@ def _tensors(image: np.ndarray, depth: np.ndarray, mask: np.ndarray):
 
 def _pivot(depth, mask, fov_deg: float):
     """The pivot the pipeline uses: centroid of the lifted object pixels (``(3,)`` float64)."""
-    from diffusion_handles.geometry import Camera, lift, object_centroid
+    from diffusion_handles.geometry import Camera, mask_pivot
 
-    cam = Camera(depth.shape[-2], depth.shape[-1], fov_deg)
-    return object_centroid(lift(depth.double(), cam), (mask > 0.5).double())[0]
+    return mask_pivot(depth.double(), mask, Camera(depth.shape[-2], depth.shape[-1], fov_deg))
 
 
 # ---------------------------------------------------------------------- warp only

@@ -18,7 +18,7 @@ from diffusion_handles.diffusion.config import GuidanceConfig
 from diffusion_handles.diffusion.inverted import InvertedImage
 from diffusion_handles.diffusion.prompts import restyle_prompt
 from diffusion_handles.errors import HandlesError
-from diffusion_handles.geometry import DEFAULT_FOV_DEG, Camera, HandleEdit, Similarity
+from diffusion_handles.geometry import DEFAULT_FOV_DEG, Camera, HandleEdit, Similarity, mask_pivot
 
 EDIT_KINDS = ("object", "objects", "camera", "remove")
 _TRANSFORMS = (HandleEdit, Similarity)
@@ -223,8 +223,6 @@ def input_pivots(request: EditRequest, input_hw: tuple[int, int]) -> list[torch.
     work pixel, several input pixels on a large photo), which turns and scales the object about
     another point than the photo's own centroid; the finish then warps the photo by a transform
     that is not the one asked for."""
-    from diffusion_handles.geometry import mask_pivot
-
     if request.source_depth is None or request.kind not in ("object", "objects"):
         return None
     masks = [request.source_mask] if request.kind == "object" else list(request.object_masks)

@@ -134,9 +134,8 @@ def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
         kept = frame.back(geo.keep_image, frame.source) if geo.keep_image is not None else frame.source
         inside = _detail(prep, geo, generated, kept, frame, region) if guidance.keep_detail else generated
         if prep.request.restyle is not None and guidance.keep_detail:  # the moved object takes its new look
-            box = inv.config.window
-            scale = (inv.input_hw[0] if box is None else box[3] - box[1]) / inv.image.shape[-2]  # input px per work px
-            inside = restyle_inside(inside, generated, frame.back(geo.edited_mask, 0.0), guidance.restyle_finish, scale)
+            inside = restyle_inside(inside, generated, frame.back(geo.edited_mask, 0.0), guidance.restyle_finish,
+                                    input_per_work(inv))
         edited = composite(inside, region, kept)
     n = inv.config.num_steps
     resolved = guidance.to_dict()
@@ -239,6 +238,12 @@ def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor
     return w * telea + (1.0 - w) * generated
 
 
+def input_per_work(inv) -> float:
+    """Input pixels per work pixel of the inversion ``inv`` (its window's, or the whole image's)."""
+    box = inv.config.window
+    return (inv.input_hw[0] if box is None else box[3] - box[1]) / inv.image.shape[-2]
+
+
 def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, frame: Frame,
             region: torch.Tensor) -> torch.Tensor:
     """Inside ``region``: the input warped by the flow at the input's size (shadows moved, stage
@@ -246,9 +251,7 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     outside (a camera move keeps its warped input, a removal the input outside its region).
     The per-pixel work is done on the region's bounding box only, so a large photo costs what
     its edit covers."""
-    inv = prep.inverted
-    box = inv.config.window
-    scale = (inv.input_hw[0] if box is None else box[3] - box[1]) / inv.image.shape[-2]  # input px per work px
+    scale = input_per_work(prep.inverted)
     grow = int(math.ceil(scale)) - 1  # a hole's edge is only known to a work pixel: grow it by one
     area = _bounds(region, pad=grow + int(math.ceil(RIM_PX * scale)) + 2)
     if area is None:
