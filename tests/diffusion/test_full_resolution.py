@@ -98,20 +98,73 @@ def test_the_finish_warps_a_large_photo_by_the_flow_at_its_own_resolution(handle
     work-size flow steps the moved box's edges on the work grid, a window camera without the
     crop's principal point or another transform puts them elsewhere; both fail the equality."""
     from diffusion_handles.geometry import Camera, compute_edit, warp
-    from diffusion_handles.stages.s6_finish import keep_weight
+    from diffusion_handles.stages.s6_finish import keep_weight, old_rim
 
     image, depth, mask, inv = _silhouette_case(handles)
     fine = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
     coarse = handles.edit(inv, MOVE, source_image=image)
     truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
     want = warp(image, truth.source)
-    keep = (keep_weight(truth.valid) >= 1.0) & (fine.region >= 1.0) & (fine.effects <= 0.0)
+    valid = truth.valid * (1.0 - old_rim(mask, truth.edited_mask))  # the old silhouette's rim is refilled
+    keep = (keep_weight(valid) >= 1.0) & (fine.region >= 1.0) & (fine.effects <= 0.0)
+    outer = (F.max_pool2d(truth.edited_mask, 3, 1, 1) > 0.5) & (truth.edited_mask < 0.5)  # blended (blend_edge)
     edge = keep & (F.max_pool2d(truth.edited_mask, 3, 1, 1) > 0.5) & (-F.max_pool2d(-truth.edited_mask, 3, 1, 1) < 0.5)
-    assert int(edge.sum()) > 20  # the moved box's outline, inside the region, kept from the warp
-    k = keep.expand_as(want)
+    assert int((edge & ~outer).sum()) > 20  # the moved box's outline, inside the region, kept from the warp
+    k = (keep & ~outer).expand_as(want)
     assert torch.allclose(fine.edited[k], want[k], atol=1e-5)
     e = edge.expand_as(want)
     assert float((coarse.edited[e] - want[e]).abs().max()) > 0.2  # the work-size flow misses pixels of the outline
+
+
+def test_the_old_silhouettes_blended_rim_is_refilled_and_the_new_edge_blended(handles):
+    """The photo's box has a 1-px rim outside its mask that mixes the box's red with the wall (as a
+    renderer's or a segmenter's mask leaves it). After the move, that rim must not keep the red
+    (the finish treats it as a hole: without ``old_rim`` it keeps the warp's red outline), and the
+    pixels just outside the moved box take a quarter of its colour (without ``blend_edge``, none)."""
+    from diffusion_handles.geometry import Camera, compute_edit, warp
+    from diffusion_handles.stages.s6_finish import keep_weight, old_rim
+
+    image, depth, mask = _photo(96)
+    rim = (F.max_pool2d(mask, 3, 1, 1) > 0.5) & (mask < 0.5)
+    image = torch.where(rim.expand_as(image), 0.5 * image + 0.5 * torch.tensor([0.9, 0.0, 0.0]).view(1, 3, 1, 1),
+                        image)
+    inv = handles.invert(image, "a red box", depth, mask,
+                         inversion=InversionConfig(num_steps=3, method="negative-prompt"))
+    out = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    moved = truth.edited_mask > 0.5
+    left = rim & ~F.max_pool2d(moved.float(), 3, 1, 1).bool()  # the old rim, away from the moved box
+    assert int(left.sum()) > 20
+    before = (image - out.edited)[:, :1][left].abs().mean()
+    assert float(before) > 0.1  # the mixed red is gone: the warp alone leaves it unchanged (difference 0)
+    valid = truth.valid * (1.0 - old_rim(mask, truth.edited_mask))
+    outer = (F.max_pool2d(moved.float(), 3, 1, 1) > 0.5) & ~moved & (out.region >= 1.0) & (keep_weight(valid) >= 1.0)
+    assert int(outer.sum()) > 20
+    warped = warp(image, truth.source)[:, :1][outer]
+    red = out.edited[:, :1][outer]
+    want = warped + 0.25 * (0.9 - warped)  # 0.9: the moved box's red channel
+    assert torch.allclose(red, want, atol=0.03)  # (the box's own edge pixels are bilinear mixes of it)
+    assert float((red - warped).mean()) > 0.05
+
+
+def test_old_rim_and_blend_edge_on_a_square():
+    """The ring lies outside the old silhouette and the moved object, one pixel wide; the blend
+    moves exactly the outside ring a quarter of the way to the object's neighbouring colour."""
+    from diffusion_handles.stages.s6_finish import blend_edge, old_rim
+
+    src = torch.zeros(1, 1, 12, 12)
+    src[..., 4:8, 4:8] = 1.0
+    moved = torch.zeros_like(src)
+    moved[..., 4:8, 7:11] = 1.0
+    ring = old_rim(src, moved)
+    assert float(ring[..., 3, 3]) == 1.0 and float(ring[..., 2, 2]) == 0.0  # one pixel out, diagonal included
+    assert float(ring[..., 5, 5]) == 0.0 and float(ring[..., 5, 8]) == 0.0  # not the old object, not the moved one
+    assert int(ring.sum()) == 20 - 4  # the 20-pixel ring minus the 4 under the moved box (column 8)
+    image = torch.zeros(1, 3, 12, 12)
+    image[:, 0][moved[:, 0] > 0.5] = 1.0
+    out = blend_edge(image, moved)
+    assert float(out[0, 0, 5, 6]) == pytest.approx(0.25)  # left of the moved box: a quarter of its red
+    assert float(out[0, 0, 5, 8]) == 1.0 and float(out[0, 0, 1, 1]) == 0.0  # inside and far away unchanged
 
 
 def test_source_depth_and_mask_are_checked_against_the_photo(handles):
@@ -131,7 +184,7 @@ def test_a_turn_of_a_large_photo_pivots_about_the_photos_own_centroid(handles, m
     moves every kept pixel of the turned box. Without the photo's pivot the equality fails."""
     from diffusion_handles.geometry import Camera, compute_edit, warp
     from diffusion_handles.stages import s1_prepare
-    from diffusion_handles.stages.s6_finish import keep_weight
+    from diffusion_handles.stages.s6_finish import keep_weight, old_rim
 
     turn = HandleEdit(rotate_axis=(0.0, 0.0, 1.0), rotate_deg=35.0, scale=1.3)
     image, depth, mask, inv = _silhouette_case(handles)
@@ -139,7 +192,8 @@ def test_a_turn_of_a_large_photo_pivots_about_the_photos_own_centroid(handles, m
     want = warp(image, truth.source)
 
     def kept_error(out) -> float:
-        keep = (keep_weight(truth.valid) >= 1.0) & (out.region >= 1.0) & (out.effects <= 0.0) & (truth.edited_mask > 0.5)
+        valid = truth.valid * (1.0 - old_rim(mask, truth.edited_mask))
+        keep = (keep_weight(valid) >= 1.0) & (out.region >= 1.0) & (out.effects <= 0.0) & (truth.edited_mask > 0.5)
         assert int(keep.sum()) > 50  # the turned box, kept from the warp
         k = keep.expand_as(want)
         return float((out.edited[k] - want[k]).abs().max())

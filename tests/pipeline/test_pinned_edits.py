@@ -12,7 +12,9 @@ Which bugs this catches: any change of behaviour anywhere in the edit path: the 
 z-buffer, edited depth), the guidance targets (a warped activation, a swapped mask, a dropped
 energy term), the sampler, the identity transfer, the composite, the removal region or the
 trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
-Recorded again on 2026-12-07 when the effects stage and the detail-preserving finish became the
+Recorded again on 2026-12-07 when the finish began to refill the old silhouette's rim and blend the
+moved edge (``GuidanceConfig(silhouette_rims=False)`` reproduced the previous reference exactly),
+and before that when the effects stage and the detail-preserving finish became the
 default (with ``GuidanceConfig(effects=False, keep_detail=False)`` the previous reference was
 reproduced exactly before that).
 """

@@ -126,6 +126,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours_hole_noise", "diffusion", "ours with fresh noise in the latent cells the move uncovers "
            "(GuidanceConfig.hole_noise), away from the moved object",
            lambda n: {"hole_noise": True}, "preservation"),
+    Method("ours_no_rims", "diffusion", "ours keeping the warp's hard silhouettes: the old silhouette's blended rim "
+           "kept, the new edge not blended (GuidanceConfig.silhouette_rims off)",
+           lambda n: {"silhouette_rims": False}, "effects"),
     Method("ours_no_effects", "diffusion", "ours without the effects stage (no shadows found, lifted or cast)",
            lambda n: {"effects": False}, "effects"),
     Method("ours_plain_finish", "diffusion", "ours before the effects stage and the detail finish: the generation "

@@ -164,6 +164,12 @@ class GuidanceConfig:
             agreed with it within twice the model's reconstruction error kept too little on the
             tuning edits (the guided generation drifts in colour around the object).
             Not in the paper.
+        silhouette_rims: with ``keep_detail``, refill the 1-px rim just outside the object's old
+            silhouette (a mask leaves the anti-aliased edge outside it, which the warp would keep
+            as a faint outline where the object was) and blend a quarter of the moved object's
+            colour into the pixels just outside its new silhouette, whose edge the warp moves
+            hard (:func:`diffusion_handles.stages.s6_finish.old_rim`,
+            :func:`~diffusion_handles.stages.s6_finish.blend_edge`). Not in the paper.
         hole_noise: an edit that moves something (not a removal) starts from fresh noise
             (seeded 0) in the latent cells of its holes, the pixels the move uncovers, away from
             where the moved object lands: the inverted noise there encodes what used to be
@@ -208,6 +214,7 @@ class GuidanceConfig:
     complete_back: bool = False
     effects: bool = True
     keep_detail: bool = True
+    silhouette_rims: bool = True
     hole_noise: bool = False
     restyle_energy: str = "appearance"
     restyle_transfer: str = "off"

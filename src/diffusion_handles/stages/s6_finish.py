@@ -132,7 +132,8 @@ def finish(backbone: Backbone, prep: Prepared, geo: Geometry, sampled: Sampled,
     edited = generated
     if guidance.composite:
         kept = frame.back(geo.keep_image, frame.source) if geo.keep_image is not None else frame.source
-        inside = _detail(prep, geo, generated, kept, frame, region) if guidance.keep_detail else generated
+        inside = _detail(prep, geo, generated, kept, frame, region, guidance.silhouette_rims) \
+            if guidance.keep_detail else generated
         if prep.request.restyle is not None and guidance.keep_detail:  # the moved object takes its new look
             inside = restyle_inside(inside, generated, frame.back(geo.edited_mask, 0.0), guidance.restyle_finish,
                                     input_per_work(inv))
@@ -245,11 +246,12 @@ def input_per_work(inv) -> float:
 
 
 def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.Tensor, frame: Frame,
-            region: torch.Tensor) -> torch.Tensor:
+            region: torch.Tensor, rims: bool = True) -> torch.Tensor:
     """Inside ``region``: the input warped by the flow at the input's size (shadows moved, stage
     3) where it has pixels (:func:`keep_weight`), the holes filled by :func:`hole_fill`; ``kept``
     outside (a camera move keeps its warped input, a removal the input outside its region).
-    The per-pixel work is done on the region's bounding box only, so a large photo costs what
+    With ``rims`` (``GuidanceConfig.silhouette_rims``) an object move also refills its old
+    silhouette's rim (:func:`old_rim`) and blends its new edge (:func:`blend_edge`). The per-pixel work is done on the region's bounding box only, so a large photo costs what
     its edit covers."""
     scale = input_per_work(prep.inverted)
     grow = int(math.ceil(scale)) - 1  # a hole's edge is only known to a work pixel: grow it by one
@@ -267,10 +269,59 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     fx = geo.effects
     if fx is not None and fx.any:
         warped = fx.placed(lambda m, fill: frame.back(m, fill)[sl]).apply(warped)
+    moved = None
+    if moves and rims:  # the old silhouette's blended rim is a hole too; the moved silhouette's edge is blended
+        moved = (fine.edited_mask.float().cpu() if fine is not None else frame.back(geo.edited_mask, 0.0)[sl]) > 0.5
+        valid = valid * (1.0 - old_rim(_source_objects(prep, frame)[sl], moved.float()))
     w = keep_weight(valid)
     out = kept.clone()
-    out[sl] = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale)
+    inside = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale)
+    out[sl] = inside if moved is None else blend_edge(inside, moved.float())
     return out
+
+
+RING_PX = 1  # input px around the object's old silhouette that are refilled (its blended rim)
+EDGE_BLEND = 0.25  # how much of the moved object's colour the pixels just outside its new silhouette take
+
+
+def old_rim(source: torch.Tensor, moved: torch.Tensor, ring: int = RING_PX) -> torch.Tensor:
+    """``(1, 1, H, W)`` in {0, 1}: the pixels within ``ring`` px of the object's old silhouette
+    ``source`` ``(1, 1, H, W)``, outside it and outside the moved object ``moved`` (both in {0, 1}).
+
+    A mask drawn on an image (a renderer's, a segmenter's) leaves the silhouette's anti-aliased
+    rim outside it: those pixels mix the object's colour with the background's, so the warp would
+    leave a faint outline of the object where it was. The finish treats them as a hole. Measured
+    on 30 tuning edits (seeds from 1 003 100, the warp baseline with its holes inpainted): a ring
+    of 1 px raised the PSNR of the pixels the truth makes brighter by 0.7 dB and of those it
+    makes darker by 2.5 dB; 2 px less (and 1.4 dB less on the background).
+    """
+    grown = F.max_pool2d((source > 0.5).float(), 2 * ring + 1, 1, ring)
+    return grown * (source <= 0.5).float() * (moved <= 0.5).float()
+
+
+def blend_edge(image: torch.Tensor, moved: torch.Tensor, amount: float = EDGE_BLEND) -> torch.Tensor:
+    """``image`` ``(1, 3, H, W)`` with the 1-px ring just outside ``moved`` ``(1, 1, H, W)`` in
+    {0, 1} taking ``amount`` of the mean colour of the moved object's pixels in its 3x3
+    neighbourhood: the warp moves a hard silhouette, a camera sees its edge pixels partly covered
+    (a pixel outside the mask is covered by less than half; a quarter is the mean of a uniform
+    coverage below a half). On the 30 tuning edits above it raised the object's PSNR by 0.2 dB and
+    that of the brightened pixels by 0.5 dB."""
+    m = (moved > 0.5).float()
+    ring = F.max_pool2d(m, 3, 1, 1) * (1.0 - m)
+    count = F.avg_pool2d(F.pad(m, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    colour = F.avg_pool2d(F.pad(image * m, (1, 1, 1, 1), mode="replicate"), 3, 1) / count.clamp(min=1e-6)
+    return image + amount * ring * (colour - image)
+
+
+def _source_objects(prep: Prepared, frame: Frame) -> torch.Tensor:
+    """``(1, 1, H, W)`` in {0, 1}: the edited objects where they are in the input, at the input's
+    size: the request's own masks when it carries them, else the work-size mask brought back."""
+    req = prep.request
+    if req.kind == "objects" and req.object_masks:
+        return (torch.stack([m.float().cpu() for m in req.object_masks]).amax(0) > 0.5).float()
+    if req.source_mask is not None:
+        return (req.source_mask.float().cpu() > 0.5).float()
+    return (frame.back(prep.inverted.mask, 0.0) > 0.5).float()
 
 
 def fine_edit(prep: Prepared, geo: Geometry, area: tuple[int, int, int, int]):
