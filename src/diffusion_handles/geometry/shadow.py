@@ -14,7 +14,9 @@ This module finds where a shadow lies without any ground truth, from the depth a
 3. :func:`estimate_light`: of a fixed set of candidate directions (light travelling downwards
    in the camera's frame, up to 80 degrees from its y axis, then refined around the best), the one whose cast shadow best covers the pixels that are
    darker than their surroundings (``darkness``), or ``None`` when no candidate's shadow covers
-   dark pixels better than it covers bright ones.
+   dark pixels better than it covers bright ones, or when the found shadow's outline does not
+   run along a dark edge in the image (:func:`edge_agreement`: a wrong direction's shadow lands
+   on dark texture or another object's dark side, and its outline crosses plain floor).
 
 Units: points and depths in scene units, camera axes (x right, y down, z forward); images
 ``(1, C, H, W)``; masks ``(1, 1, H, W)`` float in {0, 1}.
@@ -37,6 +39,8 @@ SHELL_LAYERS = 3  # occluder points per object pixel: front, middle, mirrored ba
 DARK_RATIO = 0.75  # a pixel is dark when its luminance is below this fraction of its surroundings'
 MIN_PRECISION = 0.6  # the fraction of the found shadow's pixels that must be dark to accept it
 MIN_SCORE = 0.05  # the best candidate's score (fraction of the object's area) needed to accept a light
+EDGE_DARK = 0.85  # an outline pixel agrees when the shadow's side is below this fraction of the lit side's luminance
+MIN_EDGE = 0.72  # the fraction of the found shadow's outline (away from the object) that must agree
 SEARCH = ((64, 80.0), (24, 12.0))  # candidates and their cap's half-angle (degrees): whole sky, then refined
 ESTIMATE_POINTS = 400  # occluder points used to score the candidates (all are used for the result)
 
@@ -244,7 +248,42 @@ def estimate_light(image: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor,
     best_shadow = cast_shadow(pts, receiver, best, camera, 3.0 * size) * (1.0 - obj)
     if float((best_shadow * dark).sum()) < MIN_PRECISION * float(best_shadow.sum()):
         return None, zero
+    if edge_agreement(image, best_shadow, obj) < MIN_EDGE:
+        return None, zero
     return best, best_shadow
+
+
+def edge_agreement(image: torch.Tensor, shadow: torch.Tensor, obj: torch.Tensor) -> float:
+    """The fraction of ``shadow``'s outline, more than 2 px from the object ``obj``, where the
+    image is darker on the shadow's side: the mean luminance of the shadow's pixels within 5x5
+    below :data:`EDGE_DARK` of the mean of the pixels outside it (and outside the object) there.
+    A cast shadow's outline runs along the dark edge it makes; a shadow cast for a wrong light
+    direction crosses lit floor. 0 when no outline pixel has lit pixels beside it.
+
+    Measured on 30 tuning edits (seeds from 1 003 100) and the scene of ``handles world render
+    --seed 4242``: of the lights found within 15 degrees of the true sun, the four whose shadow
+    moved helped scored 0.72 to 1.0 (4242: 0.73); of the 11 found more than 30 degrees off, ten
+    scored at most 0.70 and one 0.86 (its shadow's outline ran along another object's dark side).
+    With :data:`MIN_EDGE` at 0.72 the shadow move applied to the warp baseline went from -0.94 to
+    -0.01 dB on the background and from +0.09 to +0.42 dB on the pixels the truth brightens (the
+    average over the 30 edits).
+
+    Args:
+        image: ``(1, 3, H, W)`` in [0, 1]; shadow, obj: ``(1, 1, H, W)`` in {0, 1}.
+    """
+    luma = (image.float() * torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    s, o = (shadow > 0.5).float(), (obj > 0.5).float()
+    inside = s * (1.0 - o)
+    outside = (1.0 - s) * (1.0 - F.max_pool2d(o, 3, 1, 1))
+    outline = s * F.max_pool2d(1.0 - s, 3, 1, 1) * (1.0 - F.max_pool2d(o, 5, 1, 2))
+    lit = box_mean(outside, 5)
+    outline = outline * (lit > 0.05).float()
+    n = float(outline.sum())
+    if n < 1:
+        return 0.0
+    dark = box_mean(luma * inside, 5) / box_mean(inside, 5).clamp(min=1e-6)
+    bright = box_mean(luma * outside, 5) / lit.clamp(min=1e-6)
+    return float(((dark < EDGE_DARK * bright).float() * outline).sum()) / n
 
 
 def surroundings(image: torch.Tensor, shadow: torch.Tensor, ignore: torch.Tensor, ring: int) -> torch.Tensor:

@@ -6,9 +6,11 @@ finds both, for a photo with no ground truth, from the depth and the image alone
 (:mod:`diffusion_handles.geometry.shadow`):
 
 1. the light: the candidate sun direction whose cast shadow of the object best covers the dark
-   pixels around it (:func:`~diffusion_handles.geometry.shadow.estimate_light`); none found (light
-   from behind the camera, a shadow hidden by the object, no visible shadow): no effects, and
-   the edit proceeds as before;
+   pixels around it (:func:`~diffusion_handles.geometry.shadow.estimate_light`), kept only when
+   that shadow's outline runs along a dark edge in the image
+   (:func:`~diffusion_handles.geometry.shadow.edge_agreement`); none found (light from behind the
+   camera, a shadow hidden by the object, no visible shadow, dark texture): no effects, and the
+   edit proceeds as before;
 2. the old shadow: the object's shadow for that light on the scene without it (``d'_b``), minus
    where the moved object now covers it;
 3. the new shadow: the moved object's points cast the same way on ``d'_b``, minus the moved
