@@ -13,7 +13,8 @@ z-buffer, edited depth), the guidance targets (a warped activation, a swapped ma
 energy term), the sampler, the identity transfer, the composite, the removal region or the
 trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
 Recorded again on 2026-12-07 when the finish began to refill the old silhouette's rim and blend the
-moved edge (``GuidanceConfig(silhouette_rims=False)`` reproduced the previous reference exactly),
+moved edge (``GuidanceConfig(silhouette_rims=False)`` reproduced the previous reference exactly)
+and the light search gave each of several objects its own shell (only ``two_objects`` changed),
 and before that when the effects stage and the detail-preserving finish became the
 default (with ``GuidanceConfig(effects=False, keep_detail=False)`` the previous reference was
 reproduced exactly before that).

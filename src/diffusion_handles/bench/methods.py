@@ -129,6 +129,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours_no_rims", "diffusion", "ours keeping the warp's hard silhouettes: the old silhouette's blended rim "
            "kept, the new edge not blended (GuidanceConfig.silhouette_rims off)",
            lambda n: {"silhouette_rims": False}, "effects"),
+    Method("ours_previous", "diffusion", "ours as released before the silhouette rims and the light's outline "
+           "check (GuidanceConfig.silhouette_rims and light_check off)",
+           lambda n: {"silhouette_rims": False, "light_check": False}, "effects"),
     Method("ours_no_effects", "diffusion", "ours without the effects stage (no shadows found, lifted or cast)",
            lambda n: {"effects": False}, "effects"),
     Method("ours_plain_finish", "diffusion", "ours before the effects stage and the detail finish: the generation "

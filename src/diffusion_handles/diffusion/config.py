@@ -153,6 +153,11 @@ class GuidanceConfig:
             falls (:mod:`diffusion_handles.stages.s3_effects`: a sun direction estimated from the
             image and the depth, shadows cast from the depth), leave both out of the background
             energy, lift the old shadow and cast the new one in the kept image. Not in the paper.
+        light_check: with ``effects``, keep a found light only when no direction more than 40
+            degrees from it explains the dark pixels nearly as well
+            (:data:`diffusion_handles.geometry.shadow.MAX_RIVAL`): a light found for dark texture
+            or another object's dark side would lift and cast shadows in the wrong places. Not
+            in the paper.
         keep_detail: with ``composite``, keep the input warped by the 3D flow (its shadows moved)
             inside the edit region too, wherever the warp has a pixel, and take the generation only
             in the holes (:func:`diffusion_handles.stages.s6_finish.keep_weight`), so the result is
@@ -213,6 +218,7 @@ class GuidanceConfig:
     transfer_source: str = "pixels"
     complete_back: bool = False
     effects: bool = True
+    light_check: bool = True
     keep_detail: bool = True
     silhouette_rims: bool = True
     hole_noise: bool = False

@@ -7,8 +7,7 @@ finds both, for a photo with no ground truth, from the depth and the image alone
 
 1. the light: the candidate sun direction whose cast shadow of the object best covers the dark
    pixels around it (:func:`~diffusion_handles.geometry.shadow.estimate_light`), kept only when
-   that shadow's outline runs along a dark edge in the image
-   (:func:`~diffusion_handles.geometry.shadow.edge_agreement`); none found (light from behind the
+   no direction far from it explains them nearly as well; none found (light from behind the
    camera, a shadow hidden by the object, no visible shadow, dark texture): no effects, and the
    edit proceeds as before;
 2. the old shadow: the object's shadow for that light on the scene without it (``d'_b``), minus
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from diffusion_handles.diffusion.config import GuidanceConfig
-from diffusion_handles.geometry.shadow import Effects, find_shadows, soften
+from diffusion_handles.geometry.shadow import MAX_RIVAL, Effects, find_shadows, soften
 from diffusion_handles.stages.s1_prepare import Prepared
 from diffusion_handles.stages.s2_geometry import Geometry, background_fill
 
@@ -66,7 +65,7 @@ def find_effects(prep: Prepared, geo: Geometry, guidance: GuidanceConfig) -> Eff
     receiver = background_fill(prep, union).float().cpu()
     transforms = None if geo.flow is None else list(geo.flow.transforms)
     return find_shadows(inv.image.float().cpu(), inv.depth.float().cpu(), masks, receiver, prep.camera, transforms,
-                        geo.edited_mask.float().cpu())
+                        geo.edited_mask.float().cpu(), MAX_RIVAL if guidance.light_check else 1.0)
 
 
 __all__ = ["Effects", "effects", "find_effects", "none_for"]
