@@ -148,7 +148,7 @@ def test_the_old_silhouettes_blended_rim_is_refilled_and_the_new_edge_blended(ha
 
 
 def test_old_rim_and_blend_edge_on_a_square():
-    """The ring lies outside the old silhouette and the moved object, one pixel wide; the blend
+    """The hole is the old footprint grown by one pixel, outside the moved object; the blend
     moves exactly the outside ring a quarter of the way to the object's neighbouring colour."""
     from diffusion_handles.stages.s6_finish import blend_edge, old_rim
 
@@ -158,8 +158,9 @@ def test_old_rim_and_blend_edge_on_a_square():
     moved[..., 4:8, 7:11] = 1.0
     ring = old_rim(src, moved)
     assert float(ring[..., 3, 3]) == 1.0 and float(ring[..., 2, 2]) == 0.0  # one pixel out, diagonal included
-    assert float(ring[..., 5, 5]) == 0.0 and float(ring[..., 5, 8]) == 0.0  # not the old object, not the moved one
-    assert int(ring.sum()) == 20 - 4  # the 20-pixel ring minus the 4 under the moved box (column 8)
+    assert float(ring[..., 5, 5]) == 1.0  # the old footprint, uncovered
+    assert float(ring[..., 5, 7]) == 0.0 and float(ring[..., 5, 8]) == 0.0  # under the moved object: not a hole
+    assert int(ring.sum()) == 36 - 8  # the 6x6 grown footprint minus its 8 pixels under the moved box
     image = torch.zeros(1, 3, 12, 12)
     image[:, 0][moved[:, 0] > 0.5] = 1.0
     out = blend_edge(image, moved)
