@@ -9,7 +9,9 @@ and mask when the request carries them, :func:`fine_edit`), its shadows moved (s
 wherever the warp has a pixel (:func:`keep_weight`) and the generation fills the holes (blended
 from their rims, :func:`hole_fill`): the generation is blurrier than the input and drifts in
 colour where nothing needs to change, so copying it there loses detail for nothing (measured:
-``GuidanceConfig.keep_detail``).
+``GuidanceConfig.keep_detail``). With ``GuidanceConfig.silhouette_rims`` the object's old
+footprint and the rim of its old silhouette count as holes too (:func:`old_rim`) and the moved
+silhouette's edge is blended into its surroundings (:func:`blend_edge`).
 """
 
 from __future__ import annotations
