@@ -169,12 +169,11 @@ class GuidanceConfig:
             agreed with it within twice the model's reconstruction error kept too little on the
             tuning edits (the guided generation drifts in colour around the object).
             Not in the paper.
-        silhouette_rims: with ``keep_detail``, refill the 1-px rim just outside the object's old
-            silhouette (a mask leaves the anti-aliased edge outside it, which the warp would keep
-            as a faint outline where the object was) and blend a quarter of the moved object's
-            colour into the pixels just outside its new silhouette, whose edge the warp moves
-            hard (:func:`diffusion_handles.stages.s6_finish.old_rim`,
-            :func:`~diffusion_handles.stages.s6_finish.blend_edge`). Not in the paper.
+        silhouette_rims: with ``keep_detail``, refill the object's old footprint and the 1-px rim
+            just outside its old silhouette wherever the moved object does not land (a mask
+            leaves the anti-aliased edge outside it, which the warp would keep as a faint outline
+            where the object was; an occluder's edge in front of the object stays)
+            (:func:`diffusion_handles.stages.s6_finish.old_rim`). Not in the paper.
         hole_noise: an edit that moves something (not a removal) starts from fresh noise
             (seeded 0) in the latent cells of its holes, the pixels the move uncovers, away from
             where the moved object lands: the inverted noise there encodes what used to be
