@@ -97,11 +97,10 @@ def test_keep_weight_keeps_the_warp_where_it_has_pixels():
 def test_detail_finish_keeps_the_inputs_pixels_where_nothing_changes(handles, floor):
     """Without the detail finish the region is the (random) generation; with it, valid pixels
     that agree come from the input warped: the unmoved floor far from the box equals the input."""
-    image, _, _, shadow = floor
+    image, inv, _, shadow = floor
     on = _edit(handles, floor, effects=False)
     plain = _edit(handles, floor, effects=False, keep_detail=False)
-    _, inv, _, _ = floor
-    old_rim = torch.nn.functional.max_pool2d((inv.mask > 0.5).float(), 5, 1, 2) > 0.5  # refilled (old_rim) + its blend
+    old_rim = torch.nn.functional.max_pool2d((inv.mask > 0.5).float(), 5, 1, 2) > 0.5  # refilled (old_rim), with a margin
     busy = (on.valid_mask < 0.5) | (on.edited_mask > 0.01) | old_rim
     inside = (on.region > 0.99) & (torch.nn.functional.max_pool2d(busy.float(), 3, 1, 1) < 0.5)
     sel = inside & (keep_weight(on.valid_mask) > 0.999)

@@ -17,10 +17,12 @@ web path that dropped the effects stage, the finish or the photo's own mask woul
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffusion_handles.cli import main
@@ -74,9 +76,6 @@ def test_the_old_shadow_is_lifted_and_the_new_one_cast(tmp_path):
 
 
 def test_the_web_apps_render_moves_the_shadow_too(tmp_path):
-    import io
-
-    import pytest
     from fastapi.testclient import TestClient
 
     from diffusion_handles.web.app import WebConfig, create_app

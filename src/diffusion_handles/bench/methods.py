@@ -126,11 +126,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("ours_hole_noise", "diffusion", "ours with fresh noise in the latent cells the move uncovers "
            "(GuidanceConfig.hole_noise), away from the moved object",
            lambda n: {"hole_noise": True}, "preservation"),
-    Method("ours_no_rims", "diffusion", "ours keeping the warp's hard silhouettes: the old silhouette's blended rim "
-           "kept, the new edge not blended (GuidanceConfig.silhouette_rims off)",
+    Method("ours_no_rims", "diffusion", "ours keeping the warp's pixels around the old silhouette: its footprint's "
+           "blended rim not refilled (GuidanceConfig.silhouette_rims off)",
            lambda n: {"silhouette_rims": False}, "effects"),
-    Method("ours_previous", "diffusion", "ours as released before the silhouette rims and the light's outline "
-           "check (GuidanceConfig.silhouette_rims and light_check off)",
+    Method("ours_previous", "diffusion", "ours as released before the refilled old silhouette and the light's "
+           "rival check (GuidanceConfig.silhouette_rims and light_check off)",
            lambda n: {"silhouette_rims": False, "light_check": False}, "effects"),
     Method("ours_no_effects", "diffusion", "ours without the effects stage (no shadows found, lifted or cast)",
            lambda n: {"effects": False}, "effects"),

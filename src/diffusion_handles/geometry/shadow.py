@@ -258,15 +258,12 @@ def _search(points: torch.Tensor, receiver: torch.Tensor, camera: Camera, reach:
     shadow leaves out (dark pixels in another direction, not the overlap of two shadows near the
     object's foot).
 
-    Why a rival vetoes (measured on 30 tuning edits, seeds from 1 003 100, plus the scenes of
-    ``handles world render --seed 4242`` and of the pinned edits): the eight lights found within
-    15 degrees of the true sun had rivals of at most 0.06 of their score (seven of them 0.00);
-    nine of the eleven found 35 to 113 degrees off had rivals of 0.12 to 0.90 (dark checker
-    squares and other objects' dark sides lie in many directions from the object). With
-    :data:`MAX_RIVAL` 0.1 the shadow move applied to the warp baseline (its silhouette rims
-    refilled and blended) went from -0.94 to +0.20 dB on the background, from +0.09 to +0.37 dB
-    on the pixels the truth brightens and from +0.09 to +0.40 dB on those it darkens (means over
-    the 30 edits; 0.2 gave +0.07, +0.35, +0.40).
+    Why a rival vetoes: dark checker squares and other objects' dark sides lie in many directions
+    from the object, its own shadow in one. Measured on 30 tuning edits (seeds from 1 003 100,
+    ``python benchmarks/silhouette_light.py --seed 1003100 --scenes 32``), the shadows moved on
+    the warp baseline with its old silhouette refilled: every found light used, -0.97 dB on the
+    background, +0.15 dB on the pixels the truth brightens, +0.08 dB on those it darkens; with
+    :data:`MAX_RIVAL` 0.1, +0.20, +0.38, +0.39 (0.2: +0.09, +0.41, +0.38).
     """
     best, best_score = torch.tensor([0.0, 1.0, 0.0]), -math.inf
     for i, (count, angle) in enumerate(SEARCH):

@@ -298,9 +298,10 @@ def old_rim(source: torch.Tensor, moved: torch.Tensor, depth: torch.Tensor | Non
     leave a faint outline of the object where it was. The finish treats them as a hole, and the
     whole old footprint with them (the warp's holes already cover it except where the moved
     silhouette's soft edge reaches in). Measured on 30 tuning edits (seeds from 1 003 100, the
-    warp baseline with its holes inpainted): the pixels the truth makes brighter +0.7 dB, those it
-    makes darker +2.6 dB, the background +0.2 dB, the sharpness of the edit region 0.84 against
-    0.86; a ring of 2 px did worse (1.4 dB less on the background).
+    warp baseline with its holes inpainted, ``python benchmarks/silhouette_light.py``): the
+    pixels the truth makes brighter +0.7 dB, those it makes darker +2.4 dB, the background
+    -0.1 dB, the sharpness of the edit region 0.83 against 0.86; a ring of 2 px did worse
+    (+0.5, +1.1, and -1.5 dB on the background).
     """
     obj = (source > 0.5).float()
     grown = F.max_pool2d(obj, 2 * ring + 1, 1, ring)

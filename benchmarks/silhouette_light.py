@@ -1,0 +1,125 @@
+"""The finish's refilled old silhouette and the light's rival check, on the warp baseline.
+
+Both choices act on pixels the warp keeps, so they are measured without the model: for each
+tuning edit (``handles bench``'s cases, ``--seed``/``--scenes``; not the held-out seeds the
+benchmark reports) the 3D preview with its holes inpainted (OpenCV Telea, as ``warp_only``) is
+scored against the rendered truth, then
+
+* ``rims``: the same with :func:`diffusion_handles.stages.s6_finish.old_rim` (the old footprint
+  and its 1-px rim, outside the moved object and occluders) added to the holes; ``rims_2px`` with
+  a 2-px ring;
+* ``rims+shadows``: ``rims`` with the shadows moved
+  (:func:`diffusion_handles.geometry.shadow.find_shadows`, the light kept only without a rival,
+  ``MAX_RIVAL``); ``rims+shadows_any_light``: every found light used (``max_rival=1``);
+  ``rims+shadows_rival_0.2``: the check at 0.2.
+
+Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
+background, whole image, sharpness of the edit region) per variant.
+
+Usage::
+
+    python benchmarks/silhouette_light.py --seed 1003100 --scenes 32 --out runs/silhouette-light \\
+        --json benchmarks/results/silhouette_light_1003100_32.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+KEYS = ("psnr_shadow_old", "psnr_shadow_new", "psnr_bg", "psnr_full", "sharpness_edit")
+
+
+def _tensor(a: np.ndarray):
+    import torch
+
+    a = np.asarray(a, np.float32)
+    return torch.from_numpy(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])[None]
+
+
+def variants(case) -> dict[str, np.ndarray]:
+    """``{name: (H, W, 3) output in [0, 1]}`` of one benchmark case (see the module docstring)."""
+    import cv2
+
+    from diffusion_handles.geometry import Camera, compute_edit, render_preview
+    from diffusion_handles.geometry.poisson import background_depth_fill
+    from diffusion_handles.geometry.shadow import find_shadows
+    from diffusion_handles.stages.s6_finish import old_rim
+
+    image, depth = _tensor(case.image.astype(np.float32) / 255.0), _tensor(case.depth)
+    mask = _tensor(case.mask_src.astype(np.float32))
+    cam = Camera(image.shape[-2], image.shape[-1], case.fov_deg)
+    geom = compute_edit(depth.float(), mask, case.edit, cam)
+    preview = (render_preview(image.float(), geom)[0].permute(1, 2, 0).numpy().clip(0, 1) * 255 + 0.5).astype(np.uint8)
+    holes = geom.valid[0, 0].numpy() < 0.5
+
+    def fill(extra) -> np.ndarray:
+        h = holes if extra is None else holes | (extra[0, 0].numpy() > 0.5)
+        return cv2.inpaint(preview, h.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 255.0
+
+    out = {"warp": fill(None), "rims": fill(old_rim(mask, geom.edited_mask, depth)),
+           "rims_2px": fill(old_rim(mask, geom.edited_mask, depth, ring=2))}
+    receiver = background_depth_fill(depth.float(), mask)
+    for name, rival in (("rims+shadows", None), ("rims+shadows_any_light", 1.0), ("rims+shadows_rival_0.2", 0.2)):
+        kw = {} if rival is None else {"max_rival": rival}
+        fx = find_shadows(image, depth, [mask], receiver, cam, [geom.transforms[0]], geom.edited_mask, **kw)
+        out[name] = fx.apply(_tensor(out["rims"]))[0].permute(1, 2, 0).numpy()
+    return out
+
+
+def scores(case, output: np.ndarray) -> dict:
+    from diffusion_handles.bench.metrics import (
+        _edit_area,
+        effects_region,
+        masked_psnr,
+        shadow_regions,
+        sharpness_ratio,
+    )
+
+    gt, src = case.gt.astype(np.float32) / 255.0, case.image.astype(np.float32) / 255.0
+    old, new = shadow_regions(gt, src, case.mask_gt, case.mask_src)
+    bg = ~(case.mask_gt | case.mask_src)
+    area = _edit_area(case.mask_gt, case.mask_src, effects_region(gt, src, case.mask_gt, case.mask_src))
+    return {"psnr_shadow_old": masked_psnr(output, gt, old), "psnr_shadow_new": masked_psnr(output, gt, new),
+            "psnr_bg": masked_psnr(output, gt, bg), "psnr_full": masked_psnr(output, gt, np.ones_like(bg)),
+            "sharpness_edit": sharpness_ratio(output, gt, area)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=1003100, help="first tuning seed (default 1003100)")
+    p.add_argument("--scenes", type=int, default=32)
+    p.add_argument("--out", type=Path, default=Path("runs/silhouette-light"), help="case folder (reused)")
+    p.add_argument("--json", type=Path, default=None, help="also write the per-case scores here")
+    args = p.parse_args()
+
+    import torch
+
+    from diffusion_handles.bench.cases import Case, NoEditFound, bench_seeds, make_case
+
+    torch.set_num_threads(1)
+    rows = []
+    for seed in bench_seeds(args.scenes, args.seed):
+        folder = args.out / "cases" / f"s{seed}"
+        try:
+            case = Case.load(folder) if (folder / "case.json").exists() else make_case(seed, size=128, spp=128)
+        except NoEditFound:
+            continue
+        if not (folder / "case.json").exists():
+            case.save(folder)
+        rows.append({"case": case.case_id, **{k: scores(case, v) for k, v in variants(case).items()}})
+    print(f"{len(rows)} tuning edits from seed {args.seed}; means (None-free):")
+    for name in rows[0]:
+        if name == "case":
+            continue
+        means = {k: np.mean([r[name][k] for r in rows if r[name][k] is not None]) for k in KEYS}
+        print(f"  {name:<24}" + "  ".join(f"{k} {v:.2f}" for k, v in means.items()))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
