@@ -6,15 +6,16 @@ benchmark reports) the 3D preview with its holes inpainted (OpenCV Telea, as ``w
 scored against the rendered truth, then
 
 * ``rims``: the same with :func:`diffusion_handles.stages.s6_finish.old_rim` (the old footprint
-  and its 1-px rim, outside the moved object and occluders) added to the holes; ``rims_2px`` with
-  a 2-px ring;
+  and its 1-px rim, outside the moved object grown by 1 px and outside occluders) added to the
+  holes; ``rims_2px`` with a 2-px ring; ``rims_beside_0`` without keeping the pixel beside the
+  moved silhouette;
 * ``rims+shadows``: ``rims`` with the shadows moved
   (:func:`diffusion_handles.geometry.shadow.find_shadows`, the light kept only without a rival,
   ``MAX_RIVAL``); ``rims+shadows_any_light``: every found light used (``max_rival=1``);
   ``rims+shadows_rival_0.2``: the check at 0.2.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
-background, whole image, sharpness of the edit region) per variant.
+background, whole image, the uncovered footprint, sharpness of the edit region) per variant.
 
 Usage::
 
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("psnr_shadow_old", "psnr_shadow_new", "psnr_bg", "psnr_full", "sharpness_edit")
+KEYS = ("psnr_shadow_old", "psnr_shadow_new", "psnr_bg", "psnr_full", "psnr_disocc", "sharpness_edit")
 
 
 def _tensor(a: np.ndarray):
@@ -61,7 +62,8 @@ def variants(case) -> dict[str, np.ndarray]:
         return cv2.inpaint(preview, h.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 255.0
 
     out = {"warp": fill(None), "rims": fill(old_rim(mask, geom.edited_mask, depth)),
-           "rims_2px": fill(old_rim(mask, geom.edited_mask, depth, ring=2))}
+           "rims_2px": fill(old_rim(mask, geom.edited_mask, depth, ring=2)),
+           "rims_beside_0": fill(old_rim(mask, geom.edited_mask, depth, beside=0))}
     receiver = background_depth_fill(depth.float(), mask)
     for name, rival in (("rims+shadows", None), ("rims+shadows_any_light", 1.0), ("rims+shadows_rival_0.2", 0.2)):
         kw = {} if rival is None else {"max_rival": rival}
@@ -85,6 +87,7 @@ def scores(case, output: np.ndarray) -> dict:
     area = _edit_area(case.mask_gt, case.mask_src, effects_region(gt, src, case.mask_gt, case.mask_src))
     return {"psnr_shadow_old": masked_psnr(output, gt, old), "psnr_shadow_new": masked_psnr(output, gt, new),
             "psnr_bg": masked_psnr(output, gt, bg), "psnr_full": masked_psnr(output, gt, np.ones_like(bg)),
+            "psnr_disocc": masked_psnr(output, gt, case.mask_src & ~case.mask_gt),
             "sharpness_edit": sharpness_ratio(output, gt, area)}
 
 

@@ -144,19 +144,23 @@ def test_the_old_silhouettes_blended_rim_is_refilled(handles):
 
 
 def test_old_rim_on_a_square_and_in_front_of_it():
-    """The hole is the old footprint grown by one pixel, outside the moved object; a grown pixel
-    nearer than the object (an occluder's edge) is not part of it, one behind it is."""
+    """The hole is the old footprint grown by one pixel, outside the moved object and the pixel
+    beside it (its own blended rim); a grown pixel nearer than the object (an occluder's edge) is
+    not part of it, one behind it is."""
     from diffusion_handles.stages.s6_finish import old_rim
 
     src = torch.zeros(1, 1, 12, 12)
     src[..., 4:8, 4:8] = 1.0
     moved = torch.zeros_like(src)
     moved[..., 4:8, 7:11] = 1.0
-    ring = old_rim(src, moved)
+    ring = old_rim(src, moved, beside=0)
     assert float(ring[..., 3, 3]) == 1.0 and float(ring[..., 2, 2]) == 0.0  # one pixel out, diagonal included
-    assert float(ring[..., 5, 5]) == 1.0  # the old footprint, uncovered
+    assert float(ring[..., 5, 5]) == 1.0 and float(ring[..., 5, 6]) == 1.0  # the old footprint, uncovered
     assert float(ring[..., 5, 7]) == 0.0 and float(ring[..., 5, 8]) == 0.0  # under the moved object: not a hole
     assert int(ring.sum()) == 36 - 8  # the 6x6 grown footprint minus its 8 pixels under the moved box
+    ring = old_rim(src, moved)  # and one pixel beside the moved box stays the warp's
+    assert float(ring[..., 5, 5]) == 1.0 and float(ring[..., 5, 6]) == 0.0 and float(ring[..., 3, 6]) == 0.0
+    assert int(ring.sum()) == 36 - 18  # minus columns 6-8 of the grown footprint
     depth = torch.full_like(src, 4.0)
     depth[src > 0.5] = 3.0
     depth[..., 3, :] = 2.0  # an occluder's lower edge along row 3, in front of the object
