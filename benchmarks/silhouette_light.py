@@ -1,9 +1,11 @@
-"""The finish's refilled old silhouette and the light's rival check, on the warp baseline.
+"""The finish's refilled old silhouette, its inpainting behind the moved object and the light's
+rival check, on the warp baseline.
 
-Both choices act on pixels the warp keeps, so they are measured without the model: for each
-tuning edit (``handles bench``'s cases, ``--seed``/``--scenes``; not the held-out seeds the
-benchmark reports) the 3D preview with its holes inpainted (OpenCV Telea, as ``warp_only``) is
-scored against the rendered truth, then
+These choices act on pixels the warp keeps or inpaints, so they are measured without the model:
+for each tuning edit (``handles bench``'s cases, ``--seed``/``--scenes``; not the held-out seeds
+the benchmark reports) the 3D preview with its holes inpainted (OpenCV Telea, as ``warp_only``)
+is scored against the rendered truth, then, in the finish's order (the shadows moved on the warp,
+then its holes filled):
 
 * ``rims``: the same with :func:`diffusion_handles.stages.s6_finish.old_rim` (the old footprint
   and its 1-px rim, outside the moved object grown by 1 px and outside occluders) added to the
@@ -12,7 +14,11 @@ scored against the rendered truth, then
 * ``rims+shadows``: ``rims`` with the shadows moved
   (:func:`diffusion_handles.geometry.shadow.find_shadows`, the light kept only without a rival,
   ``MAX_RIVAL``); ``rims+shadows_any_light``: every found light used (``max_rival=1``);
-  ``rims+shadows_rival_0.2``: the check at 0.2.
+  ``rims+shadows_rival_0.2``: the check at 0.2; ``rims+shadows_lift_uncapped``: the old
+  shadow's lift without its cap (``shadow.LIFT_CAP_PX = 0``);
+* ``finish``: ``rims+shadows`` with the holes outside the moved object inpainted from the
+  background alone (:func:`diffusion_handles.stages.s6_finish.inpaint` with the moved object
+  as foreground), as the finish does.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
 background, whole image, the uncovered footprint, sharpness of the edit region) per variant.
@@ -43,32 +49,43 @@ def _tensor(a: np.ndarray):
 
 def variants(case) -> dict[str, np.ndarray]:
     """``{name: (H, W, 3) output in [0, 1]}`` of one benchmark case (see the module docstring)."""
-    import cv2
-
-    from diffusion_handles.geometry import Camera, compute_edit, render_preview
+    from diffusion_handles.geometry import Camera, compute_edit, render_preview, shadow
     from diffusion_handles.geometry.poisson import background_depth_fill
-    from diffusion_handles.geometry.shadow import find_shadows
-    from diffusion_handles.stages.s6_finish import old_rim
+    from diffusion_handles.stages.s6_finish import inpaint, old_rim
 
     image, depth = _tensor(case.image.astype(np.float32) / 255.0), _tensor(case.depth)
     mask = _tensor(case.mask_src.astype(np.float32))
     cam = Camera(image.shape[-2], image.shape[-1], case.fov_deg)
     geom = compute_edit(depth.float(), mask, case.edit, cam)
-    preview = (render_preview(image.float(), geom)[0].permute(1, 2, 0).numpy().clip(0, 1) * 255 + 0.5).astype(np.uint8)
+    preview = render_preview(image.float(), geom)
     holes = geom.valid[0, 0].numpy() < 0.5
+    moved = geom.edited_mask[0, 0].numpy() > 0.5
 
-    def fill(extra) -> np.ndarray:
+    def fill(extra, warped=preview, behind=False) -> np.ndarray:
         h = holes if extra is None else holes | (extra[0, 0].numpy() > 0.5)
-        return cv2.inpaint(preview, h.astype(np.uint8), 3, cv2.INPAINT_TELEA).astype(np.float32) / 255.0
+        return inpaint(warped, h, moved if behind else None)[0].permute(1, 2, 0).numpy()
 
-    out = {"warp": fill(None), "rims": fill(old_rim(mask, geom.edited_mask, depth)),
-           "rims_2px": fill(old_rim(mask, geom.edited_mask, depth, ring=2)),
+    ring = old_rim(mask, geom.edited_mask, depth)
+    out = {"warp": fill(None), "rims": fill(ring), "rims_2px": fill(old_rim(mask, geom.edited_mask, depth, ring=2)),
            "rims_beside_0": fill(old_rim(mask, geom.edited_mask, depth, beside=0))}
     receiver = background_depth_fill(depth.float(), mask)
-    for name, rival in (("rims+shadows", None), ("rims+shadows_any_light", 1.0), ("rims+shadows_rival_0.2", 0.2)):
-        kw = {} if rival is None else {"max_rival": rival}
-        fx = find_shadows(image, depth, [mask], receiver, cam, [geom.transforms[0]], geom.edited_mask, **kw)
-        out[name] = fx.apply(_tensor(out["rims"]))[0].permute(1, 2, 0).numpy()
+    cap = shadow.LIFT_CAP_PX
+
+    def moved_shadows(max_rival=None, lift_cap=cap):
+        shadow.LIFT_CAP_PX = lift_cap
+        try:
+            kw = {} if max_rival is None else {"max_rival": max_rival}
+            fx = shadow.find_shadows(image, depth, [mask], receiver, cam, [geom.transforms[0]], geom.edited_mask, **kw)
+        finally:
+            shadow.LIFT_CAP_PX = cap
+        return fx.apply(preview)
+
+    shadows = moved_shadows()
+    out["rims+shadows"] = fill(ring, shadows)
+    out["rims+shadows_any_light"] = fill(ring, moved_shadows(1.0))
+    out["rims+shadows_rival_0.2"] = fill(ring, moved_shadows(0.2))
+    out["rims+shadows_lift_uncapped"] = fill(ring, moved_shadows(lift_cap=0))
+    out["finish"] = fill(ring, shadows, behind=True)
     return out
 
 
@@ -119,7 +136,7 @@ def main() -> None:
         if name == "case":
             continue
         means = {k: np.mean([r[name][k] for r in rows if r[name][k] is not None]) for k in KEYS}
-        print(f"  {name:<24}" + "  ".join(f"{k} {v:.2f}" for k, v in means.items()))
+        print(f"  {name:<28}" + "  ".join(f"{k} {v:.2f}" for k, v in means.items()))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

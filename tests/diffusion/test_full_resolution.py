@@ -208,3 +208,44 @@ def test_an_unknown_photo_keyword_is_refused_by_name(handles):
     image, depth, mask, inv = _silhouette_case(handles)
     with pytest.raises(HandlesError, match=r"^source_imag: expected a keyword of DiffusionHandles.edit"):
         handles.edit(inv, MOVE, source_imag=image)
+
+
+def test_inpainting_behind_the_moved_object_takes_the_background_alone():
+    """A hole beside the moved red box (what it uncovered) is filled from the green floor, not
+    with the box's red (the box's pixels are not sources); a hole on the box (a side it turns
+    towards the camera) is filled from the box. Without ``foreground`` the red bleeds in."""
+    import numpy as np
+
+    from diffusion_handles.stages.s6_finish import inpaint
+
+    image = torch.zeros(1, 3, 40, 40)
+    image[:, 1] = 0.6
+    box = torch.zeros(40, 40, dtype=torch.bool)
+    box[10:30, 20:32] = True
+    image[:, 0][:, box] = 0.9
+    image[:, 1][:, box] = 0.1
+    holes = np.zeros((40, 40), dtype=bool)
+    holes[12:28, 14:20] = True  # uncovered floor left of the box
+    holes[18:22, 24:28] = True  # a hole on the box
+    fg = box.numpy()
+    out = inpaint(image, holes, fg)
+    assert float(out[0, 0, 12:28, 14:20].max()) < 0.05 and float(out[0, 1, 12:28, 14:20].min()) > 0.55
+    assert float(out[0, 0, 18:22, 24:28].min()) > 0.85  # the box's own hole keeps its red
+    bled = inpaint(image, holes)
+    assert float(bled[0, 0, 12:28, 17:20].max()) > 0.3  # the red the foreground keeps out
+
+
+def test_the_finish_inpaints_behind_the_moved_object(handles, monkeypatch):
+    """The finish hands the moved object to the inpainting as foreground (a finish that drops it
+    bleeds the object's colour into the ground it uncovers, see the test above)."""
+    from diffusion_handles.geometry import Camera, compute_edit
+    from diffusion_handles.stages import s6_finish
+
+    image, depth, mask, inv = _silhouette_case(handles)
+    seen = []
+    real = s6_finish.inpaint
+    monkeypatch.setattr(s6_finish, "inpaint", lambda im, holes, fg=None: seen.append(fg) or real(im, holes, fg))
+    handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    assert len(seen) == 1 and seen[0] is not None
+    assert int(seen[0].sum()) == int((truth.edited_mask > 0.5).sum()) > 100  # the moved box, pixel for pixel

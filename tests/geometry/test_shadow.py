@@ -132,3 +132,27 @@ def test_move_shadow_lifts_the_old_and_casts_the_new():
     fx = Effects(torch.tensor([0.7, 0.7, 0.1]), truth, torch.zeros_like(truth), ratio)
     assert torch.allclose(fx.apply(image), lit)
     assert torch.equal(Effects.none((H, W)).apply(image), image)
+
+
+def test_the_lift_stops_at_the_true_shadows_edge(monkeypatch):
+    """An old-shadow estimate that reaches 3 px past the true shadow: the lit pixels it covers stay
+    as bright as the floor, but for the first one, whose 3x3 mean holds a third of shadow (without
+    the 3x3 cap the 5x5 mean of the estimate's pixels still holds the shadow's dark ones and lifts
+    two of them into a bright outline); the shadow comes back up to its edge where the estimate's
+    edge is the shadow's (a cap on the dark side of an edge too would leave a dark seam there)."""
+    from diffusion_handles.geometry import shadow
+
+    image = torch.full((1, 3, 40, 40), 0.6)
+    image[..., 10:30, 10:20] = 0.3  # the true shadow
+    estimate = torch.zeros(1, 1, 40, 40)
+    estimate[..., 10:30, 10:23] = 1.0  # reaches 3 px past it
+    ignore, around, ratio = torch.zeros_like(estimate), torch.full((1, 3, 1, 1), 0.6), torch.full((1, 3, 1, 1), 0.5)
+    lit = move_shadow(image, estimate, torch.zeros_like(estimate), ratio,
+                      shadow.lift_map(image, estimate, ignore, ratio, around))
+    assert float((lit[..., 12:28, 21:23] - 0.6).abs().max()) < 0.02  # the lit pixels are not lifted
+    assert float(lit[..., 12:28, 20].max()) < 0.6 * 1.21  # the first by its 3x3 mean's share: 0.6 / 0.5
+    assert float((lit[..., 12:28, 10:18] - 0.6).abs().max()) < 0.02  # the shadow is gone, to its left edge
+    monkeypatch.setattr(shadow, "LIFT_CAP_PX", 0)
+    bright = move_shadow(image, estimate, torch.zeros_like(estimate), ratio,
+                         shadow.lift_map(image, estimate, ignore, ratio, around))
+    assert float(bright[..., 12:28, 20:22].min()) > 0.65  # the 2-px outline the cap prevents

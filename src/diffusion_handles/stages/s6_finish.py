@@ -212,7 +212,8 @@ def keep_weight(valid: torch.Tensor) -> torch.Tensor:
 RIM_PX = 4.0  # work-size px over which a hole's fill goes from the inpainted warp (its rim) to the generation
 
 
-def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor, rim_px: float) -> torch.Tensor:
+def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor, rim_px: float,
+              moved: torch.Tensor | None = None) -> torch.Tensor:
     """``(1, 3, H, W)``: the generation in the holes of ``warped``, blended from its rim: within a
     pixel of the rim the warp inpainted (OpenCV Telea, radius 3), the generation from ``rim_px + 1``
     pixels in, linear between (``w = clamp(1 - (dist - 1) / rim_px, 0, 1)`` with ``dist`` the
@@ -222,22 +223,41 @@ def hole_fill(warped: torch.Tensor, valid: torch.Tensor, generated: torch.Tensor
     offline comparison of saved generations that the project does not keep; the held-out effect
     of the whole finish is ``ours`` against ``ours_plain_finish`` in docs/benchmark.md.
 
+    With ``moved`` (``(1, 1, H, W)``, the moved object ``> 0.5``), a hole outside the moved object
+    (what the object uncovered: background) is inpainted from the background alone, the moved
+    object's pixels left out as sources, so its colour does not bleed into the ground it left; a
+    hole on the object (a side it turns towards the camera) from everything around it. Measured
+    on 30 tuning edits (seeds from 1 003 100, the warp baseline, ``python
+    benchmarks/silhouette_light.py``): the uncovered footprint +4.7 dB, the whole image +1.1 dB,
+    the sharpness of the edit region 0.89 against 0.84.
+
     Args:
         warped: ``(1, 3, H, W)`` in [0, 1]; valid: ``(1, 1, H, W)`` ``M_v``; generated: like ``warped``.
     """
-    import cv2
-    import numpy as np
     from scipy.ndimage import distance_transform_edt
 
     holes = (valid[0, 0] < 0.5).cpu().numpy()
     if not holes.any():
         return generated
-    img = (warped[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    filled = cv2.inpaint(img, holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-    telea = torch.from_numpy(filled.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(generated)
+    telea = inpaint(warped, holes, None if moved is None else (moved[0, 0] > 0.5).cpu().numpy()).to(generated)
     dist = torch.from_numpy(distance_transform_edt(holes)).float()[None, None].to(generated)
     w = (1.0 - (dist - 1.0) / rim_px).clamp(0, 1)
     return w * telea + (1.0 - w) * generated
+
+
+def inpaint(image: torch.Tensor, holes, foreground=None) -> torch.Tensor:
+    """``image`` ``(1, 3, H, W)`` in [0, 1] with its ``holes`` (``(H, W)`` bool array) inpainted
+    (OpenCV Telea, radius 3, on 8 bits); with ``foreground`` (``(H, W)`` bool), the holes outside
+    it are inpainted as if the foreground were a hole too (from the rest alone)."""
+    import cv2
+    import numpy as np
+
+    img = (image[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    filled = cv2.inpaint(img, holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    if foreground is not None and (holes & ~foreground).any() and foreground.any():
+        behind = cv2.inpaint(img, (holes | foreground).astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        filled = np.where((holes & ~foreground)[..., None], behind, filled)
+    return torch.from_numpy(filled.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 def input_per_work(inv) -> float:
@@ -271,13 +291,15 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     if fx is not None and fx.any:
         warped = fx.placed(lambda m, fill: frame.back(m, fill)[sl]).apply(warped)
     w = keep_weight(valid)
+    moved = None
+    if moves:
+        moved = ((fine.edited_mask.float().cpu() if fine is not None else frame.back(geo.edited_mask, 0.0)[sl]) > 0.5).float()
     if moves and rims:  # the old footprint and its blended rim are holes too (no feather: its neighbours are known)
-        moved = (fine.edited_mask.float().cpu() if fine is not None else frame.back(geo.edited_mask, 0.0)[sl]) > 0.5
         source, depth = _source_objects(prep, frame)
-        ring = old_rim(source[sl], moved.float(), depth[sl])
+        ring = old_rim(source[sl], moved, depth[sl])
         valid, w = valid * (1.0 - ring), w * (1.0 - ring)
     out = kept.clone()
-    out[sl] = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale)
+    out[sl] = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale, moved)
     return out
 
 
