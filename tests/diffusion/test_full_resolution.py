@@ -249,3 +249,18 @@ def test_the_finish_inpaints_behind_the_moved_object(handles, monkeypatch):
     truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
     assert len(seen) == 1 and seen[0] is not None
     assert int(seen[0].sum()) == int((truth.edited_mask > 0.5).sum()) > 100  # the moved box, pixel for pixel
+
+
+def test_object_cover_takes_the_gaps_and_holes_on_the_object():
+    """A turned object's splats leave thin gaps and enclosed holes in its edited mask: they are on
+    the object (inpainted from it), the ground beside it is not."""
+    from diffusion_handles.stages.s6_finish import object_cover
+
+    m = torch.zeros(1, 1, 30, 30)
+    m[..., 5:25, 5:25] = 1.0
+    m[..., 5:25, 12:14] = 0.0  # a 2-px gap across the whole object, open at both ends
+    m[..., 18:21, 18:21] = 0.0  # an enclosed hole
+    cover = object_cover(m, radius=2)
+    assert float(cover[..., 7:23, 12:14].min()) == 1.0 and float(cover[..., 18:21, 18:21].min()) == 1.0  # (notches at its ends)
+    assert float(cover[..., :4, :].max()) == 0.0 and float(cover[..., 5:25, 26:].max()) == 0.0
+    assert float(object_cover(m, radius=0)[..., 10, 12]) == 0.0  # the open gap needs the closing

@@ -13,7 +13,7 @@ z-buffer, edited depth), the guidance targets (a warped activation, a swapped ma
 energy term), the sampler, the identity transfer, the composite, the removal region or the
 trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
 Recorded again on 2026-12-07 when the finish began to inpaint the ground a moved object uncovers
-from the background alone and the old shadow's lift was capped on the lit side of its edge, before
+from the background alone (the object's gaps and enclosed holes from the object) and the old shadow's lift was capped on the lit side of its edge, before
 that when the finish began to keep the warp's pixel beside the moved silhouette (``s6_finish.BESIDE_PX = 0`` reproduced the previous reference exactly), and before that
 when it began to refill the old silhouette's rim and blend the moved edge (``GuidanceConfig(silhouette_rims=False)`` reproduced the previous reference exactly)
 and the light search gave each of several objects its own shell (only ``two_objects`` changed),
