@@ -255,8 +255,10 @@ def object_cover(moved: torch.Tensor, radius: int = COVER_PX) -> torch.Tensor:
     up to ``2 radius`` px across closed (a binary closing; a rotated or enlarged object's splats
     leave thin gaps in the warp, and its edited mask, ``W[M_o] M_v``, is 0 there) and every hole it
     encloses filled: the holes that lie on the object, not on the ground it uncovered. Chosen on
-    30 tuning edits (seeds from 1 003 100, saved generations): against the plain mask, the object
-    +0.03 dB, the uncovered footprint +0.12 dB (radius 1: +0.02, +0.12; 3: +0.03, +0.12)."""
+    30 tuning edits (seeds from 1 003 100) by an offline comparison of saved generations that the
+    project does not keep: against the plain mask, the object +0.03 dB, the uncovered footprint
+    +0.12 dB (radius 1: +0.02, +0.12; 3: +0.03, +0.12); the held-out effect of the whole change is
+    in docs/benchmark.md ("Inpainting behind the moved object")."""
     from scipy.ndimage import binary_closing, binary_fill_holes
 
     m = (moved[0, 0] > 0.5).cpu().numpy()
@@ -268,16 +270,18 @@ def object_cover(moved: torch.Tensor, radius: int = COVER_PX) -> torch.Tensor:
 
 def inpaint(image: torch.Tensor, holes, foreground=None) -> torch.Tensor:
     """``image`` ``(1, 3, H, W)`` in [0, 1] with its ``holes`` (``(H, W)`` bool array) inpainted
-    (OpenCV Telea, radius 3, on 8 bits); with ``foreground`` (``(H, W)`` bool), the holes outside
-    it are inpainted as if the foreground were a hole too (from the rest alone)."""
-    import cv2
+    (OpenCV Telea, radius 3, on 8 bits: :func:`~diffusion_handles.perception.inpaint.inpaint_opencv`);
+    with ``foreground`` (``(H, W)`` bool), the holes outside it are inpainted as if the foreground
+    were a hole too (from the rest alone), those inside it from everything around them."""
+    from diffusion_handles.perception.inpaint import inpaint_opencv
 
-    img = (image[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    filled = cv2.inpaint(img, holes.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-    if foreground is not None and (holes & ~foreground).any() and foreground.any():
-        behind = cv2.inpaint(img, (holes | foreground).astype(np.uint8), 3, cv2.INPAINT_TELEA)
-        filled = np.where((holes & ~foreground)[..., None], behind, filled)
-    return torch.from_numpy(filled.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    def telea(m) -> torch.Tensor:
+        return inpaint_opencv(image, torch.from_numpy(m)[None, None].float(), "opencv-telea", 3)
+
+    if foreground is None or not foreground.any() or not (holes & ~foreground).any():
+        return telea(holes)
+    behind = torch.from_numpy(holes & ~foreground)[None, None]
+    return torch.where(behind, telea(holes | foreground), telea(holes))
 
 
 def input_per_work(inv) -> float:
