@@ -16,9 +16,13 @@ then its holes filled):
   ``MAX_RIVAL``); ``rims+shadows_any_light``: every found light used (``max_rival=1``);
   ``rims+shadows_rival_0.2``: the check at 0.2; ``rims+shadows_lift_uncapped``: the old
   shadow's lift without its cap (``shadow.LIFT_CAP_PX = 0``);
-* ``finish``: ``rims+shadows`` with the holes outside the moved object inpainted from the
+* ``finish_no_shell``: ``rims+shadows`` with the holes outside the moved object (with the gaps
+  it encloses, :func:`diffusion_handles.stages.s6_finish.object_cover`) inpainted from the
   background alone (:func:`diffusion_handles.stages.s6_finish.inpaint` with the moved object
-  as foreground), as the finish does.
+  as foreground);
+* ``finish``: the same with the moved object's shell added to the foreground
+  (:func:`diffusion_handles.geometry.shadow.shell_footprint`: its unseen sides are object, not
+  background), as the finish does.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
 background, whole image, the uncovered footprint, sharpness of the edit region) per variant.
@@ -37,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("psnr_shadow_old", "psnr_shadow_new", "psnr_bg", "psnr_full", "psnr_disocc", "sharpness_edit")
+KEYS = ("psnr_shadow_old", "psnr_shadow_new", "psnr_bg", "psnr_full", "psnr_disocc", "psnr_obj", "ssim_obj",
+        "sharpness_edit")
 
 
 def _tensor(a: np.ndarray):
@@ -49,9 +54,11 @@ def _tensor(a: np.ndarray):
 
 def variants(case) -> dict[str, np.ndarray]:
     """``{name: (H, W, 3) output in [0, 1]}`` of one benchmark case (see the module docstring)."""
+    import torch
+
     from diffusion_handles.geometry import Camera, compute_edit, render_preview, shadow
     from diffusion_handles.geometry.poisson import background_depth_fill
-    from diffusion_handles.stages.s6_finish import inpaint, old_rim
+    from diffusion_handles.stages.s6_finish import inpaint, object_cover, old_rim
 
     image, depth = _tensor(case.image.astype(np.float32) / 255.0), _tensor(case.depth)
     mask = _tensor(case.mask_src.astype(np.float32))
@@ -59,7 +66,7 @@ def variants(case) -> dict[str, np.ndarray]:
     geom = compute_edit(depth.float(), mask, case.edit, cam)
     preview = render_preview(image.float(), geom)
     holes = geom.valid[0, 0].numpy() < 0.5
-    moved = geom.edited_mask[0, 0].numpy() > 0.5
+    moved = object_cover(geom.edited_mask)[0, 0].numpy() > 0.5
 
     def fill(extra, warped=preview, behind=False) -> np.ndarray:
         h = holes if extra is None else holes | (extra[0, 0].numpy() > 0.5)
@@ -85,7 +92,10 @@ def variants(case) -> dict[str, np.ndarray]:
     out["rims+shadows_any_light"] = fill(ring, moved_shadows(1.0))
     out["rims+shadows_rival_0.2"] = fill(ring, moved_shadows(0.2))
     out["rims+shadows_lift_uncapped"] = fill(ring, moved_shadows(lift_cap=0))
-    out["finish"] = fill(ring, shadows, behind=True)
+    out["finish_no_shell"] = fill(ring, shadows, behind=True)
+    shell = shadow.shell_footprint(geom.transforms[0].apply(shadow.occluder_points(depth, mask, cam).double()), cam)
+    cover = object_cover(torch.maximum(object_cover(geom.edited_mask), shell), 0)[0, 0].numpy() > 0.5
+    out["finish"] = inpaint(shadows, holes | (ring[0, 0].numpy() > 0.5), cover)[0].permute(1, 2, 0).numpy()
     return out
 
 
@@ -94,6 +104,7 @@ def scores(case, output: np.ndarray) -> dict:
         _edit_area,
         effects_region,
         masked_psnr,
+        masked_ssim,
         shadow_regions,
         sharpness_ratio,
     )
@@ -105,6 +116,7 @@ def scores(case, output: np.ndarray) -> dict:
     return {"psnr_shadow_old": masked_psnr(output, gt, old), "psnr_shadow_new": masked_psnr(output, gt, new),
             "psnr_bg": masked_psnr(output, gt, bg), "psnr_full": masked_psnr(output, gt, np.ones_like(bg)),
             "psnr_disocc": masked_psnr(output, gt, case.mask_src & ~case.mask_gt),
+            "psnr_obj": masked_psnr(output, gt, case.mask_gt), "ssim_obj": masked_ssim(output, gt, case.mask_gt),
             "sharpness_edit": sharpness_ratio(output, gt, area)}
 
 

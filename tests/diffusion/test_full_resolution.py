@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage
 
 from diffusion_handles.diffusion.config import InversionConfig
 from diffusion_handles.errors import HandlesError
@@ -235,20 +236,44 @@ def test_inpainting_behind_the_moved_object_takes_the_background_alone():
     assert float(bled[0, 0, 12:28, 17:20].max()) > 0.3  # the red the foreground keeps out
 
 
-def test_the_finish_inpaints_behind_the_moved_object(handles, monkeypatch):
-    """The finish hands the moved object to the inpainting as foreground (a finish that drops it
-    bleeds the object's colour into the ground it uncovers, see the test above)."""
-    from diffusion_handles.geometry import Camera, compute_edit
+def _inpainted_foregrounds(monkeypatch):
+    """Records each foreground the finish hands to the inpainting, placed in the photo's frame
+    (the finish works on the edit region's bounding box)."""
     from diffusion_handles.stages import s6_finish
 
+    seen, boxes = [], []
+    real_inpaint, real_bounds = s6_finish.inpaint, s6_finish._bounds
+    monkeypatch.setattr(s6_finish, "_bounds", lambda *a, **k: boxes.append(real_bounds(*a, **k)) or boxes[-1])
+
+    def inpaint(im, holes, fg=None):
+        if fg is not None:
+            y0, y1, x0, x1 = boxes[-1]
+            full = torch.zeros(96, 96, dtype=torch.bool)
+            full[y0:y1, x0:x1] = torch.from_numpy(fg)
+            seen.append(full)
+        else:
+            seen.append(None)
+        return real_inpaint(im, holes, fg)
+
+    monkeypatch.setattr(s6_finish, "inpaint", inpaint)
+    return seen
+
+
+def test_the_finish_inpaints_behind_the_moved_object(handles, monkeypatch):
+    """The finish hands the moved object to the inpainting as foreground and leaves the ground it
+    uncovered out of it (a finish that drops the foreground bleeds the object's colour into the
+    ground it uncovers, see the test above)."""
+    from diffusion_handles.geometry import Camera, compute_edit
+
     image, depth, mask, inv = _silhouette_case(handles)
-    seen = []
-    real = s6_finish.inpaint
-    monkeypatch.setattr(s6_finish, "inpaint", lambda im, holes, fg=None: seen.append(fg) or real(im, holes, fg))
+    seen = _inpainted_foregrounds(monkeypatch)
     handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
     truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    moved = truth.edited_mask[0, 0] > 0.5
     assert len(seen) == 1 and seen[0] is not None
-    assert int(seen[0].sum()) == int((truth.edited_mask > 0.5).sum()) > 100  # the moved box, pixel for pixel
+    assert int(moved.sum()) > 100 and bool(seen[0][moved].all())  # the moved box, every pixel
+    uncovered = (mask[0, 0] > 0.5) & ~torch.from_numpy(ndimage.binary_dilation(moved.numpy(), iterations=3))
+    assert int(uncovered.sum()) > 50 and not bool(seen[0][uncovered].any())
 
 
 def test_object_cover_takes_the_gaps_and_holes_on_the_object():
@@ -264,3 +289,28 @@ def test_object_cover_takes_the_gaps_and_holes_on_the_object():
     assert float(cover[..., 7:23, 12:14].min()) == 1.0 and float(cover[..., 18:21, 18:21].min()) == 1.0  # (notches at its ends)
     assert float(cover[..., :4, :].max()) == 0.0 and float(cover[..., 5:25, 26:].max()) == 0.0
     assert float(object_cover(m, radius=0)[..., 10, 12]) == 0.0  # the open gap needs the closing
+
+
+def test_the_finish_counts_a_turned_objects_unseen_side_as_object(handles, monkeypatch):
+    """Turned, the box shows a side the input never had: the warp leaves a hole there, and the
+    finish hands the moved box's whole shell (stage 3's occluder moved and projected, at the
+    photo's size) to the inpainting as foreground, so that side is inpainted from the box, not
+    from the floor. A finish without the shell hands the turned front's splats alone."""
+    from diffusion_handles.geometry import Camera, compute_edit
+    from diffusion_handles.geometry.shadow import occluder_points, shell_footprint
+    from diffusion_handles.stages import s6_finish
+
+    image, depth, mask, inv = _silhouette_case(handles)
+    turn = HandleEdit(rotate_axis=(0.0, 1.0, 0.0), rotate_deg=60.0)
+    seen = _inpainted_foregrounds(monkeypatch)
+    handles.edit(inv, turn, source_image=image, source_depth=depth, source_mask=mask)
+    cam = Camera(96, 96)
+    truth = compute_edit(depth, mask, turn, cam)
+    shell = shell_footprint(truth.transforms[0].apply(occluder_points(depth, mask, cam).double()), cam)[0, 0] > 0.5
+    front = s6_finish.object_cover(truth.edited_mask)[0, 0] > 0.5
+    assert int((shell & ~front).sum()) > 20  # the side the turn shows
+    assert len(seen) == 1 and seen[0] is not None
+    assert bool(seen[0][shell].all()) and bool(seen[0][front].all())
+    monkeypatch.setattr(s6_finish, "moved_shell", lambda *a: None)
+    handles.edit(inv, turn, source_image=image, source_depth=depth, source_mask=mask)
+    assert not bool(seen[1][shell & ~front].any())

@@ -156,3 +156,29 @@ def test_the_lift_stops_at_the_true_shadows_edge(monkeypatch):
     bright = move_shadow(image, estimate, torch.zeros_like(estimate), ratio,
                          shadow.lift_map(image, estimate, ignore, ratio, around))
     assert float(bright[..., 12:28, 20:22].min()) > 0.65  # the 2-px outline the cap prevents
+
+
+def test_the_shell_footprint_is_where_the_whole_turned_object_lands():
+    """Unmoved, the shell projects onto the box's own pixels exactly (each shell point lies on its
+    pixel's ray: a rounding instead of the pixel-centre floor shifts it by a pixel); turned about
+    its vertical axis, it covers more than the turned front's splats (the side the input never
+    showed), and it fills what it encloses. A footprint of the front layer alone fails the second."""
+    from diffusion_handles.geometry import HandleEdit, compute_edit
+    from diffusion_handles.geometry.shadow import shell_footprint
+
+    cam, depth, receiver, box = floor_scene(box_x=(-0.3, 0.3))
+    pts = occluder_points(depth, box, cam)
+    assert torch.equal(shell_footprint(pts, cam), box)
+    turn = compute_edit(depth, box, HandleEdit(rotate_axis=(0.0, 1.0, 0.0), rotate_deg=60.0), cam)
+    moved = turn.transforms[0].apply(pts.double()).float()
+    foot = shell_footprint(moved, cam)
+    front = turn.edited_mask > 0.5
+    assert bool(foot[front].min() == 1.0)
+    assert float(foot.sum()) > float(front.sum()) + 40  # the turned box's unseen side
+    front_only = shell_footprint(moved[: int(box.sum())], cam)
+    assert float(front_only.sum()) < float(foot.sum()) - 40
+    ring = torch.tensor([[0.0, 0.0, 3.0]]) + 0.3 * torch.stack(
+        [torch.cos(t := torch.linspace(0, 6.28, 400)), torch.sin(t), torch.zeros_like(t)], 1)
+    disc = shell_footprint(ring, cam)
+    assert float(disc[0, 0, H // 2, W // 2]) == 1.0  # the enclosed centre is filled
+    assert float(shell_footprint(torch.tensor([[0.0, 0.0, -1.0]]), cam).sum()) == 0.0  # behind the camera: nowhere

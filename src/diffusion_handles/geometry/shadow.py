@@ -120,6 +120,23 @@ def occluder_points(depth: torch.Tensor, mask: torch.Tensor, camera: Camera) -> 
     return torch.cat(layers)
 
 
+def shell_footprint(points: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """``(1, 1, H, W)`` in {0, 1}: the pixels the occluder ``points`` ``(N, 3)`` (camera space,
+    scene units; e.g. :func:`occluder_points` moved by an edit's transform) project to, the
+    holes they enclose filled: where the whole object lies after the edit, its unseen back
+    included (a turned cylinder's or box's side the input never showed), not only where its
+    visible pixels land. ``H x W`` is ``camera``'s size."""
+    from scipy.ndimage import binary_fill_holes
+
+    out = torch.zeros(camera.height, camera.width, dtype=torch.bool)
+    if points.shape[0]:
+        px, z = project(points.float(), camera)
+        ix, iy = px[..., 0].floor().long(), px[..., 1].floor().long()
+        ok = (z > 0) & (ix >= 0) & (ix < camera.width) & (iy >= 0) & (iy < camera.height)
+        out[iy[ok], ix[ok]] = True
+    return torch.from_numpy(binary_fill_holes(out.numpy())).float()[None, None]
+
+
 def cast_shadow(points: torch.Tensor, receiver: torch.Tensor, directions: torch.Tensor, camera: Camera,
                 reach: float) -> torch.Tensor:
     """Pixels of ``receiver`` shadowed by ``points`` for light travelling along each direction.
