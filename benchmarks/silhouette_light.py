@@ -20,9 +20,12 @@ then its holes filled):
   it encloses, :func:`diffusion_handles.stages.s6_finish.object_cover`) inpainted from the
   background alone (:func:`diffusion_handles.stages.s6_finish.inpaint` with the moved object
   as foreground);
-* ``finish``: the same with the moved object's shell added to the foreground
+* ``finish_no_front``: the same with the moved object's shell added to the foreground
   (:func:`diffusion_handles.geometry.shadow.shell_footprint`: its unseen sides are object, not
-  background), as the finish does.
+  background);
+* ``finish``: the same with whatever stands in front of the uncovered ground (another object
+  beside it, :func:`diffusion_handles.stages.s6_finish.in_front`) left out as a source too, as
+  the finish does.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
 background, whole image, the uncovered footprint, sharpness of the edit region) per variant.
@@ -56,9 +59,15 @@ def variants(case) -> dict[str, np.ndarray]:
     """``{name: (H, W, 3) output in [0, 1]}`` of one benchmark case (see the module docstring)."""
     import torch
 
-    from diffusion_handles.geometry import Camera, compute_edit, render_preview, shadow
+    from diffusion_handles.geometry import (
+        Camera,
+        compute_edit,
+        edited_depth,
+        render_preview,
+        shadow,
+    )
     from diffusion_handles.geometry.poisson import background_depth_fill
-    from diffusion_handles.stages.s6_finish import inpaint, object_cover, old_rim
+    from diffusion_handles.stages.s6_finish import in_front, inpaint, object_cover, old_rim
 
     image, depth = _tensor(case.image.astype(np.float32) / 255.0), _tensor(case.depth)
     mask = _tensor(case.mask_src.astype(np.float32))
@@ -94,8 +103,13 @@ def variants(case) -> dict[str, np.ndarray]:
     out["rims+shadows_lift_uncapped"] = fill(ring, moved_shadows(lift_cap=0))
     out["finish_no_shell"] = fill(ring, shadows, behind=True)
     shell = shadow.shell_footprint(geom.transforms[0].apply(shadow.occluder_points(depth, mask, cam).double()), cam)
-    cover = object_cover(torch.maximum(object_cover(geom.edited_mask), shell), 0)[0, 0].numpy() > 0.5
-    out["finish"] = inpaint(shadows, holes | (ring[0, 0].numpy() > 0.5), cover)[0].permute(1, 2, 0).numpy()
+    cover = object_cover(torch.maximum(object_cover(geom.edited_mask), shell), 0)
+    valid = geom.valid * (1.0 - ring)
+    out["finish_no_front"] = inpaint(shadows, valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
+    cover = torch.maximum(cover, in_front(edited_depth(geom, receiver), valid, cover))
+    out["finish"] = inpaint(shadows, valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
+    for k in ("finish_no_front", "finish"):
+        out[k] = out[k][0].permute(1, 2, 0).numpy()
     return out
 
 

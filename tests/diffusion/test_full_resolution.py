@@ -236,12 +236,17 @@ def test_inpainting_behind_the_moved_object_takes_the_background_alone():
     assert float(bled[0, 0, 12:28, 17:20].max()) > 0.3  # the red the foreground keeps out
 
 
+class Seen(list):
+    boxes: list
+
+
 def _inpainted_foregrounds(monkeypatch):
     """Records each foreground the finish hands to the inpainting, placed in the photo's frame
     (the finish works on the edit region's bounding box)."""
     from diffusion_handles.stages import s6_finish
 
-    seen, boxes = [], []
+    seen, boxes = Seen(), []
+    seen.boxes = boxes
     real_inpaint, real_bounds = s6_finish.inpaint, s6_finish._bounds
     monkeypatch.setattr(s6_finish, "_bounds", lambda *a, **k: boxes.append(real_bounds(*a, **k)) or boxes[-1])
 
@@ -308,9 +313,49 @@ def test_the_finish_counts_a_turned_objects_unseen_side_as_object(handles, monke
     truth = compute_edit(depth, mask, turn, cam)
     shell = shell_footprint(truth.transforms[0].apply(occluder_points(depth, mask, cam).double()), cam)[0, 0] > 0.5
     front = s6_finish.object_cover(truth.edited_mask)[0, 0] > 0.5
-    assert int((shell & ~front).sum()) > 20  # the side the turn shows
     assert len(seen) == 1 and seen[0] is not None
     assert bool(seen[0][shell].all()) and bool(seen[0][front].all())
     monkeypatch.setattr(s6_finish, "moved_shell", lambda *a: None)
     handles.edit(inv, turn, source_image=image, source_depth=depth, source_mask=mask)
-    assert not bool(seen[1][shell & ~front].any())
+    side = shell & ~front & (truth.valid[0, 0] < 0.5)  # the side's holes
+    assert int(side.sum()) > 20 and bool(seen[0][side].all()) and not bool(seen[1][side].any())
+
+
+def test_what_stands_in_front_of_the_uncovered_ground_is_not_its_source():
+    """A second object (depth 3) beside the ground a move uncovered (a hole whose filled depth is
+    the floor's, 5) is in front of it; the floor around the hole (5) and the moved object's own
+    cover are not marked. A test with the comparison inverted marks the floor instead."""
+    from diffusion_handles.stages.s6_finish import in_front
+
+    depth = torch.full((1, 1, 30, 30), 5.0)
+    depth[..., 5:25, 2:8] = 3.0  # another object, left of the hole
+    valid = torch.ones(1, 1, 30, 30)
+    valid[..., 8:20, 8:16] = 0.0  # the uncovered ground
+    cover = torch.zeros(1, 1, 30, 30)
+    cover[..., 8:20, 16:24] = 1.0  # the moved object, right of it
+    front = in_front(depth, valid, cover)
+    assert float(front[..., 5:25, 2:8].min()) == 1.0
+    assert float(front.sum()) == 20 * 6  # that object alone: not the floor, not the hole
+    assert float(in_front(depth, torch.ones_like(valid), cover).sum()) == 0.0  # nothing uncovered
+
+
+def test_the_finish_leaves_what_stands_in_front_of_the_uncovered_ground_out(handles, monkeypatch):
+    """The finish passes the edited depth, its holes and the moved object's cover to
+    :func:`in_front` and adds what it marks to the inpainting's foreground."""
+    from diffusion_handles.stages import s6_finish
+
+    image, depth, mask, inv = _silhouette_case(handles)
+    calls = []
+
+    def marked(d, valid, cover):
+        calls.append((d.shape, valid.shape, cover.shape))
+        out = torch.zeros_like(cover)
+        out[..., :3, :3] = 1.0  # the area's corner: far from the box, never a hole or the object
+        return out
+
+    monkeypatch.setattr(s6_finish, "in_front", marked)
+    seen = _inpainted_foregrounds(monkeypatch)
+    handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    assert len(calls) == 1 and calls[0][0] == calls[0][1] == calls[0][2]
+    y0, _, x0, _ = seen.boxes[-1]
+    assert len(seen) == 1 and bool(seen[0][y0:y0 + 3, x0:x0 + 3].all())

@@ -12,7 +12,9 @@ Which bugs this catches: any change of behaviour anywhere in the edit path: the 
 z-buffer, edited depth), the guidance targets (a warped activation, a swapped mask, a dropped
 energy term), the sampler, the identity transfer, the composite, the removal region or the
 trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
-Recorded again on 2026-12-07 when the finish began to count a moved object's unseen sides (its shell
+Recorded again on 2026-12-07 when the finish began to leave what stands in front of the uncovered
+ground out of its inpainting's sources (``s6_finish.in_front`` returning zeros reproduced the previous
+reference exactly), before that when it began to count a moved object's unseen sides (its shell
 moved and projected) as object when inpainting (``s6_finish.moved_shell`` returning ``None``
 reproduced the previous reference exactly), before that when it began to inpaint the ground a moved object uncovers
 from the background alone (the object's gaps and enclosed holes from the object) and the old shadow's lift was capped on the lit side of its edge, before
