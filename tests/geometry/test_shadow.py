@@ -182,3 +182,28 @@ def test_the_shell_footprint_is_where_the_whole_turned_object_lands():
     disc = shell_footprint(ring, cam)
     assert float(disc[0, 0, H // 2, W // 2]) == 1.0  # the enclosed centre is filled
     assert float(shell_footprint(torch.tensor([[0.0, 0.0, -1.0]]), cam).sum()) == 0.0  # behind the camera: nowhere
+
+
+def test_a_coloured_shadow_is_no_shadow(monkeypatch):
+    """The box's grey shadow is found (its ratio dims every channel alike); the same pixels tinted
+    instead of darkened (green and blue halved, red kept: a red object beside the box, not a
+    shadow) give no effects, so nothing is lifted or cast in a colour the light never had. With
+    the tint check off (``MAX_TINT`` huge) the tinted pixels pass as a shadow: a check that
+    compared the wrong channels, or none, fails the middle assertion."""
+    from diffusion_handles.geometry import HandleEdit, compute_edit, shadow
+
+    true = torch.tensor([0.7, 0.7, 0.1]) / torch.tensor([0.7, 0.7, 0.1]).norm()
+    cam, depth, receiver, box, image, truth = _shadowed_image(true)
+    moved = compute_edit(depth, box, HandleEdit(translate=(-0.3, 0.0, 0.0)), cam)
+
+    def found(img):
+        return shadow.find_shadows(img, depth, [box], receiver, cam, [moved.transforms[0]], moved.edited_mask)
+
+    grey = found(image)
+    assert grey.any and float(grey.ratio.max() / grey.ratio.min()) < 1.2
+    clean = _shadowed_image(None)[4]
+    tint = torch.tensor([1.0, 0.45, 0.45]).view(1, 3, 1, 1)
+    tinted = clean * (1 - truth) + clean * tint * truth
+    assert not found(tinted).any
+    monkeypatch.setattr(shadow, "MAX_TINT", 100.0)
+    assert found(tinted).any
