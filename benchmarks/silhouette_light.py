@@ -55,8 +55,10 @@ def _tensor(a: np.ndarray):
     return torch.from_numpy(a.transpose(2, 0, 1) if a.ndim == 3 else a[None])[None]
 
 
-def variants(case) -> dict[str, np.ndarray]:
-    """``{name: (H, W, 3) output in [0, 1]}`` of one benchmark case (see the module docstring)."""
+def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
+    """``{name: (H, W, 3) output in [0, 1]}`` of one benchmark case (see the module docstring);
+    ``depth_kind`` ``"estimated"``: the benchmark's degraded depth (``bench.depth_noise``), as
+    ``handles bench --depth estimated`` gives the methods."""
     import torch
 
     from diffusion_handles.geometry import (
@@ -69,7 +71,12 @@ def variants(case) -> dict[str, np.ndarray]:
     from diffusion_handles.geometry.poisson import background_depth_fill
     from diffusion_handles.stages.s6_finish import in_front, inpaint, object_cover, old_rim
 
-    image, depth = _tensor(case.image.astype(np.float32) / 255.0), _tensor(case.depth)
+    given = case.depth
+    if depth_kind == "estimated":
+        from diffusion_handles.bench.depth_noise import degrade_depth
+
+        given = degrade_depth(case.depth, seed=case.seed)
+    image, depth = _tensor(case.image.astype(np.float32) / 255.0), _tensor(given)
     mask = _tensor(case.mask_src.astype(np.float32))
     cam = Camera(image.shape[-2], image.shape[-1], case.fov_deg)
     geom = compute_edit(depth.float(), mask, case.edit, cam)
@@ -140,6 +147,8 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--out", type=Path, default=Path("runs/silhouette-light"), help="case folder (reused)")
     p.add_argument("--json", type=Path, default=None, help="also write the per-case scores here")
+    p.add_argument("--depth", choices=("exact", "estimated"), default="exact",
+                   help="the depth the variants get: exact, or the benchmark's degraded (estimated-like) depth")
     args = p.parse_args()
 
     import torch
@@ -156,8 +165,8 @@ def main() -> None:
             continue
         if not (folder / "case.json").exists():
             case.save(folder)
-        rows.append({"case": case.case_id, **{k: scores(case, v) for k, v in variants(case).items()}})
-    print(f"{len(rows)} tuning edits from seed {args.seed}; means (None-free):")
+        rows.append({"case": case.case_id, **{k: scores(case, v) for k, v in variants(case, args.depth).items()}})
+    print(f"{len(rows)} tuning edits from seed {args.seed}, {args.depth} depth; means (None-free):")
     for name in rows[0]:
         if name == "case":
             continue
