@@ -28,12 +28,15 @@ then its holes filled):
   the finish does.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
-background, whole image, the uncovered footprint, sharpness of the edit region) per variant.
+background, whole image, the uncovered footprint, the object (PSNR, SSIM), sharpness of the edit
+region) per variant; with ``--depth estimated`` on the benchmark's degraded depth.
 
 Usage::
 
     python benchmarks/silhouette_light.py --seed 1003100 --scenes 32 --out runs/silhouette-light \\
         --json benchmarks/results/silhouette_light_1003100_32.json
+    python benchmarks/silhouette_light.py --seed 1003100 --scenes 32 --out runs/silhouette-light \\
+        --depth estimated
 """
 
 from __future__ import annotations
