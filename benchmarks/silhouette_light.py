@@ -15,7 +15,8 @@ then its holes filled):
   (:func:`diffusion_handles.geometry.shadow.find_shadows`, the light kept only without a rival,
   ``MAX_RIVAL``); ``rims+shadows_any_light``: every found light used (``max_rival=1``);
   ``rims+shadows_rival_0.2``: the check at 0.2; ``rims+shadows_lift_uncapped``: the old
-  shadow's lift without its cap (``shadow.LIFT_CAP_PX = 0``);
+  shadow's lift without its cap (``shadow.LIFT_CAP_PX = 0``); ``rims+shadows_any_tint``: a
+  shadow of any colour kept (no ``shadow.MAX_TINT`` check);
 * ``finish_no_shell``: ``rims+shadows`` with the holes outside the moved object (with the gaps
   it encloses, :func:`diffusion_handles.stages.s6_finish.object_cover`) inpainted from the
   background alone (:func:`diffusion_handles.stages.s6_finish.inpaint` with the moved object
@@ -97,13 +98,15 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
     receiver = background_depth_fill(depth.float(), mask)
     cap = shadow.LIFT_CAP_PX
 
-    def moved_shadows(max_rival=None, lift_cap=cap):
-        shadow.LIFT_CAP_PX = lift_cap
+    tint = shadow.MAX_TINT
+
+    def moved_shadows(max_rival=None, lift_cap=cap, max_tint=tint):
+        shadow.LIFT_CAP_PX, shadow.MAX_TINT = lift_cap, max_tint
         try:
             kw = {} if max_rival is None else {"max_rival": max_rival}
             fx = shadow.find_shadows(image, depth, [mask], receiver, cam, [geom.transforms[0]], geom.edited_mask, **kw)
         finally:
-            shadow.LIFT_CAP_PX = cap
+            shadow.LIFT_CAP_PX, shadow.MAX_TINT = cap, tint
         return fx.apply(preview)
 
     shadows = moved_shadows()
@@ -111,6 +114,7 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
     out["rims+shadows_any_light"] = fill(ring, moved_shadows(1.0))
     out["rims+shadows_rival_0.2"] = fill(ring, moved_shadows(0.2))
     out["rims+shadows_lift_uncapped"] = fill(ring, moved_shadows(lift_cap=0))
+    out["rims+shadows_any_tint"] = fill(ring, moved_shadows(max_tint=float("inf")))
     out["finish_no_shell"] = fill(ring, shadows, behind=True)
     shell = shadow.shell_footprint(geom.transforms[0].apply(shadow.occluder_points(depth, mask, cam).double()), cam)
     cover = object_cover(torch.maximum(object_cover(geom.edited_mask), shell), 0)

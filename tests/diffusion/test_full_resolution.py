@@ -236,19 +236,19 @@ def test_inpainting_behind_the_moved_object_takes_the_background_alone():
     assert float(bled[0, 0, 12:28, 17:20].max()) > 0.3  # the red the foreground keeps out
 
 
-class Seen(list):
-    boxes: list
-
-
 def _inpainted_foregrounds(monkeypatch):
-    """Records each foreground the finish hands to the inpainting, placed in the photo's frame
-    (the finish works on the edit region's bounding box)."""
+    """``(foregrounds, boxes)``: each foreground the finish hands to the inpainting, placed in the
+    photo's frame (the finish works on the edit region's bounding box, recorded in ``boxes``)."""
     from diffusion_handles.stages import s6_finish
 
-    seen, boxes = Seen(), []
-    seen.boxes = boxes
-    real_inpaint, real_bounds = s6_finish.inpaint, s6_finish._bounds
-    monkeypatch.setattr(s6_finish, "_bounds", lambda *a, **k: boxes.append(real_bounds(*a, **k)) or boxes[-1])
+    seen, boxes = [], []
+    real_inpaint, real_detail = s6_finish.inpaint, s6_finish._detail
+
+    def detail(prep, geo, generated, kept, frame, region, *rest):  # the edit region's box, as _detail finds it
+        boxes.append(s6_finish.work_area(region, s6_finish.input_per_work(prep.inverted)))
+        return real_detail(prep, geo, generated, kept, frame, region, *rest)
+
+    monkeypatch.setattr(s6_finish, "_detail", detail)
 
     def inpaint(im, holes, fg=None):
         if fg is not None:
@@ -261,7 +261,7 @@ def _inpainted_foregrounds(monkeypatch):
         return real_inpaint(im, holes, fg)
 
     monkeypatch.setattr(s6_finish, "inpaint", inpaint)
-    return seen
+    return seen, boxes
 
 
 def test_the_finish_inpaints_behind_the_moved_object(handles, monkeypatch):
@@ -271,7 +271,7 @@ def test_the_finish_inpaints_behind_the_moved_object(handles, monkeypatch):
     from diffusion_handles.geometry import Camera, compute_edit
 
     image, depth, mask, inv = _silhouette_case(handles)
-    seen = _inpainted_foregrounds(monkeypatch)
+    seen, boxes = _inpainted_foregrounds(monkeypatch)
     handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
     truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
     moved = truth.edited_mask[0, 0] > 0.5
@@ -307,7 +307,7 @@ def test_the_finish_counts_a_turned_objects_unseen_side_as_object(handles, monke
 
     image, depth, mask, inv = _silhouette_case(handles)
     turn = HandleEdit(rotate_axis=(0.0, 1.0, 0.0), rotate_deg=60.0)
-    seen = _inpainted_foregrounds(monkeypatch)
+    seen, boxes = _inpainted_foregrounds(monkeypatch)
     handles.edit(inv, turn, source_image=image, source_depth=depth, source_mask=mask)
     cam = Camera(96, 96)
     truth = compute_edit(depth, mask, turn, cam)
@@ -354,8 +354,8 @@ def test_the_finish_leaves_what_stands_in_front_of_the_uncovered_ground_out(hand
         return out
 
     monkeypatch.setattr(s6_finish, "in_front", marked)
-    seen = _inpainted_foregrounds(monkeypatch)
+    seen, boxes = _inpainted_foregrounds(monkeypatch)
     handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
     assert len(calls) == 1 and calls[0][0] == calls[0][1] == calls[0][2]
-    y0, _, x0, _ = seen.boxes[-1]
+    y0, _, x0, _ = boxes[-1]
     assert len(seen) == 1 and bool(seen[0][y0:y0 + 3, x0:x0 + 3].all())

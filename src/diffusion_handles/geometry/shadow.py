@@ -377,9 +377,10 @@ def find_shadows(image: torch.Tensor, depth: torch.Tensor, masks: list[torch.Ten
     channels differing by more than :data:`MAX_TINT`: a shadow under white or sky light dims
     every channel by about as much (a bluish shadow keeps a little more blue), while dark pixels
     that are another object's shaded side (a red sphere beside the object: a ratio of (0.97,
-    0.32, 0.33)) would be "lifted" into a red smear on the floor and cast as a cyan one. No found
-    ratio on 30 tuning edits (seeds from 1 003 100) differed by more than 1.5, so the check
-    changes none of them; its held-out effect is in docs/benchmark.md.
+    0.32, 0.33)) would be "lifted" into a red smear on the floor and cast as a cyan one. The check
+    changes none of 30 tuning edits (seeds from 1 003 100, ``python benchmarks/silhouette_light.py``:
+    ``rims+shadows_any_tint`` scores as ``rims+shadows``); its held-out effect is in
+    docs/benchmark.md.
     """
     size = tuple(image.shape[-2:])
     union = (torch.stack([m.float() for m in masks]).amax(0) > 0.5).float()

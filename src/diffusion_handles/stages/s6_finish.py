@@ -302,7 +302,7 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     done on the region's bounding box only, so a large photo costs what its edit covers."""
     scale = input_per_work(prep.inverted)
     grow = int(math.ceil(scale)) - 1  # a hole's edge is only known to a work pixel: grow it by one
-    area = _bounds(region, pad=grow + int(math.ceil(RIM_PX * scale)) + 2)
+    area = work_area(region, scale)
     if area is None:
         return kept
     sl = (slice(None), slice(None), slice(area[0], area[1]), slice(area[2], area[3]))
@@ -317,38 +317,41 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     if fx is not None and fx.any:
         warped = fx.placed(lambda m, fill: frame.back(m, fill)[sl]).apply(warped)
     w = keep_weight(valid)
-    moved = None
+    out, cover = kept.clone(), None
     if moves:
         m = fine.edited_mask.float().cpu() if fine is not None else frame.back(geo.edited_mask, 0.0)[sl]
         moved = (m > 0.5).float()
-    if moves and rims:  # the old footprint and its blended rim are holes too (no feather: its neighbours are known)
-        source, depth = _source_objects(prep, frame)
-        ring = old_rim(source[sl], moved, depth[sl])
-        valid, w = valid * (1.0 - ring), w * (1.0 - ring)
-    out = kept.clone()
-    cover = None if moved is None else object_cover(moved, COVER_PX * int(math.ceil(scale)))
-    shell = moved_shell(prep, geo, frame) if moved is not None else None
-    if shell is not None:  # the moved object's unseen sides are on the object too
-        cover = object_cover(torch.maximum(cover, shell[sl]), 0)
-    if cover is not None:  # nothing in front of the uncovered ground is its source either
+        masks, depth = _source_masks(prep, frame)
+        if rims:  # the old footprint and its blended rim are holes too (no feather: its neighbours are known)
+            ring = old_rim(torch.stack(masks).amax(0)[sl], moved, depth[sl])
+            valid, w = valid * (1.0 - ring), w * (1.0 - ring)
+        cover = object_cover(moved, COVER_PX * int(math.ceil(scale)))
+        shell = moved_shell(prep, geo, masks, depth, area)
+        if shell is not None:  # the moved object's unseen sides are on the object too
+            cover = object_cover(torch.maximum(cover, shell), 0)
+        # nothing in front of the uncovered ground is its source either
         cover = torch.maximum(cover, in_front(frame.depth(geo.edited_depth)[sl], valid, cover))
     out[sl] = w * warped + (1.0 - w) * hole_fill(warped, valid, generated[sl], RIM_PX * scale, cover)
     return out
 
 
-def in_front(depth: torch.Tensor, valid: torch.Tensor, cover: torch.Tensor, margin: float | None = None) -> torch.Tensor:
-    """``(1, 1, H, W)`` in {0, 1}: the valid pixels more than ``margin`` (relative; default
-    :data:`OCCLUDER`) nearer than the nearest hole outside ``cover``: another object standing
+RING_PX = 1  # input px around the object's old silhouette that are refilled (its blended rim)
+OCCLUDER = 0.05  # a pixel this much (relative) nearer than the object beside it is in front of it, not its rim
+BESIDE_PX = 1  # input px beside the moved silhouette kept from the warp (the moved object's own blended rim)
+
+
+def in_front(depth: torch.Tensor, valid: torch.Tensor, cover: torch.Tensor, margin: float = OCCLUDER) -> torch.Tensor:
+    """``(1, 1, H, W)`` in {0, 1}: the valid pixels more than ``margin`` (relative) nearer than the nearest hole outside ``cover``: another object standing
     beside the ground a move uncovered, which the inpainting of that ground leaves out as a source
     (its colour would bleed into the floor). ``depth`` ``(1, 1, H, W)`` the edited z-depth ``d'``
     (a hole's: the background filled in); ``valid`` ``M_v`` and ``cover`` (:func:`object_cover`)
     ``(1, 1, H, W)``. Measured on 30 tuning edits (seeds from 1 003 100, the warp baseline,
     ``python benchmarks/silhouette_light.py``, ``finish`` against ``finish_no_front``): the
-    uncovered footprint +0.39 dB, the whole image +0.12 dB (a 2 % margin: +0.50, +0.17; 10 %:
-    +0.04, +0.01); the 5 % of :func:`old_rim`'s occluder test is kept."""
+    uncovered footprint +0.39 dB, the whole image +0.12 dB. The margin is :func:`old_rim`'s
+    occluder test's (a scratch comparison, not kept: 2 % did 0.05 dB better on the whole image,
+    10 % 0.1 dB worse)."""
     from scipy.ndimage import distance_transform_edt
 
-    margin = OCCLUDER if margin is None else margin
     ground = ((valid[0, 0] < 0.5) & (cover[0, 0] < 0.5)).cpu().numpy()
     if not ground.any():
         return torch.zeros_like(cover)
@@ -356,11 +359,6 @@ def in_front(depth: torch.Tensor, valid: torch.Tensor, cover: torch.Tensor, marg
     d = depth[0, 0].float().cpu()
     nearest = d[torch.from_numpy(iy), torch.from_numpy(ix)]
     return ((valid[0, 0].cpu() >= 0.5) & (d < nearest * (1.0 - margin))).float()[None, None].to(cover)
-
-
-RING_PX = 1  # input px around the object's old silhouette that are refilled (its blended rim)
-OCCLUDER = 0.05  # a pixel this much (relative) nearer than the object beside it is in front of it, not its rim
-BESIDE_PX = 1  # input px beside the moved silhouette kept from the warp (the moved object's own blended rim)
 
 
 def old_rim(source: torch.Tensor, moved: torch.Tensor, depth: torch.Tensor | None = None,
@@ -393,16 +391,10 @@ def old_rim(source: torch.Tensor, moved: torch.Tensor, depth: torch.Tensor | Non
     return grown * (1.0 - there)
 
 
-def _source_objects(prep: Prepared, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mask, depth)`` ``(1, 1, H, W)`` at the input's size: the edited objects where they are in
-    the input (in {0, 1}) and the input's z-depth: the request's own when it carries them, else the
-    work-size ones brought back."""
-    masks, depth = _source_masks(prep, frame)
-    return torch.stack(masks).amax(0), depth
-
-
 def _source_masks(prep: Prepared, frame: Frame) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``([mask per edited object], depth)`` as :func:`_source_objects`, one mask per object."""
+    """``([mask per edited object], depth)``, ``(1, 1, H, W)`` each at the input's size: the
+    edited objects where they are in the input (in {0, 1}) and the input's z-depth: the request's
+    own when it carries them, else the work-size ones brought back."""
     req = prep.request
     depth = req.source_depth.float().cpu() if req.source_depth is not None else frame.depth(prep.inverted.depth)
     if req.kind == "objects" and req.object_masks:
@@ -412,28 +404,36 @@ def _source_masks(prep: Prepared, frame: Frame) -> tuple[list[torch.Tensor], tor
     return [(frame.back(prep.inverted.mask, 0.0) > 0.5).float()], depth
 
 
-def moved_shell(prep: Prepared, geo: Geometry, frame: Frame) -> torch.Tensor | None:
-    """``(1, 1, H, W)`` in {0, 1} at the input's size, or ``None`` (no object move): where the
-    edited objects lie after the edit, their unseen backs included: each object's shell (stage
-    3's occluder, :func:`~diffusion_handles.geometry.shadow.occluder_points`, from the input's
-    depth and mask) moved by its transform and projected
-    (:func:`~diffusion_handles.geometry.shadow.shell_footprint`). A hole there is a side of the
-    object the input never showed (a turned box's face), so :func:`hole_fill` inpaints it from
-    the object too, not from the background alone. Measured on 30 tuning edits (seeds from
-    1 003 100, the warp baseline, ``python benchmarks/silhouette_light.py``; ``finish_no_front``
-    against ``finish_no_shell``): the whole image +0.38 dB, the object +0.14 dB, the uncovered
-    footprint +0.73 dB."""
+def moved_shell(prep: Prepared, geo: Geometry, masks: list[torch.Tensor], depth: torch.Tensor,
+                area: tuple[int, int, int, int]) -> torch.Tensor | None:
+    """``(1, 1, h, w)`` in {0, 1} on ``area`` ``(y0, y1, x0, x1)`` (input pixels), or ``None`` (no
+    object move): where the edited objects lie after the edit, their unseen backs included: each
+    object's shell (stage 3's occluder, :func:`~diffusion_handles.geometry.shadow.occluder_points`,
+    from ``masks`` and ``depth`` at the input's size, :func:`_source_masks`) moved by its
+    transform and projected onto the area (:func:`~diffusion_handles.geometry.shadow.shell_footprint`
+    with the photo's camera restricted to it; each shell is lifted from its object's bounding box
+    alone, so a large photo costs what its objects cover). A hole there is a side of the object
+    the input never showed (a turned box's face), so :func:`hole_fill` inpaints it from the object
+    too, not from the background alone. Measured on 30 tuning edits (seeds from 1 003 100, the
+    warp baseline, ``python benchmarks/silhouette_light.py``; ``finish_no_front`` against
+    ``finish_no_shell``): the whole image +0.38 dB, the object +0.14 dB, the uncovered footprint
+    +0.73 dB."""
     from diffusion_handles.geometry import Camera
     from diffusion_handles.geometry.shadow import occluder_points, shell_footprint
+    from diffusion_handles.geometry.window import crop
 
     req = prep.request
     if geo.flow is None or geo.keep_image is not None or req.kind not in ("object", "objects"):
         return None
-    masks, depth = _source_masks(prep, frame)
     camera = Camera(*prep.inverted.input_hw, req.fov_deg)
-    pts = [t.apply(occluder_points(depth, m, camera).double()).float()
-           for m, t in zip(masks, geo.flow.transforms, strict=False) if m.any()]
-    return shell_footprint(torch.cat(pts), camera) if pts else None
+    pts = []
+    for m, t in zip(masks, geo.flow.transforms, strict=False):
+        b = _bounds(m, pad=0)
+        if b is not None:
+            box = (b[2], b[0], b[3], b[1])
+            pts.append(t.apply(occluder_points(crop(depth, box), crop(m, box), camera.window(box)).double()).float())
+    y0, y1, x0, x1 = area
+    return shell_footprint(torch.cat(pts), camera.window((x0, y0, x1, y1))) if pts else None
 
 
 def fine_edit(prep: Prepared, geo: Geometry, area: tuple[int, int, int, int]):
@@ -472,6 +472,13 @@ def fine_edit(prep: Prepared, geo: Geometry, area: tuple[int, int, int, int]):
         return compute_multi_edit(depth, masks, list(geo.flow.transforms), camera)
     except HandlesError:  # e.g. an object too thin to survive at one resolution: the work-size flow
         return None
+
+
+def work_area(region: torch.Tensor, scale: float) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)``: where :func:`_detail` works: the bounding box of ``region > 0``
+    ``(1, 1, H, W)`` grown by a hole's blend (:data:`RIM_PX` work pixels of ``scale`` input
+    pixels each) and a work pixel, or ``None`` for an empty region."""
+    return _bounds(region, pad=int(math.ceil(scale)) - 1 + int(math.ceil(RIM_PX * scale)) + 2)
 
 
 def _bounds(region: torch.Tensor, pad: int) -> tuple[int, int, int, int] | None:
