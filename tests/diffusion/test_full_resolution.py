@@ -359,3 +359,32 @@ def test_the_finish_leaves_what_stands_in_front_of_the_uncovered_ground_out(hand
     assert len(calls) == 1 and calls[0][0] == calls[0][1] == calls[0][2]
     y0, _, x0, _ = boxes[-1]
     assert len(seen) == 1 and bool(seen[0][y0:y0 + 3, x0:x0 + 3].all())
+
+
+def test_the_shadows_stop_at_the_moved_object_at_the_photos_size(handles, monkeypatch):
+    """Stage 3's shadows are found at the work size (32 px) and stop at the moved object there;
+    brought to the photo's size (96 px) their bilinear edge would still reach a pixel or two
+    into the moved box. The finish keeps them off the box at the photo's size too: a shadow cast
+    right up to the box (everywhere outside its work-size mask, half the light) leaves the box's
+    kept pixels as an edit without shadows keeps them, and darkens the ground beside it.
+    A finish that applies the placed shadows without ``Effects.outside`` darkens the box's edge."""
+    from diffusion_handles.geometry import Camera, compute_edit
+    from diffusion_handles.geometry.shadow import Effects
+    from diffusion_handles.stages import s3_effects
+
+    image, depth, mask, inv = _silhouette_case(handles)
+
+    def cast_all_round(prep, geo, guidance):
+        off = (geo.edited_mask.float().cpu() > 0.5).float()
+        return Effects(torch.tensor([0.0, 1.0, 0.0]), torch.zeros_like(off), 1.0 - off, torch.full((1, 3, 1, 1), 0.5))
+
+    plain = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    monkeypatch.setattr(s3_effects, "find_effects", cast_all_round)
+    shaded = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    moved = truth.edited_mask[0, 0] > 0.5
+    kept = torch.from_numpy(ndimage.binary_erosion((truth.valid[0, 0] > 0.5).numpy(), iterations=2)) & moved
+    assert int(kept.sum()) > 100
+    assert torch.allclose(shaded.edited[0][:, kept], plain.edited[0][:, kept], atol=1e-5)  # float rounding
+    beside = torch.from_numpy(ndimage.binary_dilation(moved.numpy(), iterations=3)) & ~moved & (truth.valid[0, 0] > 0.5)
+    assert float((plain.edited - shaded.edited)[0][:, beside].mean()) > 0.1

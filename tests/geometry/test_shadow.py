@@ -207,3 +207,26 @@ def test_a_coloured_shadow_is_no_shadow(monkeypatch):
     assert not found(tinted).any
     monkeypatch.setattr(shadow, "MAX_TINT", 100.0)
     assert found(tinted).any
+
+
+def test_the_shadows_soft_edges_stop_at_the_moved_object():
+    """The box moved a little left: its new shadow starts at its foot and the old one lies beside
+    it. Both shadows' soft edges (``soften`` grows them a pixel) touch the moved box's pixels, and
+    :meth:`Effects.apply` must leave those pixels as they are: a shadow darkening (or a lift
+    brightening) the object it stands beside cost 0.17 dB on the object on tuning edits. Without
+    ``Effects.outside`` in ``find_shadows`` the maps are non-zero on the box and this fails."""
+    import torch.nn.functional as F
+
+    from diffusion_handles.geometry import HandleEdit, compute_edit, shadow
+
+    true = torch.tensor([0.7, 0.7, 0.1]) / torch.tensor([0.7, 0.7, 0.1]).norm()
+    cam, depth, receiver, box, image, _ = _shadowed_image(true)
+    moved = compute_edit(depth, box, HandleEdit(translate=(-0.15, 0.0, 0.0)), cam)
+    fx = shadow.find_shadows(image, depth, [box], receiver, cam, [moved.transforms[0]], moved.edited_mask)
+    on = (moved.edited_mask > 0.5).float()
+    beside = F.max_pool2d(on, 3, 1, 1) - on
+    assert fx.any and float((fx.region * beside).sum()) > 3  # the shadows reach the box's side
+    assert float((fx.region * on).sum()) == 0.0
+    lit = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fx.apply(lit) * on, lit * on)
+    assert float(((fx.apply(lit) - lit).abs() * beside).sum()) > 0  # and act right beside it

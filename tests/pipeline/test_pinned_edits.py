@@ -12,7 +12,9 @@ Which bugs this catches: any change of behaviour anywhere in the edit path: the 
 z-buffer, edited depth), the guidance targets (a warped activation, a swapped mask, a dropped
 energy term), the sampler, the identity transfer, the composite, the removal region or the
 trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
-Recorded again on 2026-12-07 when the finish began to leave what stands in front of the uncovered
+Recorded again on 2026-12-08 when the shadows' soft edges began to stop at the moved object
+(``Effects.outside`` returning the shadows unchanged reproduced the previous reference exactly), before that on
+2026-12-07 when the finish began to leave what stands in front of the uncovered
 ground out of its inpainting's sources (``s6_finish.in_front`` returning zeros reproduced the previous
 reference exactly), before that when it began to count a moved object's unseen sides (its shell
 moved and projected) as object when inpainting (``s6_finish.moved_shell`` returning ``None``

@@ -86,6 +86,15 @@ class Effects:
         lift = 1.0 / self.ratio if self.lift is None else self.lift
         return move_shadow(image, self.old.to(image), self.new.to(image), self.ratio.to(image), lift.to(image))
 
+    def outside(self, mask: torch.Tensor) -> Effects:
+        """The same shadows with nothing on ``mask`` ``(1, 1, H, W)`` in [0, 1] (the moved object):
+        a shadow's soft edge (:func:`soften`) must neither darken nor lift the object standing
+        beside it. Measured on 30 tuning edits (seeds from 1 003 100, ``python
+        benchmarks/silhouette_light.py``, ``finish``): the object +0.17 dB on exact and on
+        estimated depth, the whole image +0.02 / +0.04 dB, the shadows unchanged."""
+        keep = 1.0 - mask.float().clamp(0, 1).to(self.old)
+        return Effects(self.light, self.old * keep, self.new * keep, self.ratio, self.lift)
+
     def placed(self, place) -> Effects:
         """The same shadows with every map passed through ``place(map, fill)`` (e.g. back to the
         input's size and into its frame; ``fill``: the value where a map has no pixel, 0 for the
@@ -401,7 +410,7 @@ def find_shadows(image: torch.Tensor, depth: torch.Tensor, masks: list[torch.Ten
     if float(ratio.max() / ratio.min()) > MAX_TINT:  # not a shadow: another colour (an object beside it)
         return Effects.none(size)
     lift = lift_map(image, old, union, ratio, around)
-    return Effects(light, soften(old), soften(new), ratio, lift)
+    return Effects(light, soften(old), soften(new), ratio, lift).outside(on_top)
 
 
 def soften(m: torch.Tensor, radius: int = 1) -> torch.Tensor:

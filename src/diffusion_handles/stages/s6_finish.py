@@ -313,14 +313,17 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     else:
         warped = (warp(kept, frame.flow_source(geo.flow)) if moves else kept)[sl]
         valid = _erode(frame.back(geo.valid, 1.0, "nearest")[sl], grow)
-    fx = geo.effects
-    if fx is not None and fx.any:
-        warped = fx.placed(lambda m, fill: frame.back(m, fill)[sl]).apply(warped)
-    w = keep_weight(valid)
-    out, cover = kept.clone(), None
+    moved = None
     if moves:
         m = fine.edited_mask.float().cpu() if fine is not None else frame.back(geo.edited_mask, 0.0)[sl]
         moved = (m > 0.5).float()
+    fx = geo.effects
+    if fx is not None and fx.any:  # at the input's size the shadows' edges stop at the moved object too
+        fx = fx.placed(lambda m, fill: frame.back(m, fill)[sl])
+        warped = (fx if moved is None else fx.outside(moved)).apply(warped)
+    w = keep_weight(valid)
+    out, cover = kept.clone(), None
+    if moves:
         masks, depth = _source_masks(prep, frame)
         if rims:  # the old footprint and its blended rim are holes too (no feather: its neighbours are known)
             ring = old_rim(torch.stack(masks).amax(0)[sl], moved, depth[sl])
