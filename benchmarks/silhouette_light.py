@@ -24,9 +24,11 @@ then its holes filled):
 * ``finish_no_front``: the same with the moved object's shell added to the foreground
   (:func:`diffusion_handles.geometry.shadow.shell_footprint`: its unseen sides are object, not
   background);
-* ``finish``: the same with whatever stands in front of the uncovered ground (another object
-  beside it, :func:`diffusion_handles.stages.s6_finish.in_front`) left out as a source too, as
-  the finish does.
+* ``finish_no_turn``: the same with whatever stands in front of the uncovered ground (another
+  object beside it, :func:`diffusion_handles.stages.s6_finish.in_front`) left out as a source too;
+* ``finish``: the same with a turned object relit under the found light
+  (:attr:`diffusion_handles.geometry.shadow.Effects.turn`, moved by the flow before the holes are
+  filled), as the finish does.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
 background, whole image, the uncovered footprint, the object (PSNR, SSIM), sharpness of the edit
@@ -71,6 +73,7 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
         edited_depth,
         render_preview,
         shadow,
+        warp,
     )
     from diffusion_handles.geometry.poisson import background_depth_fill
     from diffusion_handles.stages.s6_finish import in_front, inpaint, object_cover, old_rim
@@ -100,14 +103,17 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
 
     tint = shadow.MAX_TINT
 
-    def moved_shadows(max_rival=None, lift_cap=cap, max_tint=tint):
+    def moved_shadows(max_rival=None, lift_cap=cap, max_tint=tint, relit=False):
         shadow.LIFT_CAP_PX, shadow.MAX_TINT = lift_cap, max_tint
         try:
             kw = {} if max_rival is None else {"max_rival": max_rival}
             fx = shadow.find_shadows(image, depth, [mask], receiver, cam, [geom.transforms[0]], geom.edited_mask, **kw)
         finally:
             shadow.LIFT_CAP_PX, shadow.MAX_TINT = cap, tint
-        return fx.apply(preview)
+        out = fx.apply(preview)
+        if relit and fx.any and fx.turn is not None:  # the finish's relighting, moved by the flow
+            out = out * (1.0 + warp(fx.turn - 1.0, geom.source))
+        return out
 
     shadows = moved_shadows()
     out["rims+shadows"] = fill(ring, shadows)
@@ -121,8 +127,9 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
     valid = geom.valid * (1.0 - ring)
     out["finish_no_front"] = inpaint(shadows, valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
     cover = torch.maximum(cover, in_front(edited_depth(geom, receiver), valid, cover))
-    out["finish"] = inpaint(shadows, valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
-    for k in ("finish_no_front", "finish"):
+    out["finish_no_turn"] = inpaint(shadows, valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
+    out["finish"] = inpaint(moved_shadows(relit=True), valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
+    for k in ("finish_no_front", "finish_no_turn", "finish"):
         out[k] = out[k][0].permute(1, 2, 0).numpy()
     return out
 

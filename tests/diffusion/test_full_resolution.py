@@ -388,3 +388,36 @@ def test_the_shadows_stop_at_the_moved_object_at_the_photos_size(handles, monkey
     assert torch.allclose(shaded.edited[0][:, kept], plain.edited[0][:, kept], atol=1e-5)  # float rounding
     beside = torch.from_numpy(ndimage.binary_dilation(moved.numpy(), iterations=3)) & ~moved & (truth.valid[0, 0] > 0.5)
     assert float((plain.edited - shaded.edited)[0][:, beside].mean()) > 0.1
+
+
+def test_the_finish_relights_the_moved_object_where_it_lands(handles, monkeypatch):
+    """Stage 3's relighting (``Effects.turn``, in the input's frame) moves with the object: a
+    gain of one half on the box (its work-size mask grown by two work pixels, so that the map
+    brought to the photo's size is flat over the whole box) halves every kept pixel of the moved
+    box at the photo's size and leaves the ground away from the box alone. A finish that applied
+    the map where the box stood, without moving it by the flow, leaves the part of the moved box
+    beyond its old place unchanged and fails."""
+    from diffusion_handles.geometry import Camera, compute_edit
+    from diffusion_handles.geometry.shadow import Effects
+    from diffusion_handles.stages import s3_effects
+
+    image, depth, mask, inv = _silhouette_case(handles)
+
+    def half_on_the_box(prep, geo, guidance):
+        box = F.max_pool2d((prep.inverted.mask.float().cpu() > 0.5).float(), 5, 1, 2)
+        speck = torch.zeros_like(box)
+        speck[..., 0, 0] = 1.0  # a shadow far away, so the effects count
+        turn = (1.0 - 0.5 * box).expand(1, 3, -1, -1)
+        return Effects(torch.tensor([0.0, 1.0, 0.0]), torch.zeros_like(box), speck, torch.ones(1, 3, 1, 1), None, turn)
+
+    plain = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    monkeypatch.setattr(s3_effects, "find_effects", half_on_the_box)
+    relit = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    moved = truth.edited_mask[0, 0] > 0.5
+    kept = torch.from_numpy(ndimage.binary_erosion((truth.valid[0, 0] > 0.5).numpy(), iterations=3)) & moved
+    assert int(kept.sum()) > 50
+    assert torch.allclose(relit.edited[0][:, kept], 0.5 * plain.edited[0][:, kept], atol=1e-4)
+    near = ndimage.binary_dilation((moved | (mask[0, 0] > 0.5)).numpy(), iterations=16)  # (holes there are inpainted from the relit box)
+    ground = torch.from_numpy(~near) & (truth.valid[0, 0] > 0.5) & (relit.region[0, 0] == plain.region[0, 0])  # not the speck
+    assert int(ground.sum()) > 1000 and torch.allclose(relit.edited[0][:, ground], plain.edited[0][:, ground], atol=1e-4)

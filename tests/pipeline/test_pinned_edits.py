@@ -12,7 +12,9 @@ Which bugs this catches: any change of behaviour anywhere in the edit path: the 
 z-buffer, edited depth), the guidance targets (a warped activation, a swapped mask, a dropped
 energy term), the sampler, the identity transfer, the composite, the removal region or the
 trajectory's interpolation, the effects stage (shadows found, lifted and cast) and the finish.
-Recorded again on 2026-12-08 when the shadows' soft edges began to stop at the moved object
+Recorded again on 2026-12-08 when a turned object began to be relit under the found light (only
+``object`` changed; ``shadow.turn_gains`` giving ``None`` reproduced the previous reference exactly), and
+before that when the shadows' soft edges began to stop at the moved object
 (``Effects.outside`` returning the shadows unchanged reproduced the previous reference exactly), before that on
 2026-12-07 when the finish began to leave what stands in front of the uncovered
 ground out of its inpainting's sources (``s6_finish.in_front`` returning zeros reproduced the previous

@@ -15,6 +15,7 @@ footprint and the rim of its old silhouette count as holes too (:func:`old_rim`)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -308,19 +309,26 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
     sl = (slice(None), slice(None), slice(area[0], area[1]), slice(area[2], area[3]))
     moves = geo.flow is not None and geo.keep_image is None
     fine = fine_edit(prep, geo, area) if moves and scale > 1.0 else None
+
+    def moving(x: torch.Tensor) -> torch.Tensor:  # an input-frame image moved by the flow, on the area
+        if fine is not None:
+            return warp(x[sl], fine.source.float().cpu())
+        return (warp(x, frame.flow_source(geo.flow)) if moves else x)[sl]
+
     if fine is not None:  # the flow and its holes at the input's resolution, on the area alone
-        warped, valid = warp(kept[sl], fine.source.float().cpu()), fine.valid.float().cpu()
+        valid = fine.valid.float().cpu()
     else:
-        warped = (warp(kept, frame.flow_source(geo.flow)) if moves else kept)[sl]
         valid = _erode(frame.back(geo.valid, 1.0, "nearest")[sl], grow)
-    moved = None
+    warped, moved = moving(kept), None
     if moves:
         m = fine.edited_mask.float().cpu() if fine is not None else frame.back(geo.edited_mask, 0.0)[sl]
         moved = (m > 0.5).float()
     fx = geo.effects
     if fx is not None and fx.any:  # at the input's size the shadows' edges stop at the moved object too
-        fx = fx.placed(lambda m, fill: frame.back(m, fill)[sl])
+        turn, fx = fx.turn, dataclasses.replace(fx, turn=None).placed(lambda m, fill: frame.back(m, fill)[sl])
         warped = (fx if moved is None else fx.outside(moved)).apply(warped)
+        if turn is not None and moves:  # a turned object relit, moved with it (1 where the warp has no source)
+            warped = warped * (1.0 + moving(frame.back(turn, 1.0) - 1.0))
     w = keep_weight(valid)
     out, cover = kept.clone(), None
     if moves:
