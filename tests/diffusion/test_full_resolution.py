@@ -361,6 +361,21 @@ def test_the_finish_leaves_what_stands_in_front_of_the_uncovered_ground_out(hand
     assert len(seen) == 1 and bool(seen[0][y0:y0 + 3, x0:x0 + 3].all())
 
 
+def _with_effects(handles, monkeypatch, find):
+    """The box moved by ``MOVE`` without and with stage 3 replaced by ``find(prep, geo, guidance)``:
+    ``(plain, changed, truth, moved, mask)``, ``truth`` the edit at the photo's size and ``moved``
+    its ``(96, 96)`` moved box."""
+    from diffusion_handles.geometry import Camera, compute_edit
+    from diffusion_handles.stages import s3_effects
+
+    image, depth, mask, inv = _silhouette_case(handles)
+    plain = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    monkeypatch.setattr(s3_effects, "find_effects", find)
+    changed = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
+    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
+    return plain, changed, truth, truth.edited_mask[0, 0] > 0.5, mask
+
+
 def test_the_shadows_stop_at_the_moved_object_at_the_photos_size(handles, monkeypatch):
     """Stage 3's shadows are found at the work size (32 px) and stop at the moved object there;
     brought to the photo's size (96 px) their bilinear edge would still reach a pixel or two
@@ -368,21 +383,13 @@ def test_the_shadows_stop_at_the_moved_object_at_the_photos_size(handles, monkey
     right up to the box (everywhere outside its work-size mask, half the light) leaves the box's
     kept pixels as an edit without shadows keeps them, and darkens the ground beside it.
     A finish that applies the placed shadows without ``Effects.outside`` darkens the box's edge."""
-    from diffusion_handles.geometry import Camera, compute_edit
     from diffusion_handles.geometry.shadow import Effects
-    from diffusion_handles.stages import s3_effects
-
-    image, depth, mask, inv = _silhouette_case(handles)
 
     def cast_all_round(prep, geo, guidance):
         off = (geo.edited_mask.float().cpu() > 0.5).float()
         return Effects(torch.tensor([0.0, 1.0, 0.0]), torch.zeros_like(off), 1.0 - off, torch.full((1, 3, 1, 1), 0.5))
 
-    plain = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
-    monkeypatch.setattr(s3_effects, "find_effects", cast_all_round)
-    shaded = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
-    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
-    moved = truth.edited_mask[0, 0] > 0.5
+    plain, shaded, truth, moved, _ = _with_effects(handles, monkeypatch, cast_all_round)
     kept = torch.from_numpy(ndimage.binary_erosion((truth.valid[0, 0] > 0.5).numpy(), iterations=2)) & moved
     assert int(kept.sum()) > 100
     assert torch.allclose(shaded.edited[0][:, kept], plain.edited[0][:, kept], atol=1e-5)  # float rounding
@@ -397,11 +404,7 @@ def test_the_finish_relights_the_moved_object_where_it_lands(handles, monkeypatc
     box at the photo's size and leaves the ground away from the box alone. A finish that applied
     the map where the box stood, without moving it by the flow, leaves the part of the moved box
     beyond its old place unchanged and fails."""
-    from diffusion_handles.geometry import Camera, compute_edit
     from diffusion_handles.geometry.shadow import Effects
-    from diffusion_handles.stages import s3_effects
-
-    image, depth, mask, inv = _silhouette_case(handles)
 
     def half_on_the_box(prep, geo, guidance):
         box = F.max_pool2d((prep.inverted.mask.float().cpu() > 0.5).float(), 5, 1, 2)
@@ -410,11 +413,7 @@ def test_the_finish_relights_the_moved_object_where_it_lands(handles, monkeypatc
         turn = (1.0 - 0.5 * box).expand(1, 3, -1, -1)
         return Effects(torch.tensor([0.0, 1.0, 0.0]), torch.zeros_like(box), speck, torch.ones(1, 3, 1, 1), None, turn)
 
-    plain = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
-    monkeypatch.setattr(s3_effects, "find_effects", half_on_the_box)
-    relit = handles.edit(inv, MOVE, source_image=image, source_depth=depth, source_mask=mask)
-    truth = compute_edit(depth, mask, MOVE, Camera(96, 96))
-    moved = truth.edited_mask[0, 0] > 0.5
+    plain, relit, truth, moved, mask = _with_effects(handles, monkeypatch, half_on_the_box)
     kept = torch.from_numpy(ndimage.binary_erosion((truth.valid[0, 0] > 0.5).numpy(), iterations=3)) & moved
     assert int(kept.sum()) > 50
     assert torch.allclose(relit.edited[0][:, kept], 0.5 * plain.edited[0][:, kept], atol=1e-4)
