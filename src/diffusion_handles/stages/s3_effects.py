@@ -15,11 +15,15 @@ finds both, for a photo with no ground truth, from the depth and the image alone
 3. the new shadow: the moved object's points cast the same way on ``d'_b``, minus the moved
    object itself;
 4. how much light a shadow leaves (per channel, measured on the old shadow), so the kept image can
-   have the old shadow lifted and the new one cast (:func:`~diffusion_handles.geometry.shadow.move_shadow`).
+   have the old shadow lifted and the new one cast (:func:`~diffusion_handles.geometry.shadow.move_shadow`);
+   neither shadow's soft edge reaches the moved object;
+5. a turned object's relighting: each of its pixels scaled for its turned normal under that sun
+   and the sky the shadow's ratio implies (:mod:`~diffusion_handles.geometry.relight`), in the
+   input's frame; the finish moves it with the object.
 
 Later stages use it: the targets leave both shadows out of the background energy (Eq. 9 would
 pull them back to the input) and transfer the shadow-moved input there with the identity
-transfer; the finish keeps the shadow-moved warped input wherever the warp has pixels.
+transfer; the finish keeps the shadow-moved (and relit) warped input wherever the warp has pixels.
 A camera move has no effects (every pixel already moves with the scene).
 """
 
