@@ -395,7 +395,8 @@ def find_shadows(image: torch.Tensor, depth: torch.Tensor, masks: list[torch.Ten
     0.32, 0.33)) would be "lifted" into a red smear on the floor and cast as a cyan one. The check
     changes none of 30 tuning edits (seeds from 1 003 100, ``python benchmarks/silhouette_light.py``:
     ``rims+shadows_any_tint`` scores as ``rims+shadows``); its held-out effect is in
-    docs/benchmark.md.
+    docs/benchmark.md. No effects either when the shadow does not dim the darkest ground around
+    it (:func:`dims_darkest`: dark texture, not a shadow).
     """
     size = tuple(image.shape[-2:])
     union = (torch.stack([m.float() for m in masks]).amax(0) > 0.5).float()
