@@ -28,9 +28,7 @@ then its holes filled):
   object beside it, :func:`diffusion_handles.stages.s6_finish.in_front`) left out as a source too;
 * ``finish``: the same with a turned object relit under the found light
   (:attr:`diffusion_handles.geometry.shadow.Effects.turn`, moved by the flow before the holes are
-  filled), as the finish does;
-* ``finish_any_dimming``: ``finish`` with a found shadow kept however little it dims the darkest
-  ground around it (no :func:`diffusion_handles.geometry.shadow.dims_darkest` check).
+  filled), as the finish does.
 
 Prints the mean of each metric (``bench.metrics``: the pixels the truth brightens / darkens,
 background, whole image, the uncovered footprint, the object (PSNR, SSIM), sharpness of the edit
@@ -103,15 +101,15 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
     receiver = background_depth_fill(depth.float(), mask)
     cap = shadow.LIFT_CAP_PX
 
-    tint, dim = shadow.MAX_TINT, shadow.MIN_DIMMING
+    tint = shadow.MAX_TINT
 
-    def moved_shadows(max_rival=None, lift_cap=cap, max_tint=tint, relit=False, min_dimming=dim):
-        shadow.LIFT_CAP_PX, shadow.MAX_TINT, shadow.MIN_DIMMING = lift_cap, max_tint, min_dimming
+    def moved_shadows(max_rival=None, lift_cap=cap, max_tint=tint, relit=False):
+        shadow.LIFT_CAP_PX, shadow.MAX_TINT = lift_cap, max_tint
         try:
             kw = {} if max_rival is None else {"max_rival": max_rival}
             fx = shadow.find_shadows(image, depth, [mask], receiver, cam, [geom.transforms[0]], geom.edited_mask, **kw)
         finally:
-            shadow.LIFT_CAP_PX, shadow.MAX_TINT, shadow.MIN_DIMMING = cap, tint, dim
+            shadow.LIFT_CAP_PX, shadow.MAX_TINT = cap, tint
         out = fx.apply(preview)
         if relit and fx.any and fx.turn is not None:  # the finish's relighting, moved by the flow
             out = out * (1.0 + warp(fx.turn - 1.0, geom.source))
@@ -131,9 +129,7 @@ def variants(case, depth_kind: str = "exact") -> dict[str, np.ndarray]:
     cover = torch.maximum(cover, in_front(edited_depth(geom, receiver), valid, cover))
     out["finish_no_turn"] = inpaint(shadows, valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
     out["finish"] = inpaint(moved_shadows(relit=True), valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
-    out["finish_any_dimming"] = inpaint(moved_shadows(relit=True, min_dimming=float("inf")),
-                                        valid[0, 0].numpy() < 0.5, cover[0, 0].numpy() > 0.5)
-    for k in ("finish_no_front", "finish_no_turn", "finish", "finish_any_dimming"):
+    for k in ("finish_no_front", "finish_no_turn", "finish"):
         out[k] = out[k][0].permute(1, 2, 0).numpy()
     return out
 

@@ -7,8 +7,7 @@ finds both, for a photo with no ground truth, from the depth and the image alone
 
 1. the light: the candidate sun direction whose cast shadow of the object best covers the dark
    pixels around it (:func:`~diffusion_handles.geometry.shadow.estimate_light`), kept only when
-   no direction far from it explains them nearly as well, its shadow is grey and it dims even the
-   darkest ground around it (:func:`~diffusion_handles.geometry.shadow.dims_darkest`); none found (light from behind the
+   no direction far from it explains them nearly as well; none found (light from behind the
    camera, a shadow hidden by the object, no visible shadow, dark texture): no effects, and the
    edit proceeds as before;
 2. the old shadow: the object's shadow for that light on the scene without it (``d'_b``), minus
