@@ -100,12 +100,12 @@ class Effects:
         return Effects(self.light, self.old * keep, self.new * keep, self.ratio, self.lift, self.turn)
 
     def placed(self, place) -> Effects:
-        """The same shadows with every map passed through ``place(map, fill)`` (e.g. back to the
-        input's size and into its frame; ``fill``: the value where a map has no pixel, 0 for the
-        shadows and 1 for the lift)."""
+        """The same shadows with every edited-frame map passed through ``place(map, fill)`` (e.g.
+        back to the input's size and into its frame; ``fill``: the value where a map has no pixel,
+        0 for the shadows and 1 for the lift); without :attr:`turn`, which lies in the input's
+        frame and must be moved by the edit's flow, not placed."""
         lift = (1.0 / self.ratio).expand(1, 3, *self.old.shape[-2:]) if self.lift is None else self.lift
-        turn = None if self.turn is None else place(self.turn, 1.0)
-        return Effects(self.light, place(self.old, 0.0), place(self.new, 0.0), self.ratio, place(lift, 1.0), turn)
+        return Effects(self.light, place(self.old, 0.0), place(self.new, 0.0), self.ratio, place(lift, 1.0))
 
     @staticmethod
     def none(size: tuple[int, int]) -> Effects:

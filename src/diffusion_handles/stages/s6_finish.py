@@ -15,7 +15,6 @@ footprint and the rim of its old silhouette count as holes too (:func:`old_rim`)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -325,7 +324,7 @@ def _detail(prep: Prepared, geo: Geometry, generated: torch.Tensor, kept: torch.
         moved = (m > 0.5).float()
     fx = geo.effects
     if fx is not None and fx.any:  # at the input's size the shadows' edges stop at the moved object too
-        turn, fx = fx.turn, dataclasses.replace(fx, turn=None).placed(lambda m, fill: frame.back(m, fill)[sl])
+        turn, fx = fx.turn, fx.placed(lambda m, fill: frame.back(m, fill)[sl])
         warped = (fx if moved is None else fx.outside(moved)).apply(warped)
         if turn is not None and moves:  # a turned object relit, moved with it (1 where the warp has no source)
             warped = warped * (1.0 + moving(frame.back(turn, 1.0) - 1.0))
